@@ -9,6 +9,9 @@ use http::StatusCode;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// No route for the request, or a path that cannot be routed safely.
+    #[error(transparent)]
+    Route(#[from] crate::route::RouteError),
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
     Io(#[source] std::io::Error),
@@ -18,6 +21,7 @@ impl Error {
     /// The HTTP status a proxy answers with when this error ends a request.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Route(e) => e.status(),
             Self::Io(_) => StatusCode::BAD_GATEWAY,
         }
     }

@@ -8,5 +8,6 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod error;
+pub mod route;
 
 pub use error::Error;
