@@ -46,8 +46,8 @@ impl ForwardError {
 /// ```
 /// use wsproxy::forward::{ForwardPolicy, PolicyError};
 ///
-/// let err = ForwardPolicy::builder().set_request_header("X-Tag", "a\r\nb").build().unwrap_err();
-/// assert!(matches!(err, PolicyError::InvalidHeaderValue { .. }));
+/// let built = ForwardPolicy::builder().set_request_header("X-Tag", "a\r\nb").build();
+/// assert!(matches!(built, Err(PolicyError::InvalidHeaderValue { .. })));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -568,3 +568,64 @@ fn plain_answers_get_cors_and_configured_headers() {
     policy.rewrite_response(&mut resp, &other, &ctx("192.0.2.1:1", false));
     assert!(resp.headers().get("access-control-allow-origin").is_none());
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Header-ish text: visible ASCII plus space, heavy on the separators
+    /// the rules split on.
+    fn field() -> impl Strategy<Value = String> {
+        prop::string::string_regex(r#"[ -~]{0,40}|([0-9a-f:.\[\], ;=]|10\.0\.0\.[0-9]){0,12}"#)
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn rewrite_never_panics_and_keeps_the_peer_rightmost(
+            xff in field(), host in field(), conn in field(), proto in field(),
+            trusted_peer in any::<bool>(), websocket in any::<bool>(),
+        ) {
+            let policy = ForwardPolicy::builder().trusted_proxy("10.0.0.0/8").forwarded(true).build().unwrap();
+            let peer_addr = if trusted_peer { "10.0.0.1:1" } else { "192.0.2.9:1" };
+            let mut req = Request::get("/").body(()).unwrap();
+            for (name, value) in [("x-forwarded-for", &xff), ("host", &host), ("connection", &conn), ("x-forwarded-proto", &proto)] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    req.headers_mut().insert(name, v);
+                }
+            }
+            let client = policy.resolve_client(peer(peer_addr), req.headers(), Scheme::Http);
+            if !trusted_peer {
+                prop_assert_eq!(client.ip().to_string(), "192.0.2.9");
+                prop_assert_eq!(client.proto(), Scheme::Http);
+            }
+            policy.rewrite_request(&mut req, &client, &ctx(peer_addr, websocket));
+            let h = req.headers();
+            let ip = peer(peer_addr).ip().to_string();
+            let list = h["x-forwarded-for"].to_str().unwrap();
+            prop_assert!(list == ip || list.ends_with(&format!(", {ip}")), "{}", list);
+            prop_assert_eq!(h["x-real-ip"].to_str().unwrap(), client.ip().to_string());
+            prop_assert_eq!(h.get_all("connection").iter().count(), 1);
+        }
+
+        #[test]
+        fn answer_rewrite_never_panics(location in field(), refresh in field(), host in field()) {
+            let policy = ForwardPolicy::nginx();
+            let mut req = Request::get("/").body(()).unwrap();
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                req.headers_mut().insert("host", v);
+            }
+            let client = policy.resolve_client(peer("192.0.2.9:1"), req.headers(), Scheme::Https);
+            let mut resp = Response::new(());
+            for (name, value) in [("location", &location), ("refresh", &refresh)] {
+                if let Ok(v) = HeaderValue::from_str(value) {
+                    resp.headers_mut().insert(name, v);
+                }
+            }
+            policy.rewrite_response(&mut resp, &client, &ctx("192.0.2.9:1", false));
+            prop_assert_eq!(&resp.headers()["connection"], "close");
+        }
+    }
+}

@@ -68,19 +68,21 @@ impl TrustedProxies {
             return (peer, listener, false);
         }
         let mut client = peer;
-        let entries: Vec<&str> = headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        for entry in entries.iter().rev() {
-            let Some(ip) = parse_forwarded_ip(entry) else {
+        // Fields are walked from the last one; a field that is not text is
+        // garbage like any bad entry and stops the walk, so it cannot hide
+        // the hops behind it.
+        'walk: for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+            let Ok(value) = value.to_str() else {
                 break;
             };
-            client = ip;
-            if !self.contains(ip) {
-                break;
+            for entry in value.split(',').rev() {
+                let Some(ip) = parse_forwarded_ip(entry) else {
+                    break 'walk;
+                };
+                client = ip;
+                if !self.contains(ip) {
+                    break 'walk;
+                }
             }
         }
         let proto = forwarded_proto(headers).unwrap_or(listener);
@@ -199,6 +201,16 @@ mod tests {
     fn garbage_entry_stops_the_walk_at_the_last_checked_hop() {
         let t = trusted(&["10.0.0.0/8"]);
         let h = xff(&["198.51.100.4, unknown, 10.0.0.2"]);
+        let (client, _, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Http);
+        assert_eq!(client, ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn non_text_field_stops_the_walk() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let mut h = xff(&["198.51.100.4"]);
+        h.append(X_FORWARDED_FOR, HeaderValue::from_bytes(b"\xff").unwrap());
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         let (client, _, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Http);
         assert_eq!(client, ip("10.0.0.2"));
     }
