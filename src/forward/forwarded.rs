@@ -1,5 +1,6 @@
 //! The RFC 7239 `Forwarded` header.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::HeaderValue;
@@ -16,12 +17,9 @@ pub(crate) fn element(client: IpAddr, proto: Scheme, host: Option<&HeaderValue>)
     let mut out = Vec::with_capacity(64);
     out.extend_from_slice(b"for=");
     match client {
-        IpAddr::V4(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
-        IpAddr::V6(v6) => {
-            out.extend_from_slice(b"\"[");
-            out.extend_from_slice(v6.to_string().as_bytes());
-            out.extend_from_slice(b"]\"");
-        }
+        // Writing to a Vec cannot fail.
+        IpAddr::V4(v4) => drop(write!(out, "{v4}")),
+        IpAddr::V6(v6) => drop(write!(out, "\"[{v6}]\"")),
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(proto.as_str().as_bytes());
@@ -43,7 +41,7 @@ pub(crate) fn element(client: IpAddr, proto: Scheme, host: Option<&HeaderValue>)
     }
     // Every byte came from an IP, a scheme name or a valid header value,
     // so the fallback is unreachable; it keeps the path panic-free.
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
+    super::owned_value(out).unwrap_or(HeaderValue::from_static("for=unknown"))
 }
 
 /// RFC 9110 §5.6.2 `tchar`.

@@ -1,6 +1,6 @@
 //! Hop-by-hop header removal (RFC 9110 §7.6.1) that keeps body framing.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName};
 
 /// The fields RFC 9110 §7.6.1 names as connection-specific, plus the
 /// pre-standard `Proxy-Connection` that old clients still send.
@@ -18,11 +18,11 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Fields a client must not be able to delete by naming them in
-/// `Connection` ("hop-by-hop header abuse"): dropping `Content-Length` would
-/// leave a body without framing and desynchronise the upstream, and dropping
-/// `Host` would break HTTP/1.1 (RFC 9112 §3.2).
+/// `Connection` ("hop-by-hop header abuse"): dropping `Content-Length` or
+/// `Transfer-Encoding` would leave a body without framing and desynchronise
+/// the upstream, and dropping `Host` would break HTTP/1.1 (RFC 9112 §3.2).
 fn is_protected(name: &HeaderName) -> bool {
-    name == header::CONTENT_LENGTH || name == header::HOST
+    name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST
 }
 
 /// Which hop-by-hop fields survive the strip.
@@ -34,68 +34,72 @@ pub(crate) enum Keep {
     Upgrade,
 }
 
+/// The hop-by-hop fields removed by [`strip`], in a fixed order; a bit in
+/// the mask [`strip`] builds stands for each.
+static REMOVED: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+];
+
 /// Removes every hop-by-hop field and every field named in `Connection`,
-/// then restores `Transfer-Encoding` verbatim.
+/// except `Transfer-Encoding`.
 ///
 /// `Transfer-Encoding` is hop-by-hop, but wsproxy relays body bytes exactly
 /// as they arrived, so the framing those bytes carry must travel with them:
 /// forwarding a chunked body without `Transfer-Encoding: chunked` would make
-/// the next hop read the chunk sizes as content and desynchronise it. A
-/// caller that decodes and re-frames the body must set the framing itself.
-/// `Content-Length` is end-to-end and never removed here.
+/// the next hop read the chunk sizes as content and desynchronise it. It is
+/// kept verbatim, like the end-to-end `Content-Length`. A caller that
+/// decodes and re-frames the body must set the framing itself.
 pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
-    let listed = connection_listed(headers);
-    let framing: Vec<HeaderValue> = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .cloned()
-        .collect();
-    for name in listed {
-        if is_protected(&name) || (keep == Keep::Upgrade && is_upgrade_pair(&name)) {
+    // Names listed in Connection that are not hop-by-hop anyway are rare,
+    // so this Vec usually never allocates.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else {
             continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || REMOVED
+                    .iter()
+                    .any(|n| token.eq_ignore_ascii_case(n.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_protected(&name) {
+                    listed.push(name);
+                }
+            }
         }
-        headers.remove(&name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        if keep == Keep::Upgrade && is_upgrade_pair(&name) {
-            continue;
+    for name in &listed {
+        headers.remove(name);
+    }
+    // One scan of the names present instead of a hash lookup per field.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = REMOVED.iter().position(|n| n == name) {
+            present |= 1 << i;
         }
-        headers.remove(&name);
     }
-    for value in framing {
-        headers.append(header::TRANSFER_ENCODING, value);
+    for (i, name) in REMOVED.iter().enumerate() {
+        let kept = keep == Keep::Upgrade && i < 2;
+        if present & (1 << i) != 0 && !kept {
+            headers.remove(name);
+        }
     }
-}
-
-fn is_upgrade_pair(name: &HeaderName) -> bool {
-    name == header::CONNECTION || name == header::UPGRADE
-}
-
-/// The field names listed in every `Connection` header (RFC 9110 §7.6.1);
-/// tokens that are not valid names (`close`, `keep-alive` are) are skipped.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -152,7 +156,7 @@ mod tests {
     }
 
     #[test]
-    fn chunked_framing_is_restored_verbatim() {
+    fn chunked_framing_is_kept_verbatim() {
         let mut h = map(&[
             ("transfer-encoding", "gzip"),
             ("transfer-encoding", "chunked"),

@@ -3,7 +3,9 @@
 use http::header::{self, HeaderValue};
 use http::Request;
 
-use super::ForwardContext;
+use std::io::Write as _;
+
+use super::{owned_value, ForwardContext};
 
 /// Which `Host` the upstream receives (nginx `proxy_set_header Host …`).
 ///
@@ -43,20 +45,33 @@ pub(crate) enum HostRule {
 
 impl HostRule {
     pub(crate) fn value<B>(&self, req: &Request<B>, ctx: &ForwardContext) -> HeaderValue {
-        let computed = match self {
+        let port = match self {
             Self::Fixed(v) => return v.clone(),
-            Self::Upstream => ctx.upstream().as_str().to_owned(),
-            Self::Client => nginx_host(req, ctx),
-            Self::ClientWithListenerPort => {
-                format!("{}:{}", nginx_host(req, ctx), ctx.listener_port())
+            Self::Upstream => {
+                let upstream = ctx.upstream().as_str().as_bytes().to_vec();
+                return owned_value(upstream).unwrap_or(HeaderValue::from_static("localhost"));
             }
+            Self::Client => None,
+            Self::ClientWithListenerPort => Some(ctx.listener_port()),
         };
+        // The common case, a lowercase `Host` without a port under `$host`,
+        // is forwarded as it came.
+        if port.is_none() && req.uri().authority().is_none() {
+            if let Some(v) = req.headers().get(header::HOST) {
+                let b = v.as_bytes();
+                if !b.is_empty() && !b.contains(&b':') && !b.iter().any(u8::is_ascii_uppercase) {
+                    return v.clone();
+                }
+            }
+        }
+        let mut out = nginx_host(req, ctx).into_bytes();
+        if let Some(port) = port {
+            // Writing to a Vec cannot fail.
+            let _ = write!(out, ":{port}");
+        }
         // Built from a parsed URI or a valid header value; the fallback only
         // keeps the function total.
-        HeaderValue::from_str(&computed).unwrap_or_else(|_| {
-            HeaderValue::from_str(ctx.upstream().host())
-                .unwrap_or(HeaderValue::from_static("localhost"))
-        })
+        owned_value(out).unwrap_or(HeaderValue::from_static("localhost"))
     }
 }
 

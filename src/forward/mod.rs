@@ -29,8 +29,10 @@
 //!
 //! `Transfer-Encoding` is hop-by-hop, yet the rewrite keeps the framing a
 //! body arrived with, because wsproxy relays body bytes unchanged:
-//! `Content-Length` is never removed (not even when named in `Connection`),
-//! and `Transfer-Encoding` is put back verbatim after the hop-by-hop strip.
+//! `Content-Length` and `Transfer-Encoding` are kept verbatim, and naming
+//! them in `Connection` does not remove them (the handshake layer has
+//! already refused a request carrying both, or a coding list not ending in
+//! `chunked`).
 //! A caller that relays the body as received needs to do nothing; a caller
 //! that decodes chunked bodies and re-frames them must set `Content-Length`
 //! or `Transfer-Encoding: chunked` itself. The same holds for answers.
@@ -75,7 +77,10 @@ mod origin;
 mod redirect;
 mod trusted;
 
-use std::net::SocketAddr;
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -274,7 +279,7 @@ impl ForwardPolicy {
     /// Rewrites a request head for the upstream chosen in `ctx`.
     ///
     /// In order: hop-by-hop fields and those named in `Connection` are
-    /// removed (RFC 9110 §7.6.1; `Transfer-Encoding` is restored, see the
+    /// removed (RFC 9110 §7.6.1; `Transfer-Encoding` is kept, see the
     /// module's "Body framing"); `Upgrade: websocket` and
     /// `Connection: upgrade` for a WebSocket upgrade, else
     /// `Connection: close`; `Host` per [`HostMode`]; `X-Real-IP`,
@@ -306,7 +311,8 @@ impl ForwardPolicy {
     /// ```
     pub fn rewrite_request<B>(&self, req: &mut Request<B>, client: &Client, ctx: &ForwardContext) {
         let host = self.host.value(req, ctx);
-        let forwarded_for = self.forwarded_for(req.headers(), client, ctx);
+        let real_ip = ip_value(client.ip());
+        let forwarded_for = self.forwarded_for(req.headers(), client, ctx, &real_ip);
         if let Some(origin_form) = origin_form(req.uri()) {
             *req.uri_mut() = origin_form;
         }
@@ -323,7 +329,7 @@ impl ForwardPolicy {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         h.insert(header::HOST, host);
-        h.insert(X_REAL_IP, ip_value(client.ip()));
+        h.insert(X_REAL_IP, real_ip);
         h.insert(X_FORWARDED_FOR, forwarded_for);
         h.insert(
             X_FORWARDED_PROTO,
@@ -406,15 +412,18 @@ impl ForwardPolicy {
 
     /// `X-Forwarded-For` for this hop, computed before the strip so a
     /// client cannot hide the incoming list by naming it in `Connection`.
+    /// `real_ip` is the believed client's value, reused when it is the
+    /// whole answer.
     fn forwarded_for(
         &self,
         headers: &HeaderMap,
         client: &Client,
         ctx: &ForwardContext,
+        real_ip: &HeaderValue,
     ) -> HeaderValue {
         let peer = ctx.peer().ip().to_canonical();
         if self.xff == XForwardedFor::Replace {
-            return ip_value(client.ip());
+            return real_ip.clone();
         }
         let mut list: Vec<u8> = Vec::new();
         for value in headers.get_all(X_FORWARDED_FOR) {
@@ -425,15 +434,27 @@ impl ForwardPolicy {
             list.extend_from_slice(v);
             list.extend_from_slice(b", ");
         }
-        list.extend_from_slice(peer.to_string().as_bytes());
+        if list.is_empty() && peer == client.ip() {
+            return real_ip.clone();
+        }
+        // Writing to a Vec cannot fail.
+        let _ = write!(list, "{peer}");
         // Incoming values are valid header values and so is their join;
         // the fallback only keeps this total.
-        HeaderValue::from_bytes(&list).unwrap_or_else(|_| ip_value(peer))
+        owned_value(list).unwrap_or_else(|| ip_value(peer))
     }
 }
 
-fn ip_value(ip: std::net::IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+/// A header value over bytes built here, without copying them again.
+pub(crate) fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut v = Vec::with_capacity(46);
+    // Writing to a Vec cannot fail.
+    let _ = write!(v, "{ip}");
+    owned_value(v).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The origin-form of an absolute-form target (RFC 9112 §3.2.1): upstreams
