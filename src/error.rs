@@ -32,23 +32,3 @@ impl From<std::io::Error> for Error {
         Self::Io(e)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::forward::ForwardError;
-
-    #[test]
-    fn forward_error_keeps_its_status_and_source() {
-        let e = Error::from(ForwardError::OriginNotAllowed {
-            origin: "https://evil.example".into(),
-        });
-        assert_eq!(e.status(), StatusCode::FORBIDDEN);
-        assert_eq!(e.to_string(), "request refused by the forwarding policy");
-        let source = std::error::Error::source(&e).map(ToString::to_string);
-        assert_eq!(
-            source.as_deref(),
-            Some("origin `https://evil.example` is not allowed")
-        );
-    }
-}

@@ -136,4 +136,18 @@ mod tests {
             "header `connection` is managed by the proxy and cannot be configured"
         );
     }
+
+    #[test]
+    fn crate_error_wraps_forward_error_with_its_status_and_source() {
+        let e = crate::Error::from(ForwardError::OriginNotAllowed {
+            origin: "https://evil.example".into(),
+        });
+        assert_eq!(e.status(), StatusCode::FORBIDDEN);
+        assert_eq!(e.to_string(), "request refused by the forwarding policy");
+        let source = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(
+            source.as_deref(),
+            Some("origin `https://evil.example` is not allowed")
+        );
+    }
 }
