@@ -15,6 +15,9 @@ pub enum Error {
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
     Io(#[source] std::io::Error),
+    /// The forwarding policy refused the request (e.g. a foreign origin).
+    #[error("request refused by the forwarding policy")]
+    Forward(#[from] crate::forward::ForwardError),
 }
 
 impl Error {
@@ -23,6 +26,7 @@ impl Error {
         match self {
             Self::Route(e) => e.status(),
             Self::Io(_) => StatusCode::BAD_GATEWAY,
+            Self::Forward(e) => e.status(),
         }
     }
 }

@@ -9,6 +9,8 @@
 
 pub mod body;
 pub mod error;
+pub mod forward;
 pub mod route;
 
 pub use error::Error;
+pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};

@@ -1,0 +1,195 @@
+//! What the proxy knows about one request: the listener, the peer, the
+//! believed client and the chosen upstream.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use http::uri::Authority;
+use http::HeaderValue;
+
+/// The scheme a listener (or a trusted front proxy) served the client with.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::Scheme;
+///
+/// assert_eq!(Scheme::Https.as_str(), "https");
+/// assert_eq!(Scheme::Https.default_port(), 443);
+/// assert_eq!(Scheme::parse("HTTP"), Some(Scheme::Http));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Scheme {
+    /// Plain HTTP (nginx `$scheme` = `http`).
+    #[default]
+    Http,
+    /// HTTP over TLS (nginx `$scheme` = `https`).
+    Https,
+}
+
+impl Scheme {
+    /// The lowercase scheme name, as sent in `X-Forwarded-Proto`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    /// The port a URL of this scheme means when it names none (RFC 9110 §4.2).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+
+    /// Reads `http` or `https`, ignoring ASCII case and surrounding spaces.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("http") {
+            Some(Self::Http)
+        } else if s.eq_ignore_ascii_case("https") {
+            Some(Self::Https)
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Scheme {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who the proxy believes the client is, decided once per request by
+/// [`ForwardPolicy::resolve_client`](super::ForwardPolicy::resolve_client).
+///
+/// Its address is the one to feed IP hash, `X-Real-IP` and `Forwarded: for=`:
+/// an untrusted peer can never put another address here.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::{ForwardPolicy, Scheme};
+///
+/// let policy = ForwardPolicy::nginx();
+/// let client = policy.resolve_client("127.0.0.1:50000".parse()?, &http::HeaderMap::new(), Scheme::Http);
+/// assert_eq!(client.ip().to_string(), "127.0.0.1");
+/// assert!(!client.is_peer_trusted());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub(crate) ip: IpAddr,
+    pub(crate) proto: Scheme,
+    pub(crate) peer_trusted: bool,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) origin: Option<HeaderValue>,
+}
+
+impl Client {
+    /// The believed client address (nginx `$remote_addr` after `realip`).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    /// The believed scheme the client used: the listener's, or a trusted
+    /// peer's `X-Forwarded-Proto`.
+    pub fn proto(&self) -> Scheme {
+        self.proto
+    }
+
+    /// Whether the TCP peer is in the trusted-proxy list.
+    pub fn is_peer_trusted(&self) -> bool {
+        self.peer_trusted
+    }
+
+    /// The client's `Host` header as sent (nginx `$http_host`), kept so a
+    /// redirect can be pointed back at the address the client used.
+    pub fn host(&self) -> Option<&HeaderValue> {
+        self.host.as_ref()
+    }
+
+    /// The client's `Origin` header, kept for the CORS answer headers.
+    pub fn origin(&self) -> Option<&HeaderValue> {
+        self.origin.as_ref()
+    }
+}
+
+/// Facts about one forwarded exchange that the policy does not decide: the
+/// TCP peer, the listener, the chosen upstream and whether it is a WebSocket
+/// upgrade.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::{ForwardContext, Scheme};
+///
+/// let ctx = ForwardContext::new("127.0.0.1:50000".parse()?, Scheme::Http, 8080, "127.0.0.1:9000".parse()?)
+///     .with_websocket(true);
+/// assert_eq!(ctx.upstream().as_str(), "127.0.0.1:9000");
+/// assert!(ctx.is_websocket());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardContext {
+    peer: SocketAddr,
+    listener: Scheme,
+    listener_port: u16,
+    upstream: Authority,
+    websocket: bool,
+}
+
+impl ForwardContext {
+    /// A plain-HTTP exchange from `peer`, accepted on a `listener` listener
+    /// at `listener_port` (nginx `$server_port`), forwarded to `upstream`
+    /// (`host:port`).
+    pub fn new(
+        peer: SocketAddr,
+        listener: Scheme,
+        listener_port: u16,
+        upstream: Authority,
+    ) -> Self {
+        Self {
+            peer,
+            listener,
+            listener_port,
+            upstream,
+            websocket: false,
+        }
+    }
+
+    /// Marks the exchange as a validated WebSocket upgrade (or not).
+    pub fn with_websocket(mut self, websocket: bool) -> Self {
+        self.websocket = websocket;
+        self
+    }
+
+    /// The TCP peer the proxy accepted.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The listener's scheme (nginx `$scheme`).
+    pub fn listener(&self) -> Scheme {
+        self.listener
+    }
+
+    /// The listener's port (nginx `$server_port`).
+    pub fn listener_port(&self) -> u16 {
+        self.listener_port
+    }
+
+    /// The chosen upstream's authority (`host:port`).
+    pub fn upstream(&self) -> &Authority {
+        &self.upstream
+    }
+
+    /// Whether the exchange is a validated WebSocket upgrade.
+    pub fn is_websocket(&self) -> bool {
+        self.websocket
+    }
+}

@@ -1,0 +1,122 @@
+//! Extra headers from configuration (nginx `proxy_set_header`,
+//! `add_header`), validated when the policy is built.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::hop::is_hop_by_hop;
+use super::PolicyError;
+
+/// One configured header edit, as written by the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RawEdit {
+    Set(String, Vec<u8>),
+    Remove(String),
+}
+
+/// Validated header edits, applied in configuration order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeaderEdits {
+    edits: Vec<(HeaderName, Option<HeaderValue>)>,
+}
+
+impl HeaderEdits {
+    /// Refuses names that are not tokens, values with CR, LF, NUL or other
+    /// controls, and the fields the proxy manages itself (hop-by-hop and
+    /// `Content-Length`), which would break framing or connection handling.
+    pub(crate) fn compile(raw: &[RawEdit]) -> Result<Self, PolicyError> {
+        let mut edits = Vec::with_capacity(raw.len());
+        for edit in raw {
+            let (name, value) = match edit {
+                RawEdit::Set(n, v) => (n, Some(v)),
+                RawEdit::Remove(n) => (n, None),
+            };
+            let parsed = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PolicyError::InvalidHeaderName { name: name.clone() })?;
+            if is_hop_by_hop(&parsed) || parsed == http::header::CONTENT_LENGTH {
+                return Err(PolicyError::ReservedHeader {
+                    name: parsed.as_str().to_owned(),
+                });
+            }
+            let value = match value {
+                Some(v) => Some(
+                    HeaderValue::from_bytes(v)
+                        .map_err(|_| PolicyError::InvalidHeaderValue { name: name.clone() })?,
+                ),
+                None => None,
+            };
+            edits.push((parsed, value));
+        }
+        Ok(Self { edits })
+    }
+
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.edits {
+            match value {
+                Some(v) => {
+                    headers.insert(name.clone(), v.clone());
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(n: &str, v: &[u8]) -> RawEdit {
+        RawEdit::Set(n.into(), v.to_vec())
+    }
+
+    #[test]
+    fn cr_lf_and_nul_in_values_are_refused() {
+        for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"a\r\nX-Injected: 1"] {
+            let err = HeaderEdits::compile(&[set("x-tag", bad)]).unwrap_err();
+            assert!(matches!(err, PolicyError::InvalidHeaderValue { ref name } if name == "x-tag"));
+        }
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["x tag", "x:tag", "", "x\r\ny"] {
+            let err = HeaderEdits::compile(&[set(bad, b"1")]).unwrap_err();
+            assert!(matches!(err, PolicyError::InvalidHeaderName { .. }));
+        }
+    }
+
+    #[test]
+    fn proxy_managed_names_are_refused() {
+        for name in [
+            "Connection",
+            "transfer-encoding",
+            "Upgrade",
+            "content-length",
+            "TE",
+        ] {
+            let err = HeaderEdits::compile(&[RawEdit::Remove(name.into())]).unwrap_err();
+            assert!(matches!(err, PolicyError::ReservedHeader { .. }), "{name}");
+        }
+    }
+
+    #[test]
+    fn underscore_names_set_and_remove_in_order() {
+        let edits = HeaderEdits::compile(&[
+            set("HTTP_X_FORWARDED_FOR", b"1.2.3.4"),
+            set("x-a", b"1"),
+            RawEdit::Remove("x-a".into()),
+        ])
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.append("http_x_forwarded_for", HeaderValue::from_static("old"));
+        h.append("http_x_forwarded_for", HeaderValue::from_static("old2"));
+        edits.apply(&mut h);
+        assert_eq!(
+            h.get_all("http_x_forwarded_for").iter().collect::<Vec<_>>(),
+            ["1.2.3.4"]
+        );
+        assert!(h.get("x-a").is_none());
+    }
+}

@@ -1,0 +1,185 @@
+//! Hop-by-hop header removal (RFC 9110 §7.6.1) that keeps body framing.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// The fields RFC 9110 §7.6.1 names as connection-specific, plus the
+/// pre-standard `Proxy-Connection` that old clients still send.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Fields a client must not be able to delete by naming them in
+/// `Connection` ("hop-by-hop header abuse"): dropping `Content-Length` or
+/// `Transfer-Encoding` would leave a body without framing and desynchronise
+/// the upstream, and dropping `Host` would break HTTP/1.1 (RFC 9112 §3.2).
+fn is_protected(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::HOST
+}
+
+/// Which hop-by-hop fields survive the strip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// Remove them all.
+    Nothing,
+    /// Keep `Upgrade` and `Connection`: a 101 answer completing an upgrade.
+    Upgrade,
+}
+
+/// The hop-by-hop fields removed by [`strip`], in a fixed order; a bit in
+/// the mask [`strip`] builds stands for each.
+static REMOVED: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+];
+
+/// Removes every hop-by-hop field and every field named in `Connection`,
+/// except `Transfer-Encoding`.
+///
+/// `Transfer-Encoding` is hop-by-hop, but wsproxy relays body bytes exactly
+/// as they arrived, so the framing those bytes carry must travel with them:
+/// forwarding a chunked body without `Transfer-Encoding: chunked` would make
+/// the next hop read the chunk sizes as content and desynchronise it. It is
+/// kept verbatim, like the end-to-end `Content-Length`. A caller that
+/// decodes and re-frames the body must set the framing itself.
+pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
+    // Names listed in Connection that are not hop-by-hop anyway are rare,
+    // so this Vec usually never allocates.
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for token in value.split(',').map(str::trim) {
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || REMOVED
+                    .iter()
+                    .any(|n| token.eq_ignore_ascii_case(n.as_str()))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                if !is_protected(&name) {
+                    listed.push(name);
+                }
+            }
+        }
+    }
+    for name in &listed {
+        headers.remove(name);
+    }
+    // One scan of the names present instead of a hash lookup per field.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = REMOVED.iter().position(|n| n == name) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in REMOVED.iter().enumerate() {
+        let kept = keep == Keep::Upgrade && i < 2;
+        if present & (1 << i) != 0 && !kept {
+            headers.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn every_rfc_9110_hop_by_hop_field_is_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("upgrade", "h2c"),
+            ("accept", "*/*"),
+        ]);
+        strip(&mut h, Keep::Nothing);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn fields_named_in_connection_are_removed() {
+        let mut h = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", " x-other ,"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+        ]);
+        strip(&mut h, Keep::Nothing);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("x-other").is_none());
+        assert_eq!(h["x-kept"], "3");
+    }
+
+    #[test]
+    fn connection_cannot_delete_content_length_or_host() {
+        let mut h = map(&[
+            ("connection", "content-length, host"),
+            ("content-length", "5"),
+            ("host", "a.example"),
+        ]);
+        strip(&mut h, Keep::Nothing);
+        assert_eq!(h["content-length"], "5");
+        assert_eq!(h["host"], "a.example");
+    }
+
+    #[test]
+    fn chunked_framing_is_kept_verbatim() {
+        let mut h = map(&[
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("connection", "transfer-encoding"),
+        ]);
+        strip(&mut h, Keep::Nothing);
+        let te: Vec<_> = h.get_all("transfer-encoding").iter().collect();
+        assert_eq!(te, ["gzip", "chunked"]);
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn upgrade_pair_survives_when_kept_but_listed_extras_do_not() {
+        let mut h = map(&[
+            ("connection", "Upgrade, X-Hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip(&mut h, Keep::Upgrade);
+        assert_eq!(h["connection"], "Upgrade, X-Hop");
+        assert_eq!(h["upgrade"], "websocket");
+        assert!(h.get("x-hop").is_none());
+        assert!(h.get("keep-alive").is_none());
+    }
+}

@@ -1,0 +1,626 @@
+//! The forwarding policy: what the upstream and the client may see.
+//!
+//! [`ForwardPolicy`] is a sans-IO header rewriter over `http` types whose
+//! default ([`ForwardPolicy::nginx`]) is the classic nginx WebSocket
+//! configuration:
+//!
+//! ```nginx
+//! map $http_upgrade $connection_upgrade { default upgrade; '' close; }
+//! proxy_http_version 1.1;
+//! proxy_set_header Upgrade $http_upgrade;
+//! proxy_set_header Connection $connection_upgrade;
+//! proxy_set_header Host $host;
+//! proxy_set_header X-Real-IP $remote_addr;
+//! proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+//! proxy_set_header X-Forwarded-Proto $scheme;
+//! ```
+//!
+//! A request is handled in steps, because the proxy needs the client's
+//! address before it picks an upstream (IP hash) and the upstream before it
+//! rewrites `Host`:
+//!
+//! 1. [`ForwardPolicy::resolve_client`]: who the client is ([`Client`]);
+//! 2. [`ForwardPolicy::check`] and [`ForwardPolicy::preflight`]: refuse a
+//!    foreign WebSocket origin, answer a CORS preflight;
+//! 3. (the caller picks an upstream) [`ForwardPolicy::rewrite_request`];
+//! 4. [`ForwardPolicy::rewrite_response`] on the upstream's answer.
+//!
+//! # Body framing
+//!
+//! `Transfer-Encoding` is hop-by-hop, yet the rewrite keeps the framing a
+//! body arrived with, because wsproxy relays body bytes unchanged:
+//! `Content-Length` and `Transfer-Encoding` are kept verbatim, and naming
+//! them in `Connection` does not remove them (the handshake layer has
+//! already refused a request carrying both, or a coding list not ending in
+//! `chunked`).
+//! A caller that relays the body as received needs to do nothing; a caller
+//! that decodes chunked bodies and re-frames them must set `Content-Length`
+//! or `Transfer-Encoding: chunked` itself. The same holds for answers.
+//!
+//! # Examples
+//!
+//! ```
+//! use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
+//!
+//! let policy = ForwardPolicy::nginx();
+//! let peer = "127.0.0.1:50000".parse()?;
+//! let mut req = http::Request::get("/chat")
+//!     .header("host", "chat.example")
+//!     .header("upgrade", "websocket")
+//!     .header("connection", "Upgrade")
+//!     .header("x-real-ip", "6.6.6.6") // a spoofing attempt
+//!     .body(())?;
+//!
+//! let client = policy.resolve_client(peer, req.headers(), Scheme::Http);
+//! policy.check(&req, true)?;
+//! let ctx = ForwardContext::new(peer, Scheme::Http, 80, "127.0.0.1:9000".parse()?).with_websocket(true);
+//! policy.rewrite_request(&mut req, &client, &ctx);
+//!
+//! let h = req.headers();
+//! assert_eq!(h["upgrade"], "websocket");
+//! assert_eq!(h["connection"], "upgrade");
+//! assert_eq!(h["host"], "chat.example");
+//! assert_eq!(h["x-real-ip"], "127.0.0.1");
+//! assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+//! assert_eq!(h["x-forwarded-proto"], "http");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod context;
+mod cors;
+mod error;
+mod extra;
+mod forwarded;
+mod hop;
+mod host;
+mod origin;
+mod redirect;
+mod trusted;
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::Bytes;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+
+pub use context::{Client, ForwardContext, Scheme};
+pub use cors::Cors;
+pub use error::{ForwardError, PolicyError};
+pub use host::HostMode;
+
+use cors::CompiledCors;
+use extra::{HeaderEdits, RawEdit};
+use hop::Keep;
+use host::HostRule;
+use origin::OriginAllowlist;
+use trusted::TrustedProxies;
+
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// How `X-Forwarded-For` is written.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::{ForwardPolicy, XForwardedFor};
+///
+/// let edge = ForwardPolicy::builder().x_forwarded_for(XForwardedFor::Replace).build()?;
+/// # let _ = edge;
+/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum XForwardedFor {
+    /// nginx `$proxy_add_x_forwarded_for`: the incoming list with the TCP
+    /// peer appended, so the rightmost entry is always the peer the proxy
+    /// saw, whoever sent the rest.
+    #[default]
+    Append,
+    /// Only the believed client address (nginx `X-Forwarded-For
+    /// $remote_addr` with `realip`): for an edge proxy whose upstreams read
+    /// the first entry.
+    Replace,
+}
+
+/// The forwarding policy: which client to believe, which requests to
+/// refuse, and how request and answer headers are rewritten.
+///
+/// Built once (validated by [`ForwardPolicyBuilder::build`]), shared by
+/// reference, and pure: no I/O, no clock.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::{ForwardPolicy, HostMode};
+///
+/// let policy = ForwardPolicy::builder()
+///     .trusted_proxy("10.0.0.0/8")
+///     .allow_origin("https://app.example")
+///     .host(HostMode::ClientWithListenerPort)
+///     .forwarded(true)
+///     .set_request_header("X-Proxy", "wsproxy")
+///     .build()?;
+/// # let _ = policy;
+/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ForwardPolicy {
+    host: HostRule,
+    xff: XForwardedFor,
+    forwarded: bool,
+    redirect: bool,
+    trusted: TrustedProxies,
+    origins: OriginAllowlist,
+    cors: Option<CompiledCors>,
+    request_edits: HeaderEdits,
+    response_edits: HeaderEdits,
+}
+
+impl Default for ForwardPolicy {
+    fn default() -> Self {
+        Self::nginx()
+    }
+}
+
+impl ForwardPolicy {
+    /// The classic nginx WebSocket configuration (see the [module
+    /// docs](self)), with `proxy_redirect default`, no trusted proxies, no
+    /// origin check, no CORS and no `Forwarded` header.
+    pub fn nginx() -> Self {
+        Self {
+            host: HostRule::Client,
+            xff: XForwardedFor::Append,
+            forwarded: false,
+            redirect: true,
+            trusted: TrustedProxies::default(),
+            origins: OriginAllowlist::default(),
+            cors: None,
+            request_edits: HeaderEdits::default(),
+            response_edits: HeaderEdits::default(),
+        }
+    }
+
+    /// A builder starting from [`ForwardPolicy::nginx`].
+    pub fn builder() -> ForwardPolicyBuilder {
+        ForwardPolicyBuilder::default()
+    }
+
+    /// Decides who the client is, before an upstream is chosen.
+    ///
+    /// From an untrusted peer, the peer itself and the listener's scheme.
+    /// From a trusted proxy, the address found by walking `X-Forwarded-For`
+    /// from the right past trusted hops (nginx `real_ip_recursive on`; all
+    /// trusted gives the leftmost) and its `X-Forwarded-Proto`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsproxy::forward::{ForwardPolicy, Scheme};
+    ///
+    /// let policy = ForwardPolicy::builder().trusted_proxy("127.0.0.0/8").build()?;
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("x-forwarded-for", "198.51.100.7, 127.0.0.2".parse()?);
+    /// headers.insert("x-forwarded-proto", "https".parse()?);
+    /// let client = policy.resolve_client("127.0.0.1:4000".parse()?, &headers, Scheme::Http);
+    /// assert_eq!(client.ip().to_string(), "198.51.100.7");
+    /// assert_eq!(client.proto(), Scheme::Https);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn resolve_client(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        listener: Scheme,
+    ) -> Client {
+        let (ip, proto, peer_trusted) = self.trusted.resolve(peer.ip(), headers, listener);
+        Client {
+            ip,
+            proto,
+            peer_trusted,
+            host: headers.get(header::HOST).cloned(),
+            origin: headers.get(header::ORIGIN).cloned(),
+        }
+    }
+
+    /// Refuses a request the policy does not forward.
+    ///
+    /// # Errors
+    ///
+    /// [`ForwardError::OriginNotAllowed`] (403) for a WebSocket upgrade
+    /// whose `Origin` is outside the allowlist. A request without `Origin`
+    /// passes: browsers always send it on WebSocket handshakes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsproxy::forward::ForwardPolicy;
+    ///
+    /// let policy = ForwardPolicy::builder().allow_origin("https://app.example").build()?;
+    /// let req = http::Request::get("/ws").header("origin", "https://evil.example").body(())?;
+    /// let refused = policy.check(&req, true).map_err(|e| e.status());
+    /// assert_eq!(refused, Err(http::StatusCode::FORBIDDEN));
+    /// assert!(policy.check(&req, false).is_ok()); // plain HTTP is CORS's business
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check<B>(&self, req: &Request<B>, websocket: bool) -> Result<(), ForwardError> {
+        if websocket {
+            self.origins.check(req.headers())?;
+        }
+        Ok(())
+    }
+
+    /// The answer to a CORS preflight when CORS is configured: 204 with the
+    /// `Access-Control-*` headers, or 403 for an origin outside
+    /// [`Cors::origins`]. `None` means forward the request as usual.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsproxy::forward::{Cors, ForwardPolicy};
+    ///
+    /// let policy = ForwardPolicy::builder().cors(Cors::any_origin()).build()?;
+    /// let req = http::Request::options("/api")
+    ///     .header("origin", "https://app.example")
+    ///     .header("access-control-request-method", "POST")
+    ///     .body(())?;
+    /// let answer = policy.preflight(&req).ok_or("no preflight answer")?;
+    /// assert_eq!(answer.status(), http::StatusCode::NO_CONTENT);
+    /// assert_eq!(answer.headers()["access-control-allow-origin"], "*");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn preflight<B>(&self, req: &Request<B>) -> Option<Response<()>> {
+        self.cors.as_ref()?.preflight(req)
+    }
+
+    /// Rewrites a request head for the upstream chosen in `ctx`.
+    ///
+    /// In order: hop-by-hop fields and those named in `Connection` are
+    /// removed (RFC 9110 §7.6.1; `Transfer-Encoding` is kept, see the
+    /// module's "Body framing"); `Upgrade: websocket` and
+    /// `Connection: upgrade` for a WebSocket upgrade, else
+    /// `Connection: close`; `Host` per [`HostMode`]; `X-Real-IP`,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto` (and `Forwarded` if enabled)
+    /// from `client`; an absolute-form target becomes origin-form; the
+    /// version becomes HTTP/1.1; the configured request headers are applied
+    /// last. An untrusted peer's incoming `Forwarded` is removed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
+    ///
+    /// let policy = ForwardPolicy::nginx();
+    /// let peer = "127.0.0.1:50000".parse()?;
+    /// let mut req = http::Request::post("/form")
+    ///     .header("host", "app.example")
+    ///     .header("x-forwarded-for", "203.0.113.1")
+    ///     .header("content-length", "3")
+    ///     .body(())?;
+    /// let client = policy.resolve_client(peer, req.headers(), Scheme::Https);
+    /// let ctx = ForwardContext::new(peer, Scheme::Https, 443, "127.0.0.1:9000".parse()?);
+    /// policy.rewrite_request(&mut req, &client, &ctx);
+    /// assert_eq!(req.headers()["connection"], "close");
+    /// assert_eq!(req.headers()["x-forwarded-for"], "203.0.113.1, 127.0.0.1");
+    /// assert_eq!(req.headers()["x-forwarded-proto"], "https");
+    /// assert_eq!(req.headers()["content-length"], "3");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rewrite_request<B>(&self, req: &mut Request<B>, client: &Client, ctx: &ForwardContext) {
+        let host = self.host.value(req, ctx);
+        let real_ip = ip_value(client.ip());
+        let forwarded_for = self.forwarded_for(req.headers(), client, ctx, &real_ip);
+        if let Some(origin_form) = origin_form(req.uri()) {
+            *req.uri_mut() = origin_form;
+        }
+        *req.version_mut() = Version::HTTP_11;
+
+        let h = req.headers_mut();
+        hop::strip(h, Keep::Nothing);
+        if ctx.is_websocket() {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        } else {
+            // nginx `map $http_upgrade $connection_upgrade { '' close; }`:
+            // one request per upstream connection.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        h.insert(header::HOST, host);
+        h.insert(X_REAL_IP, real_ip);
+        h.insert(X_FORWARDED_FOR, forwarded_for);
+        h.insert(
+            X_FORWARDED_PROTO,
+            HeaderValue::from_static(client.proto().as_str()),
+        );
+        if self.forwarded {
+            let element = forwarded::element(client.ip(), client.proto(), client.host());
+            h.insert(header::FORWARDED, element);
+        } else if !client.is_peer_trusted() {
+            // Upstreams that read RFC 7239 must not see a forged `for=`.
+            h.remove(header::FORWARDED);
+        }
+        self.request_edits.apply(h);
+    }
+
+    /// Rewrites the upstream's answer head for the client.
+    ///
+    /// Hop-by-hop fields are removed, except `Upgrade` and `Connection` on a
+    /// 101; a plain answer gets `Connection: close`, matching the
+    /// one-request upstream connection. With `proxy_redirect default` on, a
+    /// `Location` or `Refresh` pointing at the upstream is pointed at the
+    /// scheme and `Host` the client used (a relative URL when the client
+    /// sent no `Host`). Plain answers then get the CORS headers and the
+    /// configured answer headers. The version becomes HTTP/1.1.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
+    ///
+    /// let policy = ForwardPolicy::nginx();
+    /// let peer = "127.0.0.1:50000".parse()?;
+    /// let req = http::Request::get("/").header("host", "app.example").body(())?;
+    /// let client = policy.resolve_client(peer, req.headers(), Scheme::Https);
+    /// let ctx = ForwardContext::new(peer, Scheme::Https, 443, "127.0.0.1:9000".parse()?);
+    ///
+    /// let mut answer = http::Response::builder()
+    ///     .status(302)
+    ///     .header("location", "http://127.0.0.1:9000/login")
+    ///     .header("keep-alive", "timeout=5")
+    ///     .body(())?;
+    /// policy.rewrite_response(&mut answer, &client, &ctx);
+    /// assert_eq!(answer.headers()["location"], "https://app.example/login");
+    /// assert!(answer.headers().get("keep-alive").is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn rewrite_response<B>(
+        &self,
+        resp: &mut Response<B>,
+        client: &Client,
+        ctx: &ForwardContext,
+    ) {
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        *resp.version_mut() = Version::HTTP_11;
+        let h = resp.headers_mut();
+        hop::strip(
+            h,
+            if switching {
+                Keep::Upgrade
+            } else {
+                Keep::Nothing
+            },
+        );
+        if self.redirect {
+            let to = match client.host().and_then(|v| v.to_str().ok()) {
+                Some(host) => format!("{}://{}", client.proto(), host),
+                None => String::new(),
+            };
+            redirect::rewrite(h, ctx.upstream(), &to);
+        }
+        if switching {
+            return;
+        }
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        if let Some(cors) = &self.cors {
+            cors.decorate(client.origin(), h);
+        }
+        self.response_edits.apply(h);
+    }
+
+    /// `X-Forwarded-For` for this hop, computed before the strip so a
+    /// client cannot hide the incoming list by naming it in `Connection`.
+    /// `real_ip` is the believed client's value, reused when it is the
+    /// whole answer.
+    fn forwarded_for(
+        &self,
+        headers: &HeaderMap,
+        client: &Client,
+        ctx: &ForwardContext,
+        real_ip: &HeaderValue,
+    ) -> HeaderValue {
+        let peer = ctx.peer().ip().to_canonical();
+        if self.xff == XForwardedFor::Replace {
+            return real_ip.clone();
+        }
+        let mut list: Vec<u8> = Vec::new();
+        for value in headers.get_all(X_FORWARDED_FOR) {
+            let v = value.as_bytes().trim_ascii();
+            if v.is_empty() {
+                continue;
+            }
+            list.extend_from_slice(v);
+            list.extend_from_slice(b", ");
+        }
+        if list.is_empty() && peer == client.ip() {
+            return real_ip.clone();
+        }
+        // Writing to a Vec cannot fail.
+        let _ = write!(list, "{peer}");
+        // Incoming values are valid header values and so is their join;
+        // the fallback only keeps this total.
+        owned_value(list).unwrap_or_else(|| ip_value(peer))
+    }
+}
+
+/// A header value over bytes built here, without copying them again.
+pub(crate) fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
+}
+
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let mut v = Vec::with_capacity(46);
+    // Writing to a Vec cannot fail.
+    let _ = write!(v, "{ip}");
+    owned_value(v).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// The origin-form of an absolute-form target (RFC 9112 §3.2.1): upstreams
+/// are origin servers, and nginx sends them origin-form too.
+fn origin_form(uri: &Uri) -> Option<Uri> {
+    uri.authority()?;
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    pq.parse().ok()
+}
+
+/// Builds a [`ForwardPolicy`]; every setting is checked in
+/// [`build`](Self::build), never at run time.
+///
+/// # Examples
+///
+/// ```
+/// use wsproxy::forward::ForwardPolicy;
+///
+/// let policy = ForwardPolicy::builder()
+///     .remove_request_header("HTTP_X_FORWARDED_FOR")
+///     .add_response_header("Strict-Transport-Security", "max-age=63072000")
+///     .build()?;
+/// # let _ = policy;
+/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ForwardPolicyBuilder {
+    host: HostMode,
+    xff: XForwardedFor,
+    forwarded: bool,
+    redirect: bool,
+    trusted: Vec<String>,
+    origins: Vec<String>,
+    cors: Option<Cors>,
+    request_edits: Vec<RawEdit>,
+    response_edits: Vec<RawEdit>,
+}
+
+impl Default for ForwardPolicyBuilder {
+    fn default() -> Self {
+        Self {
+            host: HostMode::Client,
+            xff: XForwardedFor::Append,
+            forwarded: false,
+            redirect: true,
+            trusted: Vec::new(),
+            origins: Vec::new(),
+            cors: None,
+            request_edits: Vec::new(),
+            response_edits: Vec::new(),
+        }
+    }
+}
+
+impl ForwardPolicyBuilder {
+    /// The `Host` the upstream sees (nginx `proxy_set_header Host`);
+    /// default [`HostMode::Client`] (`$host`).
+    pub fn host(mut self, mode: HostMode) -> Self {
+        self.host = mode;
+        self
+    }
+
+    /// How `X-Forwarded-For` is written; default [`XForwardedFor::Append`].
+    pub fn x_forwarded_for(mut self, mode: XForwardedFor) -> Self {
+        self.xff = mode;
+        self
+    }
+
+    /// Also send an RFC 7239 `Forwarded: for=…;proto=…;host=…` for the
+    /// believed client, replacing any incoming one; default off.
+    pub fn forwarded(mut self, on: bool) -> Self {
+        self.forwarded = on;
+        self
+    }
+
+    /// nginx `proxy_redirect default` (on) or `proxy_redirect off`.
+    pub fn redirect(mut self, on: bool) -> Self {
+        self.redirect = on;
+        self
+    }
+
+    /// Trusts a proxy address or CIDR block (nginx `set_real_ip_from`);
+    /// repeatable.
+    pub fn trusted_proxy(mut self, cidr: impl Into<String>) -> Self {
+        self.trusted.push(cidr.into());
+        self
+    }
+
+    /// Allows WebSocket upgrades from this exact origin
+    /// (`scheme://host[:port]`); repeatable. With none, all are allowed.
+    pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
+        self.origins.push(origin.into());
+        self
+    }
+
+    /// Answers CORS preflights and decorates plain answers.
+    pub fn cors(mut self, cors: Cors) -> Self {
+        self.cors = Some(cors);
+        self
+    }
+
+    /// Sets a request header for the upstream, replacing any incoming one
+    /// (nginx `proxy_set_header`). Applied after the built-in rewrite.
+    pub fn set_request_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.request_edits
+            .push(RawEdit::Set(name.into(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Removes a request header before forwarding (nginx
+    /// `proxy_set_header Name ""`).
+    pub fn remove_request_header(mut self, name: impl Into<String>) -> Self {
+        self.request_edits.push(RawEdit::Remove(name.into()));
+        self
+    }
+
+    /// Sets a header on plain (non-101) answers, replacing the upstream's
+    /// (nginx `add_header … always`; replacing avoids duplicate fields).
+    pub fn add_response_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.response_edits
+            .push(RawEdit::Set(name.into(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Removes a header from plain answers (nginx `proxy_hide_header`).
+    pub fn remove_response_header(mut self, name: impl Into<String>) -> Self {
+        self.response_edits.push(RawEdit::Remove(name.into()));
+        self
+    }
+
+    /// Validates the configuration.
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] for a header name that is not a token, a value
+    /// with CR, LF, NUL or another control byte, a proxy-managed header
+    /// (hop-by-hop fields, `Content-Length`), a bad CIDR or origin, or CORS
+    /// credentials with any origin.
+    pub fn build(self) -> Result<ForwardPolicy, PolicyError> {
+        let host = match self.host {
+            HostMode::Client => HostRule::Client,
+            HostMode::ClientWithListenerPort => HostRule::ClientWithListenerPort,
+            HostMode::Upstream => HostRule::Upstream,
+            HostMode::Fixed(v) => HostRule::Fixed(
+                HeaderValue::from_str(&v)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| PolicyError::InvalidHeaderValue {
+                        name: "host".into(),
+                    })?,
+            ),
+        };
+        Ok(ForwardPolicy {
+            host,
+            xff: self.xff,
+            forwarded: self.forwarded,
+            redirect: self.redirect,
+            trusted: TrustedProxies::parse(&self.trusted)?,
+            origins: OriginAllowlist::parse(&self.origins)?,
+            cors: self.cors.as_ref().map(Cors::compile).transpose()?,
+            request_edits: HeaderEdits::compile(&self.request_edits)?,
+            response_edits: HeaderEdits::compile(&self.response_edits)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

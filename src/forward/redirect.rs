@@ -1,0 +1,176 @@
+//! `proxy_redirect default`: a `Location` or `Refresh` that points at the
+//! upstream is pointed back at the address the client used.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
+
+use super::Scheme;
+
+/// Rewrites `Location` and `Refresh` in `headers` from `upstream` to `to`
+/// (`scheme://host[:port]` the client used, or empty for a relative URL).
+pub(crate) fn rewrite(headers: &mut HeaderMap, upstream: &Authority, to: &str) {
+    if let Some(url) = header_str(headers, &header::LOCATION) {
+        if let Some(new) = rewrite_url(url, upstream, to) {
+            set(headers, header::LOCATION, &new);
+        }
+    }
+    let refresh = HeaderName::from_static("refresh");
+    if let Some(value) = header_str(headers, &refresh) {
+        if let Some(new) = rewrite_refresh(value, upstream, to) {
+            set(headers, refresh, &new);
+        }
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    // The parts came from valid header values, so this only fails on a
+    // client Host that is not visible ASCII; then the header stays as is.
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+/// `http(s)://<upstream>[path]` → `<to>[path]`; `None` when `url` points
+/// elsewhere. The port compares with the scheme's default filled in, so
+/// `http://backend/` matches the upstream `backend:80`.
+pub(crate) fn rewrite_url(url: &str, upstream: &Authority, to: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = Scheme::parse(scheme)?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.contains('@') {
+        return None;
+    }
+    let authority: Authority = authority.parse().ok()?;
+    let same_host = authority.host().eq_ignore_ascii_case(upstream.host());
+    let port = authority.port_u16().unwrap_or(scheme.default_port());
+    let upstream_port = upstream.port_u16().unwrap_or(Scheme::Http.default_port());
+    if !same_host || port != upstream_port {
+        return None;
+    }
+    let mut out = String::with_capacity(to.len() + tail.len() + 1);
+    out.push_str(to);
+    if to.is_empty() && !tail.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(tail);
+    Some(out)
+}
+
+/// `Refresh: 5; url=<url>` (unquoted or quoted), rewriting only the URL.
+fn rewrite_refresh(value: &str, upstream: &Authority, to: &str) -> Option<String> {
+    let lower = value.to_ascii_lowercase();
+    let at = lower.find("url=")? + "url=".len();
+    let (head, url) = value.split_at(at);
+    let (quote, url) = match url.as_bytes().first() {
+        Some(q @ (b'"' | b'\'')) => (Some(char::from(*q)), &url[1..]),
+        _ => (None, url),
+    };
+    let (url, after) = match quote {
+        Some(q) => url.split_at(url.find(q).unwrap_or(url.len())),
+        None => (url.trim_end(), ""),
+    };
+    let new = rewrite_url(url, upstream, to)?;
+    let mut out = String::with_capacity(value.len() + to.len());
+    out.push_str(head);
+    if let Some(q) = quote {
+        out.push(q);
+    }
+    out.push_str(&new);
+    out.push_str(after);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(s: &str) -> Authority {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn location_at_upstream_is_rewritten_keeping_the_path() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            HeaderValue::from_static("http://10.0.0.5:8080/login?next=%2F#top"),
+        );
+        rewrite(&mut h, &up("10.0.0.5:8080"), "https://app.example");
+        assert_eq!(h["location"], "https://app.example/login?next=%2F#top");
+    }
+
+    #[test]
+    fn default_port_and_host_case_match() {
+        assert_eq!(
+            rewrite_url(
+                "HTTP://Backend/x",
+                &up("backend:80"),
+                "http://a.example:8080"
+            )
+            .as_deref(),
+            Some("http://a.example:8080/x")
+        );
+        assert_eq!(
+            rewrite_url("https://backend/x", &up("backend:443"), "https://a.example").as_deref(),
+            Some("https://a.example/x")
+        );
+    }
+
+    #[test]
+    fn other_hosts_ports_and_relative_urls_are_left_alone() {
+        let u = up("backend:8080");
+        assert_eq!(rewrite_url("http://backend:8081/x", &u, "https://a"), None);
+        assert_eq!(rewrite_url("http://other:8080/x", &u, "https://a"), None);
+        assert_eq!(rewrite_url("/x", &u, "https://a"), None);
+        assert_eq!(rewrite_url("ftp://backend:8080/x", &u, "https://a"), None);
+        assert_eq!(
+            rewrite_url("http://user@backend:8080/x", &u, "https://a"),
+            None
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            HeaderValue::from_static("https://elsewhere.example/"),
+        );
+        rewrite(&mut h, &u, "https://a");
+        assert_eq!(h["location"], "https://elsewhere.example/");
+    }
+
+    #[test]
+    fn without_client_host_the_url_becomes_relative() {
+        assert_eq!(
+            rewrite_url("http://backend:8080", &up("backend:8080"), "").as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            rewrite_url("http://backend:8080?q", &up("backend:8080"), "").as_deref(),
+            Some("/?q")
+        );
+    }
+
+    #[test]
+    fn refresh_url_is_rewritten_quoted_or_not() {
+        let u = up("backend:8080");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "refresh",
+            HeaderValue::from_static("5; URL=http://backend:8080/done"),
+        );
+        rewrite(&mut h, &u, "https://a.example");
+        assert_eq!(h["refresh"], "5; URL=https://a.example/done");
+        h.insert(
+            "refresh",
+            HeaderValue::from_static("0;url='http://backend:8080/x' "),
+        );
+        rewrite(&mut h, &u, "https://a.example");
+        assert_eq!(h["refresh"], "0;url='https://a.example/x' ");
+        h.insert("refresh", HeaderValue::from_static("5"));
+        rewrite(&mut h, &u, "https://a.example");
+        assert_eq!(h["refresh"], "5");
+    }
+}
