@@ -12,6 +12,9 @@ pub enum Error {
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
     Io(#[source] std::io::Error),
+    /// No upstream could be chosen.
+    #[error("upstream selection failed")]
+    Select(#[from] crate::balance::SelectError),
 }
 
 impl Error {
@@ -19,6 +22,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Io(_) => StatusCode::BAD_GATEWAY,
+            Self::Select(e) => e.status(),
         }
     }
 }
@@ -26,5 +30,17 @@ impl Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Self::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_error_keeps_its_status_and_source() {
+        let e = Error::from(crate::balance::SelectError::NoneAvailable);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -7,6 +7,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod balance;
 pub mod error;
 
+pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
