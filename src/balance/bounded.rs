@@ -1,6 +1,7 @@
 //! Consistent hashing with bounded loads.
 
-use super::ring::{HashKey, RingCache};
+use super::ring::{HashKey, Rings};
+use super::set::LayoutCache;
 use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
 
 /// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
@@ -40,7 +41,7 @@ pub struct BoundedLoad {
     set: UpstreamSet,
     key: HashKey,
     factor: f64,
-    rings: RingCache,
+    rings: LayoutCache<Rings>,
 }
 
 /// HAProxy's documented suggestion, `hash-balance-factor 125`.
@@ -53,7 +54,7 @@ impl BoundedLoad {
             set,
             key,
             factor: DEFAULT_FACTOR,
-            rings: RingCache::default(),
+            rings: LayoutCache::default(),
         }
     }
 
@@ -77,7 +78,7 @@ impl Balancer for BoundedLoad {
         let hash = self.key.hash_or_addr(ctx);
         // The mean counts the connection being placed (the paper's `m + 1`).
         let placed = (self.set.active_total() + 1) as f64;
-        self.rings.with(&state, |rings| {
+        self.rings.with(&state, Rings::new, |rings| {
             pick_tiers(&state, |tier, peers| {
                 let routable = state.routable_weight(tier).max(1) as f64;
                 let per_weight = self.factor * placed / routable;

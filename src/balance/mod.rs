@@ -139,6 +139,7 @@ impl<'a> PickContext<'a> {
     }
 
     /// The believed client address.
+    #[inline]
     pub fn client(&self) -> IpAddr {
         self.client
     }
@@ -149,11 +150,13 @@ impl<'a> PickContext<'a> {
     }
 
     /// The upstreams already tried and failed for this request.
+    #[inline]
     pub fn failed(&self) -> &'a [UpstreamId] {
         self.failed
     }
 
     /// The caller's clock at the time of the pick.
+    #[inline]
     pub fn now(&self) -> Instant {
         self.now
     }

@@ -1,14 +1,10 @@
 //! Consistent hashing: hash keys and the ketama ring.
 
-use std::fmt;
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
 use http::header::COOKIE;
 use http::HeaderName;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::set::State;
+use super::set::{LayoutCache, State};
 use super::{pick_tiers, Balancer, Lease, Peer, PickContext, SelectError, UpstreamSet};
 
 /// What a consistent hash is keyed on (nginx `hash $key consistent`).
@@ -103,10 +99,16 @@ pub(crate) const POINTS_PER_WEIGHT: u32 = 160;
 
 /// A ketama ring for one tier: sorted points and, beside them, the index of
 /// the peer owning each.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct Ring {
     points: Vec<u64>,
     owners: Vec<u32>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ring({} points)", self.points.len())
+    }
 }
 
 impl Ring {
@@ -130,6 +132,7 @@ impl Ring {
     /// Peer indices clockwise from `hash`, each point once: the candidates
     /// in order. Repeats a peer when it owns several points; callers stop at
     /// the first acceptable one.
+    #[inline]
     pub(crate) fn walk(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
         let start = self.points.partition_point(|&p| p < hash);
         let (before, from) = self.owners.split_at(start.min(self.owners.len()));
@@ -137,55 +140,18 @@ impl Ring {
     }
 }
 
-/// Rings for both tiers, valid for one layout of the set.
+/// Rings for both tiers.
 #[derive(Debug)]
-pub(crate) struct Rings {
-    layout: u64,
-    tiers: [Ring; 2],
-}
+pub(crate) struct Rings([Ring; 2]);
 
 impl Rings {
+    pub(crate) fn new(state: &State) -> Self {
+        Self(state.tiers().map(Ring::new))
+    }
+
+    #[inline]
     pub(crate) fn tier(&self, tier: usize) -> &Ring {
-        &self.tiers[tier.min(1)]
-    }
-}
-
-/// Rebuilds the rings when the set's layout changed, then reads them with
-/// one lock-free load. Concurrent pickers may both rebuild after a change;
-/// both results are identical.
-#[derive(Default)]
-pub(crate) struct RingCache(ArcSwapOption<Rings>);
-
-impl RingCache {
-    pub(crate) fn with<R>(&self, state: &State, f: impl FnOnce(&Rings) -> R) -> R {
-        let cached = self.0.load();
-        if let Some(rings) = cached.as_deref() {
-            if rings.layout == state.layout {
-                return f(rings);
-            }
-        }
-        let [primaries, backups] = state.tiers();
-        let rings = Arc::new(Rings {
-            layout: state.layout,
-            tiers: [Ring::new(primaries), Ring::new(backups)],
-        });
-        self.0.store(Some(Arc::clone(&rings)));
-        f(&rings)
-    }
-}
-
-impl fmt::Debug for RingCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cached = self.0.load();
-        f.debug_struct("RingCache")
-            .field("layout", &cached.as_deref().map(|r| r.layout))
-            .field(
-                "points",
-                &cached
-                    .as_deref()
-                    .map(|r| r.tiers.each_ref().map(|t| t.points.len())),
-            )
-            .finish()
+        &self.0[tier.min(1)]
     }
 }
 
@@ -218,7 +184,7 @@ impl fmt::Debug for RingCache {
 pub struct ConsistentHash {
     set: UpstreamSet,
     key: HashKey,
-    rings: RingCache,
+    rings: LayoutCache<Rings>,
 }
 
 impl ConsistentHash {
@@ -227,7 +193,7 @@ impl ConsistentHash {
         Self {
             set,
             key,
-            rings: RingCache::default(),
+            rings: LayoutCache::default(),
         }
     }
 }
@@ -236,7 +202,7 @@ impl Balancer for ConsistentHash {
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
         let state = self.set.load();
         let hash = self.key.hash_or_addr(ctx);
-        self.rings.with(&state, |rings| {
+        self.rings.with(&state, Rings::new, |rings| {
             pick_tiers(&state, |tier, peers| {
                 rings
                     .tier(tier)

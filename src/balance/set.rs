@@ -2,12 +2,12 @@
 //! lock-free load.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use super::upstream::{Lease, Shared, Upstream, UpstreamAddr, UpstreamId};
+use super::upstream::{Counters, Lease, Shared, Upstream, UpstreamAddr, UpstreamId};
 use super::PickContext;
 
 /// The upstreams a balancer chooses from, shared by cheap clones.
@@ -46,17 +46,18 @@ struct Inner {
     state: ArcSwap<State>,
     /// Serialises writers; holds the next id.
     write: Mutex<u64>,
-    total: Arc<AtomicUsize>,
+    counters: Arc<Counters>,
 }
 
 impl UpstreamSet {
     /// An empty set.
     pub fn new() -> Self {
+        let counters = Arc::new(Counters::default());
         Self {
             inner: Arc::new(Inner {
-                state: ArcSwap::from_pointee(State::default()),
+                state: ArcSwap::from_pointee(State::new(0, 0, Vec::new(), Arc::clone(&counters))),
                 write: Mutex::new(0),
-                total: Arc::new(AtomicUsize::new(0)),
+                counters,
             }),
         }
     }
@@ -70,7 +71,7 @@ impl UpstreamSet {
             .unwrap_or_else(PoisonError::into_inner);
         let id = UpstreamId(*next);
         *next += 1;
-        let shared = Arc::new(Shared::new(id, &upstream, Arc::clone(&self.inner.total)));
+        let shared = Arc::new(Shared::new(id, &upstream, Arc::clone(&self.inner.counters)));
         let peer = Peer {
             shared,
             weight: upstream.weight,
@@ -126,11 +127,13 @@ impl UpstreamSet {
     }
 
     /// Open leases on the whole set, removed upstreams included.
+    #[inline]
     pub(crate) fn active_total(&self) -> usize {
-        self.inner.total.load(Ordering::Relaxed)
+        self.inner.counters.total.load(Ordering::Relaxed)
     }
 
     /// The current state, for the strategies in this module.
+    #[inline]
     pub(crate) fn load(&self) -> Guard<Arc<State>> {
         self.inner.state.load()
     }
@@ -161,9 +164,12 @@ impl UpstreamSet {
         let result = change(&mut peers);
         let generation = old.generation + 1;
         let layout = if layout { generation } else { old.layout };
-        self.inner
-            .state
-            .store(Arc::new(State::new(generation, layout, peers)));
+        self.inner.state.store(Arc::new(State::new(
+            generation,
+            layout,
+            peers,
+            Arc::clone(&self.inner.counters),
+        )));
         result
     }
 }
@@ -196,7 +202,7 @@ impl fmt::Debug for UpstreamSet {
 }
 
 /// One immutable version of the set.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct State {
     pub(crate) generation: u64,
     /// Generation of the last change of membership or weights: what hash
@@ -207,10 +213,13 @@ pub(crate) struct State {
     cumulative: [Vec<u64>; 2],
     /// Weight per tier of the peers neither down nor draining.
     routable: [u64; 2],
+    /// Per tier: no peer is down or draining.
+    clear: [bool; 2],
+    counters: Arc<Counters>,
 }
 
 impl State {
-    fn new(generation: u64, layout: u64, peers: Vec<Peer>) -> Self {
+    fn new(generation: u64, layout: u64, peers: Vec<Peer>, counters: Arc<Counters>) -> Self {
         let (backups, primaries): (Vec<Peer>, Vec<Peer>) =
             peers.into_iter().partition(|p| p.backup);
         let tiers = [primaries, backups];
@@ -228,21 +237,28 @@ impl State {
                 .map(|p| u64::from(p.weight))
                 .sum()
         });
+        let clear = tiers
+            .each_ref()
+            .map(|tier| tier.iter().all(|p| !p.down && !p.draining));
         Self {
             generation,
             layout,
             tiers,
             cumulative,
             routable,
+            clear,
+            counters,
         }
     }
 
     /// Primaries, then backups.
+    #[inline]
     pub(crate) fn tiers(&self) -> [&[Peer]; 2] {
         [&self.tiers[0], &self.tiers[1]]
     }
 
     /// Sum of the weights of `tier`, available or not.
+    #[inline]
     pub(crate) fn total_weight(&self, tier: usize) -> u64 {
         self.cumulative
             .get(tier)
@@ -251,17 +267,75 @@ impl State {
             .unwrap_or(0)
     }
 
+    /// Whether every peer of `tier` is available to `ctx`, known without
+    /// looking at each: none down, draining or failed for this request, and
+    /// no upstream of the set tripped by passive health.
+    #[inline]
+    pub(crate) fn all_available(&self, tier: usize, ctx: &PickContext<'_>) -> bool {
+        self.clear.get(tier).copied().unwrap_or(false)
+            && ctx.failed().is_empty()
+            && self.counters.tripped.load(Ordering::Relaxed) == 0
+    }
+
     /// Sum of the weights of `tier` neither down nor draining.
+    #[inline]
     pub(crate) fn routable_weight(&self, tier: usize) -> u64 {
         self.routable.get(tier).copied().unwrap_or(0)
     }
 
     /// The peer of `tier` that owns weight unit `x` (`x < total_weight`),
     /// as nginx's `w -= peer->weight` walk but by binary search.
+    #[inline]
     pub(crate) fn by_weight(&self, tier: usize, x: u64) -> usize {
         self.cumulative
             .get(tier)
             .map_or(0, |c| c.partition_point(|&sum| sum <= x))
+    }
+}
+
+/// A strategy's data derived from one layout of the set (a hash ring, a
+/// round-robin cycle): rebuilt on the first pick after membership or
+/// weights change, then read with one lock-free load. Pickers racing a
+/// change may both rebuild; the results are identical.
+pub(crate) struct LayoutCache<T>(ArcSwapOption<(u64, T)>);
+
+impl<T> Default for LayoutCache<T> {
+    fn default() -> Self {
+        Self(ArcSwapOption::empty())
+    }
+}
+
+impl<T> LayoutCache<T> {
+    #[inline]
+    pub(crate) fn with<R>(
+        &self,
+        state: &State,
+        build: impl FnOnce(&State) -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
+        let cached = self.0.load();
+        if let Some((layout, derived)) = cached.as_deref() {
+            if *layout == state.layout {
+                return f(derived);
+            }
+        }
+        let fresh = Arc::new((state.layout, build(state)));
+        self.0.store(Some(Arc::clone(&fresh)));
+        f(&fresh.1)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for LayoutCache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cached = self.0.load();
+        match cached.as_deref() {
+            Some((layout, derived)) => f
+                .debug_struct("LayoutCache")
+                .field("layout", layout)
+                .field("derived", derived)
+                .finish(),
+            None => f.write_str("LayoutCache(empty)"),
+        }
     }
 }
 
@@ -277,11 +351,13 @@ pub struct Peer {
 
 impl Peer {
     /// The upstream's id.
+    #[inline]
     pub fn id(&self) -> UpstreamId {
         self.shared.id
     }
 
     /// Where it listens.
+    #[inline]
     pub fn addr(&self) -> &UpstreamAddr {
         &self.shared.addr
     }
@@ -307,6 +383,7 @@ impl Peer {
     }
 
     /// Its open leases (connections), counted across every balancer.
+    #[inline]
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
     }
@@ -314,6 +391,7 @@ impl Peer {
     /// Whether it may take this request: not down, not draining, not
     /// already failed for this request, and not sitting out a
     /// `fail_timeout` at `ctx.now()`.
+    #[inline]
     pub fn is_available(&self, ctx: &PickContext<'_>) -> bool {
         !self.down
             && !self.draining
@@ -323,6 +401,7 @@ impl Peer {
 
     /// Leases it for one connection. Balancers call this on the peer they
     /// choose; the count is released when the lease drops.
+    #[inline]
     pub fn lease(&self) -> Lease {
         Lease::new(&self.shared)
     }
@@ -426,18 +505,18 @@ mod tests {
         let b = LeastConn::new(set.clone());
         let lease = b.pick(&ctx(&request, now)).unwrap();
         let gone = lease.id();
-        let total = Arc::clone(&set.inner.total);
+        let counters = Arc::clone(&set.inner.counters);
         assert!(set.remove(gone));
         assert!(!set.remove(gone));
         assert!(set.snapshot().get(gone).is_none());
         for _ in 0..10 {
             assert_ne!(b.pick(&ctx(&request, now)).unwrap().id(), gone);
         }
-        assert_eq!(total.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.total.load(Ordering::Relaxed), 1);
         lease.report_failure(now);
         lease.report_success();
         drop(lease);
-        assert_eq!(total.load(Ordering::Relaxed), 0);
+        assert_eq!(counters.total.load(Ordering::Relaxed), 0);
         let kept = ids.iter().find(|&&id| id != gone).copied().unwrap();
         assert_eq!(set.snapshot().get(kept).unwrap().active(), 0);
     }

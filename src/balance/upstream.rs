@@ -184,6 +184,7 @@ impl Upstream {
     }
 
     /// The address.
+    #[inline]
     pub fn addr(&self) -> &UpstreamAddr {
         &self.addr
     }
@@ -197,6 +198,16 @@ struct Health {
     down_until: Option<Instant>,
 }
 
+/// Set-wide counts, shared by every upstream of a set and their leases.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Open leases on the whole set (HAProxy `tot_used`), for bounded loads.
+    pub(crate) total: AtomicUsize,
+    /// Upstreams that reached `max_fails` and have not succeeded since.
+    /// While zero, strategies skip the per-peer health check.
+    pub(crate) tripped: AtomicUsize,
+}
+
 /// The state of one upstream that outlives set changes: leases hold it, so a
 /// removed upstream's connections still release their count.
 #[derive(Debug)]
@@ -207,32 +218,38 @@ pub(crate) struct Shared {
     fail_timeout: Duration,
     /// Open leases on this upstream (nginx `peer->conns`).
     pub(crate) active: AtomicUsize,
-    /// Open leases on the whole set, for bounded loads (HAProxy `tot_used`).
-    pub(crate) total: Arc<AtomicUsize>,
+    pub(crate) counters: Arc<Counters>,
     /// Mirror of `health.fails`, so a healthy upstream costs one atomic load.
     fails: AtomicU32,
     health: Mutex<Health>,
 }
 
 impl Shared {
-    pub(crate) fn new(id: UpstreamId, upstream: &Upstream, total: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(id: UpstreamId, upstream: &Upstream, counters: Arc<Counters>) -> Self {
         Self {
             id,
             addr: upstream.addr.clone(),
             max_fails: upstream.max_fails,
             fail_timeout: upstream.fail_timeout,
             active: AtomicUsize::new(0),
-            total,
+            counters,
             fails: AtomicU32::new(0),
             health: Mutex::new(Health::default()),
         }
     }
 
     /// False while the upstream sits out its `fail_timeout` after `max_fails`.
+    #[inline]
     pub(crate) fn is_healthy(&self, now: Instant) -> bool {
-        if self.max_fails == 0 || self.fails.load(Ordering::Relaxed) < self.max_fails {
-            return true;
-        }
+        self.max_fails == 0
+            || self.fails.load(Ordering::Relaxed) < self.max_fails
+            || self.is_back(now)
+    }
+
+    /// Whether an upstream that reached `max_fails` has sat out its
+    /// `fail_timeout`: the rare path, behind the lock.
+    #[cold]
+    fn is_back(&self, now: Instant) -> bool {
         let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
         health.down_until.map_or(true, |until| now >= until)
     }
@@ -252,6 +269,9 @@ impl Shared {
             health.fails = 0;
             health.window_start = Some(now);
         }
+        if health.fails < self.max_fails && health.fails + 1 >= self.max_fails {
+            self.counters.tripped.fetch_add(1, Ordering::Relaxed);
+        }
         health.fails = health.fails.saturating_add(1);
         if health.fails >= self.max_fails {
             health.down_until = now.checked_add(self.fail_timeout);
@@ -264,8 +284,21 @@ impl Shared {
             return;
         }
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if health.fails >= self.max_fails {
+            self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
+        }
         *health = Health::default();
         self.fails.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Shared {
+    /// A removed upstream that was still tripped stops counting, so the
+    /// fast path comes back.
+    fn drop(&mut self) {
+        if self.max_fails > 0 && *self.fails.get_mut() >= self.max_fails {
+            self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -301,20 +334,23 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[inline]
     pub(crate) fn new(shared: &Arc<Shared>) -> Self {
         shared.active.fetch_add(1, Ordering::Relaxed);
-        shared.total.fetch_add(1, Ordering::Relaxed);
+        shared.counters.total.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: Arc::clone(shared),
         }
     }
 
     /// The upstream's id.
+    #[inline]
     pub fn id(&self) -> UpstreamId {
         self.shared.id
     }
 
     /// Where to connect.
+    #[inline]
     pub fn addr(&self) -> &UpstreamAddr {
         &self.shared.addr
     }
@@ -334,9 +370,10 @@ impl Lease {
 }
 
 impl Drop for Lease {
+    #[inline]
     fn drop(&mut self) {
         self.shared.active.fetch_sub(1, Ordering::Relaxed);
-        self.shared.total.fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.total.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -360,7 +397,7 @@ mod tests {
         Arc::new(Shared::new(
             UpstreamId(0),
             &upstream,
-            Arc::new(AtomicUsize::new(0)),
+            Arc::new(Counters::default()),
         ))
     }
 
@@ -379,8 +416,10 @@ mod tests {
         // A failed probe disables it again at once; a success clears it.
         lease.report_failure(t0 + Duration::from_secs(13));
         assert!(!s.is_healthy(t0 + Duration::from_secs(13)));
+        assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 1);
         lease.report_success();
         assert!(s.is_healthy(t0 + Duration::from_secs(13)));
+        assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -412,11 +451,11 @@ mod tests {
         let a = Lease::new(&s);
         let b = Lease::new(&s);
         assert_eq!(s.active.load(Ordering::Relaxed), 2);
-        assert_eq!(s.total.load(Ordering::Relaxed), 2);
+        assert_eq!(s.counters.total.load(Ordering::Relaxed), 2);
         drop(a);
         drop(b);
         assert_eq!(s.active.load(Ordering::Relaxed), 0);
-        assert_eq!(s.total.load(Ordering::Relaxed), 0);
+        assert_eq!(s.counters.total.load(Ordering::Relaxed), 0);
     }
 
     #[test]
