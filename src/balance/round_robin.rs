@@ -68,7 +68,7 @@ impl Cycle {
     fn new(peers: &[Peer]) -> Self {
         let gcd = peers.iter().fold(0u64, |g, p| gcd(g, u64::from(p.weight)));
         let total: u64 = peers.iter().map(|p| u64::from(p.weight)).sum();
-        let len = if gcd == 0 { 0 } else { total / gcd };
+        let len = total.checked_div(gcd).unwrap_or(0);
         if len > CYCLE_MAX || len.saturating_mul(peers.len() as u64) > CYCLE_WORK_MAX {
             return Self::default();
         }
