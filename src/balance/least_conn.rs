@@ -22,9 +22,20 @@ fn least_in(
     peers: &[Peer],
     base: usize,
     all_available: bool,
+    uniform: bool,
     ctx: &PickContext<'_>,
     best: &mut Option<(usize, u128, u128)>,
 ) {
+    if all_available && uniform {
+        // Equal weights, all available: plain counts, no multiplication.
+        for (i, peer) in peers.iter().enumerate() {
+            let active = peer.active() as u128;
+            if best.map_or(true, |(_, b_active, _)| active < b_active) {
+                *best = Some((base + i, active, u128::from(peer.weight)));
+            }
+        }
+        return;
+    }
     for (i, peer) in peers.iter().enumerate() {
         if !all_available && !peer.is_available(ctx) {
             continue;
@@ -91,8 +102,9 @@ impl Balancer for LeastConn {
             let offset = start % n;
             let (front, back) = peers.split_at(offset);
             let mut best = None;
-            least_in(back, offset, all, ctx, &mut best);
-            least_in(front, 0, all, ctx, &mut best);
+            let uniform = state.uniform_weight(tier);
+            least_in(back, offset, all, uniform, ctx, &mut best);
+            least_in(front, 0, all, uniform, ctx, &mut best);
             best.map(|(i, _, _)| i)
         })
     }

@@ -241,6 +241,7 @@ mod tests {
     use super::testutil::*;
     use super::*;
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[test]
     fn none_available_is_a_bad_gateway() {
@@ -316,6 +317,46 @@ mod tests {
         for bal in &all {
             let err = bal.pick(&ctx(&request, now)).unwrap_err();
             assert_eq!(err, SelectError::NoneAvailable, "{bal:?}");
+        }
+    }
+
+    /// Passive health through the lease, for every strategy: max_fails=1
+    /// failure takes the upstream out for fail_timeout (10 s), then it is
+    /// back, on a fabricated clock.
+    #[test]
+    fn every_strategy_skips_a_failed_upstream_until_fail_timeout() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        let all: Vec<Arc<dyn Balancer>> = vec![
+            Arc::new(RoundRobin::new(set.clone())),
+            Arc::new(IpHash::new(set.clone())),
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(LeastConn::new(set.clone())),
+            Arc::new(RandomTwo::with_seed(set.clone(), 5)),
+        ];
+        let request = request();
+        let t0 = epoch();
+        for bal in &all {
+            // The upstream this strategy prefers for this client.
+            let lease = bal.pick(&ctx(&request, t0)).unwrap();
+            let bad = lease.id();
+            lease.report_failure(t0);
+            drop(lease);
+            for s in [0, 5, 9] {
+                let now = t0 + Duration::from_secs(s);
+                for _ in 0..20 {
+                    assert_ne!(bal.pick(&ctx(&request, now)).unwrap().id(), bad, "{bal:?}");
+                }
+            }
+            // fail_timeout over: picked again (hash strategies at once,
+            // the rest within a round), and a success clears it.
+            let later = t0 + Duration::from_secs(10);
+            let back = (0..20)
+                .map(|_| bal.pick(&ctx(&request, later)).unwrap())
+                .find(|l| l.id() == bad)
+                .unwrap_or_else(|| panic!("{bal:?} never came back to {bad}"));
+            back.report_success();
+            assert!(ids.contains(&bad));
         }
     }
 

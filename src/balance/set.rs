@@ -215,6 +215,8 @@ pub(crate) struct State {
     routable: [u64; 2],
     /// Per tier: no peer is down or draining.
     clear: [bool; 2],
+    /// Per tier: every peer has the same weight.
+    uniform: [bool; 2],
     counters: Arc<Counters>,
 }
 
@@ -240,6 +242,9 @@ impl State {
         let clear = tiers
             .each_ref()
             .map(|tier| tier.iter().all(|p| !p.down && !p.draining));
+        let uniform = tiers
+            .each_ref()
+            .map(|tier| tier.windows(2).all(|w| w[0].weight == w[1].weight));
         Self {
             generation,
             layout,
@@ -247,6 +252,7 @@ impl State {
             cumulative,
             routable,
             clear,
+            uniform,
             counters,
         }
     }
@@ -275,6 +281,12 @@ impl State {
         self.clear.get(tier).copied().unwrap_or(false)
             && ctx.failed().is_empty()
             && self.counters.tripped.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether every peer of `tier` has the same weight.
+    #[inline]
+    pub(crate) fn uniform_weight(&self, tier: usize) -> bool {
+        self.uniform.get(tier).copied().unwrap_or(false)
     }
 
     /// Sum of the weights of `tier` neither down nor draining.
