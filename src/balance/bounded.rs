@@ -40,12 +40,14 @@ use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
 pub struct BoundedLoad {
     set: UpstreamSet,
     key: HashKey,
-    factor: f64,
+    /// The factor in thousandths: integer capacities, so that a bound such
+    /// as 1.1 × 1000 is exactly 1100, not 1100.0000000000002 rounded up.
+    factor_milli: u64,
     rings: LayoutCache<Rings>,
 }
 
 /// HAProxy's documented suggestion, `hash-balance-factor 125`.
-const DEFAULT_FACTOR: f64 = 1.25;
+const DEFAULT_FACTOR_MILLI: u64 = 1250;
 
 impl BoundedLoad {
     /// Bounded-load consistent hashing of `key` over `set`, factor 1.25.
@@ -53,20 +55,22 @@ impl BoundedLoad {
         Self {
             set,
             key,
-            factor: DEFAULT_FACTOR,
+            factor_milli: DEFAULT_FACTOR_MILLI,
             rings: LayoutCache::default(),
         }
     }
 
     /// The load bound over the mean (HAProxy `hash-balance-factor`, there
     /// in percent). Values below 1.0 cannot be met and are raised to 1.0
-    /// (perfect balance, least affinity); NaN keeps the default.
+    /// (perfect balance, least affinity); NaN keeps the default. Kept to
+    /// a thousandth.
     #[must_use]
     pub fn factor(mut self, factor: f64) -> Self {
-        self.factor = if factor.is_nan() {
-            DEFAULT_FACTOR
+        self.factor_milli = if factor.is_nan() {
+            DEFAULT_FACTOR_MILLI
         } else {
-            factor.max(1.0)
+            // `as` saturates: infinity is a bound never reached.
+            (factor.max(1.0) * 1000.0).round() as u64
         };
         self
     }
@@ -77,19 +81,22 @@ impl Balancer for BoundedLoad {
         let state = self.set.load();
         let hash = self.key.hash_or_addr(ctx);
         // The mean counts the connection being placed (the paper's `m + 1`).
-        let placed = (self.set.active_total() + 1) as f64;
+        let placed = self.set.active_total() as u128 + 1;
         self.rings.with(&state, Rings::new, |rings| {
             pick_tiers(&state, |tier, peers| {
-                let routable = state.routable_weight(tier).max(1) as f64;
-                let per_weight = self.factor * placed / routable;
+                let routable = u128::from(state.routable_weight(tier).max(1)) * 1000;
+                let scaled = u128::from(self.factor_milli).saturating_mul(placed);
                 let mut first = None;
                 for i in rings.tier(tier).walk(hash) {
                     let Some(peer) = peers.get(i) else { continue };
                     if !peer.is_available(ctx) {
                         continue;
                     }
-                    let capacity = (per_weight * f64::from(peer.weight)).ceil() as usize;
-                    if peer.active() < capacity {
+                    // ceil(factor × placed × w / W), in integers.
+                    let capacity = scaled
+                        .saturating_mul(u128::from(peer.weight))
+                        .div_ceil(routable);
+                    if (peer.active() as u128) < capacity {
                         return Some(i);
                     }
                     first.get_or_insert(i);
@@ -126,8 +133,8 @@ mod tests {
         for i in 0..2000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
             leases.push(b.pick(&PickContext::new(ip, &request, now)).unwrap());
-            let n = leases.len() as f64;
-            let bound = (1.25 * n / 10.0).ceil() as usize;
+            // ceil(1.25 × n / 10), exactly.
+            let bound = (125 * leases.len()).div_ceil(1000);
             assert!(loads(&set, 10).iter().all(|&l| l <= bound), "{i}");
         }
     }
@@ -170,12 +177,14 @@ mod tests {
         assert_eq!(
             BoundedLoad::new(set.clone(), HashKey::Path)
                 .factor(0.5)
-                .factor,
-            1.0
+                .factor_milli,
+            1000
         );
         assert_eq!(
-            BoundedLoad::new(set, HashKey::Path).factor(f64::NAN).factor,
-            1.25
+            BoundedLoad::new(set, HashKey::Path)
+                .factor(f64::NAN)
+                .factor_milli,
+            1250
         );
     }
 }
