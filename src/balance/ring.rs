@@ -124,10 +124,9 @@ impl std::fmt::Debug for Ring {
 
 impl Ring {
     fn new(peers: &[Peer]) -> Self {
-        let wanted: u64 = peers
-            .iter()
-            .map(|p| u64::from(p.weight) * u64::from(POINTS_PER_WEIGHT))
-            .sum();
+        let wanted = peers.iter().fold(0u64, |sum, p| {
+            sum.saturating_add(u64::from(p.weight) * u64::from(POINTS_PER_WEIGHT))
+        });
         let mut ring: Vec<(u64, u32)> = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
             // Points depend only on the address text, never on the order the
