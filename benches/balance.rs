@@ -65,7 +65,7 @@ fn pick(c: &mut Criterion) {
         let set: UpstreamSet = (0..n)
             .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i))))
             .collect();
-        for (name, balancer) in strategies(&set) {
+        let mut bench = |name: &str, balancer: &dyn Balancer| {
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 let mut i = 0usize;
                 b.iter(|| {
@@ -74,7 +74,24 @@ fn pick(c: &mut Criterion) {
                     black_box(balancer.pick(&ctx))
                 })
             });
+        };
+        for (name, balancer) in strategies(&set) {
+            bench(name, &*balancer);
         }
+        // Long-lived connections: every upstream holds 1 to 8 leases, so
+        // least-conn cannot stop its scan early at an idle upstream.
+        let held: Vec<Lease> = set
+            .snapshot()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..=i % 8).map(move |_| p.lease()))
+            .collect();
+        for (name, balancer) in strategies(&set) {
+            if matches!(name, "least-conn" | "random-two" | "bounded-hash") {
+                bench(&format!("{name}-loaded"), &*balancer);
+            }
+        }
+        drop(held);
     }
     group.finish();
 }

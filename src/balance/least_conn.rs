@@ -16,7 +16,8 @@ fn less_loaded(a: &Peer, b: &Peer) -> bool {
 
 /// The least loaded of `peers` (indexed from `base`) and `best` so far, as
 /// (index, active, weight), preferring the earlier on a tie. Loads compare
-/// as `a / wa < b / wb` cross-multiplied, as nginx does.
+/// as `a / wa < b / wb` cross-multiplied, as nginx does. Returns true once
+/// an idle peer is found: nothing later can beat it, so the scan stops.
 #[inline]
 fn least_in(
     peers: &[Peer],
@@ -25,16 +26,19 @@ fn least_in(
     uniform: bool,
     ctx: &PickContext<'_>,
     best: &mut Option<(usize, u128, u128)>,
-) {
+) -> bool {
     if all_available && uniform {
         // Equal weights, all available: plain counts, no multiplication.
         for (i, peer) in peers.iter().enumerate() {
             let active = peer.active() as u128;
             if best.map_or(true, |(_, b_active, _)| active < b_active) {
                 *best = Some((base + i, active, u128::from(peer.weight)));
+                if active == 0 {
+                    return true;
+                }
             }
         }
-        return;
+        return false;
     }
     for (i, peer) in peers.iter().enumerate() {
         if !all_available && !peer.is_available(ctx) {
@@ -43,9 +47,15 @@ fn least_in(
         let (active, weight) = (peer.active() as u128, u128::from(peer.weight));
         match *best {
             Some((_, b_active, b_weight)) if active * b_weight >= b_active * weight => {}
-            _ => *best = Some((base + i, active, weight)),
+            _ => {
+                *best = Some((base + i, active, weight));
+                if active == 0 {
+                    return true;
+                }
+            }
         }
     }
+    false
 }
 
 /// Weighted least connections (nginx `least_conn`).
@@ -103,8 +113,9 @@ impl Balancer for LeastConn {
             let (front, back) = peers.split_at(offset);
             let mut best = None;
             let uniform = state.uniform_weight(tier);
-            least_in(back, offset, all, uniform, ctx, &mut best);
-            least_in(front, 0, all, uniform, ctx, &mut best);
+            if !least_in(back, offset, all, uniform, ctx, &mut best) {
+                least_in(front, 0, all, uniform, ctx, &mut best);
+            }
             best.map(|(i, _, _)| i)
         })
     }
