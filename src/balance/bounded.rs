@@ -139,6 +139,35 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(32))]
+
+        /// Any mix of opens (few distinct keys, so hot ones) and closes: the
+        /// upstream a connection lands on holds at most ceil(1.25 × mean).
+        #[test]
+        fn a_new_connection_never_lands_above_the_bound(
+            ops in proptest::collection::vec((proptest::bool::weighted(0.7), 0u8..6), 1..300),
+        ) {
+            let (set, _) = set_of(&[1, 2, 1, 1]);
+            let b = BoundedLoad::new(set.clone(), HashKey::Path);
+            let mut leases: Vec<Lease> = Vec::new();
+            for (open, key) in ops {
+                if open {
+                    let request = http::Request::get(format!("/{key}")).body(()).unwrap();
+                    let lease = b.pick(&ctx(&request, epoch())).unwrap();
+                    leases.push(lease);
+                    let snapshot = set.snapshot();
+                    let peer = snapshot.get(leases[leases.len() - 1].id()).unwrap();
+                    // ceil(1.25 × n × w / W) with W = 5.
+                    let bound = (125 * leases.len() * peer.weight() as usize).div_ceil(500);
+                    proptest::prop_assert!(peer.active() <= bound);
+                } else if !leases.is_empty() {
+                    leases.swap_remove(usize::from(key) % leases.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn one_hot_key_spills_over_in_ring_order() {
         let (set, _) = set_of(&[1; 4]);

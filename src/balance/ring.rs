@@ -368,6 +368,36 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Any set of 2..12 upstreams, any one removed: only its keys move.
+        #[test]
+        fn removing_any_node_moves_only_its_keys(
+            ports in proptest::collection::btree_set(1000u16..60000, 2..12),
+            victim in 0usize..12,
+        ) {
+            let set: UpstreamSet = ports.iter().map(|&p| Upstream::new(addr(p))).collect();
+            let b = ConsistentHash::new(set.clone(), HashKey::Path);
+            let paths: Vec<String> = (0..300).map(|i| format!("/p/{i}")).collect();
+            let pick = |path: &str| {
+                let request = http::Request::get(path).body(()).unwrap();
+                b.pick(&ctx(&request, epoch())).unwrap().id()
+            };
+            let before: Vec<_> = paths.iter().map(|p| pick(p)).collect();
+            let gone = set.snapshot().primaries()[victim % ports.len()].id();
+            set.remove(gone);
+            for (path, &x) in paths.iter().zip(&before) {
+                let y = pick(path);
+                if x == gone {
+                    proptest::prop_assert_ne!(y, gone);
+                } else {
+                    proptest::prop_assert_eq!(x, y);
+                }
+            }
+        }
+    }
+
     #[test]
     fn bucket_index_finds_the_same_point_as_a_full_search() {
         let (set, _) = set_of(&[1, 2, 3]);
