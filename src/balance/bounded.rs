@@ -162,7 +162,7 @@ mod tests {
                     let bound = (125 * leases.len() * peer.weight() as usize).div_ceil(500);
                     proptest::prop_assert!(peer.active() <= bound);
                 } else if !leases.is_empty() {
-                    leases.swap_remove(usize::from(key) % leases.len());
+                    drop(leases.swap_remove(usize::from(key) % leases.len()));
                 }
             }
         }
