@@ -244,6 +244,29 @@ mod tests {
     use std::time::Duration;
 
     #[test]
+    fn leases_and_balancers_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Lease>();
+        send_sync::<UpstreamSet>();
+        send_sync::<Arc<dyn Balancer>>();
+        send_sync::<RoundRobin>();
+        send_sync::<BoundedLoad>();
+        send_sync::<SelectError>();
+    }
+
+    #[test]
+    fn debug_output_stays_short() {
+        let (set, _) = set_of(&[1; 100]);
+        let rr = RoundRobin::new(set.clone());
+        let ring = ConsistentHash::new(set, HashKey::Path);
+        let request = request();
+        drop(rr.pick(&ctx(&request, epoch())));
+        drop(ring.pick(&ctx(&request, epoch())));
+        assert!(format!("{rr:?}").len() < 20_000);
+        assert!(format!("{ring:?}").len() < 20_000);
+    }
+
+    #[test]
     fn none_available_is_a_bad_gateway() {
         assert_eq!(SelectError::NoneAvailable.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(

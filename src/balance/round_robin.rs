@@ -53,10 +53,16 @@ struct Current {
 /// One full smooth round of a tier with every peer available, precomputed
 /// so that the common case is one atomic increment instead of a locked
 /// O(n) scan. Empty when the round would be too long to keep.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Cycle {
     order: Vec<u32>,
     next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Cycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cycle({} picks)", self.order.len())
+    }
 }
 
 /// Longest precomputed round, and the most work spent building one
