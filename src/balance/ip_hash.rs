@@ -13,6 +13,10 @@ use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
 /// unavailable, the hash is stirred again with the same octets, giving every
 /// client the same next choice; after 20 tries the first available upstream
 /// after the last choice is taken, as nginx falls back to round-robin.
+/// nginx refuses `backup` with `ip_hash`; here backups serve when no primary
+/// is available, as with every strategy. Down upstreams keep their share of
+/// the weights, so marking one down moves only its clients (nginx advises
+/// `down` rather than removal for this reason).
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -79,7 +79,10 @@ impl UpstreamSet {
             down: upstream.down,
             draining: false,
         };
-        self.update(true, |peers| peers.push(peer));
+        self.update(true, |peers| {
+            peers.push(peer);
+            true
+        });
         id
     }
 
@@ -155,13 +158,15 @@ impl UpstreamSet {
         })
     }
 
-    /// Publishes a changed copy. Callers hold the write lock (or, for `add`,
-    /// have already taken it): one writer at a time, readers never wait.
-    fn update<R>(&self, layout: bool, change: impl FnOnce(&mut Vec<Peer>) -> R) -> R {
+    /// Publishes a changed copy, if `change` changed anything. Callers hold
+    /// the write lock: one writer at a time; readers never wait for it.
+    fn update(&self, layout: bool, change: impl FnOnce(&mut Vec<Peer>) -> bool) -> bool {
         let old = self.inner.state.load_full();
         let mut peers: Vec<Peer> = old.tiers.iter().flat_map(|t| t.iter().cloned()).collect();
         peers.sort_by_key(Peer::id);
-        let result = change(&mut peers);
+        if !change(&mut peers) {
+            return false;
+        }
         let generation = old.generation + 1;
         let layout = if layout { generation } else { old.layout };
         self.inner.state.store(Arc::new(State::new(
@@ -170,7 +175,7 @@ impl UpstreamSet {
             peers,
             Arc::clone(&self.inner.counters),
         )));
-        result
+        true
     }
 }
 
