@@ -11,6 +11,22 @@
 //! [`RandomTwo`] and [`BoundedLoad`] read, and connect failures and successes
 //! are reported on it (nginx `max_fails` / `fail_timeout`).
 //!
+//! # Strategies
+//!
+//! | type | mirrors |
+//! |---|---|
+//! | [`RoundRobin`] | nginx default: smooth weighted round-robin |
+//! | [`IpHash`] | nginx `ip_hash` |
+//! | [`ConsistentHash`] | nginx `hash $key consistent` (ketama), keyed by [`HashKey`] |
+//! | [`BoundedLoad`] | HAProxy `hash-balance-factor` |
+//! | [`LeastConn`] | nginx `least_conn` |
+//! | [`RandomTwo`] | nginx `random two least_conn` |
+//!
+//! All of them skip upstreams that are down, draining, removed, sitting out
+//! a `fail_timeout`, or already failed for this request
+//! ([`PickContext::with_failed`]), and use backups only when no primary is
+//! available. The [`UpstreamSet`] can change while they run.
+//!
 //! # Writing your own strategy
 //!
 //! A strategy reads a [`Snapshot`] of the set, walks the primaries and then
