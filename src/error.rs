@@ -18,6 +18,9 @@ pub enum Error {
     /// The forwarding policy refused the request (e.g. a foreign origin).
     #[error("request refused by the forwarding policy")]
     Forward(#[from] crate::forward::ForwardError),
+    /// No upstream could be chosen.
+    #[error("upstream selection failed")]
+    Select(#[from] crate::balance::SelectError),
 }
 
 impl Error {
@@ -27,6 +30,7 @@ impl Error {
             Self::Route(e) => e.status(),
             Self::Io(_) => StatusCode::BAD_GATEWAY,
             Self::Forward(e) => e.status(),
+            Self::Select(e) => e.status(),
         }
     }
 }
@@ -34,5 +38,17 @@ impl Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Self::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn select_error_keeps_its_status_and_source() {
+        let e = Error::from(crate::balance::SelectError::NoneAvailable);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

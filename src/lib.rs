@@ -7,10 +7,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
 pub mod route;
 
+pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};

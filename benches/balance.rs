@@ -1,0 +1,100 @@
+//! Pick cost per strategy at 3, 10 and 100 equal upstreams, against the
+//! `first-available` baseline (one snapshot load and one lease: the floor
+//! every strategy pays). Each pick takes a lease and drops it.
+//!
+//! ```sh
+//! cargo bench --bench balance
+//! ```
+
+use std::hint::black_box;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use wsproxy::balance::{
+    Balancer, BoundedLoad, ConsistentHash, HashKey, IpHash, Lease, LeastConn, PickContext,
+    RandomTwo, RoundRobin, SelectError, Upstream, UpstreamSet,
+};
+
+#[derive(Debug)]
+struct FirstAvailable(UpstreamSet);
+
+impl Balancer for FirstAvailable {
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+        let snapshot = self.0.snapshot();
+        for tier in snapshot.tiers() {
+            if let Some(peer) = tier.iter().find(|p| p.is_available(ctx)) {
+                return Ok(peer.lease());
+            }
+        }
+        Err(SelectError::NoneAvailable)
+    }
+}
+
+fn strategies(set: &UpstreamSet) -> Vec<(&'static str, Arc<dyn Balancer>)> {
+    vec![
+        ("first-available", Arc::new(FirstAvailable(set.clone()))),
+        ("round-robin", Arc::new(RoundRobin::new(set.clone()))),
+        ("ip-hash", Arc::new(IpHash::new(set.clone()))),
+        (
+            "consistent-hash",
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+        ),
+        (
+            "bounded-hash",
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
+        ),
+        ("least-conn", Arc::new(LeastConn::new(set.clone()))),
+        ("random-two", Arc::new(RandomTwo::with_seed(set.clone(), 1))),
+    ]
+}
+
+fn pick(c: &mut Criterion) {
+    let request = http::Request::get("/ws").body(()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let ips: Vec<IpAddr> = (0..4096)
+        .map(|_| IpAddr::from(rng.u32(..).to_be_bytes()))
+        .collect();
+    let now = Instant::now();
+    let mut group = c.benchmark_group("pick");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for n in [3u16, 10, 100] {
+        let set: UpstreamSet = (0..n)
+            .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i))))
+            .collect();
+        let mut bench = |name: &str, balancer: &dyn Balancer| {
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                let mut i = 0usize;
+                b.iter(|| {
+                    i = (i + 1) % ips.len();
+                    let ctx = PickContext::new(ips[i], &request, now);
+                    black_box(balancer.pick(&ctx))
+                })
+            });
+        };
+        for (name, balancer) in strategies(&set) {
+            bench(name, &*balancer);
+        }
+        // Long-lived connections: every upstream holds 1 to 8 leases, so
+        // least-conn cannot stop its scan early at an idle upstream.
+        let held: Vec<Lease> = set
+            .snapshot()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| (0..=i % 8).map(move |_| p.lease()))
+            .collect();
+        for (name, balancer) in strategies(&set) {
+            if matches!(name, "least-conn" | "random-two" | "bounded-hash") {
+                bench(&format!("{name}-loaded"), &*balancer);
+            }
+        }
+        drop(held);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);

@@ -1,0 +1,183 @@
+//! nginx `ip_hash`: client affinity by address.
+
+use std::net::IpAddr;
+
+use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
+
+/// nginx `ip_hash` (`ngx_http_upstream_get_ip_hash_peer`).
+///
+/// An IPv4 client is keyed by its first three octets, so a whole /24 lands
+/// on one upstream; an IPv6 client by its whole address (an IPv4-mapped
+/// IPv6 address counts as IPv4). The hash walks weights, so an upstream of
+/// weight 2 takes twice the clients. When the chosen upstream is
+/// unavailable, the hash is stirred again with the same octets, giving every
+/// client the same next choice; after 20 tries the first available upstream
+/// after the last choice is taken, as nginx falls back to round-robin.
+/// nginx refuses `backup` with `ip_hash`; here backups serve when no primary
+/// is available, as with every strategy. Down upstreams keep their share of
+/// the weights, so marking one down moves only its clients (nginx advises
+/// `down` rather than removal for this reason).
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{net::SocketAddr, time::Instant};
+/// use wsproxy::balance::{Balancer, IpHash, PickContext, Upstream, UpstreamSet};
+///
+/// let set: UpstreamSet = (9001..=9003)
+///     .map(|port| Upstream::new(SocketAddr::from(([127, 0, 0, 1], port))))
+///     .collect();
+/// let ip_hash = IpHash::new(set);
+/// let request = http::Request::get("/").body(())?;
+/// let now = Instant::now();
+/// let first = ip_hash.pick(&PickContext::new("127.0.0.1".parse()?, &request, now))?;
+/// let same_24 = ip_hash.pick(&PickContext::new("127.0.0.200".parse()?, &request, now))?;
+/// assert_eq!(first.id(), same_24.id());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct IpHash {
+    set: UpstreamSet,
+}
+
+impl IpHash {
+    /// IP hash over `set`.
+    pub fn new(set: UpstreamSet) -> Self {
+        Self { set }
+    }
+}
+
+/// nginx's constants: start at 89, stir with `hash * 113 + octet` modulo the
+/// prime 6271, give up hashing after 20 tries.
+const SEED: u64 = 89;
+const MULTIPLIER: u64 = 113;
+const MODULUS: u64 = 6271;
+const TRIES: usize = 20;
+
+/// The octets nginx keys a client by.
+fn key(ip: IpAddr) -> ([u8; 16], usize) {
+    let mut octets = [0u8; 16];
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            octets[..3].copy_from_slice(&v4.octets()[..3]);
+            (octets, 3)
+        }
+        IpAddr::V6(v6) => (v6.octets(), 16),
+    }
+}
+
+impl Balancer for IpHash {
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+        let snapshot = self.set.load();
+        let (octets, len) = key(ctx.client());
+        let octets = octets.get(..len).unwrap_or_default();
+        pick_tiers(&snapshot, |tier, peers| {
+            let total = snapshot.total_weight(tier);
+            if total == 0 {
+                return None;
+            }
+            let mut hash = SEED;
+            let mut chosen = 0;
+            for _ in 0..TRIES {
+                for &octet in octets {
+                    hash = (hash * MULTIPLIER + u64::from(octet)) % MODULUS;
+                }
+                chosen = snapshot.by_weight(tier, hash % total);
+                if peers.get(chosen).is_some_and(|p| p.is_available(ctx)) {
+                    return Some(chosen);
+                }
+            }
+            (1..=peers.len())
+                .map(|step| (chosen + step) % peers.len())
+                .find(|&i| peers.get(i).is_some_and(|p| p.is_available(ctx)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn pick(b: &IpHash, ip: IpAddr) -> u16 {
+        let request = request();
+        port(&b.pick(&PickContext::new(ip, &request, epoch())).unwrap())
+    }
+
+    #[test]
+    fn same_client_same_upstream_for_1000_picks() {
+        let (set, _) = set_of(&[1, 1, 1, 1, 1]);
+        let b = IpHash::new(set);
+        for c in 0..20u8 {
+            let ip = IpAddr::from([10, c, 7, 1]);
+            let first = pick(&b, ip);
+            assert!((0..1000).all(|_| pick(&b, ip) == first));
+        }
+    }
+
+    #[test]
+    fn ipv4_clients_group_by_24_and_ipv6_by_whole_address() {
+        let (set, _) = set_of(&[1, 1, 1, 1, 1, 1, 1]);
+        let b = IpHash::new(set);
+        for c in 0..50u8 {
+            let base = pick(&b, IpAddr::from([10, 1, c, 0]));
+            assert!((1..=255).all(|d| pick(&b, IpAddr::from([10, 1, c, d])) == base));
+            let mapped = Ipv4Addr::new(10, 1, c, 9).to_ipv6_mapped();
+            assert_eq!(pick(&b, IpAddr::V6(mapped)), base);
+        }
+        // /24s spread over the upstreams.
+        let mut seen = [false; 7];
+        for c in 0..50u8 {
+            seen[usize::from(pick(&b, IpAddr::from([10, 1, c, 0])))] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+        // IPv6 keys the whole address: the last byte matters.
+        let distinct = (0..64u16)
+            .map(|i| pick(&b, IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, i))))
+            .collect::<std::collections::HashSet<_>>();
+        assert!(distinct.len() > 1);
+    }
+
+    #[test]
+    fn pins_nginx_picks() {
+        // hash = 89; for each of 127, 0, 0: hash = (hash * 113 + octet) % 6271
+        // -> 3913, 3199, 4040; 4040 % 3 = 2.
+        let (set, _) = set_of(&[1, 1, 1]);
+        let b = IpHash::new(set);
+        assert_eq!(pick(&b, IpAddr::from([127, 0, 0, 1])), 2);
+    }
+
+    #[test]
+    fn unavailable_upstream_gives_a_deterministic_next_choice() {
+        let (set, ids) = set_of(&[1, 1, 1, 1]);
+        let b = IpHash::new(set);
+        let request = request();
+        let now = epoch();
+        for c in 0..30u8 {
+            let ip = IpAddr::from([192, 0, c, 1]);
+            let first = b.pick(&PickContext::new(ip, &request, now)).unwrap().id();
+            let failed = [first];
+            let ctx = PickContext::new(ip, &request, now).with_failed(&failed);
+            let next = b.pick(&ctx).unwrap().id();
+            assert_ne!(next, first);
+            assert!((0..100).all(|_| b.pick(&ctx).unwrap().id() == next));
+        }
+        // Every upstream failed but one: found by the fallback scan.
+        let failed = [ids[0], ids[1], ids[2]];
+        let ctx = PickContext::new(IpAddr::from([1, 2, 3, 4]), &request, now).with_failed(&failed);
+        assert_eq!(b.pick(&ctx).unwrap().id(), ids[3]);
+    }
+
+    #[test]
+    fn weights_skew_the_share() {
+        let (set, _) = set_of(&[3, 1]);
+        let b = IpHash::new(set);
+        let heavy = (0..=255u8)
+            .flat_map(|x| (0..8u8).map(move |y| IpAddr::from([10, x, y, 1])))
+            .filter(|&ip| pick(&b, ip) == 0)
+            .count();
+        // 3/4 of 2048 /24s, give or take.
+        assert!((1300..1800).contains(&heavy), "{heavy}");
+    }
+}

@@ -1,0 +1,411 @@
+//! Upstream selection: the live upstream set, the [`Balancer`] trait and the
+//! strategies of nginx's `upstream` block, plus bounded-load consistent hashing
+//! for long-lived WebSocket connections.
+//!
+//! Sans-IO: nothing here opens a socket or reads a clock. The caller passes
+//! the time in through [`PickContext`] and [`Lease::report_failure`], which
+//! lets tests drive passive health on fabricated [`Instant`]s.
+//!
+//! A pick returns a [`Lease`] that lives as long as the proxied connection:
+//! dropping it releases the in-flight count that [`LeastConn`],
+//! [`RandomTwo`] and [`BoundedLoad`] read, and connect failures and successes
+//! are reported on it (nginx `max_fails` / `fail_timeout`).
+//!
+//! # Strategies
+//!
+//! | type | mirrors |
+//! |---|---|
+//! | [`RoundRobin`] | nginx default: smooth weighted round-robin |
+//! | [`IpHash`] | nginx `ip_hash` |
+//! | [`ConsistentHash`] | nginx `hash $key consistent` (ketama), keyed by [`HashKey`] |
+//! | [`BoundedLoad`] | HAProxy `hash-balance-factor` |
+//! | [`LeastConn`] | nginx `least_conn` |
+//! | [`RandomTwo`] | nginx `random two least_conn` |
+//!
+//! All of them skip upstreams that are down, draining, removed, sitting out
+//! a `fail_timeout`, or already failed for this request
+//! ([`PickContext::with_failed`]), and use backups only when no primary is
+//! available. The [`UpstreamSet`] can change while they run.
+//!
+//! # Writing your own strategy
+//!
+//! A strategy reads a [`Snapshot`] of the set, walks the primaries and then
+//! the backups, and leases the peer it chooses:
+//!
+//! ```
+//! use std::{net::SocketAddr, sync::Arc, time::Instant};
+//! use wsproxy::balance::{
+//!     Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet,
+//! };
+//!
+//! /// Always the available peer with the lowest port: a toy "primary first".
+//! #[derive(Debug)]
+//! struct LowestPort(UpstreamSet);
+//!
+//! impl Balancer for LowestPort {
+//!     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+//!         let snapshot = self.0.snapshot();
+//!         for tier in snapshot.tiers() {
+//!             let best = tier
+//!                 .iter()
+//!                 .filter(|peer| peer.is_available(ctx))
+//!                 .min_by_key(|peer| peer.addr().port());
+//!             if let Some(peer) = best {
+//!                 return Ok(peer.lease());
+//!             }
+//!         }
+//!         Err(SelectError::NoneAvailable)
+//!     }
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let set = UpstreamSet::new();
+//! set.add(Upstream::new("127.0.0.1:9002".parse::<SocketAddr>()?));
+//! set.add(Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?));
+//! let balancer: Arc<dyn Balancer> = Arc::new(LowestPort(set));
+//!
+//! let request = http::Request::get("/chat").body(())?;
+//! let ctx = PickContext::new("127.0.0.1".parse()?, &request, Instant::now());
+//! let lease = balancer.pick(&ctx)?;
+//! assert_eq!(lease.addr().port(), 9001);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use http::StatusCode;
+
+mod bounded;
+mod ip_hash;
+mod least_conn;
+mod ring;
+mod round_robin;
+mod set;
+mod upstream;
+
+pub use bounded::BoundedLoad;
+pub use ip_hash::IpHash;
+pub use least_conn::{LeastConn, RandomTwo};
+pub use ring::{ConsistentHash, HashKey};
+pub use round_robin::RoundRobin;
+pub use set::{Peer, Snapshot, UpstreamSet};
+pub use upstream::{Lease, Upstream, UpstreamAddr, UpstreamId};
+
+/// Chooses the upstream for one proxied connection.
+///
+/// Object-safe: a proxy holds an `Arc<dyn Balancer>`. Implementations read an
+/// [`UpstreamSet`] [`Snapshot`], skip peers for which
+/// [`Peer::is_available`] is false, use backups only when no primary is
+/// available, and return the chosen peer's [`Peer::lease`]. See the
+/// [module docs](self) for a complete custom strategy.
+pub trait Balancer: Send + Sync + fmt::Debug {
+    /// Picks an upstream for the request described by `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`SelectError`] when no upstream, primary or backup, is available.
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError>;
+}
+
+/// What a [`Balancer`] knows about the request it places.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Instant;
+/// use wsproxy::balance::{PickContext, UpstreamId};
+///
+/// let request = http::Request::get("/chat?room=42").body(())?;
+/// let failed: [UpstreamId; 0] = [];
+/// let ctx = PickContext::new("127.0.0.1".parse()?, &request, Instant::now())
+///     .with_failed(&failed);
+/// assert_eq!(ctx.request().uri().query(), Some("room=42"));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext<'a> {
+    client: IpAddr,
+    request: &'a http::Request<()>,
+    failed: &'a [UpstreamId],
+    now: Instant,
+}
+
+impl<'a> PickContext<'a> {
+    /// A context for a first attempt: `client` is the believed client address
+    /// (after trusted-proxy resolution), `request` the handshake head, `now`
+    /// the caller's clock.
+    pub fn new(client: IpAddr, request: &'a http::Request<()>, now: Instant) -> Self {
+        Self {
+            client,
+            request,
+            failed: &[],
+            now,
+        }
+    }
+
+    /// The upstreams that already failed for this request, which a retry
+    /// skips (nginx `proxy_next_upstream`).
+    #[must_use]
+    pub fn with_failed(mut self, failed: &'a [UpstreamId]) -> Self {
+        self.failed = failed;
+        self
+    }
+
+    /// The believed client address.
+    #[inline]
+    pub fn client(&self) -> IpAddr {
+        self.client
+    }
+
+    /// The request head.
+    pub fn request(&self) -> &'a http::Request<()> {
+        self.request
+    }
+
+    /// The upstreams already tried and failed for this request.
+    #[inline]
+    pub fn failed(&self) -> &'a [UpstreamId] {
+        self.failed
+    }
+
+    /// The caller's clock at the time of the pick.
+    #[inline]
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+}
+
+/// Why no upstream could be chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectError {
+    /// Every upstream, primary and backup, is down, draining, failed or
+    /// removed (nginx logs "no live upstreams" and answers 502).
+    #[error("no upstream available")]
+    NoneAvailable,
+}
+
+impl SelectError {
+    /// The HTTP status a proxy answers with: 502 Bad Gateway, as nginx does.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoneAvailable => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+/// Tier order shared by every strategy: primaries, then backups only when no
+/// primary was available (nginx `backup`).
+fn pick_tiers(
+    snapshot: &set::State,
+    mut pick: impl FnMut(usize, &[Peer]) -> Option<usize>,
+) -> Result<Lease, SelectError> {
+    for (tier, peers) in snapshot.tiers().into_iter().enumerate() {
+        if let Some(i) = pick(tier, peers) {
+            if let Some(peer) = peers.get(i) {
+                return Ok(peer.lease());
+            }
+        }
+    }
+    Err(SelectError::NoneAvailable)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+    use std::net::SocketAddr;
+
+    /// The one clock read of the tests: a base that durations are added to.
+    pub(crate) fn epoch() -> Instant {
+        Instant::now()
+    }
+
+    pub(crate) fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// A set of `weights.len()` primaries on ports 9000, 9001, ...
+    pub(crate) fn set_of(weights: &[u32]) -> (UpstreamSet, Vec<UpstreamId>) {
+        let set = UpstreamSet::new();
+        let ids = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| set.add(Upstream::new(addr(9000 + i as u16)).weight(w)))
+            .collect();
+        (set, ids)
+    }
+
+    pub(crate) fn request() -> http::Request<()> {
+        http::Request::get("/").body(()).unwrap()
+    }
+
+    pub(crate) fn ctx<'a>(request: &'a http::Request<()>, now: Instant) -> PickContext<'a> {
+        PickContext::new(IpAddr::from([127, 0, 0, 1]), request, now)
+    }
+
+    /// Port offset (0 for 9000) of a lease.
+    pub(crate) fn port(lease: &Lease) -> u16 {
+        lease.addr().port() - 9000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn leases_and_balancers_cross_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Lease>();
+        send_sync::<UpstreamSet>();
+        send_sync::<Arc<dyn Balancer>>();
+        send_sync::<RoundRobin>();
+        send_sync::<BoundedLoad>();
+        send_sync::<SelectError>();
+    }
+
+    #[test]
+    fn debug_output_stays_short() {
+        let (set, _) = set_of(&[1; 100]);
+        let rr = RoundRobin::new(set.clone());
+        let ring = ConsistentHash::new(set, HashKey::Path);
+        let request = request();
+        drop(rr.pick(&ctx(&request, epoch())));
+        drop(ring.pick(&ctx(&request, epoch())));
+        assert!(format!("{rr:?}").len() < 20_000);
+        assert!(format!("{ring:?}").len() < 20_000);
+    }
+
+    #[test]
+    fn none_available_is_a_bad_gateway() {
+        assert_eq!(SelectError::NoneAvailable.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            SelectError::NoneAvailable.to_string(),
+            "no upstream available"
+        );
+    }
+
+    #[test]
+    fn balancers_are_object_safe_and_shareable() {
+        let (set, _) = set_of(&[1, 1]);
+        let all: Vec<Arc<dyn Balancer>> = vec![
+            Arc::new(RoundRobin::new(set.clone())),
+            Arc::new(IpHash::new(set.clone())),
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::Path)),
+            Arc::new(LeastConn::new(set.clone())),
+            Arc::new(RandomTwo::new(set.clone())),
+        ];
+        let request = request();
+        let now = epoch();
+        for b in &all {
+            assert!(b.pick(&ctx(&request, now)).is_ok(), "{b:?}");
+        }
+    }
+
+    /// Every strategy: backups only when every primary is unavailable, and
+    /// "none available" when everything is.
+    #[test]
+    fn every_strategy_uses_backups_only_when_no_primary_is_available() {
+        let set = UpstreamSet::new();
+        let a = set.add(Upstream::new(addr(9000)));
+        let b = set.add(Upstream::new(addr(9001)));
+        let backup = set.add(Upstream::new(addr(9002)).backup(true));
+        let all: Vec<Arc<dyn Balancer>> = vec![
+            Arc::new(RoundRobin::new(set.clone())),
+            Arc::new(IpHash::new(set.clone())),
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(LeastConn::new(set.clone())),
+            Arc::new(RandomTwo::new(set.clone())),
+        ];
+        let request = request();
+        let now = epoch();
+        for bal in &all {
+            for _ in 0..20 {
+                let lease = bal.pick(&ctx(&request, now)).unwrap();
+                assert_ne!(lease.id(), backup, "{bal:?} used the backup");
+            }
+            // One primary failed for this request: the other, not the backup.
+            let failed = [a];
+            for _ in 0..20 {
+                let lease = bal.pick(&ctx(&request, now).with_failed(&failed)).unwrap();
+                assert_eq!(lease.id(), b, "{bal:?}");
+            }
+        }
+        set.set_down(a, true);
+        set.set_draining(b, true);
+        for bal in &all {
+            let lease = bal.pick(&ctx(&request, now)).unwrap();
+            assert_eq!(lease.id(), backup, "{bal:?}");
+        }
+        let failed = [backup];
+        for bal in &all {
+            let err = bal
+                .pick(&ctx(&request, now).with_failed(&failed))
+                .unwrap_err();
+            assert_eq!(err, SelectError::NoneAvailable, "{bal:?}");
+        }
+        set.remove(backup);
+        for bal in &all {
+            let err = bal.pick(&ctx(&request, now)).unwrap_err();
+            assert_eq!(err, SelectError::NoneAvailable, "{bal:?}");
+        }
+    }
+
+    /// Passive health through the lease, for every strategy: max_fails=1
+    /// failure takes the upstream out for fail_timeout (10 s), then it is
+    /// back, on a fabricated clock.
+    #[test]
+    fn every_strategy_skips_a_failed_upstream_until_fail_timeout() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        let all: Vec<Arc<dyn Balancer>> = vec![
+            Arc::new(RoundRobin::new(set.clone())),
+            Arc::new(IpHash::new(set.clone())),
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(LeastConn::new(set.clone())),
+            Arc::new(RandomTwo::with_seed(set.clone(), 5)),
+        ];
+        let request = request();
+        let t0 = epoch();
+        for bal in &all {
+            // The upstream this strategy prefers for this client.
+            let lease = bal.pick(&ctx(&request, t0)).unwrap();
+            let bad = lease.id();
+            lease.report_failure(t0);
+            drop(lease);
+            for s in [0, 5, 9] {
+                let now = t0 + Duration::from_secs(s);
+                for _ in 0..20 {
+                    assert_ne!(bal.pick(&ctx(&request, now)).unwrap().id(), bad, "{bal:?}");
+                }
+            }
+            // fail_timeout over: picked again (hash strategies at once,
+            // the rest within a round), and a success clears it.
+            let later = t0 + Duration::from_secs(10);
+            let back = (0..20)
+                .map(|_| bal.pick(&ctx(&request, later)).unwrap())
+                .find(|l| l.id() == bad)
+                .unwrap_or_else(|| panic!("{bal:?} never came back to {bad}"));
+            back.report_success();
+            assert!(ids.contains(&bad));
+        }
+    }
+
+    #[test]
+    fn an_empty_set_has_none_available() {
+        let set = UpstreamSet::new();
+        let request = request();
+        let err = RoundRobin::new(set)
+            .pick(&ctx(&request, epoch()))
+            .unwrap_err();
+        assert_eq!(err, SelectError::NoneAvailable);
+    }
+}

@@ -1,0 +1,480 @@
+//! One upstream: its address, its settings, its passive health, and the
+//! [`Lease`] a connection to it holds.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Where an upstream listens: a socket address, or a host name and port that
+/// the caller resolves when it connects.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::net::SocketAddr;
+/// use wsproxy::balance::UpstreamAddr;
+///
+/// let ip = UpstreamAddr::from("127.0.0.1:8080".parse::<SocketAddr>()?);
+/// assert_eq!(ip.to_string(), "127.0.0.1:8080");
+/// let name = UpstreamAddr::name("localhost", 8080);
+/// assert_eq!((&*name.host(), name.port()), ("localhost", 8080));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum UpstreamAddr {
+    /// A resolved address: connect to it directly.
+    Socket(SocketAddr),
+    /// A host name and port, resolved by the caller at connect time
+    /// (`TcpStream::connect((host, port))` borrows it without allocating).
+    Name {
+        /// Host name.
+        host: Arc<str>,
+        /// TCP port.
+        port: u16,
+    },
+}
+
+impl UpstreamAddr {
+    /// A host name and port.
+    pub fn name(host: impl Into<Arc<str>>, port: u16) -> Self {
+        Self::Name {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// The socket address, when this is one.
+    pub fn as_socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Socket(addr) => Some(*addr),
+            Self::Name { .. } => None,
+        }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        match self {
+            Self::Socket(addr) => addr.port(),
+            Self::Name { port, .. } => *port,
+        }
+    }
+
+    /// The host part without the port (an IP literal for a socket address
+    /// is not bracketed). Allocates only for a socket address; use
+    /// [`as_socket_addr`](Self::as_socket_addr) on the hot path.
+    pub fn host(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Socket(addr) => addr.ip().to_string().into(),
+            Self::Name { host, .. } => std::borrow::Cow::Borrowed(host),
+        }
+    }
+}
+
+impl From<SocketAddr> for UpstreamAddr {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Socket(addr)
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    /// `ip:port`, `[ipv6]:port` or `host:port`: also the name a consistent
+    /// hash ring places the upstream by, so every gateway agrees.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Socket(addr) => addr.fmt(f),
+            Self::Name { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+/// Identifies an upstream within its [`UpstreamSet`](super::UpstreamSet) for
+/// its whole life; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpstreamId(pub(crate) u64);
+
+impl fmt::Display for UpstreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream#{}", self.0)
+    }
+}
+
+/// An upstream server and its settings, as one `server` line of an nginx
+/// `upstream` block.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{net::SocketAddr, time::Duration};
+/// use wsproxy::balance::{Upstream, UpstreamSet};
+///
+/// // server 127.0.0.1:9001 weight=5 max_fails=3 fail_timeout=30s;
+/// let upstream = Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?)
+///     .weight(5)
+///     .max_fails(3)
+///     .fail_timeout(Duration::from_secs(30));
+/// let set = UpstreamSet::new();
+/// let id = set.add(upstream);
+/// assert_eq!(set.snapshot().get(id).map(|p| p.weight()), Some(5));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Upstream {
+    pub(crate) addr: UpstreamAddr,
+    pub(crate) weight: u32,
+    pub(crate) max_fails: u32,
+    pub(crate) fail_timeout: Duration,
+    pub(crate) backup: bool,
+    pub(crate) down: bool,
+}
+
+impl Upstream {
+    /// An upstream with nginx's defaults: `weight=1 max_fails=1
+    /// fail_timeout=10s`, primary, up.
+    pub fn new(addr: impl Into<UpstreamAddr>) -> Self {
+        Self {
+            addr: addr.into(),
+            weight: 1,
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+            backup: false,
+            down: false,
+        }
+    }
+
+    /// nginx `weight=N`. Zero is raised to one, because nginx rejects
+    /// `weight=0`: stop traffic with [`down`](Self::down) or a drain.
+    #[must_use]
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight.max(1);
+        self
+    }
+
+    /// nginx `max_fails=N`: failures within `fail_timeout` that make the
+    /// upstream unavailable for `fail_timeout`. Zero disables the accounting.
+    #[must_use]
+    pub fn max_fails(mut self, max_fails: u32) -> Self {
+        self.max_fails = max_fails;
+        self
+    }
+
+    /// nginx `fail_timeout=T`: both the window that counts failures and how
+    /// long an upstream that reached `max_fails` is skipped.
+    #[must_use]
+    pub fn fail_timeout(mut self, fail_timeout: Duration) -> Self {
+        self.fail_timeout = fail_timeout;
+        self
+    }
+
+    /// nginx `backup`: used only when no primary is available.
+    #[must_use]
+    pub fn backup(mut self, backup: bool) -> Self {
+        self.backup = backup;
+        self
+    }
+
+    /// nginx `down`: never picked.
+    #[must_use]
+    pub fn down(mut self, down: bool) -> Self {
+        self.down = down;
+        self
+    }
+
+    /// The address.
+    #[inline]
+    pub fn addr(&self) -> &UpstreamAddr {
+        &self.addr
+    }
+}
+
+/// Passive health as nginx keeps it (`ngx_http_upstream_free_round_robin_peer`).
+#[derive(Debug, Default)]
+struct Health {
+    fails: u32,
+    window_start: Option<Instant>,
+    down_until: Option<Instant>,
+}
+
+/// Set-wide counts, shared by every upstream of a set and their leases.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    /// Open leases on the whole set (HAProxy `tot_used`), for bounded loads.
+    pub(crate) total: AtomicUsize,
+    /// Upstreams that reached `max_fails` and have not succeeded since.
+    /// While zero, strategies skip the per-peer health check.
+    pub(crate) tripped: AtomicUsize,
+}
+
+/// The state of one upstream that outlives set changes: leases hold it, so a
+/// removed upstream's connections still release their count.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) id: UpstreamId,
+    pub(crate) addr: UpstreamAddr,
+    max_fails: u32,
+    fail_timeout: Duration,
+    /// Open leases on this upstream (nginx `peer->conns`).
+    pub(crate) active: AtomicUsize,
+    pub(crate) counters: Arc<Counters>,
+    /// Mirror of `health.fails`, so a healthy upstream costs one atomic load.
+    fails: AtomicU32,
+    health: Mutex<Health>,
+}
+
+impl Shared {
+    pub(crate) fn new(id: UpstreamId, upstream: &Upstream, counters: Arc<Counters>) -> Self {
+        Self {
+            id,
+            addr: upstream.addr.clone(),
+            max_fails: upstream.max_fails,
+            fail_timeout: upstream.fail_timeout,
+            active: AtomicUsize::new(0),
+            counters,
+            fails: AtomicU32::new(0),
+            health: Mutex::new(Health::default()),
+        }
+    }
+
+    /// False while the upstream sits out its `fail_timeout` after `max_fails`.
+    #[inline]
+    pub(crate) fn is_healthy(&self, now: Instant) -> bool {
+        self.max_fails == 0
+            || self.fails.load(Ordering::Relaxed) < self.max_fails
+            || self.is_back(now)
+    }
+
+    /// Whether an upstream that reached `max_fails` has sat out its
+    /// `fail_timeout`: the rare path, behind the lock.
+    #[cold]
+    fn is_back(&self, now: Instant) -> bool {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        health.down_until.map_or(true, |until| now >= until)
+    }
+
+    fn report_failure(&self, now: Instant) {
+        if self.max_fails == 0 {
+            return;
+        }
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let window_over = health.window_start.map_or(true, |start| {
+            now.saturating_duration_since(start) > self.fail_timeout
+        });
+        // Failures count within fail_timeout of the first one. Once max_fails
+        // is reached the count stays until a success, so a failed probe after
+        // fail_timeout disables the upstream again at once, as in nginx.
+        if window_over && health.fails < self.max_fails {
+            health.fails = 0;
+            health.window_start = Some(now);
+        }
+        if health.fails < self.max_fails && health.fails + 1 >= self.max_fails {
+            self.counters.tripped.fetch_add(1, Ordering::Relaxed);
+        }
+        health.fails = health.fails.saturating_add(1);
+        if health.fails >= self.max_fails {
+            health.down_until = now.checked_add(self.fail_timeout);
+        }
+        self.fails.store(health.fails, Ordering::Relaxed);
+    }
+
+    fn report_success(&self) {
+        if self.fails.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if health.fails >= self.max_fails {
+            self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
+        }
+        *health = Health::default();
+        self.fails.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Shared {
+    /// A removed upstream that was still tripped stops counting, so the
+    /// fast path comes back.
+    fn drop(&mut self) {
+        if self.max_fails > 0 && *self.fails.get_mut() >= self.max_fails {
+            self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One connection's hold on an upstream.
+///
+/// Keep it as long as the proxied connection lives: dropping it releases the
+/// in-flight count. Report the connect outcome on it for passive health.
+/// Valid even after its upstream was removed from the set.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{net::SocketAddr, time::Instant};
+/// use wsproxy::balance::{Balancer, LeastConn, PickContext, Upstream, UpstreamSet};
+///
+/// let set = UpstreamSet::new();
+/// let id = set.add(Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?));
+/// let balancer = LeastConn::new(set.clone());
+/// let request = http::Request::get("/").body(())?;
+/// let now = Instant::now();
+///
+/// let lease = balancer.pick(&PickContext::new("127.0.0.1".parse()?, &request, now))?;
+/// assert_eq!(lease.addr().as_socket_addr(), Some("127.0.0.1:9001".parse()?));
+/// assert_eq!(set.snapshot().get(id).map(|p| p.active()), Some(1));
+/// lease.report_failure(now); // the connect failed: max_fails=1 disables it
+/// drop(lease);
+/// assert_eq!(set.snapshot().get(id).map(|p| p.active()), Some(0));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "dropping a lease at once releases the connection count"]
+pub struct Lease {
+    shared: Arc<Shared>,
+}
+
+impl Lease {
+    #[inline]
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.active.fetch_add(1, Ordering::Relaxed);
+        shared.counters.total.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: Arc::clone(shared),
+        }
+    }
+
+    /// The upstream's id.
+    #[inline]
+    pub fn id(&self) -> UpstreamId {
+        self.shared.id
+    }
+
+    /// Where to connect.
+    #[inline]
+    pub fn addr(&self) -> &UpstreamAddr {
+        &self.shared.addr
+    }
+
+    /// The connect (or the handshake) failed at `now`: counts towards
+    /// `max_fails` within `fail_timeout` (nginx `proxy_next_upstream error
+    /// timeout`).
+    pub fn report_failure(&self, now: Instant) {
+        self.shared.report_failure(now);
+    }
+
+    /// The connect succeeded: clears the failure count, as nginx does when a
+    /// peer it was probing answers.
+    pub fn report_success(&self) {
+        self.shared.report_success();
+    }
+}
+
+impl Drop for Lease {
+    #[inline]
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::Relaxed);
+        self.shared.counters.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.shared.id)
+            .field("addr", &self.shared.addr)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(max_fails: u32, fail_timeout: Duration) -> Arc<Shared> {
+        let upstream = Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9000)))
+            .max_fails(max_fails)
+            .fail_timeout(fail_timeout);
+        Arc::new(Shared::new(
+            UpstreamId(0),
+            &upstream,
+            Arc::new(Counters::default()),
+        ))
+    }
+
+    #[test]
+    fn passive_health_marks_after_max_fails_and_unmarks_after_fail_timeout() {
+        let t0 = super::super::testutil::epoch();
+        let s = shared(3, Duration::from_secs(10));
+        let lease = Lease::new(&s);
+        lease.report_failure(t0);
+        lease.report_failure(t0 + Duration::from_secs(1));
+        assert!(s.is_healthy(t0 + Duration::from_secs(2)));
+        lease.report_failure(t0 + Duration::from_secs(2));
+        assert!(!s.is_healthy(t0 + Duration::from_secs(2)));
+        assert!(!s.is_healthy(t0 + Duration::from_millis(11_999)));
+        assert!(s.is_healthy(t0 + Duration::from_secs(12)));
+        // A failed probe disables it again at once; a success clears it.
+        lease.report_failure(t0 + Duration::from_secs(13));
+        assert!(!s.is_healthy(t0 + Duration::from_secs(13)));
+        assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 1);
+        lease.report_success();
+        assert!(s.is_healthy(t0 + Duration::from_secs(13)));
+        assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn failures_outside_fail_timeout_do_not_add_up() {
+        let t0 = super::super::testutil::epoch();
+        let s = shared(2, Duration::from_secs(10));
+        let lease = Lease::new(&s);
+        lease.report_failure(t0);
+        lease.report_failure(t0 + Duration::from_secs(11));
+        assert!(s.is_healthy(t0 + Duration::from_secs(11)));
+        lease.report_failure(t0 + Duration::from_secs(12));
+        assert!(!s.is_healthy(t0 + Duration::from_secs(12)));
+    }
+
+    #[test]
+    fn max_fails_zero_never_marks() {
+        let t0 = super::super::testutil::epoch();
+        let s = shared(0, Duration::from_secs(10));
+        let lease = Lease::new(&s);
+        for _ in 0..10 {
+            lease.report_failure(t0);
+        }
+        assert!(s.is_healthy(t0));
+    }
+
+    #[test]
+    fn lease_counts_while_alive() {
+        let s = shared(1, Duration::from_secs(10));
+        let a = Lease::new(&s);
+        let b = Lease::new(&s);
+        assert_eq!(s.active.load(Ordering::Relaxed), 2);
+        assert_eq!(s.counters.total.load(Ordering::Relaxed), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(s.active.load(Ordering::Relaxed), 0);
+        assert_eq!(s.counters.total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn addresses_display_as_host_port() {
+        let v6 = UpstreamAddr::from(SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], 80)));
+        assert_eq!(v6.to_string(), "[::1]:80");
+        assert_eq!(v6.host(), "::1");
+        assert_eq!(
+            UpstreamAddr::name("localhost", 81).to_string(),
+            "localhost:81"
+        );
+        assert_eq!(UpstreamAddr::name("localhost", 81).as_socket_addr(), None);
+    }
+
+    #[test]
+    fn zero_weight_is_raised_to_one() {
+        assert_eq!(
+            Upstream::new(UpstreamAddr::name("x", 1)).weight(0).weight,
+            1
+        );
+    }
+}
