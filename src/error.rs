@@ -12,6 +12,9 @@ pub enum Error {
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
     Io(#[source] std::io::Error),
+    /// The tunnel failed: an I/O error on one side or a timeout.
+    #[error("tunnel failed")]
+    Tunnel(#[from] crate::tunnel::TunnelError),
 }
 
 impl Error {
@@ -19,6 +22,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Io(_) => StatusCode::BAD_GATEWAY,
+            Self::Tunnel(e) => e.status(),
         }
     }
 }

@@ -8,5 +8,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod error;
+pub mod tunnel;
 
 pub use error::Error;
+pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};

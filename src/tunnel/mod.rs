@@ -1,0 +1,511 @@
+//! The tunnel: moves bytes both ways between two connected streams after
+//! the WebSocket handshake, with nginx/HAProxy-style timeouts, half-close,
+//! and no buffer held while idle.
+//!
+//! The tunnel knows bytes and timers, never HTTP or WebSocket frames.
+//!
+//! # Memory
+//!
+//! tokio's `copy_bidirectional` keeps two 8 KiB buffers per connection for
+//! its whole life. A [`Tunnel`] reads into a buffer on the stack of its
+//! `poll` call instead, writes what it read before returning, and copies to
+//! the heap only the bytes a slow writer did not accept, freeing them once
+//! written. An idle tunnel therefore costs its task, its two streams and, if
+//! a timeout is configured, one timer.
+
+mod error;
+mod prefixed;
+mod stats;
+mod transfer;
+
+use std::fmt;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+pub use error::TunnelError;
+pub use prefixed::Prefixed;
+pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
+
+use transfer::{CopyError, Transfer};
+
+/// Size of the read buffer each poll borrows from its own stack. Large
+/// enough that a 64 KiB WebSocket message moves in one read and one write
+/// per direction when the sockets allow it; it never outlives a poll.
+const STACK_BUF: usize = 64 * 1024;
+
+/// Timeouts of a tunnel. Every timeout is optional and off by default;
+/// traffic resets the ones that measure silence.
+///
+/// Setters take a [`Duration`] or `None`:
+///
+/// ```
+/// use std::time::Duration;
+/// use wsproxy::tunnel::TunnelConfig;
+///
+/// // nginx's classic WebSocket location: proxy_read_timeout 7200s,
+/// // proxy_send_timeout 12s.
+/// let config = TunnelConfig::default()
+///     .upstream_read_timeout(Duration::from_secs(7200))
+///     .send_timeout(Duration::from_secs(12))
+///     .linger_timeout(None);
+/// assert_eq!(config.send_timeout, Some(Duration::from_secs(12)));
+/// ```
+///
+/// A zero duration fires at the first opportunity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunnelConfig {
+    /// No byte read from either side for this long ends the tunnel
+    /// (HAProxy `timeout tunnel`).
+    pub idle_timeout: Option<Duration>,
+    /// No byte from the client for this long ends the tunnel. Stops
+    /// applying once the client sent EOF.
+    pub client_read_timeout: Option<Duration>,
+    /// No byte from the upstream for this long ends the tunnel (nginx
+    /// `proxy_read_timeout`, 60 s by default there). Stops applying once the
+    /// upstream sent EOF.
+    pub upstream_read_timeout: Option<Duration>,
+    /// A write, flush or shutdown toward either side that makes no progress
+    /// for this long ends the tunnel: the peer stopped reading (nginx
+    /// `proxy_send_timeout`). Also bounds the final shutdown of both sides.
+    pub send_timeout: Option<Duration>,
+    /// Once one side sent EOF, how long the other direction may still run
+    /// (HAProxy `timeout client-fin` / `timeout server-fin`).
+    pub linger_timeout: Option<Duration>,
+    /// The longest a tunnel may live, traffic or not.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl TunnelConfig {
+    /// A configuration with every timeout off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`client_read_timeout`](Self::client_read_timeout).
+    pub fn client_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.client_read_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`upstream_read_timeout`](Self::upstream_read_timeout).
+    pub fn upstream_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.upstream_read_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`send_timeout`](Self::send_timeout).
+    pub fn send_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.send_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`linger_timeout`](Self::linger_timeout).
+    pub fn linger_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.linger_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`max_lifetime`](Self::max_lifetime).
+    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
+        self.max_lifetime = lifetime.into();
+        self
+    }
+}
+
+/// Copies bytes both ways between `client` and `upstream` until both sides
+/// sent EOF, a timeout fires, `shutdown` completes, or an I/O error occurs;
+/// then shuts both sides down and reports [`TunnelStats`].
+///
+/// - EOF from one side shuts down writing toward the other; the other
+///   direction keeps flowing until its own EOF (or the linger timeout).
+/// - On a timeout, `shutdown`, or an error, both sides are shut down (the
+///   final shutdown waits at most the send timeout, if one is set) and the
+///   streams are dropped with the returned future. Bytes read but not yet
+///   written are discarded then.
+/// - Bytes the handshake already read go first: wrap a side in
+///   [`Prefixed`].
+///
+/// The future never fails: errors are reported in [`TunnelStats::end`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use wsproxy::tunnel::{tunnel, TunnelConfig, TunnelEnd};
+///
+/// let (client, mut browser) = tokio::io::duplex(1024);
+/// let (upstream, mut backend) = tokio::io::duplex(1024);
+/// let task = tokio::spawn(async move {
+///     tunnel(client, upstream, &TunnelConfig::default(), std::future::pending()).await
+/// });
+///
+/// browser.write_all(b"ping").await?;
+/// browser.shutdown().await?;
+/// let mut got = Vec::new();
+/// backend.read_to_end(&mut got).await?;
+/// assert_eq!(got, b"ping");
+/// backend.shutdown().await?;
+///
+/// let stats = task.await?;
+/// assert!(matches!(stats.end, TunnelEnd::ClientEof));
+/// assert_eq!(stats.client_to_upstream, 4);
+/// # Ok(())
+/// # }
+/// ```
+pub fn tunnel<C, U, F>(
+    client: C,
+    upstream: U,
+    config: &TunnelConfig,
+    shutdown: F,
+) -> Tunnel<C, U, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    let started = Instant::now();
+    let track_stalls = config.send_timeout.is_some();
+    let idle = config.idle_timeout.is_some();
+    Tunnel {
+        client,
+        upstream,
+        shutdown,
+        c2u: Transfer::new(
+            started,
+            idle || config.client_read_timeout.is_some(),
+            track_stalls,
+        ),
+        u2c: Transfer::new(
+            started,
+            idle || config.upstream_read_timeout.is_some(),
+            track_stalls,
+        ),
+        config: *config,
+        started,
+        first_eof: None,
+        sleep: None,
+        phase: Phase::Running,
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Running,
+    /// Shutting both sides down before reporting `end`.
+    Closing {
+        end: TunnelEnd,
+        client_open: bool,
+        upstream_open: bool,
+        bounded: bool,
+    },
+    Finished,
+}
+
+pin_project! {
+    /// The future returned by [`tunnel`]; resolves to [`TunnelStats`].
+    ///
+    /// It owns both streams and drops them when it is dropped.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Tunnel<C, U, F> {
+        client: C,
+        upstream: U,
+        #[pin]
+        shutdown: F,
+        c2u: Transfer,
+        u2c: Transfer,
+        config: TunnelConfig,
+        started: Instant,
+        first_eof: Option<(Side, Instant)>,
+        // One timer for every timeout, created on first need so that an
+        // untimed tunnel never carries one (see `poll_timers`).
+        sleep: Option<Pin<Box<Sleep>>>,
+        phase: Phase,
+    }
+}
+
+impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("client", &self.client)
+            .field("upstream", &self.upstream)
+            .field("client_to_upstream", &self.c2u)
+            .field("upstream_to_client", &self.u2c)
+            .field("config", &self.config)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, U, F> Future for Tunnel<C, U, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let mut this = self.project();
+        loop {
+            match this.phase {
+                Phase::Running => {
+                    let end = if this.shutdown.as_mut().poll(cx).is_ready() {
+                        Some(TunnelEnd::Shutdown)
+                    } else {
+                        run(
+                            cx,
+                            this.client,
+                            this.upstream,
+                            this.c2u,
+                            this.u2c,
+                            this.first_eof,
+                        )
+                    };
+                    let end = match end {
+                        Some(end) => end,
+                        None => match poll_timers(
+                            cx,
+                            this.sleep,
+                            next_deadline(
+                                this.config,
+                                *this.started,
+                                this.c2u,
+                                this.u2c,
+                                *this.first_eof,
+                            ),
+                        ) {
+                            Some(timeout) => TunnelEnd::Timeout(timeout),
+                            None => return Poll::Pending,
+                        },
+                    };
+                    if end.is_clean() {
+                        *this.phase = Phase::Finished;
+                        return Poll::Ready(stats(
+                            this.started,
+                            this.c2u,
+                            this.u2c,
+                            this.first_eof,
+                            end,
+                        ));
+                    }
+                    *this.phase = Phase::Closing {
+                        end,
+                        client_open: !this.u2c.is_done(),
+                        upstream_open: !this.c2u.is_done(),
+                        bounded: false,
+                    };
+                }
+                Phase::Closing {
+                    client_open,
+                    upstream_open,
+                    bounded,
+                    ..
+                } => {
+                    // Errors here change nothing: the tunnel is ending anyway
+                    // and the streams are dropped right after.
+                    if *client_open && Pin::new(&mut *this.client).poll_shutdown(cx).is_ready() {
+                        *client_open = false;
+                    }
+                    if *upstream_open && Pin::new(&mut *this.upstream).poll_shutdown(cx).is_ready()
+                    {
+                        *upstream_open = false;
+                    }
+                    let mut done = !*client_open && !*upstream_open;
+                    if !done {
+                        match this.config.send_timeout {
+                            // A peer that stopped reading must not hold the
+                            // tunnel open: bound the close like any write.
+                            Some(limit) => {
+                                let sleep = this
+                                    .sleep
+                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                                if !*bounded {
+                                    *bounded = true;
+                                    if let Some(at) = Instant::now().checked_add(limit) {
+                                        sleep.as_mut().reset(at);
+                                    }
+                                }
+                                done = sleep.as_mut().poll(cx).is_ready();
+                            }
+                            None => done = true,
+                        }
+                    }
+                    if !done {
+                        return Poll::Pending;
+                    }
+                    let Phase::Closing { end, .. } = std::mem::replace(this.phase, Phase::Finished)
+                    else {
+                        return Poll::Pending;
+                    };
+                    *this.sleep = None;
+                    return Poll::Ready(stats(
+                        this.started,
+                        this.c2u,
+                        this.u2c,
+                        this.first_eof,
+                        end,
+                    ));
+                }
+                // Polled after completion: stay pending rather than panic.
+                Phase::Finished => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Copies in both directions; returns why the tunnel ended, if it did.
+fn run<C, U>(
+    cx: &mut Context<'_>,
+    client: &mut C,
+    upstream: &mut U,
+    c2u: &mut Transfer,
+    u2c: &mut Transfer,
+    first_eof: &mut Option<(Side, Instant)>,
+) -> Option<TunnelEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    // Lives for this poll only: an idle tunnel holds no copy buffer.
+    let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
+
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf) {
+        return Some(TunnelEnd::Error(blame(e, Side::Client)));
+    }
+    if c2u.read_done() && first_eof.is_none() {
+        *first_eof = Some((Side::Client, Instant::now()));
+    }
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf) {
+        return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
+    }
+    if u2c.read_done() && first_eof.is_none() {
+        *first_eof = Some((Side::Upstream, Instant::now()));
+    }
+    if c2u.is_done() && u2c.is_done() {
+        return Some(match first_eof {
+            Some((Side::Upstream, _)) => TunnelEnd::UpstreamEof,
+            _ => TunnelEnd::ClientEof,
+        });
+    }
+    None
+}
+
+/// Names the side of a copy error in the direction reading from `from`.
+fn blame(e: CopyError, from: Side) -> TunnelError {
+    match e {
+        CopyError::Read(source) => TunnelError::Read { side: from, source },
+        CopyError::Write(source) => TunnelError::Write {
+            side: from.other(),
+            source,
+        },
+    }
+}
+
+/// The earliest pending deadline and the timeout it belongs to.
+fn next_deadline(
+    config: &TunnelConfig,
+    started: Instant,
+    c2u: &Transfer,
+    u2c: &Transfer,
+    first_eof: Option<(Side, Instant)>,
+) -> Option<(Instant, Timeout)> {
+    let mut best: Option<(Instant, Timeout)> = None;
+    let mut consider = |from: Instant, limit: Option<Duration>, kind: Timeout| {
+        // A limit too large to add never fires.
+        if let Some(at) = limit.and_then(|d| from.checked_add(d)) {
+            match best {
+                Some((b, _)) if b <= at => {}
+                _ => best = Some((at, kind)),
+            }
+        }
+    };
+    consider(started, config.max_lifetime, Timeout::Lifetime);
+    consider(
+        c2u.last_read().max(u2c.last_read()),
+        config.idle_timeout,
+        Timeout::Idle,
+    );
+    if !c2u.read_done() {
+        consider(
+            c2u.last_read(),
+            config.client_read_timeout,
+            Timeout::Read(Side::Client),
+        );
+    }
+    if !u2c.read_done() {
+        consider(
+            u2c.last_read(),
+            config.upstream_read_timeout,
+            Timeout::Read(Side::Upstream),
+        );
+    }
+    if let Some(since) = c2u.stalled_since() {
+        consider(since, config.send_timeout, Timeout::Send(Side::Upstream));
+    }
+    if let Some(since) = u2c.stalled_since() {
+        consider(since, config.send_timeout, Timeout::Send(Side::Client));
+    }
+    if let Some((_, at)) = first_eof {
+        consider(at, config.linger_timeout, Timeout::Linger);
+    }
+    best
+}
+
+/// Arms the single timer for `next` and reports the timeout if it is due.
+///
+/// Traffic only moves deadlines later, so the timer is not reset on every
+/// read: when it fires early, it is pushed to the current deadline then.
+/// It is reset eagerly only when a deadline comes earlier (a write stalls,
+/// a side sends EOF).
+fn poll_timers(
+    cx: &mut Context<'_>,
+    sleep: &mut Option<Pin<Box<Sleep>>>,
+    next: Option<(Instant, Timeout)>,
+) -> Option<Timeout> {
+    let (at, kind) = next?;
+    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+    if sleep.deadline() > at {
+        sleep.as_mut().reset(at);
+    }
+    // At most twice: a timer that fired early is pushed to `at` once.
+    for _ in 0..2 {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if sleep.deadline() >= at {
+            return Some(kind);
+        }
+        sleep.as_mut().reset(at);
+    }
+    None
+}
+
+fn stats(
+    started: &Instant,
+    c2u: &Transfer,
+    u2c: &Transfer,
+    first_eof: &Option<(Side, Instant)>,
+    end: TunnelEnd,
+) -> TunnelStats {
+    TunnelStats {
+        client_to_upstream: c2u.bytes(),
+        upstream_to_client: u2c.bytes(),
+        duration: started.elapsed(),
+        first_eof: first_eof.map(|(side, _)| side),
+        end,
+    }
+}

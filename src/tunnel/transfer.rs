@@ -1,0 +1,251 @@
+//! One direction of a tunnel: read from one side, write to the other.
+//!
+//! Unlike tokio's `CopyBuffer`, a `Transfer` owns no buffer while the
+//! direction is idle. Each poll reads into a buffer the caller lends for the
+//! duration of that poll (on its stack); only the bytes the writer did not
+//! accept are copied to the heap, and that copy is freed as soon as it has
+//! been written. This is where a byte observer (e.g. a frame-boundary
+//! tracker) would hook in: every chunk passes through `poll_copy` once, in
+//! order, right after it is read.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// Chunks one direction may copy in one poll before yielding, so that an
+/// always-ready stream cannot starve the other direction, the timers or
+/// other tasks (tokio's own streams also stop at the cooperative budget).
+const CHUNKS_PER_POLL: u32 = 32;
+
+/// Which half of the copy failed.
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading and writing; `read_done` tells whether EOF was seen.
+    Copying,
+    /// EOF seen and everything written: flushing then shutting the writer down.
+    ShuttingDown,
+    /// The writer is shut down.
+    Done,
+}
+
+/// Bytes the writer did not accept yet. Lives only while the writer is slow.
+#[derive(Debug)]
+struct Spill {
+    buf: Box<[u8]>,
+    pos: usize,
+}
+
+/// The state of one direction.
+#[derive(Debug)]
+pub(crate) struct Transfer {
+    spill: Option<Spill>,
+    state: State,
+    read_done: bool,
+    need_flush: bool,
+    /// Whether to take the time of reads and stalls (only when a timeout
+    /// needs it, so an untimed tunnel never reads the clock).
+    track_reads: bool,
+    track_stalls: bool,
+    bytes: u64,
+    last_read: Instant,
+    stalled_since: Option<Instant>,
+}
+
+impl Transfer {
+    pub(crate) fn new(start: Instant, track_reads: bool, track_stalls: bool) -> Self {
+        Self {
+            spill: None,
+            state: State::Copying,
+            read_done: false,
+            need_flush: false,
+            track_reads,
+            track_stalls,
+            bytes: 0,
+            last_read: start,
+            stalled_since: None,
+        }
+    }
+
+    /// Bytes the writer accepted so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the reader sent EOF.
+    pub(crate) fn read_done(&self) -> bool {
+        self.read_done
+    }
+
+    /// Whether the writer has been shut down after EOF.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// When the reader last gave bytes (or the tunnel start).
+    pub(crate) fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// Since when the writer has refused to make progress, if it has.
+    pub(crate) fn stalled_since(&self) -> Option<Instant> {
+        self.stalled_since
+    }
+
+    fn stalled(&mut self) {
+        if self.track_stalls && self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+        }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.bytes += n as u64;
+        self.stalled_since = None;
+    }
+
+    /// Copies until the reader or the writer is pending, or until the
+    /// direction is done (EOF read, everything written, writer shut down).
+    ///
+    /// `buf` is scratch space for this call only: nothing in it is expected
+    /// to survive the call.
+    pub(crate) fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        buf: &mut [MaybeUninit<u8>],
+    ) -> Poll<Result<(), CopyError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut chunks = 0;
+        loop {
+            match self.state {
+                State::Copying => {}
+                State::ShuttingDown => {
+                    if self.need_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                            Poll::Pending => {
+                                self.stalled();
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    match Pin::new(&mut *writer).poll_shutdown(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.state = State::Done;
+                            self.stalled_since = None;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                        Poll::Pending => {
+                            self.stalled();
+                            return Poll::Pending;
+                        }
+                    }
+                    continue;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+
+            // Write out what an earlier poll could not, before reading more:
+            // reading on while the writer is slow would only grow the spill.
+            if let Some(spill) = &mut self.spill {
+                while spill.pos < spill.buf.len() {
+                    match Pin::new(&mut *writer).poll_write(cx, &spill.buf[spill.pos..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(CopyError::Write(write_zero())));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            spill.pos += n;
+                            self.bytes += n as u64;
+                            self.stalled_since = None;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                        Poll::Pending => {
+                            self.stalled();
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                // Free it now: an idle direction holds no buffer.
+                self.spill = None;
+                self.need_flush = true;
+            }
+
+            if self.read_done {
+                self.state = State::ShuttingDown;
+                continue;
+            }
+            if chunks == CHUNKS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+
+            let mut rb = ReadBuf::uninit(&mut *buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Read(e))),
+                Poll::Pending => {
+                    // Flush when the reader has nothing more, so that a
+                    // buffering writer does not sit on bytes the peer waits for.
+                    if self.need_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                            Poll::Pending => self.stalled(),
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                self.read_done = true;
+                continue;
+            }
+            chunks += 1;
+            if self.track_reads {
+                self.last_read = Instant::now();
+            }
+
+            let mut off = 0;
+            while off < data.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(CopyError::Write(write_zero()))),
+                    Poll::Ready(Ok(n)) => {
+                        off += n;
+                        self.wrote(n);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                    Poll::Pending => {
+                        // The caller's buffer does not outlive this call:
+                        // keep the unwritten rest until the writer is ready.
+                        self.spill = Some(Spill {
+                            buf: Box::from(&data[off..]),
+                            pos: 0,
+                        });
+                        self.stalled();
+                        return Poll::Pending;
+                    }
+                }
+            }
+            self.need_flush = true;
+        }
+    }
+}
+
+fn write_zero() -> io::Error {
+    io::Error::new(io::ErrorKind::WriteZero, "write zero byte into writer")
+}
