@@ -33,7 +33,7 @@ pub use error::TunnelError;
 pub use prefixed::Prefixed;
 pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
 
-use transfer::{CopyError, Transfer};
+use transfer::{nanos_since, CopyError, Nanos, Transfer, NEVER};
 
 /// Size of the read buffer each poll borrows from its own stack. Large
 /// enough that a 64 KiB WebSocket message moves in one read and one write
@@ -126,6 +126,33 @@ impl TunnelConfig {
     }
 }
 
+/// The timeouts of a [`TunnelConfig`] in nanoseconds, [`NEVER`] when off:
+/// half the size of `Option<Duration>`s in every live tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle: Nanos,
+    client_read: Nanos,
+    upstream_read: Nanos,
+    send: Nanos,
+    linger: Nanos,
+    lifetime: Nanos,
+}
+
+impl Limits {
+    fn new(config: &TunnelConfig) -> Self {
+        let ns =
+            |d: Option<Duration>| d.map_or(NEVER, |d| u64::try_from(d.as_nanos()).unwrap_or(NEVER));
+        Self {
+            idle: ns(config.idle_timeout),
+            client_read: ns(config.client_read_timeout),
+            upstream_read: ns(config.upstream_read_timeout),
+            send: ns(config.send_timeout),
+            linger: ns(config.linger_timeout),
+            lifetime: ns(config.max_lifetime),
+        }
+    }
+}
+
 /// Copies bytes both ways between `client` and `upstream` until both sides
 /// sent EOF, a timeout fires, `shutdown` completes, or an I/O error occurs;
 /// then shuts both sides down and reports [`TunnelStats`].
@@ -177,26 +204,19 @@ where
     U: AsyncRead + AsyncWrite + Unpin,
     F: Future<Output = ()>,
 {
-    let started = Instant::now();
-    let track_stalls = config.send_timeout.is_some();
-    let idle = config.idle_timeout.is_some();
+    let limits = Limits::new(config);
+    let track_stalls = limits.send != NEVER;
+    let idle = limits.idle != NEVER;
     Tunnel {
         client,
         upstream,
         shutdown,
-        c2u: Transfer::new(
-            started,
-            idle || config.client_read_timeout.is_some(),
-            track_stalls,
-        ),
-        u2c: Transfer::new(
-            started,
-            idle || config.upstream_read_timeout.is_some(),
-            track_stalls,
-        ),
-        config: *config,
-        started,
+        c2u: Transfer::new(idle || limits.client_read != NEVER, track_stalls),
+        u2c: Transfer::new(idle || limits.upstream_read != NEVER, track_stalls),
+        limits,
+        started: Instant::now(),
         first_eof: None,
+        first_eof_at: NEVER,
         sleep: None,
         phase: Phase::Running,
     }
@@ -227,9 +247,10 @@ pin_project! {
         shutdown: F,
         c2u: Transfer,
         u2c: Transfer,
-        config: TunnelConfig,
+        limits: Limits,
         started: Instant,
-        first_eof: Option<(Side, Instant)>,
+        first_eof: Option<Side>,
+        first_eof_at: Nanos,
         // One timer for every timeout, created on first need so that an
         // untimed tunnel never carries one (see `poll_timers`).
         sleep: Option<Pin<Box<Sleep>>>,
@@ -244,7 +265,7 @@ impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
             .field("upstream", &self.upstream)
             .field("client_to_upstream", &self.c2u)
             .field("upstream_to_client", &self.u2c)
-            .field("config", &self.config)
+            .field("limits", &self.limits)
             .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
@@ -272,7 +293,8 @@ where
                             this.upstream,
                             this.c2u,
                             this.u2c,
-                            this.first_eof,
+                            *this.started,
+                            (this.first_eof, this.first_eof_at),
                         )
                     };
                     let end = match end {
@@ -280,13 +302,8 @@ where
                         None => match poll_timers(
                             cx,
                             this.sleep,
-                            next_deadline(
-                                this.config,
-                                *this.started,
-                                this.c2u,
-                                this.u2c,
-                                *this.first_eof,
-                            ),
+                            *this.started,
+                            next_deadline(this.limits, this.c2u, this.u2c, *this.first_eof_at),
                         ) {
                             Some(timeout) => TunnelEnd::Timeout(timeout),
                             None => return Poll::Pending,
@@ -326,10 +343,14 @@ where
                     }
                     let mut done = !*client_open && !*upstream_open;
                     if !done {
-                        match this.config.send_timeout {
+                        match this.limits.send {
+                            // Without a send timeout, one attempt: the
+                            // streams are dropped (closed) right after.
+                            NEVER => done = true,
                             // A peer that stopped reading must not hold the
                             // tunnel open: bound the close like any write.
-                            Some(limit) => {
+                            limit => {
+                                let limit = Duration::from_nanos(limit);
                                 let sleep = this
                                     .sleep
                                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
@@ -341,7 +362,6 @@ where
                                 }
                                 done = sleep.as_mut().poll(cx).is_ready();
                             }
-                            None => done = true,
                         }
                     }
                     if !done {
@@ -374,7 +394,8 @@ fn run<C, U>(
     upstream: &mut U,
     c2u: &mut Transfer,
     u2c: &mut Transfer,
-    first_eof: &mut Option<(Side, Instant)>,
+    started: Instant,
+    (first_eof, first_eof_at): (&mut Option<Side>, &mut Nanos),
 ) -> Option<TunnelEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -383,21 +404,23 @@ where
     // Lives for this poll only: an idle tunnel holds no copy buffer.
     let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
 
-    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf) {
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, started) {
         return Some(TunnelEnd::Error(blame(e, Side::Client)));
     }
     if c2u.read_done() && first_eof.is_none() {
-        *first_eof = Some((Side::Client, Instant::now()));
+        *first_eof = Some(Side::Client);
+        *first_eof_at = nanos_since(started);
     }
-    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf) {
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, started) {
         return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
     }
     if u2c.read_done() && first_eof.is_none() {
-        *first_eof = Some((Side::Upstream, Instant::now()));
+        *first_eof = Some(Side::Upstream);
+        *first_eof_at = nanos_since(started);
     }
     if c2u.is_done() && u2c.is_done() {
         return Some(match first_eof {
-            Some((Side::Upstream, _)) => TunnelEnd::UpstreamEof,
+            Some(Side::Upstream) => TunnelEnd::UpstreamEof,
             _ => TunnelEnd::ClientEof,
         });
     }
@@ -415,53 +438,52 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
     }
 }
 
-/// The earliest pending deadline and the timeout it belongs to.
+/// The earliest pending deadline (nanoseconds since the start) and the
+/// timeout it belongs to.
 fn next_deadline(
-    config: &TunnelConfig,
-    started: Instant,
+    limits: &Limits,
     c2u: &Transfer,
     u2c: &Transfer,
-    first_eof: Option<(Side, Instant)>,
-) -> Option<(Instant, Timeout)> {
-    let mut best: Option<(Instant, Timeout)> = None;
-    let mut consider = |from: Instant, limit: Option<Duration>, kind: Timeout| {
-        // A limit too large to add never fires.
-        if let Some(at) = limit.and_then(|d| from.checked_add(d)) {
-            match best {
-                Some((b, _)) if b <= at => {}
-                _ => best = Some((at, kind)),
-            }
+    first_eof_at: Nanos,
+) -> Option<(Nanos, Timeout)> {
+    let mut best: Option<(Nanos, Timeout)> = None;
+    let mut consider = |from: Nanos, limit: Nanos, kind: Timeout| {
+        if from == NEVER || limit == NEVER {
+            return;
+        }
+        let at = from.saturating_add(limit);
+        match best {
+            Some((b, _)) if b <= at => {}
+            _ => best = Some((at, kind)),
         }
     };
-    consider(started, config.max_lifetime, Timeout::Lifetime);
+    consider(0, limits.lifetime, Timeout::Lifetime);
     consider(
         c2u.last_read().max(u2c.last_read()),
-        config.idle_timeout,
+        limits.idle,
         Timeout::Idle,
     );
     if !c2u.read_done() {
         consider(
             c2u.last_read(),
-            config.client_read_timeout,
+            limits.client_read,
             Timeout::Read(Side::Client),
         );
     }
     if !u2c.read_done() {
         consider(
             u2c.last_read(),
-            config.upstream_read_timeout,
+            limits.upstream_read,
             Timeout::Read(Side::Upstream),
         );
     }
     if let Some(since) = c2u.stalled_since() {
-        consider(since, config.send_timeout, Timeout::Send(Side::Upstream));
+        consider(since, limits.send, Timeout::Send(Side::Upstream));
     }
     if let Some(since) = u2c.stalled_since() {
-        consider(since, config.send_timeout, Timeout::Send(Side::Client));
+        consider(since, limits.send, Timeout::Send(Side::Client));
     }
-    if let Some((_, at)) = first_eof {
-        consider(at, config.linger_timeout, Timeout::Linger);
-    }
+    consider(first_eof_at, limits.linger, Timeout::Linger);
     best
 }
 
@@ -474,9 +496,12 @@ fn next_deadline(
 fn poll_timers(
     cx: &mut Context<'_>,
     sleep: &mut Option<Pin<Box<Sleep>>>,
-    next: Option<(Instant, Timeout)>,
+    started: Instant,
+    next: Option<(Nanos, Timeout)>,
 ) -> Option<Timeout> {
     let (at, kind) = next?;
+    // A deadline too far to represent never fires.
+    let at = started.checked_add(Duration::from_nanos(at))?;
     let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
     if sleep.deadline() > at {
         sleep.as_mut().reset(at);
@@ -498,14 +523,14 @@ fn stats(
     started: &Instant,
     c2u: &Transfer,
     u2c: &Transfer,
-    first_eof: &Option<(Side, Instant)>,
+    first_eof: &Option<Side>,
     end: TunnelEnd,
 ) -> TunnelStats {
     TunnelStats {
         client_to_upstream: c2u.bytes(),
         upstream_to_client: u2c.bytes(),
         duration: started.elapsed(),
-        first_eof: first_eof.map(|(side, _)| side),
+        first_eof: *first_eof,
         end,
     }
 }
