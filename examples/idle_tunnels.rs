@@ -14,6 +14,7 @@
 //! cargo run --release --example idle_tunnels -- --conns 9900 --mode copy
 //! ```
 
+use std::future::Future;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -129,62 +130,20 @@ async fn proxy(args: &Args) -> io::Result<()> {
     let accept_live = live.clone();
     let accept = tokio::spawn(async move {
         let mut printed = false;
-        while let Ok((mut client, _)) = listener.accept().await {
+        while let Ok((client, _)) = listener.accept().await {
             let live = accept_live.clone();
-            let config = config.clone();
-            let task = async move {
-                let Ok(mut upstream) = TcpStream::connect(backend).await else {
-                    return;
-                };
-                let _ = client.set_nodelay(true);
-                let _ = upstream.set_nodelay(true);
-                live.fetch_add(1, Ordering::Relaxed);
-                match (mode, spawn_relay) {
-                    (Mode::Tunnel, false) => {
-                        let _ = tunnel(client, upstream, &config, std::future::pending()).await;
-                    }
-                    (Mode::Tunnel, true) => {
-                        let relay = tunnel(client, upstream, &config, std::future::pending());
-                        tokio::spawn(relay);
-                    }
-                    (Mode::Copy, false) => {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                    (Mode::Hold, _) => {
-                        let mut buf = [0u8; 64];
-                        let Ok(n) = client.read(&mut buf).await else {
-                            return;
-                        };
-                        let _ = upstream.write_all(&buf[..n]).await;
-                        let Ok(n) = upstream.read(&mut buf).await else {
-                            return;
-                        };
-                        let _ = client.write_all(&buf[..n]).await;
-                        let held = async move {
-                            let _sockets = (client, upstream);
-                            std::future::pending::<()>().await;
-                        };
-                        if spawn_relay {
-                            tokio::spawn(held);
-                        } else {
-                            held.await;
-                        }
-                    }
-                    (Mode::Copy, true) => {
-                        tokio::spawn(async move {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                        });
-                    }
+            match mode {
+                Mode::Tunnel => spawn_sized(
+                    &mut printed,
+                    serve_tunnel(client, backend, config.clone(), spawn_relay, live),
+                ),
+                Mode::Copy => {
+                    spawn_sized(&mut printed, serve_copy(client, backend, spawn_relay, live))
                 }
-            };
-            if !printed {
-                printed = true;
-                println!(
-                    "per-connection task future: {} bytes",
-                    std::mem::size_of_val(&task)
-                );
+                Mode::Hold => {
+                    spawn_sized(&mut printed, serve_hold(client, backend, spawn_relay, live))
+                }
             }
-            tokio::spawn(task);
         }
     });
 
@@ -209,6 +168,94 @@ async fn proxy(args: &Args) -> io::Result<()> {
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())
+}
+
+/// Spawns one connection's task, printing the size of the first one.
+fn spawn_sized(printed: &mut bool, task: impl Future<Output = ()> + Send + 'static) {
+    if !*printed {
+        *printed = true;
+        println!(
+            "per-connection task future: {} bytes",
+            std::mem::size_of_val(&task)
+        );
+    }
+    tokio::spawn(task);
+}
+
+async fn connect(client: &TcpStream, backend: SocketAddr) -> Option<TcpStream> {
+    let upstream = TcpStream::connect(backend).await.ok()?;
+    client.set_nodelay(true).ok()?;
+    upstream.set_nodelay(true).ok()?;
+    Some(upstream)
+}
+
+async fn serve_tunnel(
+    client: TcpStream,
+    backend: SocketAddr,
+    config: Arc<TunnelConfig>,
+    spawn_relay: bool,
+    live: Arc<AtomicUsize>,
+) {
+    let Some(upstream) = connect(&client, backend).await else {
+        return;
+    };
+    live.fetch_add(1, Ordering::Relaxed);
+    let relay = tunnel(client, upstream, &config, std::future::pending());
+    if spawn_relay {
+        tokio::spawn(relay);
+    } else {
+        relay.await;
+    }
+}
+
+async fn serve_copy(
+    mut client: TcpStream,
+    backend: SocketAddr,
+    spawn_relay: bool,
+    live: Arc<AtomicUsize>,
+) {
+    let Some(mut upstream) = connect(&client, backend).await else {
+        return;
+    };
+    live.fetch_add(1, Ordering::Relaxed);
+    let relay = async move {
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    };
+    if spawn_relay {
+        tokio::spawn(relay);
+    } else {
+        relay.await;
+    }
+}
+
+async fn serve_hold(
+    mut client: TcpStream,
+    backend: SocketAddr,
+    spawn_relay: bool,
+    live: Arc<AtomicUsize>,
+) {
+    let Some(mut upstream) = connect(&client, backend).await else {
+        return;
+    };
+    live.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 64];
+    let Ok(n) = client.read(&mut buf).await else {
+        return;
+    };
+    let _ = upstream.write_all(&buf[..n]).await;
+    let Ok(n) = upstream.read(&mut buf).await else {
+        return;
+    };
+    let _ = client.write_all(&buf[..n]).await;
+    let held = async move {
+        let _sockets = (client, upstream);
+        std::future::pending::<()>().await;
+    };
+    if spawn_relay {
+        tokio::spawn(held);
+    } else {
+        held.await;
+    }
 }
 
 /// The second process: echo backends and clients.

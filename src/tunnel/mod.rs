@@ -33,7 +33,7 @@ pub use error::TunnelError;
 pub use prefixed::Prefixed;
 pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
 
-use transfer::{nanos_since, CopyError, Nanos, Transfer, NEVER};
+use transfer::{nanos_since, CopyError, Nanos, Stamps, Transfer, NEVER};
 
 /// Size of the read buffer each poll borrows from its own stack. Large
 /// enough that a 64 KiB WebSocket message moves in one read and one write
@@ -205,34 +205,101 @@ where
     F: Future<Output = ()>,
 {
     let limits = Limits::new(config);
-    let track_stalls = limits.send != NEVER;
+    let timed = [
+        limits.idle,
+        limits.client_read,
+        limits.upstream_read,
+        limits.send,
+        limits.linger,
+        limits.lifetime,
+    ]
+    .iter()
+    .any(|&l| l != NEVER);
     let idle = limits.idle != NEVER;
+    let send = limits.send != NEVER;
     Tunnel {
         client,
         upstream,
         shutdown,
-        c2u: Transfer::new(idle || limits.client_read != NEVER, track_stalls),
-        u2c: Transfer::new(idle || limits.upstream_read != NEVER, track_stalls),
-        limits,
+        c2u: Transfer::new(),
+        u2c: Transfer::new(),
         started: Instant::now(),
+        timers: timed.then(|| {
+            Box::pin(Timers {
+                c2u: Stamps::new(idle || limits.client_read != NEVER, send),
+                u2c: Stamps::new(idle || limits.upstream_read != NEVER, send),
+                limits,
+                first_eof_at: NEVER,
+                close_bounded: false,
+                sleep: LazySleep::Unarmed,
+            })
+        }),
+        end: None,
         first_eof: None,
-        first_eof_at: NEVER,
-        sleep: None,
         phase: Phase::Running,
+        client_open: true,
+        upstream_open: true,
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
     /// Shutting both sides down before reporting `end`.
-    Closing {
-        end: TunnelEnd,
-        client_open: bool,
-        upstream_open: bool,
-        bounded: bool,
-    },
+    Closing,
     Finished,
+}
+
+pin_project! {
+    /// A timer created on first use, in place: `tokio::time::Sleep` needs
+    /// the runtime, which `tunnel` may be called without.
+    #[project = LazySleepProj]
+    #[derive(Debug)]
+    enum LazySleep {
+        Unarmed,
+        Armed {
+            #[pin]
+            sleep: Sleep,
+        },
+    }
+}
+
+impl LazySleep {
+    /// The armed timer, set to fire no later than `at`.
+    fn arm(mut self: Pin<&mut Self>, at: Instant) -> Option<Pin<&mut Sleep>> {
+        if let LazySleepProj::Unarmed = self.as_mut().project() {
+            self.as_mut().set(LazySleep::Armed {
+                sleep: tokio::time::sleep_until(at),
+            });
+        }
+        match self.project() {
+            LazySleepProj::Armed { mut sleep } => {
+                if sleep.deadline() > at {
+                    sleep.as_mut().reset(at);
+                }
+                Some(sleep)
+            }
+            // Armed just above; there is no way back to `Unarmed`.
+            LazySleepProj::Unarmed => None,
+        }
+    }
+}
+
+pin_project! {
+    /// Everything only timeouts need, boxed so that an untimed tunnel does
+    /// not carry it and a timed one keeps the task small.
+    #[project = TimersProj]
+    #[derive(Debug)]
+    struct Timers {
+        limits: Limits,
+        c2u: Stamps,
+        u2c: Stamps,
+        first_eof_at: Nanos,
+        close_bounded: bool,
+        // One timer for every timeout (see `poll_timers`).
+        #[pin]
+        sleep: LazySleep,
+    }
 }
 
 pin_project! {
@@ -247,14 +314,14 @@ pin_project! {
         shutdown: F,
         c2u: Transfer,
         u2c: Transfer,
-        limits: Limits,
         started: Instant,
+        timers: Option<Pin<Box<Timers>>>,
+        // Boxed: only an abnormal end is stored, once, while closing.
+        end: Option<Box<TunnelEnd>>,
         first_eof: Option<Side>,
-        first_eof_at: Nanos,
-        // One timer for every timeout, created on first need so that an
-        // untimed tunnel never carries one (see `poll_timers`).
-        sleep: Option<Pin<Box<Sleep>>>,
         phase: Phase,
+        client_open: bool,
+        upstream_open: bool,
     }
 }
 
@@ -265,7 +332,7 @@ impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
             .field("upstream", &self.upstream)
             .field("client_to_upstream", &self.c2u)
             .field("upstream_to_client", &self.u2c)
-            .field("limits", &self.limits)
+            .field("timers", &self.timers)
             .field("phase", &self.phase)
             .finish_non_exhaustive()
     }
@@ -281,8 +348,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
         let mut this = self.project();
+        let started = *this.started;
         loop {
-            match this.phase {
+            match *this.phase {
                 Phase::Running => {
                     let end = if this.shutdown.as_mut().poll(cx).is_ready() {
                         Some(TunnelEnd::Shutdown)
@@ -293,92 +361,57 @@ where
                             this.upstream,
                             this.c2u,
                             this.u2c,
-                            *this.started,
-                            (this.first_eof, this.first_eof_at),
+                            started,
+                            this.first_eof,
+                            this.timers.as_mut().map(|t| t.as_mut().project()),
                         )
                     };
-                    let end = match end {
-                        Some(end) => end,
-                        None => match poll_timers(
-                            cx,
-                            this.sleep,
-                            *this.started,
-                            next_deadline(this.limits, this.c2u, this.u2c, *this.first_eof_at),
-                        ) {
-                            Some(timeout) => TunnelEnd::Timeout(timeout),
-                            None => return Poll::Pending,
-                        },
-                    };
+                    let end =
+                        match end {
+                            Some(end) => end,
+                            None => match this.timers.as_mut().and_then(|t| {
+                                poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c)
+                            }) {
+                                Some(timeout) => TunnelEnd::Timeout(timeout),
+                                None => return Poll::Pending,
+                            },
+                        };
                     if end.is_clean() {
                         *this.phase = Phase::Finished;
                         return Poll::Ready(stats(
-                            this.started,
+                            started,
                             this.c2u,
                             this.u2c,
-                            this.first_eof,
+                            *this.first_eof,
                             end,
                         ));
                     }
-                    *this.phase = Phase::Closing {
-                        end,
-                        client_open: !this.u2c.is_done(),
-                        upstream_open: !this.c2u.is_done(),
-                        bounded: false,
-                    };
+                    *this.end = Some(Box::new(end));
+                    *this.client_open = !this.u2c.is_done();
+                    *this.upstream_open = !this.c2u.is_done();
+                    *this.phase = Phase::Closing;
                 }
-                Phase::Closing {
-                    client_open,
-                    upstream_open,
-                    bounded,
-                    ..
-                } => {
+                Phase::Closing => {
                     // Errors here change nothing: the tunnel is ending anyway
                     // and the streams are dropped right after.
-                    if *client_open && Pin::new(&mut *this.client).poll_shutdown(cx).is_ready() {
-                        *client_open = false;
-                    }
-                    if *upstream_open && Pin::new(&mut *this.upstream).poll_shutdown(cx).is_ready()
+                    if *this.client_open && Pin::new(&mut *this.client).poll_shutdown(cx).is_ready()
                     {
-                        *upstream_open = false;
+                        *this.client_open = false;
                     }
-                    let mut done = !*client_open && !*upstream_open;
-                    if !done {
-                        match this.limits.send {
-                            // Without a send timeout, one attempt: the
-                            // streams are dropped (closed) right after.
-                            NEVER => done = true,
-                            // A peer that stopped reading must not hold the
-                            // tunnel open: bound the close like any write.
-                            limit => {
-                                let limit = Duration::from_nanos(limit);
-                                let sleep = this
-                                    .sleep
-                                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                                if !*bounded {
-                                    *bounded = true;
-                                    if let Some(at) = Instant::now().checked_add(limit) {
-                                        sleep.as_mut().reset(at);
-                                    }
-                                }
-                                done = sleep.as_mut().poll(cx).is_ready();
-                            }
-                        }
+                    if *this.upstream_open
+                        && Pin::new(&mut *this.upstream).poll_shutdown(cx).is_ready()
+                    {
+                        *this.upstream_open = false;
                     }
+                    let done = (!*this.client_open && !*this.upstream_open)
+                        || close_deadline_passed(cx, this.timers.as_mut());
                     if !done {
                         return Poll::Pending;
                     }
-                    let Phase::Closing { end, .. } = std::mem::replace(this.phase, Phase::Finished)
-                    else {
-                        return Poll::Pending;
-                    };
-                    *this.sleep = None;
-                    return Poll::Ready(stats(
-                        this.started,
-                        this.c2u,
-                        this.u2c,
-                        this.first_eof,
-                        end,
-                    ));
+                    *this.phase = Phase::Finished;
+                    *this.timers = None;
+                    let end = this.end.take().map_or(TunnelEnd::Shutdown, |end| *end);
+                    return Poll::Ready(stats(started, this.c2u, this.u2c, *this.first_eof, end));
                 }
                 // Polled after completion: stay pending rather than panic.
                 Phase::Finished => return Poll::Pending,
@@ -387,7 +420,34 @@ where
     }
 }
 
+/// Whether the final shutdown of both sides should stop waiting: at once
+/// without a send timeout (the streams are dropped, hence closed, right
+/// after), else once the send timeout has passed, so that a peer that
+/// stopped reading cannot hold the tunnel open.
+fn close_deadline_passed(cx: &mut Context<'_>, timers: Option<&mut Pin<Box<Timers>>>) -> bool {
+    let Some(timers) = timers else { return true };
+    let t = timers.as_mut().project();
+    if t.limits.send == NEVER {
+        return true;
+    }
+    let limit = Duration::from_nanos(t.limits.send);
+    let Some(mut sleep) = Instant::now()
+        .checked_add(limit)
+        .and_then(|at| t.sleep.arm(at))
+    else {
+        return true;
+    };
+    if !*t.close_bounded {
+        *t.close_bounded = true;
+        if let Some(at) = Instant::now().checked_add(limit) {
+            sleep.as_mut().reset(at);
+        }
+    }
+    sleep.poll(cx).is_ready()
+}
+
 /// Copies in both directions; returns why the tunnel ended, if it did.
+#[allow(clippy::too_many_arguments)]
 fn run<C, U>(
     cx: &mut Context<'_>,
     client: &mut C,
@@ -395,7 +455,8 @@ fn run<C, U>(
     c2u: &mut Transfer,
     u2c: &mut Transfer,
     started: Instant,
-    (first_eof, first_eof_at): (&mut Option<Side>, &mut Nanos),
+    first_eof: &mut Option<Side>,
+    mut timers: Option<TimersProj<'_>>,
 ) -> Option<TunnelEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -404,19 +465,25 @@ where
     // Lives for this poll only: an idle tunnel holds no copy buffer.
     let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
 
-    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, started) {
+    let clock = timers.as_mut().map(|t| (&mut *t.c2u, started));
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock) {
         return Some(TunnelEnd::Error(blame(e, Side::Client)));
     }
     if c2u.read_done() && first_eof.is_none() {
         *first_eof = Some(Side::Client);
-        *first_eof_at = nanos_since(started);
+        if let Some(t) = timers.as_mut() {
+            *t.first_eof_at = nanos_since(started);
+        }
     }
-    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, started) {
+    let clock = timers.as_mut().map(|t| (&mut *t.u2c, started));
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock) {
         return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
     }
     if u2c.read_done() && first_eof.is_none() {
         *first_eof = Some(Side::Upstream);
-        *first_eof_at = nanos_since(started);
+        if let Some(t) = timers.as_mut() {
+            *t.first_eof_at = nanos_since(started);
+        }
     }
     if c2u.is_done() && u2c.is_done() {
         return Some(match first_eof {
@@ -442,8 +509,8 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
 /// timeout it belongs to.
 fn next_deadline(
     limits: &Limits,
-    c2u: &Transfer,
-    u2c: &Transfer,
+    (c2u, c2u_stamps): (&Transfer, &Stamps),
+    (u2c, u2c_stamps): (&Transfer, &Stamps),
     first_eof_at: Nanos,
 ) -> Option<(Nanos, Timeout)> {
     let mut best: Option<(Nanos, Timeout)> = None;
@@ -459,28 +526,28 @@ fn next_deadline(
     };
     consider(0, limits.lifetime, Timeout::Lifetime);
     consider(
-        c2u.last_read().max(u2c.last_read()),
+        c2u_stamps.last_read.max(u2c_stamps.last_read),
         limits.idle,
         Timeout::Idle,
     );
     if !c2u.read_done() {
         consider(
-            c2u.last_read(),
+            c2u_stamps.last_read,
             limits.client_read,
             Timeout::Read(Side::Client),
         );
     }
     if !u2c.read_done() {
         consider(
-            u2c.last_read(),
+            u2c_stamps.last_read,
             limits.upstream_read,
             Timeout::Read(Side::Upstream),
         );
     }
-    if let Some(since) = c2u.stalled_since() {
+    if let Some(since) = c2u_stamps.stalled_since() {
         consider(since, limits.send, Timeout::Send(Side::Upstream));
     }
-    if let Some(since) = u2c.stalled_since() {
+    if let Some(since) = u2c_stamps.stalled_since() {
         consider(since, limits.send, Timeout::Send(Side::Client));
     }
     consider(first_eof_at, limits.linger, Timeout::Linger);
@@ -495,17 +562,16 @@ fn next_deadline(
 /// a side sends EOF).
 fn poll_timers(
     cx: &mut Context<'_>,
-    sleep: &mut Option<Pin<Box<Sleep>>>,
+    timers: Pin<&mut Timers>,
     started: Instant,
-    next: Option<(Nanos, Timeout)>,
+    c2u: &Transfer,
+    u2c: &Transfer,
 ) -> Option<Timeout> {
-    let (at, kind) = next?;
+    let t = timers.project();
+    let (at, kind) = next_deadline(t.limits, (c2u, t.c2u), (u2c, t.u2c), *t.first_eof_at)?;
     // A deadline too far to represent never fires.
     let at = started.checked_add(Duration::from_nanos(at))?;
-    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-    if sleep.deadline() > at {
-        sleep.as_mut().reset(at);
-    }
+    let mut sleep = t.sleep.arm(at)?;
     // At most twice: a timer that fired early is pushed to `at` once.
     for _ in 0..2 {
         if sleep.as_mut().poll(cx).is_pending() {
@@ -520,17 +586,17 @@ fn poll_timers(
 }
 
 fn stats(
-    started: &Instant,
+    started: Instant,
     c2u: &Transfer,
     u2c: &Transfer,
-    first_eof: &Option<Side>,
+    first_eof: Option<Side>,
     end: TunnelEnd,
 ) -> TunnelStats {
     TunnelStats {
         client_to_upstream: c2u.bytes(),
         upstream_to_client: u2c.bytes(),
         duration: started.elapsed(),
-        first_eof: *first_eof,
+        first_eof,
         end,
     }
 }

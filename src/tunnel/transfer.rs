@@ -57,7 +57,52 @@ struct Spill {
     pos: usize,
 }
 
-/// The state of one direction.
+/// When a direction last read and since when its writer stalls; kept only by
+/// tunnels that have a timeout (boxed with their timer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamps {
+    pub(crate) last_read: Nanos,
+    pub(crate) stalled_since: Nanos,
+    /// Whether a timeout needs `last_read` (idle or this side's read).
+    pub(crate) track_reads: bool,
+    /// Whether a timeout needs `stalled_since` (send).
+    pub(crate) track_stalls: bool,
+}
+
+impl Stamps {
+    pub(crate) fn new(track_reads: bool, track_stalls: bool) -> Self {
+        Self {
+            last_read: 0,
+            stalled_since: NEVER,
+            track_reads,
+            track_stalls,
+        }
+    }
+
+    /// Since when the writer has refused to make progress, if it has.
+    pub(crate) fn stalled_since(&self) -> Option<Nanos> {
+        (self.stalled_since != NEVER).then_some(self.stalled_since)
+    }
+}
+
+/// Where a poll records time stamps: the stamps and the tunnel start.
+pub(crate) type Clock<'a> = Option<(&'a mut Stamps, Instant)>;
+
+fn stalled(clock: &mut Clock<'_>) {
+    if let Some((stamps, started)) = clock {
+        if stamps.track_stalls && stamps.stalled_since == NEVER {
+            stamps.stalled_since = nanos_since(*started);
+        }
+    }
+}
+
+fn progressed(clock: &mut Clock<'_>) {
+    if let Some((stamps, _)) = clock {
+        stamps.stalled_since = NEVER;
+    }
+}
+
+/// The state of one direction: 24 bytes and no buffer while idle.
 #[derive(Debug)]
 pub(crate) struct Transfer {
     // Boxed together with its position: one pointer while idle.
@@ -65,27 +110,17 @@ pub(crate) struct Transfer {
     state: State,
     read_done: bool,
     need_flush: bool,
-    /// Whether to take the time of reads and stalls (only when a timeout
-    /// needs it, so an untimed tunnel never reads the clock).
-    track_reads: bool,
-    track_stalls: bool,
     bytes: u64,
-    last_read: Nanos,
-    stalled_since: Nanos,
 }
 
 impl Transfer {
-    pub(crate) fn new(track_reads: bool, track_stalls: bool) -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             spill: None,
             state: State::Copying,
             read_done: false,
             need_flush: false,
-            track_reads,
-            track_stalls,
             bytes: 0,
-            last_read: 0,
-            stalled_since: NEVER,
         }
     }
 
@@ -104,27 +139,6 @@ impl Transfer {
         self.state == State::Done
     }
 
-    /// When the reader last gave bytes (0, the tunnel start, if never).
-    pub(crate) fn last_read(&self) -> Nanos {
-        self.last_read
-    }
-
-    /// Since when the writer has refused to make progress, if it has.
-    pub(crate) fn stalled_since(&self) -> Option<Nanos> {
-        (self.stalled_since != NEVER).then_some(self.stalled_since)
-    }
-
-    fn stalled(&mut self, started: Instant) {
-        if self.track_stalls && self.stalled_since == NEVER {
-            self.stalled_since = nanos_since(started);
-        }
-    }
-
-    fn wrote(&mut self, n: usize) {
-        self.bytes += n as u64;
-        self.stalled_since = NEVER;
-    }
-
     /// Copies until the reader or the writer is pending, or until the
     /// direction is done (EOF read, everything written, writer shut down).
     ///
@@ -136,7 +150,7 @@ impl Transfer {
         reader: &mut R,
         writer: &mut W,
         buf: &mut [MaybeUninit<u8>],
-        started: Instant,
+        mut clock: Clock<'_>,
     ) -> Poll<Result<(), CopyError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -152,7 +166,7 @@ impl Transfer {
                             Poll::Ready(Ok(())) => self.need_flush = false,
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
                             Poll::Pending => {
-                                self.stalled(started);
+                                stalled(&mut clock);
                                 return Poll::Pending;
                             }
                         }
@@ -160,11 +174,11 @@ impl Transfer {
                     match Pin::new(&mut *writer).poll_shutdown(cx) {
                         Poll::Ready(Ok(())) => {
                             self.state = State::Done;
-                            self.stalled_since = NEVER;
+                            progressed(&mut clock);
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
                         Poll::Pending => {
-                            self.stalled(started);
+                            stalled(&mut clock);
                             return Poll::Pending;
                         }
                     }
@@ -184,11 +198,11 @@ impl Transfer {
                         Poll::Ready(Ok(n)) => {
                             spill.pos += n;
                             self.bytes += n as u64;
-                            self.stalled_since = NEVER;
+                            progressed(&mut clock);
                         }
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
                         Poll::Pending => {
-                            self.stalled(started);
+                            stalled(&mut clock);
                             return Poll::Pending;
                         }
                     }
@@ -218,7 +232,7 @@ impl Transfer {
                         match Pin::new(&mut *writer).poll_flush(cx) {
                             Poll::Ready(Ok(())) => self.need_flush = false,
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
-                            Poll::Pending => self.stalled(started),
+                            Poll::Pending => stalled(&mut clock),
                         }
                     }
                     return Poll::Pending;
@@ -230,8 +244,10 @@ impl Transfer {
                 continue;
             }
             chunks += 1;
-            if self.track_reads {
-                self.last_read = nanos_since(started);
+            if let Some((stamps, started)) = &mut clock {
+                if stamps.track_reads {
+                    stamps.last_read = nanos_since(*started);
+                }
             }
 
             let mut off = 0;
@@ -240,7 +256,8 @@ impl Transfer {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(CopyError::Write(write_zero()))),
                     Poll::Ready(Ok(n)) => {
                         off += n;
-                        self.wrote(n);
+                        self.bytes += n as u64;
+                        progressed(&mut clock);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
                     Poll::Pending => {
@@ -250,7 +267,7 @@ impl Transfer {
                             buf: Box::from(&data[off..]),
                             pos: 0,
                         }));
-                        self.stalled(started);
+                        stalled(&mut clock);
                         return Poll::Pending;
                     }
                 }
