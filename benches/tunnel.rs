@@ -12,8 +12,8 @@
 //! ```sh
 //! cargo bench --bench tunnel -- --secs 2 --rounds 3
 //! # syscalls of the proxy thread alone, one mode:
-//! cargo bench --bench tunnel -- --mode tunnel --size 1024 --pairs 50 --attach-wait 2
-//! #   then `strace -c -p <proxy tid>` during the window
+//! cargo bench --bench tunnel -- --mode tunnel --size 1024 --pairs 50 --rounds 1 --attach-wait 2
+//! #   and meanwhile `strace -c -p <proxy tid>`; divide by the total echoes
 //! ```
 
 use std::io;
@@ -55,10 +55,14 @@ struct Args {
     /// Messages in flight per connection (as wsbench).
     #[arg(long, default_value_t = 8)]
     window: usize,
-    /// Seconds to wait after printing the proxy thread id, before the window
-    /// (time to attach `strace -c -p TID`).
+    /// Seconds to wait after printing the proxy thread id, before the clients
+    /// connect (time to attach `strace -c -p TID`).
     #[arg(long, default_value_t = 0.0)]
     attach_wait: f64,
+    /// Buffer size per direction for `copy` (8 KiB is what
+    /// `copy_bidirectional` uses; larger uses `copy_bidirectional_with_sizes`).
+    #[arg(long, default_value_t = 8 * 1024)]
+    copy_buf: usize,
     /// Passed by `cargo bench`.
     #[arg(long, hide = true)]
     bench: bool,
@@ -171,6 +175,7 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
     // Proxy thread.
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<io::Result<(SocketAddr, String)>>();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let copy_buf = args.copy_buf.max(1);
     let proxy = std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -203,6 +208,15 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
                         let _ = client.set_nodelay(true);
                         let _ = upstream.set_nodelay(true);
                         match mode {
+                            Mode::Copy if copy_buf != 8 * 1024 => {
+                                let _ = tokio::io::copy_bidirectional_with_sizes(
+                                    &mut client,
+                                    &mut upstream,
+                                    copy_buf,
+                                    copy_buf,
+                                )
+                                .await;
+                            }
                             Mode::Copy => {
                                 let _ =
                                     tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
@@ -287,6 +301,12 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
             let wall = t0.elapsed().as_secs_f64();
             let echoes = bytes / size as u64;
             let _ = stop_tx.send(());
+            if args.attach_wait > 0.0 {
+                eprintln!(
+                    "total echoes since the clients connected: {}",
+                    echoed.load(Ordering::Relaxed) / size as u64
+                );
+            }
             Ok::<_, io::Error>(Sample {
                 echoes_per_s: echoes as f64 / wall,
                 echoes_per_cpu_s: echoes as f64 / cpu.as_secs_f64().max(1e-9),

@@ -345,6 +345,24 @@ async fn upstream_read_timeout_fires_despite_client_traffic() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn read_timeout_waits_while_the_other_side_is_not_reading() {
+    // The client's bytes cannot be written for 20 s (the backend does not
+    // read), so the client is not read either: its silence must not count.
+    let config = TunnelConfig::new().client_read_timeout(Duration::from_secs(10));
+    let (mut browser, mut backend, task) = duplex_tunnel_with(4096, 64, config, pending());
+    browser.write_all(&[3u8; 1000]).await.unwrap();
+    still_running_after(Duration::from_secs(20), &task).await;
+    assert_eq!(read_exact_bounded(&mut backend, 1000).await, [3u8; 1000]);
+    let resumed = Instant::now();
+    still_running_after(Duration::from_millis(9_900), &task).await;
+    let stats = bounded(task).await.unwrap();
+    ended_by(&stats, Timeout::Read(Side::Client));
+    assert!(resumed.elapsed() < Duration::from_secs(11));
+    assert_eq!(stats.client_to_upstream, 1000);
+    assert_closed(&mut browser).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn send_timeout_fires_when_the_upstream_stops_reading() {
     let config = TunnelConfig::new().send_timeout(Duration::from_secs(5));
     let (mut browser, mut backend, task) = duplex_tunnel_with(4096, 64, config, pending());

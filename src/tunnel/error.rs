@@ -89,6 +89,10 @@ mod tests {
         );
         assert_eq!(up.to_string(), "reading from the upstream failed");
         assert_eq!(
+            crate::Error::from(TunnelError::Timeout(Timeout::Linger)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
             TunnelError::Timeout(Timeout::Send(Side::Client)).to_string(),
             "tunnel ended by its send timeout toward the client"
         );

@@ -97,8 +97,15 @@ fn stalled(clock: &mut Clock<'_>) {
 }
 
 fn progressed(clock: &mut Clock<'_>) {
-    if let Some((stamps, _)) = clock {
-        stamps.stalled_since = NEVER;
+    if let Some((stamps, started)) = clock {
+        if stamps.stalled_since != NEVER {
+            stamps.stalled_since = NEVER;
+            // The reader was not read while the writer stalled: its silence
+            // counts again from now, not from before the stall.
+            if stamps.track_reads {
+                stamps.last_read = stamps.last_read.max(nanos_since(*started));
+            }
+        }
     }
 }
 
