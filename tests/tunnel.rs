@@ -203,6 +203,29 @@ async fn tiny_pipes_force_partial_writes_without_loss() {
     assert_eq!(stats.upstream_to_client, down.len() as u64);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stops_reading_pushes_back_on_the_sender() {
+    // The tunnel must stop reading while it cannot write, instead of
+    // buffering without bound: the sender's writes block.
+    let (browser, mut backend, task) = duplex_tunnel(1024, TunnelConfig::default());
+    let data = pattern(5, 1 << 20);
+    let expected = data.clone();
+    let writer = tokio::spawn(async move {
+        let mut browser = browser;
+        browser.write_all(&data).await.unwrap();
+        browser
+    });
+    still_running_after(Duration::from_secs(60), &task).await;
+    assert!(
+        !writer.is_finished(),
+        "1 MiB went into a tunnel nobody reads"
+    );
+    let got = read_exact_bounded(&mut backend, expected.len()).await;
+    assert!(got == expected);
+    let _browser = bounded(writer).await.unwrap();
+    assert!(!task.is_finished());
+}
+
 /// One side sends and half-closes; the other direction must keep flowing.
 async fn half_close_case(client_first: bool) {
     let (browser, backend, task) = duplex_tunnel(1024, TunnelConfig::default());
