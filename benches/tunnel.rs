@@ -12,7 +12,7 @@
 //! ```sh
 //! cargo bench --bench tunnel -- --secs 2 --rounds 3
 //! # syscalls of the proxy thread alone, one mode:
-//! cargo bench --bench tunnel -- --mode tunnel --size 1024 --pairs 50 --rounds 1 --attach-wait 2
+//! target/release/deps/tunnel-* --bench --mode tunnel --size 1024 --pairs 50 --rounds 1 --attach-wait 2
 //! #   and meanwhile `strace -c -p <proxy tid>`; divide by the total echoes
 //! ```
 
@@ -63,8 +63,9 @@ struct Args {
     /// `copy_bidirectional` uses; larger uses `copy_bidirectional_with_sizes`).
     #[arg(long, default_value_t = 8 * 1024)]
     copy_buf: usize,
-    /// Passed by `cargo bench`.
-    #[arg(long, hide = true)]
+    /// Measure for real (`cargo bench` passes it); without it, a short
+    /// smoke run, as under `cargo test --all-targets`.
+    #[arg(long)]
     bench: bool,
 }
 
@@ -76,7 +77,14 @@ struct Sample {
 }
 
 fn main() -> io::Result<()> {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if !args.bench {
+        // Not run by `cargo bench` (e.g. `cargo test --all-targets`): a
+        // short smoke run that only checks the harness works. Pass
+        // `--bench` to measure when running the binary directly.
+        args.secs = args.secs.min(0.2);
+        args.rounds = 1;
+    }
     let loads = match (args.size, args.pairs) {
         (Some(s), Some(p)) => vec![(s, p)],
         _ => vec![(1024, 50), (64 * 1024, 10)],
