@@ -21,6 +21,9 @@ pub enum Error {
     /// No upstream could be chosen.
     #[error("upstream selection failed")]
     Select(#[from] crate::balance::SelectError),
+    /// The tunnel failed: an I/O error on one side or a timeout.
+    #[error("tunnel failed")]
+    Tunnel(#[from] crate::tunnel::TunnelError),
 }
 
 impl Error {
@@ -31,6 +34,7 @@ impl Error {
             Self::Io(_) => StatusCode::BAD_GATEWAY,
             Self::Forward(e) => e.status(),
             Self::Select(e) => e.status(),
+            Self::Tunnel(e) => e.status(),
         }
     }
 }

@@ -12,7 +12,9 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod route;
+pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
+pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};

@@ -1,0 +1,100 @@
+//! The tunnel layer's error.
+
+use std::io;
+
+use http::StatusCode;
+
+use super::stats::{Side, Timeout};
+
+/// Why a tunnel failed: an I/O error on one side, or a timeout.
+///
+/// A tunnel reports it inside [`TunnelEnd`](super::TunnelEnd);
+/// [`TunnelEnd::into_error`](super::TunnelEnd::into_error) turns an end into
+/// this error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TunnelError {
+    /// Reading from a side failed.
+    #[error("reading from the {side} failed")]
+    Read {
+        /// The side that was read.
+        side: Side,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing, flushing or shutting down toward a side failed.
+    #[error("writing to the {side} failed")]
+    Write {
+        /// The side that was written to.
+        side: Side,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A timeout of the tunnel's configuration fired.
+    #[error("tunnel ended by its {0}")]
+    Timeout(Timeout),
+}
+
+impl TunnelError {
+    /// The side the error happened on, if it was an I/O error.
+    pub fn side(&self) -> Option<Side> {
+        match self {
+            Self::Read { side, .. } | Self::Write { side, .. } => Some(*side),
+            Self::Timeout(_) => None,
+        }
+    }
+
+    /// The HTTP status a proxy logs for this error: timeouts are 504 (as
+    /// nginx logs an upstream timeout), upstream failures 502, client
+    /// failures 400.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use wsproxy::tunnel::{Side, Timeout, TunnelError};
+    /// let err = TunnelError::Timeout(Timeout::Read(Side::Upstream));
+    /// assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
+    /// ```
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Read { side, .. } | Self::Write { side, .. } => match side {
+                Side::Upstream => StatusCode::BAD_GATEWAY,
+                Side::Client => StatusCode::BAD_REQUEST,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_blames_the_side() {
+        let up = TunnelError::Read {
+            side: Side::Upstream,
+            source: io::ErrorKind::ConnectionReset.into(),
+        };
+        let client = TunnelError::Write {
+            side: Side::Client,
+            source: io::ErrorKind::BrokenPipe.into(),
+        };
+        assert_eq!(up.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(client.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            TunnelError::Timeout(Timeout::Idle).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(up.to_string(), "reading from the upstream failed");
+        assert_eq!(
+            crate::Error::from(TunnelError::Timeout(Timeout::Linger)).status(),
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            TunnelError::Timeout(Timeout::Send(Side::Client)).to_string(),
+            "tunnel ended by its send timeout toward the client"
+        );
+    }
+}

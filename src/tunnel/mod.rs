@@ -1,0 +1,620 @@
+//! The tunnel: moves bytes both ways between two connected streams after
+//! the WebSocket handshake, with nginx/HAProxy-style timeouts, half-close,
+//! and no buffer held while idle.
+//!
+//! The tunnel knows bytes and timers, never HTTP or WebSocket frames.
+//!
+//! # Memory
+//!
+//! tokio's `copy_bidirectional` keeps two 8 KiB buffers per connection for
+//! its whole life. A [`Tunnel`] reads into a buffer on the stack of its
+//! `poll` call instead, writes what it read before returning, and copies to
+//! the heap only the bytes a slow writer did not accept, freeing them once
+//! written. The [`Tunnel`] future itself is about 150 bytes over loopback TCP
+//! (`size_of` of `Tunnel<TcpStream, TcpStream, Pending<()>>` is 152); a
+//! tunnel with any timeout adds one ~200-byte heap block holding its only
+//! timer. An idle tunnel therefore costs little more than its task and its
+//! two sockets' tokio registrations (see the README's `## Tunnel`).
+
+mod error;
+mod prefixed;
+mod stats;
+mod transfer;
+
+use std::fmt;
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+
+pub use error::TunnelError;
+pub use prefixed::Prefixed;
+pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
+
+use transfer::{nanos_since, CopyError, Nanos, Stamps, Transfer, NEVER};
+
+/// Size of the read buffer each poll borrows from its own stack. Large
+/// enough that a 64 KiB WebSocket message moves in one read and one write
+/// per direction when the sockets allow it; it never outlives a poll.
+const STACK_BUF: usize = 64 * 1024;
+
+/// Timeouts of a tunnel. Every timeout is optional and off by default;
+/// traffic resets the ones that measure silence.
+///
+/// Setters take a [`Duration`] or `None`:
+///
+/// ```
+/// use std::time::Duration;
+/// use wsproxy::tunnel::TunnelConfig;
+///
+/// // nginx's classic WebSocket location: proxy_read_timeout 7200s,
+/// // proxy_send_timeout 12s.
+/// let config = TunnelConfig::default()
+///     .upstream_read_timeout(Duration::from_secs(7200))
+///     .send_timeout(Duration::from_secs(12))
+///     .linger_timeout(None);
+/// assert_eq!(config.send_timeout, Some(Duration::from_secs(12)));
+/// ```
+///
+/// A zero duration fires at the first opportunity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunnelConfig {
+    /// No byte read from either side for this long ends the tunnel
+    /// (HAProxy `timeout tunnel`).
+    pub idle_timeout: Option<Duration>,
+    /// No byte from the client for this long ends the tunnel. Stops
+    /// applying once the client sent EOF, and is suspended while a write
+    /// toward the upstream cannot progress (the client is not read then).
+    pub client_read_timeout: Option<Duration>,
+    /// No byte from the upstream for this long ends the tunnel (nginx
+    /// `proxy_read_timeout`, 60 s by default there). Stops applying once the
+    /// upstream sent EOF, and is suspended while a write toward the client
+    /// cannot progress.
+    pub upstream_read_timeout: Option<Duration>,
+    /// A write, flush or shutdown toward either side that makes no progress
+    /// for this long ends the tunnel: the peer stopped reading (nginx
+    /// `proxy_send_timeout`). Also bounds the final shutdown of both sides.
+    pub send_timeout: Option<Duration>,
+    /// Once one side sent EOF, how long the other direction may still run
+    /// (HAProxy `timeout client-fin` / `timeout server-fin`).
+    pub linger_timeout: Option<Duration>,
+    /// The longest a tunnel may live, traffic or not.
+    pub max_lifetime: Option<Duration>,
+}
+
+impl TunnelConfig {
+    /// A configuration with every timeout off.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`idle_timeout`](Self::idle_timeout).
+    pub fn idle_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.idle_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`client_read_timeout`](Self::client_read_timeout).
+    pub fn client_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.client_read_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`upstream_read_timeout`](Self::upstream_read_timeout).
+    pub fn upstream_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.upstream_read_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`send_timeout`](Self::send_timeout).
+    pub fn send_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.send_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`linger_timeout`](Self::linger_timeout).
+    pub fn linger_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.linger_timeout = timeout.into();
+        self
+    }
+
+    /// Sets [`max_lifetime`](Self::max_lifetime).
+    pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
+        self.max_lifetime = lifetime.into();
+        self
+    }
+}
+
+/// The timeouts of a [`TunnelConfig`] in nanoseconds, [`NEVER`] when off:
+/// half the size of `Option<Duration>`s in every live tunnel.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    idle: Nanos,
+    client_read: Nanos,
+    upstream_read: Nanos,
+    send: Nanos,
+    linger: Nanos,
+    lifetime: Nanos,
+}
+
+impl Limits {
+    fn new(config: &TunnelConfig) -> Self {
+        let ns =
+            |d: Option<Duration>| d.map_or(NEVER, |d| u64::try_from(d.as_nanos()).unwrap_or(NEVER));
+        Self {
+            idle: ns(config.idle_timeout),
+            client_read: ns(config.client_read_timeout),
+            upstream_read: ns(config.upstream_read_timeout),
+            send: ns(config.send_timeout),
+            linger: ns(config.linger_timeout),
+            lifetime: ns(config.max_lifetime),
+        }
+    }
+}
+
+/// Copies bytes both ways between `client` and `upstream` until both sides
+/// sent EOF, a timeout fires, `shutdown` completes, or an I/O error occurs;
+/// then shuts both sides down and reports [`TunnelStats`].
+///
+/// - EOF from one side shuts down writing toward the other; the other
+///   direction keeps flowing until its own EOF (or the linger timeout).
+/// - On a timeout, `shutdown`, or an error, both sides are shut down (the
+///   final shutdown waits at most the send timeout, if one is set) and the
+///   streams are dropped with the returned future. Bytes read but not yet
+///   written are discarded then.
+/// - Bytes the handshake already read go first: wrap a side in
+///   [`Prefixed`].
+///
+/// The future never fails: errors are reported in [`TunnelStats::end`].
+/// It is a named type, [`Tunnel`], so it can be stored or spawned as its own
+/// task; spawning it once the upstream is connected keeps the handshake's
+/// state out of the long-lived task.
+///
+/// # Panics
+///
+/// With a timeout configured, polling the future outside a tokio runtime
+/// with the time driver enabled panics, as every tokio timer does.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// use wsproxy::tunnel::{tunnel, TunnelConfig, TunnelEnd};
+///
+/// let (client, mut browser) = tokio::io::duplex(1024);
+/// let (upstream, mut backend) = tokio::io::duplex(1024);
+/// let task = tokio::spawn(async move {
+///     tunnel(client, upstream, &TunnelConfig::default(), std::future::pending()).await
+/// });
+///
+/// browser.write_all(b"ping").await?;
+/// browser.shutdown().await?;
+/// let mut got = Vec::new();
+/// backend.read_to_end(&mut got).await?;
+/// assert_eq!(got, b"ping");
+/// backend.shutdown().await?;
+///
+/// let stats = task.await?;
+/// assert!(matches!(stats.end, TunnelEnd::ClientEof));
+/// assert_eq!(stats.client_to_upstream, 4);
+/// # Ok(())
+/// # }
+/// ```
+pub fn tunnel<C, U, F>(
+    client: C,
+    upstream: U,
+    config: &TunnelConfig,
+    shutdown: F,
+) -> Tunnel<C, U, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    let limits = Limits::new(config);
+    let timed = [
+        limits.idle,
+        limits.client_read,
+        limits.upstream_read,
+        limits.send,
+        limits.linger,
+        limits.lifetime,
+    ]
+    .iter()
+    .any(|&l| l != NEVER);
+    let idle = limits.idle != NEVER;
+    let send = limits.send != NEVER;
+    let client_read = limits.client_read != NEVER;
+    let upstream_read = limits.upstream_read != NEVER;
+    Tunnel {
+        client,
+        upstream,
+        shutdown,
+        c2u: Transfer::new(),
+        u2c: Transfer::new(),
+        started: Instant::now(),
+        timers: timed.then(|| {
+            Box::pin(Timers {
+                // Stalls matter to the send timeout, and suspend a read timeout.
+                c2u: Stamps::new(idle || client_read, send || client_read),
+                u2c: Stamps::new(idle || upstream_read, send || upstream_read),
+                limits,
+                first_eof_at: NEVER,
+                close_bounded: false,
+                sleep: LazySleep::Unarmed,
+            })
+        }),
+        end: None,
+        first_eof: None,
+        phase: Phase::Running,
+        client_open: true,
+        upstream_open: true,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// Shutting both sides down before reporting `end`.
+    Closing,
+    Finished,
+}
+
+pin_project! {
+    /// A timer created on first use, in place: `tokio::time::Sleep` needs
+    /// the runtime, which `tunnel` may be called without.
+    #[project = LazySleepProj]
+    #[derive(Debug)]
+    enum LazySleep {
+        Unarmed,
+        Armed {
+            #[pin]
+            sleep: Sleep,
+        },
+    }
+}
+
+impl LazySleep {
+    /// The armed timer, set to fire no later than `at`.
+    fn arm(mut self: Pin<&mut Self>, at: Instant) -> Option<Pin<&mut Sleep>> {
+        if let LazySleepProj::Unarmed = self.as_mut().project() {
+            self.as_mut().set(LazySleep::Armed {
+                sleep: tokio::time::sleep_until(at),
+            });
+        }
+        match self.project() {
+            LazySleepProj::Armed { mut sleep } => {
+                if sleep.deadline() > at {
+                    sleep.as_mut().reset(at);
+                }
+                Some(sleep)
+            }
+            // Armed just above; there is no way back to `Unarmed`.
+            LazySleepProj::Unarmed => None,
+        }
+    }
+}
+
+pin_project! {
+    /// Everything only timeouts need, boxed so that an untimed tunnel does
+    /// not carry it and a timed one keeps the task small.
+    #[project = TimersProj]
+    #[derive(Debug)]
+    struct Timers {
+        limits: Limits,
+        c2u: Stamps,
+        u2c: Stamps,
+        first_eof_at: Nanos,
+        close_bounded: bool,
+        // One timer for every timeout (see `poll_timers`).
+        #[pin]
+        sleep: LazySleep,
+    }
+}
+
+pin_project! {
+    /// The future returned by [`tunnel`]; resolves to [`TunnelStats`].
+    ///
+    /// It owns both streams and drops them when it is dropped.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Tunnel<C, U, F> {
+        client: C,
+        upstream: U,
+        #[pin]
+        shutdown: F,
+        c2u: Transfer,
+        u2c: Transfer,
+        started: Instant,
+        timers: Option<Pin<Box<Timers>>>,
+        // Boxed: only an abnormal end is stored, once, while closing.
+        end: Option<Box<TunnelEnd>>,
+        first_eof: Option<Side>,
+        phase: Phase,
+        client_open: bool,
+        upstream_open: bool,
+    }
+}
+
+impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("client", &self.client)
+            .field("upstream", &self.upstream)
+            .field("client_to_upstream", &self.c2u)
+            .field("upstream_to_client", &self.u2c)
+            .field("timers", &self.timers)
+            .field("phase", &self.phase)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, U, F> Future for Tunnel<C, U, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let mut this = self.project();
+        let started = *this.started;
+        loop {
+            match *this.phase {
+                Phase::Running => {
+                    let end = if this.shutdown.as_mut().poll(cx).is_ready() {
+                        Some(TunnelEnd::Shutdown)
+                    } else {
+                        run(
+                            cx,
+                            this.client,
+                            this.upstream,
+                            this.c2u,
+                            this.u2c,
+                            started,
+                            this.first_eof,
+                            this.timers.as_mut().map(|t| t.as_mut().project()),
+                        )
+                    };
+                    let end =
+                        match end {
+                            Some(end) => end,
+                            None => match this.timers.as_mut().and_then(|t| {
+                                poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c)
+                            }) {
+                                Some(timeout) => TunnelEnd::Timeout(timeout),
+                                None => return Poll::Pending,
+                            },
+                        };
+                    if end.is_clean() {
+                        *this.phase = Phase::Finished;
+                        return Poll::Ready(stats(
+                            started,
+                            this.c2u,
+                            this.u2c,
+                            *this.first_eof,
+                            end,
+                        ));
+                    }
+                    *this.end = Some(Box::new(end));
+                    *this.client_open = !this.u2c.is_done();
+                    *this.upstream_open = !this.c2u.is_done();
+                    *this.phase = Phase::Closing;
+                }
+                Phase::Closing => {
+                    // Errors here change nothing: the tunnel is ending anyway
+                    // and the streams are dropped right after.
+                    if *this.client_open && Pin::new(&mut *this.client).poll_shutdown(cx).is_ready()
+                    {
+                        *this.client_open = false;
+                    }
+                    if *this.upstream_open
+                        && Pin::new(&mut *this.upstream).poll_shutdown(cx).is_ready()
+                    {
+                        *this.upstream_open = false;
+                    }
+                    let done = (!*this.client_open && !*this.upstream_open)
+                        || close_deadline_passed(cx, this.timers.as_mut());
+                    if !done {
+                        return Poll::Pending;
+                    }
+                    *this.phase = Phase::Finished;
+                    *this.timers = None;
+                    let end = this.end.take().map_or(TunnelEnd::Shutdown, |end| *end);
+                    return Poll::Ready(stats(started, this.c2u, this.u2c, *this.first_eof, end));
+                }
+                // Polled after completion: stay pending rather than panic.
+                Phase::Finished => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// Whether the final shutdown of both sides should stop waiting: at once
+/// without a send timeout (the streams are dropped, hence closed, right
+/// after), else once the send timeout has passed, so that a peer that
+/// stopped reading cannot hold the tunnel open.
+fn close_deadline_passed(cx: &mut Context<'_>, timers: Option<&mut Pin<Box<Timers>>>) -> bool {
+    let Some(timers) = timers else { return true };
+    let t = timers.as_mut().project();
+    if t.limits.send == NEVER {
+        return true;
+    }
+    let limit = Duration::from_nanos(t.limits.send);
+    let Some(mut sleep) = Instant::now()
+        .checked_add(limit)
+        .and_then(|at| t.sleep.arm(at))
+    else {
+        return true;
+    };
+    if !*t.close_bounded {
+        *t.close_bounded = true;
+        if let Some(at) = Instant::now().checked_add(limit) {
+            sleep.as_mut().reset(at);
+        }
+    }
+    sleep.poll(cx).is_ready()
+}
+
+/// Copies in both directions; returns why the tunnel ended, if it did.
+#[allow(clippy::too_many_arguments)]
+fn run<C, U>(
+    cx: &mut Context<'_>,
+    client: &mut C,
+    upstream: &mut U,
+    c2u: &mut Transfer,
+    u2c: &mut Transfer,
+    started: Instant,
+    first_eof: &mut Option<Side>,
+    mut timers: Option<TimersProj<'_>>,
+) -> Option<TunnelEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    // Lives for this poll only: an idle tunnel holds no copy buffer.
+    let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
+
+    let clock = timers.as_mut().map(|t| (&mut *t.c2u, started));
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock) {
+        return Some(TunnelEnd::Error(blame(e, Side::Client)));
+    }
+    if c2u.read_done() && first_eof.is_none() {
+        *first_eof = Some(Side::Client);
+        if let Some(t) = timers.as_mut() {
+            *t.first_eof_at = nanos_since(started);
+        }
+    }
+    let clock = timers.as_mut().map(|t| (&mut *t.u2c, started));
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock) {
+        return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
+    }
+    if u2c.read_done() && first_eof.is_none() {
+        *first_eof = Some(Side::Upstream);
+        if let Some(t) = timers.as_mut() {
+            *t.first_eof_at = nanos_since(started);
+        }
+    }
+    if c2u.is_done() && u2c.is_done() {
+        return Some(match first_eof {
+            Some(Side::Upstream) => TunnelEnd::UpstreamEof,
+            _ => TunnelEnd::ClientEof,
+        });
+    }
+    None
+}
+
+/// Names the side of a copy error in the direction reading from `from`.
+fn blame(e: CopyError, from: Side) -> TunnelError {
+    match e {
+        CopyError::Read(source) => TunnelError::Read { side: from, source },
+        CopyError::Write(source) => TunnelError::Write {
+            side: from.other(),
+            source,
+        },
+    }
+}
+
+/// The earliest pending deadline (nanoseconds since the start) and the
+/// timeout it belongs to.
+fn next_deadline(
+    limits: &Limits,
+    (c2u, c2u_stamps): (&Transfer, &Stamps),
+    (u2c, u2c_stamps): (&Transfer, &Stamps),
+    first_eof_at: Nanos,
+) -> Option<(Nanos, Timeout)> {
+    let mut best: Option<(Nanos, Timeout)> = None;
+    let mut consider = |from: Nanos, limit: Nanos, kind: Timeout| {
+        if from == NEVER || limit == NEVER {
+            return;
+        }
+        let at = from.saturating_add(limit);
+        match best {
+            Some((b, _)) if b <= at => {}
+            _ => best = Some((at, kind)),
+        }
+    };
+    consider(0, limits.lifetime, Timeout::Lifetime);
+    consider(
+        c2u_stamps.last_read.max(u2c_stamps.last_read),
+        limits.idle,
+        Timeout::Idle,
+    );
+    // A side is not read while the write of its bytes stalls, so its
+    // silence proves nothing then: the send timeout covers that case.
+    if !c2u.read_done() && c2u_stamps.stalled_since().is_none() {
+        consider(
+            c2u_stamps.last_read,
+            limits.client_read,
+            Timeout::Read(Side::Client),
+        );
+    }
+    if !u2c.read_done() && u2c_stamps.stalled_since().is_none() {
+        consider(
+            u2c_stamps.last_read,
+            limits.upstream_read,
+            Timeout::Read(Side::Upstream),
+        );
+    }
+    if let Some(since) = c2u_stamps.stalled_since() {
+        consider(since, limits.send, Timeout::Send(Side::Upstream));
+    }
+    if let Some(since) = u2c_stamps.stalled_since() {
+        consider(since, limits.send, Timeout::Send(Side::Client));
+    }
+    consider(first_eof_at, limits.linger, Timeout::Linger);
+    best
+}
+
+/// Arms the single timer for `next` and reports the timeout if it is due.
+///
+/// Traffic only moves deadlines later, so the timer is not reset on every
+/// read: when it fires early, it is pushed to the current deadline then.
+/// It is reset eagerly only when a deadline comes earlier (a write stalls,
+/// a side sends EOF).
+fn poll_timers(
+    cx: &mut Context<'_>,
+    timers: Pin<&mut Timers>,
+    started: Instant,
+    c2u: &Transfer,
+    u2c: &Transfer,
+) -> Option<Timeout> {
+    let t = timers.project();
+    let (at, kind) = next_deadline(t.limits, (c2u, t.c2u), (u2c, t.u2c), *t.first_eof_at)?;
+    // A deadline too far to represent never fires.
+    let at = started.checked_add(Duration::from_nanos(at))?;
+    let mut sleep = t.sleep.arm(at)?;
+    // At most twice: a timer that fired early is pushed to `at` once.
+    for _ in 0..2 {
+        if sleep.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if sleep.deadline() >= at {
+            return Some(kind);
+        }
+        sleep.as_mut().reset(at);
+    }
+    None
+}
+
+fn stats(
+    started: Instant,
+    c2u: &Transfer,
+    u2c: &Transfer,
+    first_eof: Option<Side>,
+    end: TunnelEnd,
+) -> TunnelStats {
+    TunnelStats {
+        client_to_upstream: c2u.bytes(),
+        upstream_to_client: u2c.bytes(),
+        duration: started.elapsed(),
+        first_eof,
+        end,
+    }
+}

@@ -1,0 +1,134 @@
+//! What a finished tunnel reports: bytes, duration, and why it ended.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::error::TunnelError;
+
+/// One end of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Side {
+    /// The downstream peer: the connection the proxy accepted.
+    Client,
+    /// The upstream peer: the backend the proxy connected to.
+    Upstream,
+}
+
+impl Side {
+    /// The opposite end.
+    ///
+    /// ```
+    /// use wsproxy::tunnel::Side;
+    /// assert_eq!(Side::Client.other(), Side::Upstream);
+    /// ```
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Client => "client",
+            Side::Upstream => "upstream",
+        })
+    }
+}
+
+/// Which timeout of a [`TunnelConfig`](super::TunnelConfig) ended a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// No byte in either direction for the idle timeout (HAProxy `timeout tunnel`).
+    Idle,
+    /// No byte from this side for its read timeout (nginx `proxy_read_timeout`
+    /// for the upstream).
+    Read(Side),
+    /// A write toward this side could not progress for the send timeout
+    /// (nginx `proxy_send_timeout` for the upstream).
+    Send(Side),
+    /// One side finished sending and the other direction ran past the
+    /// half-close linger (HAProxy `timeout client-fin` / `timeout server-fin`).
+    Linger,
+    /// The tunnel reached its maximum lifetime.
+    Lifetime,
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Timeout::Idle => f.write_str("idle timeout"),
+            Timeout::Read(side) => write!(f, "read timeout on the {side}"),
+            Timeout::Send(side) => write!(f, "send timeout toward the {side}"),
+            Timeout::Linger => f.write_str("half-close linger timeout"),
+            Timeout::Lifetime => f.write_str("maximum lifetime"),
+        }
+    }
+}
+
+/// Why a tunnel ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TunnelEnd {
+    /// Both sides sent EOF; the client did so first.
+    ClientEof,
+    /// Both sides sent EOF; the upstream did so first.
+    UpstreamEof,
+    /// A timeout fired.
+    Timeout(Timeout),
+    /// The shutdown future completed.
+    Shutdown,
+    /// Reading from or writing to one side failed.
+    Error(TunnelError),
+}
+
+impl TunnelEnd {
+    /// True when both sides finished sending on their own (no timeout, no
+    /// shutdown, no error).
+    ///
+    /// ```
+    /// use wsproxy::tunnel::TunnelEnd;
+    /// assert!(TunnelEnd::ClientEof.is_clean());
+    /// assert!(!TunnelEnd::Shutdown.is_clean());
+    /// ```
+    pub fn is_clean(&self) -> bool {
+        matches!(self, TunnelEnd::ClientEof | TunnelEnd::UpstreamEof)
+    }
+
+    /// The error to report for this end, if it was one: a timeout or an I/O
+    /// error. EOF and shutdown give `None`.
+    ///
+    /// ```
+    /// use http::StatusCode;
+    /// use wsproxy::tunnel::{Timeout, TunnelEnd};
+    /// let err = TunnelEnd::Timeout(Timeout::Idle).into_error();
+    /// assert_eq!(err.map(|e| e.status()), Some(StatusCode::GATEWAY_TIMEOUT));
+    /// ```
+    pub fn into_error(self) -> Option<TunnelError> {
+        match self {
+            TunnelEnd::Timeout(t) => Some(TunnelError::Timeout(t)),
+            TunnelEnd::Error(e) => Some(e),
+            TunnelEnd::ClientEof | TunnelEnd::UpstreamEof | TunnelEnd::Shutdown => None,
+        }
+    }
+}
+
+/// What a finished tunnel reports, for logging and metering.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TunnelStats {
+    /// Bytes written to the upstream (read from the client, prefix included).
+    pub client_to_upstream: u64,
+    /// Bytes written to the client (read from the upstream, prefix included).
+    pub upstream_to_client: u64,
+    /// Time from the call to [`tunnel`](super::tunnel) to its end.
+    pub duration: Duration,
+    /// The side that sent EOF first, if any did.
+    pub first_eof: Option<Side>,
+    /// Why the tunnel ended.
+    pub end: TunnelEnd,
+}

@@ -1,0 +1,289 @@
+//! One direction of a tunnel: read from one side, write to the other.
+//!
+//! Unlike tokio's `CopyBuffer`, a `Transfer` owns no buffer while the
+//! direction is idle. Each poll reads into a buffer the caller lends for the
+//! duration of that poll (on its stack); only the bytes the writer did not
+//! accept are copied to the heap, and that copy is freed as soon as it has
+//! been written. This is where a byte observer (e.g. a frame-boundary
+//! tracker) would hook in: every chunk passes through `poll_copy` once, in
+//! order, right after it is read.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+
+/// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
+/// of an `Instant`'s sixteen keep the tunnel future small.
+pub(crate) type Nanos = u64;
+
+/// No stamp.
+pub(crate) const NEVER: Nanos = Nanos::MAX;
+
+/// Nanoseconds from `started` to now.
+pub(crate) fn nanos_since(started: Instant) -> Nanos {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(NEVER - 1)
+}
+
+/// Chunks one direction may copy in one poll before yielding, so that an
+/// always-ready stream cannot starve the other direction, the timers or
+/// other tasks (tokio's own streams also stop at the cooperative budget).
+const CHUNKS_PER_POLL: u32 = 32;
+
+/// Which half of the copy failed.
+#[derive(Debug)]
+pub(crate) enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Reading and writing; `read_done` tells whether EOF was seen.
+    Copying,
+    /// EOF seen and everything written: flushing then shutting the writer down.
+    ShuttingDown,
+    /// The writer is shut down.
+    Done,
+}
+
+/// Bytes the writer did not accept yet. Lives only while the writer is slow.
+#[derive(Debug)]
+struct Spill {
+    buf: Box<[u8]>,
+    pos: usize,
+}
+
+/// When a direction last read and since when its writer stalls; kept only by
+/// tunnels that have a timeout (boxed with their timer).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamps {
+    pub(crate) last_read: Nanos,
+    pub(crate) stalled_since: Nanos,
+    /// Whether a timeout needs `last_read` (idle or this side's read).
+    pub(crate) track_reads: bool,
+    /// Whether a timeout needs `stalled_since` (send).
+    pub(crate) track_stalls: bool,
+}
+
+impl Stamps {
+    pub(crate) fn new(track_reads: bool, track_stalls: bool) -> Self {
+        Self {
+            last_read: 0,
+            stalled_since: NEVER,
+            track_reads,
+            track_stalls,
+        }
+    }
+
+    /// Since when the writer has refused to make progress, if it has.
+    pub(crate) fn stalled_since(&self) -> Option<Nanos> {
+        (self.stalled_since != NEVER).then_some(self.stalled_since)
+    }
+}
+
+/// Where a poll records time stamps: the stamps and the tunnel start.
+pub(crate) type Clock<'a> = Option<(&'a mut Stamps, Instant)>;
+
+fn stalled(clock: &mut Clock<'_>) {
+    if let Some((stamps, started)) = clock {
+        if stamps.track_stalls && stamps.stalled_since == NEVER {
+            stamps.stalled_since = nanos_since(*started);
+        }
+    }
+}
+
+fn progressed(clock: &mut Clock<'_>) {
+    if let Some((stamps, started)) = clock {
+        if stamps.stalled_since != NEVER {
+            stamps.stalled_since = NEVER;
+            // The reader was not read while the writer stalled: its silence
+            // counts again from now, not from before the stall.
+            if stamps.track_reads {
+                stamps.last_read = stamps.last_read.max(nanos_since(*started));
+            }
+        }
+    }
+}
+
+/// The state of one direction: 24 bytes and no buffer while idle.
+#[derive(Debug)]
+pub(crate) struct Transfer {
+    // Boxed together with its position: one pointer while idle.
+    spill: Option<Box<Spill>>,
+    state: State,
+    read_done: bool,
+    need_flush: bool,
+    bytes: u64,
+}
+
+impl Transfer {
+    pub(crate) fn new() -> Self {
+        Self {
+            spill: None,
+            state: State::Copying,
+            read_done: false,
+            need_flush: false,
+            bytes: 0,
+        }
+    }
+
+    /// Bytes the writer accepted so far.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Whether the reader sent EOF.
+    pub(crate) fn read_done(&self) -> bool {
+        self.read_done
+    }
+
+    /// Whether the writer has been shut down after EOF.
+    pub(crate) fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Copies until the reader or the writer is pending, or until the
+    /// direction is done (EOF read, everything written, writer shut down).
+    ///
+    /// `buf` is scratch space for this call only: nothing in it is expected
+    /// to survive the call.
+    pub(crate) fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+        buf: &mut [MaybeUninit<u8>],
+        mut clock: Clock<'_>,
+    ) -> Poll<Result<(), CopyError>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        let mut chunks = 0;
+        loop {
+            match self.state {
+                State::Copying => {}
+                State::ShuttingDown => {
+                    if self.need_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                            Poll::Pending => {
+                                stalled(&mut clock);
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                    match Pin::new(&mut *writer).poll_shutdown(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.state = State::Done;
+                            progressed(&mut clock);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                        Poll::Pending => {
+                            stalled(&mut clock);
+                            return Poll::Pending;
+                        }
+                    }
+                    continue;
+                }
+                State::Done => return Poll::Ready(Ok(())),
+            }
+
+            // Write out what an earlier poll could not, before reading more:
+            // reading on while the writer is slow would only grow the spill.
+            if let Some(spill) = &mut self.spill {
+                while spill.pos < spill.buf.len() {
+                    match Pin::new(&mut *writer).poll_write(cx, &spill.buf[spill.pos..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(CopyError::Write(write_zero())));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            spill.pos += n;
+                            self.bytes += n as u64;
+                            progressed(&mut clock);
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                        Poll::Pending => {
+                            stalled(&mut clock);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                // Free it now: an idle direction holds no buffer.
+                self.spill = None;
+                self.need_flush = true;
+            }
+
+            if self.read_done {
+                self.state = State::ShuttingDown;
+                continue;
+            }
+            if chunks == CHUNKS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+
+            let mut rb = ReadBuf::uninit(&mut *buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Read(e))),
+                Poll::Pending => {
+                    // Flush when the reader has nothing more, so that a
+                    // buffering writer does not sit on bytes the peer waits for.
+                    if self.need_flush {
+                        match Pin::new(&mut *writer).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                            Poll::Pending => stalled(&mut clock),
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                self.read_done = true;
+                continue;
+            }
+            chunks += 1;
+            if let Some((stamps, started)) = &mut clock {
+                if stamps.track_reads {
+                    stamps.last_read = nanos_since(*started);
+                }
+            }
+
+            let mut off = 0;
+            while off < data.len() {
+                match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(CopyError::Write(write_zero()))),
+                    Poll::Ready(Ok(n)) => {
+                        off += n;
+                        self.bytes += n as u64;
+                        progressed(&mut clock);
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
+                    Poll::Pending => {
+                        // The caller's buffer does not outlive this call:
+                        // keep the unwritten rest until the writer is ready.
+                        self.spill = Some(Box::new(Spill {
+                            buf: Box::from(&data[off..]),
+                            pos: 0,
+                        }));
+                        stalled(&mut clock);
+                        return Poll::Pending;
+                    }
+                }
+            }
+            self.need_flush = true;
+        }
+    }
+}
+
+fn write_zero() -> io::Error {
+    io::Error::new(io::ErrorKind::WriteZero, "write zero byte into writer")
+}
