@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::handshake::HandshakeError;
+
 /// Any error `wsproxy` reports, wrapping the error of the layer that failed.
 ///
 /// Act on it through [`Error::status`] and by matching the layer, never by
@@ -12,6 +14,9 @@ pub enum Error {
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
     Io(#[source] std::io::Error),
+    /// A request or response head was invalid (400, 426, 431 or 502).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
 }
 
 impl Error {
@@ -19,6 +24,7 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Io(_) => StatusCode::BAD_GATEWAY,
+            Self::Handshake(e) => e.status(),
         }
     }
 }

@@ -8,5 +8,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod error;
+pub mod handshake;
 
 pub use error::Error;
+pub use handshake::HandshakeError;

@@ -1,0 +1,219 @@
+//! Message body framing: Content-Length and Transfer-Encoding (RFC 9112 §6).
+//!
+//! A proxy and its upstream that disagree on where a body ends disagree on
+//! where the next request starts: request smuggling. So every ambiguous
+//! framing is refused here, before anything is forwarded.
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Version};
+
+use super::syntax::trim_ows;
+use super::HeadError;
+
+/// How a request body is delimited.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use wsproxy::handshake::{parse_request, BodyLength, Limits, Status};
+///
+/// let mut buf = BytesMut::from("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello");
+/// let Status::Complete(head) = parse_request(&mut buf, &Limits::default())? else {
+///     unreachable!("the head is complete")
+/// };
+/// assert_eq!(head.body_length(), BodyLength::Fixed(5));
+/// assert_eq!(&buf[..], b"hello");
+/// # Ok::<(), wsproxy::handshake::HandshakeError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyLength {
+    /// Exactly this many bytes (0 without Content-Length or
+    /// Transfer-Encoding, RFC 9112 §6.3 rule 7).
+    Fixed(u64),
+    /// Chunked transfer coding, ending with the zero-length chunk.
+    Chunked,
+}
+
+/// Checks the framing headers and returns the body length of a request.
+pub(super) fn request_body(headers: &HeaderMap, version: Version) -> Result<BodyLength, HeadError> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        if headers.contains_key(CONTENT_LENGTH) {
+            return Err(HeadError::ContentLengthWithTransferEncoding);
+        }
+        if version == Version::HTTP_10 {
+            return Err(HeadError::TransferEncodingInHttp10);
+        }
+        if !ends_chunked(headers) {
+            return Err(HeadError::TransferEncodingNotChunked);
+        }
+        return Ok(BodyLength::Chunked);
+    }
+    Ok(BodyLength::Fixed(content_length(headers)?.unwrap_or(0)))
+}
+
+/// Checks the framing headers of a response.
+///
+/// Unlike a request, a response may end a non-chunked Transfer-Encoding by
+/// closing the connection (RFC 9112 §6.3 rule 4), so that is not an error.
+pub(super) fn check_response(headers: &HeaderMap) -> Result<(), HeadError> {
+    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+        return Err(HeadError::ContentLengthWithTransferEncoding);
+    }
+    content_length(headers).map(drop)
+}
+
+fn ends_chunked(headers: &HeaderMap) -> bool {
+    let last_coding = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(trim_ows)
+        .rfind(|coding| !coding.is_empty());
+    last_coding.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
+}
+
+/// The Content-Length, if any. Repeated equal values (`5, 5` or two fields)
+/// are accepted as RFC 9112 §6.3 rule 5 allows; differing ones are not.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_decimal(trim_ows(item)).ok_or(HeadError::InvalidContentLength)?;
+            match length {
+                Some(m) if m != n => return Err(HeadError::DifferingContentLength),
+                _ => length = Some(n),
+            }
+        }
+    }
+    Ok(length)
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for &(name, value) in fields {
+            map.append(name, http::HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    #[test]
+    fn request_body_length_follows_the_framing_headers() {
+        let v11 = Version::HTTP_11;
+        assert_eq!(request_body(&map(&[]), v11), Ok(BodyLength::Fixed(0)));
+        assert_eq!(
+            request_body(&map(&[("content-length", "42")]), v11),
+            Ok(BodyLength::Fixed(42))
+        );
+        assert_eq!(
+            request_body(
+                &map(&[("content-length", "7"), ("content-length", " 7 , 7")]),
+                v11
+            ),
+            Ok(BodyLength::Fixed(7))
+        );
+        assert_eq!(
+            request_body(&map(&[("transfer-encoding", "gzip, Chunked")]), v11),
+            Ok(BodyLength::Chunked)
+        );
+        assert_eq!(
+            request_body(
+                &map(&[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked")
+                ]),
+                v11
+            ),
+            Ok(BodyLength::Chunked)
+        );
+    }
+
+    #[test]
+    fn ambiguous_request_framing_is_refused() {
+        let v11 = Version::HTTP_11;
+        let cases: &[(&[(&str, &str)], HeadError)] = &[
+            (
+                &[("content-length", "1"), ("transfer-encoding", "chunked")],
+                HeadError::ContentLengthWithTransferEncoding,
+            ),
+            (
+                &[("content-length", "1"), ("content-length", "2")],
+                HeadError::DifferingContentLength,
+            ),
+            (
+                &[("content-length", "1, 2")],
+                HeadError::DifferingContentLength,
+            ),
+            (&[("content-length", "+1")], HeadError::InvalidContentLength),
+            (&[("content-length", "")], HeadError::InvalidContentLength),
+            (&[("content-length", "1,")], HeadError::InvalidContentLength),
+            (
+                &[("content-length", "0x10")],
+                HeadError::InvalidContentLength,
+            ),
+            (
+                &[("content-length", "18446744073709551616")],
+                HeadError::InvalidContentLength,
+            ),
+            (
+                &[("transfer-encoding", "chunked, gzip")],
+                HeadError::TransferEncodingNotChunked,
+            ),
+            (
+                &[("transfer-encoding", "chunkedx")],
+                HeadError::TransferEncodingNotChunked,
+            ),
+            (
+                &[("transfer-encoding", "")],
+                HeadError::TransferEncodingNotChunked,
+            ),
+        ];
+        for (fields, want) in cases {
+            let headers = map(fields);
+            assert_eq!(
+                request_body(&headers, v11).as_ref(),
+                Err(want),
+                "{fields:?}"
+            );
+        }
+        let chunked = map(&[("transfer-encoding", "chunked")]);
+        assert_eq!(
+            request_body(&chunked, Version::HTTP_10),
+            Err(HeadError::TransferEncodingInHttp10)
+        );
+    }
+
+    #[test]
+    fn response_may_end_a_non_chunked_coding_by_closing() {
+        assert_eq!(
+            check_response(&map(&[("transfer-encoding", "gzip")])),
+            Ok(())
+        );
+        assert_eq!(
+            check_response(&map(&[
+                ("transfer-encoding", "chunked"),
+                ("content-length", "3")
+            ])),
+            Err(HeadError::ContentLengthWithTransferEncoding)
+        );
+        assert_eq!(
+            check_response(&map(&[("content-length", "3"), ("content-length", "4")])),
+            Err(HeadError::DifferingContentLength)
+        );
+    }
+}
