@@ -107,7 +107,9 @@ pub(super) fn parse_error(
             limit: limits.max_headers(),
         },
         httparse::Error::Version => diagnose(window).unwrap_or(HeadError::Version),
-        httparse::Error::Token | httparse::Error::Status | httparse::Error::NewLine => diagnose(window).unwrap_or(start_line),
+        httparse::Error::Token | httparse::Error::Status | httparse::Error::NewLine => {
+            diagnose(window).unwrap_or(start_line)
+        }
         _ => diagnose(window).unwrap_or(HeadError::Malformed),
     }
 }

@@ -50,6 +50,8 @@ mod error;
 mod framing;
 mod head;
 mod limits;
+#[cfg(test)]
+mod proptests;
 mod request;
 mod response;
 mod syntax;

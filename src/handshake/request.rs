@@ -243,9 +243,7 @@ fn check_absolute(uri: &Uri) -> Result<(), HeadError> {
     });
     // userinfo is deprecated in http(s) URIs (RFC 9110 §4.2.4) and a classic
     // way to make two parsers see two different hosts.
-    let authority_ok = uri
-        .authority()
-        .is_some_and(is_host_and_port);
+    let authority_ok = uri.authority().is_some_and(is_host_and_port);
     if scheme_ok && authority_ok {
         Ok(())
     } else {

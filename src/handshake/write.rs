@@ -153,3 +153,81 @@ fn write_headers(headers: &HeaderMap, dst: &mut BytesMut) {
     }
     dst.put_slice(b"\r\n");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_head_keeps_duplicates_in_order_and_ends_with_crlf() {
+        let request = Request::post("/a?b=c")
+            .header("host", "example.com")
+            .header("x-forwarded-for", "10.0.0.1")
+            .header("cookie", "a=1")
+            .header("x-forwarded-for", "10.0.0.2")
+            .body(())
+            .expect("a valid request");
+        let mut dst = BytesMut::from("already here|");
+        write_request_head(&request, &mut dst);
+        assert_eq!(
+            &dst[..],
+            b"already here|POST /a?b=c HTTP/1.1\r\nhost: example.com\r\n\
+              x-forwarded-for: 10.0.0.1\r\nx-forwarded-for: 10.0.0.2\r\ncookie: a=1\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn request_target_and_version_are_written_as_held() {
+        let mut request = Request::get("http://up.test:81/x?y")
+            .body(())
+            .expect("a valid request");
+        *request.version_mut() = Version::HTTP_10;
+        let mut dst = BytesMut::new();
+        write_request_head(&request, &mut dst);
+        assert_eq!(&dst[..], b"GET http://up.test:81/x?y HTTP/1.0\r\n\r\n");
+
+        // HTTP/2 cannot be spoken here; the proxy speaks HTTP/1.1 upstream.
+        let mut request = Request::get("/").body(()).expect("a valid request");
+        *request.version_mut() = Version::HTTP_2;
+        let mut dst = BytesMut::new();
+        write_request_head(&request, &mut dst);
+        assert_eq!(&dst[..], b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
+    fn response_head_has_the_canonical_reason_or_none() {
+        let mut dst = BytesMut::new();
+        let response = Response::builder()
+            .status(599)
+            .header("x", "1")
+            .body(())
+            .expect("a valid response");
+        write_response_head(&response, &mut dst);
+        assert_eq!(&dst[..], b"HTTP/1.1 599 \r\nx: 1\r\n\r\n");
+        dst.clear();
+        let response = Response::builder()
+            .status(404)
+            .version(Version::HTTP_10)
+            .body(())
+            .expect("a valid response");
+        write_response_head(&response, &mut dst);
+        assert_eq!(&dst[..], b"HTTP/1.0 404 Not Found\r\n\r\n");
+    }
+
+    #[test]
+    fn error_answer_serialises_to_a_complete_closing_response() {
+        let response = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported sec-websocket-version header",
+        );
+        let mut dst = BytesMut::new();
+        write_response_head(&response, &mut dst);
+        dst.extend_from_slice(response.body());
+        assert_eq!(
+            &dst[..],
+            b"HTTP/1.1 426 Upgrade Required\r\ncontent-type: text/plain; charset=utf-8\r\n\
+              content-length: 41\r\nconnection: close\r\nsec-websocket-version: 13\r\n\r\n\
+              unsupported sec-websocket-version header\n"
+        );
+    }
+}
