@@ -18,7 +18,7 @@ use super::{HandshakeError, HeadError, Limits, Status};
 ///
 /// Holds the request as [`http::Request<()>`] and what it asks for: a
 /// WebSocket upgrade or plain HTTP. Made by [`parse_request`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RequestHead {
     request: Request<()>,
     kind: RequestKind,
