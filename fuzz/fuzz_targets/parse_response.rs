@@ -36,6 +36,17 @@ fuzz_target!(|data: &[u8]| {
     }
 
     if let Ok(Status::Complete(head)) = once {
+        // The accepted head: every CR followed by LF, every LF preceded by
+        // CR, no NUL (RFC 9112 §2.2, §5).
+        let consumed = &data[..data.len() - whole.len()];
+        for (i, &b) in consumed.iter().enumerate() {
+            match b {
+                b'\r' => assert_eq!(consumed.get(i + 1), Some(&b'\n'), "bare cr at {i}"),
+                b'\n' => assert!(i > 0 && consumed[i - 1] == b'\r', "bare lf at {i}"),
+                0 => panic!("nul at {i}"),
+                _ => {}
+            }
+        }
         let mut out = BytesMut::new();
         write_response_head(&head, &mut out);
         match parse_response(&mut out, &limits) {

@@ -71,6 +71,7 @@ pub use write::{error_response, write_request_head, write_response_head};
 /// As in httparse, incomplete data is not invalid: `Partial` asks for more
 /// bytes. Errors travel separately, in the `Err` of a `Result`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Status<T> {
     /// The head is complete.
     Complete(T),

@@ -99,6 +99,16 @@ fn head_bytes() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// Every CR is followed by LF, every LF preceded by CR, and no NUL.
+fn only_crlf_line_ends(head: &[u8]) -> bool {
+    head.iter().enumerate().all(|(i, &b)| match b {
+        b'\r' => head.get(i + 1) == Some(&b'\n'),
+        b'\n' => i > 0 && head[i - 1] == b'\r',
+        0 => false,
+        _ => true,
+    })
+}
+
 fn assert_same_request(a: &RequestHead, b: &RequestHead) {
     assert_eq!(a.request().method(), b.request().method());
     assert_eq!(a.request().uri(), b.request().uri());
@@ -218,16 +228,18 @@ proptest! {
             fed = cut;
             // Pipelined heads: keep parsing what follows a complete one.
             for _ in 0..8 {
-                let before = requests.len();
+                let before = requests.clone();
                 match parse_request(&mut requests, &limits) {
                     Ok(Status::Complete(head)) => {
-                        prop_assert!(requests.len() < before);
+                        prop_assert!(requests.len() < before.len());
+                        let consumed = &before[..before.len() - requests.len()];
+                        prop_assert!(only_crlf_line_ends(consumed), "{:?}", consumed);
                         let _ = classify_response(head.kind(), &http::Response::new(()));
                         let mut out = BytesMut::new();
                         write_request_head(head.request(), &mut out);
                     }
                     Ok(Status::Partial) => {
-                        prop_assert_eq!(requests.len(), before);
+                        prop_assert_eq!(&requests, &before);
                         break;
                     }
                     Err(e) => {
@@ -238,8 +250,11 @@ proptest! {
                 }
             }
             for _ in 0..8 {
+                let before = responses.clone();
                 match parse_response(&mut responses, &limits) {
                     Ok(Status::Complete(head)) => {
+                        let consumed = &before[..before.len() - responses.len()];
+                        prop_assert!(only_crlf_line_ends(consumed), "{:?}", consumed);
                         let mut out = BytesMut::new();
                         write_response_head(&head, &mut out);
                     }
