@@ -65,6 +65,31 @@ fn handshake(c: &mut Criterion) {
         })
     });
 
+    // A second reference: httparse plus the naive conversion into `http`
+    // types (copied names and values, no checks). The gap to
+    // `parse_classify` is what this crate's validation costs.
+    group.bench_function("httparse_to_http_types", |b| {
+        b.iter(|| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut parsed = httparse::Request::new(&mut headers);
+            let _ = parsed.parse(black_box(BROWSER_HANDSHAKE));
+            let mut map = http::HeaderMap::with_capacity(parsed.headers.len());
+            for h in parsed.headers.iter() {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(h.name.as_bytes()),
+                    http::HeaderValue::from_bytes(h.value),
+                ) {
+                    map.append(name, value);
+                }
+            }
+            let mut request = http::Request::new(());
+            *request.uri_mut() =
+                http::Uri::try_from(parsed.path.unwrap_or("/")).unwrap_or_default();
+            *request.headers_mut() = map;
+            request
+        })
+    });
+
     // Like a connection, each benchmark reuses one read buffer: the copy
     // stands for the read, and once the head is dropped `BytesMut` reclaims
     // its memory instead of allocating.

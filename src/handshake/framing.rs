@@ -5,7 +5,7 @@
 //! framing is refused here, before anything is forwarded.
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, Version};
+use http::{HeaderName, Version};
 
 use super::syntax::trim_ows;
 use super::HeadError;
@@ -34,58 +34,80 @@ pub enum BodyLength {
     Chunked,
 }
 
-/// Checks the framing headers and returns the body length of a request.
-pub(super) fn request_body(headers: &HeaderMap, version: Version) -> Result<BodyLength, HeadError> {
-    if headers.contains_key(TRANSFER_ENCODING) {
-        if headers.contains_key(CONTENT_LENGTH) {
-            return Err(HeadError::ContentLengthWithTransferEncoding);
-        }
-        if version == Version::HTTP_10 {
-            return Err(HeadError::TransferEncodingInHttp10);
-        }
-        if !ends_chunked(headers) {
-            return Err(HeadError::TransferEncodingNotChunked);
-        }
-        return Ok(BodyLength::Chunked);
-    }
-    Ok(BodyLength::Fixed(content_length(headers)?.unwrap_or(0)))
+/// The framing headers, gathered while the header fields go by once.
+#[derive(Debug, Default)]
+pub(super) struct Framing {
+    transfer_encoding: bool,
+    /// Whether the last non-empty transfer coding so far is `chunked`.
+    chunked_last: bool,
+    has_content_length: bool,
+    content_length: Option<u64>,
+    /// The first fault in a Content-Length value.
+    content_length_error: Option<HeadError>,
 }
 
-/// Checks the framing headers of a response.
-///
-/// Unlike a request, a response may end a non-chunked Transfer-Encoding by
-/// closing the connection (RFC 9112 §6.3 rule 4), so that is not an error.
-pub(super) fn check_response(headers: &HeaderMap) -> Result<(), HeadError> {
-    if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-        return Err(HeadError::ContentLengthWithTransferEncoding);
-    }
-    content_length(headers).map(drop)
-}
-
-fn ends_chunked(headers: &HeaderMap) -> bool {
-    let last_coding = headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(trim_ows)
-        .rfind(|coding| !coding.is_empty());
-    last_coding.is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"))
-}
-
-/// The Content-Length, if any. Repeated equal values (`5, 5` or two fields)
-/// are accepted as RFC 9112 §6.3 rule 5 allows; differing ones are not.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, HeadError> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_decimal(trim_ows(item)).ok_or(HeadError::InvalidContentLength)?;
-            match length {
-                Some(m) if m != n => return Err(HeadError::DifferingContentLength),
-                _ => length = Some(n),
+impl Framing {
+    /// Takes note of one header field.
+    pub(super) fn observe(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+            let mut codings = value.split(|&b| b == b',').map(trim_ows);
+            if let Some(last) = codings.rfind(|coding| !coding.is_empty()) {
+                self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == CONTENT_LENGTH {
+            self.has_content_length = true;
+            if self.content_length_error.is_none() {
+                if let Err(e) = self.content_length(value) {
+                    self.content_length_error = Some(e);
+                }
             }
         }
     }
-    Ok(length)
+
+    /// Repeated equal values (`5, 5` or two fields) are accepted as RFC 9112
+    /// §6.3 rule 5 allows; differing ones are not.
+    fn content_length(&mut self, value: &[u8]) -> Result<(), HeadError> {
+        for item in value.split(|&b| b == b',') {
+            let n = parse_decimal(trim_ows(item)).ok_or(HeadError::InvalidContentLength)?;
+            match self.content_length {
+                Some(m) if m != n => return Err(HeadError::DifferingContentLength),
+                _ => self.content_length = Some(n),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the framing of a request and returns its body length.
+    pub(super) fn request_body(self, version: Version) -> Result<BodyLength, HeadError> {
+        if self.transfer_encoding {
+            if self.has_content_length {
+                return Err(HeadError::ContentLengthWithTransferEncoding);
+            }
+            if version == Version::HTTP_10 {
+                return Err(HeadError::TransferEncodingInHttp10);
+            }
+            if !self.chunked_last {
+                return Err(HeadError::TransferEncodingNotChunked);
+            }
+            return Ok(BodyLength::Chunked);
+        }
+        match self.content_length_error {
+            Some(e) => Err(e),
+            None => Ok(BodyLength::Fixed(self.content_length.unwrap_or(0))),
+        }
+    }
+
+    /// Checks the framing of a response.
+    ///
+    /// Unlike a request, a response may end a non-chunked Transfer-Encoding
+    /// by closing the connection (RFC 9112 §6.3 rule 4): not an error.
+    pub(super) fn check_response(self) -> Result<(), HeadError> {
+        if self.transfer_encoding && self.has_content_length {
+            return Err(HeadError::ContentLengthWithTransferEncoding);
+        }
+        self.content_length_error.map_or(Ok(()), Err)
+    }
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {
@@ -103,6 +125,23 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+
+    fn framing(headers: &HeaderMap) -> Framing {
+        let mut framing = Framing::default();
+        for (name, value) in headers {
+            framing.observe(name, value.as_bytes());
+        }
+        framing
+    }
+
+    fn request_body(headers: &HeaderMap, version: Version) -> Result<BodyLength, HeadError> {
+        framing(headers).request_body(version)
+    }
+
+    fn check_response(headers: &HeaderMap) -> Result<(), HeadError> {
+        framing(headers).check_response()
+    }
 
     fn map(fields: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

@@ -3,14 +3,14 @@
 use std::ops::Range;
 
 use base64::Engine as _;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::uri::Authority;
-use http::{HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
-use super::framing::{self, BodyLength};
+use super::framing::{BodyLength, Framing};
 use super::head::{self, Field};
-use super::syntax::{check_line_ends, has_token};
+use super::syntax::{check_line_ends, list_has};
 use super::upgrade::accept_key;
 use super::{HandshakeError, HeadError, Limits, Status};
 
@@ -123,7 +123,7 @@ impl RequestHead {
 /// and close the connection: what is left in `buf` is unspecified.
 ///
 /// ```
-/// use bytes::BytesMut;
+/// use bytes::{Bytes, BytesMut};
 /// use wsproxy::handshake::{parse_request, Limits, RequestKind, Status};
 ///
 /// let mut buf = BytesMut::from("GET /chat HTTP/1.1\r\nHost: example.com\r\n");
@@ -205,11 +205,18 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
     *request.method_mut() = raw.method;
     *request.uri_mut() = uri;
     *request.version_mut() = raw.version;
+    // One pass over the fields gathers what the checks need, so that they
+    // need no lookups in the map.
+    let mut known = Known::default();
+    let mut framing = Framing::default();
+    for (name, range) in &raw.fields {
+        known.observe(name, range, &head[range.clone()]);
+        framing.observe(name, &head[range.clone()]);
+    }
+    check_host(&known, &head, raw.version)?;
+    let body = framing.request_body(raw.version)?;
+    let kind = classify(&known, &head, request.method(), raw.version)?;
     *request.headers_mut() = head::header_map(&head, raw.fields)?;
-
-    check_host(&request)?;
-    let body = framing::request_body(request.headers(), raw.version)?;
-    let kind = classify(&request)?;
     Ok(Status::Complete(RequestHead {
         request,
         kind,
@@ -251,18 +258,49 @@ fn check_absolute(uri: &Uri) -> Result<(), HeadError> {
     }
 }
 
+/// The header fields the request checks read, noted in one pass.
+#[derive(Debug, Default)]
+struct Known {
+    hosts: usize,
+    host: Range<usize>,
+    keys: usize,
+    key: Range<usize>,
+    versions: usize,
+    version_13: bool,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+}
+
+impl Known {
+    fn observe(&mut self, name: &HeaderName, range: &Range<usize>, value: &[u8]) {
+        if name == HOST {
+            self.hosts += 1;
+            self.host = range.clone();
+        } else if name == UPGRADE {
+            self.upgrade_websocket |= list_has(value, "websocket");
+        } else if name == CONNECTION {
+            self.connection_upgrade |= list_has(value, "upgrade");
+        } else if name == SEC_WEBSOCKET_KEY {
+            self.keys += 1;
+            self.key = range.clone();
+        } else if name == SEC_WEBSOCKET_VERSION {
+            self.versions += 1;
+            self.version_13 = value == b"13";
+        }
+    }
+}
+
 /// RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any
 /// request with several Host fields or an invalid one.
-fn check_host(request: &Request<()>) -> Result<(), HeadError> {
-    let mut hosts = request.headers().get_all(HOST).iter();
-    match (hosts.next(), hosts.next()) {
-        (None, _) if request.version() == Version::HTTP_11 => Err(HeadError::MissingHost),
-        (None, _) => Ok(()),
-        (Some(_), Some(_)) => Err(HeadError::DuplicateHost),
-        (Some(host), None) => match Authority::try_from(host.as_bytes()) {
+fn check_host(known: &Known, head: &Bytes, version: Version) -> Result<(), HeadError> {
+    match known.hosts {
+        0 if version == Version::HTTP_11 => Err(HeadError::MissingHost),
+        0 => Ok(()),
+        1 => match Authority::from_maybe_shared(head.slice(known.host.clone())) {
             Ok(a) if is_host_and_port(&a) => Ok(()),
             _ => Err(HeadError::InvalidHost),
         },
+        _ => Err(HeadError::DuplicateHost),
     }
 }
 
@@ -279,30 +317,36 @@ fn is_host_and_port(authority: &Authority) -> bool {
 }
 
 /// RFC 6455 §4.2.1, for a request whose Upgrade header lists `websocket`.
-fn classify(request: &Request<()>) -> Result<RequestKind, HeadError> {
-    let headers = request.headers();
-    if !has_token(headers.get_all(UPGRADE), "websocket") {
+fn classify(
+    known: &Known,
+    head: &Bytes,
+    method: &Method,
+    version: Version,
+) -> Result<RequestKind, HeadError> {
+    if !known.upgrade_websocket {
         return Ok(RequestKind::Http);
     }
-    if request.method() != Method::GET {
+    if method != Method::GET {
         return Err(HeadError::WebSocketMethod);
     }
-    if request.version() != Version::HTTP_11 {
+    if version != Version::HTTP_11 {
         return Err(HeadError::WebSocketHttpVersion);
     }
-    if !has_token(headers.get_all(CONNECTION), "upgrade") {
+    if !known.connection_upgrade {
         return Err(HeadError::WebSocketConnection);
     }
-    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
-    let key = match (keys.next(), keys.next()) {
-        (None, _) => return Err(HeadError::MissingWebSocketKey),
-        (Some(key), None) if is_valid_key(key) => key.clone(),
+    let key = match known.keys {
+        0 => return Err(HeadError::MissingWebSocketKey),
+        1 => HeaderValue::from_maybe_shared(head.slice(known.key.clone()))
+            .ok()
+            .filter(is_valid_key)
+            .ok_or(HeadError::InvalidWebSocketKey)?,
         _ => return Err(HeadError::InvalidWebSocketKey),
     };
-    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(v), None) if v == "13" => Ok(RequestKind::WebSocket(WebSocketUpgrade { key })),
-        _ => Err(HeadError::UnsupportedWebSocketVersion),
+    if known.versions == 1 && known.version_13 {
+        Ok(RequestKind::WebSocket(WebSocketUpgrade { key }))
+    } else {
+        Err(HeadError::UnsupportedWebSocketVersion)
     }
 }
 

@@ -3,11 +3,12 @@
 use bytes::BytesMut;
 use http::{Response, StatusCode, Version};
 
+use super::framing::Framing;
 use super::head;
 use super::request::RequestKind;
 use super::syntax::check_line_ends;
 use super::upgrade::check_switch;
-use super::{framing, HandshakeError, HeadError, Limits, Status, SwitchError};
+use super::{HandshakeError, HeadError, Limits, Status, SwitchError};
 
 /// Reads a response head from the front of `buf`.
 ///
@@ -91,8 +92,12 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
     let mut response = Response::new(());
     *response.status_mut() = raw.status;
     *response.version_mut() = raw.version;
+    let mut framing = Framing::default();
+    for (name, range) in &raw.fields {
+        framing.observe(name, &head[range.clone()]);
+    }
+    framing.check_response()?;
     *response.headers_mut() = head::header_map(&head, raw.fields)?;
-    framing::check_response(response.headers())?;
     Ok(Status::Complete(response))
 }
 

@@ -131,12 +131,15 @@ fn message_name(name: &[u8]) -> String {
 /// Whether any of the comma-separated lists in `values` holds `token`,
 /// compared ASCII case-insensitively (RFC 9110 §5.6.1).
 pub(super) fn has_token(values: GetAll<'_, HeaderValue>, token: &str) -> bool {
-    values.iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|item| trim_ows(item).eq_ignore_ascii_case(token.as_bytes()))
-    })
+    values.iter().any(|value| list_has(value.as_bytes(), token))
+}
+
+/// Whether the comma-separated list `value` holds `token`, compared ASCII
+/// case-insensitively.
+pub(super) fn list_has(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|item| trim_ows(item).eq_ignore_ascii_case(token.as_bytes()))
 }
 
 /// Strips optional whitespace (RFC 9110 §5.6.3) from both ends.
