@@ -163,7 +163,10 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
         let mut request = httparse::Request::new(&mut []);
         match request.parse_with_uninit_headers(window, slots) {
             Ok(httparse::Status::Complete(len)) => {
-                check_line_ends(&window[..len])?;
+                // Positions are taken within the head alone, so slicing the
+                // split-off head with them cannot go out of bounds.
+                let bytes = window.get(..len).ok_or(HeadError::Malformed)?;
+                check_line_ends(bytes)?;
                 let (Some(method), Some(target), Some(version)) =
                     (request.method, request.path, request.version)
                 else {
@@ -173,13 +176,13 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
                     len,
                     method: Method::from_bytes(method.as_bytes())
                         .map_err(|_| HeadError::RequestLine)?,
-                    target: head::offset(window, target.as_bytes())?,
+                    target: head::offset(bytes, target.as_bytes())?,
                     version: if version == 0 {
                         Version::HTTP_10
                     } else {
                         Version::HTTP_11
                     },
-                    fields: head::fields(window, request.headers)?,
+                    fields: head::fields(bytes, request.headers)?,
                 }))
             }
             Ok(httparse::Status::Partial) => Ok(None),

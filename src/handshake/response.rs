@@ -61,7 +61,10 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
         );
         match parsed {
             Ok(httparse::Status::Complete(len)) => {
-                check_line_ends(&window[..len])?;
+                // Positions are taken within the head alone, so slicing the
+                // split-off head with them cannot go out of bounds.
+                let bytes = window.get(..len).ok_or(HeadError::Malformed)?;
+                check_line_ends(bytes)?;
                 let (Some(code), Some(version)) = (response.code, response.version) else {
                     return Err(HeadError::StatusLine);
                 };
@@ -73,7 +76,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
                     } else {
                         Version::HTTP_11
                     },
-                    fields: head::fields(window, response.headers)?,
+                    fields: head::fields(bytes, response.headers)?,
                 }))
             }
             Ok(httparse::Status::Partial) => Ok(None),
