@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::handshake::HandshakeError;
+
 /// Any error `wsproxy` reports, wrapping the error of the layer that failed.
 ///
 /// Act on it through [`Error::status`] and by matching the layer, never by
@@ -24,6 +26,9 @@ pub enum Error {
     /// The tunnel failed: an I/O error on one side or a timeout.
     #[error("tunnel failed")]
     Tunnel(#[from] crate::tunnel::TunnelError),
+    /// A request or response head was invalid (400, 426, 431 or 502).
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
 }
 
 impl Error {
@@ -35,6 +40,7 @@ impl Error {
             Self::Forward(e) => e.status(),
             Self::Select(e) => e.status(),
             Self::Tunnel(e) => e.status(),
+            Self::Handshake(e) => e.status(),
         }
     }
 }

@@ -11,10 +11,12 @@ pub mod balance;
 pub mod body;
 pub mod error;
 pub mod forward;
+pub mod handshake;
 pub mod route;
 pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
+pub use handshake::HandshakeError;
 pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};

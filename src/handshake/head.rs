@@ -1,0 +1,115 @@
+//! Turning httparse's borrowed view of a head into owned `http` parts.
+//!
+//! httparse borrows the caller's buffer; `http` types own their bytes. To
+//! avoid copying every value, the head is parsed in place, the offsets of its
+//! parts are kept, and once the head is split off the buffer and frozen the
+//! values become cheap slices of that one `Bytes`.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::syntax::diagnose;
+use super::{HeadError, Limits};
+
+/// Header slots up to this count live on the stack; more are allocated.
+const SLOTS_ON_STACK: usize = 128;
+
+/// A header name with the position of its value in the head.
+pub(super) type Field = (HeaderName, Range<usize>);
+
+/// The part of `buf` the parser may look at: a head must end within it.
+pub(super) fn window<'b>(buf: &'b [u8], limits: &Limits) -> &'b [u8] {
+    &buf[..buf.len().min(limits.max_head_bytes())]
+}
+
+/// Calls `parse` with `limits.max_headers()` uninitialised header slots, so
+/// httparse itself refuses one header too many.
+pub(super) fn with_slots<'b, R>(
+    limits: &Limits,
+    parse: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
+    let max = limits.max_headers();
+    if max <= SLOTS_ON_STACK {
+        let mut slots = [const { MaybeUninit::uninit() }; SLOTS_ON_STACK];
+        parse(&mut slots[..max])
+    } else {
+        let mut slots = vec![MaybeUninit::uninit(); max];
+        parse(&mut slots)
+    }
+}
+
+/// The position of `part`, a sub-slice httparse returned, within `head`.
+pub(super) fn offset(head: &[u8], part: &[u8]) -> Result<Range<usize>, HeadError> {
+    let start = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+    let end = start.wrapping_add(part.len());
+    // Always true for httparse's output; checked so a surprise cannot panic.
+    if start <= end && end <= head.len() {
+        Ok(start..end)
+    } else {
+        Err(HeadError::Malformed)
+    }
+}
+
+/// Names and value positions of the parsed headers.
+pub(super) fn fields(
+    head: &[u8],
+    headers: &[httparse::Header<'_>],
+) -> Result<Vec<Field>, HeadError> {
+    let mut fields = Vec::with_capacity(headers.len());
+    for header in headers {
+        let name =
+            HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::HeaderName {
+                after: fields
+                    .last()
+                    .map(|(name, _): &Field| name.as_str().to_owned()),
+            })?;
+        fields.push((name, offset(head, header.value)?));
+    }
+    Ok(fields)
+}
+
+/// Builds the header map, each value a slice of the frozen `head`.
+pub(super) fn header_map(head: &Bytes, fields: Vec<Field>) -> Result<HeaderMap, HeadError> {
+    let mut map = HeaderMap::with_capacity(fields.len());
+    for (name, range) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(range.clone())).map_err(|_| {
+            // httparse and `http` accept the same value bytes; this only
+            // names the byte should they ever differ.
+            let byte = head[range]
+                .iter()
+                .copied()
+                .find(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+                .unwrap_or(0);
+            HeadError::ControlByte {
+                header: name.as_str().to_owned(),
+                byte,
+            }
+        })?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+/// Maps an httparse error to what was wrong, naming the header when the
+/// fault is one [`diagnose`] recognises. `start_line` is the error for a bad
+/// request or status line.
+pub(super) fn parse_error(
+    window: &[u8],
+    error: httparse::Error,
+    limits: &Limits,
+    start_line: HeadError,
+) -> HeadError {
+    match error {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders {
+            limit: limits.max_headers(),
+        },
+        httparse::Error::Version => diagnose(window).unwrap_or(HeadError::Version),
+        httparse::Error::Token | httparse::Error::Status | httparse::Error::NewLine => {
+            diagnose(window).unwrap_or(start_line)
+        }
+        _ => diagnose(window).unwrap_or(HeadError::Malformed),
+    }
+}

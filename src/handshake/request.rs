@@ -1,0 +1,788 @@
+//! Reading and classifying the client's request head.
+
+use std::ops::Range;
+
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+use super::framing::{BodyLength, Framing};
+use super::head::{self, Field};
+use super::syntax::{check_line_ends, list_has};
+use super::upgrade::accept_key;
+use super::{HandshakeError, HeadError, Limits, Status};
+
+/// A complete, validated request head.
+///
+/// Holds the request as [`http::Request<()>`] and what it asks for: a
+/// WebSocket upgrade or plain HTTP. Made by [`parse_request`].
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    request: Request<()>,
+    kind: RequestKind,
+    body: BodyLength,
+}
+
+/// What a request asks the proxy for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// A valid WebSocket upgrade (RFC 6455 §4.2.1): forward it, and open a
+    /// tunnel only if the upstream's answer completes it.
+    WebSocket(WebSocketUpgrade),
+    /// Anything else, including other upgrades (`h2c`, `TLS/1.0`): relayed as
+    /// one plain HTTP exchange, never tunneled. The forwarding policy strips
+    /// their Upgrade header.
+    Http,
+}
+
+/// The checked parts of a WebSocket upgrade request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketUpgrade {
+    key: HeaderValue,
+}
+
+impl WebSocketUpgrade {
+    /// The client's Sec-WebSocket-Key: base64 of 16 bytes.
+    pub fn key(&self) -> &HeaderValue {
+        &self.key
+    }
+
+    /// The Sec-WebSocket-Accept a completing 101 must carry.
+    pub fn expected_accept(&self) -> String {
+        accept_key(self.key.as_bytes())
+    }
+}
+
+impl RequestHead {
+    /// The request: method, target, version and headers, in arrival order.
+    pub fn request(&self) -> &Request<()> {
+        &self.request
+    }
+
+    /// What the request asks for.
+    pub fn kind(&self) -> &RequestKind {
+        &self.kind
+    }
+
+    /// The WebSocket upgrade, if this is one.
+    pub fn websocket(&self) -> Option<&WebSocketUpgrade> {
+        match &self.kind {
+            RequestKind::WebSocket(upgrade) => Some(upgrade),
+            RequestKind::Http => None,
+        }
+    }
+
+    /// How the request body that follows the head is delimited.
+    pub fn body_length(&self) -> BodyLength {
+        self.body
+    }
+
+    /// The host the request is for: the absolute-form target's authority if
+    /// there is one, else the Host header (RFC 9112 §3.2.2).
+    pub fn host(&self) -> Option<&str> {
+        match self.request.uri().authority() {
+            Some(authority) => Some(authority.as_str()),
+            None => self
+                .request
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok()),
+        }
+    }
+
+    /// The request without its classification.
+    pub fn into_request(self) -> Request<()> {
+        self.request
+    }
+
+    /// The request and its classification.
+    pub fn into_parts(self) -> (Request<()>, RequestKind) {
+        (self.request, self.kind)
+    }
+}
+
+/// Reads a request head from the front of `buf`.
+///
+/// Returns [`Status::Partial`] while the head is incomplete, leaving `buf`
+/// untouched: read more into it and call again. On [`Status::Complete`] the
+/// head's bytes have been split off the front of `buf`; whatever followed
+/// them (a body, or a first WebSocket frame sent in the same packet) stays in
+/// `buf` for the caller.
+///
+/// The request is checked against RFC 9112 and, if its Upgrade header names
+/// `websocket`, RFC 6455 §4.2.1.
+///
+/// # Errors
+///
+/// [`HandshakeError::Request`] with the fault; its
+/// [`status`](HandshakeError::status) is 431 when the head exceeds `limits`,
+/// 426 for an unsupported WebSocket version and 400 otherwise. Answer it
+/// and close the connection: what is left in `buf` is unspecified.
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use wsproxy::handshake::{parse_request, Limits, RequestKind, Status};
+///
+/// let mut buf = BytesMut::from("GET /chat HTTP/1.1\r\nHost: example.com\r\n");
+/// let limits = Limits::default();
+/// assert!(matches!(parse_request(&mut buf, &limits)?, Status::Partial));
+///
+/// buf.extend_from_slice(b"Upgrade: websocket\r\nConnection: Upgrade\r\n");
+/// buf.extend_from_slice(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+/// buf.extend_from_slice(b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x00");
+/// let Status::Complete(head) = parse_request(&mut buf, &limits)? else {
+///     unreachable!("the head is complete")
+/// };
+/// assert_eq!(head.request().uri(), "/chat");
+/// assert!(matches!(head.kind(), RequestKind::WebSocket(_)));
+/// assert_eq!(&buf[..], b"\x81\x00"); // the first frame stays in `buf`
+/// # Ok::<(), wsproxy::handshake::HandshakeError>(())
+/// ```
+pub fn parse_request(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Status<RequestHead>, HandshakeError> {
+    read(buf, limits).map_err(HandshakeError::Request)
+}
+
+/// The pieces of a request head, as positions in the buffer.
+struct Raw {
+    len: usize,
+    method: Method,
+    target: Range<usize>,
+    version: Version,
+    fields: Vec<Field>,
+}
+
+fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, HeadError> {
+    let window = head::window(buf, limits);
+    let raw = head::with_slots(limits, |slots| {
+        let mut request = httparse::Request::new(&mut []);
+        match request.parse_with_uninit_headers(window, slots) {
+            Ok(httparse::Status::Complete(len)) => {
+                // Positions are taken within the head alone, so slicing the
+                // split-off head with them cannot go out of bounds.
+                let bytes = window.get(..len).ok_or(HeadError::Malformed)?;
+                check_line_ends(bytes)?;
+                let (Some(method), Some(target), Some(version)) =
+                    (request.method, request.path, request.version)
+                else {
+                    return Err(HeadError::RequestLine);
+                };
+                Ok(Some(Raw {
+                    len,
+                    method: Method::from_bytes(method.as_bytes())
+                        .map_err(|_| HeadError::RequestLine)?,
+                    target: head::offset(bytes, target.as_bytes())?,
+                    version: if version == 0 {
+                        Version::HTTP_10
+                    } else {
+                        Version::HTTP_11
+                    },
+                    fields: head::fields(bytes, request.headers)?,
+                }))
+            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(head::parse_error(window, e, limits, HeadError::RequestLine)),
+        }
+    })?;
+    let Some(raw) = raw else {
+        if buf.len() >= limits.max_head_bytes() {
+            return Err(HeadError::TooLarge {
+                limit: limits.max_head_bytes(),
+            });
+        }
+        return Ok(Status::Partial);
+    };
+
+    let form = target_form(&buf[raw.target.clone()])?;
+    let head = buf.split_to(raw.len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(raw.target)).map_err(|_| HeadError::Target)?;
+    if form == Form::Absolute {
+        check_absolute(&uri)?;
+    }
+    let mut request = Request::new(());
+    *request.method_mut() = raw.method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = raw.version;
+    // One pass over the fields gathers what the checks need, so that they
+    // need no lookups in the map.
+    let mut known = Known::default();
+    let mut framing = Framing::default();
+    for (name, range) in &raw.fields {
+        known.observe(name, range, &head[range.clone()]);
+        framing.observe(name, &head[range.clone()]);
+    }
+    check_host(&known, &head, raw.version)?;
+    let body = framing.request_body(raw.version)?;
+    let kind = classify(&known, &head, request.method(), raw.version)?;
+    *request.headers_mut() = head::header_map(&head, raw.fields)?;
+    Ok(Status::Complete(RequestHead {
+        request,
+        kind,
+        body,
+    }))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Form {
+    Origin,
+    Absolute,
+}
+
+/// RFC 9112 §3.2: only origin-form (`/path?query`) and absolute-form
+/// (`http://host/path`) reach a reverse proxy; a fragment never does.
+fn target_form(target: &[u8]) -> Result<Form, HeadError> {
+    if target.contains(&b'#') {
+        return Err(HeadError::Target);
+    }
+    match target.first() {
+        Some(b'/') => Ok(Form::Origin),
+        _ => Ok(Form::Absolute),
+    }
+}
+
+fn check_absolute(uri: &Uri) -> Result<(), HeadError> {
+    let scheme_ok = uri.scheme_str().is_some_and(|s| {
+        ["http", "https", "ws", "wss"]
+            .iter()
+            .any(|k| s.eq_ignore_ascii_case(k))
+    });
+    // userinfo is deprecated in http(s) URIs (RFC 9110 §4.2.4) and a classic
+    // way to make two parsers see two different hosts.
+    let authority_ok = uri.authority().is_some_and(is_host_and_port);
+    if scheme_ok && authority_ok {
+        Ok(())
+    } else {
+        Err(HeadError::Target)
+    }
+}
+
+/// The header fields the request checks read, noted in one pass.
+#[derive(Debug, Default)]
+struct Known {
+    hosts: usize,
+    host: Range<usize>,
+    keys: usize,
+    key: Range<usize>,
+    versions: usize,
+    version_13: bool,
+    upgrade_websocket: bool,
+    connection_upgrade: bool,
+}
+
+impl Known {
+    fn observe(&mut self, name: &HeaderName, range: &Range<usize>, value: &[u8]) {
+        if name == HOST {
+            self.hosts += 1;
+            self.host = range.clone();
+        } else if name == UPGRADE {
+            self.upgrade_websocket |= list_has(value, "websocket");
+        } else if name == CONNECTION {
+            self.connection_upgrade |= list_has(value, "upgrade");
+        } else if name == SEC_WEBSOCKET_KEY {
+            self.keys += 1;
+            self.key = range.clone();
+        } else if name == SEC_WEBSOCKET_VERSION {
+            self.versions += 1;
+            self.version_13 = value == b"13";
+        }
+    }
+}
+
+/// RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, and for any
+/// request with several Host fields or an invalid one.
+fn check_host(known: &Known, head: &Bytes, version: Version) -> Result<(), HeadError> {
+    match known.hosts {
+        0 if version == Version::HTTP_11 => Err(HeadError::MissingHost),
+        0 => Ok(()),
+        1 => match Authority::from_maybe_shared(head.slice(known.host.clone())) {
+            Ok(a) if is_host_and_port(&a) => Ok(()),
+            _ => Err(HeadError::InvalidHost),
+        },
+        _ => Err(HeadError::DuplicateHost),
+    }
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2): `Authority` also takes userinfo
+/// and a non-numeric port.
+fn is_host_and_port(authority: &Authority) -> bool {
+    let host = authority.host();
+    let port = authority.as_str().get(host.len()..).unwrap_or("");
+    let port_ok = match port.strip_prefix(':') {
+        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        None => port.is_empty(),
+    };
+    !host.is_empty() && port_ok && !authority.as_str().contains('@')
+}
+
+/// RFC 6455 §4.2.1, for a request whose Upgrade header lists `websocket`.
+fn classify(
+    known: &Known,
+    head: &Bytes,
+    method: &Method,
+    version: Version,
+) -> Result<RequestKind, HeadError> {
+    if !known.upgrade_websocket {
+        return Ok(RequestKind::Http);
+    }
+    if method != Method::GET {
+        return Err(HeadError::WebSocketMethod);
+    }
+    if version != Version::HTTP_11 {
+        return Err(HeadError::WebSocketHttpVersion);
+    }
+    if !known.connection_upgrade {
+        return Err(HeadError::WebSocketConnection);
+    }
+    let key = match known.keys {
+        0 => return Err(HeadError::MissingWebSocketKey),
+        1 => HeaderValue::from_maybe_shared(head.slice(known.key.clone()))
+            .ok()
+            .filter(is_valid_key)
+            .ok_or(HeadError::InvalidWebSocketKey)?,
+        _ => return Err(HeadError::InvalidWebSocketKey),
+    };
+    if known.versions == 1 && known.version_13 {
+        Ok(RequestKind::WebSocket(WebSocketUpgrade { key }))
+    } else {
+        Err(HeadError::UnsupportedWebSocketVersion)
+    }
+}
+
+/// Base64 (with canonical padding) of exactly 16 bytes: 24 characters.
+fn is_valid_key(key: &HeaderValue) -> bool {
+    let mut decoded = [0u8; 18];
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode_slice(key.as_bytes(), &mut decoded)
+            .is_ok_and(|n| n == 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn parse(head: &str) -> Result<Status<RequestHead>, HandshakeError> {
+        parse_request(&mut BytesMut::from(head), &Limits::default())
+    }
+
+    fn complete(head: &str) -> RequestHead {
+        match parse(head) {
+            Ok(Status::Complete(head)) => head,
+            other => panic!("{head:?} gave {other:?}"),
+        }
+    }
+
+    fn websocket(extra: &str) -> String {
+        format!(
+            "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\n{extra}\r\n"
+        )
+    }
+
+    /// Asserts the exact status and message of a refused request.
+    fn refused(head: &str, status: u16, message: &str) {
+        match parse(head) {
+            Err(e) => {
+                assert_eq!(
+                    (e.status().as_u16(), e.to_string().as_str()),
+                    (status, message),
+                    "{head:?}"
+                );
+            }
+            other => panic!("{head:?} gave {other:?}, expected {status} {message:?}"),
+        }
+    }
+
+    #[test]
+    fn websocket_upgrade_is_classified_and_following_bytes_stay_in_the_buffer() {
+        let mut buf = BytesMut::from(websocket("Sec-WebSocket-Version: 13\r\n").as_str());
+        let len = buf.len();
+        buf.extend_from_slice(b"\x81\x85frame");
+        let Ok(Status::Complete(head)) = parse_request(&mut buf, &Limits::default()) else {
+            panic!("incomplete")
+        };
+        assert_eq!(&buf[..], b"\x81\x85frame");
+        assert_eq!(head.request().method(), Method::GET);
+        assert_eq!(head.request().uri(), "/chat");
+        assert_eq!(head.request().version(), Version::HTTP_11);
+        assert_eq!(head.request().headers().len(), 5);
+        assert_eq!(head.host(), Some("example.com"));
+        assert_eq!(head.body_length(), BodyLength::Fixed(0));
+        let upgrade = head.websocket().expect("a websocket upgrade");
+        assert_eq!(upgrade.key(), KEY);
+        assert_eq!(upgrade.expected_accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(len > 100);
+    }
+
+    #[test]
+    fn incomplete_head_is_partial_and_leaves_the_buffer_alone() {
+        let full = websocket("Sec-WebSocket-Version: 13\r\n");
+        for end in 0..full.len() {
+            let mut buf = BytesMut::from(&full[..end]);
+            let status = parse_request(&mut buf, &Limits::default());
+            assert!(matches!(status, Ok(Status::Partial)), "{end}: {status:?}");
+            assert_eq!(&buf[..], &full.as_bytes()[..end]);
+        }
+    }
+
+    #[test]
+    fn upgrade_tokens_and_case_are_matched_per_rfc() {
+        let head = complete(&format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c, WebSocket\r\nConnection: keep-alive, UPGRADE\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ));
+        assert!(head.websocket().is_some());
+    }
+
+    #[test]
+    fn other_upgrades_are_plain_http() {
+        for upgrade in ["h2c", "TLS/1.0", "websocketx", "websocket/13"] {
+            let head = complete(&format!(
+                "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: {upgrade}\r\nConnection: upgrade\r\n\r\n"
+            ));
+            assert_eq!(head.kind(), &RequestKind::Http, "{upgrade}");
+        }
+        let head = complete("POST /form HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(head.kind(), &RequestKind::Http);
+        assert_eq!(head.body_length(), BodyLength::Fixed(3));
+        assert_eq!(head.websocket(), None);
+    }
+
+    #[test]
+    fn http_10_without_host_and_leading_empty_lines_are_accepted() {
+        let head = complete("\r\nGET /old HTTP/1.0\r\n\r\n");
+        assert_eq!(head.request().version(), Version::HTTP_10);
+        assert_eq!(head.host(), None);
+    }
+
+    #[test]
+    fn absolute_form_is_accepted_and_its_authority_is_the_host() {
+        let head = complete("GET http://upstream.test:8080/a?b HTTP/1.1\r\nHost: other\r\n\r\n");
+        assert_eq!(head.request().uri(), "http://upstream.test:8080/a?b");
+        assert_eq!(head.host(), Some("upstream.test:8080"));
+        let (request, kind) = head.into_parts();
+        assert_eq!(kind, RequestKind::Http);
+        assert_eq!(request.headers()["host"], "other");
+    }
+
+    #[test]
+    fn heads_over_the_limits_get_431() {
+        let small = Limits::default()
+            .with_max_head_bytes(64)
+            .with_max_headers(2);
+        let over = |head: &str| parse_request(&mut BytesMut::from(head), &small);
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70));
+        let err = over(&long).unwrap_err();
+        assert_eq!(
+            (err.status().as_u16(), err.to_string()),
+            (431, "head larger than 64 bytes".into())
+        );
+        // 64 bytes without an end is already too large, even before it ends.
+        let err = over(&long[..64]).unwrap_err();
+        assert_eq!(err.status(), 431);
+        assert!(matches!(over(&long[..63]), Ok(Status::Partial)));
+        let err = over("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n").unwrap_err();
+        assert_eq!(
+            (err.status().as_u16(), err.to_string()),
+            (431, "more than 2 header fields".into())
+        );
+        assert!(over("GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\n\r\n").is_ok());
+
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        refused(
+            &format!("GET / HTTP/1.1\r\nHost: a\r\n{many}\r\n"),
+            431,
+            "more than 100 header fields",
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+            "v".repeat(16 * 1024)
+        );
+        refused(&big, 431, "head larger than 16384 bytes");
+    }
+
+    #[test]
+    fn ambiguous_framing_gets_400_naming_the_header() {
+        let h = "GET / HTTP/1.1\r\nHost: a\r\n";
+        refused(
+            &format!("{h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400,
+            "content-length together with transfer-encoding",
+        );
+        refused(
+            &format!("{h}Content-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            400,
+            "differing content-length values",
+        );
+        refused(
+            &format!("{h}Content-Length: 5, 6\r\n\r\n"),
+            400,
+            "differing content-length values",
+        );
+        refused(
+            &format!("{h}Content-Length: -1\r\n\r\n"),
+            400,
+            "invalid content-length",
+        );
+        refused(
+            &format!("{h}Transfer-Encoding: chunked, gzip\r\n\r\n"),
+            400,
+            "transfer-encoding does not end with chunked",
+        );
+        refused(
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+            "transfer-encoding in an http/1.0 request",
+        );
+        let head = complete(&format!(
+            "{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert_eq!(head.body_length(), BodyLength::Fixed(5));
+        let head = complete(&format!("{h}Transfer-Encoding: gzip, chunked\r\n\r\n"));
+        assert_eq!(head.body_length(), BodyLength::Chunked);
+    }
+
+    #[test]
+    fn forbidden_bytes_get_400_naming_the_header() {
+        let h = "GET / HTTP/1.1\r\nHost: a\r\n";
+        refused(
+            &format!("{h}X-A: a\0b\r\n\r\n"),
+            400,
+            "control byte 0x00 in header `x-a`",
+        );
+        refused(
+            &format!("{h}X-A: a\x7fb\r\n\r\n"),
+            400,
+            "control byte 0x7f in header `x-a`",
+        );
+        refused(
+            &format!("{h}X-A: a\x01b\r\n\r\n"),
+            400,
+            "control byte 0x01 in header `x-a`",
+        );
+        refused(
+            &format!("{h}X-A: a\rb\r\n\r\n"),
+            400,
+            "bare cr in header `x-a`",
+        );
+        refused(
+            &format!("{h}X-A: a\nTransfer-Encoding: chunked\r\n\r\n"),
+            400,
+            "bare lf in header `x-a`",
+        );
+        refused(&format!("{h}X-A: a\n\n"), 400, "bare lf in header `x-a`");
+        refused(
+            "GET / HTTP/1.1\nHost: a\r\n\r\n",
+            400,
+            "bare lf in start line",
+        );
+        refused(
+            &format!("{h}X-A: a\r\n b\r\n\r\n"),
+            400,
+            "obs-fold continuing header `x-a`",
+        );
+        refused(
+            &format!("{h}X-A: a\r\n\tb\r\n\r\n"),
+            400,
+            "obs-fold continuing header `x-a`",
+        );
+        refused(
+            "GET / HTTP/1.1\r\n Host: a\r\n\r\n",
+            400,
+            "obs-fold continuing start line",
+        );
+        refused(
+            &format!("{h}X-A : a\r\n\r\n"),
+            400,
+            "invalid header name after header `host`",
+        );
+        refused(
+            &format!("{h}: a\r\n\r\n"),
+            400,
+            "invalid header name after header `host`",
+        );
+        refused(
+            &format!("{h}X(A): a\r\n\r\n"),
+            400,
+            "invalid header name after header `host`",
+        );
+    }
+
+    #[test]
+    fn host_rules_of_rfc_9112_get_400() {
+        refused("GET / HTTP/1.1\r\n\r\n", 400, "missing host header");
+        refused(
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+            400,
+            "duplicate host header",
+        );
+        refused(
+            "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+            400,
+            "duplicate host header",
+        );
+        for host in ["", "a/b", "user@a", "a b", "a:port", ":80", "a:123456"] {
+            refused(
+                &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+                400,
+                "invalid host header",
+            );
+        }
+        for host in ["a", "a.example:8080", "[::1]:80", "127.0.0.1"] {
+            complete(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn request_target_must_be_origin_or_absolute_form() {
+        for target in [
+            "*",
+            "example.com:443",
+            "/a#frag",
+            "ftp://a/b",
+            "http://u@a/",
+            "http:///a",
+            "a/b",
+        ] {
+            refused(
+                &format!("OPTIONS {target} HTTP/1.1\r\nHost: a\r\n\r\n"),
+                400,
+                "invalid request-target",
+            );
+        }
+        for target in [
+            "/",
+            "/a/b?c=d",
+            "//a",
+            "http://a",
+            "HTTPS://a:1/b",
+            "ws://a/b",
+        ] {
+            complete(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn malformed_request_lines_get_400() {
+        refused(
+            "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        );
+        refused(
+            "GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        );
+        refused(
+            "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            400,
+            "unsupported http version",
+        );
+        refused(
+            "GET / HTTP/1.1 \r\nHost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        );
+        refused(
+            "G\0T / HTTP/1.1\r\nHost: a\r\n\r\n",
+            400,
+            "malformed request line",
+        );
+    }
+
+    #[test]
+    fn websocket_requests_breaking_rfc_6455_get_400() {
+        let ok = "Sec-WebSocket-Version: 13\r\n";
+        refused(
+            &websocket(ok).replacen("GET", "POST", 1),
+            400,
+            "websocket upgrade with method other than get",
+        );
+        refused(
+            &websocket(ok).replacen("HTTP/1.1", "HTTP/1.0", 1),
+            400,
+            "websocket upgrade over http/1.0",
+        );
+        refused(
+            &websocket(ok).replacen("Connection: Upgrade", "Connection: keep-alive", 1),
+            400,
+            "websocket upgrade without upgrade in connection header",
+        );
+        refused(
+            &websocket(ok).replacen("Connection: Upgrade", "X-Connection: Upgrade", 1),
+            400,
+            "websocket upgrade without upgrade in connection header",
+        );
+        refused(
+            &websocket(ok).replacen("Sec-WebSocket-Key", "X-Key", 1),
+            400,
+            "missing sec-websocket-key header",
+        );
+        for key in [
+            "dGhlIHNhbXBsZSBub25jZQ",      // unpadded
+            "dGhlIHNhbXBsZSBub25jZR==",    // non-zero trailing bits
+            "dGhlIHNhbXBsZSBub25j",        // 15 bytes
+            "dGhlIHNhbXBsZSBub25jZSE=",    // 17 bytes
+            "dGhlIHNhbXBsZSBub25jZQ==, x", // a list
+            "dGhlIHNhbXBsZSBub25jZQ!=",    // not base64
+        ] {
+            refused(
+                &websocket(ok).replacen(KEY, key, 1),
+                400,
+                "invalid sec-websocket-key header",
+            );
+        }
+        refused(
+            &websocket(&format!("Sec-WebSocket-Key: {KEY}\r\n{ok}")),
+            400,
+            "invalid sec-websocket-key header",
+        );
+    }
+
+    #[test]
+    fn other_websocket_versions_get_426() {
+        for versions in [
+            "Sec-WebSocket-Version: 8\r\n",
+            "",
+            "Sec-WebSocket-Version: 13, 8\r\n",
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Version: 13\r\n",
+        ] {
+            refused(
+                &websocket(versions),
+                426,
+                "unsupported sec-websocket-version header",
+            );
+        }
+    }
+
+    #[test]
+    fn error_answers_carry_status_message_and_close() {
+        let err = parse(&websocket("Sec-WebSocket-Version: 8\r\n")).unwrap_err();
+        let answer = err.to_response();
+        assert_eq!(answer.status(), 426);
+        assert_eq!(answer.headers()["sec-websocket-version"], "13");
+        assert_eq!(answer.headers()["connection"], "close");
+        assert_eq!(
+            &answer.body()[..],
+            b"unsupported sec-websocket-version header\n"
+        );
+
+        let answer = parse("GET / HTTP/1.1\r\n\r\n").unwrap_err().to_response();
+        assert_eq!(answer.status(), 400);
+        assert_eq!(answer.headers()["content-length"], "20");
+        assert_eq!(&answer.body()[..], b"missing host header\n");
+        assert!(answer.headers().get("sec-websocket-version").is_none());
+
+        let err = crate::Error::from(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err());
+        assert_eq!(err.status(), 400);
+        assert_eq!(err.to_string(), "missing host header");
+    }
+}
