@@ -12,11 +12,14 @@ pub mod body;
 pub mod error;
 pub mod forward;
 pub mod handshake;
+pub mod proxy;
 pub mod route;
+pub mod server;
 pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use handshake::HandshakeError;
+pub use proxy::{Proxy, ProxyBuilder, UpstreamGroup};
 pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};

@@ -1,0 +1,744 @@
+//! Serving one client connection: the request loop, upstream connect with
+//! retries, the upgrade decision and plain HTTP relaying.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONNECTION;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, timeout_at, Instant};
+use tracing::{field, Instrument};
+
+use super::{ConnectionReport, Drain, Inner, Outcome, Phase, UpstreamGroup};
+use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
+use crate::body::{BodyError, BodyKind, BodyScanner};
+use crate::forward::{Client, ForwardContext, Scheme};
+use crate::handshake::{self, RequestKind, ResponseKind, Status};
+use crate::tunnel::{tunnel, Prefixed, TunnelStats};
+
+/// Room reserved in a read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// The listener side of a connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listener {
+    pub(crate) scheme: Scheme,
+    pub(crate) port: u16,
+}
+
+impl Listener {
+    pub(crate) fn new(scheme: Scheme, port: Option<u16>) -> Self {
+        Self {
+            scheme,
+            port: port.unwrap_or_else(|| scheme.default_port()),
+        }
+    }
+}
+
+/// What to do after one request.
+enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream switched protocols and the 101 went out: tunnel.
+    Tunnel(Switched),
+}
+
+/// The upstream half of a completed upgrade.
+struct Switched {
+    upstream: TcpStream,
+    upstream_prefix: Bytes,
+    lease: Lease,
+}
+
+/// A connection whose upgrade completed, ready to tunnel. It owns only what
+/// the tunnel needs, so a server can run it as its own small task and let the
+/// connection's larger handshake state go (the idle-memory budget).
+pub(crate) struct Upgraded<S> {
+    inner: Arc<Inner>,
+    client: Prefixed<S>,
+    upstream: Prefixed<TcpStream>,
+    lease: Lease,
+    drain: Drain,
+    span: tracing::Span,
+}
+
+impl<S> Upgraded<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// Runs the tunnel until it ends and accounts for it.
+    pub(crate) async fn run(self) -> TunnelStats {
+        let Self {
+            inner,
+            client,
+            upstream,
+            lease,
+            drain,
+            span,
+        } = self;
+        inner.counters.tunnel_started();
+        let stats = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut)).await;
+        drop(lease);
+        inner
+            .counters
+            .tunnel_ended(stats.client_to_upstream, stats.upstream_to_client);
+        span.record("from_client", stats.client_to_upstream);
+        span.record("from_upstream", stats.upstream_to_client);
+        span.in_scope(|| {
+            tracing::info!(end = ?stats.end, duration = ?stats.duration, "tunnel closed");
+        });
+        stats
+    }
+}
+
+/// Serves requests until the connection closes or upgrades; an upgraded
+/// connection comes back to the caller to tunnel.
+pub(super) async fn serve<S>(
+    inner: &Arc<Inner>,
+    io: S,
+    peer: SocketAddr,
+    listener: Listener,
+    drain: Drain,
+) -> (ConnectionReport, Option<Upgraded<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    inner.counters.connection();
+    let span = tracing::info_span!(
+        "conn",
+        client = %peer,
+        route = field::Empty,
+        upstream = field::Empty,
+        outcome = field::Empty,
+        from_client = field::Empty,
+        from_upstream = field::Empty,
+    );
+    let conn = Conn {
+        inner,
+        io,
+        span: span.clone(),
+        buf: BytesMut::new(),
+        peer,
+        listener,
+        drain,
+        report: ConnectionReport::default(),
+    };
+    conn.run().instrument(span).await
+}
+
+struct Conn<'a, S> {
+    inner: &'a Arc<Inner>,
+    io: S,
+    span: tracing::Span,
+    /// Client bytes read but not yet used: the rest of a head, a body's
+    /// start, a pipelined request or the first WebSocket frames.
+    buf: BytesMut,
+    peer: SocketAddr,
+    listener: Listener,
+    drain: Drain,
+    report: ConnectionReport,
+}
+
+/// Why a head could not be read.
+pub(super) enum HeadRead<E> {
+    /// The peer closed; `partial` when it had sent part of a head.
+    Eof {
+        partial: bool,
+    },
+    Timeout,
+    Io(io::Error),
+    Parse(E),
+}
+
+impl<S> Conn<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn run(mut self) -> (ConnectionReport, Option<Upgraded<S>>) {
+        let switched = loop {
+            if self.report.requests > 0 && self.buf.is_empty() && !self.await_next_request().await {
+                break None;
+            }
+            let limits = &self.inner.limits;
+            let deadline = Instant::now() + self.inner.timeouts.handshake;
+            let head = read_head(
+                &mut self.io,
+                &mut self.buf,
+                deadline,
+                limits.max_head_bytes(),
+                |b| handshake::parse_request(b, limits),
+            )
+            .await;
+            let head = match head {
+                Ok(head) => head,
+                Err(HeadRead::Eof { partial: false }) if self.report.requests > 0 => break None,
+                Err(HeadRead::Eof { .. }) => {
+                    self.finish(Outcome::Abandoned);
+                    break None;
+                }
+                Err(HeadRead::Io(e)) => {
+                    tracing::debug!(error = %e, "client read failed");
+                    self.finish(Outcome::Abandoned);
+                    break None;
+                }
+                Err(HeadRead::Timeout) => {
+                    // nginx answers 408 when `client_header_timeout` expires;
+                    // a client that stopped reading is not waited for.
+                    self.reject(StatusCode::REQUEST_TIMEOUT, "request head timed out", None)
+                        .await;
+                    break None;
+                }
+                Err(HeadRead::Parse(e)) => {
+                    let extra = (e.status() == StatusCode::UPGRADE_REQUIRED).then_some((
+                        http::header::SEC_WEBSOCKET_VERSION,
+                        HeaderValue::from_static("13"),
+                    ));
+                    self.reject(e.status(), &e.to_string(), extra).await;
+                    break None;
+                }
+            };
+            self.report.requests += 1;
+            self.inner.counters.request();
+            match self.handle(head).await {
+                Next::KeepAlive => continue,
+                Next::Close => break None,
+                Next::Tunnel(switched) => break Some(switched),
+            }
+        };
+        let Some(switched) = switched else {
+            let _ = timeout(self.inner.timeouts.send, self.io.shutdown()).await;
+            return (self.report, None);
+        };
+        self.finish(Outcome::Tunneled);
+        // Whatever the client sent after its head waited in `buf` until the
+        // 101 was checked: only now may it reach the upstream.
+        let upgraded = Upgraded {
+            inner: self.inner.clone(),
+            client: Prefixed::new(self.buf.split().freeze(), self.io),
+            upstream: Prefixed::new(switched.upstream_prefix, switched.upstream),
+            lease: switched.lease,
+            drain: self.drain,
+            span: self.span,
+        };
+        (self.report, Some(upgraded))
+    }
+
+    /// Waits for the first byte of a keep-alive connection's next request.
+    /// False when the connection should close instead.
+    async fn await_next_request(&mut self) -> bool {
+        if self.drain.phase() != Phase::Running {
+            return false;
+        }
+        self.buf.reserve(READ_CHUNK);
+        let read = timeout(
+            self.inner.timeouts.keepalive,
+            self.io.read_buf(&mut self.buf),
+        );
+        tokio::select! {
+            got = read => matches!(got, Ok(Ok(n)) if n > 0),
+            () = self.drain.clone().reached(Phase::Draining) => false,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.report.outcome = Some(outcome);
+        self.inner.counters.outcome(outcome);
+        tracing::Span::current().record("outcome", field::debug(outcome));
+    }
+
+    /// Answers with an error status the proxy makes itself and closes.
+    async fn reject(
+        &mut self,
+        status: StatusCode,
+        message: &str,
+        extra: Option<(http::HeaderName, HeaderValue)>,
+    ) -> Next {
+        tracing::debug!(%status, message, "rejected");
+        let mut answer = handshake::error_response(status, message);
+        if let Some((name, value)) = extra {
+            answer.headers_mut().insert(name, value);
+        }
+        let mut out = BytesMut::new();
+        handshake::write_response_head(&answer, &mut out);
+        out.extend_from_slice(answer.body());
+        let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
+        self.finish(Outcome::Rejected(status));
+        Next::Close
+    }
+
+    async fn handle(&mut self, head: handshake::RequestHead) -> Next {
+        let inner = self.inner;
+        let (mut request, kind) = head.into_parts();
+        let websocket = matches!(kind, RequestKind::WebSocket(_));
+        if websocket {
+            inner.counters.handshake();
+        }
+        let client =
+            inner
+                .policy
+                .resolve_client(self.peer, request.headers(), self.listener.scheme);
+
+        let (group, path) = match inner.routes.find_for(&request) {
+            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
+        };
+        tracing::Span::current().record("route", group.name());
+
+        if let Err(e) = inner.policy.check(&request, websocket) {
+            return self.reject(e.status(), &e.to_string(), None).await;
+        }
+        if let Some(preflight) = inner.policy.preflight(&request) {
+            return self.answer_preflight(preflight).await;
+        }
+
+        let body = match BodyKind::of_request(request.headers()) {
+            Ok(BodyKind::Empty) => BodyKind::Empty,
+            Ok(_) if websocket => {
+                return self
+                    .reject(
+                        StatusCode::BAD_REQUEST,
+                        "websocket upgrade request has a body",
+                        None,
+                    )
+                    .await
+            }
+            Ok(kind) => kind,
+            Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
+        };
+        let client_keeps_alive = keeps_alive(&request);
+        let method = request.method().clone();
+
+        let (lease, mut upstream) = match connect(inner, &group, &client, &request).await {
+            Ok(pair) => pair,
+            Err(status) => {
+                return self
+                    .reject(status, "no upstream could be reached", None)
+                    .await
+            }
+        };
+        let authority = authority_of(lease.addr());
+        tracing::Span::current().record("upstream", field::display(&authority));
+
+        match path.parse() {
+            Ok(uri) => *request.uri_mut() = uri,
+            Err(_) => {
+                return self
+                    .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
+                    .await
+            }
+        }
+        let ctx = ForwardContext::new(
+            self.peer,
+            self.listener.scheme,
+            self.listener.port,
+            authority,
+        )
+        .with_websocket(websocket);
+        // The policy keeps Content-Length and Transfer-Encoding: bodies go
+        // through with their framing untouched.
+        inner.policy.rewrite_request(&mut request, &client, &ctx);
+
+        let mut head_bytes = BytesMut::new();
+        handshake::write_request_head(&request, &mut head_bytes);
+        if write_all_timeout(&mut upstream, &head_bytes, inner.timeouts.send)
+            .await
+            .is_err()
+        {
+            lease.report_failure(Instant::now().into_std());
+            return self
+                .reject(StatusCode::BAD_GATEWAY, "upstream closed", None)
+                .await;
+        }
+
+        if !websocket {
+            let sent = copy_body(
+                &mut self.io,
+                &mut upstream,
+                &mut self.buf,
+                BodyScanner::new(body),
+                inner.timeouts.handshake,
+                inner.timeouts.send,
+            )
+            .await;
+            match sent {
+                Ok(n) => inner.counters.bytes(n, 0),
+                Err(CopyError::Framing(e)) => {
+                    return self.reject(e.status(), &e.to_string(), None).await;
+                }
+                Err(_) => {
+                    self.finish(Outcome::Abandoned);
+                    return Next::Close;
+                }
+            }
+        }
+
+        let mut up_buf = BytesMut::new();
+        let response = match self.read_answer(&mut upstream, &mut up_buf).await {
+            Ok(response) => response,
+            Err(status) => {
+                return self
+                    .reject(status, "upstream sent no valid answer", None)
+                    .await
+            }
+        };
+
+        match handshake::classify_response(&kind, &response) {
+            Ok(ResponseKind::Switched) => {
+                let mut response = response;
+                inner.policy.rewrite_response(&mut response, &client, &ctx);
+                return self
+                    .switch(response, upstream, up_buf.split().freeze(), lease)
+                    .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "upstream sent an invalid 101");
+                return self
+                    .reject(StatusCode::BAD_GATEWAY, &e.to_string(), None)
+                    .await;
+            }
+        }
+
+        let outcome = if websocket {
+            Outcome::UpgradeRefused
+        } else {
+            Outcome::Proxied
+        };
+        let mut response = response;
+        inner.policy.rewrite_response(&mut response, &client, &ctx);
+        self.relay(
+            response,
+            &method,
+            upstream,
+            up_buf,
+            client_keeps_alive,
+            outcome,
+        )
+        .await
+    }
+
+    async fn answer_preflight(&mut self, preflight: Response<()>) -> Next {
+        let mut out = BytesMut::new();
+        handshake::write_response_head(&preflight, &mut out);
+        if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
+            .await
+            .is_err()
+        {
+            return Next::Close;
+        }
+        self.finish(Outcome::Preflight);
+        Next::KeepAlive
+    }
+
+    /// Reads the upstream's final answer head, relaying interim 1xx answers
+    /// (other than 101) to the client as they come.
+    async fn read_answer(
+        &mut self,
+        upstream: &mut TcpStream,
+        up_buf: &mut BytesMut,
+    ) -> Result<Response<()>, StatusCode> {
+        let limits = &self.inner.limits;
+        // Bounded: a 1xx flood is still limited by the read timeout per head
+        // and by this count.
+        for _ in 0..8 {
+            let deadline = Instant::now() + self.inner.timeouts.read;
+            let head = read_head(upstream, up_buf, deadline, limits.max_head_bytes(), |b| {
+                handshake::parse_response(b, limits)
+            })
+            .await;
+            let response = match head {
+                Ok(response) => response,
+                Err(HeadRead::Timeout) => return Err(StatusCode::GATEWAY_TIMEOUT),
+                Err(_) => return Err(StatusCode::BAD_GATEWAY),
+            };
+            let status = response.status();
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                let mut out = BytesMut::new();
+                handshake::write_response_head(&response, &mut out);
+                write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
+                    .await
+                    .map_err(|_| StatusCode::BAD_GATEWAY)?;
+                continue;
+            }
+            return Ok(response);
+        }
+        Err(StatusCode::BAD_GATEWAY)
+    }
+
+    /// Sends the 101; the caller then tunnels.
+    async fn switch(
+        &mut self,
+        response: Response<()>,
+        upstream: TcpStream,
+        upstream_prefix: Bytes,
+        lease: Lease,
+    ) -> Next {
+        let mut out = BytesMut::new();
+        handshake::write_response_head(&response, &mut out);
+        if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
+            .await
+            .is_err()
+        {
+            self.finish(Outcome::Abandoned);
+            return Next::Close;
+        }
+        Next::Tunnel(Switched {
+            upstream,
+            upstream_prefix,
+            lease,
+        })
+    }
+
+    /// Relays a plain answer and its body to the client.
+    async fn relay(
+        &mut self,
+        mut response: Response<()>,
+        method: &Method,
+        mut upstream: TcpStream,
+        mut up_buf: BytesMut,
+        client_keeps_alive: bool,
+        outcome: Outcome,
+    ) -> Next {
+        let inner = self.inner;
+        let body = match BodyKind::of_response(method, response.status(), response.headers()) {
+            Ok(kind) => kind,
+            Err(_) => {
+                return self
+                    .reject(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream answer has invalid framing",
+                        None,
+                    )
+                    .await
+            }
+        };
+        let keep_alive = client_keeps_alive
+            && body != BodyKind::UntilClose
+            && self.report.requests < inner.keepalive_requests
+            && self.drain.phase() == Phase::Running;
+        // The policy marks plain answers `Connection: close`, which is
+        // right toward the one-request upstream connection; toward the
+        // client, keep-alive is decided here.
+        let headers = response.headers_mut();
+        if keep_alive {
+            headers.remove(CONNECTION);
+        } else {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let mut out = BytesMut::new();
+        handshake::write_response_head(&response, &mut out);
+        if write_all_timeout(&mut self.io, &out, inner.timeouts.send)
+            .await
+            .is_err()
+        {
+            self.finish(Outcome::Abandoned);
+            return Next::Close;
+        }
+        let copied = copy_body(
+            &mut upstream,
+            &mut self.io,
+            &mut up_buf,
+            BodyScanner::new(body),
+            inner.timeouts.read,
+            inner.timeouts.send,
+        )
+        .await;
+        match copied {
+            Ok(n) => {
+                inner.counters.bytes(0, n);
+                self.finish(outcome);
+                if keep_alive {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                }
+            }
+            // The head is out: the only honest signal left is closing.
+            Err(_) => {
+                self.finish(Outcome::Abandoned);
+                Next::Close
+            }
+        }
+    }
+}
+
+/// True when the client allows another request on this connection.
+fn keeps_alive<B>(request: &Request<B>) -> bool {
+    let listed = |token: &str| {
+        request
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    match request.version() {
+        Version::HTTP_11 => !listed("close"),
+        _ => false,
+    }
+}
+
+pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
+    let text = match addr.as_socket_addr() {
+        Some(sa) => sa.to_string(),
+        None => format!("{}:{}", addr.host(), addr.port()),
+    };
+    text.parse()
+        .unwrap_or_else(|_| http::uri::Authority::from_static("upstream"))
+}
+
+/// Picks and connects, trying the next upstream after a refused or timed out
+/// connect (nginx `proxy_next_upstream error timeout`).
+///
+/// The error is 504 when every try timed out, otherwise 502.
+pub(super) async fn connect(
+    inner: &Inner,
+    group: &UpstreamGroup,
+    client: &Client,
+    request: &Request<()>,
+) -> Result<(Lease, TcpStream), StatusCode> {
+    let mut failed: Vec<UpstreamId> = Vec::new();
+    let mut only_timeouts = true;
+    for _ in 0..inner.max_tries {
+        let now = Instant::now().into_std();
+        let ctx = PickContext::new(client.ip(), request, now).with_failed(&failed);
+        let Ok(lease) = group.balancer().pick(&ctx) else {
+            break;
+        };
+        let connecting = connect_addr(lease.addr());
+        match timeout(inner.timeouts.connect, connecting).await {
+            Ok(Ok(stream)) => {
+                lease.report_success();
+                // WebSocket messages are latency-sensitive and already
+                // batched by their senders.
+                let _ = stream.set_nodelay(true);
+                return Ok((lease, stream));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = ?lease.addr(), error = %e, "connect failed");
+                only_timeouts = false;
+            }
+            Err(_) => tracing::warn!(upstream = ?lease.addr(), "connect timed out"),
+        }
+        lease.report_failure(Instant::now().into_std());
+        failed.push(lease.id());
+    }
+    Err(if !failed.is_empty() && only_timeouts {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::BAD_GATEWAY
+    })
+}
+
+async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
+    match addr.as_socket_addr() {
+        Some(sa) => TcpStream::connect(sa).await,
+        None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
+    }
+}
+
+/// Reads until `parse` completes a head, all within `deadline`.
+///
+/// The parser only runs when the bytes could hold a complete head (a blank
+/// line arrived) or the size limit is reached, so a head trickling in byte
+/// by byte costs linear time, not quadratic.
+pub(super) async fn read_head<R, T, E>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    max_head: usize,
+    mut parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
+) -> Result<T, HeadRead<E>>
+where
+    R: AsyncRead + Unpin,
+{
+    let read = async {
+        let mut scanned = 0usize;
+        loop {
+            let from = scanned.saturating_sub(3);
+            let blank_line = buf[from..].windows(2).any(|w| w == b"\n\n")
+                || buf[from..].windows(3).any(|w| w == b"\n\r\n");
+            scanned = buf.len();
+            if blank_line || buf.len() >= max_head {
+                match parse(buf).map_err(HeadRead::Parse)? {
+                    Status::Complete(head) => return Ok(head),
+                    Status::Partial => {}
+                }
+            }
+            buf.reserve(READ_CHUNK);
+            match io.read_buf(buf).await {
+                Ok(0) => {
+                    return Err(HeadRead::Eof {
+                        partial: !buf.is_empty(),
+                    })
+                }
+                Ok(_) => {}
+                Err(e) => return Err(HeadRead::Io(e)),
+            }
+        }
+    };
+    timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(HeadRead::Timeout))
+}
+
+pub(super) async fn write_all_timeout<W>(
+    io: &mut W,
+    bytes: &[u8],
+    limit: Duration,
+) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    match timeout(limit, io.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
+}
+
+enum CopyError {
+    Framing(BodyError),
+    Io,
+}
+
+/// Streams one body from `src` to `dst`, starting with the bytes already in
+/// `pending`; bytes after the body's end stay in `pending`.
+async fn copy_body<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    pending: &mut BytesMut,
+    mut scanner: BodyScanner,
+    read_timeout: Duration,
+    send_timeout: Duration,
+) -> Result<u64, CopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        if !pending.is_empty() {
+            let scan = scanner.scan(pending).map_err(CopyError::Framing)?;
+            let chunk = pending.split_to(scan.consumed);
+            write_all_timeout(dst, &chunk, send_timeout)
+                .await
+                .map_err(|_| CopyError::Io)?;
+            total += chunk.len() as u64;
+        }
+        if scanner.is_done() {
+            return Ok(total);
+        }
+        pending.reserve(READ_CHUNK);
+        match timeout(read_timeout, src.read_buf(pending)).await {
+            Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Io),
+            Ok(Ok(_)) => {}
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Cheap counters a host exports: plain atomics bumped once per event.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use http::StatusCode;
+
+/// How one request or connection ended, as counted in [`CountersSnapshot`] and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// A WebSocket tunnel ran and ended.
+    Tunneled,
+    /// A plain HTTP request was proxied and answered by the upstream.
+    Proxied,
+    /// An upgrade was answered without 101 and the answer relayed.
+    UpgradeRefused,
+    /// The proxy answered a CORS preflight itself (204).
+    Preflight,
+    /// The proxy answered with an error status itself.
+    Rejected(StatusCode),
+    /// The client went away or timed out before a full request head.
+    Abandoned,
+}
+
+/// Live counters of a [`Proxy`](super::Proxy); read them with
+/// [`snapshot`](Self::snapshot).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    requests: AtomicU64,
+    handshakes: AtomicU64,
+    tunnels_active: AtomicU64,
+    tunnels_total: AtomicU64,
+    proxied: AtomicU64,
+    upgrade_refused: AtomicU64,
+    abandoned: AtomicU64,
+    bytes_from_client: AtomicU64,
+    bytes_from_upstream: AtomicU64,
+    rejected: [AtomicU64; REJECT_STATUSES.len()],
+    rejected_other: AtomicU64,
+}
+
+/// The statuses the proxy answers with itself, counted one by one.
+const REJECT_STATUSES: [u16; 10] = [400, 403, 404, 408, 413, 426, 431, 500, 502, 504];
+
+impl Counters {
+    pub(crate) fn connection(&self) {
+        self.connections.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handshake(&self) {
+        self.handshakes.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn tunnel_started(&self) {
+        self.tunnels_active.fetch_add(1, Relaxed);
+        self.tunnels_total.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn tunnel_ended(&self, from_client: u64, from_upstream: u64) {
+        self.tunnels_active.fetch_sub(1, Relaxed);
+        self.bytes(from_client, from_upstream);
+    }
+
+    pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
+        self.bytes_from_client.fetch_add(from_client, Relaxed);
+        self.bytes_from_upstream.fetch_add(from_upstream, Relaxed);
+    }
+
+    pub(crate) fn outcome(&self, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Tunneled | Outcome::Preflight => return,
+            Outcome::Proxied => &self.proxied,
+            Outcome::UpgradeRefused => &self.upgrade_refused,
+            Outcome::Abandoned => &self.abandoned,
+            Outcome::Rejected(status) => REJECT_STATUSES
+                .iter()
+                .position(|s| *s == status.as_u16())
+                .map_or(&self.rejected_other, |i| &self.rejected[i]),
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> CountersSnapshot {
+        CountersSnapshot {
+            connections: self.connections.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            handshakes: self.handshakes.load(Relaxed),
+            tunnels_active: self.tunnels_active.load(Relaxed),
+            tunnels_total: self.tunnels_total.load(Relaxed),
+            proxied: self.proxied.load(Relaxed),
+            upgrade_refused: self.upgrade_refused.load(Relaxed),
+            abandoned: self.abandoned.load(Relaxed),
+            bytes_from_client: self.bytes_from_client.load(Relaxed),
+            bytes_from_upstream: self.bytes_from_upstream.load(Relaxed),
+            rejected: REJECT_STATUSES
+                .iter()
+                .zip(&self.rejected)
+                .filter_map(|(s, c)| {
+                    let n = c.load(Relaxed);
+                    let status = StatusCode::from_u16(*s).ok()?;
+                    (n > 0).then_some((status, n))
+                })
+                .collect(),
+            rejected_other: self.rejected_other.load(Relaxed),
+        }
+    }
+}
+
+/// A point-in-time copy of a proxy's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CountersSnapshot {
+    /// Client connections served.
+    pub connections: u64,
+    /// Request heads read (a keep-alive connection carries several).
+    pub requests: u64,
+    /// WebSocket upgrade requests among them.
+    pub handshakes: u64,
+    /// Tunnels open now.
+    pub tunnels_active: u64,
+    /// Tunnels opened since start.
+    pub tunnels_total: u64,
+    /// Plain HTTP requests answered by an upstream.
+    pub proxied: u64,
+    /// Upgrades the upstream answered without 101 (answer relayed).
+    pub upgrade_refused: u64,
+    /// Connections that ended before a complete request head.
+    pub abandoned: u64,
+    /// Bytes the clients sent through tunnels and bodies.
+    pub bytes_from_client: u64,
+    /// Bytes the upstreams sent through tunnels and bodies.
+    pub bytes_from_upstream: u64,
+    /// Answers the proxy made itself, by status (only non-zero ones).
+    pub rejected: Vec<(StatusCode, u64)>,
+    /// Proxy-made answers with a status outside that list.
+    pub rejected_other: u64,
+}
+
+impl CountersSnapshot {
+    /// How many answers with `status` the proxy made itself.
+    pub fn rejected_with(&self, status: StatusCode) -> u64 {
+        self.rejected
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+}

@@ -1,0 +1,471 @@
+//! The proxy: serves one accepted client connection end to end.
+//!
+//! [`Proxy`] joins the sans-IO core ([`handshake`](crate::handshake),
+//! [`forward`](crate::forward), [`route`](crate::route),
+//! [`balance`](crate::balance)) and the [`tunnel`](mod@crate::tunnel). It does not
+//! accept sockets: [`Server`](crate::server::Server) does, or the host
+//! application's own accept loop calls [`Proxy::serve`].
+//!
+//! One connection, step by step, as the classic nginx WebSocket configuration
+//! behaves:
+//!
+//! 1. read the request head within the handshake timeout
+//!    (`client_header_timeout`, whole head, however slowly it trickles in);
+//! 2. refuse bad requests with the core's status (400, 403, 404, 426, 431), a
+//!    short body and `Connection: close`;
+//! 3. pick an upstream and connect within the connect timeout
+//!    (`proxy_connect_timeout`), trying the next one after a refused or timed
+//!    out connect (`proxy_next_upstream error timeout`): 502 or 504 when none
+//!    is left;
+//! 4. send the rewritten head; read the answer within the read timeout
+//!    (`proxy_read_timeout`, 504);
+//! 5. a WebSocket upgrade that the upstream completes (101 with a valid
+//!    `Sec-WebSocket-Accept`) becomes a [`tunnel`](crate::tunnel::tunnel);
+//!    anything else is relayed as an ordinary HTTP answer and the client's
+//!    next bytes are read as a new request, never tunneled.
+//!
+//! Plain HTTP requests are proxied too, bodies streamed both ways, with
+//! keep-alive toward the client (`keepalive_timeout`, `keepalive_requests`)
+//! and `Connection: close` toward the upstream.
+
+pub(crate) mod conn;
+mod counters;
+mod upgrade;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::balance::Balancer;
+use crate::forward::{ForwardPolicy, Scheme};
+use crate::handshake::Limits;
+use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
+use crate::tunnel::{TunnelConfig, TunnelStats};
+
+pub use counters::{CountersSnapshot, Outcome};
+pub use upgrade::{PendingUpgrade, UpgradeError};
+
+use counters::Counters;
+
+/// A named set of upstreams with the balancer that chooses among them
+/// (nginx `upstream name { ... }`).
+#[derive(Clone)]
+pub struct UpstreamGroup {
+    name: Arc<str>,
+    balancer: Arc<dyn Balancer>,
+}
+
+impl UpstreamGroup {
+    /// A group named `name` balanced by `balancer`.
+    pub fn new(name: impl Into<Arc<str>>, balancer: impl Balancer + 'static) -> Self {
+        Self::from_arc(name, Arc::new(balancer))
+    }
+
+    /// A group around a balancer the host application keeps a handle to
+    /// (to change its upstream set at run time, for instance).
+    pub fn from_arc(name: impl Into<Arc<str>>, balancer: Arc<dyn Balancer>) -> Self {
+        Self {
+            name: name.into(),
+            balancer,
+        }
+    }
+
+    /// The group's name, as logged.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The group's balancer.
+    pub fn balancer(&self) -> &Arc<dyn Balancer> {
+        &self.balancer
+    }
+}
+
+impl fmt::Debug for UpstreamGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamGroup")
+            .field("name", &self.name)
+            .field("balancer", &self.balancer)
+            .finish()
+    }
+}
+
+/// How long a half-closed tunnel may run by default.
+const DEFAULT_LINGER: Duration = Duration::from_secs(5);
+
+/// The proxy's timeouts; defaults mirror nginx except where noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timeouts {
+    /// Whole request head, from the first byte awaited to the last
+    /// (nginx `client_header_timeout`, 60 s).
+    pub handshake: Duration,
+    /// TCP connect to one upstream (nginx `proxy_connect_timeout`; 4 s as in
+    /// the classic WebSocket configuration rather than nginx's 60 s).
+    pub connect: Duration,
+    /// Between two reads from the upstream: its answer head, body, and an
+    /// established tunnel's upstream side (nginx `proxy_read_timeout`, 60 s).
+    pub read: Duration,
+    /// A write toward either peer that makes no progress
+    /// (nginx `proxy_send_timeout` and `send_timeout`, 60 s).
+    pub send: Duration,
+    /// An idle keep-alive client connection between requests
+    /// (nginx `keepalive_timeout`, 75 s).
+    pub keepalive: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            handshake: Duration::from_secs(60),
+            connect: Duration::from_secs(4),
+            read: Duration::from_secs(60),
+            send: Duration::from_secs(60),
+            keepalive: Duration::from_secs(75),
+        }
+    }
+}
+
+/// An embeddable WebSocket-aware reverse proxy; cheap to clone (one `Arc`).
+///
+/// ```
+/// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+/// use wsproxy::forward::{ForwardPolicy, Scheme};
+/// use wsproxy::Proxy;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let upstreams = [Upstream::new("127.0.0.1:8010".parse::<std::net::SocketAddr>()?)].into_iter().collect::<UpstreamSet>();
+/// let proxy = Proxy::builder()
+///     .upstream(RoundRobin::new(upstreams))
+///     .policy(ForwardPolicy::nginx())
+///     .build()?;
+///
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let (stream, peer) = listener.accept().await?;
+/// let report = proxy.serve(stream, peer, Scheme::Http).await;
+/// println!("{} requests", report.requests);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    routes: Routes<UpstreamGroup>,
+    policy: ForwardPolicy,
+    limits: Limits,
+    timeouts: Timeouts,
+    tunnel: TunnelConfig,
+    max_tries: usize,
+    keepalive_requests: u32,
+    counters: Counters,
+}
+
+impl Proxy {
+    /// Starts a configuration.
+    pub fn builder() -> ProxyBuilder {
+        ProxyBuilder::default()
+    }
+
+    /// Serves one accepted client connection until it ends: every request on
+    /// it (keep-alive), and the tunnel if one of them upgrades.
+    ///
+    /// `peer` is the socket peer address; `scheme` is the listener's (`Https`
+    /// behind TLS termination). Never panics and never waits unbounded: each
+    /// step runs under its timeout.
+    pub async fn serve<S>(&self, io: S, peer: SocketAddr, scheme: Scheme) -> ConnectionReport
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.serve_with_shutdown(io, peer, scheme, std::future::pending())
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), but `shutdown` ends the connection early:
+    /// an idle keep-alive connection is closed, a request in progress is
+    /// finished, and a tunnel is shut down cleanly on both sides.
+    pub async fn serve_with_shutdown<S, F>(
+        &self,
+        io: S,
+        peer: SocketAddr,
+        scheme: Scheme,
+        shutdown: F,
+    ) -> ConnectionReport
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+        F: Future<Output = ()> + Send,
+    {
+        let (tx, rx) = watch::channel(Phase::Running);
+        let listener = conn::Listener::new(scheme, None);
+        let serve = async {
+            let (mut report, upgraded) =
+                conn::serve(&self.inner, io, peer, listener, Drain { rx }).await;
+            if let Some(upgraded) = upgraded {
+                report.tunnel = Some(upgraded.run().await);
+            }
+            report
+        };
+        tokio::pin!(serve);
+        tokio::select! {
+            report = &mut serve => report,
+            () = shutdown => {
+                let _ = tx.send(Phase::Cut);
+                serve.await
+            }
+        }
+    }
+
+    /// Serves until the connection closes or upgrades, handing an upgraded
+    /// connection back so that the server runs its tunnel as its own task.
+    pub(crate) async fn serve_until_upgrade<S>(
+        &self,
+        io: S,
+        peer: SocketAddr,
+        listener: conn::Listener,
+        drain: Drain,
+    ) -> (ConnectionReport, Option<conn::Upgraded<S>>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        conn::serve(&self.inner, io, peer, listener, drain).await
+    }
+
+    /// A copy of the live counters.
+    pub fn counters(&self) -> CountersSnapshot {
+        self.inner.counters.snapshot()
+    }
+
+    /// The route table.
+    pub fn routes(&self) -> &Routes<UpstreamGroup> {
+        &self.inner.routes
+    }
+}
+
+/// What serving one client connection did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ConnectionReport {
+    /// Request heads read on the connection.
+    pub requests: u32,
+    /// How the last request ended, if any was read.
+    pub outcome: Option<Outcome>,
+    /// The tunnel's figures, if the connection was upgraded.
+    pub tunnel: Option<TunnelStats>,
+}
+
+/// Builds a [`Proxy`]; [`build`](Self::build) validates.
+#[derive(Debug)]
+pub struct ProxyBuilder {
+    routes: RoutesBuilder<UpstreamGroup>,
+    policy: ForwardPolicy,
+    limits: Limits,
+    timeouts: Timeouts,
+    tunnel: Option<TunnelConfig>,
+    max_tries: usize,
+    keepalive_requests: u32,
+}
+
+impl Default for ProxyBuilder {
+    fn default() -> Self {
+        Self {
+            routes: Routes::builder(),
+            policy: ForwardPolicy::nginx(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+            tunnel: None,
+            max_tries: 3,
+            keepalive_requests: 1000,
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// Sends every host and path to one balancer (nginx `location /` with
+    /// `proxy_pass http://backend;`).
+    pub fn upstream(self, balancer: impl Balancer + 'static) -> Self {
+        self.route(Route::new("/", UpstreamGroup::new("default", balancer)))
+    }
+
+    /// Adds a route (nginx `server_name` + `location`).
+    pub fn route(mut self, route: Route<UpstreamGroup>) -> Self {
+        self.routes = self.routes.route(route);
+        self
+    }
+
+    /// The header forwarding policy (default: [`ForwardPolicy::nginx`]).
+    pub fn policy(mut self, policy: ForwardPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Request and response head limits (default: 16 KiB, 100 headers).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// All timeouts at once.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// nginx `client_header_timeout` (default 60 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.handshake = timeout;
+        self
+    }
+
+    /// nginx `proxy_connect_timeout` (default 4 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.connect = timeout;
+        self
+    }
+
+    /// nginx `proxy_read_timeout` (default 60 s); also ends a tunnel whose
+    /// upstream stays silent this long, as nginx does.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.read = timeout;
+        self
+    }
+
+    /// nginx `proxy_send_timeout` (default 60 s).
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.send = timeout;
+        self
+    }
+
+    /// nginx `keepalive_timeout` (default 75 s).
+    pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.keepalive = timeout;
+        self
+    }
+
+    /// nginx `keepalive_requests` (default 1000): requests served on one
+    /// client connection before it is closed.
+    pub fn keepalive_requests(mut self, requests: u32) -> Self {
+        self.keepalive_requests = requests;
+        self
+    }
+
+    /// Upstreams tried per request, the first included (nginx
+    /// `proxy_next_upstream_tries`; default 3).
+    pub fn max_tries(mut self, tries: usize) -> Self {
+        self.max_tries = tries;
+        self
+    }
+
+    /// The tunnel's timeouts. By default they follow the proxy's: the
+    /// upstream side's read timeout is the read timeout and the send timeout
+    /// is the send timeout, as in nginx's upgraded connections; after one
+    /// side closes, the other has 5 s to finish (nginx closes both at once;
+    /// the linger lets a WebSocket closing handshake complete).
+    pub fn tunnel(mut self, config: TunnelConfig) -> Self {
+        self.tunnel = Some(config);
+        self
+    }
+
+    /// Validates and builds the proxy.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyConfigError`] for a route table that does not build (no route
+    /// at all included), zero tries or a zero timeout.
+    pub fn build(self) -> Result<Proxy, ProxyConfigError> {
+        if self.max_tries == 0 {
+            return Err(ProxyConfigError::ZeroTries);
+        }
+        let t = self.timeouts;
+        for (name, d) in [
+            ("handshake", t.handshake),
+            ("connect", t.connect),
+            ("read", t.read),
+            ("send", t.send),
+            ("keepalive", t.keepalive),
+        ] {
+            if d.is_zero() {
+                return Err(ProxyConfigError::ZeroTimeout(name));
+            }
+        }
+        let tunnel = self.tunnel.unwrap_or_else(|| {
+            TunnelConfig::new()
+                .upstream_read_timeout(t.read)
+                .send_timeout(t.send)
+                .linger_timeout(DEFAULT_LINGER)
+        });
+        Ok(Proxy {
+            inner: Arc::new(Inner {
+                routes: self.routes.build()?,
+                policy: self.policy,
+                limits: self.limits,
+                timeouts: t,
+                tunnel,
+                max_tries: self.max_tries,
+                keepalive_requests: self.keepalive_requests.max(1),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// A proxy configuration that cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyConfigError {
+    /// The route table is invalid or empty.
+    #[error("invalid routes")]
+    Routes(#[from] RouteConfigError),
+    /// `max_tries` is zero.
+    #[error("max_tries must be at least 1")]
+    ZeroTries,
+    /// A timeout is zero.
+    #[error("{0} timeout must be greater than zero")]
+    ZeroTimeout(&'static str),
+}
+
+/// Where a server's shutdown stands, as seen by each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Running,
+    /// Stop taking new requests; finish what runs.
+    Draining,
+    /// End tunnels now.
+    Cut,
+}
+
+/// A connection's view of its server's shutdown.
+#[derive(Debug, Clone)]
+pub(crate) struct Drain {
+    rx: watch::Receiver<Phase>,
+}
+
+impl Drain {
+    pub(crate) fn new(rx: watch::Receiver<Phase>) -> Self {
+        Self { rx }
+    }
+
+    fn phase(&self) -> Phase {
+        *self.rx.borrow()
+    }
+
+    /// Resolves once the phase is at least `phase`; never, if the sender is
+    /// gone before that.
+    async fn reached(mut self, phase: Phase) {
+        let at_least = |p: &Phase| match phase {
+            Phase::Running => true,
+            Phase::Draining => *p != Phase::Running,
+            Phase::Cut => *p == Phase::Cut,
+        };
+        if self.rx.wait_for(at_least).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Entering with a request that another server already parsed (hyper,
+//! axum): connect and complete the upstream's upgrade first, then tunnel the
+//! client's upgraded stream once the host has sent the 101.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::conn::{self, HeadRead, Listener};
+use super::{Inner, Proxy};
+use crate::balance::Lease;
+use crate::forward::{ForwardContext, ForwardError, Scheme};
+use crate::handshake::{self, HandshakeError, RequestKind, ResponseKind};
+use crate::route::RouteError;
+use crate::tunnel::{tunnel, Prefixed, TunnelStats};
+
+impl Proxy {
+    /// Opens the upstream side of a WebSocket upgrade for a request another
+    /// server parsed: routes, checks the policy, connects (with retries),
+    /// sends the rewritten head and validates the upstream's 101.
+    ///
+    /// On success, send [`PendingUpgrade::response`] to the client (hyper:
+    /// return it from the handler), then pass the upgraded client stream to
+    /// [`PendingUpgrade::tunnel`].
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::forward::Scheme;
+    /// use wsproxy::Proxy;
+    ///
+    /// # async fn handler(
+    /// #     proxy: Proxy,
+    /// #     request: http::Request<()>,
+    /// #     client_io: tokio::io::DuplexStream,
+    /// # ) -> Result<(), Box<dyn std::error::Error>> {
+    /// let peer = "127.0.0.1:50000".parse()?;
+    /// match proxy.connect_upgrade(request, peer, Scheme::Http).await {
+    ///     Ok(pending) => {
+    ///         // hyper: respond with `pending.response()`, then
+    ///         // `hyper::upgrade::on(req).await?` gives the client stream.
+    ///         let stats = pending.tunnel(client_io).await;
+    ///         println!("{} bytes up", stats.client_to_upstream);
+    ///     }
+    ///     Err(e) => println!("answer {}", e.status()),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`UpgradeError`], whose [`status`](UpgradeError::status) is the answer
+    /// to give the client.
+    pub async fn connect_upgrade(
+        &self,
+        request: Request<()>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Result<PendingUpgrade, UpgradeError> {
+        let inner = &self.inner;
+        // The same checks as for a head read from a socket: the request
+        // goes through the parser once more rather than a second rule set.
+        let mut head = BytesMut::new();
+        handshake::write_request_head(&request, &mut head);
+        let handshake::Status::Complete(head) = handshake::parse_request(&mut head, &inner.limits)?
+        else {
+            return Err(UpgradeError::NotUpgrade);
+        };
+        let (mut request, kind) = head.into_parts();
+        if !matches!(kind, RequestKind::WebSocket(_)) {
+            return Err(UpgradeError::NotUpgrade);
+        }
+        let client = inner.policy.resolve_client(peer, request.headers(), scheme);
+        let (group, path) = {
+            let hit = inner.routes.find_for(&request)?;
+            (hit.target().clone(), hit.path_and_query().into_owned())
+        };
+        inner.policy.check(&request, true)?;
+        inner.counters.handshake();
+        let (lease, mut upstream) = conn::connect(inner, &group, &client, &request)
+            .await
+            .map_err(UpgradeError::Unreachable)?;
+        *request.uri_mut() = path.parse().map_err(|_| UpgradeError::NotUpgrade)?;
+        let listener = Listener::new(scheme, None);
+        let ctx = ForwardContext::new(
+            peer,
+            scheme,
+            listener.port,
+            conn::authority_of(lease.addr()),
+        )
+        .with_websocket(true);
+        inner.policy.rewrite_request(&mut request, &client, &ctx);
+
+        let mut out = BytesMut::new();
+        handshake::write_request_head(&request, &mut out);
+        conn::write_all_timeout(&mut upstream, &out, inner.timeouts.send)
+            .await
+            .map_err(|_| UpgradeError::Unreachable(StatusCode::BAD_GATEWAY))?;
+        let mut buf = BytesMut::new();
+        let limits = &inner.limits;
+        let deadline = Instant::now() + inner.timeouts.read;
+        let mut response = conn::read_head(
+            &mut upstream,
+            &mut buf,
+            deadline,
+            limits.max_head_bytes(),
+            |b| handshake::parse_response(b, limits),
+        )
+        .await
+        .map_err(|e| match e {
+            HeadRead::Timeout => UpgradeError::Unreachable(StatusCode::GATEWAY_TIMEOUT),
+            _ => UpgradeError::Unreachable(StatusCode::BAD_GATEWAY),
+        })?;
+        match handshake::classify_response(&kind, &response) {
+            Ok(ResponseKind::Switched) => {}
+            Ok(_) => return Err(UpgradeError::NotSwitched(response.status())),
+            Err(_) => return Err(UpgradeError::InvalidSwitch),
+        }
+        inner.policy.rewrite_response(&mut response, &client, &ctx);
+        Ok(PendingUpgrade {
+            inner: self.inner.clone(),
+            response,
+            upstream,
+            prefix: buf.freeze(),
+            lease,
+        })
+    }
+}
+
+/// An upstream that completed its WebSocket upgrade, waiting for the client
+/// side; see [`Proxy::connect_upgrade`].
+#[derive(Debug)]
+pub struct PendingUpgrade {
+    inner: Arc<Inner>,
+    response: Response<()>,
+    upstream: TcpStream,
+    prefix: Bytes,
+    lease: Lease,
+}
+
+impl PendingUpgrade {
+    /// The rewritten 101 answer to send to the client.
+    pub fn response(&self) -> &Response<()> {
+        &self.response
+    }
+
+    /// Tunnels the client's upgraded stream to the upstream until either
+    /// side ends, with the proxy's tunnel timeouts. Bytes the upstream sent
+    /// right after its 101 go first.
+    pub async fn tunnel<C>(self, client: C) -> TunnelStats
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let counters = &self.inner.counters;
+        counters.tunnel_started();
+        let stats = tunnel(
+            client,
+            Prefixed::new(self.prefix, self.upstream),
+            &self.inner.tunnel,
+            std::future::pending(),
+        )
+        .await;
+        drop(self.lease);
+        counters.tunnel_ended(stats.client_to_upstream, stats.upstream_to_client);
+        stats
+    }
+}
+
+/// Why [`Proxy::connect_upgrade`] opened no tunnel.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpgradeError {
+    /// The request is not a WebSocket upgrade.
+    #[error("request is not a websocket upgrade")]
+    NotUpgrade,
+    /// The request breaks the WebSocket handshake rules.
+    #[error(transparent)]
+    Handshake(#[from] HandshakeError),
+    /// No route for the request.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The forwarding policy refused it (Origin).
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// No upstream was reached, or it did not answer in time (502 or 504).
+    #[error("upstream unreachable or silent ({0})")]
+    Unreachable(StatusCode),
+    /// The upstream answered without switching protocols.
+    #[error("upstream answered {0} instead of 101")]
+    NotSwitched(StatusCode),
+    /// The upstream's 101 does not complete the upgrade.
+    #[error("upstream sent an invalid upgrade answer")]
+    InvalidSwitch,
+}
+
+impl UpgradeError {
+    /// The status to answer the client with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotUpgrade => StatusCode::BAD_REQUEST,
+            Self::Handshake(e) => e.status(),
+            Self::Route(e) => e.status(),
+            Self::Forward(e) => e.status(),
+            Self::Unreachable(status) | Self::NotSwitched(status) => *status,
+            Self::InvalidSwitch => StatusCode::BAD_GATEWAY,
+        }
+    }
+}

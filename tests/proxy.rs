@@ -1,0 +1,780 @@
+//! End to end through `Proxy` and `Server` on loopback, with tokio-tungstenite
+//! as the real WebSocket client and upstream.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use wsproxy::balance::{
+    ConsistentHash, HashKey, IpHash, LeastConn, RoundRobin, Upstream, UpstreamSet,
+};
+use wsproxy::route::Route;
+use wsproxy::server::{DrainReport, Server};
+use wsproxy::{Proxy, ProxyBuilder, UpstreamGroup};
+
+use support::*;
+
+/// A running gateway: its address, the proxy (for counters) and a handle to
+/// stop it.
+struct Gateway {
+    addr: SocketAddr,
+    proxy: Proxy,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<DrainReport>,
+}
+
+impl Gateway {
+    /// A gateway whose shutdown cuts open tunnels after one second.
+    async fn start(builder: ProxyBuilder) -> Self {
+        Self::start_with(builder, |s| s.drain_timeout(Duration::from_secs(1))).await
+    }
+
+    async fn start_with(builder: ProxyBuilder, server: impl FnOnce(Server) -> Server) -> Self {
+        let proxy = builder.build().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = server(Server::new(proxy.clone()));
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap()
+        });
+        Self {
+            addr,
+            proxy,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) -> DrainReport {
+        let _ = self.stop.take().unwrap().send(());
+        // Long enough for any drain window used here, also on a paused clock.
+        within(Duration::from_secs(120), "server shutdown", self.task)
+            .await
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+}
+
+fn set(addrs: &[SocketAddr]) -> UpstreamSet {
+    addrs.iter().map(|a| Upstream::new(*a)).collect()
+}
+
+fn round_robin(addrs: &[SocketAddr]) -> ProxyBuilder {
+    Proxy::builder().upstream(RoundRobin::new(set(addrs)))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn connect(url: &str) -> Ws {
+    bounded("websocket connect", tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .0
+}
+
+async fn next_data(ws: &mut Ws) -> Message {
+    loop {
+        let msg = bounded("a message", ws.next()).await.unwrap().unwrap();
+        if msg.is_text() || msg.is_binary() || msg.is_close() {
+            return msg;
+        }
+    }
+}
+
+/// A raw request to the proxy; returns everything it answered until close.
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned()
+}
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_head(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A client frame (masked) with the given opcode.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn echoes_text_binary_large_fragmented_ping_and_close_codes() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let gw = Gateway::start(round_robin(&[up.addr])).await;
+    let mut ws = connect(&gw.url("/echo")).await;
+
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_data(&mut ws).await,
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let Message::Binary(got) = next_data(&mut ws).await else {
+        panic!("expected binary");
+    };
+    assert!(got[..] == big[..], "16 MiB message corrupted");
+
+    // A fragmented message: raw frames through the same tunnel.
+    let mut raw = TcpStream::connect(gw.addr).await.unwrap();
+    let mut bytes = upgrade_head("/", "").into_bytes();
+    raw.write_all(&bytes).await.unwrap();
+    let head = read_until(&mut raw, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    bytes.clear();
+    let mut first = masked_frame(0x1, b"frag");
+    first[0] &= 0x7f; // FIN off
+    bytes.extend(first);
+    bytes.extend(masked_frame(0x0, b"mented"));
+    raw.write_all(&bytes).await.unwrap();
+    let echoed = read_until(&mut raw, b"fragmented").await;
+    assert!(echoed.ends_with(b"fragmented"), "{echoed:?}");
+
+    // Ping gets its pong through the tunnel, from the upstream.
+    ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
+    let pong = loop {
+        match bounded("pong", ws.next()).await.unwrap().unwrap() {
+            Message::Pong(p) => break p,
+            _ => continue,
+        }
+    };
+    assert_eq!(&pong[..], b"p");
+
+    // Close code from the client reaches the upstream, which echoes it back.
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Library(4001),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    let Message::Close(Some(frame)) = next_data(&mut ws).await else {
+        panic!("expected close frame");
+    };
+    assert_eq!(frame.code, CloseCode::Library(4001));
+    assert_eq!(frame.reason.as_str(), "bye");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_sees_rewritten_headers_and_subprotocol_is_negotiated() {
+    let up = ws_upstream(WsUpstreamOptions {
+        pick_protocol: true,
+        ..Default::default()
+    })
+    .await;
+    let gw = Gateway::start(round_robin(&[up.addr])).await;
+    let mut req = gw.url("/chat?room=1").into_client_request().unwrap();
+    let h = req.headers_mut();
+    h.insert("host", "chat.example.com".parse().unwrap());
+    h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+    h.insert("x-real-ip", "203.0.113.66".parse().unwrap());
+    h.insert("x-forwarded-proto", "https".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("x-secret", "1".parse().unwrap());
+    h.insert("connection", "Upgrade, X-Secret".parse().unwrap());
+    h.insert(
+        "sec-websocket-protocol",
+        "chat.v2, chat.v1".parse().unwrap(),
+    );
+    let (mut ws, resp) = bounded("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("x"));
+
+    let seen = up.seen.lock().unwrap()[0].clone();
+    let h = seen.headers();
+    assert_eq!(
+        seen.uri().path_and_query().unwrap().as_str(),
+        "/chat?room=1"
+    );
+    assert_eq!(h["host"], "chat.example.com");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+    assert!(h.get("keep-alive").is_none());
+    assert!(
+        h.get("x-secret").is_none(),
+        "Connection-listed header forwarded"
+    );
+    assert_eq!(h["sec-websocket-protocol"], "chat.v2, chat.v1");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn first_frames_sent_with_either_head_arrive() {
+    // The upstream writes its 101 and a first frame in one write.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_until(&mut s, b"\r\n\r\n").await;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
+        let mut out = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .into_bytes();
+        out.extend_from_slice(&[0x81, 5]);
+        out.extend_from_slice(b"hello");
+        s.write_all(&out).await.unwrap();
+        // Whatever the client sent after its head, as the upstream sees it.
+        let mut rest = head[head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..].to_vec();
+        while rest.len() < 8 {
+            let mut b = [0u8; 64];
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0, "upstream saw EOF before the client's first frame");
+            rest.extend_from_slice(&b[..n]);
+        }
+        rest
+    });
+    let gw = Gateway::start(round_robin(&[up_addr])).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let mut bytes = upgrade_head("/", "").into_bytes();
+    let frame = masked_frame(0x2, b"hi");
+    bytes.extend_from_slice(&frame);
+    client.write_all(&bytes).await.unwrap();
+    let got = read_until(&mut client, b"hello").await;
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert!(got.ends_with(&[0x81, 5, b'h', b'e', b'l', b'l', b'o']));
+    let at_upstream = bounded("upstream", upstream).await.unwrap();
+    assert_eq!(at_upstream, frame);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn routes_by_host_and_prefix_with_stripping() {
+    let a = ws_upstream(WsUpstreamOptions::default()).await;
+    let b = ws_upstream(WsUpstreamOptions::default()).await;
+    let builder = Proxy::builder()
+        .route(Route::new(
+            "/",
+            UpstreamGroup::new("a", RoundRobin::new(set(&[a.addr]))),
+        ))
+        .route(
+            Route::new(
+                "/live/",
+                UpstreamGroup::new("b", RoundRobin::new(set(&[b.addr]))),
+            )
+            .strip_prefix(),
+        )
+        .route(
+            Route::new(
+                "/",
+                UpstreamGroup::new("b-host", RoundRobin::new(set(&[b.addr]))),
+            )
+            .host("*.b.test"),
+        );
+    let gw = Gateway::start(builder).await;
+    connect(&gw.url("/live/feed?x=1")).await;
+    connect(&gw.url("/other")).await;
+    let mut req = gw.url("/host-routed").into_client_request().unwrap();
+    req.headers_mut()
+        .insert("host", "x.b.test".parse().unwrap());
+    bounded("connect", tokio_tungstenite::connect_async(req))
+        .await
+        .unwrap();
+
+    let paths = |u: &WsUpstream| -> Vec<String> {
+        u.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.uri().to_string())
+            .collect()
+    };
+    assert_eq!(paths(&a), ["/other"]);
+    assert_eq!(paths(&b), ["/feed?x=1", "/host-routed"]);
+
+    // No route for this host's server: 404.
+    let t = Gateway::start(
+        Proxy::builder().route(
+            Route::new(
+                "/only",
+                UpstreamGroup::new("a", RoundRobin::new(set(&[a.addr]))),
+            )
+            .host("a.test"),
+        ),
+    )
+    .await;
+    let answer = raw_exchange(t.addr, upgrade_head("/", "").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("connection: close") || answer.contains("Connection: close"));
+    gw.shutdown().await;
+    t.shutdown().await;
+}
+
+/// Opens `n` connections (each with the same client address, 127.0.0.1) and
+/// returns how many each upstream saw.
+async fn spread(gw: &Gateway, ups: &[&WsUpstream], n: usize, path: &str) -> Vec<usize> {
+    let mut open = Vec::new();
+    for _ in 0..n {
+        open.push(connect(&gw.url(path)).await);
+    }
+    ups.iter().map(|u| u.seen.lock().unwrap().len()).collect()
+}
+
+#[tokio::test]
+async fn strategies_are_observable_through_the_proxy() {
+    let ups = [
+        ws_upstream(WsUpstreamOptions::default()).await,
+        ws_upstream(WsUpstreamOptions::default()).await,
+        ws_upstream(WsUpstreamOptions::default()).await,
+    ];
+    let refs: Vec<&WsUpstream> = ups.iter().collect();
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+
+    // Round-robin: even.
+    let gw = Gateway::start(round_robin(&addrs)).await;
+    assert_eq!(spread(&gw, &refs, 6, "/").await, [2, 2, 2]);
+    gw.shutdown().await;
+
+    // Weighted 3:1:1 over 5 picks.
+    let weighted: UpstreamSet = UpstreamSet::from_iter([
+        Upstream::new(addrs[0]).weight(3),
+        Upstream::new(addrs[1]),
+        Upstream::new(addrs[2]),
+    ]);
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(weighted))).await;
+    assert_eq!(spread(&gw, &refs, 5, "/").await, [2 + 3, 2 + 1, 2 + 1]);
+    gw.shutdown().await;
+
+    // IP hash: one client address, always the same upstream.
+    let before: Vec<usize> = refs.iter().map(|u| u.seen.lock().unwrap().len()).collect();
+    let gw = Gateway::start(Proxy::builder().upstream(IpHash::new(set(&addrs)))).await;
+    let after = spread(&gw, &refs, 6, "/").await;
+    let grew: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(grew.iter().filter(|g| **g == 6).count(), 1, "{grew:?}");
+    gw.shutdown().await;
+
+    // Consistent hash on ?room=: one room, one upstream.
+    let before: Vec<usize> = refs.iter().map(|u| u.seen.lock().unwrap().len()).collect();
+    let ring = ConsistentHash::new(set(&addrs), HashKey::Query("room".into()));
+    let gw = Gateway::start(Proxy::builder().upstream(ring)).await;
+    let after = spread(&gw, &refs, 5, "/chat?room=42").await;
+    let grew: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(grew.iter().filter(|g| **g == 5).count(), 1, "{grew:?}");
+    gw.shutdown().await;
+
+    // Least-conn: with connections held open, new ones go to the least
+    // loaded, so three held connections land on three upstreams.
+    let before: Vec<usize> = refs.iter().map(|u| u.seen.lock().unwrap().len()).collect();
+    let gw = Gateway::start(Proxy::builder().upstream(LeastConn::new(set(&addrs)))).await;
+    let after = spread(&gw, &refs, 3, "/").await;
+    let grew: Vec<usize> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(grew, [1, 1, 1]);
+    gw.shutdown().await;
+}
+
+async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+#[tokio::test]
+async fn a_down_upstream_is_skipped_and_all_down_is_502() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let dead = closed_port().await;
+    let gw = Gateway::start(round_robin(&[dead, up.addr])).await;
+    for _ in 0..4 {
+        let mut ws = connect(&gw.url("/")).await;
+        ws.send(Message::text("ok")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("ok"));
+    }
+    gw.shutdown().await;
+
+    let gw = Gateway::start(round_robin(&[closed_port().await, closed_port().await])).await;
+    let answer = raw_exchange(gw.addr, upgrade_head("/", "").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert_eq!(
+        gw.proxy
+            .counters()
+            .rejected_with(http::StatusCode::BAD_GATEWAY),
+        1
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_upstream_gets_504_at_the_read_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let _silent = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        // Holds the connection open and never answers.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(s);
+    });
+    let gw = Gateway::start(round_robin(&[addr]).read_timeout(Duration::from_secs(30))).await;
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(120),
+        "the 504",
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(31),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn upstream_death_closes_client_and_client_death_closes_upstream() {
+    // Upstream dies mid-tunnel.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (kill, killed) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        let _ = killed.await;
+        drop(ws);
+    });
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut ws = connect(&gw.url("/")).await;
+    kill.send(()).unwrap();
+    let end = bounded("client sees the close", async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    let () = end;
+
+    // Client vanishes: the upstream sees EOF.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(s).await.unwrap();
+        // Ends with None or an error once the proxy closes its side.
+        while let Some(Ok(_)) = ws.next().await {}
+    });
+    let gw2 = Gateway::start(round_robin(&[addr])).await;
+    let ws = connect(&gw2.url("/")).await;
+    drop(ws);
+    bounded("upstream sees the client go", upstream)
+        .await
+        .unwrap();
+    gw.shutdown().await;
+    gw2.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_tunnel_closes_at_read_timeout_and_traffic_keeps_it_alive() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let gw = Gateway::start(round_robin(&[up.addr]).read_timeout(Duration::from_secs(60))).await;
+    let mut ws = connect(&gw.url("/")).await;
+    // Traffic every 40 s for 200 s: never 60 s of upstream silence.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        ws.send(Message::text(format!("{i}"))).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(format!("{i}")));
+    }
+    let quiet = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "idle tunnel not closed");
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_secs(60) && after < Duration::from_secs(62),
+        "{after:?}"
+    );
+    assert_eq!(gw.proxy.counters().tunnels_active, 0);
+}
+
+#[tokio::test]
+async fn non_101_answers_are_relayed_and_smuggled_bytes_are_parsed_as_requests() {
+    for (status, answer) in [
+        (
+            426,
+            &b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 2\r\n\r\nno"[..],
+        ),
+        (200, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ] {
+        let (addr, seen) = raw_upstream(answer).await;
+        let gw = Gateway::start(round_robin(&[addr])).await;
+        // An upgrade and, in the same write, a second request that must
+        // never reach the upstream as raw tunnel bytes.
+        let mut req = upgrade_head("/", "").into_bytes();
+        req.extend_from_slice(
+            b"GET /smuggled HTTP/1.1\r\nHost: internal\r\nConnection: close\r\n\r\n",
+        );
+        let reply = raw_exchange(gw.addr, &req).await;
+        assert!(reply.starts_with(&format!("HTTP/1.1 {status}")), "{reply}");
+        assert!(reply.ends_with("no") || reply.contains("ok"), "{reply}");
+        // The trailing request was parsed and proxied as its own request.
+        bounded("both upstream requests", async {
+            while seen.lock().unwrap().len() < 2 {
+                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        let seen = seen.lock().unwrap().clone();
+        let first = String::from_utf8_lossy(&seen[0]).into_owned();
+        assert!(first.starts_with("GET / HTTP/1.1"), "{first}");
+        assert!(
+            !first.contains("/smuggled"),
+            "smuggled bytes reached the upstream: {first}"
+        );
+        let second = seen
+            .iter()
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .find(|s| s.contains("/smuggled"))
+            .expect("second request proxied");
+        assert!(second.starts_with("GET /smuggled HTTP/1.1\r\n"), "{second}");
+        gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_not_tunneled() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = String::from_utf8_lossy(&read_until(&mut s, b"\r\n\r\nok").await).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    bounded("upstream record", async {
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
+    assert!(!got.contains("upgrade: h2c"), "{got}");
+    assert!(!got.contains("http2-settings"), "{got}");
+    assert!(got.contains("connection: close"), "{got}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_head_is_431() {
+    let gw = Gateway::start(round_robin(&[closed_port().await])).await;
+    let big = format!("X-Big: {}\r\n", "a".repeat(20 * 1024));
+    let reply = raw_exchange(gw.addr, upgrade_head("/", &big).as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slowloris_is_dropped_at_the_handshake_timeout() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let gw =
+        Gateway::start(round_robin(&[up.addr]).handshake_timeout(Duration::from_secs(10))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let head = upgrade_head("/", "");
+    // One byte a second: each byte arrives well within any per-read timer,
+    // but the whole head cannot arrive within 10 s.
+    let mut closed_at = None;
+    for b in head.as_bytes() {
+        if s.write_all(&[*b]).await.is_err() {
+            closed_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut probe)).await
+        {
+            let text = String::from_utf8_lossy(&probe[..n]).into_owned();
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            closed_at = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_at = closed_at.expect("slow client never dropped");
+    assert!(
+        closed_at >= Duration::from_secs(10) && closed_at <= Duration::from_secs(12),
+        "{closed_at:?}"
+    );
+    assert!(up.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_lose_no_message() {
+    let ups = [
+        ws_upstream(WsUpstreamOptions::default()).await,
+        ws_upstream(WsUpstreamOptions::default()).await,
+    ];
+    let gw = Gateway::start(round_robin(&[ups[0].addr, ups[1].addr])).await;
+    let url = Arc::new(gw.url("/"));
+    let mut clients = Vec::new();
+    for c in 0..1000 {
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ws, _) =
+                tokio::time::timeout(WAIT * 3, tokio_tungstenite::connect_async(url.as_str()))
+                    .await
+                    .expect("connect in time")
+                    .expect("connect");
+            for m in 0..50 {
+                let text = format!("{c}:{m}");
+                ws.send(Message::text(text.clone())).await.unwrap();
+                let got = tokio::time::timeout(WAIT * 3, ws.next())
+                    .await
+                    .expect("echo in time")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(got, Message::text(text));
+            }
+            ws.close(None).await.unwrap();
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let seen: usize = ups.iter().map(|u| u.seen.lock().unwrap().len()).sum();
+    assert_eq!(seen, 1000);
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn graceful_shutdown_drains_and_reports() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let gw = Gateway::start_with(round_robin(&[up.addr]), |s| {
+        s.drain_timeout(Duration::from_secs(20))
+    })
+    .await;
+    let addr = gw.addr;
+    // One tunnel that ends by itself during the drain, two that outlive it.
+    let mut short = connect(&gw.url("/")).await;
+    let mut long = [connect(&gw.url("/")).await, connect(&gw.url("/")).await];
+    let proxy = gw.proxy.clone();
+    let shutdown = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Still serving the open tunnels while draining...
+    short.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut short).await, Message::text("still here"));
+    short.close(None).await.unwrap();
+    assert!(matches!(next_data(&mut short).await, Message::Close(_)));
+    drop(short);
+    // ...but no longer accepting.
+    assert!(TcpStream::connect(addr).await.is_err());
+    let report = within(Duration::from_secs(120), "drain", shutdown)
+        .await
+        .unwrap();
+    assert_eq!(report.open_at_shutdown, 3);
+    assert_eq!(report.finished, 1);
+    assert_eq!(report.cut, 2);
+    for ws in &mut long {
+        let closed = bounded("cut tunnel closes", async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        let () = closed;
+    }
+    assert_eq!(proxy.counters().tunnels_active, 0);
+}
+
+#[tokio::test]
+async fn plain_http_is_proxied_with_bodies_and_keep_alive() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // An upstream that answers each request with its body echoed, chunked.
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let got = read_until(&mut s, b"0\r\n\r\n").await;
+                let text = String::from_utf8_lossy(&got).into_owned();
+                let reply = if text.contains("transfer-encoding: chunked") {
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\r\nchnk\r\n0\r\n\r\n"
+                } else {
+                    "HTTP/1.1 500 X\r\nContent-Length: 0\r\n\r\n"
+                };
+                s.write_all(reply.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let req =
+        b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    for _ in 0..2 {
+        s.write_all(req).await.unwrap();
+        let got = read_until(&mut s, b"0\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+        assert!(text.starts_with("http/1.1 200"), "{text}");
+        assert!(text.contains("transfer-encoding: chunked"), "{text}");
+        assert!(text.ends_with("4\r\nchnk\r\n0\r\n\r\n"), "{text}");
+        // The client connection stays open for the next request.
+        assert!(!text.contains("connection: close"), "{text}");
+    }
+    assert_eq!(gw.proxy.counters().proxied, 2);
+    gw.shutdown().await;
+}

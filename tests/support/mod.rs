@@ -1,0 +1,165 @@
+//! Real peers on loopback for the end-to-end tests: WebSocket upstreams
+//! built on tokio-tungstenite and raw TCP helpers. No network mocks.
+#![allow(dead_code, unreachable_pub, clippy::result_large_err)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Every wait in these tests is bounded by this.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Awaits `fut` for at most [`WAIT`], panicking with `what` otherwise.
+pub async fn bounded<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    within(WAIT, what, fut).await
+}
+
+/// Awaits `fut` for at most `limit` (on a paused clock, virtual time).
+pub async fn within<F: std::future::Future>(limit: Duration, what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A WebSocket upstream: echoes every data message, tags the handshake
+/// headers it saw, and can answer with a greeting in the same write as its 101.
+pub struct WsUpstream {
+    pub addr: SocketAddr,
+    /// The request heads it received, in order.
+    pub seen: Arc<Mutex<Vec<Request>>>,
+    pub task: JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct WsUpstreamOptions {
+    /// Reply `name` as the first text message after the upgrade.
+    pub announce: Option<&'static str>,
+    /// Accept the first offered subprotocol.
+    pub pick_protocol: bool,
+}
+
+pub async fn ws_upstream(options: WsUpstreamOptions) -> WsUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let callback = |req: &Request, mut resp: Response| {
+                    if options.pick_protocol {
+                        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+                            let first = p.to_str().unwrap().split(',').next().unwrap().trim();
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", first.parse().unwrap());
+                        }
+                    }
+                    seen.lock().unwrap().push(req.clone());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                if let Some(name) = options.announce {
+                    if ws.send(Message::text(name)).await.is_err() {
+                        return;
+                    }
+                }
+                while let Some(Ok(msg)) = ws.next().await {
+                    let reply = match msg {
+                        Message::Text(_) | Message::Binary(_) => msg,
+                        Message::Close(_) => {
+                            // tungstenite queued the Close reply (echoing
+                            // the code) when it read the Close; send it.
+                            let _ = ws.flush().await;
+                            return;
+                        }
+                        _ => continue,
+                    };
+                    if ws.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    WsUpstream { addr, seen, task }
+}
+
+/// A plain TCP upstream that answers every connection with `answer` once it
+/// has read a full request head, and records the bytes it received.
+pub async fn raw_upstream(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                // Keep reading until the proxy closes, so that anything it
+                // forwards after the head is recorded too.
+                let rest = tokio::time::timeout(WAIT, async {
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                            _ => break,
+                        }
+                    }
+                });
+                let _ = rest.await;
+                seen.lock().unwrap().push(got);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Reads from `stream` until `needle` has been seen or EOF, bounded by [`WAIT`].
+pub async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    bounded("bytes from the proxy", async {
+        while !got.windows(needle.len()).any(|w| w == needle) {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+/// Reads until EOF, bounded by [`WAIT`].
+pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    bounded("EOF from the proxy", stream.read_to_end(&mut got))
+        .await
+        .ok();
+    got
+}
