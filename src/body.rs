@@ -20,8 +20,9 @@
 //! # }
 //! ```
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, StatusCode};
+
+use crate::handshake::{BodyLength, Framing};
 
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,33 +38,32 @@ pub enum BodyKind {
     UntilClose,
 }
 
-impl BodyKind {
-    /// The framing of a request body. Requests are never delimited by close:
-    /// with neither header the body is empty (RFC 9112 §6.3 rule 7).
-    ///
-    /// The head must already have passed the handshake checks, which refuse
-    /// `Content-Length` with `Transfer-Encoding` and conflicting lengths.
-    ///
-    /// # Errors
-    ///
-    /// [`BodyError::BadContentLength`] when `Content-Length` is not a number.
-    pub fn of_request(headers: &HeaderMap) -> Result<Self, BodyError> {
-        if is_chunked(headers) {
-            return Ok(Self::Chunked);
-        }
-        match content_length(headers)? {
-            Some(0) | None => Ok(Self::Empty),
-            Some(n) => Ok(Self::Length(n)),
+impl From<BodyLength> for BodyKind {
+    /// A request body's framing, as the request parser decided it.
+    fn from(length: BodyLength) -> Self {
+        match length {
+            BodyLength::Fixed(0) => Self::Empty,
+            BodyLength::Fixed(n) => Self::Length(n),
+            // `BodyLength` is non-exhaustive; chunked is the only other way
+            // a request body can be delimited (RFC 9112 §6.3).
+            _ => Self::Chunked,
         }
     }
+}
 
+impl BodyKind {
     /// The framing of a response to a request with `method` (RFC 9112 §6.3):
     /// HEAD answers, 1xx, 204 and 304 have no body; then chunked; then
     /// `Content-Length`; otherwise the body runs until the upstream closes.
     ///
+    /// Uses the same framing rules as
+    /// [`parse_response`](crate::handshake::parse_response), which has
+    /// already refused ambiguous heads.
+    ///
     /// # Errors
     ///
-    /// [`BodyError::BadContentLength`] when `Content-Length` is not a number.
+    /// [`BodyError::BadContentLength`] when `Content-Length` is not a number
+    /// or its values differ.
     pub fn of_response(
         method: &Method,
         status: StatusCode,
@@ -76,53 +76,23 @@ impl BodyKind {
         {
             return Ok(Self::Empty);
         }
-        if headers.contains_key(TRANSFER_ENCODING) {
+        let framing = Framing::of(headers);
+        if framing.has_transfer_encoding() {
             // A transfer coding other than a final chunked can only be
             // delimited by close (RFC 9112 §6.3 rule 4).
-            return Ok(if is_chunked(headers) {
+            return Ok(if framing.is_chunked() {
                 Self::Chunked
             } else {
                 Self::UntilClose
             });
         }
-        match content_length(headers)? {
-            Some(0) => Ok(Self::Empty),
-            Some(n) => Ok(Self::Length(n)),
-            None => Ok(Self::UntilClose),
+        match framing.agreed_content_length() {
+            Ok(Some(0)) => Ok(Self::Empty),
+            Ok(Some(n)) => Ok(Self::Length(n)),
+            Ok(None) => Ok(Self::UntilClose),
+            Err(_) => Err(BodyError::BadContentLength),
         }
     }
-}
-
-/// True when the last transfer coding is `chunked`.
-fn is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.rsplit(',').next())
-        .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"))
-}
-
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BodyError> {
-    let mut found = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` is allowed when every member agrees
-        // (RFC 9110 §8.6); anything else is an error.
-        let text = value.to_str().map_err(|_| BodyError::BadContentLength)?;
-        for part in text.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(BodyError::BadContentLength);
-            }
-            let n: u64 = part.parse().map_err(|_| BodyError::BadContentLength)?;
-            if found.is_some_and(|f| f != n) {
-                return Err(BodyError::BadContentLength);
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found)
 }
 
 /// How much of the bytes offered to [`BodyScanner::scan`] belong to the body.
@@ -337,24 +307,10 @@ mod tests {
     }
 
     #[test]
-    fn request_framing() {
-        let kind = |p: &[(&str, &str)]| BodyKind::of_request(&headers(p));
-        assert_eq!(kind(&[]), Ok(BodyKind::Empty));
-        assert_eq!(kind(&[("content-length", "0")]), Ok(BodyKind::Empty));
-        assert_eq!(kind(&[("content-length", "12")]), Ok(BodyKind::Length(12)));
-        assert_eq!(kind(&[("content-length", "7, 7")]), Ok(BodyKind::Length(7)));
-        assert_eq!(
-            kind(&[("transfer-encoding", "gzip, chunked")]),
-            Ok(BodyKind::Chunked)
-        );
-        assert_eq!(
-            kind(&[("content-length", "+5")]),
-            Err(BodyError::BadContentLength)
-        );
-        assert_eq!(
-            kind(&[("content-length", "5"), ("content-length", "6")]),
-            Err(BodyError::BadContentLength)
-        );
+    fn request_framing_comes_from_the_parser() {
+        assert_eq!(BodyKind::from(BodyLength::Fixed(0)), BodyKind::Empty);
+        assert_eq!(BodyKind::from(BodyLength::Fixed(12)), BodyKind::Length(12));
+        assert_eq!(BodyKind::from(BodyLength::Chunked), BodyKind::Chunked);
     }
 
     #[test]
@@ -382,6 +338,15 @@ mod tests {
         assert_eq!(
             kind(&Method::GET, ok, &[("transfer-encoding", "gzip")]),
             BodyKind::UntilClose
+        );
+        assert_eq!(
+            kind(&Method::GET, ok, &[("content-length", "7, 7")]),
+            BodyKind::Length(7)
+        );
+        let bad = headers(&[("content-length", "5"), ("content-length", "6")]);
+        assert_eq!(
+            BodyKind::of_response(&Method::GET, ok, &bad),
+            Err(BodyError::BadContentLength)
         );
     }
 

@@ -1,8 +1,63 @@
 //! `wsproxy`: an embeddable, WebSocket-aware reverse proxy.
 //!
-//! A sans-IO core (handshake parsing, header forwarding policy, routing,
-//! upstream balancing) as plain types and functions, and a thin tokio shell
-//! (tunnel, proxy, accept loop) around it.
+//! The classic nginx WebSocket configuration (`map $http_upgrade
+//! $connection_upgrade`, an `upstream` block, `proxy_set_header` for Upgrade,
+//! Connection, Host, X-Real-IP, X-Forwarded-For and X-Forwarded-Proto, and
+//! `proxy_connect_timeout` / `proxy_read_timeout` / `proxy_send_timeout`) as
+//! a library: proxy one connection, or a whole listener, in a few lines.
+//!
+//! ```
+//! use futures_util::{SinkExt, StreamExt};
+//! use tokio::net::TcpListener;
+//! use tokio_tungstenite::tungstenite::Message;
+//! use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+//! use wsproxy::{Proxy, Scheme};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let backend = TcpListener::bind("127.0.0.1:0").await?;
+//! # let backend_addr = backend.local_addr()?;
+//! # tokio::spawn(async move {
+//! #     let (stream, _) = backend.accept().await?;
+//! #     let mut ws = tokio_tungstenite::accept_async(stream).await?;
+//! #     while let Some(Ok(msg)) = ws.next().await {
+//! #         if msg.is_text() { ws.send(msg).await?; }
+//! #     }
+//! #     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! # });
+//! // An upstream group with the nginx defaults for everything else.
+//! let upstreams: UpstreamSet = [Upstream::new(backend_addr)].into_iter().collect();
+//! let proxy = Proxy::builder().upstream(RoundRobin::new(upstreams)).build()?;
+//!
+//! // Serve one accepted connection (or a whole listener with `server::Server`).
+//! let listener = TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! tokio::spawn(async move {
+//!     let (stream, peer) = listener.accept().await?;
+//!     proxy.serve(stream, peer, Scheme::Http).await;
+//!     Ok::<_, std::io::Error>(())
+//! });
+//!
+//! // A WebSocket client talks to the backend through the proxy.
+//! let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat")).await?;
+//! ws.send(Message::text("hello")).await?;
+//! assert_eq!(ws.next().await.transpose()?, Some(Message::text("hello")));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The parts, each usable alone:
+//!
+//! - sans-IO core, no sockets and no clock: [`handshake`] (HTTP/1.1 heads with
+//!   httparse, RFC 6455 checks on both sides, head writers), [`forward`]
+//!   (hop-by-hop and forwarding headers, trusted proxies, Origin and CORS),
+//!   [`route`] (Host + longest prefix), [`balance`] (the [`Balancer`] trait
+//!   and nginx's strategies plus bounded-load consistent hashing), [`body`]
+//!   (where a streamed body ends);
+//! - async shell: [`tunnel()`] (frame-agnostic copy both ways, timeouts,
+//!   half-close, no buffer while idle), [`Proxy`] (one connection end to
+//!   end), [`server::Server`] (accept loop, bounded concurrency, graceful
+//!   drain).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -36,7 +36,7 @@ pub enum BodyLength {
 
 /// The framing headers, gathered while the header fields go by once.
 #[derive(Debug, Default)]
-pub(super) struct Framing {
+pub(crate) struct Framing {
     transfer_encoding: bool,
     /// Whether the last non-empty transfer coding so far is `chunked`.
     chunked_last: bool,
@@ -47,6 +47,36 @@ pub(super) struct Framing {
 }
 
 impl Framing {
+    /// The framing facts of a whole header map, for code outside the parser
+    /// (the body scanner) that must agree with it exactly.
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        let mut framing = Self::default();
+        for name in [TRANSFER_ENCODING, CONTENT_LENGTH] {
+            for value in headers.get_all(&name) {
+                framing.observe(&name, value.as_bytes());
+            }
+        }
+        framing
+    }
+
+    /// Whether any Transfer-Encoding is present.
+    pub(crate) fn has_transfer_encoding(&self) -> bool {
+        self.transfer_encoding
+    }
+
+    /// Whether the last transfer coding is `chunked`.
+    pub(crate) fn is_chunked(&self) -> bool {
+        self.transfer_encoding && self.chunked_last
+    }
+
+    /// The agreed Content-Length, if any.
+    pub(crate) fn agreed_content_length(&self) -> Result<Option<u64>, HeadError> {
+        match &self.content_length_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(self.content_length),
+        }
+    }
+
     /// Takes note of one header field.
     pub(super) fn observe(&mut self, name: &HeaderName, value: &[u8]) {
         if name == TRANSFER_ENCODING {

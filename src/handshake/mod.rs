@@ -60,6 +60,7 @@ mod write;
 
 pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
+pub(crate) use framing::Framing;
 pub use limits::Limits;
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};

@@ -273,6 +273,7 @@ where
 
     async fn handle(&mut self, head: handshake::RequestHead) -> Next {
         let inner = self.inner;
+        let body = BodyKind::from(head.body_length());
         let (mut request, kind) = head.into_parts();
         let websocket = matches!(kind, RequestKind::WebSocket(_));
         if websocket {
@@ -296,20 +297,12 @@ where
             return self.answer_preflight(preflight).await;
         }
 
-        let body = match BodyKind::of_request(request.headers()) {
-            Ok(BodyKind::Empty) => BodyKind::Empty,
-            Ok(_) if websocket => {
-                return self
-                    .reject(
-                        StatusCode::BAD_REQUEST,
-                        "websocket upgrade request has a body",
-                        None,
-                    )
-                    .await
-            }
-            Ok(kind) => kind,
-            Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
-        };
+        if websocket && body != BodyKind::Empty {
+            // Bytes after an upgrade request are the tunnel's; a body would
+            // be ambiguous with them.
+            let message = "websocket upgrade request has a body";
+            return self.reject(StatusCode::BAD_REQUEST, message, None).await;
+        }
         let client_keeps_alive = keeps_alive(&request);
         let method = request.method().clone();
 
