@@ -8,9 +8,13 @@ use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::net::SocketAddr;
+
+use http::uri::Authority;
+use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
 use wsproxy::handshake::{
-    classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
-    Status,
+    classify_response, parse_request, parse_response, write_request_head, Limits, RequestKind,
+    ResponseKind, Status,
 };
 
 /// Chrome's upgrade request: 12 header fields, about 500 bytes.
@@ -34,14 +38,33 @@ Connection: Upgrade\r\n\
 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
 Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
 
-/// Parse + classify + serialize: what the proxy does with a client's head.
-fn proxy_request_head(buf: &mut BytesMut, limits: &Limits, out: &mut BytesMut) -> usize {
+/// What the proxy knows about the connection besides the head.
+struct Conn {
+    policy: ForwardPolicy,
+    peer: SocketAddr,
+    upstream: Authority,
+}
+
+/// Parse + classify + rewrite + serialize: what the proxy does with a
+/// client's head before it goes upstream.
+fn proxy_request_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    conn: &Conn,
+    out: &mut BytesMut,
+) -> usize {
     let Ok(Status::Complete(head)) = parse_request(buf, limits) else {
         unreachable!("the benchmark input is a valid, complete head")
     };
-    let (request, kind) = head.into_parts();
-    // The forwarding policy's rewrite goes here, e.g.
-    // `let request = policy.rewrite_request(request, &kind, &client);`
+    let (mut request, kind) = head.into_parts();
+    let websocket = matches!(kind, RequestKind::WebSocket(_));
+    let client = conn
+        .policy
+        .resolve_client(conn.peer, request.headers(), Scheme::Http);
+    let _ = conn.policy.check(&request, websocket);
+    let ctx = ForwardContext::new(conn.peer, Scheme::Http, 80, conn.upstream.clone())
+        .with_websocket(websocket);
+    conn.policy.rewrite_request(&mut request, &client, &ctx);
     out.clear();
     write_request_head(&request, out);
     black_box(&kind);
@@ -105,11 +128,16 @@ fn handshake(c: &mut Criterion) {
     });
 
     let mut out = BytesMut::with_capacity(1024);
-    group.bench_function("parse_classify_serialize", |b| {
+    let conn = Conn {
+        policy: ForwardPolicy::nginx(),
+        peer: SocketAddr::from(([127, 0, 0, 1], 50_000)),
+        upstream: Authority::from_static("127.0.0.1:8010"),
+    };
+    group.bench_function("parse_classify_rewrite_serialize", |b| {
         b.iter(|| {
             buf.clear();
             buf.extend_from_slice(black_box(BROWSER_HANDSHAKE));
-            proxy_request_head(&mut buf, &limits, &mut out)
+            proxy_request_head(&mut buf, &limits, &conn, &mut out)
         })
     });
 

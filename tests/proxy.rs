@@ -222,6 +222,9 @@ async fn upstream_sees_rewritten_headers_and_subprotocol_is_negotiated() {
     assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
     ws.send(Message::text("x")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("x"));
+    let counters = gw.proxy.counters();
+    assert_eq!(counters.tunnels_by_upstream, [(up.addr.to_string(), 1)]);
+    assert_eq!((counters.handshakes, counters.tunnels_active), (1, 1));
 
     let seen = up.seen.lock().unwrap()[0].clone();
     let h = seen.headers();

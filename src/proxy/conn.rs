@@ -81,12 +81,16 @@ where
             drain,
             span,
         } = self;
-        inner.counters.tunnel_started();
+        // The name is made again at the end rather than kept: an idle
+        // tunnel holds nothing it does not need.
+        inner.counters.tunnel_started(&lease.addr().to_string());
         let stats = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut)).await;
+        inner.counters.tunnel_ended(
+            &lease.addr().to_string(),
+            stats.client_to_upstream,
+            stats.upstream_to_client,
+        );
         drop(lease);
-        inner
-            .counters
-            .tunnel_ended(stats.client_to_upstream, stats.upstream_to_client);
         span.record("from_client", stats.client_to_upstream);
         span.record("from_upstream", stats.upstream_to_client);
         span.in_scope(|| {

@@ -1,6 +1,8 @@
 //! Cheap counters a host exports: plain atomics bumped once per event.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 use http::StatusCode;
 
@@ -38,6 +40,9 @@ pub(crate) struct Counters {
     bytes_from_upstream: AtomicU64,
     rejected: [AtomicU64; REJECT_STATUSES.len()],
     rejected_other: AtomicU64,
+    /// Open tunnels by upstream address. Touched twice per tunnel (open and
+    /// close) under a short lock, never per byte.
+    tunnels_by_upstream: Mutex<HashMap<String, u64>>,
 }
 
 /// The statuses the proxy answers with itself, counted one by one.
@@ -56,14 +61,30 @@ impl Counters {
         self.handshakes.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn tunnel_started(&self) {
+    pub(crate) fn tunnel_started(&self, upstream: &str) {
         self.tunnels_active.fetch_add(1, Relaxed);
         self.tunnels_total.fetch_add(1, Relaxed);
+        if let Ok(mut map) = self.tunnels_by_upstream.lock() {
+            match map.get_mut(upstream) {
+                Some(n) => *n += 1,
+                None => {
+                    map.insert(upstream.to_owned(), 1);
+                }
+            }
+        }
     }
 
-    pub(crate) fn tunnel_ended(&self, from_client: u64, from_upstream: u64) {
+    pub(crate) fn tunnel_ended(&self, upstream: &str, from_client: u64, from_upstream: u64) {
         self.tunnels_active.fetch_sub(1, Relaxed);
         self.bytes(from_client, from_upstream);
+        if let Ok(mut map) = self.tunnels_by_upstream.lock() {
+            if let Some(n) = map.get_mut(upstream) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(upstream);
+                }
+            }
+        }
     }
 
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
@@ -107,6 +128,15 @@ impl Counters {
                 })
                 .collect(),
             rejected_other: self.rejected_other.load(Relaxed),
+            tunnels_by_upstream: self
+                .tunnels_by_upstream
+                .lock()
+                .map(|map| {
+                    let mut open: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+                    open.sort();
+                    open
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -139,6 +169,9 @@ pub struct CountersSnapshot {
     pub rejected: Vec<(StatusCode, u64)>,
     /// Proxy-made answers with a status outside that list.
     pub rejected_other: u64,
+    /// Open tunnels per upstream address, sorted by address (only upstreams
+    /// with open tunnels).
+    pub tunnels_by_upstream: Vec<(String, u64)>,
 }
 
 impl CountersSnapshot {

@@ -157,7 +157,7 @@ impl PendingUpgrade {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let counters = &self.inner.counters;
-        counters.tunnel_started();
+        counters.tunnel_started(&self.lease.addr().to_string());
         let stats = tunnel(
             client,
             Prefixed::new(self.prefix, self.upstream),
@@ -165,8 +165,12 @@ impl PendingUpgrade {
             std::future::pending(),
         )
         .await;
+        counters.tunnel_ended(
+            &self.lease.addr().to_string(),
+            stats.client_to_upstream,
+            stats.upstream_to_client,
+        );
         drop(self.lease);
-        counters.tunnel_ended(stats.client_to_upstream, stats.upstream_to_client);
         stats
     }
 }
