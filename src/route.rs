@@ -323,6 +323,9 @@ impl<T> Routes<T> {
         if has_dot_segment(uri.path()) {
             return Err(RouteError::DotSegments);
         }
+        if has_ambiguous_escape(uri.path()) {
+            return Err(RouteError::AmbiguousEscape);
+        }
         self.find(host, path_and_query).ok_or(RouteError::NotFound)
     }
 }
@@ -385,6 +388,28 @@ fn has_dot_segment(path: &str) -> bool {
         .any(|segment| DOTS.iter().any(|d| segment.eq_ignore_ascii_case(d)))
 }
 
+/// True when `path` percent-encodes `/`, `\\` or a character that needs no
+/// encoding (RFC 3986 §2.3 unreserved). Prefixes are matched on the path as
+/// sent, so `/%63hat` would miss `/chat` and `/a%2f..%2fb` would hide a
+/// traversal from the dot-segment check while an upstream that decodes it
+/// sees one; browsers never send either form.
+fn has_ambiguous_escape(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        if b != b'%' {
+            return false;
+        }
+        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (hex(i + 1), hex(i + 2)) {
+            (Some(hi), Some(lo)) => {
+                let c = (hi * 16 + lo) as u8;
+                c == b'/' || c == b'\\' || c.is_ascii_alphanumeric() || b"-._~".contains(&c)
+            }
+            _ => false,
+        }
+    })
+}
+
 /// Why a request found no route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -395,6 +420,9 @@ pub enum RouteError {
     /// The path holds `.` or `..` segments.
     #[error("request path has dot segments")]
     DotSegments,
+    /// The path percent-encodes `/`, `\\` or an unreserved character.
+    #[error("request path has an ambiguous percent-encoding")]
+    AmbiguousEscape,
 }
 
 impl RouteError {
@@ -402,7 +430,7 @@ impl RouteError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::DotSegments => StatusCode::BAD_REQUEST,
+            Self::DotSegments | Self::AmbiguousEscape => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -559,6 +587,34 @@ mod tests {
             .body(())
             .unwrap();
         assert!(t.find_for(&req).is_ok());
+    }
+
+    #[test]
+    fn ambiguous_escapes_are_400() {
+        let t = table();
+        for path in [
+            "/ws/..%2fadmin",
+            "/ws/%5C..",
+            "/%63hat/admin",
+            "/a%2Fb",
+            "/x%7e",
+        ] {
+            let req = http::Request::get(path)
+                .header("host", "x")
+                .body(())
+                .unwrap();
+            let err = t.find_for(&req).unwrap_err();
+            assert_eq!(err, RouteError::AmbiguousEscape, "{path}");
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        }
+        // Escapes that are needed stay allowed.
+        for path in ["/chat/a%20b", "/chat/%25", "/chat/%3F?q=%2f"] {
+            let req = http::Request::get(path)
+                .header("host", "x")
+                .body(())
+                .unwrap();
+            assert!(t.find_for(&req).is_ok(), "{path}");
+        }
     }
 
     #[test]

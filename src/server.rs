@@ -33,8 +33,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
-use crate::proxy::conn::Listener;
-use crate::proxy::{Drain, Phase, Proxy};
+use crate::proxy::{Drain, Listener, Phase, Proxy};
 
 /// Serves a listener through a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -93,7 +92,7 @@ impl Server {
         F: Future<Output = ()>,
     {
         let port = listener.local_addr()?.port();
-        let listener_info = Listener::new(self.scheme, Some(port));
+        let listener_info = Listener::new(self.scheme, port);
         let (phase, rx) = watch::channel(Phase::Running);
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let tracker = Arc::new(Tracker::default());
@@ -128,9 +127,14 @@ impl Server {
             let drain = Drain::new(rx.clone());
             let token = tracker.token();
             tokio::spawn(async move {
-                let (_, upgraded) = proxy
-                    .serve_until_upgrade(stream, peer, listener_info, drain)
-                    .await;
+                // At the drain deadline a connection still in a request is
+                // dropped (its sockets close); a tunnel is cut cleanly.
+                let cut = drain.clone().reached(Phase::Cut);
+                let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
+                let upgraded = tokio::select! {
+                    (_, upgraded) = served => upgraded,
+                    () = cut => None,
+                };
                 // The tunnel runs as its own task so that only its few
                 // hundred bytes stay allocated while it idles, not the
                 // handshake's state.

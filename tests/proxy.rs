@@ -781,3 +781,334 @@ async fn plain_http_is_proxied_with_bodies_and_keep_alive() {
     assert_eq!(gw.proxy.counters().proxied, 2);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn preflight_answers_are_framed_and_never_smuggle_a_body() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let policy = wsproxy::ForwardPolicy::builder()
+        .cors(wsproxy::forward::Cors::origins(["https://ok.test"]))
+        .build()
+        .unwrap();
+    let gw = Gateway::start(round_robin(&[addr]).policy(policy)).await;
+
+    // A preflight whose "body" is a request: refused, never forwarded.
+    let smuggled = "GET /admin HTTP/1.1\r\nHost: internal\r\n\r\n";
+    let req = format!(
+        "OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://ok.test\r\n\
+         Access-Control-Request-Method: PUT\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let reply = raw_exchange(gw.addr, req.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(!reply.contains("HTTP/1.1 200"), "{reply}");
+
+    // A foreign origin's preflight gets a framed 403 and the connection
+    // closes at once (no wait for a keep-alive timeout).
+    let reply = raw_exchange(
+        gw.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://evil.test\r\nAccess-Control-Request-Method: PUT\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("content-length:"),
+        "{reply}"
+    );
+
+    // An allowed preflight: 204, and the connection serves the next request.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"OPTIONS /x HTTP/1.1\r\nHost: a\r\nOrigin: https://ok.test\r\nAccess-Control-Request-Method: PUT\r\n\r\n\
+          GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
+    assert!(reply.contains("HTTP/1.1 200"), "{reply}");
+    bounded("upstream record", async {
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the GET after the preflight reaches the upstream"
+    );
+    assert!(String::from_utf8_lossy(&seen[0]).starts_with("GET /after HTTP/1.1"));
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn absolute_form_target_decides_the_host_the_upstream_sees() {
+    let (addr, seen) =
+        raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+    let builder = Proxy::builder().route(
+        Route::new(
+            "/",
+            UpstreamGroup::new("public", RoundRobin::new(set(&[addr]))),
+        )
+        .host("public.example"),
+    );
+    let gw = Gateway::start(builder).await;
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET http://public.example/x HTTP/1.1\r\nHost: admin.internal\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    bounded("upstream record", async {
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
+    assert!(got.starts_with("get /x http/1.1\r\n"), "{got}");
+    assert!(got.contains("host: public.example\r\n"), "{got}");
+    assert!(!got.contains("admin.internal"), "{got}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_upstream_answering_before_the_body_is_relayed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig",
+        )
+        .await
+        .unwrap();
+        // Stops reading and goes away, as upstreams that refuse a body do.
+        drop(s);
+    });
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let size = 32 * 1024 * 1024;
+    s.write_all(
+        format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut reply = Vec::new();
+    bounded("the early answer", rd.read_to_end(&mut reply))
+        .await
+        .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.ends_with("big"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    upload.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_by_the_proxy() {
+    let (addr, seen) = raw_upstream_after(
+        b"hello",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"PUT /f HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // A strict client sends nothing until it sees the 100.
+    let interim = read_until(&mut s, b"\r\n\r\n").await;
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"),
+        "{interim:?}"
+    );
+    s.write_all(b"hello").await.unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
+    bounded("upstream record", async {
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+    assert!(!got.contains("expect:"), "{got}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn http10_clients_get_http10_upstream_requests_and_close() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let reply = raw_exchange(gw.addr, b"GET /old HTTP/1.0\r\nHost: a\r\n\r\n").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("connection: close"),
+        "{reply}"
+    );
+    assert!(reply.ends_with("ok"), "{reply}");
+    bounded("upstream record", async {
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).into_owned();
+    // An upstream never answers a 1.0 request chunked.
+    assert!(got.starts_with("GET /old HTTP/1.0\r\n"), "{got}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(
+        b"POST /one HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+          POST /two HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nworld",
+    )
+    .await
+    .unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+    assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
+    bounded("both upstream records", async {
+        while seen.lock().unwrap().len() < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let mut got: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    got.sort();
+    assert!(
+        got[0].starts_with("POST /one ") && got[0].ends_with("\r\n\r\nhello"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].starts_with("POST /two ") && got[1].ends_with("\r\n\r\nworld"),
+        "{got:?}"
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn keepalive_requests_caps_a_connection() {
+    let (addr, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr]).keepalive_requests(2)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(&[&one[..], one, one].concat()).await.unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).to_ascii_lowercase();
+    assert_eq!(reply.matches("http/1.1 200").count(), 2, "{reply}");
+    assert_eq!(reply.matches("connection: close").count(), 1, "{reply}");
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_timeout_closes_an_idle_client_connection() {
+    let (addr, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr]).keepalive_timeout(Duration::from_secs(75))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    read_until(&mut s, b"\r\n\r\nok").await;
+    let idle = tokio::time::Instant::now();
+    let mut rest = Vec::new();
+    within(
+        Duration::from_secs(600),
+        "keep-alive close",
+        s.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    let waited = idle.elapsed();
+    assert!(rest.is_empty());
+    assert!(
+        waited >= Duration::from_secs(75) && waited < Duration::from_secs(77),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeouts_on_every_upstream_give_504() {
+    // A listener that never accepts, with its backlog full: further SYNs
+    // are dropped and connects hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(100), socket.connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let gw = Gateway::start(round_robin(&[addr]).connect_timeout(Duration::from_secs(4))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(60),
+        "the 504",
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    drop(full);
+}
+
+#[tokio::test]
+async fn a_cancelled_serve_still_counts_its_tunnel_out() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[up.addr]).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = proxy.clone();
+    let (opened, is_open) = oneshot::channel::<()>();
+    let host = tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        // The host gives each connection a budget and drops it when it ends.
+        let serve = p.serve(stream, peer, wsproxy::Scheme::Http);
+        tokio::select! {
+            _ = serve => {}
+            _ = is_open => {}
+        }
+    });
+    let mut ws = connect(&format!("ws://{addr}/")).await;
+    ws.send(Message::text("x")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("x"));
+    assert_eq!(proxy.counters().tunnels_active, 1);
+    opened.send(()).unwrap();
+    bounded("host task", host).await.unwrap();
+    let counters = proxy.counters();
+    assert_eq!(counters.tunnels_active, 0);
+    assert!(counters.tunnels_by_upstream.is_empty());
+}

@@ -7,38 +7,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::CONNECTION;
+use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{field, Instrument};
 
-use super::{ConnectionReport, Drain, Inner, Outcome, Phase, UpstreamGroup};
+use super::counters::OpenTunnel;
+use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
-use crate::forward::{Client, ForwardContext, Scheme};
+use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
 use crate::tunnel::{tunnel, Prefixed, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// The listener side of a connection.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Listener {
-    pub(crate) scheme: Scheme,
-    pub(crate) port: u16,
-}
-
-impl Listener {
-    pub(crate) fn new(scheme: Scheme, port: Option<u16>) -> Self {
-        Self {
-            scheme,
-            port: port.unwrap_or_else(|| scheme.default_port()),
-        }
-    }
-}
+/// How long, and how much, a refused client's input is drained before the
+/// connection closes (nginx `lingering_time` is 30 s; `lingering_timeout` 5 s).
+const LINGER_TIME: Duration = Duration::from_secs(5);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// What to do after one request.
 enum Next {
@@ -81,16 +71,13 @@ where
             drain,
             span,
         } = self;
-        // The name is made again at the end rather than kept: an idle
-        // tunnel holds nothing it does not need.
-        inner.counters.tunnel_started(&lease.addr().to_string());
+        let open = OpenTunnel::new(&inner.counters, &lease);
         let stats = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut)).await;
-        inner.counters.tunnel_ended(
-            &lease.addr().to_string(),
-            stats.client_to_upstream,
-            stats.upstream_to_client,
-        );
+        drop(open);
         drop(lease);
+        inner
+            .counters
+            .bytes(stats.client_to_upstream, stats.upstream_to_client);
         span.record("from_client", stats.client_to_upstream);
         span.record("from_upstream", stats.upstream_to_client);
         span.in_scope(|| {
@@ -131,6 +118,7 @@ where
         listener,
         drain,
         report: ConnectionReport::default(),
+        linger: false,
     };
     conn.run().instrument(span).await
 }
@@ -146,6 +134,9 @@ struct Conn<'a, S> {
     listener: Listener,
     drain: Drain,
     report: ConnectionReport,
+    /// The client may still be sending what the proxy will not read (a
+    /// refused request's body): close without resetting the answer away.
+    linger: bool,
 }
 
 /// Why a head could not be read.
@@ -215,7 +206,7 @@ where
             }
         };
         let Some(switched) = switched else {
-            let _ = timeout(self.inner.timeouts.send, self.io.shutdown()).await;
+            self.close().await;
             return (self.report, None);
         };
         self.finish(Outcome::Tunneled);
@@ -272,7 +263,30 @@ where
         out.extend_from_slice(answer.body());
         let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
         self.finish(Outcome::Rejected(status));
+        self.linger = true;
         Next::Close
+    }
+
+    /// Closes the client connection. After a refusal, what the client still
+    /// sends is read and dropped for a while first (nginx `lingering_close`):
+    /// closing a socket with unread input sends a reset, which can destroy
+    /// the answer before the client reads it.
+    async fn close(&mut self) {
+        let _ = timeout(self.inner.timeouts.send, self.io.shutdown()).await;
+        if !self.linger {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let mut left = LINGER_BYTES;
+        let drain = async {
+            while left > 0 {
+                match self.io.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = timeout(LINGER_TIME, drain).await;
     }
 
     async fn handle(&mut self, head: handshake::RequestHead) -> Next {
@@ -297,18 +311,26 @@ where
         if let Err(e) = inner.policy.check(&request, websocket) {
             return self.reject(e.status(), &e.to_string(), None).await;
         }
+        let client_keeps_alive = keeps_alive(&request);
         if let Some(preflight) = inner.policy.preflight(&request) {
-            return self.answer_preflight(preflight).await;
+            return self
+                .answer_preflight(preflight, body, client_keeps_alive)
+                .await;
         }
-
         if websocket && body != BodyKind::Empty {
             // Bytes after an upgrade request are the tunnel's; a body would
             // be ambiguous with them.
             let message = "websocket upgrade request has a body";
             return self.reject(StatusCode::BAD_REQUEST, message, None).await;
         }
-        let client_keeps_alive = keeps_alive(&request);
+        let http10 = request.version() == Version::HTTP_10;
+        let expects_continue = body != BodyKind::Empty && expects_continue(&request);
         let method = request.method().clone();
+        if to_origin_form(&mut request, &path).is_err() {
+            return self
+                .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
+                .await;
+        }
 
         let (lease, mut upstream) = match connect(inner, &group, &client, &request).await {
             Ok(pair) => pair,
@@ -320,15 +342,6 @@ where
         };
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
-
-        match path.parse() {
-            Ok(uri) => *request.uri_mut() = uri,
-            Err(_) => {
-                return self
-                    .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
-                    .await
-            }
-        }
         let ctx = ForwardContext::new(
             self.peer,
             self.listener.scheme,
@@ -339,6 +352,15 @@ where
         // The policy keeps Content-Length and Transfer-Encoding: bodies go
         // through with their framing untouched.
         inner.policy.rewrite_request(&mut request, &client, &ctx);
+        if http10 {
+            // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
+            // §6.1), and chunked is the one framing a 1.0 client cannot read.
+            *request.version_mut() = Version::HTTP_10;
+        }
+        if expects_continue {
+            // The proxy answers the expectation itself, as nginx does.
+            request.headers_mut().remove(EXPECT);
+        }
 
         let mut head_bytes = BytesMut::new();
         handshake::write_request_head(&request, &mut head_bytes);
@@ -352,36 +374,51 @@ where
                 .await;
         }
 
-        if !websocket {
-            let sent = copy_body(
-                &mut self.io,
-                &mut upstream,
-                &mut self.buf,
-                BodyScanner::new(body),
-                inner.timeouts.handshake,
-                inner.timeouts.send,
-            )
-            .await;
-            match sent {
-                Ok(n) => inner.counters.bytes(n, 0),
-                Err(CopyError::Framing(e)) => {
-                    return self.reject(e.status(), &e.to_string(), None).await;
+        let mut up_buf = BytesMut::new();
+        let mut early = None;
+        let mut body_cut = false;
+        if body != BodyKind::Empty {
+            if expects_continue
+                && write_all_timeout(&mut self.io, CONTINUE, inner.timeouts.send)
+                    .await
+                    .is_err()
+            {
+                self.finish(Outcome::Abandoned);
+                return Next::Close;
+            }
+            match self.send_body(&mut upstream, &mut up_buf, body).await {
+                BodySent::Whole(n) => inner.counters.bytes(n, 0),
+                BodySent::EarlyAnswer(response) => {
+                    early = Some(response);
+                    body_cut = true;
                 }
-                Err(_) => {
+                BodySent::Framing(e) => return self.reject(e.status(), &e.to_string(), None).await,
+                BodySent::ClientGone => {
                     self.finish(Outcome::Abandoned);
                     return Next::Close;
                 }
+                // The upstream may have answered before it stopped reading
+                // (413): what it sent is still read below.
+                BodySent::UpstreamGone => body_cut = true,
             }
         }
 
-        let mut up_buf = BytesMut::new();
-        let response = match self.read_answer(&mut upstream, &mut up_buf).await {
-            Ok(response) => response,
-            Err(status) => {
-                return self
-                    .reject(status, "upstream sent no valid answer", None)
-                    .await
-            }
+        if body_cut {
+            // The client's body was cut short: the connection cannot carry
+            // another request, and closing must not reset the answer away.
+            self.linger = true;
+        }
+        let response = match early {
+            Some(response) => response,
+            None => match self.read_answer(&mut upstream, &mut up_buf, http10).await {
+                Ok(response) => response,
+                Err(status) => {
+                    lease.report_failure(Instant::now().into_std());
+                    return self
+                        .reject(status, "upstream sent no valid answer", None)
+                        .await;
+                }
+            },
         };
 
         match handshake::classify_response(&kind, &response) {
@@ -395,6 +432,7 @@ where
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "upstream sent an invalid 101");
+                lease.report_failure(Instant::now().into_std());
                 return self
                     .reject(StatusCode::BAD_GATEWAY, &e.to_string(), None)
                     .await;
@@ -406,20 +444,101 @@ where
         } else {
             Outcome::Proxied
         };
+        let keep_alive = !body_cut && self.may_keep_alive(client_keeps_alive);
         let mut response = response;
         inner.policy.rewrite_response(&mut response, &client, &ctx);
-        self.relay(
-            response,
-            &method,
-            upstream,
-            up_buf,
-            client_keeps_alive,
-            outcome,
-        )
-        .await
+        self.relay(response, &method, upstream, up_buf, keep_alive, outcome)
+            .await
     }
 
-    async fn answer_preflight(&mut self, preflight: Response<()>) -> Next {
+    /// Whether the connection may carry another request after this one.
+    fn may_keep_alive(&self, client_keeps_alive: bool) -> bool {
+        client_keeps_alive
+            && self.report.requests < self.inner.keepalive_requests
+            && self.drain.phase() == Phase::Running
+    }
+
+    /// Streams the request body upstream while listening for an answer: an
+    /// upstream may answer before it has read the body (413, 401), and that
+    /// answer must reach the client rather than a reset.
+    async fn send_body(
+        &mut self,
+        upstream: &mut TcpStream,
+        up_buf: &mut BytesMut,
+        body: BodyKind,
+    ) -> BodySent {
+        let inner = self.inner;
+        let limits = &inner.limits;
+        let (mut up_read, mut up_write) = upstream.split();
+        let send = copy_body(
+            &mut self.io,
+            &mut up_write,
+            &mut self.buf,
+            BodyScanner::new(body),
+            inner.timeouts.handshake,
+            inner.timeouts.send,
+        );
+        // Interim answers are dropped here: the proxy answered any
+        // `Expect: 100-continue` itself.
+        let listen = async {
+            loop {
+                // No deadline of its own: the body's timeouts bound this.
+                let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+                match read_head(&mut up_read, up_buf, far, limits.max_head_bytes(), |b| {
+                    handshake::parse_response(b, limits)
+                })
+                .await
+                {
+                    Ok(r) if r.status().is_informational() => continue,
+                    Ok(r) => return Some(r),
+                    Err(_) => return None,
+                }
+            }
+        };
+        tokio::pin!(send, listen);
+        let mut listening = true;
+        loop {
+            tokio::select! {
+                biased;
+                answer = &mut listen, if listening => match answer {
+                    Some(response) => return BodySent::EarlyAnswer(response),
+                    // A read error or close: the send side will see it too.
+                    None => listening = false,
+                },
+                sent = &mut send => return match sent {
+                    Ok(n) => BodySent::Whole(n),
+                    Err(CopyError::Framing(e)) => BodySent::Framing(e),
+                    Err(CopyError::Read) => BodySent::ClientGone,
+                    Err(CopyError::Write) => BodySent::UpstreamGone,
+                },
+            }
+        }
+    }
+
+    async fn answer_preflight(
+        &mut self,
+        mut preflight: Response<()>,
+        body: BodyKind,
+        client_keeps_alive: bool,
+    ) -> Next {
+        if preflight.status() != StatusCode::NO_CONTENT {
+            let status = preflight.status();
+            return self
+                .reject(status, "origin not allowed by cors", None)
+                .await;
+        }
+        if body != BodyKind::Empty {
+            // A preflight has no body (Fetch standard); one that claims a
+            // body is refused rather than its body read as the next request.
+            let message = "cors preflight request has a body";
+            return self.reject(StatusCode::BAD_REQUEST, message, None).await;
+        }
+        let keep_alive = self.may_keep_alive(client_keeps_alive);
+        if !keep_alive {
+            preflight
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         let mut out = BytesMut::new();
         handshake::write_response_head(&preflight, &mut out);
         if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
@@ -429,7 +548,11 @@ where
             return Next::Close;
         }
         self.finish(Outcome::Preflight);
-        Next::KeepAlive
+        if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
     }
 
     /// Reads the upstream's final answer head, relaying interim 1xx answers
@@ -438,6 +561,7 @@ where
         &mut self,
         upstream: &mut TcpStream,
         up_buf: &mut BytesMut,
+        http10: bool,
     ) -> Result<Response<()>, StatusCode> {
         let limits = &self.inner.limits;
         // Bounded: a 1xx flood is still limited by the read timeout per head
@@ -455,6 +579,11 @@ where
             };
             let status = response.status();
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                // HTTP/1.0 clients cannot take interim answers (RFC 9110
+                // §15.2).
+                if http10 {
+                    continue;
+                }
                 let mut out = BytesMut::new();
                 handshake::write_response_head(&response, &mut out);
                 write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
@@ -498,7 +627,7 @@ where
         method: &Method,
         mut upstream: TcpStream,
         mut up_buf: BytesMut,
-        client_keeps_alive: bool,
+        keep_alive: bool,
         outcome: Outcome,
     ) -> Next {
         let inner = self.inner;
@@ -514,10 +643,7 @@ where
                     .await
             }
         };
-        let keep_alive = client_keeps_alive
-            && body != BodyKind::UntilClose
-            && self.report.requests < inner.keepalive_requests
-            && self.drain.phase() == Phase::Running;
+        let keep_alive = keep_alive && body != BodyKind::UntilClose;
         // The policy marks plain answers `Connection: close`, which is
         // right toward the one-request upstream connection; toward the
         // client, keep-alive is decided here.
@@ -556,8 +682,12 @@ where
                 }
             }
             // The head is out: the only honest signal left is closing.
-            Err(_) => {
+            Err(CopyError::Write) => {
                 self.finish(Outcome::Abandoned);
+                Next::Close
+            }
+            Err(_) => {
+                self.finish(Outcome::UpstreamFailed);
                 Next::Close
             }
         }
@@ -699,9 +829,46 @@ where
     }
 }
 
+/// Why a body stopped short, by the side at fault.
 enum CopyError {
     Framing(BodyError),
-    Io,
+    /// Reading the source failed, timed out or ended early.
+    Read,
+    /// Writing the destination failed or timed out.
+    Write,
+}
+
+/// How sending a request body ended.
+enum BodySent {
+    Whole(u64),
+    /// The upstream answered before the body was through.
+    EarlyAnswer(Response<()>),
+    Framing(BodyError),
+    ClientGone,
+    UpstreamGone,
+}
+
+/// What the proxy answers `Expect: 100-continue` with before reading a body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// True when the request waits for `100 Continue` before sending its body.
+fn expects_continue<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Turns the target into origin-form for the upstream. An absolute-form
+/// target's authority replaces Host (RFC 9112 §3.2.2), so that the upstream
+/// sees the host the route was chosen by.
+pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<(), ()> {
+    if let Some(authority) = request.uri().authority() {
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
+        request.headers_mut().insert(HOST, host);
+    }
+    *request.uri_mut() = path.parse().map_err(|_| ())?;
+    Ok(())
 }
 
 /// Streams one body from `src` to `dst`, starting with the bytes already in
@@ -725,7 +892,7 @@ where
             let chunk = pending.split_to(scan.consumed);
             write_all_timeout(dst, &chunk, send_timeout)
                 .await
-                .map_err(|_| CopyError::Io)?;
+                .map_err(|_| CopyError::Write)?;
             total += chunk.len() as u64;
         }
         if scanner.is_done() {
@@ -734,7 +901,7 @@ where
         pending.reserve(READ_CHUNK);
         match timeout(read_timeout, src.read_buf(pending)).await {
             Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Io),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Read),
             Ok(Ok(_)) => {}
         }
     }

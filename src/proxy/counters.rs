@@ -6,6 +6,8 @@ use std::sync::Mutex;
 
 use http::StatusCode;
 
+use crate::balance::Lease;
+
 /// How one request or connection ended, as counted in [`CountersSnapshot`] and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -20,8 +22,12 @@ pub enum Outcome {
     Preflight,
     /// The proxy answered with an error status itself.
     Rejected(StatusCode),
-    /// The client went away or timed out before a full request head.
+    /// The client went away: before a full request head, or while its
+    /// request or answer was under way.
     Abandoned,
+    /// The upstream failed after the connection was made: it broke off its
+    /// answer or stopped reading the request.
+    UpstreamFailed,
 }
 
 /// Live counters of a [`Proxy`](super::Proxy); read them with
@@ -36,6 +42,7 @@ pub(crate) struct Counters {
     proxied: AtomicU64,
     upgrade_refused: AtomicU64,
     abandoned: AtomicU64,
+    upstream_failed: AtomicU64,
     bytes_from_client: AtomicU64,
     bytes_from_upstream: AtomicU64,
     rejected: [AtomicU64; REJECT_STATUSES.len()],
@@ -61,7 +68,7 @@ impl Counters {
         self.handshakes.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn tunnel_started(&self, upstream: &str) {
+    fn tunnel_started(&self, upstream: &str) {
         self.tunnels_active.fetch_add(1, Relaxed);
         self.tunnels_total.fetch_add(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
@@ -74,9 +81,8 @@ impl Counters {
         }
     }
 
-    pub(crate) fn tunnel_ended(&self, upstream: &str, from_client: u64, from_upstream: u64) {
+    fn tunnel_ended(&self, upstream: &str) {
         self.tunnels_active.fetch_sub(1, Relaxed);
-        self.bytes(from_client, from_upstream);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
             if let Some(n) = map.get_mut(upstream) {
                 *n = n.saturating_sub(1);
@@ -98,6 +104,7 @@ impl Counters {
             Outcome::Proxied => &self.proxied,
             Outcome::UpgradeRefused => &self.upgrade_refused,
             Outcome::Abandoned => &self.abandoned,
+            Outcome::UpstreamFailed => &self.upstream_failed,
             Outcome::Rejected(status) => REJECT_STATUSES
                 .iter()
                 .position(|s| *s == status.as_u16())
@@ -116,6 +123,7 @@ impl Counters {
             proxied: self.proxied.load(Relaxed),
             upgrade_refused: self.upgrade_refused.load(Relaxed),
             abandoned: self.abandoned.load(Relaxed),
+            upstream_failed: self.upstream_failed.load(Relaxed),
             bytes_from_client: self.bytes_from_client.load(Relaxed),
             bytes_from_upstream: self.bytes_from_upstream.load(Relaxed),
             rejected: REJECT_STATUSES
@@ -141,6 +149,28 @@ impl Counters {
     }
 }
 
+/// Counts one tunnel as open until dropped, so that a tunnel whose future
+/// is cancelled (a host's timeout, an aborted task) is still counted out.
+pub(crate) struct OpenTunnel<'a> {
+    counters: &'a Counters,
+    lease: &'a Lease,
+}
+
+impl<'a> OpenTunnel<'a> {
+    pub(crate) fn new(counters: &'a Counters, lease: &'a Lease) -> Self {
+        // The name is made again on drop rather than kept: an idle tunnel
+        // holds nothing it does not need.
+        counters.tunnel_started(&lease.addr().to_string());
+        Self { counters, lease }
+    }
+}
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.counters.tunnel_ended(&self.lease.addr().to_string());
+    }
+}
+
 /// A point-in-time copy of a proxy's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -159,8 +189,10 @@ pub struct CountersSnapshot {
     pub proxied: u64,
     /// Upgrades the upstream answered without 101 (answer relayed).
     pub upgrade_refused: u64,
-    /// Connections that ended before a complete request head.
+    /// Requests the client abandoned (see [`Outcome::Abandoned`]).
     pub abandoned: u64,
+    /// Requests the upstream broke off after connecting.
+    pub upstream_failed: u64,
     /// Bytes the clients sent through tunnels and bodies.
     pub bytes_from_client: u64,
     /// Bytes the upstreams sent through tunnels and bodies.

@@ -178,14 +178,20 @@ impl Proxy {
     /// Serves one accepted client connection until it ends: every request on
     /// it (keep-alive), and the tunnel if one of them upgrades.
     ///
-    /// `peer` is the socket peer address; `scheme` is the listener's (`Https`
-    /// behind TLS termination). Never panics and never waits unbounded: each
+    /// `peer` is the socket peer address; `listener` is the listener's
+    /// scheme (`Https` behind TLS termination), or a [`Listener`] with its
+    /// port too. Never panics and never waits unbounded: each
     /// step runs under its timeout.
-    pub async fn serve<S>(&self, io: S, peer: SocketAddr, scheme: Scheme) -> ConnectionReport
+    pub async fn serve<S>(
+        &self,
+        io: S,
+        peer: SocketAddr,
+        listener: impl Into<Listener>,
+    ) -> ConnectionReport
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        self.serve_with_shutdown(io, peer, scheme, std::future::pending())
+        self.serve_with_shutdown(io, peer, listener, std::future::pending())
             .await
     }
 
@@ -196,7 +202,7 @@ impl Proxy {
         &self,
         io: S,
         peer: SocketAddr,
-        scheme: Scheme,
+        listener: impl Into<Listener>,
         shutdown: F,
     ) -> ConnectionReport
     where
@@ -204,7 +210,7 @@ impl Proxy {
         F: Future<Output = ()> + Send,
     {
         let (tx, rx) = watch::channel(Phase::Running);
-        let listener = conn::Listener::new(scheme, None);
+        let listener = listener.into();
         let serve = async {
             let (mut report, upgraded) =
                 conn::serve(&self.inner, io, peer, listener, Drain { rx }).await;
@@ -229,7 +235,7 @@ impl Proxy {
         &self,
         io: S,
         peer: SocketAddr,
-        listener: conn::Listener,
+        listener: Listener,
         drain: Drain,
     ) -> (ConnectionReport, Option<conn::Upgraded<S>>)
     where
@@ -246,6 +252,33 @@ impl Proxy {
     /// The route table.
     pub fn routes(&self) -> &Routes<UpstreamGroup> {
         &self.inner.routes
+    }
+}
+
+/// The listener a connection came in on: its scheme (`X-Forwarded-Proto`,
+/// redirects) and port (nginx `$server_port`, for
+/// [`HostMode::ClientWithListenerPort`](crate::forward::HostMode)).
+///
+/// A [`Scheme`] converts into a listener on the scheme's default port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Listener {
+    /// `Http`, or `Https` behind TLS termination.
+    pub scheme: Scheme,
+    /// The port clients connected to.
+    pub port: u16,
+}
+
+impl Listener {
+    /// A listener with this scheme on this port.
+    pub fn new(scheme: Scheme, port: u16) -> Self {
+        Self { scheme, port }
+    }
+}
+
+impl From<Scheme> for Listener {
+    fn from(scheme: Scheme) -> Self {
+        Self::new(scheme, scheme.default_port())
     }
 }
 
@@ -458,7 +491,7 @@ impl Drain {
 
     /// Resolves once the phase is at least `phase`; never, if the sender is
     /// gone before that.
-    async fn reached(mut self, phase: Phase) {
+    pub(crate) async fn reached(mut self, phase: Phase) {
         let at_least = |p: &Phase| match phase {
             Phase::Running => true,
             Phase::Draining => *p != Phase::Running,

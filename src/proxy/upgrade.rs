@@ -11,10 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{self, HeadRead, Listener};
-use super::{Inner, Proxy};
+use super::conn::{self, HeadRead};
+use super::counters::OpenTunnel;
+use super::{Inner, Listener, Proxy};
 use crate::balance::Lease;
-use crate::forward::{ForwardContext, ForwardError, Scheme};
+use crate::forward::{ForwardContext, ForwardError};
 use crate::handshake::{self, HandshakeError, RequestKind, ResponseKind};
 use crate::route::RouteError;
 use crate::tunnel::{tunnel, Prefixed, TunnelStats};
@@ -60,8 +61,9 @@ impl Proxy {
         &self,
         request: Request<()>,
         peer: SocketAddr,
-        scheme: Scheme,
+        listener: impl Into<Listener>,
     ) -> Result<PendingUpgrade, UpgradeError> {
+        let listener = listener.into();
         let inner = &self.inner;
         // The same checks as for a head read from a socket: the request
         // goes through the parser once more rather than a second rule set.
@@ -75,52 +77,65 @@ impl Proxy {
         if !matches!(kind, RequestKind::WebSocket(_)) {
             return Err(UpgradeError::NotUpgrade);
         }
-        let client = inner.policy.resolve_client(peer, request.headers(), scheme);
+        let client = inner
+            .policy
+            .resolve_client(peer, request.headers(), listener.scheme);
         let (group, path) = {
             let hit = inner.routes.find_for(&request)?;
             (hit.target().clone(), hit.path_and_query().into_owned())
         };
         inner.policy.check(&request, true)?;
         inner.counters.handshake();
+        conn::to_origin_form(&mut request, &path).map_err(|()| UpgradeError::NotUpgrade)?;
         let (lease, mut upstream) = conn::connect(inner, &group, &client, &request)
             .await
             .map_err(UpgradeError::Unreachable)?;
-        *request.uri_mut() = path.parse().map_err(|_| UpgradeError::NotUpgrade)?;
-        let listener = Listener::new(scheme, None);
-        let ctx = ForwardContext::new(
-            peer,
-            scheme,
-            listener.port,
-            conn::authority_of(lease.addr()),
-        )
-        .with_websocket(true);
+        let authority = conn::authority_of(lease.addr());
+        let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
+            .with_websocket(true);
         inner.policy.rewrite_request(&mut request, &client, &ctx);
 
+        let failed = |status| {
+            lease.report_failure(Instant::now().into_std());
+            UpgradeError::Unreachable(status)
+        };
         let mut out = BytesMut::new();
         handshake::write_request_head(&request, &mut out);
         conn::write_all_timeout(&mut upstream, &out, inner.timeouts.send)
             .await
-            .map_err(|_| UpgradeError::Unreachable(StatusCode::BAD_GATEWAY))?;
+            .map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
         let mut buf = BytesMut::new();
         let limits = &inner.limits;
-        let deadline = Instant::now() + inner.timeouts.read;
-        let mut response = conn::read_head(
-            &mut upstream,
-            &mut buf,
-            deadline,
-            limits.max_head_bytes(),
-            |b| handshake::parse_response(b, limits),
-        )
-        .await
-        .map_err(|e| match e {
-            HeadRead::Timeout => UpgradeError::Unreachable(StatusCode::GATEWAY_TIMEOUT),
-            _ => UpgradeError::Unreachable(StatusCode::BAD_GATEWAY),
-        })?;
-        match handshake::classify_response(&kind, &response) {
-            Ok(ResponseKind::Switched) => {}
-            Ok(_) => return Err(UpgradeError::NotSwitched(response.status())),
-            Err(_) => return Err(UpgradeError::InvalidSwitch),
+        // Interim answers (103 Early Hints) are skipped; bounded like the
+        // proxy's own loop.
+        let mut response = None;
+        for _ in 0..8 {
+            let deadline = Instant::now() + inner.timeouts.read;
+            let head = conn::read_head(
+                &mut upstream,
+                &mut buf,
+                deadline,
+                limits.max_head_bytes(),
+                |b| handshake::parse_response(b, limits),
+            )
+            .await
+            .map_err(|e| match e {
+                HeadRead::Timeout => failed(StatusCode::GATEWAY_TIMEOUT),
+                _ => failed(StatusCode::BAD_GATEWAY),
+            })?;
+            match handshake::classify_response(&kind, &head) {
+                Ok(ResponseKind::Informational) => continue,
+                Ok(ResponseKind::Switched) => {
+                    response = Some(head);
+                    break;
+                }
+                Ok(_) => return Err(UpgradeError::NotSwitched(head.status())),
+                Err(_) => return Err(failed(StatusCode::BAD_GATEWAY)),
+            }
         }
+        let Some(mut response) = response else {
+            return Err(failed(StatusCode::BAD_GATEWAY));
+        };
         inner.policy.rewrite_response(&mut response, &client, &ctx);
         Ok(PendingUpgrade {
             inner: self.inner.clone(),
@@ -157,7 +172,7 @@ impl PendingUpgrade {
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let counters = &self.inner.counters;
-        counters.tunnel_started(&self.lease.addr().to_string());
+        let open = OpenTunnel::new(counters, &self.lease);
         let stats = tunnel(
             client,
             Prefixed::new(self.prefix, self.upstream),
@@ -165,12 +180,8 @@ impl PendingUpgrade {
             std::future::pending(),
         )
         .await;
-        counters.tunnel_ended(
-            &self.lease.addr().to_string(),
-            stats.client_to_upstream,
-            stats.upstream_to_client,
-        );
-        drop(self.lease);
+        drop(open);
+        counters.bytes(stats.client_to_upstream, stats.upstream_to_client);
         stats
     }
 }
@@ -191,15 +202,13 @@ pub enum UpgradeError {
     /// The forwarding policy refused it (Origin).
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// No upstream was reached, or it did not answer in time (502 or 504).
-    #[error("upstream unreachable or silent ({0})")]
+    /// No upstream was reached, it did not answer in time, or its 101 did
+    /// not complete the upgrade (502 or 504).
+    #[error("upstream unreachable, silent or invalid ({0})")]
     Unreachable(StatusCode),
     /// The upstream answered without switching protocols.
     #[error("upstream answered {0} instead of 101")]
     NotSwitched(StatusCode),
-    /// The upstream's 101 does not complete the upgrade.
-    #[error("upstream sent an invalid upgrade answer")]
-    InvalidSwitch,
 }
 
 impl UpgradeError {
@@ -211,7 +220,6 @@ impl UpgradeError {
             Self::Route(e) => e.status(),
             Self::Forward(e) => e.status(),
             Self::Unreachable(status) | Self::NotSwitched(status) => *status,
-            Self::InvalidSwitch => StatusCode::BAD_GATEWAY,
         }
     }
 }

@@ -101,6 +101,14 @@ pub async fn ws_upstream(options: WsUpstreamOptions) -> WsUpstream {
 /// A plain TCP upstream that answers every connection with `answer` once it
 /// has read a full request head, and records the bytes it received.
 pub async fn raw_upstream(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    raw_upstream_after(b"\r\n\r\n", answer).await
+}
+
+/// Like [`raw_upstream`], but answers only once it has received `until`.
+pub async fn raw_upstream_after(
+    until: &'static [u8],
+    answer: &'static [u8],
+) -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -114,7 +122,7 @@ pub async fn raw_upstream(answer: &'static [u8]) -> (SocketAddr, Arc<Mutex<Vec<V
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                while !got.windows(until.len()).any(|w| w == until) {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
