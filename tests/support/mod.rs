@@ -44,6 +44,8 @@ pub struct WsUpstreamOptions {
     pub announce: Option<&'static str>,
     /// Accept the first offered subprotocol.
     pub pick_protocol: bool,
+    /// Read every message but never answer one.
+    pub silent: bool,
 }
 
 pub async fn ws_upstream(options: WsUpstreamOptions) -> WsUpstream {
@@ -78,6 +80,9 @@ pub async fn ws_upstream(options: WsUpstreamOptions) -> WsUpstream {
                     }
                 }
                 while let Some(Ok(msg)) = ws.next().await {
+                    if options.silent && !msg.is_close() {
+                        continue;
+                    }
                     let reply = match msg {
                         Message::Text(_) | Message::Binary(_) => msg,
                         Message::Close(_) => {
