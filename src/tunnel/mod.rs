@@ -2,7 +2,12 @@
 //! the WebSocket handshake, with nginx/HAProxy-style timeouts, half-close,
 //! and no buffer held while idle.
 //!
-//! The tunnel knows bytes and timers, never HTTP or WebSocket frames.
+//! The tunnel knows bytes and timers, never HTTP. It knows WebSocket frames
+//! only when asked to ([`TunnelConfig::track_frames`]): then a
+//! [`FrameTracker`] per direction reads the frame
+//! headers of the bytes it forwards, for message counts, the Close frames in
+//! [`TunnelStats::frames`], and a [`TunnelError::Framing`] end for a side
+//! that breaks the rules.
 //!
 //! # Memory
 //!
@@ -29,12 +34,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+
+use crate::frame::{FrameTracker, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 pub use error::TunnelError;
 pub use prefixed::Prefixed;
-pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
+pub use stats::{FrameStats, Side, Timeout, TunnelEnd, TunnelStats};
 
 use transfer::{nanos_since, CopyError, Nanos, Stamps, Transfer, NEVER};
 
@@ -86,6 +93,14 @@ pub struct TunnelConfig {
     pub linger_timeout: Option<Duration>,
     /// The longest a tunnel may live, traffic or not.
     pub max_lifetime: Option<Duration>,
+    /// Follow WebSocket frames in both directions (off by default, for
+    /// tunnels of other protocols): count messages, capture each side's
+    /// Close frame into [`TunnelStats::frames`], and end the tunnel with
+    /// [`TunnelError::Framing`] when a side breaks RFC 6455 framing. The
+    /// client side must send masked frames and the upstream unmasked ones
+    /// (§5.1). Bytes still pass unchanged; the first byte read from each
+    /// side (after any [`Prefixed`] bytes, which count) must start a frame.
+    pub track_frames: bool,
 }
 
 impl TunnelConfig {
@@ -127,6 +142,19 @@ impl TunnelConfig {
     /// Sets [`max_lifetime`](Self::max_lifetime).
     pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
         self.max_lifetime = lifetime.into();
+        self
+    }
+
+    /// Sets [`track_frames`](Self::track_frames).
+    ///
+    /// ```
+    /// use wsproxy::tunnel::TunnelConfig;
+    /// let websocket = TunnelConfig::new().track_frames(true);
+    /// assert!(websocket.track_frames);
+    /// assert!(!TunnelConfig::default().track_frames);
+    /// ```
+    pub fn track_frames(mut self, on: bool) -> Self {
+        self.track_frames = on;
         self
     }
 }
@@ -238,6 +266,12 @@ where
         shutdown,
         c2u: Transfer::new(),
         u2c: Transfer::new(),
+        frames: config.track_frames.then(|| {
+            Box::new(Frames {
+                c2u: FrameTracker::new(Role::Client),
+                u2c: FrameTracker::new(Role::Server),
+            })
+        }),
         started: Instant::now(),
         timers: timed.then(|| {
             Box::pin(Timers {
@@ -318,6 +352,25 @@ pin_project! {
     }
 }
 
+/// The frame trackers of both directions, boxed so that a tunnel that does
+/// not track frames carries one null pointer for them.
+#[derive(Debug)]
+struct Frames {
+    c2u: FrameTracker,
+    u2c: FrameTracker,
+}
+
+impl Frames {
+    fn stats(&self) -> FrameStats {
+        FrameStats {
+            client_messages: self.c2u.messages(),
+            upstream_messages: self.u2c.messages(),
+            client_close: self.c2u.close(),
+            upstream_close: self.u2c.close(),
+        }
+    }
+}
+
 pin_project! {
     /// The future returned by [`tunnel`]; resolves to [`TunnelStats`].
     ///
@@ -330,6 +383,7 @@ pin_project! {
         shutdown: F,
         c2u: Transfer,
         u2c: Transfer,
+        frames: Option<Box<Frames>>,
         started: Instant,
         timers: Option<Pin<Box<Timers>>>,
         // Boxed: only an abnormal end is stored, once, while closing.
@@ -348,6 +402,7 @@ impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
             .field("upstream", &self.upstream)
             .field("client_to_upstream", &self.c2u)
             .field("upstream_to_client", &self.u2c)
+            .field("frames", &self.frames)
             .field("timers", &self.timers)
             .field("phase", &self.phase)
             .finish_non_exhaustive()
@@ -377,6 +432,7 @@ where
                             this.upstream,
                             this.c2u,
                             this.u2c,
+                            this.frames.as_deref_mut(),
                             started,
                             this.first_eof,
                             this.timers.as_mut().map(|t| t.as_mut().project()),
@@ -398,6 +454,7 @@ where
                             started,
                             this.c2u,
                             this.u2c,
+                            this.frames.as_deref(),
                             *this.first_eof,
                             end,
                         ));
@@ -427,7 +484,14 @@ where
                     *this.phase = Phase::Finished;
                     *this.timers = None;
                     let end = this.end.take().map_or(TunnelEnd::Shutdown, |end| *end);
-                    return Poll::Ready(stats(started, this.c2u, this.u2c, *this.first_eof, end));
+                    return Poll::Ready(stats(
+                        started,
+                        this.c2u,
+                        this.u2c,
+                        this.frames.as_deref(),
+                        *this.first_eof,
+                        end,
+                    ));
                 }
                 // Polled after completion: stay pending rather than panic.
                 Phase::Finished => return Poll::Pending,
@@ -470,6 +534,7 @@ fn run<C, U>(
     upstream: &mut U,
     c2u: &mut Transfer,
     u2c: &mut Transfer,
+    mut frames: Option<&mut Frames>,
     started: Instant,
     first_eof: &mut Option<Side>,
     mut timers: Option<TimersProj<'_>>,
@@ -482,7 +547,8 @@ where
     let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
 
     let clock = timers.as_mut().map(|t| (&mut *t.c2u, started));
-    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock) {
+    let tracker = frames.as_deref_mut().map(|f| &mut f.c2u);
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock, tracker) {
         return Some(TunnelEnd::Error(blame(e, Side::Client)));
     }
     if c2u.read_done() && first_eof.is_none() {
@@ -492,7 +558,8 @@ where
         }
     }
     let clock = timers.as_mut().map(|t| (&mut *t.u2c, started));
-    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock) {
+    let tracker = frames.map(|f| &mut f.u2c);
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock, tracker) {
         return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
     }
     if u2c.read_done() && first_eof.is_none() {
@@ -518,6 +585,7 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
             side: from.other(),
             source,
         },
+        CopyError::Frame(source) => TunnelError::Framing { side: from, source },
     }
 }
 
@@ -607,6 +675,7 @@ fn stats(
     started: Instant,
     c2u: &Transfer,
     u2c: &Transfer,
+    frames: Option<&Frames>,
     first_eof: Option<Side>,
     end: TunnelEnd,
 ) -> TunnelStats {
@@ -616,5 +685,6 @@ fn stats(
         duration: started.elapsed(),
         first_eof,
         end,
+        frames: frames.map(Frames::stats),
     }
 }

@@ -4,9 +4,9 @@
 //! direction is idle. Each poll reads into a buffer the caller lends for the
 //! duration of that poll (on its stack); only the bytes the writer did not
 //! accept are copied to the heap, and that copy is freed as soon as it has
-//! been written. This is where a byte observer (e.g. a frame-boundary
-//! tracker) would hook in: every chunk passes through `poll_copy` once, in
-//! order, right after it is read.
+//! been written. Every chunk passes through `poll_copy` once, in order, right
+//! after it is read: there the optional [`FrameTracker`] sees it, before it
+//! is written.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::frame::{FrameError, FrameTracker};
 
 /// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
 /// of an `Instant`'s sixteen keep the tunnel future small.
@@ -38,6 +40,8 @@ const CHUNKS_PER_POLL: u32 = 32;
 pub(crate) enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    /// The bytes read broke WebSocket framing (tracked tunnels only).
+    Frame(FrameError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +162,7 @@ impl Transfer {
         writer: &mut W,
         buf: &mut [MaybeUninit<u8>],
         mut clock: Clock<'_>,
+        mut frames: Option<&mut FrameTracker>,
     ) -> Poll<Result<(), CopyError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -251,6 +256,13 @@ impl Transfer {
                 continue;
             }
             chunks += 1;
+            // Seen before it is written, so a frame that breaks the rules
+            // never reaches the peer; every byte seen is then written.
+            if let Some(frames) = frames.as_deref_mut() {
+                if let Err(e) = frames.observe(data) {
+                    return Poll::Ready(Err(CopyError::Frame(e)));
+                }
+            }
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
                     stamps.last_read = nanos_since(*started);
