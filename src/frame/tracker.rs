@@ -161,6 +161,24 @@ impl FrameTracker {
                     continue;
                 }
                 Stage::Failed(e) => return Err(e),
+                Stage::Head => {
+                    // Most headers arrive whole: read them in one step
+                    // rather than byte by byte.
+                    match self.whole_header(&bytes[at..]) {
+                        Ok(Some(n)) => {
+                            at += n;
+                            if STOP && self.stage == Stage::Head {
+                                return Ok(at);
+                            }
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            self.stage = Stage::Failed(e);
+                            return Err(e);
+                        }
+                    }
+                }
                 _ => {}
             }
             let b = bytes[at];
@@ -183,18 +201,9 @@ impl FrameTracker {
         match self.stage {
             Stage::Head => self.start_frame(b),
             Stage::Length => {
-                self.masked = b & 0x80 != 0;
-                match (self.role, self.masked) {
-                    (Role::Client, false) => return Err(FrameError::UnmaskedClientFrame),
-                    (Role::Server, true) => return Err(FrameError::MaskedServerFrame),
-                    _ => {}
-                }
-                let len = b & 0x7f;
-                if self.is_control() && usize::from(len) > MAX_CONTROL_PAYLOAD {
-                    return Err(FrameError::ControlTooLong);
-                }
+                self.second_byte(b)?;
                 self.remaining = 0;
-                match len {
+                match b & 0x7f {
                     126 => self.stage = Stage::ExtendedLength(2),
                     127 => self.stage = Stage::ExtendedLength(8),
                     n => {
@@ -227,6 +236,55 @@ impl FrameTracker {
             Stage::Payload => Ok(()),
             Stage::Failed(e) => Err(e),
         }
+    }
+
+    /// Reads a whole header from the start of `rest`, if it holds one, and
+    /// returns its length.
+    fn whole_header(&mut self, rest: &[u8]) -> Result<Option<usize>, FrameError> {
+        let [b0, b1, ..] = *rest else {
+            return Ok(None);
+        };
+        let ext = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let key = if b1 & 0x80 != 0 { 4 } else { 0 };
+        let len = 2 + ext + key;
+        let Some(header) = rest.get(..len) else {
+            return Ok(None);
+        };
+        self.start_frame(b0)?;
+        self.second_byte(b1)?;
+        let mut length = [0u8; 8];
+        length[8 - ext..].copy_from_slice(&header[2..2 + ext]);
+        self.remaining = match ext {
+            0 => u64::from(b1 & 0x7f),
+            _ => u64::from_be_bytes(length),
+        };
+        if self.remaining >> 63 != 0 {
+            return Err(FrameError::LengthTooLarge);
+        }
+        if key != 0 {
+            self.mask.copy_from_slice(&header[2 + ext..len]);
+        }
+        self.start_payload()?;
+        Ok(Some(len))
+    }
+
+    /// Checks the second header byte: the masking rule of the role (§5.1)
+    /// and the length of a control frame (§5.5).
+    fn second_byte(&mut self, b: u8) -> Result<(), FrameError> {
+        self.masked = b & 0x80 != 0;
+        match (self.role, self.masked) {
+            (Role::Client, false) => return Err(FrameError::UnmaskedClientFrame),
+            (Role::Server, true) => return Err(FrameError::MaskedServerFrame),
+            _ => {}
+        }
+        if self.is_control() && usize::from(b & 0x7f) > MAX_CONTROL_PAYLOAD {
+            return Err(FrameError::ControlTooLong);
+        }
+        Ok(())
     }
 
     /// Checks the first header byte against the fragmentation rules (§5.4).
