@@ -1,23 +1,26 @@
 //! Frame tracking in the tunnel: a real tokio-tungstenite client and server
 //! over loopback TCP (messages counted, close codes captured both ways,
-//! fragmented and large messages), and framing violations over duplex
-//! streams.
+//! fragmented and large messages), framing violations, and frames inserted
+//! at boundaries, over duplex streams.
 
 use std::future::{pending, Future};
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
-use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Frame};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame as WsClose, Frame};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsproxy::frame::FrameError;
-use wsproxy::tunnel::{tunnel, Prefixed, Side, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};
+use wsproxy::frame::{Boundary, CloseFrame, FrameError, FrameTracker, Role};
+use wsproxy::tunnel::{
+    tunnel, Prefixed, Side, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelStats,
+};
 
 /// Bound for every wait on real sockets.
 const BOUND: Duration = Duration::from_secs(30);
@@ -144,7 +147,7 @@ async fn tungstenite_session_counts_messages_and_the_clients_close() {
     assert_eq!(echoes[2], Message::binary(pattern(300_000)));
     assert_eq!(echoes[3], Message::text("fragmented"));
 
-    ws.close(Some(CloseFrame {
+    ws.close(Some(WsClose {
         code: CloseCode::Normal,
         reason: "done".into(),
     }))
@@ -171,7 +174,7 @@ async fn tungstenite_session_counts_messages_and_the_clients_close() {
 async fn upstream_close_code_and_reason_are_captured() {
     let (addr, stats, server) = setup(|mut ws| async move {
         ws.send(Message::binary(pattern(70_000))).await.unwrap();
-        ws.close(Some(CloseFrame {
+        ws.close(Some(WsClose {
             code: CloseCode::Error,
             reason: "backend failed".into(),
         }))
@@ -314,4 +317,168 @@ async fn untracked_tunnel_passes_any_bytes_and_reports_no_frames() {
     let stats = bounded(task).await.unwrap();
     assert!(stats.end.is_clean());
     assert!(stats.frames.is_none());
+}
+
+/// Polls the tunnel once: it relays everything that is ready, then stops.
+async fn poll_once<T: Future + Unpin>(relay: &mut T) -> Option<T::Output> {
+    let polled =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut *relay).poll(cx))).await;
+    match polled {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Reads exactly `n` bytes the tunnel already wrote.
+async fn take(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    bounded(stream.read_exact(&mut buf)).await.unwrap();
+    buf
+}
+
+/// Asserts nothing more is readable right now (one poll, no waiting).
+async fn nothing_more(stream: &mut DuplexStream) {
+    use tokio::io::{AsyncRead, ReadBuf};
+    let mut one = [0u8; 1];
+    let polled = std::future::poll_fn(|cx| {
+        let mut buf = ReadBuf::new(&mut one);
+        let r = Pin::new(&mut *stream).poll_read(cx, &mut buf);
+        std::task::Poll::Ready(r.map(|r| r.map(|()| buf.filled().len())))
+    })
+    .await;
+    assert!(polled.is_pending(), "unexpected bytes: {polled:?}");
+}
+
+/// A masked frame as a client sends it.
+fn masked(head: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [9, 8, 7, 6];
+    let mut out = vec![head, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn unmasked(head: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![head, payload.len() as u8];
+    out.extend_from_slice(payload);
+    out
+}
+
+type TrackedTunnel = Pin<Box<Tunnel<DuplexStream, DuplexStream, std::future::Pending<()>>>>;
+
+fn tracked_pair() -> (DuplexStream, DuplexStream, TrackedTunnel) {
+    let (client, browser) = duplex(64 * 1024);
+    let (upstream, backend) = duplex(64 * 1024);
+    let config = TunnelConfig::new().track_frames(true);
+    let relay = Box::pin(tunnel(client, upstream, &config, pending()));
+    (browser, backend, relay)
+}
+
+#[tokio::test]
+async fn close_goes_in_at_the_next_frame_boundary_each_way() {
+    let (mut browser, mut backend, mut relay) = tracked_pair();
+    let from_client = masked(0x82, b"0123456789");
+    let from_upstream = unmasked(0x82, b"abcde");
+    // Each direction stops in the middle of a frame.
+    browser.write_all(&from_client[..8]).await.unwrap();
+    backend.write_all(&unmasked(0x81, b"up")).await.unwrap();
+    backend.write_all(&from_upstream[..3]).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+
+    let close = CloseFrame::new(1001, "going away").unwrap();
+    assert!(relay.as_mut().insert_close(&close));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(relay.has_pending_frames(Side::Client));
+    assert!(relay.has_pending_frames(Side::Upstream));
+    assert_eq!(take(&mut browser, 4 + 3).await[4..], from_upstream[..3]);
+    assert_eq!(take(&mut backend, 8).await, from_client[..8]);
+    nothing_more(&mut browser).await;
+    nothing_more(&mut backend).await;
+
+    // The upstream finishes its frame and sends another: the Close goes
+    // between the two, unmasked.
+    backend.write_all(&from_upstream[3..]).await.unwrap();
+    backend.write_all(&unmasked(0x81, b"zz")).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Client));
+    assert_eq!(take(&mut browser, 4).await, from_upstream[3..]);
+    assert_eq!(take(&mut browser, 14).await, close.encode(None));
+    assert_eq!(take(&mut browser, 4).await, unmasked(0x81, b"zz"));
+
+    // Same toward the upstream, masked with a key of the proxy's own.
+    browser.write_all(&from_client[8..]).await.unwrap();
+    browser.write_all(&masked(0x81, b"next")).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    assert_eq!(take(&mut backend, 8).await, from_client[8..]);
+    let close_wire = take(&mut backend, 2 + 4 + 12).await;
+    assert_eq!(close_wire[..2], [0x88, 0x80 | 12]);
+    let mut check = FrameTracker::new(Role::Client);
+    check.observe(&close_wire).unwrap();
+    assert_eq!(check.close(), Some(close.clone()));
+    assert_eq!(take(&mut backend, 10).await, masked(0x81, b"next"));
+
+    browser.shutdown().await.unwrap();
+    backend.shutdown().await.unwrap();
+    let stats = bounded(relay).await;
+    assert!(stats.end.is_clean(), "{:?}", stats.end);
+    let frames = stats.frames.unwrap();
+    // The inserted Close frames are the proxy's: neither side sent one.
+    assert_eq!((frames.client_messages, frames.upstream_messages), (2, 3));
+    assert_eq!((frames.client_close, frames.upstream_close), (None, None));
+    assert_eq!(stats.upstream_to_client, 4 + 7 + 14 + 4);
+}
+
+#[tokio::test]
+async fn close_goes_between_fragments_and_a_data_frame_waits_for_the_message_end() {
+    let (mut browser, mut backend, mut relay) = tracked_pair();
+    let first = masked(0x01, b"frag");
+    let last = masked(0x80, b"ment");
+    let data = masked(0x82, b"proxy");
+    browser.write_all(&first).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert_eq!(take(&mut backend, first.len()).await, first);
+
+    // A data frame must not split the fragmented message; a Close may.
+    assert!(relay.as_mut().insert_frames(Side::Upstream, &data));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(relay.has_pending_frames(Side::Upstream));
+    nothing_more(&mut backend).await;
+
+    browser.write_all(&last).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    let mut got = take(&mut backend, last.len() + data.len()).await;
+    assert_eq!(got[..last.len()], last);
+    assert_eq!(got[last.len()..], data);
+
+    browser.write_all(&first).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    got = take(&mut backend, first.len()).await;
+    assert_eq!(got, first);
+    let close = CloseFrame::new(1012, "").unwrap();
+    assert!(relay.as_mut().insert_close(&close));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    let close_wire = take(&mut backend, 2 + 4 + 2).await;
+    let mut check = FrameTracker::new(Role::Client);
+    check.observe(&first).unwrap();
+    check.observe(&close_wire).unwrap();
+    assert_eq!(check.close().and_then(|c| c.code()), Some(1012));
+    assert_eq!(check.boundary(), Some(Boundary::Frame));
+}
+
+#[tokio::test]
+async fn untracked_tunnel_cannot_insert_frames() {
+    let (client, _browser) = duplex(64);
+    let (upstream, _backend) = duplex(64);
+    let mut relay = Box::pin(tunnel(
+        client,
+        upstream,
+        &TunnelConfig::default(),
+        pending(),
+    ));
+    let close = CloseFrame::new(1001, "").unwrap();
+    assert!(!relay.as_mut().insert_close(&close));
+    assert!(!relay.has_pending_frames(Side::Client));
 }

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
-use crate::frame::{FrameTracker, Role};
+use crate::frame::{CloseFrame, FrameTracker, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
@@ -45,7 +45,7 @@ pub use error::TunnelError;
 pub use prefixed::Prefixed;
 pub use stats::{FrameStats, Side, Timeout, TunnelEnd, TunnelStats};
 
-use transfer::{nanos_since, CopyError, Nanos, Stamps, Transfer, NEVER};
+use transfer::{nanos_since, CopyError, Framing, Nanos, Stamps, Transfer, NEVER};
 
 /// Size of the read buffer each poll borrows from its own stack. Large
 /// enough that a 64 KiB WebSocket message moves in one read and one write
@@ -270,8 +270,8 @@ where
         u2c: Transfer::new(),
         frames: config.track_frames.then(|| {
             Box::new(Frames {
-                c2u: FrameTracker::new(Role::Client),
-                u2c: FrameTracker::new(Role::Server),
+                c2u: Framing::new(FrameTracker::new(Role::Client)),
+                u2c: Framing::new(FrameTracker::new(Role::Server)),
             })
         }),
         started: Instant::now(),
@@ -358,18 +358,112 @@ pin_project! {
 /// not track frames carries one null pointer for them.
 #[derive(Debug)]
 struct Frames {
-    c2u: FrameTracker,
-    u2c: FrameTracker,
+    c2u: Framing,
+    u2c: Framing,
 }
 
 impl Frames {
     fn stats(&self) -> FrameStats {
         FrameStats {
-            client_messages: self.c2u.messages(),
-            upstream_messages: self.u2c.messages(),
-            client_close: self.c2u.close(),
-            upstream_close: self.u2c.close(),
+            client_messages: self.c2u.tracker.messages(),
+            upstream_messages: self.u2c.tracker.messages(),
+            client_close: self.c2u.tracker.close(),
+            upstream_close: self.u2c.tracker.close(),
         }
+    }
+
+    /// The direction whose bytes go toward `side`.
+    fn toward(&mut self, side: Side) -> &mut Framing {
+        match side {
+            Side::Upstream => &mut self.c2u,
+            Side::Client => &mut self.u2c,
+        }
+    }
+}
+
+/// A fresh masking key for a frame the proxy sends to the upstream (RFC 6455
+/// §5.3 asks for one per frame, unpredictable). `RandomState` is seeded
+/// from the operating system's randomness and keyed per call, so its
+/// SipHash output serves without another dependency.
+fn masking_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    let bits = hasher.finish();
+    [
+        bits as u8,
+        (bits >> 8) as u8,
+        (bits >> 16) as u8,
+        (bits >> 24) as u8,
+    ]
+}
+
+impl<C, U, F> Tunnel<C, U, F> {
+    /// Queues whole WebSocket frames to send toward `side`, at the next
+    /// frame boundary of the bytes flowing there: at once if that direction
+    /// is between frames, else right after the frame under way. Control
+    /// frames may go between the fragments of a message, data frames wait
+    /// for the end of the message (RFC 6455 §5.4). Nothing the peers sent is
+    /// dropped or reordered; frames queued earlier go first.
+    ///
+    /// `frames` must be whole frames as the receiving side expects them:
+    /// masked toward the upstream, unmasked toward the client (§5.1). They
+    /// are counted in the byte totals, not in the message counts.
+    ///
+    /// Returns `false`, queuing nothing, when the tunnel does not track
+    /// frames ([`TunnelConfig::track_frames`]). Takes effect when the tunnel
+    /// is next polled.
+    pub fn insert_frames(self: Pin<&mut Self>, side: Side, frames: &[u8]) -> bool {
+        let this = self.project();
+        let Some(tracked) = this.frames.as_deref_mut() else {
+            return false;
+        };
+        tracked.toward(side).insert(frames);
+        true
+    }
+
+    /// Queues `close` toward both sides, each at the next frame boundary of
+    /// its direction: unmasked toward the client, masked with a fresh random
+    /// key toward the upstream (RFC 6455 §5.3). The tunnel keeps relaying
+    /// afterwards, so the peers' Close replies reach each other.
+    ///
+    /// Returns `false` when the tunnel does not track frames.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio::io::AsyncReadExt;
+    /// use wsproxy::frame::CloseFrame;
+    /// use wsproxy::tunnel::{tunnel, TunnelConfig};
+    ///
+    /// let (client, mut browser) = tokio::io::duplex(1024);
+    /// let (upstream, _backend) = tokio::io::duplex(1024);
+    /// let config = TunnelConfig::new().track_frames(true);
+    /// let mut relay = Box::pin(tunnel(client, upstream, &config, std::future::pending()));
+    /// assert!(relay.as_mut().insert_close(&CloseFrame::new(1001, "bye")?));
+    /// tokio::spawn(relay);
+    ///
+    /// let mut close = [0u8; 7];
+    /// browser.read_exact(&mut close).await?;
+    /// assert_eq!(close, [0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn insert_close(mut self: Pin<&mut Self>, close: &CloseFrame) -> bool {
+        let toward_client = close.encode(None);
+        let toward_upstream = close.encode(Some(masking_key()));
+        self.as_mut().insert_frames(Side::Client, &toward_client)
+            && self.insert_frames(Side::Upstream, &toward_upstream)
+    }
+
+    /// Whether frames queued by [`insert_frames`](Self::insert_frames) or
+    /// [`insert_close`](Self::insert_close) still wait for a boundary toward
+    /// `side`.
+    pub fn has_pending_frames(&self, side: Side) -> bool {
+        self.frames.as_deref().is_some_and(|f| match side {
+            Side::Upstream => f.c2u.has_insert(),
+            Side::Client => f.u2c.has_insert(),
+        })
     }
 }
 

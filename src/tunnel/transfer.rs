@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::frame::{FrameError, FrameTracker};
+use crate::frame::{Boundary, FrameError, FrameTracker};
 
 /// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
 /// of an `Instant`'s sixteen keep the tunnel future small.
@@ -113,6 +113,53 @@ fn progressed(clock: &mut Clock<'_>) {
     }
 }
 
+/// The frames of one direction of a tunnel that tracks them: the tracker,
+/// and the frames waiting to be inserted at the next boundary.
+#[derive(Debug)]
+pub(crate) struct Framing {
+    pub(crate) tracker: FrameTracker,
+    /// Whole frames to write at the next boundary where they may go.
+    insert: Option<Box<[u8]>>,
+}
+
+impl Framing {
+    pub(crate) fn new(tracker: FrameTracker) -> Self {
+        Self {
+            tracker,
+            insert: None,
+        }
+    }
+
+    /// Queues whole frames for the next boundary where they may go, after
+    /// any frames queued before.
+    pub(crate) fn insert(&mut self, frames: &[u8]) {
+        self.insert = Some(match self.insert.take() {
+            Some(queued) => [&queued[..], frames].concat().into(),
+            None => frames.into(),
+        });
+    }
+
+    /// Whether frames are queued.
+    pub(crate) fn has_insert(&self) -> bool {
+        self.insert.is_some()
+    }
+
+    /// Whether the queued frames may go at the tracker's position: control
+    /// frames at any boundary, data frames only between messages (RFC 6455
+    /// §5.4).
+    fn insert_fits(&self) -> bool {
+        let Some(insert) = &self.insert else {
+            return false;
+        };
+        let control = insert.first().is_some_and(|b| b & 0x08 != 0);
+        match self.tracker.boundary() {
+            Some(Boundary::Message) => true,
+            Some(Boundary::Frame) => control,
+            _ => false,
+        }
+    }
+}
+
 /// The state of one direction: 24 bytes and no buffer while idle.
 #[derive(Debug)]
 pub(crate) struct Transfer {
@@ -162,7 +209,7 @@ impl Transfer {
         writer: &mut W,
         buf: &mut [MaybeUninit<u8>],
         mut clock: Clock<'_>,
-        mut frames: Option<&mut FrameTracker>,
+        mut frames: Option<&mut Framing>,
     ) -> Poll<Result<(), CopyError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -224,6 +271,20 @@ impl Transfer {
                 self.need_flush = true;
             }
 
+            // Everything observed is written now, so the tracker's position
+            // is the peer's: queued frames that fit go out before more is read.
+            if let Some(framing) = frames.as_deref_mut() {
+                if framing.insert_fits() {
+                    if let Some(insert) = framing.insert.take() {
+                        self.spill = Some(Box::new(Spill {
+                            buf: insert,
+                            pos: 0,
+                        }));
+                        continue;
+                    }
+                }
+            }
+
             if self.read_done {
                 self.state = State::ShuttingDown;
                 continue;
@@ -256,16 +317,30 @@ impl Transfer {
                 continue;
             }
             chunks += 1;
-            // Seen before it is written, so a frame that breaks the rules
-            // never reaches the peer; every byte seen is then written.
-            if let Some(frames) = frames.as_deref_mut() {
-                if let Err(e) = frames.observe(data) {
-                    return Poll::Ready(Err(CopyError::Frame(e)));
-                }
-            }
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
                     stamps.last_read = nanos_since(*started);
+                }
+            }
+            // Seen before it is written, so a frame that breaks the rules
+            // never reaches the peer; every byte seen is then written.
+            if let Some(framing) = frames.as_deref_mut() {
+                if framing.insert.is_some() {
+                    match insert_in_chunk(framing, data) {
+                        Ok(None) => {}
+                        Ok(Some(spliced)) => {
+                            // Rare (once per insertion): the chunk with the
+                            // frames spliced in goes out as a spill.
+                            self.spill = Some(Box::new(Spill {
+                                buf: spliced,
+                                pos: 0,
+                            }));
+                            continue;
+                        }
+                        Err(e) => return Poll::Ready(Err(CopyError::Frame(e))),
+                    }
+                } else if let Err(e) = framing.tracker.observe(data) {
+                    return Poll::Ready(Err(CopyError::Frame(e)));
                 }
             }
 
@@ -294,6 +369,29 @@ impl Transfer {
             self.need_flush = true;
         }
     }
+}
+
+/// Observes `data` and, if a boundary where the queued frames fit comes
+/// within it, returns the chunk with them spliced in there.
+fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]>>, FrameError> {
+    let mut at = 0;
+    let mut fits = framing.insert_fits();
+    while !fits && at < data.len() {
+        at += framing.tracker.observe_to_boundary(&data[at..])?;
+        fits = framing.insert_fits();
+    }
+    // The rest of the chunk, after the boundary, is observed too: the
+    // tracker always ends up having seen the whole chunk.
+    framing.tracker.observe(&data[at..])?;
+    if !fits {
+        return Ok(None);
+    }
+    let Some(insert) = framing.insert.take() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        [&data[..at], &insert[..], &data[at..]].concat().into(),
+    ))
 }
 
 fn write_zero() -> io::Error {
