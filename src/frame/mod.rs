@@ -60,7 +60,7 @@ mod close;
 mod tracker;
 
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 
 use http::StatusCode;
 

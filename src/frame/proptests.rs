@@ -40,7 +40,7 @@ type Control = (u8, Vec<u8>);
 
 /// One step of a valid stream.
 #[derive(Debug, Clone)]
-enum Item {
+pub(crate) enum Item {
     /// A text or binary message in these fragments (at least one), with a
     /// control frame (opcode, payload) optionally after each fragment but
     /// the last.
@@ -68,7 +68,7 @@ fn control() -> impl Strategy<Value = Control> {
     )
 }
 
-fn item() -> impl Strategy<Value = Item> {
+pub(crate) fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
         4 => (
             any::<bool>(),
@@ -83,14 +83,14 @@ fn item() -> impl Strategy<Value = Item> {
 
 /// A valid stream: its bytes, the boundaries after each frame (offset and
 /// kind), the number of messages and the first Close frame.
-struct Stream {
-    wire: Vec<u8>,
-    boundaries: Vec<(usize, Boundary)>,
-    messages: u64,
-    close: Option<CloseFrame>,
+pub(crate) struct Stream {
+    pub(crate) wire: Vec<u8>,
+    pub(crate) boundaries: Vec<(usize, Boundary)>,
+    pub(crate) messages: u64,
+    pub(crate) close: Option<CloseFrame>,
 }
 
-fn build(role: Role, items: &[Item], key: [u8; 4]) -> Stream {
+pub(crate) fn build(role: Role, items: &[Item], key: [u8; 4]) -> Stream {
     let mut s = Stream {
         wire: Vec::new(),
         boundaries: Vec::new(),

@@ -397,3 +397,127 @@ fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]
 fn write_zero() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "write zero byte into writer")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::frame::proptests::{build, item};
+    use crate::frame::{CloseFrame, Role};
+
+    /// Reads `data`, but is pending at `pause` until `resumed`.
+    struct Paused {
+        data: Vec<u8>,
+        pos: usize,
+        pause: usize,
+        resumed: bool,
+    }
+
+    impl AsyncRead for Paused {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let end = if self.resumed {
+                self.data.len()
+            } else {
+                self.pause
+            };
+            if self.pos == end && !self.resumed {
+                return Poll::Pending;
+            }
+            let n = (end - self.pos).min(buf.remaining());
+            buf.put_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Copies `reader` into `out` with `chunk`-byte reads until pending or done.
+    fn copy(
+        transfer: &mut Transfer,
+        framing: &mut Framing,
+        reader: &mut Paused,
+        out: &mut Vec<u8>,
+        chunk: usize,
+    ) -> Poll<Result<(), CopyError>> {
+        let waker = Arc::new(Noop).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = vec![MaybeUninit::uninit(); chunk];
+        // Bounded: each pending round but the pause copied a full budget of
+        // chunks, at least one byte each.
+        for _ in 0..=reader.data.len() + 2 {
+            match transfer.poll_copy(&mut cx, reader, out, &mut buf, None, Some(framing)) {
+                Poll::Pending if !reader.resumed && reader.pos == reader.pause => {
+                    return Poll::Pending;
+                }
+                Poll::Pending => {}
+                ready => return ready,
+            }
+        }
+        Poll::Pending
+    }
+
+    proptest! {
+        #[test]
+        fn inserted_frame_lands_on_the_first_fitting_boundary(
+            items in proptest::collection::vec(item(), 0..6),
+            key in any::<[u8; 4]>(),
+            pause in any::<prop::sample::Index>(),
+            chunk in 1usize..300,
+            control in any::<bool>(),
+        ) {
+            let stream = build(Role::Client, &items, key);
+            let pause = pause.index(stream.wire.len() + 1);
+            let insert = if control {
+                CloseFrame::new(1001, "bye").unwrap().encode(Some([1, 2, 3, 4]))
+            } else {
+                vec![0x82, 0x81, 5, 6, 7, 8, 0xaa]
+            };
+            let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
+            let mut transfer = Transfer::new();
+            let mut framing = Framing::new(FrameTracker::new(Role::Client));
+            let mut out = Vec::new();
+
+            let first = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(first.is_pending());
+            prop_assert_eq!(&out[..], &stream.wire[..pause]);
+            framing.insert(&insert);
+            reader.resumed = true;
+            let done = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(matches!(done, Poll::Ready(Ok(()))), "{:?}", done);
+            prop_assert!(!framing.has_insert());
+
+            // Where it should land: the first boundary at or after the pause
+            // where it may go (the start counts as a message boundary).
+            let fits = |b: Boundary| control || b == Boundary::Message;
+            let at = std::iter::once((0, Boundary::Message))
+                .chain(stream.boundaries.iter().copied())
+                .find(|&(at, b)| at >= pause && fits(b))
+                .map(|(at, _)| at)
+                .unwrap_or(stream.wire.len());
+            let mut expected = stream.wire[..at].to_vec();
+            expected.extend_from_slice(&insert);
+            expected.extend_from_slice(&stream.wire[at..]);
+            prop_assert_eq!(&out, &expected);
+            prop_assert_eq!(transfer.bytes(), expected.len() as u64);
+
+            // The result is a valid stream, the peer's messages all there.
+            let mut check = FrameTracker::new(Role::Client);
+            check.observe(&out).unwrap();
+            let inserted_data = u64::from(!control);
+            prop_assert_eq!(check.messages(), stream.messages + inserted_data);
+            prop_assert_eq!(framing.tracker.messages(), stream.messages);
+        }
+    }
+}
