@@ -18,7 +18,7 @@
 //! written. The [`Tunnel`] future itself is under 200 bytes over loopback
 //! TCP (`size_of` of `Tunnel<TcpStream, TcpStream, Pending<()>>` is 176,
 //! 8 of them the pointer to the frame trackers, which a tunnel that tracks
-//! frames allocates once: 80 bytes for both directions); a
+//! frames allocates once: 112 bytes for both directions); a
 //! tunnel with any timeout adds one ~200-byte heap block holding its only
 //! timer. An idle tunnel therefore costs little more than its task and its
 //! two sockets' tokio registrations (see the README's `## Tunnel`).
