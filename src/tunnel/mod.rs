@@ -412,7 +412,9 @@ impl<C, U, F> Tunnel<C, U, F> {
     ///
     /// Returns `false`, queuing nothing, when the tunnel does not track
     /// frames ([`TunnelConfig::track_frames`]). Takes effect when the tunnel
-    /// is next polled.
+    /// is next polled. Frames queued toward a side that was already shut
+    /// down (the other side sent EOF and everything was written) are never
+    /// sent, and neither are frames waiting behind a frame that never ends.
     pub fn insert_frames(self: Pin<&mut Self>, side: Side, frames: &[u8]) -> bool {
         let this = self.project();
         let Some(tracked) = this.frames.as_deref_mut() else {
