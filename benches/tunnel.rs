@@ -9,8 +9,14 @@
 //! `/proc/thread-self/schedstat`) gives echoes per proxy-CPU-second, the
 //! steadier figure on a shared machine.
 //!
+//! `--mode frames` measures the cost of frame tracking instead: the same
+//! tunnel with `TunnelConfig::track_frames` off and on, both carrying real
+//! WebSocket frames (clients send masked frames of `--size` payload bytes,
+//! backends answer each with an unmasked frame of the same size).
+//!
 //! ```sh
 //! cargo bench --bench tunnel -- --secs 2 --rounds 3
+//! cargo bench --bench tunnel -- --mode frames --secs 2 --rounds 5
 //! # syscalls of the proxy thread alone, one mode:
 //! target/release/deps/tunnel-* --bench --mode tunnel --size 1024 --pairs 50 --rounds 1 --attach-wait 2
 //! #   and meanwhile `strace -c -p <proxy tid>`; divide by the total echoes
@@ -32,7 +38,12 @@ use wsproxy::tunnel::{tunnel, TunnelConfig};
 enum Mode {
     Tunnel,
     Copy,
+    /// `tunnel` against `copy_bidirectional`.
     Both,
+    /// `tunnel` with frame tracking on (WebSocket traffic).
+    Tracked,
+    /// `tunnel` without and with frame tracking, on WebSocket traffic.
+    Frames,
 }
 
 #[derive(Debug, Parser)]
@@ -91,9 +102,18 @@ fn main() -> io::Result<()> {
     };
     let modes: &[Mode] = match args.mode {
         Mode::Both => &[Mode::Tunnel, Mode::Copy],
+        Mode::Frames => &[Mode::Tunnel, Mode::Tracked],
         Mode::Tunnel => &[Mode::Tunnel],
         Mode::Copy => &[Mode::Copy],
+        Mode::Tracked => &[Mode::Tracked],
     };
+    // Tracking needs WebSocket frames; compare it on the same traffic.
+    let framed = matches!(args.mode, Mode::Frames | Mode::Tracked);
+    if framed {
+        for &(size, _) in &loads {
+            tracker_alone(size, &args);
+        }
+    }
     for &(size, pairs) in &loads {
         let mut results: Vec<(Mode, Vec<Sample>)> = modes.iter().map(|&m| (m, vec![])).collect();
         for round in 0..args.rounds {
@@ -105,7 +125,7 @@ fn main() -> io::Result<()> {
             };
             for i in order {
                 let mode = results[i].0;
-                let s = run(mode, size, pairs, &args)?;
+                let s = run(mode, size, pairs, framed, &args)?;
                 eprintln!(
                     "{size} B x {pairs} pairs, {mode:?} round {round}: {:.0} echoes/s, {:.0} echoes/proxy-CPU-s ({} echoes)",
                     s.echoes_per_s, s.echoes_per_cpu_s, s.echoes
@@ -130,14 +150,51 @@ fn main() -> io::Result<()> {
             );
         }
         if med.len() == 2 {
+            let names = if framed {
+                "tracked/untracked"
+            } else {
+                "tunnel/copy"
+            };
+            // Frames: the second mode is the one measured against the first.
+            let (a, b) = if framed { (1, 0) } else { (0, 1) };
             println!(
-                "{size} B x {pairs} pairs  ratio tunnel/copy: {:.2} echoes/s, {:.2} echoes/proxy-CPU-s",
-                med[0].1 / med[1].1,
-                med[0].2 / med[1].2
+                "{size} B x {pairs} pairs  ratio {names}: {:.3} echoes/s, {:.3} echoes/proxy-CPU-s",
+                med[a].1 / med[b].1,
+                med[a].2 / med[b].2
             );
         }
     }
     Ok(())
+}
+
+/// The tracker on its own, without sockets: nanoseconds per frame over a
+/// 64 KiB-chunked stream of masked `size`-byte frames, median of the rounds.
+fn tracker_alone(size: usize, args: &Args) {
+    use wsproxy::frame::{FrameTracker, Role};
+    let (frame, _) = messages(size, true);
+    let per_chunk = (64 * 1024 / frame.len()).max(1);
+    let stream = frame.repeat(per_chunk * 64);
+    let mut rates = Vec::new();
+    for _ in 0..args.rounds {
+        let mut tracker = FrameTracker::new(Role::Client);
+        let t0 = Instant::now();
+        let mut frames = 0u64;
+        while t0.elapsed().as_secs_f64() < args.secs.min(0.5) {
+            for chunk in stream.chunks(64 * 1024) {
+                if tracker.observe(std::hint::black_box(chunk)).is_err() {
+                    eprintln!("tracker refused the bench stream");
+                    return;
+                }
+            }
+            frames += (per_chunk * 64) as u64;
+        }
+        rates.push(t0.elapsed().as_nanos() as f64 / frames as f64);
+    }
+    println!(
+        "{size} B frames, tracker alone: median {:.1} ns per frame ({:.2} GB/s)",
+        median(rates.clone()),
+        frame.len() as f64 / median(rates)
+    );
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -159,21 +216,72 @@ fn thread_cpu(tid_path: &str) -> io::Result<Duration> {
     Ok(Duration::from_nanos(ns))
 }
 
-fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample> {
+/// One message on the wire, as the client sends it and as the backend
+/// answers it: the raw bytes, or WebSocket frames (masked from the client).
+fn messages(size: usize, framed: bool) -> (Vec<u8>, Vec<u8>) {
+    if !framed {
+        return (vec![0x5a; size], vec![0x5a; size]);
+    }
+    let frame = |masked: bool| {
+        let mut out = vec![0x82];
+        let bit = if masked { 0x80 } else { 0 };
+        match size {
+            0..=125 => out.push(bit | size as u8),
+            126..=0xffff => {
+                out.push(bit | 126);
+                out.extend_from_slice(&(size as u16).to_be_bytes());
+            }
+            _ => {
+                out.push(bit | 127);
+                out.extend_from_slice(&(size as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            out.extend_from_slice(&[0x37, 0xfa, 0x21, 0x3d]);
+        }
+        out.resize(out.len() + size, 0x5a);
+        out
+    };
+    (frame(true), frame(false))
+}
+
+fn run(mode: Mode, size: usize, pairs: usize, framed: bool, args: &Args) -> io::Result<Sample> {
+    let (request, reply) = messages(size, framed);
+    let (request_len, reply_len) = (request.len(), reply.len());
     let load_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // Echo backend.
     let backend = load_rt.block_on(TcpListener::bind("127.0.0.1:0"))?;
     let backend_addr = backend.local_addr()?;
+    // Answers each whole request with one reply (raw traffic: an echo).
+    let replies: Arc<[u8]> = reply.repeat(16).into();
     load_rt.spawn(async move {
         while let Ok((mut s, _)) = backend.accept().await {
             let _ = s.set_nodelay(true);
+            let replies = replies.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
+                let mut partial = 0usize;
                 while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                    if n == 0 {
                         break;
+                    }
+                    if !framed {
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    partial += n;
+                    let mut due = partial / request_len;
+                    partial %= request_len;
+                    while due > 0 {
+                        let k = due.min(16);
+                        if s.write_all(&replies[..k * reply_len]).await.is_err() {
+                            return;
+                        }
+                        due -= k;
                     }
                 }
             });
@@ -230,13 +338,21 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
                                     tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                             }
                             _ => {
-                                let _ = tunnel(
-                                    client,
-                                    upstream,
-                                    &TunnelConfig::default(),
-                                    std::future::pending(),
-                                )
-                                .await;
+                                let config =
+                                    TunnelConfig::default().track_frames(mode == Mode::Tracked);
+                                let stats =
+                                    tunnel(client, upstream, &config, std::future::pending()).await;
+                                // Teardown resets are expected; a framing
+                                // error would mean the bench traffic is wrong.
+                                if let wsproxy::tunnel::TunnelEnd::Error(
+                                    e @ wsproxy::TunnelError::Framing { .. },
+                                ) = stats.end
+                                {
+                                    eprintln!(
+                                        "tunnel failed: {e}: {:?}",
+                                        std::error::Error::source(&e)
+                                    );
+                                }
                             }
                         }
                     });
@@ -267,8 +383,8 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
                 let (mut r, mut w) = s.into_split();
                 let permits = Arc::new(Semaphore::new(window));
                 let p2 = permits.clone();
+                let msg = request.clone();
                 tokio::spawn(async move {
-                    let msg = vec![0x5au8; size];
                     loop {
                         let Ok(permit) = p2.acquire().await else {
                             break;
@@ -288,8 +404,8 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
                         }
                         echoed.fetch_add(n as u64, Ordering::Relaxed);
                         partial += n;
-                        let done = partial / size;
-                        partial %= size;
+                        let done = partial / reply_len;
+                        partial %= reply_len;
                         permits.add_permits(done);
                     }
                 });
@@ -307,12 +423,12 @@ fn run(mode: Mode, size: usize, pairs: usize, args: &Args) -> io::Result<Sample>
             let bytes = echoed.load(Ordering::Relaxed) - bytes0;
             let cpu = thread_cpu(&tid_path)? - cpu0;
             let wall = t0.elapsed().as_secs_f64();
-            let echoes = bytes / size as u64;
+            let echoes = bytes / reply_len as u64;
             let _ = stop_tx.send(());
             if args.attach_wait > 0.0 {
                 eprintln!(
                     "total echoes since the clients connected: {}",
-                    echoed.load(Ordering::Relaxed) / size as u64
+                    echoed.load(Ordering::Relaxed) / reply_len as u64
                 );
             }
             Ok::<_, io::Error>(Sample {

@@ -29,6 +29,11 @@ pub enum Error {
     /// A request or response head was invalid (400, 426, 431 or 502).
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// A WebSocket stream broke framing rules (RFC 6455 §5), as seen by a
+    /// [`FrameTracker`](crate::frame::FrameTracker) used directly; inside a
+    /// tunnel it arrives as [`Error::Tunnel`].
+    #[error("websocket framing error")]
+    Frame(#[from] crate::frame::FrameError),
 }
 
 impl Error {
@@ -41,6 +46,7 @@ impl Error {
             Self::Select(e) => e.status(),
             Self::Tunnel(e) => e.status(),
             Self::Handshake(e) => e.status(),
+            Self::Frame(e) => e.status(),
         }
     }
 }
@@ -59,6 +65,13 @@ mod tests {
     fn select_error_keeps_its_status_and_source() {
         let e = Error::from(crate::balance::SelectError::NoneAvailable);
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn frame_error_keeps_its_status_and_source() {
+        let e = Error::from(crate::frame::FrameError::FragmentedControl);
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         assert!(std::error::Error::source(&e).is_some());
     }
 }

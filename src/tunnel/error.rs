@@ -5,8 +5,10 @@ use std::io;
 use http::StatusCode;
 
 use super::stats::{Side, Timeout};
+use crate::frame::FrameError;
 
-/// Why a tunnel failed: an I/O error on one side, or a timeout.
+/// Why a tunnel failed: an I/O error on one side, a timeout, or a side that
+/// broke WebSocket framing.
 ///
 /// A tunnel reports it inside [`TunnelEnd`](super::TunnelEnd);
 /// [`TunnelEnd::into_error`](super::TunnelEnd::into_error) turns an end into
@@ -35,20 +37,33 @@ pub enum TunnelError {
     /// A timeout of the tunnel's configuration fired.
     #[error("tunnel ended by its {0}")]
     Timeout(Timeout),
+    /// A side sent bytes that break WebSocket framing (RFC 6455 §5), seen
+    /// by the frame tracker of [`TunnelConfig::track_frames`](super::TunnelConfig::track_frames).
+    /// The offending bytes were not forwarded.
+    #[error("the {side} broke websocket framing")]
+    Framing {
+        /// The side that sent the bytes.
+        side: Side,
+        /// The rule it broke.
+        #[source]
+        source: FrameError,
+    },
 }
 
 impl TunnelError {
-    /// The side the error happened on, if it was an I/O error.
+    /// The side the error happened on, if it was an I/O or framing error.
     pub fn side(&self) -> Option<Side> {
         match self {
-            Self::Read { side, .. } | Self::Write { side, .. } => Some(*side),
+            Self::Read { side, .. } | Self::Write { side, .. } | Self::Framing { side, .. } => {
+                Some(*side)
+            }
             Self::Timeout(_) => None,
         }
     }
 
     /// The HTTP status a proxy logs for this error: timeouts are 504 (as
     /// nginx logs an upstream timeout), upstream failures 502, client
-    /// failures 400.
+    /// failures 400 (framing errors included).
     ///
     /// ```
     /// use http::StatusCode;
@@ -59,10 +74,12 @@ impl TunnelError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Read { side, .. } | Self::Write { side, .. } => match side {
-                Side::Upstream => StatusCode::BAD_GATEWAY,
-                Side::Client => StatusCode::BAD_REQUEST,
-            },
+            Self::Read { side, .. } | Self::Write { side, .. } | Self::Framing { side, .. } => {
+                match side {
+                    Side::Upstream => StatusCode::BAD_GATEWAY,
+                    Side::Client => StatusCode::BAD_REQUEST,
+                }
+            }
         }
     }
 }
@@ -96,5 +113,23 @@ mod tests {
             TunnelError::Timeout(Timeout::Send(Side::Client)).to_string(),
             "tunnel ended by its send timeout toward the client"
         );
+    }
+
+    #[test]
+    fn framing_error_blames_the_sender_and_keeps_the_rule() {
+        let up = TunnelError::Framing {
+            side: Side::Upstream,
+            source: FrameError::MaskedServerFrame,
+        };
+        assert_eq!(up.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(up.side(), Some(Side::Upstream));
+        assert_eq!(up.to_string(), "the upstream broke websocket framing");
+        let source = std::error::Error::source(&up).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("masked frame from the server"));
+        let client = TunnelError::Framing {
+            side: Side::Client,
+            source: FrameError::UnmaskedClientFrame,
+        };
+        assert_eq!(client.status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -2,7 +2,12 @@
 //! the WebSocket handshake, with nginx/HAProxy-style timeouts, half-close,
 //! and no buffer held while idle.
 //!
-//! The tunnel knows bytes and timers, never HTTP or WebSocket frames.
+//! The tunnel knows bytes and timers, never HTTP. It knows WebSocket frames
+//! only when asked to ([`TunnelConfig::track_frames`]): then a
+//! [`FrameTracker`] per direction reads the frame
+//! headers of the bytes it forwards, for message counts, the Close frames in
+//! [`TunnelStats::frames`], and a [`TunnelError::Framing`] end for a side
+//! that breaks the rules.
 //!
 //! # Memory
 //!
@@ -10,8 +15,10 @@
 //! its whole life. A [`Tunnel`] reads into a buffer on the stack of its
 //! `poll` call instead, writes what it read before returning, and copies to
 //! the heap only the bytes a slow writer did not accept, freeing them once
-//! written. The [`Tunnel`] future itself is about 150 bytes over loopback TCP
-//! (`size_of` of `Tunnel<TcpStream, TcpStream, Pending<()>>` is 152); a
+//! written. The [`Tunnel`] future itself is under 200 bytes over loopback
+//! TCP (`size_of` of `Tunnel<TcpStream, TcpStream, Pending<()>>` is 176,
+//! 8 of them the pointer to the frame trackers, which a tunnel that tracks
+//! frames allocates once: 112 bytes for both directions); a
 //! tunnel with any timeout adds one ~200-byte heap block holding its only
 //! timer. An idle tunnel therefore costs little more than its task and its
 //! two sockets' tokio registrations (see the README's `## Tunnel`).
@@ -29,14 +36,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+
+use crate::frame::{CloseFrame, FrameTracker, Role};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
 pub use error::TunnelError;
 pub use prefixed::Prefixed;
-pub use stats::{Side, Timeout, TunnelEnd, TunnelStats};
+pub use stats::{FrameStats, Side, Timeout, TunnelEnd, TunnelStats};
 
-use transfer::{nanos_since, CopyError, Nanos, Stamps, Transfer, NEVER};
+use transfer::{nanos_since, CopyError, Framing, Nanos, Stamps, Transfer, NEVER};
 
 /// Size of the read buffer each poll borrows from its own stack. Large
 /// enough that a 64 KiB WebSocket message moves in one read and one write
@@ -86,6 +95,14 @@ pub struct TunnelConfig {
     pub linger_timeout: Option<Duration>,
     /// The longest a tunnel may live, traffic or not.
     pub max_lifetime: Option<Duration>,
+    /// Follow WebSocket frames in both directions (off by default, for
+    /// tunnels of other protocols): count messages, capture each side's
+    /// Close frame into [`TunnelStats::frames`], and end the tunnel with
+    /// [`TunnelError::Framing`] when a side breaks RFC 6455 framing. The
+    /// client side must send masked frames and the upstream unmasked ones
+    /// (§5.1). Bytes still pass unchanged; the first byte read from each
+    /// side (after any [`Prefixed`] bytes, which count) must start a frame.
+    pub track_frames: bool,
 }
 
 impl TunnelConfig {
@@ -127,6 +144,19 @@ impl TunnelConfig {
     /// Sets [`max_lifetime`](Self::max_lifetime).
     pub fn max_lifetime(mut self, lifetime: impl Into<Option<Duration>>) -> Self {
         self.max_lifetime = lifetime.into();
+        self
+    }
+
+    /// Sets [`track_frames`](Self::track_frames).
+    ///
+    /// ```
+    /// use wsproxy::tunnel::TunnelConfig;
+    /// let websocket = TunnelConfig::new().track_frames(true);
+    /// assert!(websocket.track_frames);
+    /// assert!(!TunnelConfig::default().track_frames);
+    /// ```
+    pub fn track_frames(mut self, on: bool) -> Self {
+        self.track_frames = on;
         self
     }
 }
@@ -238,6 +268,12 @@ where
         shutdown,
         c2u: Transfer::new(),
         u2c: Transfer::new(),
+        frames: config.track_frames.then(|| {
+            Box::new(Frames {
+                c2u: Framing::new(FrameTracker::new(Role::Client)),
+                u2c: Framing::new(FrameTracker::new(Role::Server)),
+            })
+        }),
         started: Instant::now(),
         timers: timed.then(|| {
             Box::pin(Timers {
@@ -318,6 +354,121 @@ pin_project! {
     }
 }
 
+/// The frame trackers of both directions, boxed so that a tunnel that does
+/// not track frames carries one null pointer for them.
+#[derive(Debug)]
+struct Frames {
+    c2u: Framing,
+    u2c: Framing,
+}
+
+impl Frames {
+    fn stats(&self) -> FrameStats {
+        FrameStats {
+            client_messages: self.c2u.tracker.messages(),
+            upstream_messages: self.u2c.tracker.messages(),
+            client_close: self.c2u.tracker.close(),
+            upstream_close: self.u2c.tracker.close(),
+        }
+    }
+
+    /// The direction whose bytes go toward `side`.
+    fn toward(&mut self, side: Side) -> &mut Framing {
+        match side {
+            Side::Upstream => &mut self.c2u,
+            Side::Client => &mut self.u2c,
+        }
+    }
+}
+
+/// A fresh masking key for a frame the proxy sends to the upstream (RFC 6455
+/// §5.3 asks for one per frame, unpredictable). `RandomState` is seeded
+/// from the operating system's randomness and keyed per call, so its
+/// SipHash output serves without another dependency.
+fn masking_key() -> [u8; 4] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u8(0);
+    let bits = hasher.finish();
+    [
+        bits as u8,
+        (bits >> 8) as u8,
+        (bits >> 16) as u8,
+        (bits >> 24) as u8,
+    ]
+}
+
+impl<C, U, F> Tunnel<C, U, F> {
+    /// Queues whole WebSocket frames to send toward `side`, at the next
+    /// frame boundary of the bytes flowing there: at once if that direction
+    /// is between frames, else right after the frame under way. Control
+    /// frames may go between the fragments of a message, data frames wait
+    /// for the end of the message (RFC 6455 §5.4). Nothing the peers sent is
+    /// dropped or reordered; frames queued earlier go first.
+    ///
+    /// `frames` must be whole frames as the receiving side expects them:
+    /// masked toward the upstream, unmasked toward the client (§5.1). They
+    /// are counted in the byte totals, not in the message counts.
+    ///
+    /// Returns `false`, queuing nothing, when the tunnel does not track
+    /// frames ([`TunnelConfig::track_frames`]). Takes effect when the tunnel
+    /// is next polled. Frames queued toward a side that was already shut
+    /// down (the other side sent EOF and everything was written) are never
+    /// sent, and neither are frames waiting behind a frame that never ends.
+    pub fn insert_frames(self: Pin<&mut Self>, side: Side, frames: &[u8]) -> bool {
+        let this = self.project();
+        let Some(tracked) = this.frames.as_deref_mut() else {
+            return false;
+        };
+        tracked.toward(side).insert(frames);
+        true
+    }
+
+    /// Queues `close` toward both sides, each at the next frame boundary of
+    /// its direction: unmasked toward the client, masked with a fresh random
+    /// key toward the upstream (RFC 6455 §5.3). The tunnel keeps relaying
+    /// afterwards, so the peers' Close replies reach each other.
+    ///
+    /// Returns `false` when the tunnel does not track frames.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tokio::io::AsyncReadExt;
+    /// use wsproxy::frame::CloseFrame;
+    /// use wsproxy::tunnel::{tunnel, TunnelConfig};
+    ///
+    /// let (client, mut browser) = tokio::io::duplex(1024);
+    /// let (upstream, _backend) = tokio::io::duplex(1024);
+    /// let config = TunnelConfig::new().track_frames(true);
+    /// let mut relay = Box::pin(tunnel(client, upstream, &config, std::future::pending()));
+    /// assert!(relay.as_mut().insert_close(&CloseFrame::new(1001, "bye")?));
+    /// tokio::spawn(relay);
+    ///
+    /// let mut close = [0u8; 7];
+    /// browser.read_exact(&mut close).await?;
+    /// assert_eq!(close, [0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn insert_close(mut self: Pin<&mut Self>, close: &CloseFrame) -> bool {
+        let toward_client = close.encode(None);
+        let toward_upstream = close.encode(Some(masking_key()));
+        self.as_mut().insert_frames(Side::Client, &toward_client)
+            && self.insert_frames(Side::Upstream, &toward_upstream)
+    }
+
+    /// Whether frames queued by [`insert_frames`](Self::insert_frames) or
+    /// [`insert_close`](Self::insert_close) still wait for a boundary toward
+    /// `side`.
+    pub fn has_pending_frames(&self, side: Side) -> bool {
+        self.frames.as_deref().is_some_and(|f| match side {
+            Side::Upstream => f.c2u.has_insert(),
+            Side::Client => f.u2c.has_insert(),
+        })
+    }
+}
+
 pin_project! {
     /// The future returned by [`tunnel`]; resolves to [`TunnelStats`].
     ///
@@ -330,6 +481,7 @@ pin_project! {
         shutdown: F,
         c2u: Transfer,
         u2c: Transfer,
+        frames: Option<Box<Frames>>,
         started: Instant,
         timers: Option<Pin<Box<Timers>>>,
         // Boxed: only an abnormal end is stored, once, while closing.
@@ -348,6 +500,7 @@ impl<C: fmt::Debug, U: fmt::Debug, F> fmt::Debug for Tunnel<C, U, F> {
             .field("upstream", &self.upstream)
             .field("client_to_upstream", &self.c2u)
             .field("upstream_to_client", &self.u2c)
+            .field("frames", &self.frames)
             .field("timers", &self.timers)
             .field("phase", &self.phase)
             .finish_non_exhaustive()
@@ -377,6 +530,7 @@ where
                             this.upstream,
                             this.c2u,
                             this.u2c,
+                            this.frames.as_deref_mut(),
                             started,
                             this.first_eof,
                             this.timers.as_mut().map(|t| t.as_mut().project()),
@@ -398,6 +552,7 @@ where
                             started,
                             this.c2u,
                             this.u2c,
+                            this.frames.as_deref(),
                             *this.first_eof,
                             end,
                         ));
@@ -427,7 +582,14 @@ where
                     *this.phase = Phase::Finished;
                     *this.timers = None;
                     let end = this.end.take().map_or(TunnelEnd::Shutdown, |end| *end);
-                    return Poll::Ready(stats(started, this.c2u, this.u2c, *this.first_eof, end));
+                    return Poll::Ready(stats(
+                        started,
+                        this.c2u,
+                        this.u2c,
+                        this.frames.as_deref(),
+                        *this.first_eof,
+                        end,
+                    ));
                 }
                 // Polled after completion: stay pending rather than panic.
                 Phase::Finished => return Poll::Pending,
@@ -470,6 +632,7 @@ fn run<C, U>(
     upstream: &mut U,
     c2u: &mut Transfer,
     u2c: &mut Transfer,
+    mut frames: Option<&mut Frames>,
     started: Instant,
     first_eof: &mut Option<Side>,
     mut timers: Option<TimersProj<'_>>,
@@ -482,7 +645,8 @@ where
     let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
 
     let clock = timers.as_mut().map(|t| (&mut *t.c2u, started));
-    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock) {
+    let tracker = frames.as_deref_mut().map(|f| &mut f.c2u);
+    if let Poll::Ready(Err(e)) = c2u.poll_copy(cx, client, upstream, &mut buf, clock, tracker) {
         return Some(TunnelEnd::Error(blame(e, Side::Client)));
     }
     if c2u.read_done() && first_eof.is_none() {
@@ -492,7 +656,8 @@ where
         }
     }
     let clock = timers.as_mut().map(|t| (&mut *t.u2c, started));
-    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock) {
+    let tracker = frames.map(|f| &mut f.u2c);
+    if let Poll::Ready(Err(e)) = u2c.poll_copy(cx, upstream, client, &mut buf, clock, tracker) {
         return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
     }
     if u2c.read_done() && first_eof.is_none() {
@@ -518,6 +683,7 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
             side: from.other(),
             source,
         },
+        CopyError::Frame(source) => TunnelError::Framing { side: from, source },
     }
 }
 
@@ -607,6 +773,7 @@ fn stats(
     started: Instant,
     c2u: &Transfer,
     u2c: &Transfer,
+    frames: Option<&Frames>,
     first_eof: Option<Side>,
     end: TunnelEnd,
 ) -> TunnelStats {
@@ -616,5 +783,6 @@ fn stats(
         duration: started.elapsed(),
         first_eof,
         end,
+        frames: frames.map(Frames::stats),
     }
 }

@@ -4,6 +4,7 @@ use std::fmt;
 use std::time::Duration;
 
 use super::error::TunnelError;
+use crate::frame::CloseFrame;
 
 /// One end of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -131,4 +132,49 @@ pub struct TunnelStats {
     pub first_eof: Option<Side>,
     /// Why the tunnel ended.
     pub end: TunnelEnd,
+    /// Messages and Close frames, when the tunnel tracked WebSocket frames
+    /// ([`TunnelConfig::track_frames`](super::TunnelConfig::track_frames)).
+    pub frames: Option<FrameStats>,
+}
+
+/// What the frame trackers of a tunnel saw: whole messages each way and the
+/// Close frame each side sent, so a log can say "client closed 1000" or
+/// "upstream closed 1011".
+///
+/// Counts cover the bytes forwarded: a message cut by the end of the tunnel
+/// is not counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FrameStats {
+    /// Text and binary messages the client sent (control frames not counted).
+    pub client_messages: u64,
+    /// Text and binary messages the upstream sent.
+    pub upstream_messages: u64,
+    /// The first Close frame the client sent, if one was forwarded whole.
+    pub client_close: Option<CloseFrame>,
+    /// The first Close frame the upstream sent, if one was forwarded whole.
+    pub upstream_close: Option<CloseFrame>,
+}
+
+impl FrameStats {
+    /// The Close frame `side` sent, if any.
+    ///
+    /// ```
+    /// use wsproxy::tunnel::{FrameStats, Side};
+    /// assert_eq!(FrameStats::default().close(Side::Client), None);
+    /// ```
+    pub fn close(&self, side: Side) -> Option<&CloseFrame> {
+        match side {
+            Side::Client => self.client_close.as_ref(),
+            Side::Upstream => self.upstream_close.as_ref(),
+        }
+    }
+
+    /// Messages `side` sent.
+    pub fn messages(&self, side: Side) -> u64 {
+        match side {
+            Side::Client => self.client_messages,
+            Side::Upstream => self.upstream_messages,
+        }
+    }
 }

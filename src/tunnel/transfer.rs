@@ -4,9 +4,9 @@
 //! direction is idle. Each poll reads into a buffer the caller lends for the
 //! duration of that poll (on its stack); only the bytes the writer did not
 //! accept are copied to the heap, and that copy is freed as soon as it has
-//! been written. This is where a byte observer (e.g. a frame-boundary
-//! tracker) would hook in: every chunk passes through `poll_copy` once, in
-//! order, right after it is read.
+//! been written. Every chunk passes through `poll_copy` once, in order, right
+//! after it is read: there the optional [`FrameTracker`] sees it, before it
+//! is written.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -15,6 +15,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use crate::frame::{Boundary, FrameError, FrameTracker};
 
 /// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
 /// of an `Instant`'s sixteen keep the tunnel future small.
@@ -38,6 +40,8 @@ const CHUNKS_PER_POLL: u32 = 32;
 pub(crate) enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    /// The bytes read broke WebSocket framing (tracked tunnels only).
+    Frame(FrameError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +113,53 @@ fn progressed(clock: &mut Clock<'_>) {
     }
 }
 
+/// The frames of one direction of a tunnel that tracks them: the tracker,
+/// and the frames waiting to be inserted at the next boundary.
+#[derive(Debug)]
+pub(crate) struct Framing {
+    pub(crate) tracker: FrameTracker,
+    /// Whole frames to write at the next boundary where they may go.
+    insert: Option<Box<[u8]>>,
+}
+
+impl Framing {
+    pub(crate) fn new(tracker: FrameTracker) -> Self {
+        Self {
+            tracker,
+            insert: None,
+        }
+    }
+
+    /// Queues whole frames for the next boundary where they may go, after
+    /// any frames queued before.
+    pub(crate) fn insert(&mut self, frames: &[u8]) {
+        self.insert = Some(match self.insert.take() {
+            Some(queued) => [&queued[..], frames].concat().into(),
+            None => frames.into(),
+        });
+    }
+
+    /// Whether frames are queued.
+    pub(crate) fn has_insert(&self) -> bool {
+        self.insert.is_some()
+    }
+
+    /// Whether the queued frames may go at the tracker's position: control
+    /// frames at any boundary, data frames only between messages (RFC 6455
+    /// §5.4).
+    fn insert_fits(&self) -> bool {
+        let Some(insert) = &self.insert else {
+            return false;
+        };
+        let control = insert.first().is_some_and(|b| b & 0x08 != 0);
+        match self.tracker.boundary() {
+            Some(Boundary::Message) => true,
+            Some(Boundary::Frame) => control,
+            _ => false,
+        }
+    }
+}
+
 /// The state of one direction: 24 bytes and no buffer while idle.
 #[derive(Debug)]
 pub(crate) struct Transfer {
@@ -158,6 +209,7 @@ impl Transfer {
         writer: &mut W,
         buf: &mut [MaybeUninit<u8>],
         mut clock: Clock<'_>,
+        mut frames: Option<&mut Framing>,
     ) -> Poll<Result<(), CopyError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -219,6 +271,20 @@ impl Transfer {
                 self.need_flush = true;
             }
 
+            // Everything observed is written now, so the tracker's position
+            // is the peer's: queued frames that fit go out before more is read.
+            if let Some(framing) = frames.as_deref_mut() {
+                if framing.insert_fits() {
+                    if let Some(insert) = framing.insert.take() {
+                        self.spill = Some(Box::new(Spill {
+                            buf: insert,
+                            pos: 0,
+                        }));
+                        continue;
+                    }
+                }
+            }
+
             if self.read_done {
                 self.state = State::ShuttingDown;
                 continue;
@@ -256,6 +322,27 @@ impl Transfer {
                     stamps.last_read = nanos_since(*started);
                 }
             }
+            // Seen before it is written, so a frame that breaks the rules
+            // never reaches the peer; every byte seen is then written.
+            if let Some(framing) = frames.as_deref_mut() {
+                if framing.insert.is_some() {
+                    match insert_in_chunk(framing, data) {
+                        Ok(None) => {}
+                        Ok(Some(spliced)) => {
+                            // Rare (once per insertion): the chunk with the
+                            // frames spliced in goes out as a spill.
+                            self.spill = Some(Box::new(Spill {
+                                buf: spliced,
+                                pos: 0,
+                            }));
+                            continue;
+                        }
+                        Err(e) => return Poll::Ready(Err(CopyError::Frame(e))),
+                    }
+                } else if let Err(e) = framing.tracker.observe(data) {
+                    return Poll::Ready(Err(CopyError::Frame(e)));
+                }
+            }
 
             let mut off = 0;
             while off < data.len() {
@@ -284,6 +371,153 @@ impl Transfer {
     }
 }
 
+/// Observes `data` and, if a boundary where the queued frames fit comes
+/// within it, returns the chunk with them spliced in there.
+fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]>>, FrameError> {
+    let mut at = 0;
+    let mut fits = framing.insert_fits();
+    while !fits && at < data.len() {
+        at += framing.tracker.observe_to_boundary(&data[at..])?;
+        fits = framing.insert_fits();
+    }
+    // The rest of the chunk, after the boundary, is observed too: the
+    // tracker always ends up having seen the whole chunk.
+    framing.tracker.observe(&data[at..])?;
+    if !fits {
+        return Ok(None);
+    }
+    let Some(insert) = framing.insert.take() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        [&data[..at], &insert[..], &data[at..]].concat().into(),
+    ))
+}
+
 fn write_zero() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "write zero byte into writer")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::frame::proptests::{build, item};
+    use crate::frame::{CloseFrame, Role};
+
+    /// Reads `data`, but is pending at `pause` until `resumed`.
+    struct Paused {
+        data: Vec<u8>,
+        pos: usize,
+        pause: usize,
+        resumed: bool,
+    }
+
+    impl AsyncRead for Paused {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let end = if self.resumed {
+                self.data.len()
+            } else {
+                self.pause
+            };
+            if self.pos == end && !self.resumed {
+                return Poll::Pending;
+            }
+            let n = (end - self.pos).min(buf.remaining());
+            buf.put_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Copies `reader` into `out` with `chunk`-byte reads until pending or done.
+    fn copy(
+        transfer: &mut Transfer,
+        framing: &mut Framing,
+        reader: &mut Paused,
+        out: &mut Vec<u8>,
+        chunk: usize,
+    ) -> Poll<Result<(), CopyError>> {
+        let waker = Arc::new(Noop).into();
+        let mut cx = Context::from_waker(&waker);
+        let mut buf = vec![MaybeUninit::uninit(); chunk];
+        // Bounded: each pending round but the pause copied a full budget of
+        // chunks, at least one byte each.
+        for _ in 0..=reader.data.len() + 2 {
+            match transfer.poll_copy(&mut cx, reader, out, &mut buf, None, Some(framing)) {
+                Poll::Pending if !reader.resumed && reader.pos == reader.pause => {
+                    return Poll::Pending;
+                }
+                Poll::Pending => {}
+                ready => return ready,
+            }
+        }
+        Poll::Pending
+    }
+
+    proptest! {
+        #[test]
+        fn inserted_frame_lands_on_the_first_fitting_boundary(
+            items in proptest::collection::vec(item(), 0..6),
+            key in any::<[u8; 4]>(),
+            pause in any::<prop::sample::Index>(),
+            chunk in 1usize..300,
+            control in any::<bool>(),
+        ) {
+            let stream = build(Role::Client, &items, key);
+            let pause = pause.index(stream.wire.len() + 1);
+            let insert = if control {
+                CloseFrame::new(1001, "bye").unwrap().encode(Some([1, 2, 3, 4]))
+            } else {
+                vec![0x82, 0x81, 5, 6, 7, 8, 0xaa]
+            };
+            let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
+            let mut transfer = Transfer::new();
+            let mut framing = Framing::new(FrameTracker::new(Role::Client));
+            let mut out = Vec::new();
+
+            let first = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(first.is_pending());
+            prop_assert_eq!(&out[..], &stream.wire[..pause]);
+            framing.insert(&insert);
+            reader.resumed = true;
+            let done = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(matches!(done, Poll::Ready(Ok(()))), "{:?}", done);
+            prop_assert!(!framing.has_insert());
+
+            // Where it should land: the first boundary at or after the pause
+            // where it may go (the start counts as a message boundary).
+            let fits = |b: Boundary| control || b == Boundary::Message;
+            let at = std::iter::once((0, Boundary::Message))
+                .chain(stream.boundaries.iter().copied())
+                .find(|&(at, b)| at >= pause && fits(b))
+                .map(|(at, _)| at)
+                .unwrap_or(stream.wire.len());
+            let mut expected = stream.wire[..at].to_vec();
+            expected.extend_from_slice(&insert);
+            expected.extend_from_slice(&stream.wire[at..]);
+            prop_assert_eq!(&out, &expected);
+            prop_assert_eq!(transfer.bytes(), expected.len() as u64);
+
+            // The result is a valid stream, the peer's messages all there.
+            let mut check = FrameTracker::new(Role::Client);
+            check.observe(&out).unwrap();
+            let inserted_data = u64::from(!control);
+            prop_assert_eq!(check.messages(), stream.messages + inserted_data);
+            prop_assert_eq!(framing.tracker.messages(), stream.messages);
+        }
+    }
 }

@@ -1,0 +1,484 @@
+//! Frame tracking in the tunnel: a real tokio-tungstenite client and server
+//! over loopback TCP (messages counted, close codes captured both ways,
+//! fragmented and large messages), framing violations, and frames inserted
+//! at boundaries, over duplex streams.
+
+use std::future::{pending, Future};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame as WsClose, Frame};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use wsproxy::frame::{Boundary, CloseFrame, FrameError, FrameTracker, Role};
+use wsproxy::tunnel::{
+    tunnel, Prefixed, Side, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelStats,
+};
+
+/// Bound for every wait on real sockets.
+const BOUND: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(fut: impl Future<Output = T>) -> T {
+    timeout(BOUND, fut).await.expect("wait exceeded its bound")
+}
+
+/// Reads one HTTP head, byte by byte so that no frame after it is consumed.
+async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        assert!(head.len() < 16 * 1024, "head too long");
+        let b = bounded(stream.read_u8()).await.expect("head byte");
+        head.push(b);
+    }
+    head
+}
+
+/// A proxy for one connection: relays the handshake heads as they are,
+/// then tunnels with frame tracking on.
+async fn proxy_once(listener: TcpListener, backend: std::net::SocketAddr) -> TunnelStats {
+    let (mut client, _) = bounded(listener.accept()).await.unwrap();
+    let mut upstream = bounded(TcpStream::connect(backend)).await.unwrap();
+    let request = read_head(&mut client).await;
+    upstream.write_all(&request).await.unwrap();
+    let response = read_head(&mut upstream).await;
+    client.write_all(&response).await.unwrap();
+    let config = TunnelConfig::new().track_frames(true);
+    tunnel(client, upstream, &config, pending()).await
+}
+
+/// Starts a backend that runs `server` on the accepted WebSocket, and a
+/// proxy in front of it; returns the proxy's address and the tunnel's stats.
+async fn setup<S, F>(
+    server: S,
+) -> (
+    std::net::SocketAddr,
+    JoinHandle<TunnelStats>,
+    JoinHandle<()>,
+)
+where
+    S: FnOnce(WebSocketStream<TcpStream>) -> F + Send + 'static,
+    F: Future<Output = ()> + Send,
+{
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = bounded(backend.accept()).await.unwrap();
+        let ws = bounded(tokio_tungstenite::accept_async(stream))
+            .await
+            .unwrap();
+        server(ws).await;
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = tokio::spawn(proxy_once(listener, backend_addr));
+    (addr, stats, server)
+}
+
+async fn connect(addr: std::net::SocketAddr) -> WebSocketStream<TcpStream> {
+    let tcp = bounded(TcpStream::connect(addr)).await.unwrap();
+    let (ws, _) = bounded(tokio_tungstenite::client_async("ws://127.0.0.1/", tcp))
+        .await
+        .unwrap();
+    ws
+}
+
+/// Echoes every data message until the client's Close, which tungstenite
+/// answers; `extra` messages are sent first.
+async fn echo_server(mut ws: WebSocketStream<TcpStream>, extra: usize) {
+    for i in 0..extra {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+    }
+    while let Some(msg) = bounded(ws.next()).await {
+        if let m @ (Message::Text(_) | Message::Binary(_)) = msg.unwrap() {
+            ws.send(m).await.unwrap();
+        }
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+#[tokio::test]
+async fn tungstenite_session_counts_messages_and_the_clients_close() {
+    let (addr, stats, server) = setup(|ws| echo_server(ws, 2)).await;
+    let mut ws = connect(addr).await;
+
+    // The server's two greetings.
+    for i in 0..2 {
+        let m = bounded(ws.next()).await.unwrap().unwrap();
+        assert_eq!(m, Message::text(format!("hello {i}")));
+    }
+    // Small, large (16-bit and 64-bit lengths), and fragmented messages,
+    // with a ping between two fragments.
+    ws.send(Message::text("one")).await.unwrap();
+    ws.send(Message::binary(pattern(300))).await.unwrap();
+    ws.send(Message::binary(pattern(300_000))).await.unwrap();
+    let text = |s: &'static str, op, fin| Message::Frame(Frame::message(s, op, fin));
+    ws.send(text("frag", OpCode::Data(Data::Text), false))
+        .await
+        .unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"mid")))
+        .await
+        .unwrap();
+    ws.send(text("men", OpCode::Data(Data::Continue), false))
+        .await
+        .unwrap();
+    ws.send(text("ted", OpCode::Data(Data::Continue), true))
+        .await
+        .unwrap();
+
+    let mut echoes = Vec::new();
+    while echoes.len() < 4 {
+        match bounded(ws.next()).await.unwrap().unwrap() {
+            Message::Pong(p) => assert_eq!(&p[..], b"mid"),
+            m => echoes.push(m),
+        }
+    }
+    assert_eq!(echoes[0], Message::text("one"));
+    assert_eq!(echoes[1], Message::binary(pattern(300)));
+    assert_eq!(echoes[2], Message::binary(pattern(300_000)));
+    assert_eq!(echoes[3], Message::text("fragmented"));
+
+    ws.close(Some(WsClose {
+        code: CloseCode::Normal,
+        reason: "done".into(),
+    }))
+    .await
+    .unwrap();
+    // Read to the end: the server's Close reply, then EOF.
+    while let Some(Ok(_)) = bounded(ws.next()).await {}
+    drop(ws);
+    bounded(server).await.unwrap();
+
+    let stats = bounded(stats).await.unwrap();
+    assert!(stats.end.is_clean(), "{:?}", stats.end);
+    let frames = stats.frames.expect("frames were tracked");
+    assert_eq!(frames.client_messages, 4);
+    assert_eq!(frames.upstream_messages, 2 + 4);
+    let client_close = frames.close(Side::Client).unwrap();
+    assert_eq!(client_close.code(), Some(1000));
+    assert_eq!(client_close.reason(), "done");
+    // tungstenite answers a Close with the same code.
+    assert_eq!(frames.close(Side::Upstream).unwrap().code(), Some(1000));
+}
+
+#[tokio::test]
+async fn upstream_close_code_and_reason_are_captured() {
+    let (addr, stats, server) = setup(|mut ws| async move {
+        ws.send(Message::binary(pattern(70_000))).await.unwrap();
+        ws.close(Some(WsClose {
+            code: CloseCode::Error,
+            reason: "backend failed".into(),
+        }))
+        .await
+        .unwrap();
+        while let Some(Ok(_)) = bounded(ws.next()).await {}
+    })
+    .await;
+    let mut ws = connect(addr).await;
+    let m = bounded(ws.next()).await.unwrap().unwrap();
+    assert_eq!(m, Message::binary(pattern(70_000)));
+    match bounded(ws.next()).await.unwrap().unwrap() {
+        Message::Close(Some(close)) => assert_eq!(close.code, CloseCode::Error),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    while let Some(Ok(_)) = bounded(ws.next()).await {}
+    drop(ws);
+    bounded(server).await.unwrap();
+
+    let stats = bounded(stats).await.unwrap();
+    let frames = stats.frames.expect("frames were tracked");
+    assert_eq!(frames.upstream_messages, 1);
+    assert_eq!(frames.client_messages, 0);
+    let upstream_close = frames.upstream_close.as_ref().unwrap();
+    assert_eq!(upstream_close.code(), Some(1011));
+    assert_eq!(upstream_close.reason(), "backend failed");
+    assert_eq!(upstream_close.to_string(), "1011 backend failed");
+    assert_eq!(frames.client_close.as_ref().unwrap().code(), Some(1011));
+}
+
+/// Runs a tracking tunnel over duplex streams; the browser writes `wire`
+/// (or the backend does, for `from = Upstream`).
+async fn violation(from: Side, wire: &'static [u8]) -> (TunnelStats, Vec<u8>) {
+    let (client, mut browser) = duplex(1024);
+    let (upstream, mut backend) = duplex(1024);
+    let config = TunnelConfig::new().track_frames(true);
+    let task = tokio::spawn(async move { tunnel(client, upstream, &config, pending()).await });
+    let (sender, receiver) = match from {
+        Side::Client => (&mut browser, &mut backend),
+        _ => (&mut backend, &mut browser),
+    };
+    sender.write_all(wire).await.unwrap();
+    let stats = bounded(task).await.unwrap();
+    let mut got = Vec::new();
+    // The tunnel shut the receiver's side down: EOF after what it forwarded.
+    let _ = bounded(receiver.read_to_end(&mut got)).await;
+    (stats, got)
+}
+
+#[tokio::test]
+async fn unmasked_client_frame_ends_the_tunnel_unforwarded() {
+    let (stats, got) = violation(Side::Client, b"\x81\x02hi").await;
+    match stats.end {
+        TunnelEnd::Error(TunnelError::Framing { side, source }) => {
+            assert_eq!(side, Side::Client);
+            assert_eq!(source, FrameError::UnmaskedClientFrame);
+        }
+        other => panic!("expected a framing error, got {other:?}"),
+    }
+    assert!(got.is_empty(), "forwarded {got:?}");
+    assert_eq!(stats.client_to_upstream, 0);
+}
+
+#[tokio::test]
+async fn masked_upstream_frame_ends_the_tunnel_and_blames_the_upstream() {
+    let (stats, got) = violation(Side::Upstream, b"\x82\x81abcdx").await;
+    let err = stats.end.into_error().expect("an error end");
+    assert_eq!(err.side(), Some(Side::Upstream));
+    assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
+    assert!(matches!(
+        err,
+        TunnelError::Framing {
+            source: FrameError::MaskedServerFrame,
+            ..
+        }
+    ));
+    assert!(got.is_empty());
+}
+
+#[tokio::test]
+async fn oversized_ping_from_the_upstream_is_a_framing_error() {
+    let (stats, _) = violation(Side::Upstream, b"\x89\x7e\x00\x80").await;
+    assert!(matches!(
+        stats.end,
+        TunnelEnd::Error(TunnelError::Framing {
+            side: Side::Upstream,
+            source: FrameError::ControlTooLong,
+        })
+    ));
+}
+
+#[tokio::test]
+async fn prefixed_bytes_are_tracked_as_the_first_frames() {
+    let (client, mut browser) = duplex(1024);
+    let (upstream, mut backend) = duplex(1024);
+    // A masked text frame "hi" that arrived with the handshake, then a
+    // masked Close 1000 sent later.
+    let leftover = Bytes::from_static(b"\x81\x82\0\0\0\0hi");
+    let config = TunnelConfig::new().track_frames(true);
+    let task = tokio::spawn(async move {
+        tunnel(
+            Prefixed::new(leftover, client),
+            upstream,
+            &config,
+            pending(),
+        )
+        .await
+    });
+    browser
+        .write_all(b"\x88\x82\x01\x02\x03\x04\x02\xea")
+        .await
+        .unwrap();
+    browser.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    bounded(backend.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got.len(), 8 + 8);
+    backend.shutdown().await.unwrap();
+    let stats = bounded(task).await.unwrap();
+    let frames = stats.frames.unwrap();
+    assert_eq!(frames.client_messages, 1);
+    assert_eq!(frames.client_close.unwrap().code(), Some(1000));
+    assert_eq!(frames.upstream_close, None);
+}
+
+#[tokio::test]
+async fn untracked_tunnel_passes_any_bytes_and_reports_no_frames() {
+    let (client, mut browser) = duplex(1024);
+    let (upstream, mut backend) = duplex(1024);
+    let task =
+        tokio::spawn(
+            async move { tunnel(client, upstream, &TunnelConfig::default(), pending()).await },
+        );
+    // An unmasked client frame: a violation only if frames were tracked.
+    browser.write_all(b"\x81\x02hi").await.unwrap();
+    browser.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    bounded(backend.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got, b"\x81\x02hi");
+    backend.shutdown().await.unwrap();
+    let stats = bounded(task).await.unwrap();
+    assert!(stats.end.is_clean());
+    assert!(stats.frames.is_none());
+}
+
+/// Polls the tunnel once: it relays everything that is ready, then stops.
+async fn poll_once<T: Future + Unpin>(relay: &mut T) -> Option<T::Output> {
+    let polled =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(Pin::new(&mut *relay).poll(cx))).await;
+    match polled {
+        std::task::Poll::Ready(out) => Some(out),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Reads exactly `n` bytes the tunnel already wrote.
+async fn take(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    bounded(stream.read_exact(&mut buf)).await.unwrap();
+    buf
+}
+
+/// Asserts nothing more is readable right now (one poll, no waiting).
+async fn nothing_more(stream: &mut DuplexStream) {
+    use tokio::io::{AsyncRead, ReadBuf};
+    let mut one = [0u8; 1];
+    let polled = std::future::poll_fn(|cx| {
+        let mut buf = ReadBuf::new(&mut one);
+        let r = Pin::new(&mut *stream).poll_read(cx, &mut buf);
+        std::task::Poll::Ready(r.map(|r| r.map(|()| buf.filled().len())))
+    })
+    .await;
+    assert!(polled.is_pending(), "unexpected bytes: {polled:?}");
+}
+
+/// A masked frame as a client sends it.
+fn masked(head: u8, payload: &[u8]) -> Vec<u8> {
+    let key = [9, 8, 7, 6];
+    let mut out = vec![head, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}
+
+fn unmasked(head: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![head, payload.len() as u8];
+    out.extend_from_slice(payload);
+    out
+}
+
+type TrackedTunnel = Pin<Box<Tunnel<DuplexStream, DuplexStream, std::future::Pending<()>>>>;
+
+fn tracked_pair() -> (DuplexStream, DuplexStream, TrackedTunnel) {
+    let (client, browser) = duplex(64 * 1024);
+    let (upstream, backend) = duplex(64 * 1024);
+    let config = TunnelConfig::new().track_frames(true);
+    let relay = Box::pin(tunnel(client, upstream, &config, pending()));
+    (browser, backend, relay)
+}
+
+#[tokio::test]
+async fn close_goes_in_at_the_next_frame_boundary_each_way() {
+    let (mut browser, mut backend, mut relay) = tracked_pair();
+    let from_client = masked(0x82, b"0123456789");
+    let from_upstream = unmasked(0x82, b"abcde");
+    // Each direction stops in the middle of a frame.
+    browser.write_all(&from_client[..8]).await.unwrap();
+    backend.write_all(&unmasked(0x81, b"up")).await.unwrap();
+    backend.write_all(&from_upstream[..3]).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+
+    let close = CloseFrame::new(1001, "going away").unwrap();
+    assert!(relay.as_mut().insert_close(&close));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(relay.has_pending_frames(Side::Client));
+    assert!(relay.has_pending_frames(Side::Upstream));
+    assert_eq!(take(&mut browser, 4 + 3).await[4..], from_upstream[..3]);
+    assert_eq!(take(&mut backend, 8).await, from_client[..8]);
+    nothing_more(&mut browser).await;
+    nothing_more(&mut backend).await;
+
+    // The upstream finishes its frame and sends another: the Close goes
+    // between the two, unmasked.
+    backend.write_all(&from_upstream[3..]).await.unwrap();
+    backend.write_all(&unmasked(0x81, b"zz")).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Client));
+    assert_eq!(take(&mut browser, 4).await, from_upstream[3..]);
+    assert_eq!(take(&mut browser, 14).await, close.encode(None));
+    assert_eq!(take(&mut browser, 4).await, unmasked(0x81, b"zz"));
+
+    // Same toward the upstream, masked with a key of the proxy's own.
+    browser.write_all(&from_client[8..]).await.unwrap();
+    browser.write_all(&masked(0x81, b"next")).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    assert_eq!(take(&mut backend, 8).await, from_client[8..]);
+    let close_wire = take(&mut backend, 2 + 4 + 12).await;
+    assert_eq!(close_wire[..2], [0x88, 0x80 | 12]);
+    let mut check = FrameTracker::new(Role::Client);
+    check.observe(&close_wire).unwrap();
+    assert_eq!(check.close(), Some(close.clone()));
+    assert_eq!(take(&mut backend, 10).await, masked(0x81, b"next"));
+
+    browser.shutdown().await.unwrap();
+    backend.shutdown().await.unwrap();
+    let stats = bounded(relay).await;
+    assert!(stats.end.is_clean(), "{:?}", stats.end);
+    let frames = stats.frames.unwrap();
+    // The inserted Close frames are the proxy's: neither side sent one.
+    assert_eq!((frames.client_messages, frames.upstream_messages), (2, 3));
+    assert_eq!((frames.client_close, frames.upstream_close), (None, None));
+    assert_eq!(stats.upstream_to_client, 4 + 7 + 14 + 4);
+}
+
+#[tokio::test]
+async fn close_goes_between_fragments_and_a_data_frame_waits_for_the_message_end() {
+    let (mut browser, mut backend, mut relay) = tracked_pair();
+    let first = masked(0x01, b"frag");
+    let last = masked(0x80, b"ment");
+    let data = masked(0x82, b"proxy");
+    browser.write_all(&first).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert_eq!(take(&mut backend, first.len()).await, first);
+
+    // A data frame must not split the fragmented message; a Close may.
+    assert!(relay.as_mut().insert_frames(Side::Upstream, &data));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(relay.has_pending_frames(Side::Upstream));
+    nothing_more(&mut backend).await;
+
+    browser.write_all(&last).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    let mut got = take(&mut backend, last.len() + data.len()).await;
+    assert_eq!(got[..last.len()], last);
+    assert_eq!(got[last.len()..], data);
+
+    browser.write_all(&first).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    got = take(&mut backend, first.len()).await;
+    assert_eq!(got, first);
+    let close = CloseFrame::new(1012, "").unwrap();
+    assert!(relay.as_mut().insert_close(&close));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Upstream));
+    let close_wire = take(&mut backend, 2 + 4 + 2).await;
+    let mut check = FrameTracker::new(Role::Client);
+    check.observe(&first).unwrap();
+    check.observe(&close_wire).unwrap();
+    assert_eq!(check.close().and_then(|c| c.code()), Some(1012));
+    assert_eq!(check.boundary(), Some(Boundary::Frame));
+}
+
+#[tokio::test]
+async fn untracked_tunnel_cannot_insert_frames() {
+    let (client, _browser) = duplex(64);
+    let (upstream, _backend) = duplex(64);
+    let mut relay = Box::pin(tunnel(
+        client,
+        upstream,
+        &TunnelConfig::default(),
+        pending(),
+    ));
+    let close = CloseFrame::new(1001, "").unwrap();
+    assert!(!relay.as_mut().insert_close(&close));
+    assert!(!relay.has_pending_frames(Side::Client));
+}
