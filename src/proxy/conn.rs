@@ -203,6 +203,11 @@ where
                 }
             };
             self.report.requests += 1;
+            // The report describes the last request: nothing of an earlier
+            // one may leak into it.
+            self.report.route = None;
+            self.report.upstream = None;
+            self.report.status = None;
             self.inner.counters.request();
             match self.handle(head).await {
                 Next::KeepAlive => continue,
@@ -267,6 +272,7 @@ where
         handshake::write_response_head(&answer, &mut out);
         out.extend_from_slice(answer.body());
         let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
+        self.report.status = Some(status);
         self.finish(Outcome::Rejected(status));
         Next::Close
     }
@@ -288,6 +294,7 @@ where
             Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
         };
         tracing::Span::current().record("route", group.name());
+        self.report.route = Some(group.name.clone());
 
         if let Err(e) = inner.policy.check(&request, websocket) {
             return self.reject(e.status(), &e.to_string(), None).await;
@@ -323,6 +330,7 @@ where
         };
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
+        self.report.upstream = Some(lease.addr().clone());
 
         match path.parse() {
             Ok(uri) => *request.uri_mut() = uri,
@@ -431,6 +439,7 @@ where
         {
             return Next::Close;
         }
+        self.report.status = Some(preflight.status());
         self.finish(Outcome::Preflight);
         Next::KeepAlive
     }
@@ -487,6 +496,7 @@ where
             self.finish(Outcome::Abandoned);
             return Next::Close;
         }
+        self.report.status = Some(response.status());
         Next::Tunnel(Switched {
             upstream,
             upstream_prefix,
@@ -539,6 +549,7 @@ where
             self.finish(Outcome::Abandoned);
             return Next::Close;
         }
+        self.report.status = Some(response.status());
         let copied = copy_body(
             &mut upstream,
             &mut self.io,

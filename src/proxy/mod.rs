@@ -38,10 +38,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, UpstreamAddr};
 use crate::forward::{ForwardPolicy, Scheme};
 use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
@@ -205,12 +206,14 @@ impl Proxy {
     {
         let (tx, rx) = watch::channel(Phase::Running);
         let listener = conn::Listener::new(scheme, None);
+        let started = tokio::time::Instant::now();
         let serve = async {
             let (mut report, upgraded) =
                 conn::serve(&self.inner, io, peer, listener, Drain { rx }).await;
             if let Some(upgraded) = upgraded {
                 report.tunnel = Some(upgraded.run().await);
             }
+            report.duration = started.elapsed();
             report
         };
         tokio::pin!(serve);
@@ -247,9 +250,17 @@ impl Proxy {
     pub fn routes(&self) -> &Routes<UpstreamGroup> {
         &self.inner.routes
     }
+
+    /// The timeouts it runs with.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
 }
 
-/// What serving one client connection did.
+/// What serving one client connection did: the fields of an access log
+/// line (nginx `access_log`).
+///
+/// Route, upstream and status describe the connection's last request.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct ConnectionReport {
@@ -259,6 +270,16 @@ pub struct ConnectionReport {
     pub outcome: Option<Outcome>,
     /// The tunnel's figures, if the connection was upgraded.
     pub tunnel: Option<TunnelStats>,
+    /// The name of the upstream group the last request was routed to.
+    pub route: Option<Arc<str>>,
+    /// The upstream that served the last request (nginx `$upstream_addr`).
+    pub upstream: Option<UpstreamAddr>,
+    /// The status of the last answer the client was sent, the proxy's own
+    /// or the upstream's (nginx `$status`; 101 for a tunnel).
+    pub status: Option<StatusCode>,
+    /// From the start of serving to the end of the connection, tunnel
+    /// included (nginx `$request_time` for a WebSocket).
+    pub duration: Duration,
 }
 
 /// Builds a [`Proxy`]; [`build`](Self::build) validates.
@@ -458,7 +479,7 @@ impl Drain {
 
     /// Resolves once the phase is at least `phase`; never, if the sender is
     /// gone before that.
-    async fn reached(mut self, phase: Phase) {
+    pub(crate) async fn reached(mut self, phase: Phase) {
         let at_least = |p: &Phase| match phase {
             Phase::Running => true,
             Phase::Draining => *p != Phase::Running,
