@@ -28,8 +28,9 @@ pub struct Args {
     pub upstream: Vec<Upstream>,
 
     /// A location with its own upstream group, repeatable (nginx `server_name`
-    /// + `location /PREFIX { proxy_pass http://group; }`): `[HOST]/PREFIX=UPSTREAM[,opts],UPSTREAM...`.
-    /// HOST may be `*.example.com`; longest prefix wins.
+    /// and `location /PREFIX { proxy_pass http://group; }`):
+    /// `[HOST]/PREFIX=UPSTREAM[,opts],UPSTREAM...`; HOST may be
+    /// `*.example.com`; the longest prefix wins.
     #[arg(long, value_name = "HOST/PREFIX=UPSTREAMS", value_parser = parse_route)]
     pub route: Vec<RouteSpec>,
 

@@ -36,6 +36,8 @@ enum Page {
 
 async fn serve(stream: TcpStream, room: broadcast::Sender<Message>) {
     let mut page = Page::Echo;
+    // tungstenite's callback signature fixes the error type.
+    #[allow(clippy::result_large_err)]
     let pick = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         page = match req.uri().path() {
             "/" => Page::Echo,
@@ -62,10 +64,8 @@ type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 async fn echo(mut ws: Ws) {
     while let Some(Ok(msg)) = ws.next().await {
-        if msg.is_text() || msg.is_binary() {
-            if ws.send(msg).await.is_err() {
-                return;
-            }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            return;
         }
     }
 }
