@@ -224,7 +224,7 @@ where
         // 101 was checked: only now may it reach the upstream.
         let upgraded = Upgraded {
             inner: self.inner.clone(),
-            client: Prefixed::new(self.buf.split().freeze(), self.io),
+            client: Prefixed::new(detach(&mut self.buf), self.io),
             upstream: Prefixed::new(switched.upstream_prefix, switched.upstream),
             lease: switched.lease,
             drain: self.drain,
@@ -400,7 +400,7 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(response, upstream, up_buf.split().freeze(), lease)
+                    .switch(response, upstream, detach(&mut up_buf), lease)
                     .await;
             }
             Ok(_) => {}
@@ -578,6 +578,21 @@ where
     }
 }
 
+/// The bytes read past a head, copied out of the read buffer for the
+/// tunnel. `split().freeze()` would share the buffer instead, and an idle
+/// tunnel would keep the whole handshake buffer (8 KiB reserved, a page or
+/// more resident) alive for as long as it runs, even with nothing left to
+/// replay.
+pub(super) fn detach(buf: &mut BytesMut) -> Bytes {
+    let bytes = if buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(buf)
+    };
+    buf.clear();
+    bytes
+}
+
 /// True when the client allows another request on this connection.
 fn keeps_alive<B>(request: &Request<B>) -> bool {
     let listed = |token: &str| {
@@ -751,5 +766,28 @@ where
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Io),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_leftovers_do_not_share_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n\x81\x05hello");
+        // What the head parser does: the head leaves as a shared handle.
+        let head = buf.split_to(18);
+        let rest = detach(&mut buf);
+        assert_eq!(&rest[..], b"\x81\x05hello");
+        assert!(buf.is_empty());
+        // Unique: the frames own their few bytes, not the 8 KiB buffer
+        // that `head` still holds.
+        assert!(rest.try_into_mut().is_ok());
+        drop(head);
+
+        let mut empty = BytesMut::with_capacity(READ_CHUNK);
+        assert!(detach(&mut empty).is_empty());
     }
 }

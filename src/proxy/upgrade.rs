@@ -126,7 +126,7 @@ impl Proxy {
             inner: self.inner.clone(),
             response,
             upstream,
-            prefix: buf.freeze(),
+            prefix: conn::detach(&mut buf),
             lease,
         })
     }
