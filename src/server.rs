@@ -251,10 +251,7 @@ impl Server {
                 // handshake's state; the report stays only for a hook.
                 match (upgraded, on_end) {
                     (Some(upgraded), None) => {
-                        tokio::spawn(async move {
-                            upgraded.run().await;
-                            drop((permit, token));
-                        });
+                        tokio::spawn(upgraded.run_holding((permit, token)));
                     }
                     (Some(upgraded), Some(hook)) => {
                         tokio::spawn(async move {

@@ -1,14 +1,18 @@
 //! Serving one client connection: the request loop, upstream connect with
 //! retries, the upgrade decision and plain HTTP relaying.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONNECTION;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -19,7 +23,7 @@ use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext, Scheme};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
-use crate::tunnel::{tunnel, Prefixed, TunnelStats};
+use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -71,8 +75,18 @@ impl<S> Upgraded<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Runs the tunnel until it ends and accounts for it.
-    pub(crate) async fn run(self) -> TunnelStats {
+    /// The tunnel, ready to run until it ends and account for it.
+    pub(crate) fn run(self) -> Running<S, impl Future<Output = ()>, ()> {
+        self.run_holding(())
+    }
+
+    /// Like [`run`](Self::run), holding `keep` (a server's connection slot)
+    /// until the tunnel ends.
+    ///
+    /// A plain future, not an `async` block: an async block would keep the
+    /// streams it moves into the tunnel twice (its captured copy and the
+    /// tunnel's), hundreds of bytes more for every idle WebSocket.
+    pub(crate) fn run_holding<K>(self, keep: K) -> Running<S, impl Future<Output = ()>, K> {
         let Self {
             inner,
             client,
@@ -82,17 +96,50 @@ where
             span,
         } = self;
         inner.counters.tunnel_started();
-        let stats = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut)).await;
-        drop(lease);
-        inner
+        let relay = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut));
+        Running {
+            relay,
+            inner,
+            lease: Some(lease),
+            span,
+            keep: Some(keep),
+        }
+    }
+}
+
+pin_project! {
+    /// A running tunnel; see [`Upgraded::run`].
+    pub(crate) struct Running<S, F, K> {
+        #[pin]
+        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, F>,
+        inner: Arc<Inner>,
+        lease: Option<Lease>,
+        span: tracing::Span,
+        keep: Option<K>,
+    }
+}
+
+impl<S, F, K> Future for Running<S, F, K>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let this = self.project();
+        let stats = ready!(this.relay.poll(cx));
+        drop(this.lease.take());
+        this.inner
             .counters
             .tunnel_ended(stats.client_to_upstream, stats.upstream_to_client);
-        span.record("from_client", stats.client_to_upstream);
-        span.record("from_upstream", stats.upstream_to_client);
-        span.in_scope(|| {
+        this.span.record("from_client", stats.client_to_upstream);
+        this.span.record("from_upstream", stats.upstream_to_client);
+        this.span.in_scope(|| {
             tracing::info!(end = ?stats.end, duration = ?stats.duration, "tunnel closed");
         });
-        stats
+        drop(this.keep.take());
+        Poll::Ready(stats)
     }
 }
 
