@@ -310,11 +310,15 @@ async fn chat_room_broadcasts_between_two_clients() {
     // nothing said can be missed.
     for (ws, name) in [(&mut alice, "alice joined"), (&mut bob, "bob joined")] {
         ws.send(Message::text(name)).await.unwrap();
-        loop {
-            if next_data(ws).await == Message::text(name) {
+        // Bounded: before its own join, a member hears at most the other's.
+        let mut heard = Vec::new();
+        for _ in 0..2 {
+            heard.push(next_data(ws).await);
+            if heard.last() == Some(&Message::text(name)) {
                 break;
             }
         }
+        assert_eq!(heard.last(), Some(&Message::text(name)), "{heard:?}");
     }
     alice.send(Message::text("hi bob")).await.unwrap();
     bob.send(Message::text("hi alice")).await.unwrap();
