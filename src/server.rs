@@ -20,20 +20,28 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! [`Server::serve_with`] serves the same way over any stream the accepted
+//! socket is turned into, such as TLS (`wss://`) with tokio-rustls, and
+//! [`Server::on_connection_end`] hands each finished connection's
+//! [`ConnectionReport`] to the host (an access log).
 
+use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
-use crate::proxy::{Drain, Listener, Phase, Proxy};
+use crate::proxy::{ConnectionReport, Drain, Listener, Phase, Proxy};
 
 /// Serves a listener through a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -42,6 +50,19 @@ pub struct Server {
     scheme: Scheme,
     max_connections: usize,
     drain_timeout: Duration,
+    on_end: Option<ConnectionHook>,
+}
+
+/// What [`Server::on_connection_end`] calls.
+type HookFn = dyn Fn(SocketAddr, &ConnectionReport) + Send + Sync;
+
+#[derive(Clone)]
+struct ConnectionHook(Arc<HookFn>);
+
+impl fmt::Debug for ConnectionHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionHook")
+    }
 }
 
 impl Server {
@@ -53,6 +74,7 @@ impl Server {
             scheme: Scheme::Http,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            on_end: None,
         }
     }
 
@@ -78,6 +100,32 @@ impl Server {
         self
     }
 
+    /// Calls `hook` with the client's address and the [`ConnectionReport`]
+    /// once each connection has ended, tunnel included: the place for an
+    /// access log (nginx `access_log`, written when a request completes).
+    ///
+    /// The hook runs on the connection's task, so it should be quick (a
+    /// buffered write, a channel send). Without a hook, nothing of the
+    /// report is kept while a tunnel runs.
+    ///
+    /// ```no_run
+    /// # use wsproxy::{server::Server, Proxy};
+    /// # fn run(proxy: Proxy) {
+    /// let server = Server::new(proxy).on_connection_end(|client, report| {
+    ///     let status = report.status.map_or(0, |s| s.as_u16());
+    ///     println!("{client} {status} {:?}", report.duration);
+    /// });
+    /// # let _ = server;
+    /// # }
+    /// ```
+    pub fn on_connection_end<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
+    {
+        self.on_end = Some(ConnectionHook(Arc::new(hook)));
+        self
+    }
+
     /// Accepts and serves connections until `shutdown` resolves, then stops
     /// accepting, lets open connections finish until the drain deadline,
     /// ends the tunnels still open, and reports.
@@ -91,6 +139,55 @@ impl Server {
     where
         F: Future<Output = ()>,
     {
+        self.serve_with(listener, |tcp| std::future::ready(Ok(tcp)), shutdown)
+            .await
+    }
+
+    /// Like [`serve`](Self::serve), but each accepted socket first goes
+    /// through `accept`, on the connection's own task, and the proxy serves
+    /// the stream it returns: TLS termination for `wss://`, for instance.
+    ///
+    /// `accept` runs under the proxy's handshake timeout (nginx bounds the
+    /// TLS handshake by `client_header_timeout` too) and is abandoned when
+    /// shutdown begins; a connection whose `accept` fails or times out is
+    /// closed. Set [`scheme`](Self::scheme) to `Https` so that upstreams see
+    /// `X-Forwarded-Proto: https`.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use tokio_rustls::{rustls::ServerConfig, TlsAcceptor};
+    /// use wsproxy::{forward::Scheme, server::Server, Proxy};
+    ///
+    /// # async fn run(proxy: Proxy, tls: Arc<ServerConfig>) -> std::io::Result<()> {
+    /// let acceptor = TlsAcceptor::from(tls);
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+    /// Server::new(proxy)
+    ///     .scheme(Scheme::Https)
+    ///     .serve_with(listener, move |tcp| acceptor.accept(tcp), async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    pub async fn serve_with<A, Fut, S, F>(
+        self,
+        listener: TcpListener,
+        accept: A,
+        shutdown: F,
+    ) -> io::Result<DrainReport>
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: Future<Output = ()>,
+    {
+        let accept = Arc::new(accept);
+        let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
         let listener_info = Listener::new(self.scheme, port);
         let (phase, rx) = watch::channel(Phase::Running);
@@ -126,23 +223,53 @@ impl Server {
             let proxy = self.proxy.clone();
             let drain = Drain::new(rx.clone());
             let token = tracker.token();
+            let accept = accept.clone();
+            let on_end = self.on_end.clone();
             tokio::spawn(async move {
+                let started = Instant::now();
+                let stream = tokio::select! {
+                    accepted = timeout(handshake_timeout, accept(stream)) => match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "accept handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %peer, "accept handshake timed out");
+                            return;
+                        }
+                    },
+                    // Nothing was requested yet: nothing to drain.
+                    () = drain.clone().reached(Phase::Draining) => return,
+                };
                 // At the drain deadline a connection still in a request is
                 // dropped (its sockets close); a tunnel is cut cleanly.
                 let cut = drain.clone().reached(Phase::Cut);
                 let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
-                let upgraded = tokio::select! {
-                    (_, upgraded) = served => upgraded,
-                    () = cut => None,
+                let (mut report, upgraded) = tokio::select! {
+                    served = served => served,
+                    () = cut => return,
                 };
                 // The tunnel runs as its own task so that only its few
                 // hundred bytes stay allocated while it idles, not the
-                // handshake's state.
-                if let Some(upgraded) = upgraded {
-                    tokio::spawn(async move {
-                        upgraded.run().await;
-                        drop((permit, token));
-                    });
+                // handshake's state; the report stays only for a hook.
+                match (upgraded, on_end) {
+                    (Some(upgraded), None) => {
+                        tokio::spawn(upgraded.run_holding((permit, token)));
+                    }
+                    (Some(upgraded), Some(hook)) => {
+                        tokio::spawn(async move {
+                            report.tunnel = Some(upgraded.run().await);
+                            report.duration = started.elapsed();
+                            (hook.0)(peer, &report);
+                            drop((permit, token));
+                        });
+                    }
+                    (None, Some(hook)) => {
+                        report.duration = started.elapsed();
+                        (hook.0)(peer, &report);
+                    }
+                    (None, None) => {}
                 }
             });
         }

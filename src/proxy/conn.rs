@@ -1,26 +1,29 @@
 //! Serving one client connection: the request loop, upstream connect with
 //! retries, the upgrade decision and plain HTTP relaying.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{field, Instrument};
 
-use super::counters::OpenTunnel;
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
-use crate::tunnel::{tunnel, Prefixed, TunnelStats};
+use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -36,6 +39,36 @@ enum Next {
     Close,
     /// The upstream switched protocols and the 101 went out: tunnel.
     Tunnel(Switched),
+}
+
+/// One open tunnel and its lease: counted as open until dropped, so that a
+/// tunnel whose future is cancelled (a host's timeout, an aborted task) is
+/// still counted out, and the lease released after that.
+pub(super) struct OpenTunnel {
+    inner: Arc<Inner>,
+    lease: Lease,
+}
+
+impl OpenTunnel {
+    pub(super) fn new(inner: Arc<Inner>, lease: Lease) -> Self {
+        // The name is made again on drop rather than kept: an idle tunnel
+        // holds nothing it does not need.
+        inner.counters.tunnel_started(&lease.addr().to_string());
+        Self { inner, lease }
+    }
+
+    /// Adds a finished tunnel's bytes to the totals.
+    pub(super) fn bytes(&self, from_client: u64, from_upstream: u64) {
+        self.inner.counters.bytes(from_client, from_upstream);
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.inner
+            .counters
+            .tunnel_ended(&self.lease.addr().to_string());
+    }
 }
 
 /// The upstream half of a completed upgrade.
@@ -61,8 +94,18 @@ impl<S> Upgraded<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// Runs the tunnel until it ends and accounts for it.
-    pub(crate) async fn run(self) -> TunnelStats {
+    /// The tunnel, ready to run until it ends and account for it.
+    pub(crate) fn run(self) -> Running<S, impl Future<Output = ()>, ()> {
+        self.run_holding(())
+    }
+
+    /// Like [`run`](Self::run), holding `keep` (a server's connection slot)
+    /// until the tunnel ends.
+    ///
+    /// A plain future, not an `async` block: an async block would keep the
+    /// streams it moves into the tunnel twice (its captured copy and the
+    /// tunnel's), hundreds of bytes more for every idle WebSocket.
+    pub(crate) fn run_holding<K>(self, keep: K) -> Running<S, impl Future<Output = ()>, K> {
         let Self {
             inner,
             client,
@@ -71,19 +114,49 @@ where
             drain,
             span,
         } = self;
-        let open = OpenTunnel::new(&inner.counters, &lease);
-        let stats = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut)).await;
-        drop(open);
-        drop(lease);
-        inner
-            .counters
-            .bytes(stats.client_to_upstream, stats.upstream_to_client);
-        span.record("from_client", stats.client_to_upstream);
-        span.record("from_upstream", stats.upstream_to_client);
-        span.in_scope(|| {
+        let relay = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut));
+        Running {
+            relay,
+            open: Some(OpenTunnel::new(inner, lease)),
+            span,
+            keep: Some(keep),
+        }
+    }
+}
+
+pin_project! {
+    /// A running tunnel; see [`Upgraded::run`].
+    pub(crate) struct Running<S, F, K> {
+        #[pin]
+        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, F>,
+        // Dropped when the tunnel ends, or with the future if it is
+        // cancelled: either way the tunnel is counted out.
+        open: Option<OpenTunnel>,
+        span: tracing::Span,
+        keep: Option<K>,
+    }
+}
+
+impl<S, F, K> Future for Running<S, F, K>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let this = self.project();
+        let stats = ready!(this.relay.poll(cx));
+        if let Some(open) = this.open.take() {
+            open.bytes(stats.client_to_upstream, stats.upstream_to_client);
+        }
+        this.span.record("from_client", stats.client_to_upstream);
+        this.span.record("from_upstream", stats.upstream_to_client);
+        this.span.in_scope(|| {
             tracing::info!(end = ?stats.end, duration = ?stats.duration, "tunnel closed");
         });
-        stats
+        drop(this.keep.take());
+        Poll::Ready(stats)
     }
 }
 
@@ -198,6 +271,11 @@ where
                 }
             };
             self.report.requests += 1;
+            // The report describes the last request: nothing of an earlier
+            // one may leak into it.
+            self.report.route = None;
+            self.report.upstream = None;
+            self.report.status = None;
             self.inner.counters.request();
             match self.handle(head).await {
                 Next::KeepAlive => continue,
@@ -214,7 +292,7 @@ where
         // 101 was checked: only now may it reach the upstream.
         let upgraded = Upgraded {
             inner: self.inner.clone(),
-            client: Prefixed::new(self.buf.split().freeze(), self.io),
+            client: Prefixed::new(detach(&mut self.buf), self.io),
             upstream: Prefixed::new(switched.upstream_prefix, switched.upstream),
             lease: switched.lease,
             drain: self.drain,
@@ -262,6 +340,7 @@ where
         handshake::write_response_head(&answer, &mut out);
         out.extend_from_slice(answer.body());
         let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
+        self.report.status = Some(status);
         self.finish(Outcome::Rejected(status));
         self.linger = true;
         Next::Close
@@ -307,6 +386,7 @@ where
             Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
         };
         tracing::Span::current().record("route", group.name());
+        self.report.route = Some(group.name.clone());
 
         if let Err(e) = inner.policy.check(&request, websocket) {
             return self.reject(e.status(), &e.to_string(), None).await;
@@ -342,6 +422,7 @@ where
         };
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
+        self.report.upstream = Some(lease.addr().clone());
         let ctx = ForwardContext::new(
             self.peer,
             self.listener.scheme,
@@ -426,7 +507,7 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(response, upstream, up_buf.split().freeze(), lease)
+                    .switch(response, upstream, detach(&mut up_buf), lease)
                     .await;
             }
             Ok(_) => {}
@@ -547,6 +628,7 @@ where
         {
             return Next::Close;
         }
+        self.report.status = Some(preflight.status());
         self.finish(Outcome::Preflight);
         if keep_alive {
             Next::KeepAlive
@@ -613,6 +695,7 @@ where
             self.finish(Outcome::Abandoned);
             return Next::Close;
         }
+        self.report.status = Some(response.status());
         Next::Tunnel(Switched {
             upstream,
             upstream_prefix,
@@ -662,6 +745,7 @@ where
             self.finish(Outcome::Abandoned);
             return Next::Close;
         }
+        self.report.status = Some(response.status());
         let copied = copy_body(
             &mut upstream,
             &mut self.io,
@@ -692,6 +776,21 @@ where
             }
         }
     }
+}
+
+/// The bytes read past a head, copied out of the read buffer for the
+/// tunnel. `split().freeze()` would share the buffer instead, and an idle
+/// tunnel would keep the whole handshake buffer (8 KiB reserved, a page or
+/// more resident) alive for as long as it runs, even with nothing left to
+/// replay.
+pub(super) fn detach(buf: &mut BytesMut) -> Bytes {
+    let bytes = if buf.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(buf)
+    };
+    buf.clear();
+    bytes
 }
 
 /// True when the client allows another request on this connection.
@@ -904,5 +1003,28 @@ where
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Read),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detached_leftovers_do_not_share_the_read_buffer() {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n\x81\x05hello");
+        // What the head parser does: the head leaves as a shared handle.
+        let head = buf.split_to(18);
+        let rest = detach(&mut buf);
+        assert_eq!(&rest[..], b"\x81\x05hello");
+        assert!(buf.is_empty());
+        // Unique: the frames own their few bytes, not the 8 KiB buffer
+        // that `head` still holds.
+        assert!(rest.try_into_mut().is_ok());
+        drop(head);
+
+        let mut empty = BytesMut::with_capacity(READ_CHUNK);
+        assert!(detach(&mut empty).is_empty());
     }
 }

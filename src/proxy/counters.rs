@@ -6,8 +6,6 @@ use std::sync::Mutex;
 
 use http::StatusCode;
 
-use crate::balance::Lease;
-
 /// How one request or connection ended, as counted in [`CountersSnapshot`] and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -68,7 +66,7 @@ impl Counters {
         self.handshakes.fetch_add(1, Relaxed);
     }
 
-    fn tunnel_started(&self, upstream: &str) {
+    pub(super) fn tunnel_started(&self, upstream: &str) {
         self.tunnels_active.fetch_add(1, Relaxed);
         self.tunnels_total.fetch_add(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
@@ -81,7 +79,7 @@ impl Counters {
         }
     }
 
-    fn tunnel_ended(&self, upstream: &str) {
+    pub(super) fn tunnel_ended(&self, upstream: &str) {
         self.tunnels_active.fetch_sub(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
             if let Some(n) = map.get_mut(upstream) {
@@ -146,28 +144,6 @@ impl Counters {
                 })
                 .unwrap_or_default(),
         }
-    }
-}
-
-/// Counts one tunnel as open until dropped, so that a tunnel whose future
-/// is cancelled (a host's timeout, an aborted task) is still counted out.
-pub(crate) struct OpenTunnel<'a> {
-    counters: &'a Counters,
-    lease: &'a Lease,
-}
-
-impl<'a> OpenTunnel<'a> {
-    pub(crate) fn new(counters: &'a Counters, lease: &'a Lease) -> Self {
-        // The name is made again on drop rather than kept: an idle tunnel
-        // holds nothing it does not need.
-        counters.tunnel_started(&lease.addr().to_string());
-        Self { counters, lease }
-    }
-}
-
-impl Drop for OpenTunnel<'_> {
-    fn drop(&mut self) {
-        self.counters.tunnel_ended(&self.lease.addr().to_string());
     }
 }
 

@@ -38,10 +38,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-use crate::balance::Balancer;
+use crate::balance::{Balancer, UpstreamAddr};
 use crate::forward::{ForwardPolicy, Scheme};
 use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
@@ -211,12 +212,14 @@ impl Proxy {
     {
         let (tx, rx) = watch::channel(Phase::Running);
         let listener = listener.into();
+        let started = tokio::time::Instant::now();
         let serve = async {
             let (mut report, upgraded) =
                 conn::serve(&self.inner, io, peer, listener, Drain { rx }).await;
             if let Some(upgraded) = upgraded {
                 report.tunnel = Some(upgraded.run().await);
             }
+            report.duration = started.elapsed();
             report
         };
         tokio::pin!(serve);
@@ -253,6 +256,11 @@ impl Proxy {
     pub fn routes(&self) -> &Routes<UpstreamGroup> {
         &self.inner.routes
     }
+
+    /// The timeouts it runs with.
+    pub fn timeouts(&self) -> Timeouts {
+        self.inner.timeouts
+    }
 }
 
 /// The listener a connection came in on: its scheme (`X-Forwarded-Proto`,
@@ -282,7 +290,10 @@ impl From<Scheme> for Listener {
     }
 }
 
-/// What serving one client connection did.
+/// What serving one client connection did: the fields of an access log
+/// line (nginx `access_log`).
+///
+/// Route, upstream and status describe the connection's last request.
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct ConnectionReport {
@@ -292,6 +303,16 @@ pub struct ConnectionReport {
     pub outcome: Option<Outcome>,
     /// The tunnel's figures, if the connection was upgraded.
     pub tunnel: Option<TunnelStats>,
+    /// The name of the upstream group the last request was routed to.
+    pub route: Option<Arc<str>>,
+    /// The upstream that served the last request (nginx `$upstream_addr`).
+    pub upstream: Option<UpstreamAddr>,
+    /// The status of the last answer the client was sent, the proxy's own
+    /// or the upstream's (nginx `$status`; 101 for a tunnel).
+    pub status: Option<StatusCode>,
+    /// From the start of serving to the end of the connection, tunnel
+    /// included (nginx `$request_time` for a WebSocket).
+    pub duration: Duration,
 }
 
 /// Builds a [`Proxy`]; [`build`](Self::build) validates.

@@ -11,8 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{self, HeadRead};
-use super::counters::OpenTunnel;
+use super::conn::{self, HeadRead, OpenTunnel};
 use super::{Inner, Listener, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
@@ -141,7 +140,7 @@ impl Proxy {
             inner: self.inner.clone(),
             response,
             upstream,
-            prefix: buf.freeze(),
+            prefix: conn::detach(&mut buf),
             lease,
         })
     }
@@ -171,17 +170,16 @@ impl PendingUpgrade {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        let counters = &self.inner.counters;
-        let open = OpenTunnel::new(counters, &self.lease);
+        let config = self.inner.tunnel;
+        let open = OpenTunnel::new(self.inner, self.lease);
         let stats = tunnel(
             client,
             Prefixed::new(self.prefix, self.upstream),
-            &self.inner.tunnel,
+            &config,
             std::future::pending(),
         )
         .await;
-        drop(open);
-        counters.bytes(stats.client_to_upstream, stats.upstream_to_client);
+        open.bytes(stats.client_to_upstream, stats.upstream_to_client);
         stats
     }
 }

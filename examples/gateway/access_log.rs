@@ -1,0 +1,158 @@
+//! `--access-log`: one line per connection, written when it ends (nginx
+//! `access_log`, whose lines are also written at the end of a request).
+//!
+//! ```text
+//! 2026-11-24T07:00:00Z client=127.0.0.1:50212 route=default upstream=127.0.0.1:8010 status=101 outcome=tunneled requests=1 from_client=1204 from_upstream=1188 duration=3.214s end=client-closed
+//! ```
+
+use std::fmt::Write as _;
+use std::io::{self, LineWriter, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use wsproxy::proxy::{ConnectionReport, Outcome};
+use wsproxy::tunnel::{Timeout, TunnelEnd};
+
+/// Where lines go; one lock per line, flushed per line so that nothing is
+/// lost at exit and `tail -f` sees each connection as it ends.
+pub struct AccessLog {
+    out: Mutex<LineWriter<Box<dyn Write + Send>>>,
+}
+
+impl AccessLog {
+    /// `-` is stdout; anything else a file opened for appending, as nginx does.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let out: Box<dyn Write + Send> = if path == Path::new("-") {
+            Box::new(io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        Ok(Self {
+            out: Mutex::new(LineWriter::new(out)),
+        })
+    }
+
+    /// Writes one connection's line; a failed write is dropped (nginx
+    /// does not stop serving when its log cannot be written either).
+    pub fn write(&self, client: SocketAddr, report: &ConnectionReport) {
+        let line = format_line(SystemTime::now(), client, report);
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.write_all(line.as_bytes());
+        }
+    }
+}
+
+/// The line for one finished connection, newline included.
+pub fn format_line(now: SystemTime, client: SocketAddr, report: &ConnectionReport) -> String {
+    let mut line = String::with_capacity(200);
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+    let _ = write!(
+        line,
+        "{} client={client} route={} upstream={} status={} outcome={} requests={}",
+        rfc3339(now),
+        dash(report.route.as_deref().map(str::to_owned)),
+        dash(report.upstream.as_ref().map(ToString::to_string)),
+        dash(report.status.map(|s| s.as_u16().to_string())),
+        outcome(report.outcome),
+        report.requests,
+    );
+    match &report.tunnel {
+        Some(t) => {
+            let _ = write!(
+                line,
+                " from_client={} from_upstream={}",
+                t.client_to_upstream, t.upstream_to_client
+            );
+        }
+        None => line.push_str(" from_client=- from_upstream=-"),
+    }
+    let _ = write!(
+        line,
+        " duration={:.3}s end={}",
+        report.duration.as_secs_f64(),
+        report.tunnel.as_ref().map_or("-", |t| end(&t.end))
+    );
+    line.push('\n');
+    line
+}
+
+fn outcome(outcome: Option<Outcome>) -> &'static str {
+    match outcome {
+        None => "-",
+        Some(Outcome::Tunneled) => "tunneled",
+        Some(Outcome::Proxied) => "proxied",
+        Some(Outcome::UpgradeRefused) => "upgrade-refused",
+        Some(Outcome::Preflight) => "preflight",
+        Some(Outcome::Rejected(_)) => "rejected",
+        Some(Outcome::Abandoned) => "abandoned",
+        Some(_) => "other",
+    }
+}
+
+fn end(end: &TunnelEnd) -> &'static str {
+    match end {
+        TunnelEnd::ClientEof => "client-closed",
+        TunnelEnd::UpstreamEof => "upstream-closed",
+        TunnelEnd::Timeout(Timeout::Idle) => "idle-timeout",
+        TunnelEnd::Timeout(Timeout::Read(_)) => "read-timeout",
+        TunnelEnd::Timeout(Timeout::Send(_)) => "send-timeout",
+        TunnelEnd::Timeout(_) => "timeout",
+        TunnelEnd::Shutdown => "shutdown",
+        TunnelEnd::Error(_) => "error",
+        _ => "other",
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC, without a date crate: days to a civil
+/// date with Howard Hinnant's `civil_from_days`.
+fn rfc3339(now: SystemTime) -> String {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(at(1_795_503_601)), "2026-11-24T07:00:01Z");
+    }
+
+    #[test]
+    fn a_rejected_connection_has_dashes_for_what_it_lacks() {
+        let report = ConnectionReport::default();
+        let line = format_line(UNIX_EPOCH, "127.0.0.1:5000".parse().unwrap(), &report);
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00Z client=127.0.0.1:5000 route=- upstream=- status=- outcome=- \
+             requests=0 from_client=- from_upstream=- duration=0.000s end=-\n"
+        );
+    }
+}

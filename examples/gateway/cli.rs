@@ -1,0 +1,389 @@
+//! The command line: clap's derive API, one flag per nginx directive, and
+//! the small parsers for the values nginx writes inline (`4s`,
+//! `127.0.0.1:8011 weight=3`, `$cookie_session`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use wsproxy::balance::{HashKey, Upstream, UpstreamAddr};
+
+/// A WebSocket-aware reverse proxy: the classic nginx WebSocket
+/// configuration as one command.
+///
+/// With no --upstream and no --route it starts a demo backend in-process
+/// (WebSocket echo on /, a chat room on /chat) and proxies to it.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about, long_about)]
+pub struct Args {
+    /// Address to accept clients on (nginx `listen`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8020")]
+    pub listen: SocketAddr,
+
+    /// An upstream server, repeatable (nginx `upstream { server ADDR weight=N; }`).
+    /// Options after commas: weight=N, max_fails=N, fail_timeout=DUR, backup, down.
+    /// ADDR is ip:port or host:port.
+    #[arg(long, value_name = "ADDR[,weight=N]", value_parser = parse_upstream)]
+    pub upstream: Vec<Upstream>,
+
+    /// A location with its own upstream group, repeatable (nginx `server_name`
+    /// and `location /PREFIX { proxy_pass http://group; }`):
+    /// `[HOST]/PREFIX=UPSTREAM[,opts],UPSTREAM...`; HOST may be
+    /// `*.example.com`; the longest prefix wins.
+    #[arg(long, value_name = "HOST/PREFIX=UPSTREAMS", value_parser = parse_route)]
+    pub route: Vec<RouteSpec>,
+
+    /// How each group picks an upstream (nginx `upstream` balancing line:
+    /// none = round-robin, `ip_hash`, `hash $key consistent`, `least_conn`;
+    /// bounded-hash is HAProxy `hash-balance-factor`).
+    #[arg(long, value_enum, default_value_t = Balance::RoundRobin)]
+    pub balance: Balance,
+
+    /// The key consistent-hash and bounded-hash place by (nginx `hash $key
+    /// consistent`): remote-addr ($remote_addr), header:NAME ($http_NAME),
+    /// cookie:NAME ($cookie_NAME), query:NAME ($arg_NAME) or path ($uri).
+    #[arg(long, value_name = "KEY", value_parser = parse_hash_key)]
+    pub hash_key: Option<HashKey>,
+
+    /// TCP connect to an upstream (nginx `proxy_connect_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "4s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Silence from the upstream, also inside a tunnel (nginx `proxy_read_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+
+    /// A write that makes no progress (nginx `proxy_send_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
+
+    /// The whole request head, and the TLS handshake (nginx `client_header_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Trust X-Forwarded-For from this proxy address or CIDR block, repeatable
+    /// (nginx `set_real_ip_from` + `real_ip_recursive on`).
+    #[arg(long, value_name = "CIDR")]
+    pub trusted_proxy: Vec<String>,
+
+    /// Allow WebSocket upgrades only from this Origin, repeatable (others get
+    /// 403; nginx has no directive, apps check `$http_origin`).
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+
+    /// Set a request header toward the upstream, repeatable (nginx `proxy_set_header NAME VALUE`).
+    #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
+    pub set_header: Vec<(String, String)>,
+
+    /// Set a header on plain (non-101) answers, repeatable (nginx `add_header NAME VALUE always`).
+    #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
+    pub add_header: Vec<(String, String)>,
+
+    /// The Host the upstream sees (nginx `proxy_set_header Host`): `$host`,
+    /// `$host:$server_port`, `$proxy_host` or a fixed name.
+    #[arg(long, value_name = "HOST", default_value = "$host")]
+    pub host_header: String,
+
+    /// Rewrite upstream Location/Refresh answers (nginx `proxy_redirect default|off`).
+    #[arg(long, value_enum, default_value_t = Redirect::Default)]
+    pub proxy_redirect: Redirect,
+
+    /// Connections served at once; more wait in the backlog (nginx `worker_connections`).
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Runtime worker threads (nginx `worker_processes`; default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
+
+    /// After SIGTERM or Ctrl-C, how long open connections may finish before
+    /// they are cut (nginx `worker_shutdown_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// PEM certificate chain: terminate TLS and serve wss:// (nginx `ssl_certificate`).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert (nginx `ssl_certificate_key`).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// One line per connection: client, route, upstream, status, bytes each
+    /// way, duration, how it ended (nginx `access_log`; default off). Without
+    /// FILE, or with `-`, to stdout.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub access_log: Option<PathBuf>,
+}
+
+/// The balancing strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    /// Smooth weighted round-robin (nginx default).
+    RoundRobin,
+    /// nginx `ip_hash`.
+    IpHash,
+    /// nginx `hash $key consistent` (ketama).
+    ConsistentHash,
+    /// nginx `least_conn`.
+    LeastConn,
+    /// Consistent hash with a load bound (HAProxy `hash-balance-factor 125`).
+    BoundedHash,
+}
+
+/// nginx `proxy_redirect`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Redirect {
+    /// `proxy_redirect default`.
+    Default,
+    /// `proxy_redirect off`.
+    Off,
+}
+
+/// One `--route`.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// As written left of `=`: the group's name in logs.
+    pub name: String,
+    /// None for any host.
+    pub host: Option<String>,
+    pub prefix: String,
+    pub upstreams: Vec<Upstream>,
+}
+
+/// nginx time syntax: `500ms`, `4s`, `2h`, `1m30s`; a bare number is
+/// seconds, as in nginx.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration (examples: 500ms, 4s, 2m, 2h, 1d)");
+    let text_trim = text.trim();
+    if text_trim.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = text_trim.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text_trim;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let millis_per = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        let add = n.checked_mul(millis_per).ok_or_else(bad)?;
+        total = total
+            .checked_add(Duration::from_millis(add))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// `ADDR[,weight=N][,max_fails=N][,fail_timeout=DUR][,backup][,down]`.
+pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
+    let list = parse_upstream_list(text)?;
+    match <[Upstream; 1]>::try_from(list) {
+        Ok([one]) => Ok(one),
+        Err(_) => Err(format!(
+            "`{text}` names several upstreams; repeat --upstream for each"
+        )),
+    }
+}
+
+/// Upstreams separated by commas, each followed by its options.
+fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
+    let mut list: Vec<Upstream> = Vec::new();
+    for token in text.split(',').map(str::trim) {
+        let (key, value) = match token.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (token, None),
+        };
+        let is_option = matches!(
+            key,
+            "weight" | "max_fails" | "fail_timeout" | "backup" | "down"
+        );
+        if !is_option {
+            list.push(Upstream::new(parse_addr(token)?));
+            continue;
+        }
+        let last = list
+            .pop()
+            .ok_or_else(|| format!("`{token}` must follow an upstream address"))?;
+        let number = || -> Result<u32, String> {
+            value
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| format!("`{token}`: {key} takes a whole number"))
+        };
+        let updated = match (key, value) {
+            ("weight", _) => match number()? {
+                0 => return Err("weight must be at least 1 (use `down` to stop traffic)".into()),
+                n => last.weight(n),
+            },
+            ("max_fails", _) => last.max_fails(number()?),
+            ("fail_timeout", Some(v)) => last.fail_timeout(parse_duration(v)?),
+            ("backup", None) => last.backup(true),
+            ("down", None) => last.down(true),
+            _ => return Err(format!("`{token}`: {key} takes no value here")),
+        };
+        list.push(updated);
+    }
+    if list.is_empty() {
+        return Err("no upstream address".into());
+    }
+    Ok(list)
+}
+
+/// `ip:port`, `[v6]:port` or `host:port`.
+fn parse_addr(text: &str) -> Result<UpstreamAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr.into());
+    }
+    let bad = || format!("`{text}` is not an upstream address (ip:port or host:port)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok {
+        return Err(bad());
+    }
+    Ok(UpstreamAddr::name(host, port))
+}
+
+/// `[HOST]/PREFIX=UPSTREAM[,opts],UPSTREAM...`.
+pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
+    let (pattern, upstreams) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not HOST/PREFIX=UPSTREAM,..."))?;
+    let slash = pattern
+        .find('/')
+        .ok_or_else(|| format!("`{pattern}`: the path prefix must start with `/`"))?;
+    let host = &pattern[..slash];
+    Ok(RouteSpec {
+        name: pattern.to_owned(),
+        host: (!host.is_empty()).then(|| host.to_owned()),
+        prefix: pattern[slash..].to_owned(),
+        upstreams: parse_upstream_list(upstreams)?,
+    })
+}
+
+/// `remote-addr|header:NAME|cookie:NAME|query:NAME|path`.
+pub fn parse_hash_key(text: &str) -> Result<HashKey, String> {
+    let bad = || {
+        format!("`{text}` is not a hash key (remote-addr, header:NAME, cookie:NAME, query:NAME or path)")
+    };
+    match text.split_once(':') {
+        None if text == "remote-addr" => Ok(HashKey::RemoteAddr),
+        None if text == "path" => Ok(HashKey::Path),
+        Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| bad()),
+        Some(("cookie", name)) if !name.is_empty() => Ok(HashKey::Cookie(name.to_owned())),
+        Some(("query", name)) if !name.is_empty() => Ok(HashKey::Query(name.to_owned())),
+        _ => Err(bad()),
+    }
+}
+
+/// `NAME:VALUE`; the value may be empty and may hold colons.
+pub fn parse_header(text: &str) -> Result<(String, String), String> {
+    match text.split_once(':') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("`{text}` is not NAME:VALUE")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_nginx_syntax() {
+        let ms = Duration::from_millis;
+        assert_eq!(parse_duration("500ms"), Ok(ms(500)));
+        assert_eq!(parse_duration("4s"), Ok(ms(4_000)));
+        assert_eq!(parse_duration("2h"), Ok(ms(7_200_000)));
+        assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
+        assert_eq!(parse_duration("75"), Ok(ms(75_000)));
+        for bad in ["", "s", "4x", "4 s", "-1s", "1.5s", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_options_attach_to_the_address_before_them() {
+        let list = parse_upstream_list(
+            "127.0.0.1:8010,127.0.0.1:8011,weight=3,max_fails=2,fail_timeout=5s,backup,localhost:9000,down",
+        )
+        .unwrap();
+        let mut expected = vec![
+            Upstream::new("127.0.0.1:8010".parse::<SocketAddr>().unwrap()),
+            Upstream::new("127.0.0.1:8011".parse::<SocketAddr>().unwrap())
+                .weight(3)
+                .max_fails(2)
+                .fail_timeout(Duration::from_secs(5))
+                .backup(true),
+            Upstream::new(UpstreamAddr::name("localhost", 9000)).down(true),
+        ];
+        assert_eq!(list, expected);
+        expected.truncate(1);
+        assert!(parse_upstream("127.0.0.1:8010,127.0.0.1:8011").is_err());
+        for bad in [
+            "weight=3",
+            "127.0.0.1:1,weight=0",
+            "127.0.0.1:1,weight=x",
+            "nope",
+            "a b:1",
+            "127.0.0.1:1,backup=1",
+        ] {
+            assert!(parse_upstream_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn routes_split_host_prefix_and_upstreams() {
+        let r = parse_route("chat.example/ws/=127.0.0.1:1,127.0.0.1:2,weight=2").unwrap();
+        assert_eq!(r.host.as_deref(), Some("chat.example"));
+        assert_eq!(r.prefix, "/ws/");
+        assert_eq!(r.upstreams.len(), 2);
+        let r = parse_route("/api=127.0.0.1:1").unwrap();
+        assert_eq!((r.host, r.prefix.as_str()), (None, "/api"));
+        assert!(parse_route("chat.example=127.0.0.1:1").is_err());
+        assert!(parse_route("/x").is_err());
+    }
+
+    #[test]
+    fn hash_keys_and_headers_parse() {
+        assert_eq!(parse_hash_key("path"), Ok(HashKey::Path));
+        assert_eq!(
+            parse_hash_key("cookie:sid"),
+            Ok(HashKey::Cookie("sid".into()))
+        );
+        assert_eq!(
+            parse_hash_key("header:X-User"),
+            Ok(HashKey::Header(http::HeaderName::from_static("x-user")))
+        );
+        assert!(parse_hash_key("cookie:").is_err());
+        assert!(parse_hash_key("header:bad name").is_err());
+        assert_eq!(
+            parse_header("X-Proxy: wsproxy:1"),
+            Ok(("X-Proxy".into(), "wsproxy:1".into()))
+        );
+        assert!(parse_header(":v").is_err());
+    }
+}

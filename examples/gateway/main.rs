@@ -1,0 +1,241 @@
+//! The gateway: the classic nginx WebSocket configuration as one command.
+//!
+//! ```sh
+//! cargo run --release --example gateway                       # demo backend embedded
+//! cargo run --release --example gateway -- --listen 127.0.0.1:8020 \
+//!     --upstream 127.0.0.1:8010 --upstream 127.0.0.1:8011,weight=3 \
+//!     --balance least-conn --read-timeout 2h
+//! ```
+//!
+//! It prints one `listening on ws://ADDR` (or `wss://`) line on stdout once
+//! it accepts connections, drains gracefully on Ctrl-C or SIGTERM and exits
+//! 0; a bad flag exits 2. `--help` names the nginx directive behind each
+//! flag.
+
+mod access_log;
+mod cli;
+mod demo;
+mod tls;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use wsproxy::balance::{
+    Balancer, BoundedLoad, ConsistentHash, HashKey, IpHash, LeastConn, RoundRobin, Upstream,
+    UpstreamSet,
+};
+use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
+use wsproxy::route::Route;
+use wsproxy::server::Server;
+use wsproxy::{Proxy, UpstreamGroup};
+
+use cli::{Args, Balance, Redirect};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Whatever the flags say that cannot work is a usage error: exit 2
+    // with clap's format, before anything is bound.
+    let usage = |msg: String| -> ! {
+        Args::command()
+            .error(ErrorKind::ValueValidation, msg)
+            .exit()
+    };
+    let demo = if args.upstream.is_empty() && args.route.is_empty() {
+        match bind_demo() {
+            Ok(listener) => Some(listener),
+            Err(e) => return fail(&format!("cannot start the demo backend: {e}")),
+        }
+    } else {
+        None
+    };
+    let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
+    let proxy = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
+        _ => None,
+    };
+    let access_log = match &args.access_log {
+        Some(path) => match access_log::AccessLog::open(path) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => usage(format!("cannot open access log {}: {e}", path.display())),
+        },
+        None => None,
+    };
+
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let served = runtime.block_on(async {
+        if let Some(listener) = demo {
+            demo::start(tokio::net::TcpListener::from_std(listener)?);
+        }
+        serve(&args, proxy, tls, access_log).await
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("gateway: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Bound before the runtime starts so that the proxy, which names its
+/// upstreams up front, can be built and checked first.
+fn bind_demo() -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+async fn serve(
+    args: &Args,
+    proxy: Proxy,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    access_log: Option<Arc<access_log::AccessLog>>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
+        })?;
+    let local = listener.local_addr()?;
+    let scheme = if tls.is_some() {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    let mut server = Server::new(proxy)
+        .scheme(scheme)
+        .max_connections(args.max_connections as usize)
+        .drain_timeout(args.drain_timeout);
+    if let Some(log) = access_log {
+        server = server.on_connection_end(move |client, report| log.write(client, report));
+    }
+    // Signal handlers go in before the line is printed: a script that sends
+    // SIGTERM as soon as it reads the line must get a graceful stop.
+    let shutdown = shutdown_signal()?;
+    let ws = if tls.is_some() { "wss" } else { "ws" };
+    let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
+        " (demo backend: echo on /, chat room on /chat)"
+    } else {
+        ""
+    };
+    println!("gateway: listening on {ws}://{local}{demo_note}");
+    let _ = std::io::stdout().flush();
+
+    let report = match tls {
+        Some(acceptor) => {
+            server
+                .serve_with(listener, move |tcp| acceptor.accept(tcp), shutdown)
+                .await?
+        }
+        None => server.serve(listener, shutdown).await?,
+    };
+    eprintln!(
+        "gateway: stopped: {} connections accepted, {} open at shutdown, {} finished, {} cut",
+        report.accepted, report.open_at_shutdown, report.finished, report.cut
+    );
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("gateway: shutting down");
+    })
+}
+
+/// The proxy the flags describe; `Err` is a message for a usage error.
+fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<Proxy, String> {
+    let hashing = matches!(args.balance, Balance::ConsistentHash | Balance::BoundedHash);
+    if args.hash_key.is_some() && !hashing {
+        return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
+    }
+    let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
+    let group = |name: &str, upstreams: &[Upstream]| {
+        let set: UpstreamSet = upstreams.iter().cloned().collect();
+        let balancer: Arc<dyn Balancer> = match args.balance {
+            Balance::RoundRobin => Arc::new(RoundRobin::new(set)),
+            Balance::IpHash => Arc::new(IpHash::new(set)),
+            Balance::ConsistentHash => Arc::new(ConsistentHash::new(set, key.clone())),
+            Balance::LeastConn => Arc::new(LeastConn::new(set)),
+            Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
+        };
+        UpstreamGroup::from_arc(name, balancer)
+    };
+
+    let mut builder = Proxy::builder()
+        .policy(build_policy(args)?)
+        .connect_timeout(args.connect_timeout)
+        .read_timeout(args.read_timeout)
+        .send_timeout(args.send_timeout)
+        .handshake_timeout(args.handshake_timeout);
+    if let Some(addr) = demo {
+        builder = builder.route(Route::new("/", group("demo", &[Upstream::new(addr)])));
+    }
+    if !args.upstream.is_empty() {
+        builder = builder.route(Route::new("/", group("default", &args.upstream)));
+    }
+    for spec in &args.route {
+        let mut route = Route::new(spec.prefix.clone(), group(&spec.name, &spec.upstreams));
+        if let Some(host) = &spec.host {
+            route = route.host(host.clone());
+        }
+        builder = builder.route(route);
+    }
+    builder.build().map_err(|e| with_source(&e))
+}
+
+fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
+    let host = match args.host_header.as_str() {
+        "$host" => HostMode::Client,
+        "$host:$server_port" => HostMode::ClientWithListenerPort,
+        "$proxy_host" => HostMode::Upstream,
+        fixed => HostMode::Fixed(fixed.to_owned()),
+    };
+    let mut policy = ForwardPolicy::builder()
+        .host(host)
+        .redirect(args.proxy_redirect == Redirect::Default);
+    for cidr in &args.trusted_proxy {
+        policy = policy.trusted_proxy(cidr.clone());
+    }
+    for origin in &args.allow_origin {
+        policy = policy.allow_origin(origin.clone());
+    }
+    for (name, value) in &args.set_header {
+        policy = policy.set_request_header(name.clone(), value);
+    }
+    for (name, value) in &args.add_header {
+        policy = policy.add_response_header(name.clone(), value);
+    }
+    policy.build().map_err(|e| with_source(&e))
+}
+
+/// `error: cause`, so that "invalid routes" says which route.
+fn with_source(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(source) => format!("{e}: {source}"),
+        None => e.to_string(),
+    }
+}

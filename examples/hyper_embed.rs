@@ -1,0 +1,143 @@
+//! Embedding wsproxy in a hyper 1 server: the server answers `/health`
+//! itself and hands WebSocket upgrades on `/ws` to the proxy, which
+//! connects the upstream and validates its 101 before the client gets one
+//! (`Proxy::connect_upgrade`), then tunnels hyper's upgraded stream
+//! (`PendingUpgrade::tunnel`).
+//!
+//! ```sh
+//! cargo run --example hyper_embed            # then: wscat -c ws://127.0.0.1:8030/ws
+//! ```
+//!
+//! An embedded echo backend plays the upstream; the example checks both
+//! routes once with its own client, prints the results, and serves until
+//! Ctrl-C.
+
+use std::convert::Infallible;
+use std::error::Error;
+use std::net::SocketAddr;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use wsproxy::balance::{RoundRobin, Upstream};
+use wsproxy::forward::Scheme;
+use wsproxy::route::Route;
+use wsproxy::{Proxy, UpstreamGroup};
+
+async fn handle(
+    proxy: Proxy,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Result<Response<String>, Infallible> {
+    if req.uri().path() == "/health" {
+        return Ok(Response::new("ok\n".to_owned()));
+    }
+    // Taken before the request is consumed: resolves to the client's raw
+    // stream once hyper has sent our 101.
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let head = Request::from_parts(parts, ());
+    match proxy.connect_upgrade(head, peer, Scheme::Http).await {
+        Ok(pending) => {
+            let mut switch = Response::new(String::new());
+            *switch.status_mut() = pending.response().status();
+            *switch.headers_mut() = pending.response().headers().clone();
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    pending.tunnel(TokioIo::new(upgraded)).await;
+                }
+            });
+            Ok(switch)
+        }
+        // 404 off the proxy's routes, 400/426 for a bad upgrade, 502/504
+        // for the upstream: the proxy says which.
+        Err(e) => {
+            let mut refused = Response::new(format!("{e}\n"));
+            *refused.status_mut() = e.status();
+            Ok(refused)
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error>> {
+    let backend = echo_backend().await?;
+    let proxy = Proxy::builder()
+        .route(Route::new(
+            "/ws",
+            UpstreamGroup::new(
+                "echo",
+                RoundRobin::new([Upstream::new(backend)].into_iter().collect()),
+            ),
+        ))
+        .build()?;
+    // 8030 if free, else any port.
+    let listener = match TcpListener::bind("127.0.0.1:8030").await {
+        Ok(listener) => listener,
+        Err(_) => TcpListener::bind("127.0.0.1:0").await?,
+    };
+    let addr = listener.local_addr()?;
+    println!("listening on http://{addr} (/health here, /ws proxied)");
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let proxy = proxy.clone();
+            let service = service_fn(move |req| handle(proxy.clone(), peer, req));
+            tokio::spawn(async move {
+                let conn = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    });
+
+    // Both routes once, as a client would.
+    let mut health = TcpStream::connect(addr).await?;
+    health
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    health.read_to_string(&mut answer).await?;
+    println!("/health -> {}", answer.lines().next().unwrap_or_default());
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+    ws.send(Message::text("through hyper")).await?;
+    if let Some(Ok(reply)) = ws.next().await {
+        println!("/ws     -> echo {reply}");
+    }
+    ws.close(None).await?;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/other")).await;
+    if let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused {
+        println!("/other  -> {}", response.status());
+    }
+
+    println!("serving until Ctrl-C");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+/// A WebSocket echo upstream on an ephemeral loopback port.
+async fn echo_backend() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}

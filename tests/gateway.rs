@@ -1,0 +1,737 @@
+//! The gateway example as a user runs it: cargo's built binary, real
+//! loopback sockets, signals and exit codes. Then the two `Server` hooks it
+//! stands on (`serve_with`, `on_connection_end`), in-process.
+//!
+//! # Where the binary comes from
+//!
+//! Integration tests get `CARGO_BIN_EXE_<name>` only for `[[bin]]` targets,
+//! not for examples. But a plain `cargo test` builds every example (to
+//! check that they compile) before it runs any test, into
+//! `target/<profile>/examples/`, next to the `deps/` directory holding this
+//! test's own executable. So the test finds `../examples/gateway` from
+//! `current_exe()`. `cargo test --test gateway` alone does not build
+//! examples: then the binary may be missing or older than its sources, and
+//! the test stops with a message saying to run `cargo test` (or
+//! `cargo build --example gateway`) instead of testing a stale gateway.
+//! (Setting `test = true` on the example would break this: `cargo test`
+//! then builds it only as a test harness.)
+
+mod support;
+
+// The gateway's pure parts, compiled into this test crate so that their
+// unit tests run under `cargo test`: an example with `test = true` would be
+// built only as a test harness, and then `cargo test` no longer builds the
+// binary the tests below start.
+#[allow(dead_code)]
+#[path = "../examples/gateway/access_log.rs"]
+mod access_log;
+#[allow(dead_code)]
+#[path = "../examples/gateway/cli.rs"]
+mod cli;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use support::{bounded, ws_upstream, WsUpstreamOptions, WAIT};
+
+// ---------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------
+
+fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    let how = "run `cargo test` (it builds the examples first) or `cargo build --example gateway`";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
+    let newest_source =
+        newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway")).max(
+            newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src")),
+        );
+    assert!(
+        built >= newest_source,
+        "{} is older than its sources: {how}",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    // Bounded by the size of the source tree.
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
+}
+
+/// A running gateway; killed on drop, so a failing test leaves no process.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    /// The `listening on` line.
+    banner: String,
+    /// Every stdout line after it, as they come.
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts the gateway on an ephemeral port and waits for its line.
+    async fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(gateway_bin())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut gateway = Self {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            banner: String::new(),
+            lines,
+            stderr,
+        };
+        let banner = gateway.next_line().await.unwrap_or_else(|| {
+            panic!(
+                "no `listening on` line; stderr: {}",
+                gateway.stderr.lock().unwrap()
+            )
+        });
+        let url = banner
+            .split("listening on ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("first line is not the banner: {banner:?}"));
+        let authority = url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .expect("address in banner");
+        gateway.addr = authority.parse().expect("socket address in banner");
+        gateway.banner = banner;
+        gateway
+    }
+
+    /// The next stdout line; `None` at EOF or after [`WAIT`].
+    async fn next_line(&mut self) -> Option<String> {
+        tokio::time::timeout(WAIT, self.lines.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for the process to exit.
+    fn wait_exit(&mut self) -> ExitStatus {
+        wait_bounded(&mut self.child)
+    }
+
+    /// The remaining stdout lines, once the process has exited.
+    async fn rest_of_stdout(&mut self) -> Vec<String> {
+        let mut rest = Vec::new();
+        while let Some(line) = self.next_line().await {
+            rest.push(line);
+        }
+        rest
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process did not exit within {WAIT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs the gateway with `args` to completion; (status, stderr).
+fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let mut child = Command::new(gateway_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let status = wait_bounded(&mut child);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    (status, stderr)
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(url: &str) -> Ws {
+    let (ws, response) = bounded("connect", tokio_tungstenite::connect_async(url))
+        .await
+        .expect("websocket connect");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// The next text or binary message.
+async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = bounded("a message", ws.next())
+            .await
+            .expect("stream ended")
+            .expect("websocket error");
+        if msg.is_text() || msg.is_binary() {
+            return msg;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The gateway binary
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn demo_backend_echoes_and_exactly_one_listening_line_is_printed() {
+    let mut gw = Gateway::start(&[]).await;
+    assert!(
+        gw.banner
+            .contains(&format!("listening on ws://{}", gw.addr)),
+        "{}",
+        gw.banner
+    );
+
+    let mut ws = connect(&gw.url("/")).await;
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("hello"));
+    let blob: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+    ws.send(Message::binary(blob.clone())).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::binary(blob));
+    ws.close(None).await.unwrap();
+    bounded("the close handshake", async {
+        while ws.next().await.is_some() {}
+    })
+    .await;
+    drop(ws);
+
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit().code(), Some(0));
+    let rest = gw.rest_of_stdout().await;
+    assert!(
+        !rest.iter().any(|l| l.contains("listening on")),
+        "more than one listening line: {rest:?}"
+    );
+}
+
+#[tokio::test]
+async fn chat_room_broadcasts_between_two_clients() {
+    let gw = Gateway::start(&[]).await;
+    let mut alice = connect(&gw.url("/chat")).await;
+    let mut bob = connect(&gw.url("/chat")).await;
+    // Each member hears its own message once it is in the room: after that,
+    // nothing said can be missed.
+    for (ws, name) in [(&mut alice, "alice joined"), (&mut bob, "bob joined")] {
+        ws.send(Message::text(name)).await.unwrap();
+        // Bounded: before its own join, a member hears at most the other's.
+        let mut heard = Vec::new();
+        for _ in 0..2 {
+            heard.push(next_data(ws).await);
+            if heard.last() == Some(&Message::text(name)) {
+                break;
+            }
+        }
+        assert_eq!(heard.last(), Some(&Message::text(name)), "{heard:?}");
+    }
+    alice.send(Message::text("hi bob")).await.unwrap();
+    bob.send(Message::text("hi alice")).await.unwrap();
+    // Bounded: each side hears at most the two joins and the two greetings.
+    let mut heard_by_bob = Vec::new();
+    for _ in 0..4 {
+        heard_by_bob.push(next_data(&mut bob).await);
+        if heard_by_bob.contains(&Message::text("hi bob")) {
+            break;
+        }
+    }
+    assert!(
+        heard_by_bob.contains(&Message::text("hi bob")),
+        "{heard_by_bob:?}"
+    );
+    let mut heard_by_alice = Vec::new();
+    for _ in 0..4 {
+        heard_by_alice.push(next_data(&mut alice).await);
+        if heard_by_alice.contains(&Message::text("hi alice")) {
+            break;
+        }
+    }
+    assert!(
+        heard_by_alice.contains(&Message::text("hi alice")),
+        "{heard_by_alice:?}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message_naming_the_problem() {
+    let (status, stderr) = run_to_exit(&["--connect-timeout", "4x"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--connect-timeout") && stderr.contains("not a duration"),
+        "{stderr}"
+    );
+
+    let (status, stderr) = run_to_exit(&["--balance", "random"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("random"), "{stderr}");
+
+    // Checked after parsing, still a usage error.
+    let (status, stderr) = run_to_exit(&["--hash-key", "cookie:sid"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--hash-key needs"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&[
+        "--upstream",
+        "127.0.0.1:1",
+        "--trusted-proxy",
+        "10.0.0.0/33",
+    ]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("10.0.0.0/33"), "{stderr}");
+}
+
+#[test]
+fn help_names_the_nginx_directive_of_each_flag() {
+    let out = Command::new(gateway_bin())
+        .arg("--help")
+        .output()
+        .expect("run --help");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for directive in [
+        "proxy_connect_timeout",
+        "proxy_read_timeout",
+        "proxy_send_timeout",
+        "client_header_timeout",
+        "set_real_ip_from",
+        "proxy_set_header",
+        "add_header",
+        "proxy_redirect",
+        "worker_processes",
+        "worker_connections",
+        "access_log",
+        "ssl_certificate",
+        "least_conn",
+        "ip_hash",
+    ] {
+        assert!(help.contains(directive), "--help lacks {directive}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_cuts_the_open_tunnel_at_the_deadline_and_exits_0() {
+    let mut gw = Gateway::start(&["--drain-timeout", "200ms"]).await;
+    let mut ws = connect(&gw.url("/")).await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("before"));
+
+    gw.signal("TERM");
+    // The idle tunnel is cut at the drain deadline: the client sees its end.
+    let ended = bounded("the tunnel to end", async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    });
+    ended.await;
+    assert_eq!(gw.wait_exit().code(), Some(0));
+    let stderr = gw.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains("1 open at shutdown") && stderr.contains("1 cut"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn access_log_has_one_line_per_connection() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let up = upstream.addr.to_string();
+    let mut gw = Gateway::start(&["--upstream", &up, "--access-log"]).await;
+    let mut ws = connect(&gw.url("/")).await;
+    ws.send(Message::text("logged")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("logged"));
+    ws.close(None).await.unwrap();
+    // Bounded: the close reply, then the end of the stream.
+    bounded("the close handshake", async {
+        while ws.next().await.is_some() {}
+    })
+    .await;
+    drop(ws);
+    let tunnel_line = gw
+        .next_line()
+        .await
+        .expect("an access log line for the tunnel");
+
+    let refused = TcpStream::connect(gw.addr).await.unwrap();
+    let mut refused = refused;
+    tokio::io::AsyncWriteExt::write_all(&mut refused, b"BREW / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    bounded(
+        "the 400",
+        tokio::io::AsyncReadExt::read_to_end(&mut refused, &mut answer),
+    )
+    .await
+    .unwrap();
+    let rejected_line = gw
+        .next_line()
+        .await
+        .expect("an access log line for the rejection");
+
+    for field in [
+        "client=127.0.0.1:",
+        "route=default",
+        &format!("upstream={up}"),
+        "status=101",
+        "outcome=tunneled",
+        "requests=1",
+        "end=",
+    ] {
+        assert!(
+            tunnel_line.contains(field),
+            "{field} missing: {tunnel_line}"
+        );
+    }
+    let from_client: u64 = field(&tunnel_line, "from_client").parse().unwrap();
+    let from_upstream: u64 = field(&tunnel_line, "from_upstream").parse().unwrap();
+    assert!(
+        from_client > "logged".len() as u64 && from_upstream > "logged".len() as u64,
+        "{tunnel_line}"
+    );
+    assert!(
+        field(&tunnel_line, "end").ends_with("-closed"),
+        "{tunnel_line}"
+    );
+
+    assert!(
+        rejected_line.contains("upstream=- status=400 outcome=rejected"),
+        "{rejected_line}"
+    );
+}
+
+fn field<'a>(line: &'a str, name: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+#[tokio::test]
+async fn wss_round_trip_with_a_generated_certificate() {
+    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsproxy-gateway-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+
+    let gw = Gateway::start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ])
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(gw.banner.contains("listening on wss://"), "{}", gw.banner);
+
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = bounded("tcp connect", TcpStream::connect(gw.addr))
+        .await
+        .unwrap();
+    let tls = bounded(
+        "tls handshake",
+        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("tls handshake with the gateway's certificate");
+    let url = format!("wss://localhost:{}/", gw.addr.port());
+    let (mut ws, response) = bounded("wss upgrade", tokio_tungstenite::client_async(url, tls))
+        .await
+        .expect("websocket over tls");
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("secret")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("secret"));
+}
+
+// ---------------------------------------------------------------------------
+// The Server hooks the gateway stands on, in-process
+// ---------------------------------------------------------------------------
+
+mod server_hooks {
+    use std::io;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http::StatusCode;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::oneshot;
+    use wsproxy::balance::{RoundRobin, Upstream, UpstreamAddr};
+    use wsproxy::proxy::{ConnectionReport, Outcome};
+    use wsproxy::route::Route;
+    use wsproxy::server::Server;
+    use wsproxy::{Proxy, UpstreamGroup};
+
+    use super::*;
+
+    fn proxy_to(addr: SocketAddr) -> Proxy {
+        let set = [Upstream::new(addr)].into_iter().collect();
+        Proxy::builder()
+            .route(Route::new(
+                "/ws",
+                UpstreamGroup::new("sockets", RoundRobin::new(set)),
+            ))
+            .handshake_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    }
+
+    /// Serves `server` on an ephemeral port through `serve_with(accept)`
+    /// until the returned sender fires.
+    async fn spawn_with<A, Fut, S>(server: Server, accept: A) -> (SocketAddr, oneshot::Sender<()>)
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = io::Result<S>> + Send + 'static,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(server.serve_with(listener, accept, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop)
+    }
+
+    #[tokio::test]
+    async fn serve_with_proxies_the_stream_accept_returns() {
+        let up = ws_upstream(WsUpstreamOptions::default()).await;
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let (addr, _stop) = spawn_with(Server::new(proxy_to(up.addr)), move |tcp| {
+            count.fetch_add(1, Ordering::Relaxed);
+            std::future::ready(Ok(tcp))
+        })
+        .await;
+        let mut ws = connect(&format!("ws://{addr}/ws")).await;
+        ws.send(Message::text("through accept")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("through accept"));
+        assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_accept_closes_the_connection_unserved() {
+        let up = ws_upstream(WsUpstreamOptions::default()).await;
+        let (addr, _stop) = spawn_with(Server::new(proxy_to(up.addr)), |_tcp| {
+            std::future::ready(Err::<TcpStream, _>(io::Error::other("bad client hello")))
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let mut got = Vec::new();
+        let _ = bounded("the close", s.read_to_end(&mut got)).await;
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        assert!(up.seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_accept_that_never_finishes_is_dropped_at_the_handshake_timeout() {
+        let up = ws_upstream(WsUpstreamOptions::default()).await;
+        let (addr, _stop) = spawn_with(Server::new(proxy_to(up.addr)), |tcp| async move {
+            // Holds the socket, as a stalled TLS handshake would.
+            let _held = tcp;
+            std::future::pending::<io::Result<TcpStream>>().await
+        })
+        .await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut got = Vec::new();
+        let _ = bounded("the close", s.read_to_end(&mut got)).await;
+        assert!(got.is_empty());
+        // Virtual time: the proxy's 5 s handshake timeout, not WAIT.
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    type Seen = (
+        SocketAddr,
+        Option<String>,
+        Option<UpstreamAddr>,
+        Option<StatusCode>,
+        Option<Outcome>,
+        Option<(u64, u64)>,
+    );
+
+    fn summary(client: SocketAddr, r: &ConnectionReport) -> Seen {
+        (
+            client,
+            r.route.as_deref().map(str::to_owned),
+            r.upstream.clone(),
+            r.status,
+            r.outcome,
+            r.tunnel
+                .as_ref()
+                .map(|t| (t.client_to_upstream, t.upstream_to_client)),
+        )
+    }
+
+    #[tokio::test]
+    async fn on_connection_end_reports_each_connection_once_it_ends() {
+        let up = ws_upstream(WsUpstreamOptions::default()).await;
+        let (tx, mut reports) = mpsc::unbounded_channel();
+        let server = Server::new(proxy_to(up.addr)).on_connection_end(move |client, report| {
+            let _ = tx.send(summary(client, report));
+        });
+        let (addr, _stop) = spawn_with(server, |tcp| std::future::ready(Ok(tcp))).await;
+
+        // A tunnel: reported only after it ends, with its bytes.
+        let mut ws = connect(&format!("ws://{addr}/ws")).await;
+        ws.send(Message::text("count me")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("count me"));
+        assert!(
+            reports.try_recv().is_err(),
+            "reported while the tunnel is open"
+        );
+        ws.close(None).await.unwrap();
+        bounded("the close handshake", async {
+            while ws.next().await.is_some() {}
+        })
+        .await;
+        drop(ws);
+        let (client, route, upstream, status, outcome, bytes) =
+            bounded("the tunnel's report", reports.recv())
+                .await
+                .unwrap();
+        assert_eq!(client.ip(), addr.ip());
+        assert_eq!(route.as_deref(), Some("sockets"));
+        assert_eq!(upstream, Some(UpstreamAddr::from(up.addr)));
+        assert_eq!(status, Some(StatusCode::SWITCHING_PROTOCOLS));
+        assert_eq!(outcome, Some(Outcome::Tunneled));
+        let (from_client, from_upstream) = bytes.expect("tunnel stats");
+        assert!(
+            from_client > 8 && from_upstream > 8,
+            "{from_client} {from_upstream}"
+        );
+
+        // No route: the proxy's own 404, no upstream, no tunnel.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        bounded("the 404", s.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let seen = bounded("the 404's report", reports.recv()).await.unwrap();
+        assert_eq!(
+            (seen.1, seen.2, seen.3, seen.4, seen.5),
+            (
+                None,
+                None,
+                Some(StatusCode::NOT_FOUND),
+                Some(Outcome::Rejected(StatusCode::NOT_FOUND)),
+                None
+            )
+        );
+    }
+}
