@@ -73,7 +73,9 @@ pub(super) fn fields(
 
 /// Builds the header map, each value a slice of the frozen `head`.
 pub(super) fn header_map(head: &Bytes, fields: Vec<Field>) -> Result<HeaderMap, HeadError> {
-    let mut map = HeaderMap::with_capacity(fields.len());
+    // Room for the headers a proxy adds (Host, X-Real-IP, X-Forwarded-*,
+    // Forwarded, Connection, Upgrade) so the rewrite does not regrow it.
+    let mut map = HeaderMap::with_capacity(fields.len() + 8);
     for (name, range) in fields {
         let value = HeaderValue::from_maybe_shared(head.slice(range.clone())).map_err(|_| {
             // httparse and `http` accept the same value bytes; this only
