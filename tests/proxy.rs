@@ -611,13 +611,7 @@ async fn non_101_answers_are_relayed_and_smuggled_bytes_are_parsed_as_requests()
         let body = if status == 426 { "no" } else { "ok" };
         assert!(reply.ends_with(body), "{reply}");
         // The trailing request was parsed and proxied as its own request.
-        bounded("both upstream requests", async {
-            while seen.lock().unwrap().len() < 2 {
-                tokio::task::yield_now().await;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
+        await_records(&seen, 2).await;
         let seen = seen.lock().unwrap().clone();
         let first = String::from_utf8_lossy(&seen[0]).into_owned();
         assert!(first.starts_with("GET / HTTP/1.1"), "{first}");
@@ -645,12 +639,7 @@ async fn h2c_upgrade_is_not_tunneled() {
         .unwrap();
     let reply = String::from_utf8_lossy(&read_until(&mut s, b"\r\n\r\nok").await).into_owned();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    bounded("upstream record", async {
-        while seen.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 1).await;
     let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
     assert!(!got.contains("upgrade: h2c"), "{got}");
     assert!(!got.contains("http2-settings"), "{got}");
@@ -868,12 +857,7 @@ async fn preflight_answers_are_framed_and_never_smuggle_a_body() {
     let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
     assert!(reply.starts_with("HTTP/1.1 204"), "{reply}");
     assert!(reply.contains("HTTP/1.1 200"), "{reply}");
-    bounded("upstream record", async {
-        while seen.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 1).await;
     let seen = seen.lock().unwrap().clone();
     assert_eq!(
         seen.len(),
@@ -902,12 +886,7 @@ async fn absolute_form_target_decides_the_host_the_upstream_sees() {
     )
     .await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    bounded("upstream record", async {
-        while seen.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 1).await;
     let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
     assert!(got.starts_with("get /x http/1.1\r\n"), "{got}");
     assert!(got.contains("host: public.example\r\n"), "{got}");
@@ -983,12 +962,7 @@ async fn expect_continue_is_answered_by_the_proxy() {
     s.write_all(b"hello").await.unwrap();
     let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
     assert!(reply.starts_with("HTTP/1.1 201"), "{reply}");
-    bounded("upstream record", async {
-        while seen.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 1).await;
     let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
     assert!(got.ends_with("\r\n\r\nhello"), "{got}");
     assert!(!got.contains("expect:"), "{got}");
@@ -1006,12 +980,7 @@ async fn http10_clients_get_http10_upstream_requests_and_close() {
         "{reply}"
     );
     assert!(reply.ends_with("ok"), "{reply}");
-    bounded("upstream record", async {
-        while seen.lock().unwrap().is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 1).await;
     let got = String::from_utf8_lossy(&seen.lock().unwrap()[0]).into_owned();
     // An upstream never answers a 1.0 request chunked.
     assert!(got.starts_with("GET /old HTTP/1.0\r\n"), "{got}");
@@ -1031,12 +1000,7 @@ async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
     .unwrap();
     let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
     assert_eq!(reply.matches("HTTP/1.1 200").count(), 2, "{reply}");
-    bounded("both upstream records", async {
-        while seen.lock().unwrap().len() < 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    await_records(&seen, 2).await;
     let mut got: Vec<String> = seen
         .lock()
         .unwrap()

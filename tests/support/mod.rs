@@ -152,6 +152,17 @@ pub async fn raw_upstream_after(
     (addr, seen)
 }
 
+/// Waits until a [`raw_upstream`] has recorded `n` connections, bounded by
+/// [`WAIT`]; it records one when the proxy closes it.
+pub async fn await_records(seen: &Mutex<Vec<Vec<u8>>>, n: usize) {
+    bounded("upstream records", async {
+        while seen.lock().unwrap().len() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 /// Reads from `stream` until `needle` has been seen or EOF, bounded by [`WAIT`].
 pub async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
