@@ -57,7 +57,8 @@
 //! - async shell: [`tunnel()`] (frame-agnostic copy both ways, timeouts,
 //!   half-close, no buffer while idle), [`Proxy`] (one connection end to
 //!   end), [`server::Server`] (accept loop, bounded concurrency, graceful
-//!   drain).
+//!   drain), [`health`] (active TCP or WebSocket checks with HAProxy's
+//!   rise/fall).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

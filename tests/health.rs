@@ -271,3 +271,38 @@ async fn upstreams_added_while_running_are_checked() {
     until_check_down(&set, id, true).await;
     running.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn checks_run_concurrently_up_to_the_bound() {
+    // Silent upstreams hold each check for its whole timeout, so the
+    // connections open at once show how many checks run together.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let set = UpstreamSet::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        set.add(Upstream::new(listener.local_addr().unwrap()));
+        let accepted = Arc::clone(&accepted);
+        servers.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        }));
+    }
+    let config = HealthCheck::new()
+        .check(Check::websocket("/"))
+        .interval(Duration::from_secs(60))
+        .timeout(Duration::from_secs(1))
+        .concurrency(2);
+    let running = start(&set, config);
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    running.stop().await;
+    for server in servers {
+        server.abort();
+    }
+}
