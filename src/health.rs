@@ -272,6 +272,8 @@ impl HealthChecker {
                 let Some(id) = state.poll_due(now.into_std()) else {
                     break;
                 };
+                // `state` was synced with this very snapshot, so the peer is
+                // there; were it not, the next sync forgets the id.
                 let Some(peer) = snapshot.get(id) else {
                     continue;
                 };
@@ -296,7 +298,8 @@ impl HealthChecker {
             tokio::select! {
                 () = &mut shutdown => break,
                 Some(joined) = running.join_next(), if !running.is_empty() => {
-                    // A check task cannot panic; a cancelled one counts as failed.
+                    // Check tasks neither panic nor get aborted while running;
+                    // a JoinError would leave that upstream unchecked.
                     let (id, ok) = match joined {
                         Ok(result) => result,
                         Err(_) => continue,
