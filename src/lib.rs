@@ -57,7 +57,8 @@
 //! - async shell: [`tunnel()`] (frame-agnostic copy both ways, timeouts,
 //!   half-close, no buffer while idle), [`Proxy`] (one connection end to
 //!   end), [`server::Server`] (accept loop, bounded concurrency, graceful
-//!   drain).
+//!   drain), [`health`] (active TCP or WebSocket checks with HAProxy's
+//!   rise/fall).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -68,6 +69,7 @@ pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
+pub mod health;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -78,5 +80,6 @@ pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use frame::{FrameError, FrameTracker};
 pub use handshake::HandshakeError;
+pub use health::{HealthCheck, HealthChecker};
 pub use proxy::{Proxy, ProxyBuilder, UpstreamGroup};
 pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};

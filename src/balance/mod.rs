@@ -79,6 +79,7 @@ use std::time::Instant;
 use http::StatusCode;
 
 mod bounded;
+pub mod health;
 mod ip_hash;
 mod least_conn;
 mod ring;

@@ -77,6 +77,7 @@ impl UpstreamSet {
             weight: upstream.weight,
             backup: upstream.backup,
             down: upstream.down,
+            check_down: false,
             draining: false,
         };
         self.update(true, |peers| {
@@ -112,6 +113,31 @@ impl UpstreamSet {
     /// was found.
     pub fn set_down(&self, id: UpstreamId, down: bool) -> bool {
         self.modify(id, false, |p| p.down = down)
+    }
+
+    /// Marks an upstream down (or up) on behalf of an active health check.
+    ///
+    /// Kept apart from [`set_down`](Self::set_down), as HAProxy keeps a
+    /// server's `MAINT` apart from its check state: an upstream the operator
+    /// set down stays down whatever its checks say, and one a check marked
+    /// down comes back only when a check marks it up. Returns whether it was
+    /// found.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::net::SocketAddr;
+    /// use wsproxy::balance::{Upstream, UpstreamSet};
+    ///
+    /// let set = UpstreamSet::new();
+    /// let id = set.add(Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?));
+    /// set.set_down(id, true);
+    /// set.set_check_down(id, false); // a passing check does not undo `down`
+    /// assert_eq!(set.snapshot().get(id).map(|p| p.is_down()), Some(true));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_check_down(&self, id: UpstreamId, down: bool) -> bool {
+        self.modify(id, false, |p| p.check_down = down)
     }
 
     /// Changes an upstream's weight (zero is raised to one, see
@@ -240,13 +266,11 @@ impl State {
         });
         let routable = tiers.each_ref().map(|tier| {
             tier.iter()
-                .filter(|p| !p.down && !p.draining)
+                .filter(|p| p.routable())
                 .map(|p| u64::from(p.weight))
                 .sum()
         });
-        let clear = tiers
-            .each_ref()
-            .map(|tier| tier.iter().all(|p| !p.down && !p.draining));
+        let clear = tiers.each_ref().map(|tier| tier.iter().all(Peer::routable));
         let uniform = tiers
             .each_ref()
             .map(|tier| tier.windows(2).all(|w| w[0].weight == w[1].weight));
@@ -363,6 +387,9 @@ pub struct Peer {
     pub(crate) weight: u32,
     backup: bool,
     down: bool,
+    /// Marked down by an active health check, apart from `down` so that a
+    /// check never undoes the operator's `down`.
+    check_down: bool,
     draining: bool,
 }
 
@@ -389,9 +416,23 @@ impl Peer {
         self.backup
     }
 
-    /// Whether it is marked down.
+    /// Whether the operator marked it down (nginx `down`,
+    /// [`UpstreamSet::set_down`]).
     pub fn is_down(&self) -> bool {
         self.down
+    }
+
+    /// Whether an active health check marked it down
+    /// ([`UpstreamSet::set_check_down`]).
+    pub fn is_check_down(&self) -> bool {
+        self.check_down
+    }
+
+    /// Neither down (by hand or by a check) nor draining: known from the
+    /// snapshot alone, with no clock.
+    #[inline]
+    fn routable(&self) -> bool {
+        !self.down && !self.check_down && !self.draining
     }
 
     /// Whether it is draining.
@@ -410,8 +451,7 @@ impl Peer {
     /// `fail_timeout` at `ctx.now()`.
     #[inline]
     pub fn is_available(&self, ctx: &PickContext<'_>) -> bool {
-        !self.down
-            && !self.draining
+        self.routable()
             && !ctx.failed().contains(&self.shared.id)
             && self.shared.is_healthy(ctx.now())
     }
@@ -432,6 +472,7 @@ impl fmt::Debug for Peer {
             .field("weight", &self.weight)
             .field("backup", &self.backup)
             .field("down", &self.down)
+            .field("check_down", &self.check_down)
             .field("draining", &self.draining)
             .field("active", &self.active())
             .finish()
@@ -566,6 +607,29 @@ mod tests {
         assert!(set.load().layout > l);
         assert_eq!(set.snapshot().get(ids[0]).unwrap().weight(), 3);
         assert!(!set.set_weight(UpstreamId(99), 3));
+    }
+
+    #[test]
+    fn check_down_and_operator_down_are_apart() {
+        let (set, ids) = set_of(&[1, 1]);
+        let request = request();
+        let now = epoch();
+        let b = LeastConn::new(set.clone());
+        assert!(set.set_check_down(ids[0], true));
+        for _ in 0..4 {
+            assert_eq!(b.pick(&ctx(&request, now)).unwrap().id(), ids[1]);
+        }
+        assert_eq!(set.load().routable_weight(0), 1);
+        // The operator's down survives a passing check, and the other way round.
+        set.set_down(ids[1], true);
+        set.set_check_down(ids[1], false);
+        assert!(set.snapshot().get(ids[1]).unwrap().is_down());
+        assert!(b.pick(&ctx(&request, now)).is_err());
+        set.set_down(ids[0], false);
+        assert!(b.pick(&ctx(&request, now)).is_err());
+        set.set_check_down(ids[0], false);
+        assert_eq!(b.pick(&ctx(&request, now)).unwrap().id(), ids[0]);
+        assert!(!set.set_check_down(UpstreamId(99), true));
     }
 
     #[test]
