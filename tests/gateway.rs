@@ -373,6 +373,52 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
     ]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("10.0.0.0/33"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&["--health-check", "http"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a health check"), "{stderr}");
+}
+
+#[tokio::test]
+async fn health_checks_take_an_upstream_that_refuses_upgrades_out() {
+    // One real WebSocket upstream, and one that answers every request with a
+    // plain 200: without active checks round-robin sends every other client
+    // there, and the 200 is relayed instead of a tunnel.
+    let good = ws_upstream(WsUpstreamOptions::default()).await;
+    let (bad, _) = support::raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let good_arg = good.addr.to_string();
+    let bad_arg = bad.to_string();
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &good_arg,
+        "--upstream",
+        &bad_arg,
+        "--health-check",
+        "ws:/",
+        "--health-interval",
+        "100ms",
+        "--health-fall",
+        "1",
+    ])
+    .await;
+    let url = format!("ws://{}/", gateway.addr);
+    // Once the check has run, every client gets a tunnel: wait for eight in
+    // a row (round-robin over both would fail every second one).
+    let upgraded_in_a_row = bounded("eight upgrades in a row", async {
+        let mut in_a_row = 0;
+        while in_a_row < 8 {
+            match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok(_) => in_a_row += 1,
+                Err(_) => {
+                    in_a_row = 0;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        in_a_row
+    })
+    .await;
+    assert_eq!(upgraded_in_a_row, 8);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use wsproxy::balance::{HashKey, Upstream, UpstreamAddr};
+use wsproxy::health::Check;
 
 /// A WebSocket-aware reverse proxy: the classic nginx WebSocket
 /// configuration as one command.
@@ -115,6 +116,35 @@ pub struct Args {
     /// FILE, or with `-`, to stdout.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub access_log: Option<PathBuf>,
+
+    /// Active health checks of every upstream (HAProxy `check`; nginx Plus
+    /// `health_check`): `tcp` (a connect) or `ws:/PATH` (a real WebSocket
+    /// handshake). Off by default; passive checks (max_fails) always run.
+    #[arg(long, value_name = "tcp|ws:/PATH", value_parser = parse_health_check)]
+    pub health_check: Option<Check>,
+
+    /// Time between two checks of an upstream (HAProxy `inter`).
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub health_interval: Duration,
+
+    /// Passing checks in a row that bring a down upstream back (HAProxy `rise`).
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_rise: u32,
+
+    /// Failing checks in a row that take an upstream out (HAProxy `fall`).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_fall: u32,
+}
+
+/// `tcp` or `ws:/PATH`.
+pub fn parse_health_check(text: &str) -> Result<Check, String> {
+    match text.split_once(':') {
+        None if text == "tcp" => Ok(Check::Tcp),
+        Some(("ws", path)) if path.starts_with('/') => Ok(Check::websocket(path)),
+        _ => Err(format!(
+            "`{text}` is not a health check (tcp, or ws:/PATH for a WebSocket handshake)"
+        )),
+    }
 }
 
 /// The balancing strategies.

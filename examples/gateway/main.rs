@@ -29,6 +29,7 @@ use wsproxy::balance::{
     UpstreamSet,
 };
 use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
+use wsproxy::health::{HealthCheck, HealthChecker};
 use wsproxy::route::Route;
 use wsproxy::server::Server;
 use wsproxy::{Proxy, UpstreamGroup};
@@ -53,7 +54,8 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
-    let proxy = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
+    let (proxy, sets) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
+    let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
         _ => None,
@@ -77,6 +79,14 @@ fn main() -> ExitCode {
     let served = runtime.block_on(async {
         if let Some(listener) = demo {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
+        }
+        if let Some(config) = health {
+            for set in sets {
+                // They run until the process exits; the drain does not
+                // wait for them.
+                let checker = HealthChecker::new(set, config.clone());
+                tokio::spawn(checker.run(std::future::pending()));
+            }
         }
         serve(&args, proxy, tls, access_log).await
     });
@@ -167,14 +177,18 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// The proxy the flags describe; `Err` is a message for a usage error.
-fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<Proxy, String> {
+fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<UpstreamSet>), String> {
     let hashing = matches!(args.balance, Balance::ConsistentHash | Balance::BoundedHash);
     if args.hash_key.is_some() && !hashing {
         return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
     }
     let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
+    // Each group's set, for the health checker; the sets share their state
+    // with the balancers (cheap clones).
+    let sets = std::cell::RefCell::new(Vec::new());
     let group = |name: &str, upstreams: &[Upstream]| {
         let set: UpstreamSet = upstreams.iter().cloned().collect();
+        sets.borrow_mut().push(set.clone());
         let balancer: Arc<dyn Balancer> = match args.balance {
             Balance::RoundRobin => Arc::new(RoundRobin::new(set)),
             Balance::IpHash => Arc::new(IpHash::new(set)),
@@ -204,7 +218,23 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<Proxy, String> {
         }
         builder = builder.route(route);
     }
-    builder.build().map_err(|e| with_source(&e))
+    let proxy = builder.build().map_err(|e| with_source(&e))?;
+    Ok((proxy, sets.into_inner()))
+}
+
+/// The health-check configuration `--health-check` asks for, if any.
+fn health_config(args: &Args) -> Result<Option<HealthCheck>, String> {
+    let Some(check) = args.health_check.clone() else {
+        return Ok(None);
+    };
+    HealthCheck::new()
+        .check(check)
+        .interval(args.health_interval)
+        .rise(args.health_rise)
+        .fall(args.health_fall)
+        .build()
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
