@@ -380,6 +380,18 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
 }
 
 #[tokio::test]
+async fn route_flag_replaces_the_prefix_as_proxy_pass_with_a_uri_does() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let route = format!("/live/>/={}", up.addr);
+    let gateway = Gateway::start(&["--route", &route]).await;
+    let mut ws = connect(&format!("ws://{}/live/feed?x=1", gateway.addr)).await;
+    ws.send(Message::text("hi")).await.expect("send");
+    assert_eq!(next_data(&mut ws).await, Message::text("hi"));
+    let seen = up.seen.lock().unwrap()[0].uri().to_string();
+    assert_eq!(seen, "/feed?x=1");
+}
+
+#[tokio::test]
 async fn health_checks_take_an_upstream_that_refuses_upgrades_out() {
     // One real WebSocket upstream, and one that answers every request with a
     // plain 200: without active checks round-robin sends every other client

@@ -31,7 +31,9 @@ pub struct Args {
     /// A location with its own upstream group, repeatable (nginx `server_name`
     /// and `location /PREFIX { proxy_pass http://group; }`):
     /// `[HOST]/PREFIX=UPSTREAM[,opts],UPSTREAM...`; HOST may be
-    /// `*.example.com`; the longest prefix wins.
+    /// `*.example.com`; the longest prefix wins. `/PREFIX>/NEW=...` replaces
+    /// the prefix before the request goes upstream (nginx
+    /// `location /PREFIX { proxy_pass http://group/NEW; }`; `>/` strips it).
     #[arg(long, value_name = "HOST/PREFIX=UPSTREAMS", value_parser = parse_route)]
     pub route: Vec<RouteSpec>,
 
@@ -179,6 +181,8 @@ pub struct RouteSpec {
     /// None for any host.
     pub host: Option<String>,
     pub prefix: String,
+    /// What replaces the prefix upstream, if anything.
+    pub replace: Option<String>,
     pub upstreams: Vec<Upstream>,
 }
 
@@ -303,10 +307,20 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
         .find('/')
         .ok_or_else(|| format!("`{pattern}`: the path prefix must start with `/`"))?;
     let host = &pattern[..slash];
+    let (prefix, replace) = match pattern[slash..].split_once('>') {
+        Some((_, with)) if !with.starts_with('/') => {
+            return Err(format!(
+                "`{pattern}`: the replacement after `>` must start with `/`"
+            ))
+        }
+        Some((prefix, with)) => (prefix, Some(with.to_owned())),
+        None => (&pattern[slash..], None),
+    };
     Ok(RouteSpec {
         name: pattern.to_owned(),
         host: (!host.is_empty()).then(|| host.to_owned()),
-        prefix: pattern[slash..].to_owned(),
+        prefix: prefix.to_owned(),
+        replace,
         upstreams: parse_upstream_list(upstreams)?,
     })
 }
@@ -395,6 +409,17 @@ mod tests {
         assert_eq!((r.host, r.prefix.as_str()), (None, "/api"));
         assert!(parse_route("chat.example=127.0.0.1:1").is_err());
         assert!(parse_route("/x").is_err());
+        let r = parse_route("/chat/>/=127.0.0.1:1").unwrap();
+        assert_eq!(
+            (r.prefix.as_str(), r.replace.as_deref()),
+            ("/chat/", Some("/"))
+        );
+        let r = parse_route("a.test/v1/>/v2/=127.0.0.1:1").unwrap();
+        assert_eq!(
+            (r.prefix.as_str(), r.replace.as_deref()),
+            ("/v1/", Some("/v2/"))
+        );
+        assert!(parse_route("/chat/>x=127.0.0.1:1").is_err());
     }
 
     #[test]

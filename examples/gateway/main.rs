@@ -216,6 +216,9 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<Upst
         if let Some(host) = &spec.host {
             route = route.host(host.clone());
         }
+        if let Some(with) = &spec.replace {
+            route = route.replace_prefix(with.clone());
+        }
         builder = builder.route(route);
     }
     let proxy = builder.build().map_err(|e| with_source(&e))?;
