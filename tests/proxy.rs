@@ -1118,3 +1118,25 @@ async fn a_cancelled_serve_still_counts_its_tunnel_out() {
     assert_eq!(counters.tunnels_active, 0);
     assert!(counters.tunnels_by_upstream.is_empty());
 }
+
+#[tokio::test]
+async fn the_connection_report_counts_plain_body_bytes() {
+    let (addr, _) =
+        raw_upstream_after(b"hello", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = round_robin(&[addr]).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (stream, peer) = listener.accept().await.unwrap();
+        proxy.serve(stream, peer, wsproxy::Scheme::Http).await
+    });
+    let reply = raw_exchange(
+        gw,
+        b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+    )
+    .await;
+    assert!(reply.ends_with("ok"), "{reply}");
+    let report = bounded("report", served).await.unwrap();
+    assert_eq!((report.body_from_client, report.body_from_upstream), (5, 2));
+    assert_eq!(report.status, Some(http::StatusCode::OK));
+}

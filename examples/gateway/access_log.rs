@@ -71,7 +71,13 @@ pub fn format_line(now: SystemTime, client: SocketAddr, report: &ConnectionRepor
                 t.client_to_upstream, t.upstream_to_client
             );
         }
-        None => line.push_str(" from_client=- from_upstream=-"),
+        None => {
+            let _ = write!(
+                line,
+                " from_client={} from_upstream={}",
+                report.body_from_client, report.body_from_upstream
+            );
+        }
     }
     let _ = write!(
         line,
@@ -152,7 +158,7 @@ mod tests {
         assert_eq!(
             line,
             "1970-01-01T00:00:00Z client=127.0.0.1:5000 route=- upstream=- status=- outcome=- \
-             requests=0 from_client=- from_upstream=- duration=0.000s end=-\n"
+             requests=0 from_client=0 from_upstream=0 duration=0.000s end=-\n"
         );
     }
 }

@@ -468,7 +468,10 @@ where
                 return Next::Close;
             }
             match self.send_body(&mut upstream, &mut up_buf, body).await {
-                BodySent::Whole(n) => inner.counters.bytes(n, 0),
+                BodySent::Whole(n) => {
+                    inner.counters.bytes(n, 0);
+                    self.report.body_from_client += n;
+                }
                 BodySent::EarlyAnswer(response) => {
                     early = Some(response);
                     body_cut = true;
@@ -758,6 +761,7 @@ where
         match copied {
             Ok(n) => {
                 inner.counters.bytes(0, n);
+                self.report.body_from_upstream += n;
                 self.finish(outcome);
                 if keep_alive {
                     Next::KeepAlive

@@ -303,6 +303,11 @@ pub struct ConnectionReport {
     pub outcome: Option<Outcome>,
     /// The tunnel's figures, if the connection was upgraded.
     pub tunnel: Option<TunnelStats>,
+    /// Body bytes of plain HTTP requests the client sent upstream, over every
+    /// request on the connection (a tunnel's bytes are in `tunnel`).
+    pub body_from_client: u64,
+    /// Body bytes of plain HTTP answers relayed to the client.
+    pub body_from_upstream: u64,
     /// The name of the upstream group the last request was routed to.
     pub route: Option<Arc<str>>,
     /// The upstream that served the last request (nginx `$upstream_addr`).
