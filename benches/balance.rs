@@ -7,48 +7,15 @@
 //! ```
 
 use std::hint::black_box;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use wsproxy::balance::{
-    Balancer, BoundedLoad, ConsistentHash, HashKey, IpHash, Lease, LeastConn, PickContext,
-    RandomTwo, RoundRobin, SelectError, Upstream, UpstreamSet,
-};
 
-#[derive(Debug)]
-struct FirstAvailable(UpstreamSet);
-
-impl Balancer for FirstAvailable {
-    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
-        let snapshot = self.0.snapshot();
-        for tier in snapshot.tiers() {
-            if let Some(peer) = tier.iter().find(|p| p.is_available(ctx)) {
-                return Ok(peer.lease());
-            }
-        }
-        Err(SelectError::NoneAvailable)
-    }
-}
-
-fn strategies(set: &UpstreamSet) -> Vec<(&'static str, Arc<dyn Balancer>)> {
-    vec![
-        ("first-available", Arc::new(FirstAvailable(set.clone()))),
-        ("round-robin", Arc::new(RoundRobin::new(set.clone()))),
-        ("ip-hash", Arc::new(IpHash::new(set.clone()))),
-        (
-            "consistent-hash",
-            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
-        ),
-        (
-            "bounded-hash",
-            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
-        ),
-        ("least-conn", Arc::new(LeastConn::new(set.clone()))),
-        ("random-two", Arc::new(RandomTwo::with_seed(set.clone(), 1))),
-    ]
-}
+#[path = "support/strategies.rs"]
+mod strategies;
+use strategies::{set_of, strategies};
+use wsproxy::balance::{Balancer, Lease, PickContext};
 
 fn pick(c: &mut Criterion) {
     let request = http::Request::get("/ws").body(()).unwrap();
@@ -62,9 +29,7 @@ fn pick(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
     for n in [3u16, 10, 100] {
-        let set: UpstreamSet = (0..n)
-            .map(|i| Upstream::new(SocketAddr::from(([127, 0, 0, 1], 10_000 + i))))
-            .collect();
+        let set = set_of(n);
         let mut bench = |name: &str, balancer: &dyn Balancer| {
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 let mut i = 0usize;
