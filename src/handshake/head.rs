@@ -9,10 +9,10 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, Version};
 
 use super::syntax::diagnose;
-use super::{HeadError, Limits};
+use super::{HeadError, Limits, Status};
 
 /// Header slots up to this count live on the stack; more are allocated.
 const SLOTS_ON_STACK: usize = 128;
@@ -42,6 +42,26 @@ pub(super) fn with_slots<'b, R>(
 }
 
 /// The position of `part`, a sub-slice httparse returned, within `head`.
+/// httparse's minor version as an `http` version (it only accepts 1.0 and 1.1).
+pub(super) fn version(minor: u8) -> Version {
+    if minor == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    }
+}
+
+/// What an incomplete head means: read more, or 431 once the head is
+/// already as large as the limit allows.
+pub(super) fn incomplete<T>(buffered: usize, limits: &Limits) -> Result<Status<T>, HeadError> {
+    if buffered >= limits.max_head_bytes() {
+        return Err(HeadError::TooLarge {
+            limit: limits.max_head_bytes(),
+        });
+    }
+    Ok(Status::Partial)
+}
+
 pub(super) fn offset(head: &[u8], part: &[u8]) -> Result<Range<usize>, HeadError> {
     let start = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
     let end = start.wrapping_add(part.len());

@@ -177,11 +177,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
                     method: Method::from_bytes(method.as_bytes())
                         .map_err(|_| HeadError::RequestLine)?,
                     target: head::offset(bytes, target.as_bytes())?,
-                    version: if version == 0 {
-                        Version::HTTP_10
-                    } else {
-                        Version::HTTP_11
-                    },
+                    version: head::version(version),
                     fields: head::fields(bytes, request.headers)?,
                 }))
             }
@@ -190,12 +186,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
         }
     })?;
     let Some(raw) = raw else {
-        if buf.len() >= limits.max_head_bytes() {
-            return Err(HeadError::TooLarge {
-                limit: limits.max_head_bytes(),
-            });
-        }
-        return Ok(Status::Partial);
+        return head::incomplete(buf.len(), limits);
     };
 
     let form = target_form(&buf[raw.target.clone()])?;

@@ -71,11 +71,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
                 Ok(Some(Raw {
                     len,
                     status: StatusCode::from_u16(code).map_err(|_| HeadError::StatusLine)?,
-                    version: if version == 0 {
-                        Version::HTTP_10
-                    } else {
-                        Version::HTTP_11
-                    },
+                    version: head::version(version),
                     fields: head::fields(bytes, response.headers)?,
                 }))
             }
@@ -84,12 +80,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
         }
     })?;
     let Some(raw) = raw else {
-        if buf.len() >= limits.max_head_bytes() {
-            return Err(HeadError::TooLarge {
-                limit: limits.max_head_bytes(),
-            });
-        }
-        return Ok(Status::Partial);
+        return head::incomplete(buf.len(), limits);
     };
     let head = buf.split_to(raw.len).freeze();
     let mut response = Response::new(());
