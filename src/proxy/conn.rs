@@ -567,8 +567,7 @@ where
         let listen = async {
             loop {
                 // No deadline of its own: the body's timeouts bound this.
-                let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-                match read_head(&mut up_read, up_buf, far, limits.max_head_bytes(), |b| {
+                match read_head_unbounded(&mut up_read, up_buf, limits.max_head_bytes(), |b| {
                     handshake::parse_response(b, limits)
                 })
                 .await
@@ -874,48 +873,58 @@ async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
 }
 
 /// Reads until `parse` completes a head, all within `deadline`.
-///
-/// The parser only runs when the bytes could hold a complete head (a blank
-/// line arrived) or the size limit is reached, so a head trickling in byte
-/// by byte costs linear time, not quadratic.
 pub(super) async fn read_head<R, T, E>(
     io: &mut R,
     buf: &mut BytesMut,
     deadline: Instant,
+    max_head: usize,
+    parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
+) -> Result<T, HeadRead<E>>
+where
+    R: AsyncRead + Unpin,
+{
+    timeout_at(deadline, read_head_unbounded(io, buf, max_head, parse))
+        .await
+        .unwrap_or(Err(HeadRead::Timeout))
+}
+
+/// Reads until `parse` completes a head; the caller bounds the wait.
+///
+/// The parser only runs when the bytes could hold a complete head (a blank
+/// line arrived) or the size limit is reached, so a head trickling in byte
+/// by byte costs linear time, not quadratic.
+async fn read_head_unbounded<R, T, E>(
+    io: &mut R,
+    buf: &mut BytesMut,
     max_head: usize,
     mut parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
 ) -> Result<T, HeadRead<E>>
 where
     R: AsyncRead + Unpin,
 {
-    let read = async {
-        let mut scanned = 0usize;
-        loop {
-            let from = scanned.saturating_sub(3);
-            let blank_line = buf[from..].windows(2).any(|w| w == b"\n\n")
-                || buf[from..].windows(3).any(|w| w == b"\n\r\n");
-            scanned = buf.len();
-            if blank_line || buf.len() >= max_head {
-                match parse(buf).map_err(HeadRead::Parse)? {
-                    Status::Complete(head) => return Ok(head),
-                    Status::Partial => {}
-                }
-            }
-            buf.reserve(READ_CHUNK);
-            match io.read_buf(buf).await {
-                Ok(0) => {
-                    return Err(HeadRead::Eof {
-                        partial: !buf.is_empty(),
-                    })
-                }
-                Ok(_) => {}
-                Err(e) => return Err(HeadRead::Io(e)),
+    let mut scanned = 0usize;
+    loop {
+        let from = scanned.saturating_sub(3);
+        let blank_line = buf[from..].windows(2).any(|w| w == b"\n\n")
+            || buf[from..].windows(3).any(|w| w == b"\n\r\n");
+        scanned = buf.len();
+        if blank_line || buf.len() >= max_head {
+            match parse(buf).map_err(HeadRead::Parse)? {
+                Status::Complete(head) => return Ok(head),
+                Status::Partial => {}
             }
         }
-    };
-    timeout_at(deadline, read)
-        .await
-        .unwrap_or(Err(HeadRead::Timeout))
+        buf.reserve(READ_CHUNK);
+        match io.read_buf(buf).await {
+            Ok(0) => {
+                return Err(HeadRead::Eof {
+                    partial: !buf.is_empty(),
+                })
+            }
+            Ok(_) => {}
+            Err(e) => return Err(HeadRead::Io(e)),
+        }
+    }
 }
 
 pub(super) async fn write_all_timeout<W>(
