@@ -403,7 +403,9 @@ async fn strategies_are_observable_through_the_proxy() {
     gw.shutdown().await;
 
     // Least-conn: with connections held open, new ones go to the least
-    // loaded, so three held connections land on three upstreams.
+    // loaded, so three held connections land on three upstreams (round-robin
+    // would too: `least_conn_sends_new_connections_where_leases_were_released`
+    // is the test that tells them apart).
     let before: Vec<usize> = refs.iter().map(|u| u.seen.lock().unwrap().len()).collect();
     let gw = Gateway::start(Proxy::builder().upstream(LeastConn::new(set(&addrs)))).await;
     let after = spread(&gw, &refs, 3, "/").await;
@@ -1139,4 +1141,57 @@ async fn the_connection_report_counts_plain_body_bytes() {
     let report = bounded("report", served).await.unwrap();
     assert_eq!((report.body_from_client, report.body_from_upstream), (5, 2));
     assert_eq!(report.status, Some(http::StatusCode::OK));
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_connections_where_leases_were_released() {
+    // Each upstream names itself in its first message, so the test knows
+    // where every connection landed.
+    let mut ups = Vec::new();
+    for name in ["a", "b", "c"] {
+        ups.push(
+            ws_upstream(WsUpstreamOptions {
+                announce: Some(name),
+                ..Default::default()
+            })
+            .await,
+        );
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let gw = Gateway::start(Proxy::builder().upstream(LeastConn::new(set(&addrs)))).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut ws = connect(&gw.url("/")).await;
+        let Message::Text(name) = next_data(&mut ws).await else {
+            panic!("expected the upstream's name");
+        };
+        open.push((name.to_string(), ws));
+    }
+    let mut names: Vec<&str> = open.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+
+    // Keep only the tunnel to `a`; the other two leases are released.
+    open.retain(|(name, _)| name == "a");
+    bounded("two tunnels closed", async {
+        while gw.proxy.counters().tunnels_active != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // Least-conn picks the two idle upstreams; round-robin would pick `a`
+    // and `b` next.
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(&gw.url("/")).await;
+        let Message::Text(name) = next_data(&mut ws).await else {
+            panic!("expected the upstream's name");
+        };
+        next.push(name.to_string());
+        open.push((name.to_string(), ws));
+    }
+    next.sort();
+    assert_eq!(next, ["b", "c"]);
+    gw.shutdown().await;
 }
