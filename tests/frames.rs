@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wsproxy::frame::{Boundary, CloseFrame, FrameError, FrameTracker, Role};
 use wsproxy::tunnel::{
-    tunnel, Prefixed, Side, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelStats,
+    tunnel, Prefixed, Side, Timeout, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelStats,
 };
 
 /// Bound for every wait on real sockets.
@@ -481,4 +481,247 @@ async fn untracked_tunnel_cannot_insert_frames() {
     let close = CloseFrame::new(1001, "").unwrap();
     assert!(!relay.as_mut().insert_close(&close));
     assert!(!relay.has_pending_frames(Side::Client));
+}
+
+/// One peer of the polite-close test: sends `count` binary messages of
+/// `fragments` fragments each (the payload tells its message and fragment
+/// apart) while reading what the other peer sends, until the proxy's Close.
+/// Returns the whole messages it received and the Close it got.
+async fn chatter(
+    ws: WebSocketStream<TcpStream>,
+    count: usize,
+    fragments: usize,
+    first_message: Option<tokio::sync::oneshot::Sender<()>>,
+) -> (Vec<Vec<u8>>, Option<WsClose>) {
+    let (mut sink, mut stream) = ws.split();
+    let writer = tokio::spawn(async move {
+        for m in 0..count {
+            for f in 0..fragments {
+                let op = if f == 0 {
+                    OpCode::Data(Data::Binary)
+                } else {
+                    OpCode::Data(Data::Continue)
+                };
+                let frame = Frame::message(fragment(m, f), op, f + 1 == fragments);
+                // Fails once the peer's Close arrived: sending stops there.
+                if sink.send(Message::Frame(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut first_message = first_message;
+    let mut received = Vec::new();
+    let mut close = None;
+    while let Some(msg) = bounded(stream.next()).await {
+        match msg {
+            Ok(Message::Binary(data)) => {
+                received.push(data.to_vec());
+                if let Some(tx) = first_message.take() {
+                    let _ = tx.send(());
+                }
+            }
+            Ok(Message::Close(frame)) => close = frame,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    writer.abort();
+    (received, close)
+}
+
+/// Fragment `f` of message `m`: 16 KiB, its bytes derived from both.
+fn fragment(m: usize, f: usize) -> Vec<u8> {
+    (0..16 * 1024).map(|i| (i + 7 * m + 13 * f) as u8).collect()
+}
+
+#[tokio::test]
+async fn handle_close_lands_between_fragments_both_ways_and_loses_nothing_before_it() {
+    // More than ever gets sent: the peers write until the Close stops them.
+    const MESSAGES: usize = 5_000;
+    const FRAGMENTS: usize = 4;
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let (server_first_tx, server_first_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(async move {
+        let (stream, _) = bounded(backend.accept()).await.unwrap();
+        let ws = bounded(tokio_tungstenite::accept_async(stream))
+            .await
+            .unwrap();
+        chatter(ws, MESSAGES, FRAGMENTS, Some(server_first_tx)).await
+    });
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+    let proxy = tokio::spawn(async move {
+        let (mut client, _) = bounded(listener.accept()).await.unwrap();
+        let mut upstream = bounded(TcpStream::connect(backend_addr)).await.unwrap();
+        let request = read_head(&mut client).await;
+        upstream.write_all(&request).await.unwrap();
+        let response = read_head(&mut upstream).await;
+        client.write_all(&response).await.unwrap();
+        let config = TunnelConfig::new().track_frames(true);
+        let mut relay = tunnel(client, upstream, &config, pending());
+        let _ = handle_tx.send(relay.handle());
+        relay.await
+    });
+    let ws = connect(addr).await;
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let client = tokio::spawn(chatter(ws, MESSAGES, FRAGMENTS, Some(first_tx)));
+
+    // Close while both peers are in the middle of their streams.
+    let handle = bounded(handle_rx).await.unwrap();
+    bounded(first_rx).await.unwrap();
+    bounded(server_first_rx).await.unwrap();
+    assert!(handle.close(CloseFrame::new(1001, "going away").unwrap()));
+
+    let (client_got, client_close) = bounded(client).await.unwrap();
+    let (server_got, server_close) = bounded(server).await.unwrap();
+    let stats = bounded(proxy).await.unwrap();
+
+    // Each peer got the proxy's Close, once.
+    for close in [&client_close, &server_close] {
+        let close = close.as_ref().expect("a close frame");
+        assert_eq!(u16::from(close.code), 1001);
+        assert_eq!(close.reason, "going away");
+    }
+    // What arrived is exactly the first messages the other peer sent,
+    // whole and in order; the close cut no message in two.
+    let expected = |m: usize| -> Vec<u8> { (0..FRAGMENTS).flat_map(|f| fragment(m, f)).collect() };
+    assert!(
+        !client_got.is_empty(),
+        "the close came after the first message"
+    );
+    assert!(
+        !server_got.is_empty(),
+        "the close came after the first message"
+    );
+    assert!(client_got.len() < MESSAGES, "the close came before the end");
+    for (m, got) in client_got.iter().enumerate() {
+        assert!(got == &expected(m), "message {m} to the client differs");
+    }
+    for (m, got) in server_got.iter().enumerate() {
+        assert!(got == &expected(m), "message {m} to the upstream differs");
+    }
+    match &stats.end {
+        TunnelEnd::Closed(close) => assert_eq!(close.code(), Some(1001)),
+        end => panic!("ended by {end:?}"),
+    }
+    let frames = stats.frames.unwrap();
+    // Each peer answered with its Close reply (tungstenite echoes the code)
+    // or, when its writer was stuck mid-message, by closing the socket; the
+    // tunnel ended on those answers, well before the 5 s linger. The
+    // replies were not forwarded: each peer had its Close already.
+    for reply in [&frames.client_close, &frames.upstream_close] {
+        let code = reply.as_ref().and_then(|c| c.code());
+        assert!(matches!(code, None | Some(1001)), "{reply:?}");
+    }
+    assert!(stats.duration < Duration::from_secs(5));
+    // Every message forwarded before the Close was read before it; the
+    // counts leave out what was dropped after it.
+    assert_eq!(
+        (frames.upstream_messages, frames.client_messages),
+        (client_got.len() as u64, server_got.len() as u64)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_nobody_answers_ends_after_the_linger() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .close_linger(Duration::from_secs(3));
+    let mut relay = tunnel(browser.0, backend.0, &config, pending());
+    let handle = relay.handle();
+    let task = tokio::spawn(relay);
+    let started = tokio::time::Instant::now();
+    handle.close(CloseFrame::new(1012, "restart").unwrap());
+    let to_client = take(&mut browser.1, 2 + 9).await;
+    assert_eq!(to_client[..4], [0x88, 9, 0x03, 0xf4]);
+    let _ = take(&mut backend.1, 2 + 4 + 9).await;
+    // Bytes after the Close are dropped, never forwarded.
+    browser.1.write_all(&masked(0x81, b"late")).await.unwrap();
+    let stats = bounded(task).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert!(matches!(stats.end, TunnelEnd::Closed(ref c) if c.code() == Some(1012)));
+    let frames = stats.frames.unwrap();
+    assert_eq!((frames.client_close, frames.upstream_close), (None, None));
+    let mut rest = Vec::new();
+    bounded(backend.1.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty(), "forwarded after the close: {rest:?}");
+}
+
+#[tokio::test]
+async fn cut_ends_at_once_and_close_without_tracking_cuts() {
+    for tracked in [true, false] {
+        let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+        let config = TunnelConfig::new().track_frames(tracked);
+        let mut relay = tunnel(browser.0, backend.0, &config, pending());
+        let handle = relay.handle();
+        let task = tokio::spawn(relay);
+        if tracked {
+            handle.cut();
+        } else {
+            assert!(handle.close(CloseFrame::new(1001, "").unwrap()));
+        }
+        let stats = bounded(task).await.unwrap();
+        assert!(matches!(stats.end, TunnelEnd::Shutdown), "{:?}", stats.end);
+        // Both sides see EOF and nothing else.
+        let mut rest = Vec::new();
+        bounded(browser.1.read_to_end(&mut rest)).await.unwrap();
+        bounded(backend.1.read_to_end(&mut rest)).await.unwrap();
+        assert!(rest.is_empty());
+        assert!(handle.is_ending());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_is_pinged_and_then_timed_out() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .ping(Duration::from_secs(10), Duration::from_secs(5));
+    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    let started = tokio::time::Instant::now();
+
+    // After 10 s of silence both sides get a ping: unmasked to the client,
+    // masked to the upstream.
+    assert_eq!(take(&mut browser.1, 2).await, [0x89, 0x00]);
+    assert_eq!(started.elapsed(), Duration::from_secs(10));
+    assert_eq!(take(&mut backend.1, 6).await[..2], [0x89, 0x80]);
+
+    // The client answers with a pong, which reaches the upstream as an
+    // unsolicited pong; the upstream stays silent.
+    let pong = masked(0x8a, b"");
+    browser.1.write_all(&pong).await.unwrap();
+    assert_eq!(take(&mut backend.1, pong.len()).await, pong);
+
+    let stats = bounded(task).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(15));
+    assert!(
+        matches!(stats.end, TunnelEnd::Timeout(Timeout::Ping(Side::Upstream))),
+        "{:?}",
+        stats.end
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn peers_that_answer_pings_keep_the_tunnel() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .ping(Duration::from_secs(10), Duration::from_secs(5));
+    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    // Five rounds of pings, each answered by both peers.
+    for _ in 0..5 {
+        assert_eq!(take(&mut browser.1, 2).await, [0x89, 0x00]);
+        assert_eq!(take(&mut backend.1, 6).await[..2], [0x89, 0x80]);
+        let pong = masked(0x8a, b"");
+        browser.1.write_all(&pong).await.unwrap();
+        backend.1.write_all(&unmasked(0x8a, b"")).await.unwrap();
+        assert_eq!(take(&mut backend.1, pong.len()).await, pong);
+        assert_eq!(take(&mut browser.1, 2).await, [0x8a, 0x00]);
+    }
+    assert!(!task.is_finished());
+    task.abort();
 }

@@ -49,6 +49,15 @@ impl CloseFrame {
         })
     }
 
+    /// A Close frame without a payload: no code, no reason (RFC 6455
+    /// §5.5.1 allows it; the receiver reports 1005).
+    pub fn empty() -> Self {
+        Self {
+            code: None,
+            reason: String::new(),
+        }
+    }
+
     /// The status code, or `None` when the frame had an empty payload (which
     /// an endpoint reports as 1005, "no status received", §7.4.1).
     pub fn code(&self) -> Option<u16> {

@@ -127,6 +127,11 @@ impl FrameTracker {
             .map(CloseCapture::to_frame)
     }
 
+    /// Whether a whole Close frame has been read (no copy of it made).
+    pub(crate) fn close_seen(&self) -> bool {
+        self.close.as_deref().is_some_and(|c| c.done)
+    }
+
     /// The error the stream broke framing with, if it did.
     pub fn error(&self) -> Option<FrameError> {
         match self.stage {

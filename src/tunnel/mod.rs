@@ -23,6 +23,7 @@
 //! timer. An idle tunnel therefore costs little more than its task and its
 //! two sockets' tokio registrations (see the README's `## Tunnel`).
 
+mod control;
 mod error;
 mod prefixed;
 mod stats;
@@ -32,15 +33,18 @@ use std::fmt;
 use std::future::Future;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
 use crate::frame::{CloseFrame, FrameTracker, Role};
+use control::{Control, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
 
+pub use control::TunnelHandle;
 pub use error::TunnelError;
 pub use prefixed::Prefixed;
 pub use stats::{FrameStats, Side, Timeout, TunnelEnd, TunnelStats};
@@ -71,7 +75,7 @@ const STACK_BUF: usize = 64 * 1024;
 /// ```
 ///
 /// A zero duration fires at the first opportunity.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TunnelConfig {
     /// No byte read from either side for this long ends the tunnel
@@ -103,10 +107,47 @@ pub struct TunnelConfig {
     /// (§5.1). Bytes still pass unchanged; the first byte read from each
     /// side (after any [`Prefixed`] bytes, which count) must start a frame.
     pub track_frames: bool,
+    /// How long a polite close ([`TunnelHandle::close`]) waits for both
+    /// peers' Close replies before shutting the sockets down: 5 s by default,
+    /// as nginx's `lingering_timeout`. RFC 6455 §7.1.1 lets the server close
+    /// the TCP connection once the Close frames are exchanged.
+    pub close_linger: Duration,
+    /// Send a WebSocket Ping to a side that sent nothing for this long, at
+    /// the next frame boundary toward it (masked toward the upstream): keeps
+    /// NAT and firewall state alive and, with
+    /// [`ping_timeout`](Self::ping_timeout), finds dead peers. Needs
+    /// [`track_frames`](Self::track_frames); ignored without it. The peer's
+    /// Pong is forwarded to the other side like any frame: an unsolicited
+    /// Pong is a valid heartbeat there (RFC 6455 §5.5.3).
+    pub ping_interval: Option<Duration>,
+    /// A side that sends nothing for this long after a ping ends the tunnel
+    /// with [`Timeout::Ping`]. Any byte counts as an answer, not only a Pong.
+    pub ping_timeout: Option<Duration>,
+}
+
+/// [`TunnelConfig::close_linger`] unless set.
+const DEFAULT_CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: None,
+            client_read_timeout: None,
+            upstream_read_timeout: None,
+            send_timeout: None,
+            linger_timeout: None,
+            max_lifetime: None,
+            track_frames: false,
+            close_linger: DEFAULT_CLOSE_LINGER,
+            ping_interval: None,
+            ping_timeout: None,
+        }
+    }
 }
 
 impl TunnelConfig {
-    /// A configuration with every timeout off.
+    /// A configuration with every timeout and ping off, frames not tracked,
+    /// and a 5 s close linger.
     pub fn new() -> Self {
         Self::default()
     }
@@ -159,6 +200,34 @@ impl TunnelConfig {
         self.track_frames = on;
         self
     }
+
+    /// Sets [`close_linger`](Self::close_linger).
+    pub fn close_linger(mut self, linger: Duration) -> Self {
+        self.close_linger = linger;
+        self
+    }
+
+    /// Sets [`ping_interval`](Self::ping_interval) and
+    /// [`ping_timeout`](Self::ping_timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wsproxy::tunnel::TunnelConfig;
+    /// // A ping after 30 s of silence; no answer within 10 s ends the tunnel.
+    /// let config = TunnelConfig::new()
+    ///     .track_frames(true)
+    ///     .ping(Duration::from_secs(30), Duration::from_secs(10));
+    /// assert_eq!(config.ping_timeout, Some(Duration::from_secs(10)));
+    /// ```
+    pub fn ping(
+        mut self,
+        interval: impl Into<Option<Duration>>,
+        timeout: impl Into<Option<Duration>>,
+    ) -> Self {
+        self.ping_interval = interval.into();
+        self.ping_timeout = timeout.into();
+        self
+    }
 }
 
 /// The timeouts of a [`TunnelConfig`] in nanoseconds, [`NEVER`] when off:
@@ -171,12 +240,33 @@ struct Limits {
     send: Nanos,
     linger: Nanos,
     lifetime: Nanos,
+    ping_interval: Nanos,
+    ping_timeout: Nanos,
+}
+
+/// `d` in nanoseconds, [`NEVER`] when off or too long to represent.
+fn nanos(d: Option<Duration>) -> Nanos {
+    d.map_or(NEVER, |d| u64::try_from(d.as_nanos()).unwrap_or(NEVER))
 }
 
 impl Limits {
+    /// Every timeout off: the limits of a tunnel that needs its timer only
+    /// for a polite close.
+    const OFF: Limits = Limits {
+        idle: NEVER,
+        client_read: NEVER,
+        upstream_read: NEVER,
+        send: NEVER,
+        linger: NEVER,
+        lifetime: NEVER,
+        ping_interval: NEVER,
+        ping_timeout: NEVER,
+    };
+
     fn new(config: &TunnelConfig) -> Self {
-        let ns =
-            |d: Option<Duration>| d.map_or(NEVER, |d| u64::try_from(d.as_nanos()).unwrap_or(NEVER));
+        let ns = nanos;
+        // Pings go in at frame boundaries: without a tracker there are none.
+        let ping = |d: Option<Duration>| if config.track_frames { ns(d) } else { NEVER };
         Self {
             idle: ns(config.idle_timeout),
             client_read: ns(config.client_read_timeout),
@@ -184,7 +274,23 @@ impl Limits {
             send: ns(config.send_timeout),
             linger: ns(config.linger_timeout),
             lifetime: ns(config.max_lifetime),
+            ping_interval: ping(config.ping_interval),
+            ping_timeout: ping(config.ping_timeout),
         }
+    }
+
+    fn any(&self) -> bool {
+        [
+            self.idle,
+            self.client_read,
+            self.upstream_read,
+            self.send,
+            self.linger,
+            self.lifetime,
+            self.ping_interval,
+        ]
+        .iter()
+        .any(|&l| l != NEVER)
     }
 }
 
@@ -248,17 +354,10 @@ where
     F: Future<Output = ()>,
 {
     let limits = Limits::new(config);
-    let timed = [
-        limits.idle,
-        limits.client_read,
-        limits.upstream_read,
-        limits.send,
-        limits.linger,
-        limits.lifetime,
-    ]
-    .iter()
-    .any(|&l| l != NEVER);
-    let idle = limits.idle != NEVER;
+    let timed = limits.any();
+    // Pings are due after a side's silence, so they need its reads stamped.
+    let ping = limits.ping_interval != NEVER;
+    let idle = limits.idle != NEVER || ping;
     let send = limits.send != NEVER;
     let client_read = limits.client_read != NEVER;
     let upstream_read = limits.upstream_read != NEVER;
@@ -272,8 +371,10 @@ where
             Box::new(Frames {
                 c2u: Framing::new(FrameTracker::new(Role::Client)),
                 u2c: Framing::new(FrameTracker::new(Role::Server)),
+                close_linger: nanos(Some(config.close_linger)),
             })
         }),
+        control: None,
         started: Instant::now(),
         timers: timed.then(|| {
             Box::pin(Timers {
@@ -282,6 +383,7 @@ where
                 u2c: Stamps::new(idle || upstream_read, send || upstream_read),
                 limits,
                 first_eof_at: NEVER,
+                parted_by: NEVER,
                 close_bounded: false,
                 sleep: LazySleep::Unarmed,
             })
@@ -297,6 +399,9 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Running,
+    /// A polite close is under way: Close frames sent or queued, waiting
+    /// for the peers' replies.
+    Parting,
     /// Shutting both sides down before reporting `end`.
     Closing,
     Finished,
@@ -347,6 +452,8 @@ pin_project! {
         c2u: Stamps,
         u2c: Stamps,
         first_eof_at: Nanos,
+        // When a polite close stops waiting for the peers' replies.
+        parted_by: Nanos,
         close_bounded: bool,
         // One timer for every timeout (see `poll_timers`).
         #[pin]
@@ -360,13 +467,14 @@ pin_project! {
 struct Frames {
     c2u: Framing,
     u2c: Framing,
+    close_linger: Nanos,
 }
 
 impl Frames {
     fn stats(&self) -> FrameStats {
         FrameStats {
-            client_messages: self.c2u.tracker.messages(),
-            upstream_messages: self.u2c.tracker.messages(),
+            client_messages: self.c2u.messages(),
+            upstream_messages: self.u2c.messages(),
             client_close: self.c2u.tracker.close(),
             upstream_close: self.u2c.tracker.close(),
         }
@@ -377,6 +485,39 @@ impl Frames {
         match side {
             Side::Upstream => &mut self.c2u,
             Side::Client => &mut self.u2c,
+        }
+    }
+
+    /// Starts a polite close: `close` toward both sides at their next
+    /// boundaries, everything after it dropped. Does nothing once a peer
+    /// sent a Close of its own: that closing handshake is already under way,
+    /// and a second Close would reach a peer that already closed.
+    fn part(&mut self, close: &CloseFrame) {
+        if self.c2u.tracker.close_seen() || self.u2c.tracker.close_seen() {
+            return;
+        }
+        self.u2c.insert_then_discard(&close.encode(None));
+        self.c2u
+            .insert_then_discard(&close.encode(Some(masking_key())));
+    }
+
+    /// Whether both peers answered a polite close: with a Close frame, or
+    /// by ending their stream.
+    fn parted(&self, c2u: &Transfer, u2c: &Transfer) -> bool {
+        (self.c2u.tracker.close_seen() || c2u.read_done())
+            && (self.u2c.tracker.close_seen() || u2c.read_done())
+    }
+}
+
+/// A Ping frame with an empty payload toward `side`: masked toward the
+/// upstream (RFC 6455 §5.3), not toward the client.
+fn ping_frame(side: Side) -> Vec<u8> {
+    match side {
+        Side::Client => vec![0x89, 0x00],
+        Side::Upstream => {
+            let mut frame = vec![0x89, 0x80];
+            frame.extend_from_slice(&masking_key());
+            frame
         }
     }
 }
@@ -458,6 +599,13 @@ impl<C, U, F> Tunnel<C, U, F> {
             && self.insert_frames(Side::Upstream, &toward_upstream)
     }
 
+    /// A handle the host keeps to close this tunnel politely or cut it later,
+    /// from anywhere (see [`TunnelHandle`]). Call it before the tunnel is
+    /// pinned or spawned; every call returns a handle on the same tunnel.
+    pub fn handle(&mut self) -> TunnelHandle {
+        TunnelHandle::new(self.control.get_or_insert_with(Arc::default).clone())
+    }
+
     /// Whether frames queued by [`insert_frames`](Self::insert_frames) or
     /// [`insert_close`](Self::insert_close) still wait for a boundary toward
     /// `side`.
@@ -482,6 +630,8 @@ pin_project! {
         c2u: Transfer,
         u2c: Transfer,
         frames: Option<Box<Frames>>,
+        // Shared with the host's `TunnelHandle`s, once one was asked for.
+        control: Option<Arc<Control>>,
         started: Instant,
         timers: Option<Pin<Box<Timers>>>,
         // Boxed: only an abnormal end is stored, once, while closing.
@@ -520,11 +670,33 @@ where
         let started = *this.started;
         loop {
             match *this.phase {
-                Phase::Running => {
-                    let end = if this.shutdown.as_mut().poll(cx).is_ready() {
-                        Some(TunnelEnd::Shutdown)
-                    } else {
-                        run(
+                Phase::Running | Phase::Parting => {
+                    let mut end = None;
+                    if let Some(control) = this.control.as_deref() {
+                        match control.poll_request(cx) {
+                            Request::Cut => end = Some(TunnelEnd::Shutdown),
+                            Request::Close if *this.phase == Phase::Running => {
+                                match (this.frames.as_deref_mut(), control.close_frame()) {
+                                    (Some(frames), Some(close)) => {
+                                        frames.part(close);
+                                        let by = nanos_since(started)
+                                            .saturating_add(frames.close_linger);
+                                        *timers_or_off(this.timers).as_mut().project().parted_by =
+                                            by;
+                                        *this.phase = Phase::Parting;
+                                    }
+                                    // No boundaries to close at: cut.
+                                    _ => end = Some(TunnelEnd::Shutdown),
+                                }
+                            }
+                            Request::Close | Request::None => {}
+                        }
+                    }
+                    if end.is_none() && this.shutdown.as_mut().poll(cx).is_ready() {
+                        end = Some(TunnelEnd::Shutdown);
+                    }
+                    if end.is_none() {
+                        end = run(
                             cx,
                             this.client,
                             this.upstream,
@@ -534,18 +706,44 @@ where
                             started,
                             this.first_eof,
                             this.timers.as_mut().map(|t| t.as_mut().project()),
-                        )
+                        );
+                    }
+                    let parting = *this.phase == Phase::Parting;
+                    let closed = || {
+                        let close = this.control.as_deref().and_then(Control::close_frame);
+                        TunnelEnd::Closed(close.cloned().unwrap_or_else(CloseFrame::empty))
                     };
-                    let end =
-                        match end {
-                            Some(end) => end,
-                            None => match this.timers.as_mut().and_then(|t| {
-                                poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c)
-                            }) {
-                                Some(timeout) => TunnelEnd::Timeout(timeout),
-                                None => return Poll::Pending,
-                            },
-                        };
+                    let end = match end {
+                        // The peers ending their streams is how a polite
+                        // close is meant to end.
+                        Some(end) if parting && end.is_clean() => closed(),
+                        Some(end) => end,
+                        None if parting
+                            && this
+                                .frames
+                                .as_deref()
+                                .is_some_and(|f| f.parted(this.c2u, this.u2c)) =>
+                        {
+                            closed()
+                        }
+                        None => match this.timers.as_mut().and_then(|t| {
+                            poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c, parting)
+                        }) {
+                            Some(Due::End(timeout)) => TunnelEnd::Timeout(timeout),
+                            Some(Due::Parted) => closed(),
+                            Some(Due::Ping(side)) => {
+                                if let (Some(frames), Some(timers)) =
+                                    (this.frames.as_deref_mut(), this.timers.as_mut())
+                                {
+                                    frames.toward(side).insert(&ping_frame(side));
+                                    timers.as_mut().project().pinged(side, started);
+                                }
+                                // Write it at once if the direction allows.
+                                continue;
+                            }
+                            None => return Poll::Pending,
+                        },
+                    };
                     if end.is_clean() {
                         *this.phase = Phase::Finished;
                         return Poll::Ready(stats(
@@ -687,16 +885,55 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
     }
 }
 
-/// The earliest pending deadline (nanoseconds since the start) and the
-/// timeout it belongs to.
+/// What a deadline of the tunnel's single timer stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// A timeout ends the tunnel.
+    End(Timeout),
+    /// A side has been silent for the ping interval: ping it.
+    Ping(Side),
+    /// A polite close waited its linger for the peers' replies.
+    Parted,
+}
+
+/// Timers of a tunnel that had none: a polite close needs one for its linger.
+fn timers_or_off(timers: &mut Option<Pin<Box<Timers>>>) -> &mut Pin<Box<Timers>> {
+    timers.get_or_insert_with(|| {
+        Box::pin(Timers {
+            limits: Limits::OFF,
+            c2u: Stamps::new(false, false),
+            u2c: Stamps::new(false, false),
+            first_eof_at: NEVER,
+            parted_by: NEVER,
+            close_bounded: false,
+            sleep: LazySleep::Unarmed,
+        })
+    })
+}
+
+impl TimersProj<'_> {
+    /// Records a ping sent to `side`: its silence is now measured against
+    /// the ping timeout, until it sends anything.
+    fn pinged(self, side: Side, started: Instant) {
+        let stamps = match side {
+            Side::Client => self.c2u,
+            Side::Upstream => self.u2c,
+        };
+        stamps.ping_sent = nanos_since(started);
+    }
+}
+
+/// The earliest pending deadline (nanoseconds since the start) and what it
+/// is for.
 fn next_deadline(
-    limits: &Limits,
+    t: &TimersProj<'_>,
     (c2u, c2u_stamps): (&Transfer, &Stamps),
     (u2c, u2c_stamps): (&Transfer, &Stamps),
-    first_eof_at: Nanos,
-) -> Option<(Nanos, Timeout)> {
-    let mut best: Option<(Nanos, Timeout)> = None;
-    let mut consider = |from: Nanos, limit: Nanos, kind: Timeout| {
+    parting: bool,
+) -> Option<(Nanos, Due)> {
+    let limits = &*t.limits;
+    let mut best: Option<(Nanos, Due)> = None;
+    let mut consider = |from: Nanos, limit: Nanos, kind: Due| {
         if from == NEVER || limit == NEVER {
             return;
         }
@@ -706,11 +943,11 @@ fn next_deadline(
             _ => best = Some((at, kind)),
         }
     };
-    consider(0, limits.lifetime, Timeout::Lifetime);
+    consider(0, limits.lifetime, Due::End(Timeout::Lifetime));
     consider(
         c2u_stamps.last_read.max(u2c_stamps.last_read),
         limits.idle,
-        Timeout::Idle,
+        Due::End(Timeout::Idle),
     );
     // A side is not read while the write of its bytes stalls, so its
     // silence proves nothing then: the send timeout covers that case.
@@ -718,23 +955,44 @@ fn next_deadline(
         consider(
             c2u_stamps.last_read,
             limits.client_read,
-            Timeout::Read(Side::Client),
+            Due::End(Timeout::Read(Side::Client)),
         );
     }
     if !u2c.read_done() && u2c_stamps.stalled_since().is_none() {
         consider(
             u2c_stamps.last_read,
             limits.upstream_read,
-            Timeout::Read(Side::Upstream),
+            Due::End(Timeout::Read(Side::Upstream)),
         );
     }
     if let Some(since) = c2u_stamps.stalled_since() {
-        consider(since, limits.send, Timeout::Send(Side::Upstream));
+        consider(since, limits.send, Due::End(Timeout::Send(Side::Upstream)));
     }
     if let Some(since) = u2c_stamps.stalled_since() {
-        consider(since, limits.send, Timeout::Send(Side::Client));
+        consider(since, limits.send, Due::End(Timeout::Send(Side::Client)));
     }
-    consider(first_eof_at, limits.linger, Timeout::Linger);
+    consider(*t.first_eof_at, limits.linger, Due::End(Timeout::Linger));
+    consider(*t.parted_by, 0, Due::Parted);
+    // A parting tunnel waits for Close replies, not pings.
+    if !parting {
+        for (side, from, toward, stamps) in [
+            (Side::Client, c2u, u2c, c2u_stamps),
+            (Side::Upstream, u2c, c2u, u2c_stamps),
+        ] {
+            if from.read_done() || toward.is_done() {
+                continue;
+            }
+            if stamps.ping_sent == NEVER {
+                consider(stamps.last_read, limits.ping_interval, Due::Ping(side));
+            } else {
+                consider(
+                    stamps.ping_sent,
+                    limits.ping_timeout,
+                    Due::End(Timeout::Ping(side)),
+                );
+            }
+        }
+    }
     best
 }
 
@@ -750,9 +1008,10 @@ fn poll_timers(
     started: Instant,
     c2u: &Transfer,
     u2c: &Transfer,
-) -> Option<Timeout> {
+    parting: bool,
+) -> Option<Due> {
     let t = timers.project();
-    let (at, kind) = next_deadline(t.limits, (c2u, t.c2u), (u2c, t.u2c), *t.first_eof_at)?;
+    let (at, kind) = next_deadline(&t, (c2u, &*t.c2u), (u2c, &*t.u2c), parting)?;
     // A deadline too far to represent never fires.
     let at = started.checked_add(Duration::from_nanos(at))?;
     let mut sleep = t.sleep.arm(at)?;

@@ -57,6 +57,10 @@ pub enum Timeout {
     Linger,
     /// The tunnel reached its maximum lifetime.
     Lifetime,
+    /// This side sent nothing for the ping timeout after the proxy pinged
+    /// it ([`TunnelConfig::ping_timeout`](super::TunnelConfig::ping_timeout)):
+    /// a dead peer.
+    Ping(Side),
 }
 
 impl fmt::Display for Timeout {
@@ -67,6 +71,7 @@ impl fmt::Display for Timeout {
             Timeout::Send(side) => write!(f, "send timeout toward the {side}"),
             Timeout::Linger => f.write_str("half-close linger timeout"),
             Timeout::Lifetime => f.write_str("maximum lifetime"),
+            Timeout::Ping(side) => write!(f, "ping timeout on the {side}"),
         }
     }
 }
@@ -81,8 +86,13 @@ pub enum TunnelEnd {
     UpstreamEof,
     /// A timeout fired.
     Timeout(Timeout),
-    /// The shutdown future completed.
+    /// The shutdown future completed, or the host cut the tunnel
+    /// ([`TunnelHandle::cut`](super::TunnelHandle::cut)).
     Shutdown,
+    /// The host closed the tunnel politely with this Close frame
+    /// ([`TunnelHandle::close`](super::TunnelHandle::close)): the peers'
+    /// replies, if they sent any, are in [`TunnelStats::frames`].
+    Closed(CloseFrame),
     /// Reading from or writing to one side failed.
     Error(TunnelError),
 }
@@ -113,7 +123,10 @@ impl TunnelEnd {
         match self {
             TunnelEnd::Timeout(t) => Some(TunnelError::Timeout(t)),
             TunnelEnd::Error(e) => Some(e),
-            TunnelEnd::ClientEof | TunnelEnd::UpstreamEof | TunnelEnd::Shutdown => None,
+            TunnelEnd::ClientEof
+            | TunnelEnd::UpstreamEof
+            | TunnelEnd::Shutdown
+            | TunnelEnd::Closed(_) => None,
         }
     }
 }

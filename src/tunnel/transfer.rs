@@ -71,6 +71,9 @@ pub(crate) struct Stamps {
     pub(crate) track_reads: bool,
     /// Whether a timeout needs `stalled_since` (send).
     pub(crate) track_stalls: bool,
+    /// When the proxy pinged the side this direction reads, if that side
+    /// has sent nothing since.
+    pub(crate) ping_sent: Nanos,
 }
 
 impl Stamps {
@@ -80,6 +83,7 @@ impl Stamps {
             stalled_since: NEVER,
             track_reads,
             track_stalls,
+            ping_sent: NEVER,
         }
     }
 
@@ -120,6 +124,13 @@ pub(crate) struct Framing {
     pub(crate) tracker: FrameTracker,
     /// Whole frames to write at the next boundary where they may go.
     insert: Option<Box<[u8]>>,
+    /// Drop what is read once the queued frames are out (a polite close:
+    /// nothing may follow a Close frame, RFC 6455 §5.5.1).
+    discard_after_insert: bool,
+    /// Dropping what is read: the Close frame went out.
+    discarding: bool,
+    /// Messages forwarded before the dropping began.
+    kept_messages: u64,
 }
 
 impl Framing {
@@ -127,7 +138,37 @@ impl Framing {
         Self {
             tracker,
             insert: None,
+            discard_after_insert: false,
+            discarding: false,
+            kept_messages: 0,
         }
+    }
+
+    /// Whole messages forwarded: those the tracker read, less the ones
+    /// dropped after a polite close.
+    pub(crate) fn messages(&self) -> u64 {
+        if self.discarding {
+            self.kept_messages
+        } else {
+            self.tracker.messages()
+        }
+    }
+
+    /// Queues `frames` like [`insert`](Self::insert), and drops every byte
+    /// read after the boundary where they go.
+    pub(crate) fn insert_then_discard(&mut self, frames: &[u8]) {
+        self.insert(frames);
+        self.discard_after_insert = true;
+    }
+
+    /// Marks the queued frames as gone out.
+    fn take_insert(&mut self) -> Option<Box<[u8]>> {
+        let insert = self.insert.take();
+        if insert.is_some() && self.discard_after_insert && !self.discarding {
+            self.discarding = true;
+            self.kept_messages = self.tracker.messages();
+        }
+        insert
     }
 
     /// Queues whole frames for the next boundary where they may go, after
@@ -275,7 +316,7 @@ impl Transfer {
             // is the peer's: queued frames that fit go out before more is read.
             if let Some(framing) = frames.as_deref_mut() {
                 if framing.insert_fits() {
-                    if let Some(insert) = framing.insert.take() {
+                    if let Some(insert) = framing.take_insert() {
                         self.spill = Some(Box::new(Spill {
                             buf: insert,
                             pos: 0,
@@ -320,11 +361,20 @@ impl Transfer {
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
                     stamps.last_read = nanos_since(*started);
+                    // Any byte answers a ping.
+                    stamps.ping_sent = NEVER;
                 }
             }
             // Seen before it is written, so a frame that breaks the rules
             // never reaches the peer; every byte seen is then written.
             if let Some(framing) = frames.as_deref_mut() {
+                if framing.discarding {
+                    // Observed (for the peer's Close reply), never written.
+                    if let Err(e) = framing.tracker.observe(data) {
+                        return Poll::Ready(Err(CopyError::Frame(e)));
+                    }
+                    continue;
+                }
                 if framing.insert.is_some() {
                     match insert_in_chunk(framing, data) {
                         Ok(None) => {}
@@ -380,18 +430,21 @@ fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]
         at += framing.tracker.observe_to_boundary(&data[at..])?;
         fits = framing.insert_fits();
     }
+    // Taken before the rest is observed, so that a polite close counts only
+    // the messages before it as forwarded.
+    let insert = if fits { framing.take_insert() } else { None };
     // The rest of the chunk, after the boundary, is observed too: the
     // tracker always ends up having seen the whole chunk.
     framing.tracker.observe(&data[at..])?;
-    if !fits {
-        return Ok(None);
-    }
-    let Some(insert) = framing.insert.take() else {
+    let Some(insert) = insert else {
         return Ok(None);
     };
-    Ok(Some(
-        [&data[..at], &insert[..], &data[at..]].concat().into(),
-    ))
+    let rest = if framing.discarding {
+        &[][..]
+    } else {
+        &data[at..]
+    };
+    Ok(Some([&data[..at], &insert[..], rest].concat().into()))
 }
 
 fn write_zero() -> io::Error {
