@@ -38,9 +38,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio::time::{sleep, timeout, timeout_at, Instant};
+use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
+use crate::frame::CloseFrame;
 use crate::proxy::{ConnectionReport, Drain, Listener, Phase, Proxy};
 
 /// Serves a listener through a [`Proxy`].
@@ -50,6 +51,7 @@ pub struct Server {
     scheme: Scheme,
     max_connections: usize,
     drain_timeout: Duration,
+    drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,
 }
 
@@ -74,6 +76,7 @@ impl Server {
             scheme: Scheme::Http,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            drain_window: None,
             on_end: None,
         }
     }
@@ -97,6 +100,23 @@ impl Server {
     /// tunnels are ended.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// On shutdown, close every open tunnel politely with WebSocket Close
+    /// 1001 (going away), the closes spread evenly over `window` (HAProxy
+    /// `close-spread-time`), so that clients reconnect elsewhere a few at a
+    /// time rather than all at once. Without it (the default) tunnels run
+    /// on until the drain timeout cuts them.
+    ///
+    /// Keep the window shorter than the [drain timeout](Self::drain_timeout)
+    /// by at least the tunnels' close linger, so that the last Close frames
+    /// are answered before the deadline cuts what remains. Tunnels need
+    /// frame tracking to be closed politely
+    /// ([`TunnelConfig::track_frames`](crate::tunnel::TunnelConfig::track_frames));
+    /// those without are cut at their turn.
+    pub fn drain_window(mut self, window: Duration) -> Self {
+        self.drain_window = Some(window);
         self
     }
 
@@ -245,6 +265,7 @@ impl Server {
                 // At the drain deadline a connection still in a request is
                 // dropped (its sockets close); a tunnel is cut cleanly.
                 let cut = drain.clone().reached(Phase::Cut);
+                let phase = drain.clone();
                 let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
                 let (mut report, upgraded) = tokio::select! {
                     served = served => served,
@@ -255,11 +276,15 @@ impl Server {
                 // handshake's state; the report stays only for a hook.
                 match (upgraded, on_end) {
                     (Some(upgraded), None) => {
-                        tokio::spawn(upgraded.run_holding((permit, token)));
+                        let mut running = upgraded.run_holding((permit, token));
+                        cut_if_late(&phase, running.handle());
+                        tokio::spawn(running);
                     }
                     (Some(upgraded), Some(hook)) => {
+                        let mut running = upgraded.run();
+                        cut_if_late(&phase, running.handle());
                         tokio::spawn(async move {
-                            report.tunnel = Some(upgraded.run().await);
+                            report.tunnel = Some(running.await);
                             report.duration = started.elapsed();
                             (hook.0)(peer, &report);
                             drop((permit, token));
@@ -278,11 +303,24 @@ impl Server {
         report.open_at_shutdown = tracker.live();
         let _ = phase.send(Phase::Draining);
         let deadline = Instant::now() + self.drain_timeout;
-        let _ = timeout_at(deadline, tracker.all_done()).await;
+        let closing = async {
+            if let Some(window) = self.drain_window {
+                report.closed = close_spread(&self.proxy, window).await;
+            }
+            std::future::pending::<()>().await;
+        };
+        let _ = timeout_at(deadline, async {
+            tokio::select! {
+                () = tracker.all_done() => {}
+                () = closing => {}
+            }
+        })
+        .await;
         report.cut = tracker.live();
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
             let _ = phase.send(Phase::Cut);
+            self.proxy.cut_tunnels();
             // Cut tunnels shut both sockets down, each within its send
             // timeout; this only bounds how long the report waits for that.
             let _ = timeout(CUT_GRACE, tracker.all_done()).await;
@@ -294,6 +332,54 @@ impl Server {
 
 /// How long [`Server::serve`] waits for cut connections to close.
 const CUT_GRACE: Duration = Duration::from_secs(5);
+
+/// A tunnel whose upgrade completed after the drain deadline is cut at once:
+/// the cut already went through the registries without it.
+fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
+    if drain.phase() == Phase::Cut {
+        handle.cut();
+    }
+}
+
+/// Closes every open tunnel with 1001, spread evenly over `window`: the
+/// i-th of n at `i / n × window`. Tunnels that opened meanwhile (upgrades
+/// under way when the drain began) are closed at the end of the window.
+/// Returns how many were asked to close.
+async fn close_spread(proxy: &Proxy, window: Duration) -> usize {
+    let going_away = CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
+    let tunnels = proxy.tunnels();
+    let start = Instant::now();
+    let n = tunnels.len();
+    let mut closed = 0;
+    let mut next = 0;
+    while next < n {
+        // Close every tunnel whose turn has come, then sleep until the next
+        // turn: timers are millisecond-grained, turns may be closer.
+        let elapsed = start.elapsed();
+        while next < n && slot(window, next, n) <= elapsed {
+            closed += usize::from(tunnels[next].close(&going_away));
+            next += 1;
+        }
+        if next < n {
+            sleep_until(start + slot(window, next, n)).await;
+        }
+    }
+    drop(tunnels);
+    sleep_until(start + window).await;
+    closed
+        + proxy
+            .groups()
+            .iter()
+            .map(|g| g.tunnels().close_all(&going_away))
+            .sum::<usize>()
+}
+
+/// When the `i`-th of `n` closes goes out.
+fn slot(window: Duration, i: usize, n: usize) -> Duration {
+    // u128 arithmetic: exact, and no overflow for any window and count.
+    let nanos = window.as_nanos() * i as u128 / n.max(1) as u128;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
 
 /// Counts live connections (and their tunnels) without keeping their tasks.
 #[derive(Debug, Default)]
@@ -346,4 +432,7 @@ pub struct DrainReport {
     pub finished: usize,
     /// Of those, the ones still open at the deadline and ended by the server.
     pub cut: usize,
+    /// Tunnels sent a WebSocket Close 1001 during the drain window
+    /// ([`Server::drain_window`]).
+    pub closed: usize,
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -18,12 +18,13 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{field, Instrument};
 
+use super::registry::{Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
-use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelStats};
+use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
 const READ_CHUNK: usize = 8 * 1024;
@@ -41,20 +42,27 @@ enum Next {
     Tunnel(Switched),
 }
 
-/// One open tunnel and its lease: counted as open until dropped, so that a
-/// tunnel whose future is cancelled (a host's timeout, an aborted task) is
-/// still counted out, and the lease released after that.
+/// One open tunnel, its registry entry and its lease: counted as open and
+/// listed until dropped, so that a tunnel whose future is cancelled (a
+/// host's timeout, an aborted task) is still counted out, and the lease
+/// released after that.
 pub(super) struct OpenTunnel {
     inner: Arc<Inner>,
+    // Dropped before the lease: a listed tunnel always holds its lease.
+    _registered: Option<Registered>,
     lease: Lease,
 }
 
 impl OpenTunnel {
-    pub(super) fn new(inner: Arc<Inner>, lease: Lease) -> Self {
+    pub(super) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
         // The name is made again on drop rather than kept: an idle tunnel
         // holds nothing it does not need.
         inner.counters.tunnel_started(&lease.addr().to_string());
-        Self { inner, lease }
+        Self {
+            inner,
+            _registered: registered,
+            lease,
+        }
     }
 
     /// Adds a finished tunnel's bytes to the totals.
@@ -76,6 +84,28 @@ struct Switched {
     upstream: TcpStream,
     upstream_prefix: Bytes,
     lease: Lease,
+    listing: Listing,
+}
+
+/// Where an upgraded connection's tunnel is listed, and as whose.
+#[derive(Debug)]
+pub(crate) struct Listing {
+    registry: Arc<TunnelRegistry>,
+    client: IpAddr,
+}
+
+impl Listing {
+    pub(crate) fn new(group: &UpstreamGroup, client: IpAddr) -> Self {
+        Self {
+            registry: group.tunnels.clone(),
+            client,
+        }
+    }
+
+    /// Lists the tunnel `handle` controls, running to the lease's upstream.
+    pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle) -> Registered {
+        Registered::new(self.registry, lease.id(), self.client, handle)
+    }
 }
 
 /// A connection whose upgrade completed, ready to tunnel. It owns only what
@@ -86,7 +116,7 @@ pub(crate) struct Upgraded<S> {
     client: Prefixed<S>,
     upstream: Prefixed<TcpStream>,
     lease: Lease,
-    drain: Drain,
+    listing: Listing,
     span: tracing::Span,
 }
 
@@ -95,7 +125,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     /// The tunnel, ready to run until it ends and account for it.
-    pub(crate) fn run(self) -> Running<S, impl Future<Output = ()>, ()> {
+    pub(crate) fn run(self) -> Running<S, ()> {
         self.run_holding(())
     }
 
@@ -105,19 +135,24 @@ where
     /// A plain future, not an `async` block: an async block would keep the
     /// streams it moves into the tunnel twice (its captured copy and the
     /// tunnel's), hundreds of bytes more for every idle WebSocket.
-    pub(crate) fn run_holding<K>(self, keep: K) -> Running<S, impl Future<Output = ()>, K> {
+    ///
+    /// The tunnel ends early through its handle in the group's registry
+    /// (a server's drain closes or cuts it there), so it holds no drain
+    /// receiver of its own.
+    pub(crate) fn run_holding<K>(self, keep: K) -> Running<S, K> {
         let Self {
             inner,
             client,
             upstream,
             lease,
-            drain,
+            listing,
             span,
         } = self;
-        let relay = tunnel(client, upstream, &inner.tunnel, drain.reached(Phase::Cut));
+        let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
+        let registered = listing.register(&lease, relay.handle());
         Running {
             relay,
-            open: Some(OpenTunnel::new(inner, lease)),
+            open: Some(OpenTunnel::new(inner, lease, Some(registered))),
             span,
             keep: Some(keep),
         }
@@ -126,9 +161,9 @@ where
 
 pin_project! {
     /// A running tunnel; see [`Upgraded::run`].
-    pub(crate) struct Running<S, F, K> {
+    pub(crate) struct Running<S, K> {
         #[pin]
-        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, F>,
+        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, std::future::Pending<()>>,
         // Dropped when the tunnel ends, or with the future if it is
         // cancelled: either way the tunnel is counted out.
         open: Option<OpenTunnel>,
@@ -137,10 +172,16 @@ pin_project! {
     }
 }
 
-impl<S, F, K> Future for Running<S, F, K>
+impl<S, K> Running<S, K> {
+    /// The handle of the tunnel, before it is polled.
+    pub(crate) fn handle(&mut self) -> TunnelHandle {
+        self.relay.handle()
+    }
+}
+
+impl<S, K> Future for Running<S, K>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    F: Future<Output = ()>,
 {
     type Output = TunnelStats;
 
@@ -295,7 +336,7 @@ where
             client: Prefixed::new(detach(&mut self.buf), self.io),
             upstream: Prefixed::new(switched.upstream_prefix, switched.upstream),
             lease: switched.lease,
-            drain: self.drain,
+            listing: switched.listing,
             span: self.span,
         };
         (self.report, Some(upgraded))
@@ -510,7 +551,7 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(response, upstream, detach(&mut up_buf), lease)
+                    .switch(response, upstream, detach(&mut up_buf), lease, Listing::new(&group, client.ip()))
                     .await;
             }
             Ok(_) => {}
@@ -687,6 +728,7 @@ where
         upstream: TcpStream,
         upstream_prefix: Bytes,
         lease: Lease,
+        listing: Listing,
     ) -> Next {
         let mut out = BytesMut::new();
         handshake::write_response_head(&response, &mut out);
@@ -702,6 +744,7 @@ where
             upstream,
             upstream_prefix,
             lease,
+            listing,
         })
     }
 

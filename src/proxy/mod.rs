@@ -30,6 +30,7 @@
 
 pub(crate) mod conn;
 mod counters;
+mod registry;
 mod upgrade;
 
 use std::fmt;
@@ -49,16 +50,20 @@ use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
 pub use counters::{CountersSnapshot, Outcome};
+pub use registry::{LiveTunnel, TunnelRegistry};
 pub use upgrade::{PendingUpgrade, UpgradeError};
 
 use counters::Counters;
 
 /// A named set of upstreams with the balancer that chooses among them
 /// (nginx `upstream name { ... }`).
+///
+/// Clones share the balancer and the registry of live tunnels.
 #[derive(Clone)]
 pub struct UpstreamGroup {
     name: Arc<str>,
     balancer: Arc<dyn Balancer>,
+    tunnels: Arc<TunnelRegistry>,
 }
 
 impl UpstreamGroup {
@@ -73,6 +78,7 @@ impl UpstreamGroup {
         Self {
             name: name.into(),
             balancer,
+            tunnels: Arc::default(),
         }
     }
 
@@ -85,6 +91,12 @@ impl UpstreamGroup {
     pub fn balancer(&self) -> &Arc<dyn Balancer> {
         &self.balancer
     }
+
+    /// The tunnels open through this group: list them, close those of one
+    /// upstream, or all.
+    pub fn tunnels(&self) -> &Arc<TunnelRegistry> {
+        &self.tunnels
+    }
 }
 
 impl fmt::Debug for UpstreamGroup {
@@ -92,6 +104,7 @@ impl fmt::Debug for UpstreamGroup {
         f.debug_struct("UpstreamGroup")
             .field("name", &self.name)
             .field("balancer", &self.balancer)
+            .field("tunnels", &self.tunnels.len())
             .finish()
     }
 }
@@ -213,11 +226,18 @@ impl Proxy {
         let (tx, rx) = watch::channel(Phase::Running);
         let listener = listener.into();
         let started = tokio::time::Instant::now();
+        let tunnel = std::sync::OnceLock::new();
         let serve = async {
-            let (mut report, upgraded) =
-                conn::serve(&self.inner, io, peer, listener, Drain { rx }).await;
+            let drain = Drain { rx: rx.clone() };
+            let (mut report, upgraded) = conn::serve(&self.inner, io, peer, listener, drain).await;
             if let Some(upgraded) = upgraded {
-                report.tunnel = Some(upgraded.run().await);
+                let mut running = upgraded.run();
+                let handle = tunnel.get_or_init(|| running.handle());
+                // Shutdown came while the upgrade completed.
+                if *rx.borrow() == Phase::Cut {
+                    handle.cut();
+                }
+                report.tunnel = Some(running.await);
             }
             report.duration = started.elapsed();
             report
@@ -227,6 +247,9 @@ impl Proxy {
             report = &mut serve => report,
             () = shutdown => {
                 let _ = tx.send(Phase::Cut);
+                if let Some(handle) = tunnel.get() {
+                    handle.cut();
+                }
                 serve.await
             }
         }
@@ -260,6 +283,37 @@ impl Proxy {
     /// The timeouts it runs with.
     pub fn timeouts(&self) -> Timeouts {
         self.inner.timeouts
+    }
+
+    /// Every distinct upstream group of the route table, in route order; a
+    /// group several routes share (clones of one [`UpstreamGroup`]) comes
+    /// once.
+    pub fn groups(&self) -> Vec<UpstreamGroup> {
+        let mut groups: Vec<UpstreamGroup> = Vec::new();
+        for route in self.inner.routes.iter() {
+            let group = route.target();
+            if !groups
+                .iter()
+                .any(|g| Arc::ptr_eq(&g.tunnels, &group.tunnels))
+            {
+                groups.push(group.clone());
+            }
+        }
+        groups
+    }
+
+    /// Every tunnel open through the proxy, group after group, oldest first
+    /// within a group.
+    pub fn tunnels(&self) -> Vec<LiveTunnel> {
+        self.groups()
+            .iter()
+            .flat_map(|g| g.tunnels().list())
+            .collect()
+    }
+
+    /// Cuts every open tunnel at once; returns how many there were.
+    pub fn cut_tunnels(&self) -> usize {
+        self.groups().iter().map(|g| g.tunnels().cut_all()).sum()
     }
 }
 
@@ -511,7 +565,7 @@ impl Drain {
         Self { rx }
     }
 
-    fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         *self.rx.borrow()
     }
 

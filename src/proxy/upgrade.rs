@@ -142,6 +142,7 @@ impl Proxy {
             upstream,
             prefix: conn::detach(&mut buf),
             lease,
+            listing: conn::Listing::new(&group, client.ip()),
         })
     }
 }
@@ -155,6 +156,7 @@ pub struct PendingUpgrade {
     upstream: TcpStream,
     prefix: Bytes,
     lease: Lease,
+    listing: conn::Listing,
 }
 
 impl PendingUpgrade {
@@ -165,20 +167,22 @@ impl PendingUpgrade {
 
     /// Tunnels the client's upgraded stream to the upstream until either
     /// side ends, with the proxy's tunnel timeouts. Bytes the upstream sent
-    /// right after its 101 go first.
+    /// right after its 101 go first. The tunnel is listed in its group's
+    /// [`TunnelRegistry`](super::TunnelRegistry) while it runs.
     pub async fn tunnel<C>(self, client: C) -> TunnelStats
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
         let config = self.inner.tunnel;
-        let open = OpenTunnel::new(self.inner, self.lease);
-        let stats = tunnel(
+        let mut relay = tunnel(
             client,
             Prefixed::new(self.prefix, self.upstream),
             &config,
             std::future::pending(),
-        )
-        .await;
+        );
+        let registered = self.listing.register(&self.lease, relay.handle());
+        let open = OpenTunnel::new(self.inner, self.lease, Some(registered));
+        let stats = relay.await;
         open.bytes(stats.client_to_upstream, stats.upstream_to_client);
         stats
     }
