@@ -7,9 +7,12 @@
 //! upstream gets no new connections from any balancer over the set. Checks
 //! never undo the operator's own [`UpstreamSet::set_down`].
 //!
-//! Not done yet: HAProxy's `on-marked-down shutdown-sessions` (closing the
-//! open tunnels of an upstream marked down) needs a registry of live tunnels.
+//! [`HealthChecker::close_on_down`] adds HAProxy's `on-marked-down
+//! shutdown-sessions`: the open tunnels of an upstream marked down are closed
+//! with WebSocket Close 1001, so their clients reconnect to a live one.
+//! [`HealthChecker::on_change`] tells the host of every mark.
 
+use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +30,12 @@ use crate::balance::health::{
     HealthState, Transition, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
 };
 use crate::balance::{UpstreamAddr, UpstreamId, UpstreamSet};
+use crate::frame::CloseFrame;
 use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
 };
+use crate::proxy::UpstreamGroup;
 
 /// Checks running at once, by default: enough for a large group, few
 /// enough not to look like a flood to the upstreams.
@@ -238,10 +243,24 @@ pub enum HealthConfigError {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct HealthChecker {
     set: UpstreamSet,
     config: Arc<HealthCheck>,
+    hooks: Vec<Box<ChangeHook>>,
+}
+
+/// What [`HealthChecker::on_change`] calls: the upstream and whether it is
+/// now up.
+type ChangeHook = dyn Fn(UpstreamId, bool) + Send + Sync;
+
+impl fmt::Debug for HealthChecker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthChecker")
+            .field("set", &self.set)
+            .field("config", &self.config)
+            .field("hooks", &self.hooks.len())
+            .finish()
+    }
 }
 
 impl HealthChecker {
@@ -250,7 +269,37 @@ impl HealthChecker {
         Self {
             set,
             config: Arc::new(config),
+            hooks: Vec::new(),
         }
+    }
+
+    /// Calls `hook` with the upstream and its new state (`true` for up) each
+    /// time a check marks one down or up, after the mark is set: the place
+    /// to log, page, or start a rebalance when
+    /// an upstream comes (back) up. Hooks run on the checker's task, in the
+    /// order they were added, so they should be quick.
+    pub fn on_change<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(UpstreamId, bool) + Send + Sync + 'static,
+    {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+
+    /// Closes the tunnels `group` has open to an upstream as soon as a
+    /// check marks it down, with WebSocket Close 1001 (going away), at frame
+    /// boundaries (HAProxy `on-marked-down shutdown-sessions`, which resets
+    /// them instead). `group` must balance over this checker's set.
+    pub fn close_on_down(self, group: &UpstreamGroup) -> Self {
+        let tunnels = Arc::clone(group.tunnels());
+        self.on_change(move |id, up| {
+            if !up {
+                let close = CloseFrame::new(1001, "upstream down")
+                    .unwrap_or_else(|_| CloseFrame::empty());
+                let closed = tunnels.close_upstream(id, &close);
+                tracing::info!(upstream = %id, closed, "closed the tunnels of an upstream marked down");
+            }
+        })
     }
 
     /// Checks every upstream of the set until `shutdown` resolves, marking
@@ -308,10 +357,12 @@ impl HealthChecker {
                         Some(Transition::Down) => {
                             tracing::warn!(upstream = %id, "health check marked upstream down");
                             self.set.set_check_down(id, true);
+                            self.hooks.iter().for_each(|hook| hook(id, false));
                         }
                         Some(Transition::Up) => {
                             tracing::info!(upstream = %id, "health check marked upstream up");
                             self.set.set_check_down(id, false);
+                            self.hooks.iter().for_each(|hook| hook(id, true));
                         }
                         _ => {}
                     }

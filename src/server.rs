@@ -239,6 +239,11 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
+            if let Some(keepalive) = self.proxy.tcp_keepalive() {
+                if let Err(e) = keepalive.apply(&stream) {
+                    tracing::debug!(client = %peer, error = %e, "tcp keepalive refused");
+                }
+            }
             report.accepted += 1;
             let proxy = self.proxy.clone();
             let drain = Drain::new(rx.clone());

@@ -551,7 +551,13 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(response, upstream, detach(&mut up_buf), lease, Listing::new(&group, client.ip()))
+                    .switch(
+                        response,
+                        upstream,
+                        detach(&mut up_buf),
+                        lease,
+                        Listing::new(&group, client.ip()),
+                    )
                     .await;
             }
             Ok(_) => {}
@@ -890,6 +896,11 @@ pub(super) async fn connect(
                 // WebSocket messages are latency-sensitive and already
                 // batched by their senders.
                 let _ = stream.set_nodelay(true);
+                if let Some(keepalive) = inner.tcp_keepalive {
+                    if let Err(e) = keepalive.apply(&stream) {
+                        tracing::debug!(error = %e, "tcp keepalive refused");
+                    }
+                }
                 return Ok((lease, stream));
             }
             Ok(Err(e)) => {

@@ -30,6 +30,7 @@
 
 pub(crate) mod conn;
 mod counters;
+mod keepalive;
 mod registry;
 mod upgrade;
 
@@ -50,6 +51,7 @@ use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
 pub use counters::{CountersSnapshot, Outcome};
+pub use keepalive::TcpKeepalive;
 pub use registry::{LiveTunnel, TunnelRegistry};
 pub use upgrade::{PendingUpgrade, UpgradeError};
 
@@ -180,6 +182,7 @@ pub(crate) struct Inner {
     tunnel: TunnelConfig,
     max_tries: usize,
     keepalive_requests: u32,
+    tcp_keepalive: Option<TcpKeepalive>,
     counters: Counters,
 }
 
@@ -285,6 +288,11 @@ impl Proxy {
         self.inner.timeouts
     }
 
+    /// The TCP keepalive it sets on its sockets, if any.
+    pub fn tcp_keepalive(&self) -> Option<TcpKeepalive> {
+        self.inner.tcp_keepalive
+    }
+
     /// Every distinct upstream group of the route table, in route order; a
     /// group several routes share (clones of one [`UpstreamGroup`]) comes
     /// once.
@@ -384,6 +392,7 @@ pub struct ProxyBuilder {
     tunnel: Option<TunnelConfig>,
     max_tries: usize,
     keepalive_requests: u32,
+    tcp_keepalive: Option<TcpKeepalive>,
 }
 
 impl Default for ProxyBuilder {
@@ -396,6 +405,7 @@ impl Default for ProxyBuilder {
             tunnel: None,
             max_tries: 3,
             keepalive_requests: 1000,
+            tcp_keepalive: None,
         }
     }
 }
@@ -480,9 +490,19 @@ impl ProxyBuilder {
     /// upstream side's read timeout is the read timeout and the send timeout
     /// is the send timeout, as in nginx's upgraded connections; after one
     /// side closes, the other has 5 s to finish (nginx closes both at once;
-    /// the linger lets a WebSocket closing handshake complete).
+    /// the linger lets a WebSocket closing handshake complete). WebSocket
+    /// frames are tracked, so that tunnels can be closed politely (drain,
+    /// rebalance) and their reports carry the peers' Close codes.
     pub fn tunnel(mut self, config: TunnelConfig) -> Self {
         self.tunnel = Some(config);
+        self
+    }
+
+    /// TCP keepalive on the sockets to upstreams, and on the client sockets
+    /// a [`Server`](crate::server::Server) accepts (off by default, as in
+    /// nginx and HAProxy).
+    pub fn tcp_keepalive(mut self, keepalive: TcpKeepalive) -> Self {
+        self.tcp_keepalive = Some(keepalive);
         self
     }
 
@@ -513,6 +533,7 @@ impl ProxyBuilder {
                 .upstream_read_timeout(t.read)
                 .send_timeout(t.send)
                 .linger_timeout(DEFAULT_LINGER)
+                .track_frames(true)
         });
         Ok(Proxy {
             inner: Arc::new(Inner {
@@ -523,6 +544,7 @@ impl ProxyBuilder {
                 tunnel,
                 max_tries: self.max_tries,
                 keepalive_requests: self.keepalive_requests.max(1),
+                tcp_keepalive: self.tcp_keepalive,
                 counters: Counters::default(),
             }),
         })

@@ -84,12 +84,7 @@ impl TunnelRegistry {
     }
 
     /// Enters a tunnel; the returned id removes it.
-    pub(crate) fn insert(
-        &self,
-        upstream: UpstreamId,
-        client: IpAddr,
-        handle: TunnelHandle,
-    ) -> u64 {
+    pub(crate) fn insert(&self, upstream: UpstreamId, client: IpAddr, handle: TunnelHandle) -> u64 {
         let mut entries = self.lock();
         let id = entries.next_id;
         entries.next_id += 1;
@@ -159,8 +154,12 @@ impl TunnelRegistry {
     /// Cuts every open tunnel at once (see [`TunnelHandle::cut`]); returns
     /// how many there were.
     pub fn cut_all(&self) -> usize {
-        let handles: Vec<TunnelHandle> =
-            self.lock().live.values().map(|t| t.handle.clone()).collect();
+        let handles: Vec<TunnelHandle> = self
+            .lock()
+            .live
+            .values()
+            .map(|t| t.handle.clone())
+            .collect();
         handles.iter().for_each(TunnelHandle::cut);
         handles.len()
     }
@@ -175,10 +174,7 @@ impl TunnelRegistry {
             .filter(|t| matches(t))
             .map(|t| t.handle.clone())
             .collect();
-        handles
-            .iter()
-            .filter(|h| h.close(close.clone()))
-            .count()
+        handles.iter().filter(|h| h.close(close.clone())).count()
     }
 }
 
