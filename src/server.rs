@@ -438,3 +438,17 @@ pub struct DrainReport {
     /// ([`Server::drain_window`]).
     pub closed: usize,
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The idle-memory budget (README: under 2 KiB per idle WebSocket,
+    /// measured by the anchors): every byte of the spawned tunnel task stays
+    /// allocated while the tunnel idles. Raise these only knowingly.
+    #[test]
+    fn an_idle_tunnel_task_stays_within_its_budget() {
+        type Task = crate::proxy::Running<TcpStream, (tokio::sync::OwnedSemaphorePermit, Token)>;
+        let size = std::mem::size_of::<Task>();
+        assert!(size <= 272, "tunnel task grew to {size} bytes");
+    }
+}

@@ -33,7 +33,8 @@ pub(crate) enum Request {
 #[derive(Default)]
 pub(crate) struct Control {
     state: AtomicU8,
-    close: OnceLock<CloseFrame>,
+    // Boxed: set only when a close is asked, eight bytes until then.
+    close: OnceLock<Box<CloseFrame>>,
     waker: AtomicWaker,
 }
 
@@ -51,7 +52,7 @@ impl Control {
 
     /// The Close frame asked for, once [`Request::Close`] was seen.
     pub(crate) fn close_frame(&self) -> Option<&CloseFrame> {
-        self.close.get()
+        self.close.get().map(|c| &**c)
     }
 }
 
@@ -133,7 +134,7 @@ impl TunnelHandle {
     /// [`TunnelConfig::track_frames`]: super::TunnelConfig::track_frames
     /// [`TunnelEnd::Closed`]: super::TunnelEnd::Closed
     pub fn close(&self, close: CloseFrame) -> bool {
-        if self.control.close.set(close).is_err() {
+        if self.control.close.set(Box::new(close)).is_err() {
             return false;
         }
         let asked = self

@@ -132,8 +132,9 @@ pub(crate) struct Framing {
     /// The queued frames wait for the reader's EOF, and are dropped if the
     /// reader sent a Close of its own first (see `insert_at_eof`).
     defer_to_eof: bool,
-    /// Messages forwarded before the dropping began.
-    kept_messages: u64,
+    /// Messages forwarded before the dropping began (32 bits, saturating:
+    /// the frame box stays small for every idle tunnel).
+    kept_messages: u32,
 }
 
 impl Framing {
@@ -152,7 +153,7 @@ impl Framing {
     /// dropped after a polite close.
     pub(crate) fn messages(&self) -> u64 {
         if self.discarding {
-            self.kept_messages
+            u64::from(self.kept_messages)
         } else {
             self.tracker.messages()
         }
@@ -217,7 +218,7 @@ impl Framing {
         let insert = self.insert.take();
         if insert.is_some() && self.discard_after_insert && !self.discarding {
             self.discarding = true;
-            self.kept_messages = self.tracker.messages();
+            self.kept_messages = u32::try_from(self.tracker.messages()).unwrap_or(u32::MAX);
         }
         insert
     }
