@@ -50,6 +50,7 @@ use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
+#[cfg(test)]
 pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
 pub use keepalive::TcpKeepalive;
