@@ -15,7 +15,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+use wsproxy::balance::{LeastConn, RoundRobin, Upstream, UpstreamSet};
+use wsproxy::proxy::Rebalancer;
 use wsproxy::Proxy;
 
 use support::*;
@@ -161,4 +162,120 @@ async fn shutdown_closes_a_thousand_tunnels_with_1001_spread_over_the_window() {
             "lost the message of {c}"
         );
     }
+}
+/// Waits until `flag` is set (forever if its sender is gone).
+async fn until(flag: &mut watch::Receiver<bool>) {
+    let set = flag.wait_for(|&set| set).await.is_ok();
+    if !set {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One client of the rebalance test: sends `mid {c}` once `go` is set, then
+/// reads until the proxy closes it (reconnects, and proves the new tunnel
+/// with an echo) or until `stop`. Returns the Close code it got, if any.
+async fn rebalanced_client(
+    addr: SocketAddr,
+    c: usize,
+    mut ws: WebSocketStream<TcpStream>,
+    mut go: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<u16> {
+    bounded("go", until(&mut go)).await;
+    ws.send(Message::text(format!("mid {c}"))).await.unwrap();
+    // Bounded: the echo of `mid`, then the Close or the stop.
+    for _ in 0..4 {
+        let closed = tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    while let Some(Ok(_)) = within(Duration::from_secs(60), "end", ws.next()).await {}
+                    let mut again = client(addr).await;
+                    echo(&mut again, format!("again {c}")).await;
+                    Some((code, again))
+                }
+                Some(Ok(_)) => None,
+                other => panic!("client {c}: {other:?}"),
+            },
+            () = until(&mut stop) => return None,
+        };
+        if let Some((code, again)) = closed {
+            // Keep the new tunnel open until the test has measured.
+            within(Duration::from_secs(600), "stop", until(&mut stop)).await;
+            drop(again);
+            return code;
+        }
+    }
+    panic!("client {c}: neither closed nor stopped");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_third_upstream_takes_its_share_and_closed_clients_lose_nothing() {
+    const CLIENTS: usize = 1000;
+    let upstreams = [
+        recording_upstream().await,
+        recording_upstream().await,
+        recording_upstream().await,
+    ];
+    let set = UpstreamSet::new();
+    set.add(Upstream::new(upstreams[0].0));
+    set.add(Upstream::new(upstreams[1].0));
+    let gw = Gateway::start(Proxy::builder().upstream(LeastConn::new(set.clone()))).await;
+    let group = gw.proxy.groups()[0].clone();
+
+    let (go, went) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let mut ws = client(gw.addr).await;
+        echo(&mut ws, format!("hello {c}")).await;
+        let task = rebalanced_client(gw.addr, c, ws, went.clone(), stopped.clone());
+        clients.push(tokio::spawn(task));
+    }
+    // Scale-out: the third upstream joins.
+    set.add(Upstream::new(upstreams[2].0));
+    let rebalancer = Rebalancer::new(group.clone(), set.clone()).rate(500);
+    assert_eq!(rebalancer.spread().max, CLIENTS / 2);
+
+    go.send(true).unwrap();
+    let report = within(Duration::from_secs(600), "rebalance", rebalancer.run()).await;
+    let counts = group.tunnels().count_by_upstream();
+    println!(
+        "rebalance 2 -> 3 upstreams, {CLIENTS} clients: max/mean {:.3} -> {:.3}, moved {} (minimum {}), {} rounds, loads after {:?}",
+        report.before.ratio(),
+        report.after.ratio(),
+        report.moved,
+        report.needed,
+        report.rounds,
+        counts.values().collect::<Vec<_>>()
+    );
+    assert!((report.before.ratio() - 1.5).abs() < 1e-9, "{report:?}");
+    assert!(report.after.ratio() <= 1.25, "{report:?}");
+    assert_eq!(report.needed, 168);
+    assert!(
+        report.moved as f64 <= 1.2 * report.needed as f64,
+        "{report:?}"
+    );
+    assert_eq!(report.after.total, CLIENTS, "every closed client came back");
+
+    stop.send(true).unwrap();
+    let mut closed = 0;
+    for c in clients {
+        if let Some(code) = c.await.unwrap() {
+            assert_eq!(code, 1012);
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, report.moved);
+    let seen: HashSet<String> = upstreams
+        .iter()
+        .flat_map(|(_, seen)| seen.lock().unwrap().clone())
+        .collect();
+    for c in 0..CLIENTS {
+        assert!(
+            seen.contains(&format!("mid {c}")),
+            "lost the message of {c}"
+        );
+    }
+    gw.shutdown().await;
 }

@@ -31,6 +31,7 @@
 mod conn;
 mod counters;
 mod keepalive;
+mod rebalance;
 mod registry;
 mod upgrade;
 
@@ -54,6 +55,7 @@ use crate::tunnel::{TunnelConfig, TunnelStats};
 pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
 pub use keepalive::TcpKeepalive;
+pub use rebalance::{RebalanceReport, Rebalancer};
 pub use registry::{LiveTunnel, TunnelRegistry};
 pub use upgrade::{PendingUpgrade, UpgradeError};
 

@@ -193,7 +193,6 @@ impl TunnelRegistry {
     }
 
     /// Whether any of the tunnels `ids` is still open.
-    #[allow(dead_code)] // used by the rebalancer, next
     pub(crate) fn any_open(&self, ids: &HashSet<u64>) -> bool {
         self.lock().entries().any(|e| ids.contains(&e.id))
     }

@@ -1,0 +1,220 @@
+//! Rebalancing long-lived tunnels: the async driver around the sans-IO
+//! [`Rebalance`] planner.
+//!
+//! A balancer spreads new connections, but WebSocket connections live for
+//! hours: after an upstream joins, or loads drift, the old upstreams keep
+//! their tunnels and the new one idles. A [`Rebalancer`] closes tunnels on
+//! the overloaded upstreams with a WebSocket Close (1012, service restart,
+//! by default), a few at a time, and their clients reconnect through the
+//! balancer, which places them on the least loaded upstreams. For hash
+//! strategies only tunnels whose key now maps to another upstream move.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant, MissedTickBehavior};
+
+use super::{LiveTunnel, UpstreamGroup};
+use crate::balance::{LoadSpread, Placed, Rebalance, Snapshot, UpstreamSet};
+use crate::frame::CloseFrame;
+
+/// Rounds of closing and settling before a run gives up: a round falls
+/// short only when clients reconnect unevenly or loads change meanwhile.
+const MAX_ROUNDS: u32 = 8;
+
+/// Moves tunnels off the most loaded upstreams of one [`UpstreamGroup`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{net::SocketAddr, time::Duration};
+/// use wsproxy::balance::{LeastConn, Upstream, UpstreamSet};
+/// use wsproxy::proxy::{Rebalancer, UpstreamGroup};
+///
+/// let set = UpstreamSet::new();
+/// set.add(Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?));
+/// let group = UpstreamGroup::new("chat", LeastConn::new(set.clone()));
+/// // Scale-out: a second backend joins...
+/// set.add(Upstream::new("127.0.0.1:9002".parse::<SocketAddr>()?));
+/// // ...and takes its share of the open tunnels, 50 closes a second.
+/// let report = Rebalancer::new(group, set).rate(50).run().await;
+/// assert_eq!(report.moved, 0); // nothing open in this example
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Rebalancer {
+    group: UpstreamGroup,
+    set: UpstreamSet,
+    planner: Rebalance,
+    rate: u32,
+    close: CloseFrame,
+    settle: Duration,
+}
+
+/// What a [`Rebalancer::run`] did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RebalanceReport {
+    /// Loads when the run began.
+    pub before: LoadSpread,
+    /// Loads when it ended, reconnected clients included.
+    pub after: LoadSpread,
+    /// Tunnels it closed.
+    pub moved: usize,
+    /// The fewest closes that reach the target from `before`, as planned
+    /// then.
+    pub needed: usize,
+    /// Rounds of closing and settling.
+    pub rounds: u32,
+}
+
+impl Rebalancer {
+    /// A rebalancer for `group`, whose balancer places connections on `set`:
+    /// factor 1.25 (HAProxy's `hash-balance-factor 125`), 10 closes a
+    /// second, Close 1012 "rebalance", and one second for closed clients to
+    /// reconnect before loads are measured again.
+    pub fn new(group: UpstreamGroup, set: UpstreamSet) -> Self {
+        Self {
+            group,
+            set,
+            planner: Rebalance::default(),
+            rate: 10,
+            close: CloseFrame::new(1012, "rebalance").unwrap_or_else(|_| CloseFrame::empty()),
+            settle: Duration::from_secs(1),
+        }
+    }
+
+    /// The target: no upstream above `factor × mean` (see [`Rebalance`]).
+    pub fn planner(mut self, planner: Rebalance) -> Self {
+        self.planner = planner;
+        self
+    }
+
+    /// At most this many closes a second (at least one), so that clients
+    /// come back a few at a time.
+    pub fn rate(mut self, per_second: u32) -> Self {
+        self.rate = per_second.max(1);
+        self
+    }
+
+    /// The Close frame sent: 1012 (service restart) by default; 1013 (try
+    /// again later) suits clients that back off before reconnecting.
+    pub fn close_frame(mut self, close: CloseFrame) -> Self {
+        self.close = close;
+        self
+    }
+
+    /// How long closed clients get to reconnect before loads are measured
+    /// again for the next round.
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// The group's loads now, tunnels being closed left out.
+    pub fn spread(&self) -> LoadSpread {
+        let (snapshot, _, placed) = self.placement();
+        LoadSpread::of(&snapshot, &placed)
+    }
+
+    /// Where every open tunnel runs and where its key would go now.
+    fn placement(&self) -> (Snapshot, Vec<LiveTunnel>, Vec<Placed>) {
+        let snapshot = self.set.snapshot();
+        let tunnels: Vec<LiveTunnel> = self
+            .group
+            .tunnels()
+            .list()
+            .into_iter()
+            .filter(|t| !t.handle.is_ending())
+            .collect();
+        let placed = tunnels
+            .iter()
+            .map(|t| Placed {
+                upstream: t.upstream,
+                home: None,
+            })
+            .collect();
+        (snapshot, tunnels, placed)
+    }
+
+    /// Closes tunnels until no upstream holds more than its share, or until
+    /// nothing more may move: each round plans from the current loads,
+    /// closes at the configured rate, waits for the closed tunnels to end
+    /// (within their close linger) and for their clients to reconnect
+    /// (the settle time), then measures again. At most 8 rounds.
+    pub async fn run(&self) -> RebalanceReport {
+        let (snapshot, _, placed) = self.placement();
+        let before = LoadSpread::of(&snapshot, &placed);
+        let first = self.planner.plan(&snapshot, &placed, usize::MAX);
+        let needed = first.needed;
+        drop((snapshot, placed));
+        let mut moved = 0;
+        let mut rounds = 0;
+        let mut plan = Some(first);
+        while rounds < MAX_ROUNDS {
+            let (tunnels, close) = match plan.take() {
+                Some(first) => (self.group.tunnels().list(), first.close),
+                None => {
+                    let (snapshot, tunnels, placed) = self.placement();
+                    let close = self.planner.plan(&snapshot, &placed, usize::MAX).close;
+                    (tunnels, close)
+                }
+            };
+            if close.is_empty() {
+                break;
+            }
+            rounds += 1;
+            let closed = self.close_paced(&tunnels, &close).await;
+            moved += closed.len();
+            self.await_ended(closed).await;
+            sleep(self.settle).await;
+        }
+        let (snapshot, _, placed) = self.placement();
+        let after = LoadSpread::of(&snapshot, &placed);
+        tracing::info!(
+            group = self.group.name(),
+            before = before.ratio(),
+            after = after.ratio(),
+            moved,
+            needed,
+            "rebalanced"
+        );
+        RebalanceReport {
+            before,
+            after,
+            moved,
+            needed,
+            rounds,
+        }
+    }
+
+    /// Closes `tunnels[i]` for each `i` of `close`, `rate` a second; returns
+    /// the ids of those it closed.
+    async fn close_paced(&self, tunnels: &[LiveTunnel], close: &[usize]) -> Vec<u64> {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1) / self.rate);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut closed = Vec::with_capacity(close.len());
+        for tunnel in close.iter().filter_map(|&i| tunnels.get(i)) {
+            ticker.tick().await;
+            if tunnel.close(&self.close) {
+                closed.push(tunnel.id);
+            }
+        }
+        closed
+    }
+
+    /// Waits until the tunnels `ids` have ended, for at most two close
+    /// lingers of the default 5 s: a tunnel that outlives that is counted
+    /// where it is.
+    async fn await_ended(&self, ids: Vec<u64>) {
+        let ids: HashSet<u64> = ids.into_iter().collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !self.group.tunnels().any_open(&ids) {
+                return;
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
