@@ -7,12 +7,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use std::collections::HashSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use wsproxy::server::{DrainReport, Server};
 use wsproxy::{Proxy, ProxyBuilder};
 
@@ -238,5 +241,82 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr, path)
+    }
+}
+
+// Lifecycle peers: shared by tests/lifecycle.rs and benches/lifecycle.rs.
+
+/// An echo upstream that also records every text message it received, from
+/// every connection, so a test can tell that nothing a client sent was lost.
+pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<HashSet<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if let Message::Text(text) = &msg {
+                        record.lock().unwrap().insert(text.to_string());
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // The loop ends after tungstenite read the Close and queued
+                // its reply; flush it out.
+                let _ = ws.flush().await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+pub async fn client(addr: SocketAddr) -> WebSocketStream<TcpStream> {
+    let tcp = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    let (ws, _) = bounded(
+        "handshake",
+        tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// Sends `text` and waits for its echo.
+pub async fn echo(ws: &mut WebSocketStream<TcpStream>, text: String) {
+    ws.send(Message::text(text.clone())).await.unwrap();
+    let got = bounded("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(got, Message::text(text));
+}
+
+/// Reads until the peer's Close; returns its code and when it came.
+pub async fn await_close(ws: &mut WebSocketStream<TcpStream>) -> (Option<u16>, Instant) {
+    // Bounded: at most the echoes of what this client sent come first.
+    for _ in 0..16 {
+        match within(Duration::from_secs(120), "close", ws.next()).await {
+            Some(Ok(Message::Close(frame))) => {
+                let at = Instant::now();
+                // Reading on sends tungstenite's reply and sees the end.
+                while let Some(Ok(_)) = within(Duration::from_secs(120), "end", ws.next()).await {}
+                return (frame.map(|f| u16::from(f.code)), at);
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+    panic!("no close frame after 16 messages");
+}
+
+/// Waits until `flag` is set (forever if its sender is gone).
+pub async fn until(flag: &mut watch::Receiver<bool>) {
+    let set = flag.wait_for(|&set| set).await.is_ok();
+    if !set {
+        std::future::pending::<()>().await;
     }
 }
