@@ -141,13 +141,6 @@ pub struct Args {
     #[arg(long, value_name = "IDLE:INTVL:CNT", value_parser = parse_so_keepalive)]
     pub so_keepalive: Option<SoKeepalive>,
 
-    /// What active health checks do to the open tunnels of an upstream they
-    /// mark down: `close` sends them Close 1001 (HAProxy `on-marked-down
-    /// shutdown-sessions`, which resets them instead). Needs --health-check.
-    /// By default they run on.
-    #[arg(long, value_enum, value_name = "close", requires = "health_check")]
-    pub on_marked_down: Option<OnMarkedDown>,
-
     /// PEM certificate chain: terminate TLS and serve wss:// (nginx `ssl_certificate`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -157,7 +150,8 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
 
     /// One line per connection: client, route, upstream, status, bytes each
-    /// way, duration, how it ended (nginx `access_log`; default off). Without
+    /// way, duration, how it ended and who sent a WebSocket Close with which
+    /// code (nginx `access_log`; default off). Without
     /// FILE, or with `-`, to stdout.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub access_log: Option<PathBuf>,
@@ -179,6 +173,13 @@ pub struct Args {
     /// Failing checks in a row that take an upstream out (HAProxy `fall`).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_fall: u32,
+
+    /// What active health checks do to the open tunnels of an upstream they
+    /// mark down: `close` sends them Close 1001 (HAProxy `on-marked-down
+    /// shutdown-sessions`, which resets them instead). Needs --health-check.
+    /// By default they run on.
+    #[arg(long, value_enum, value_name = "close", requires = "health_check")]
+    pub on_marked_down: Option<OnMarkedDown>,
 }
 
 /// `tcp` or `ws:/PATH`.
