@@ -626,7 +626,7 @@ async fn handle_close_lands_between_fragments_both_ways_and_loses_nothing_before
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_close_nobody_answers_ends_after_the_linger() {
+async fn a_close_the_client_ignores_reaches_the_upstream_after_one_linger() {
     let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
@@ -638,17 +638,79 @@ async fn a_close_nobody_answers_ends_after_the_linger() {
     handle.close(CloseFrame::new(1012, "restart").unwrap());
     let to_client = take(&mut browser.1, 2 + 9).await;
     assert_eq!(to_client[..4], [0x88, 9, 0x03, 0xf4]);
-    let _ = take(&mut backend.1, 2 + 4 + 9).await;
-    // Bytes after the Close are dropped, never forwarded.
-    browser.1.write_all(&masked(0x81, b"late")).await.unwrap();
-    let stats = bounded(task).await.unwrap();
+    // The client has not read the Close yet: what it sends still arrives.
+    let late = masked(0x81, b"late");
+    browser.1.write_all(&late).await.unwrap();
+    assert_eq!(take(&mut backend.1, late.len()).await, late);
+    // No reply within the linger: the upstream gets the proxy's Close, then
+    // one more linger for its reply, which does not come either.
+    let close_wire = take(&mut backend.1, 2 + 4 + 9).await;
     assert_eq!(started.elapsed(), Duration::from_secs(3));
+    assert_eq!(close_wire[..2], [0x88, 0x80 | 9]);
+    let stats = bounded(task).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
     assert!(matches!(stats.end, TunnelEnd::Closed(ref c) if c.code() == Some(1012)));
     let frames = stats.frames.unwrap();
     assert_eq!((frames.client_close, frames.upstream_close), (None, None));
+    assert_eq!(frames.client_messages, 1);
+}
+
+#[tokio::test]
+async fn the_clients_close_reply_goes_to_the_upstream_and_its_reply_stops_there() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new().track_frames(true);
+    let mut relay = tunnel(browser.0, backend.0, &config, pending());
+    let handle = relay.handle();
+    let task = tokio::spawn(relay);
+    handle.close(CloseFrame::new(1001, "bye").unwrap());
+    assert_eq!(take(&mut browser.1, 2 + 5).await[..2], [0x88, 5]);
+    // The client answers with its own code; the upstream gets that Close,
+    // not a second one from the proxy, and answers it.
+    let reply = masked(0x88, &[0x03, 0xe8]);
+    browser.1.write_all(&reply).await.unwrap();
+    assert_eq!(take(&mut backend.1, reply.len()).await, reply);
+    backend
+        .1
+        .write_all(&unmasked(0x88, &[0x03, 0xe8]))
+        .await
+        .unwrap();
+    let stats = bounded(task).await.unwrap();
+    assert!(matches!(stats.end, TunnelEnd::Closed(_)), "{:?}", stats.end);
+    assert!(
+        stats.duration < Duration::from_secs(5),
+        "ended on the replies"
+    );
+    // The upstream's reply was not forwarded: the client had its Close.
     let mut rest = Vec::new();
-    bounded(backend.1.read_to_end(&mut rest)).await.unwrap();
-    assert!(rest.is_empty(), "forwarded after the close: {rest:?}");
+    bounded(browser.1.read_to_end(&mut rest)).await.unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    let frames = stats.frames.unwrap();
+    assert_eq!(frames.client_close.and_then(|c| c.code()), Some(1000));
+    assert_eq!(frames.upstream_close.and_then(|c| c.code()), Some(1000));
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_leaves_the_upstream_the_proxys_close() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new().track_frames(true);
+    let mut relay = tunnel(browser.0, backend.0, &config, pending());
+    let handle = relay.handle();
+    let task = tokio::spawn(relay);
+    handle.close(CloseFrame::new(1001, "").unwrap());
+    assert_eq!(take(&mut browser.1, 4).await, [0x88, 2, 0x03, 0xe9]);
+    browser.1.shutdown().await.unwrap();
+    // The Close, masked, then EOF.
+    let mut got = Vec::new();
+    bounded(backend.1.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(got[..2], [0x88, 0x82]);
+    assert_eq!(got.len(), 2 + 4 + 2);
+    backend
+        .1
+        .write_all(&unmasked(0x88, &[0x03, 0xe9]))
+        .await
+        .unwrap();
+    let stats = bounded(task).await.unwrap();
+    assert!(matches!(stats.end, TunnelEnd::Closed(_)), "{:?}", stats.end);
 }
 
 #[tokio::test]

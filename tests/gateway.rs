@@ -821,7 +821,9 @@ async fn sigterm_with_a_drain_window_closes_every_tunnel_with_1001_spread_over_i
     assert_eq!(gw.wait_exit().code(), Some(0));
     let stderr = gw.stderr.lock().unwrap().clone();
     assert!(
-        stderr.contains(&format!("{CLIENTS} open at shutdown")) && stderr.contains("0 cut"),
+        stderr.contains(&format!("{CLIENTS} open at shutdown"))
+            && stderr.contains(&format!("{CLIENTS} sent Close 1001"))
+            && stderr.contains("0 cut"),
         "{stderr}"
     );
     let lines = gw.rest_of_stdout().await;

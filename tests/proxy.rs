@@ -11,7 +11,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -21,60 +20,10 @@ use wsproxy::balance::{
     ConsistentHash, HashKey, IpHash, LeastConn, RoundRobin, Upstream, UpstreamSet,
 };
 use wsproxy::route::Route;
-use wsproxy::server::{DrainReport, Server};
+
 use wsproxy::{Proxy, ProxyBuilder, UpstreamGroup};
 
 use support::*;
-
-/// A running gateway: its address, the proxy (for counters) and a handle to
-/// stop it.
-struct Gateway {
-    addr: SocketAddr,
-    proxy: Proxy,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<DrainReport>,
-}
-
-impl Gateway {
-    /// A gateway whose shutdown cuts open tunnels after one second.
-    async fn start(builder: ProxyBuilder) -> Self {
-        Self::start_with(builder, |s| s.drain_timeout(Duration::from_secs(1))).await
-    }
-
-    async fn start_with(builder: ProxyBuilder, server: impl FnOnce(Server) -> Server) -> Self {
-        let proxy = builder.build().unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = server(Server::new(proxy.clone()));
-        let task = tokio::spawn(async move {
-            server
-                .serve(listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap()
-        });
-        Self {
-            addr,
-            proxy,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn shutdown(mut self) -> DrainReport {
-        let _ = self.stop.take().unwrap().send(());
-        // Long enough for any drain window used here, also on a paused clock.
-        within(Duration::from_secs(120), "server shutdown", self.task)
-            .await
-            .unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("ws://{}{}", self.addr, path)
-    }
-}
 
 fn set(addrs: &[SocketAddr]) -> UpstreamSet {
     addrs.iter().map(|a| Upstream::new(*a)).collect()

@@ -28,7 +28,7 @@
 //! keep-alive toward the client (`keepalive_timeout`, `keepalive_requests`)
 //! and `Connection: close` toward the upstream.
 
-pub(crate) mod conn;
+mod conn;
 mod counters;
 mod keepalive;
 mod registry;
@@ -50,6 +50,8 @@ use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
+#[cfg(test)]
+pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
 pub use keepalive::TcpKeepalive;
 pub use registry::{LiveTunnel, TunnelRegistry};

@@ -7,9 +7,10 @@
 //! closes it. Listing copies the entries out under a short lock, so a host
 //! can take its time acting on them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -67,8 +68,47 @@ pub struct TunnelRegistry {
 
 #[derive(Debug, Default)]
 struct Entries {
-    live: HashMap<u64, LiveTunnel>,
+    /// Fixed-size chunks, so that growing never copies the table nor
+    /// leaves half of a doubled one empty: about one entry's 48 bytes per
+    /// open tunnel.
+    chunks: Vec<Box<[Option<Entry>]>>,
+    /// Free slots, reused before new ones.
+    free: Vec<u32>,
+    len: usize,
     next_id: u64,
+    /// The registry's start: entries keep their age from it in 4 bytes.
+    epoch: Option<Instant>,
+}
+
+/// Entries per chunk.
+const CHUNK: usize = 256;
+
+/// What the registry keeps of a tunnel; [`LiveTunnel`] is its public copy.
+#[derive(Debug)]
+struct Entry {
+    id: u64,
+    upstream: UpstreamId,
+    handle: TunnelHandle,
+    /// Milliseconds from the registry's epoch to the tunnel's start.
+    started_ms: u32,
+    client: IpAddr,
+}
+
+impl Entries {
+    fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.chunks.iter().flat_map(|c| c.iter().flatten())
+    }
+
+    fn live(&self, entry: &Entry) -> LiveTunnel {
+        let epoch = self.epoch.unwrap_or_else(Instant::now);
+        LiveTunnel {
+            id: entry.id,
+            upstream: entry.upstream,
+            client: entry.client,
+            started: epoch + Duration::from_millis(u64::from(entry.started_ms)),
+            handle: entry.handle.clone(),
+        }
+    }
 }
 
 impl TunnelRegistry {
@@ -78,43 +118,73 @@ impl TunnelRegistry {
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
-        // A panic elsewhere while holding the lock leaves the map whole
-        // (every change is one insert or remove): keep using it.
+        // A panic elsewhere while holding the lock leaves the table whole
+        // (every change is one slot written): keep using it.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Enters a tunnel; the returned id removes it.
-    pub(crate) fn insert(&self, upstream: UpstreamId, client: IpAddr, handle: TunnelHandle) -> u64 {
+    /// Enters a tunnel; returns its slot and id.
+    fn insert(&self, upstream: UpstreamId, client: IpAddr, handle: TunnelHandle) -> (u32, u64) {
+        let now = Instant::now();
         let mut entries = self.lock();
+        let epoch = *entries.epoch.get_or_insert(now);
         let id = entries.next_id;
         entries.next_id += 1;
-        entries.live.insert(
+        let entry = Entry {
             id,
-            LiveTunnel {
-                id,
-                upstream,
-                client,
-                started: Instant::now(),
-                handle,
-            },
-        );
-        id
+            upstream,
+            handle,
+            started_ms: u32::try_from(now.duration_since(epoch).as_millis()).unwrap_or(u32::MAX),
+            client,
+        };
+        let slot = match entries.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = entries.chunks.len() * CHUNK;
+                entries
+                    .chunks
+                    .push(std::iter::repeat_with(|| None).take(CHUNK).collect());
+                // The new chunk's other slots go to the free list, lowest
+                // last so that it is used first.
+                let rest = (slot + 1..slot + CHUNK).rev();
+                entries
+                    .free
+                    .extend(rest.filter_map(|s| u32::try_from(s).ok()));
+                u32::try_from(slot).unwrap_or(u32::MAX)
+            }
+        };
+        let at = slot as usize;
+        if let Some(cell) = entries
+            .chunks
+            .get_mut(at / CHUNK)
+            .and_then(|c| c.get_mut(at % CHUNK))
+        {
+            *cell = Some(entry);
+            entries.len += 1;
+        }
+        (slot, id)
     }
 
-    pub(crate) fn remove(&self, id: u64) {
+    fn remove(&self, slot: u32, id: u64) {
         let mut entries = self.lock();
-        entries.live.remove(&id);
-        // Give memory back after a burst (a drain, a rebalance) instead of
-        // keeping the peak's table for good.
-        let (len, capacity) = (entries.live.len(), entries.live.capacity());
-        if capacity > 64 && len < capacity / 4 {
-            entries.live.shrink_to(len * 2);
+        let at = slot as usize;
+        let Some(cell) = entries
+            .chunks
+            .get_mut(at / CHUNK)
+            .and_then(|c| c.get_mut(at % CHUNK))
+        else {
+            return;
+        };
+        if cell.as_ref().is_some_and(|e| e.id == id) {
+            *cell = None;
+            entries.len -= 1;
+            entries.free.push(slot);
         }
     }
 
     /// Open tunnels.
     pub fn len(&self) -> usize {
-        self.lock().live.len()
+        self.lock().len
     }
 
     /// Whether no tunnel is open.
@@ -122,9 +192,17 @@ impl TunnelRegistry {
         self.len() == 0
     }
 
+    /// Whether any of the tunnels `ids` is still open.
+    #[allow(dead_code)] // used by the rebalancer, next
+    pub(crate) fn any_open(&self, ids: &HashSet<u64>) -> bool {
+        self.lock().entries().any(|e| ids.contains(&e.id))
+    }
+
     /// A copy of every open tunnel, oldest first.
     pub fn list(&self) -> Vec<LiveTunnel> {
-        let mut list: Vec<LiveTunnel> = self.lock().live.values().cloned().collect();
+        let entries = self.lock();
+        let mut list: Vec<LiveTunnel> = entries.entries().map(|e| entries.live(e)).collect();
+        drop(entries);
         list.sort_unstable_by_key(|t| t.id);
         list
     }
@@ -132,8 +210,8 @@ impl TunnelRegistry {
     /// Open tunnels per upstream (upstreams with none are absent).
     pub fn count_by_upstream(&self) -> HashMap<UpstreamId, usize> {
         let mut counts = HashMap::new();
-        for tunnel in self.lock().live.values() {
-            *counts.entry(tunnel.upstream).or_insert(0) += 1;
+        for entry in self.lock().entries() {
+            *counts.entry(entry.upstream).or_insert(0) += 1;
         }
         counts
     }
@@ -142,7 +220,7 @@ impl TunnelRegistry {
     /// `on-marked-down shutdown-sessions`, but with a WebSocket Close
     /// frame); returns how many were asked.
     pub fn close_upstream(&self, upstream: UpstreamId, close: &CloseFrame) -> usize {
-        self.close_where(close, |t| t.upstream == upstream)
+        self.close_where(close, |e| e.upstream == upstream)
     }
 
     /// Closes every open tunnel politely with `close`; returns how many were
@@ -154,25 +232,19 @@ impl TunnelRegistry {
     /// Cuts every open tunnel at once (see [`TunnelHandle::cut`]); returns
     /// how many there were.
     pub fn cut_all(&self) -> usize {
-        let handles: Vec<TunnelHandle> = self
-            .lock()
-            .live
-            .values()
-            .map(|t| t.handle.clone())
-            .collect();
+        let handles: Vec<TunnelHandle> = self.lock().entries().map(|e| e.handle.clone()).collect();
         handles.iter().for_each(TunnelHandle::cut);
         handles.len()
     }
 
-    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&LiveTunnel) -> bool) -> usize {
+    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&Entry) -> bool) -> usize {
         // Handles are copied out first: a close wakes a tunnel, which may
         // end and remove itself, and must not wait for this lock meanwhile.
         let handles: Vec<TunnelHandle> = self
             .lock()
-            .live
-            .values()
-            .filter(|t| matches(t))
-            .map(|t| t.handle.clone())
+            .entries()
+            .filter(|e| matches(e))
+            .map(|e| e.handle.clone())
             .collect();
         handles.iter().filter(|h| h.close(close.clone())).count()
     }
@@ -182,6 +254,7 @@ impl TunnelRegistry {
 #[derive(Debug)]
 pub(crate) struct Registered {
     registry: Arc<TunnelRegistry>,
+    slot: u32,
     id: u64,
 }
 
@@ -192,13 +265,89 @@ impl Registered {
         client: IpAddr,
         handle: TunnelHandle,
     ) -> Self {
-        let id = registry.insert(upstream, client, handle);
-        Self { registry, id }
+        let (slot, id) = registry.insert(upstream, client, handle);
+        Self { registry, slot, id }
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        self.registry.remove(self.id);
+        self.registry.remove(self.slot, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tunnel::{tunnel, TunnelConfig};
+
+    fn handle() -> TunnelHandle {
+        let (a, _) = tokio::io::duplex(8);
+        let (b, _) = tokio::io::duplex(8);
+        let config = TunnelConfig::new().track_frames(true);
+        tunnel(a, b, &config, std::future::pending()).handle()
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
+    #[tokio::test]
+    async fn entries_are_listed_oldest_first_counted_and_removed_by_their_guard() {
+        let registry = Arc::new(TunnelRegistry::new());
+        let (a, b) = (UpstreamId(1), UpstreamId(2));
+        let mut guards: Vec<Registered> = (0..600u32)
+            .map(|i| {
+                let upstream = if i % 3 == 0 { a } else { b };
+                Registered::new(registry.clone(), upstream, ip(i as u8), handle())
+            })
+            .collect();
+        assert_eq!(registry.len(), 600);
+        let counts = registry.count_by_upstream();
+        assert_eq!((counts[&a], counts[&b]), (200, 400));
+        let list = registry.list();
+        assert!(list.windows(2).all(|w| w[0].id < w[1].id));
+        assert_eq!(list[5].client, ip(5));
+
+        // Dropping guards frees their slots, which new entries reuse; ids
+        // are never reused.
+        guards.truncate(100);
+        assert_eq!(registry.len(), 100);
+        let chunks = registry.lock().chunks.len();
+        let again: Vec<Registered> = (0..500)
+            .map(|_| Registered::new(registry.clone(), a, ip(1), handle()))
+            .collect();
+        assert_eq!(registry.len(), 600);
+        assert_eq!(registry.lock().chunks.len(), chunks);
+        let ids: HashSet<u64> = registry.list().iter().map(|t| t.id).collect();
+        assert_eq!(ids.len(), 600);
+        assert!(ids.iter().all(|&id| id < 1100));
+        drop(again);
+        drop(guards);
+        assert!(registry.is_empty());
+    }
+
+    #[tokio::test]
+    async fn close_upstream_asks_only_that_upstreams_tunnels_once() {
+        let registry = Arc::new(TunnelRegistry::new());
+        let (a, b) = (UpstreamId(1), UpstreamId(2));
+        let _guards: Vec<Registered> = (0..10)
+            .map(|i| Registered::new(registry.clone(), if i < 4 { a } else { b }, ip(1), handle()))
+            .collect();
+        let close = CloseFrame::new(1001, "down").unwrap();
+        assert_eq!(registry.close_upstream(a, &close), 4);
+        // Already asked: not counted again.
+        assert_eq!(registry.close_upstream(a, &close), 0);
+        let ending: Vec<bool> = registry
+            .list()
+            .iter()
+            .map(|t| t.handle.is_ending())
+            .collect();
+        assert_eq!(ending.iter().filter(|&&e| e).count(), 4);
+        assert_eq!(registry.close_all(&close), 6);
+        assert_eq!(registry.cut_all(), 10);
+        let ids: HashSet<u64> = registry.list().iter().map(|t| t.id).collect();
+        assert!(registry.any_open(&ids));
+        assert!(!registry.any_open(&HashSet::from([999])));
     }
 }

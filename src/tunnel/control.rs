@@ -33,7 +33,8 @@ pub(crate) enum Request {
 #[derive(Default)]
 pub(crate) struct Control {
     state: AtomicU8,
-    close: OnceLock<CloseFrame>,
+    // Boxed: set only when a close is asked, eight bytes until then.
+    close: OnceLock<Box<CloseFrame>>,
     waker: AtomicWaker,
 }
 
@@ -51,7 +52,7 @@ impl Control {
 
     /// The Close frame asked for, once [`Request::Close`] was seen.
     pub(crate) fn close_frame(&self) -> Option<&CloseFrame> {
-        self.close.get()
+        self.close.get().map(|c| &**c)
     }
 }
 
@@ -77,14 +78,16 @@ impl Control {
 /// let task = tokio::spawn(relay);
 ///
 /// assert!(handle.close(CloseFrame::new(1001, "going away")?));
-/// // Each peer gets the Close frame and answers with its own.
+/// // The client gets the Close frame and answers with its own, which goes
+/// // on to the upstream; the upstream's reply ends the tunnel.
 /// let mut frame = [0u8; 14];
 /// browser.read_exact(&mut frame).await?;
 /// assert_eq!(&frame[..4], &[0x88, 12, 0x03, 0xe9]);
-/// browser.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9]).await?;
-/// let mut masked = [0u8; 18];
-/// backend.read_exact(&mut masked).await?;
-/// assert_eq!(masked[..2], [0x88, 0x80 | 12]);
+/// let reply = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9];
+/// browser.write_all(&reply).await?;
+/// let mut forwarded = [0u8; 8];
+/// backend.read_exact(&mut forwarded).await?;
+/// assert_eq!(forwarded, reply);
 /// backend.write_all(&[0x88, 0x02, 0x03, 0xe9]).await?;
 ///
 /// let stats = task.await?;
@@ -102,12 +105,21 @@ impl TunnelHandle {
         Self { control }
     }
 
-    /// Asks the tunnel to close politely: at the next frame boundary of each
-    /// direction it sends `close` to the client (unmasked) and to the
-    /// upstream (masked, RFC 6455 §5.3), drops what either side sends after
-    /// that point, waits up to [`TunnelConfig::close_linger`] for both
-    /// peers' Close replies (or EOF), then shuts both sockets down. The
-    /// tunnel ends with [`TunnelEnd::Closed`].
+    /// Asks the tunnel to close politely, the client first (it is the one
+    /// that reconnects):
+    ///
+    /// 1. `close` goes to the client at the next frame boundary toward it;
+    ///    what the upstream sends after that point is dropped (the client,
+    ///    closing, would not take it).
+    /// 2. What the client sends until it reads the Close still reaches the
+    ///    upstream, followed by the client's own Close reply.
+    /// 3. The tunnel waits up to [`TunnelConfig::close_linger`] for that
+    ///    reply (or the client's EOF, before which `close` goes to the
+    ///    upstream, masked as RFC 6455 §5.3 asks). Without either, `close`
+    ///    goes to the upstream then, and the upstream gets one more linger.
+    /// 4. Once the upstream answered with its Close (not forwarded: the
+    ///    client has one) or EOF, both sockets are shut down and the tunnel
+    ///    ends with [`TunnelEnd::Closed`].
     ///
     /// If a peer already sent a Close frame, the closing handshake is under
     /// way and nothing is inserted; the tunnel still ends within the linger.
@@ -122,7 +134,7 @@ impl TunnelHandle {
     /// [`TunnelConfig::track_frames`]: super::TunnelConfig::track_frames
     /// [`TunnelEnd::Closed`]: super::TunnelEnd::Closed
     pub fn close(&self, close: CloseFrame) -> bool {
-        if self.control.close.set(close).is_err() {
+        if self.control.close.set(Box::new(close)).is_err() {
             return false;
         }
         let asked = self

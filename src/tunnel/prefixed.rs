@@ -36,7 +36,9 @@ pin_project! {
     /// ```
     #[derive(Debug)]
     pub struct Prefixed<S> {
-        prefix: Bytes,
+        // Boxed, and `None` once read: an idle tunnel keeps one pointer per
+        // side here instead of a 32-byte `Bytes`.
+        prefix: Option<Box<Bytes>>,
         #[pin]
         inner: S,
     }
@@ -45,12 +47,13 @@ pin_project! {
 impl<S> Prefixed<S> {
     /// Wraps `inner` so that reads return `prefix` first.
     pub fn new(prefix: Bytes, inner: S) -> Self {
+        let prefix = (!prefix.is_empty()).then(|| Box::new(prefix));
         Self { prefix, inner }
     }
 
     /// The prefix bytes not yet read.
-    pub fn prefix(&self) -> &Bytes {
-        &self.prefix
+    pub fn prefix(&self) -> &[u8] {
+        self.prefix.as_deref().map_or(&[], |b| &b[..])
     }
 
     /// The wrapped stream.
@@ -66,7 +69,7 @@ impl<S> Prefixed<S> {
 
     /// The unread prefix and the wrapped stream.
     pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
+        (self.prefix.map_or_else(Bytes::new, |b| *b), self.inner)
     }
 }
 
@@ -77,15 +80,15 @@ impl<S: AsyncRead> AsyncRead for Prefixed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.project();
-        if this.prefix.is_empty() {
+        let Some(prefix) = this.prefix.as_deref_mut() else {
             return this.inner.poll_read(cx, buf);
-        }
-        let n = this.prefix.len().min(buf.remaining());
-        buf.put_slice(&this.prefix[..n]);
-        this.prefix.advance(n);
-        if this.prefix.is_empty() {
+        };
+        let n = prefix.len().min(buf.remaining());
+        buf.put_slice(&prefix[..n]);
+        prefix.advance(n);
+        if prefix.is_empty() {
             // Release the handshake buffer the prefix may share.
-            *this.prefix = Bytes::new();
+            *this.prefix = None;
         }
         Poll::Ready(Ok(()))
     }

@@ -129,8 +129,12 @@ pub(crate) struct Framing {
     discard_after_insert: bool,
     /// Dropping what is read: the Close frame went out.
     discarding: bool,
-    /// Messages forwarded before the dropping began.
-    kept_messages: u64,
+    /// The queued frames wait for the reader's EOF, and are dropped if the
+    /// reader sent a Close of its own first (see `insert_at_eof`).
+    defer_to_eof: bool,
+    /// Messages forwarded before the dropping began (32 bits, saturating:
+    /// the frame box stays small for every idle tunnel).
+    kept_messages: u32,
 }
 
 impl Framing {
@@ -140,6 +144,7 @@ impl Framing {
             insert: None,
             discard_after_insert: false,
             discarding: false,
+            defer_to_eof: false,
             kept_messages: 0,
         }
     }
@@ -148,7 +153,7 @@ impl Framing {
     /// dropped after a polite close.
     pub(crate) fn messages(&self) -> u64 {
         if self.discarding {
-            self.kept_messages
+            u64::from(self.kept_messages)
         } else {
             self.tracker.messages()
         }
@@ -161,12 +166,59 @@ impl Framing {
         self.discard_after_insert = true;
     }
 
+    /// Queues `frames` for the reader's EOF: they go out then, before the
+    /// writer is shut down, unless the reader sent a Close frame (which
+    /// already went through) or [`release`](Self::release) lets them go
+    /// earlier. A polite close toward a side thus waits for the other side's
+    /// own Close: whatever that side sends until then still arrives.
+    pub(crate) fn insert_at_eof(&mut self, frames: &[u8]) {
+        self.insert(frames);
+        self.defer_to_eof = true;
+    }
+
+    /// Lets frames queued by [`insert_at_eof`](Self::insert_at_eof) go at
+    /// the next boundary, dropping what is read after them.
+    pub(crate) fn release(&mut self) {
+        self.defer_to_eof = false;
+        self.discard_after_insert = true;
+    }
+
+    /// Whether frames wait for the reader's EOF.
+    pub(crate) fn is_deferred(&self) -> bool {
+        self.defer_to_eof && self.insert.is_some()
+    }
+
+    /// The queued frames, taken, if they may go now (`eof`: the reader
+    /// ended).
+    fn take_fitting(&mut self, eof: bool) -> Option<Box<[u8]>> {
+        if self.defer_to_eof {
+            if !eof {
+                return None;
+            }
+            if self.tracker.close_seen() {
+                self.defer_to_eof = false;
+                self.insert = None;
+                return None;
+            }
+        }
+        if self.insert_fits() {
+            self.take_insert()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the queued frames may go in the middle of a chunk just read.
+    fn splices(&self) -> bool {
+        self.insert.is_some() && !self.defer_to_eof
+    }
+
     /// Marks the queued frames as gone out.
     fn take_insert(&mut self) -> Option<Box<[u8]>> {
         let insert = self.insert.take();
         if insert.is_some() && self.discard_after_insert && !self.discarding {
             self.discarding = true;
-            self.kept_messages = self.tracker.messages();
+            self.kept_messages = u32::try_from(self.tracker.messages()).unwrap_or(u32::MAX);
         }
         insert
     }
@@ -315,14 +367,12 @@ impl Transfer {
             // Everything observed is written now, so the tracker's position
             // is the peer's: queued frames that fit go out before more is read.
             if let Some(framing) = frames.as_deref_mut() {
-                if framing.insert_fits() {
-                    if let Some(insert) = framing.take_insert() {
-                        self.spill = Some(Box::new(Spill {
-                            buf: insert,
-                            pos: 0,
-                        }));
-                        continue;
-                    }
+                if let Some(insert) = framing.take_fitting(self.read_done) {
+                    self.spill = Some(Box::new(Spill {
+                        buf: insert,
+                        pos: 0,
+                    }));
+                    continue;
                 }
             }
 
@@ -375,7 +425,7 @@ impl Transfer {
                     }
                     continue;
                 }
-                if framing.insert.is_some() {
+                if framing.splices() {
                     match insert_in_chunk(framing, data) {
                         Ok(None) => {}
                         Ok(Some(spliced)) => {

@@ -9,9 +9,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+use wsproxy::server::{DrainReport, Server};
+use wsproxy::{Proxy, ProxyBuilder};
 
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -186,4 +189,54 @@ pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
         .await
         .ok();
     got
+}
+
+/// A running gateway: its address, the proxy (for counters) and a handle to
+/// stop it.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub proxy: Proxy,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<DrainReport>,
+}
+
+impl Gateway {
+    /// A gateway whose shutdown cuts open tunnels after one second.
+    pub async fn start(builder: ProxyBuilder) -> Self {
+        Self::start_with(builder, |s| s.drain_timeout(Duration::from_secs(1))).await
+    }
+
+    pub async fn start_with(builder: ProxyBuilder, server: impl FnOnce(Server) -> Server) -> Self {
+        let proxy = builder.build().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = server(Server::new(proxy.clone()));
+        let task = tokio::spawn(async move {
+            server
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap()
+        });
+        Self {
+            addr,
+            proxy,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn shutdown(mut self) -> DrainReport {
+        let _ = self.stop.take().unwrap().send(());
+        // Long enough for any drain window used here, also on a paused clock.
+        within(Duration::from_secs(120), "server shutdown", self.task)
+            .await
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
 }
