@@ -39,6 +39,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
@@ -379,6 +381,43 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
     assert!(stderr.contains("not a health check"), "{stderr}");
 }
 
+#[test]
+fn tunnel_lifecycle_flags_that_cannot_work_exit_2() {
+    for (bad, says) in [
+        ("30m", "not IDLE:INTVL:CNT"),
+        ("500ms::", "whole seconds"),
+        ("::0", "number of probes"),
+        ("x::10", "not a duration"),
+    ] {
+        let (status, stderr) = run_to_exit(&["--so-keepalive", bad]);
+        assert_eq!(status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains("--so-keepalive") && stderr.contains(says),
+            "{bad}: {stderr}"
+        );
+    }
+
+    // HAProxy's on-marked-down acts on what checks mark down: none without them.
+    let (status, stderr) = run_to_exit(&["--on-marked-down", "close"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--health-check"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&["--ping-timeout", "5s"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--ping-interval"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&["--ping-interval", "0s"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+
+    // The last closes of the window need their linger before the deadline.
+    let (status, stderr) = run_to_exit(&["--drain-window", "10s", "--drain-timeout", "12s"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("does not fit in --drain-timeout"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn route_flag_replaces_the_prefix_as_proxy_pass_with_a_uri_does() {
     let up = ws_upstream(WsUpstreamOptions::default()).await;
@@ -456,6 +495,11 @@ fn help_names_the_nginx_directive_of_each_flag() {
         "ssl_certificate",
         "least_conn",
         "ip_hash",
+        "close-spread-time",
+        "so_keepalive",
+        "on-marked-down shutdown-sessions",
+        "lingering_timeout",
+        "no nginx directive",
     ] {
         assert!(help.contains(directive), "--help lacks {directive}");
     }
@@ -491,11 +535,24 @@ async fn sigterm_drains_cuts_the_open_tunnel_at_the_deadline_and_exits_0() {
 async fn access_log_has_one_line_per_connection() {
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;
     let up = upstream.addr.to_string();
-    let mut gw = Gateway::start(&["--upstream", &up, "--access-log"]).await;
+    // TCP keepalive on does not change what flows (nginx `so_keepalive`).
+    let mut gw = Gateway::start(&[
+        "--upstream",
+        &up,
+        "--access-log",
+        "--so-keepalive",
+        "30m::10",
+    ])
+    .await;
     let mut ws = connect(&gw.url("/")).await;
     ws.send(Message::text("logged")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("logged"));
-    ws.close(None).await.unwrap();
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
     // Bounded: the close reply, then the end of the stream.
     bounded("the close handshake", async {
         while ws.next().await.is_some() {}
@@ -545,7 +602,13 @@ async fn access_log_has_one_line_per_connection() {
         "{tunnel_line}"
     );
     assert!(
-        field(&tunnel_line, "end").ends_with("-closed"),
+        ["client-closed", "upstream-closed"].contains(&field(&tunnel_line, "end")),
+        "{tunnel_line}"
+    );
+    // The client closed with 1000 and the echo upstream answered with it.
+    assert_eq!(
+        field(&tunnel_line, "close"),
+        "client:1000,upstream:1000",
         "{tunnel_line}"
     );
 
@@ -607,6 +670,259 @@ async fn wss_round_trip_with_a_generated_certificate() {
     assert_eq!(response.status(), 101);
     ws.send(Message::text("secret")).await.unwrap();
     assert_eq!(next_data(&mut ws).await, Message::text("secret"));
+}
+
+// ---------------------------------------------------------------------------
+// Tunnel lifecycle: drain window, pings, on-marked-down
+// ---------------------------------------------------------------------------
+
+/// The code of a Close message; 1005 for a Close without one.
+fn close_code(msg: &Message) -> Option<u16> {
+    match msg {
+        Message::Close(Some(frame)) => Some(u16::from(frame.code)),
+        Message::Close(None) => Some(1005),
+        _ => None,
+    }
+}
+
+/// Reads on until the gateway ends the connection, so that tungstenite
+/// sends its queued Close reply; bounded.
+async fn read_to_close_end(ws: &mut Ws) {
+    bounded("the end of the connection", async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// What one client of the drain test saw.
+#[derive(Debug)]
+struct Drained {
+    closed_at: Instant,
+    code: Option<u16>,
+    sent: u64,
+    echoed: u64,
+    echoed_after_signal: bool,
+}
+
+/// Sends numbered messages one at a time, each after the echo of the one
+/// before (and a short pause, reading all the while), until the gateway's
+/// Close arrives. Echoes must come back in order, none missing.
+async fn chat_until_closed(
+    mut ws: Ws,
+    id: usize,
+    first_echo: Arc<tokio::sync::Barrier>,
+    signalled: Arc<std::sync::atomic::AtomicBool>,
+) -> Drained {
+    use std::sync::atomic::Ordering;
+    let (mut sent, mut echoed, mut echoed_after_signal) = (0u64, 0u64, false);
+    let mut in_flight: Option<(String, bool)> = None;
+    let (closed_at, code) = loop {
+        if in_flight.is_none() {
+            let text = format!("{id}-{sent}");
+            let after_signal = signalled.load(Ordering::SeqCst);
+            ws.send(Message::text(text.clone()))
+                .await
+                .expect("send while the tunnel is open");
+            sent += 1;
+            in_flight = Some((text, after_signal));
+        }
+        let msg = bounded("an echo or the Close", ws.next())
+            .await
+            .expect("the tunnel ended without a Close")
+            .expect("websocket error before the Close");
+        match msg {
+            Message::Text(got) => {
+                let (text, after_signal) = in_flight.take().expect("an echo nobody asked for");
+                assert_eq!(got.as_str(), text, "echoes out of order");
+                echoed += 1;
+                echoed_after_signal |= after_signal;
+                if echoed == 1 {
+                    first_echo.wait().await;
+                }
+                // Pause, still reading: a Close in the pause is seen at once.
+                match tokio::time::timeout(Duration::from_millis(10), ws.next()).await {
+                    Err(_) => {}
+                    Ok(Some(Ok(msg @ Message::Close(_)))) => {
+                        break (Instant::now(), close_code(&msg))
+                    }
+                    Ok(other) => panic!("unexpected while idle: {other:?}"),
+                }
+            }
+            Message::Close(_) => break (Instant::now(), close_code(&msg)),
+            _ => {}
+        }
+    };
+    read_to_close_end(&mut ws).await;
+    Drained {
+        closed_at,
+        code,
+        sent,
+        echoed,
+        echoed_after_signal,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_drain_window_closes_every_tunnel_with_1001_spread_over_it() {
+    const CLIENTS: usize = 20;
+    const WINDOW: Duration = Duration::from_secs(1);
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let up = upstream.addr.to_string();
+    let mut gw = Gateway::start(&["--upstream", &up, "--drain-window", "1s", "--access-log"]).await;
+
+    let first_echo = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
+    let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for id in 0..CLIENTS {
+        let ws = connect(&gw.url("/")).await;
+        clients.push(tokio::spawn(chat_until_closed(
+            ws,
+            id,
+            first_echo.clone(),
+            signalled.clone(),
+        )));
+    }
+    // Every tunnel carries traffic before the drain starts.
+    bounded("a first echo on every tunnel", first_echo.wait()).await;
+    gw.signal("TERM");
+    let signal_at = Instant::now();
+    signalled.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let mut seen = Vec::new();
+    for client in clients {
+        seen.push(
+            bounded("a client's Close", client)
+                .await
+                .expect("client task"),
+        );
+    }
+    for (id, d) in seen.iter().enumerate() {
+        assert_eq!(d.code, Some(1001), "client {id}: {d:?}");
+        // Nothing lost: every message was echoed, in order, except at most
+        // the one in flight when the Close crossed it (the gateway drops
+        // what follows its Close toward the upstream, RFC 6455 §5.5.1).
+        assert!(
+            d.echoed >= 1 && d.sent - d.echoed <= 1,
+            "client {id}: {d:?}"
+        );
+    }
+    // Tunnels whose turn came late kept carrying messages during the drain.
+    let last = seen.iter().max_by_key(|d| d.closed_at).expect("clients");
+    assert!(
+        last.closed_at < signal_at + Duration::from_millis(200) || last.echoed_after_signal,
+        "{last:?}"
+    );
+    // Spread over the window, not all at once: a lower bound only.
+    let first = seen.iter().map(|d| d.closed_at).min().expect("clients");
+    let spread = last.closed_at - first;
+    eprintln!("{CLIENTS} closes spread over {spread:?} (window {WINDOW:?})");
+    assert!(spread >= WINDOW.mul_f64(0.4), "closes {spread:?} apart");
+
+    assert_eq!(gw.wait_exit().code(), Some(0));
+    let stderr = gw.stderr.lock().unwrap().clone();
+    assert!(
+        stderr.contains(&format!("{CLIENTS} open at shutdown"))
+            && stderr.contains(&format!("{CLIENTS} sent Close 1001"))
+            && stderr.contains("0 cut"),
+        "{stderr}"
+    );
+    let lines = gw.rest_of_stdout().await;
+    assert_eq!(lines.len(), CLIENTS, "{lines:?}");
+    for line in &lines {
+        assert_eq!(field(line, "end"), "proxy-closed", "{line}");
+        assert!(field(line, "close").starts_with("proxy:1001"), "{line}");
+    }
+}
+
+/// A WebSocket upstream that completes the handshake, then never reads or
+/// writes again: a hung backend. It holds each connection until the test ends.
+async fn hung_ws_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(stream).await {
+                held.push(ws);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ping_timeout_ends_a_tunnel_whose_upstream_never_answers() {
+    let up = hung_ws_upstream().await.to_string();
+    let mut gw = Gateway::start(&[
+        "--upstream",
+        &up,
+        "--ping-interval",
+        "200ms",
+        "--ping-timeout",
+        "600ms",
+        "--access-log",
+    ])
+    .await;
+    let mut ws = connect(&gw.url("/")).await;
+    // Reading is what makes tungstenite answer the gateway's pings.
+    let pings = bounded("the tunnel to end", async {
+        let mut pings = 0;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_))) => pings += 1,
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return pings,
+                Some(Ok(other)) => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(pings >= 1, "the gateway never pinged the client");
+    let line = gw.next_line().await.expect("the tunnel's access log line");
+    assert_eq!(field(&line, "end"), "ping-timeout:upstream", "{line}");
+    assert_eq!(field(&line, "status"), "101", "{line}");
+}
+
+#[tokio::test]
+async fn on_marked_down_close_sends_1001_to_the_tunnels_of_a_failed_upstream() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let up = upstream.addr.to_string();
+    let mut gw = Gateway::start(&[
+        "--upstream",
+        &up,
+        "--health-check",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--health-fall",
+        "1",
+        "--on-marked-down",
+        "close",
+        "--access-log",
+    ])
+    .await;
+    let mut ws = connect(&gw.url("/")).await;
+    ws.send(Message::text("alive")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("alive"));
+
+    // The backend stops listening; the open connection lives on, so only
+    // the failing checks can end this tunnel.
+    upstream.task.abort();
+    let _ = bounded("the listener to close", upstream.task).await;
+    let code = bounded("the Close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(msg @ Message::Close(_))) => return close_code(&msg),
+                Some(Ok(_)) => {}
+                other => panic!("the tunnel ended without a Close: {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, Some(1001));
+    read_to_close_end(&mut ws).await;
+    let line = gw.next_line().await.expect("the tunnel's access log line");
+    assert_eq!(field(&line, "end"), "proxy-closed", "{line}");
+    assert!(field(&line, "close").starts_with("proxy:1001"), "{line}");
 }
 
 // ---------------------------------------------------------------------------

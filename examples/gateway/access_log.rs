@@ -2,8 +2,23 @@
 //! `access_log`, whose lines are also written at the end of a request).
 //!
 //! ```text
-//! 2026-11-24T07:00:00Z client=127.0.0.1:50212 route=default upstream=127.0.0.1:8010 status=101 outcome=tunneled requests=1 from_client=1204 from_upstream=1188 duration=3.214s end=client-closed
+//! 2026-11-24T07:00:00Z client=127.0.0.1:50212 route=default upstream=127.0.0.1:8010 status=101 outcome=tunneled requests=1 from_client=1204 from_upstream=1188 duration=3.214s end=client-closed close=client:1000,upstream:1000
 //! ```
+//!
+//! `end` says why the tunnel ended: `client-closed` / `upstream-closed` (that
+//! side's EOF came first), `proxy-closed` (the gateway closed it politely:
+//! drain, `--on-marked-down`), `idle-timeout`, `read-timeout`,
+//! `send-timeout`, `ping-timeout:client` / `ping-timeout:upstream` (that side
+//! did not answer a ping), `linger-timeout`, `lifetime`, `shutdown` (cut at
+//! the drain deadline), `error`; `-` without a tunnel.
+//!
+//! `close` lists who sent a WebSocket Close frame and its code: `proxy:1001`
+//! first when the gateway closed the tunnel, then `client:CODE` and
+//! `upstream:CODE` for the Close each peer sent (1005 for a Close without a
+//! code, as RFC 6455 §7.1.5 reports it); `-` when nobody did. The order is
+//! fixed, not the order the frames were sent: the tunnel does not record
+//! which peer's Close came first, and a peer answering a Close usually echoes
+//! its code, so `client:1000,upstream:1000` is an ordinary closing handshake.
 
 use std::fmt::Write as _;
 use std::io::{self, LineWriter, Write};
@@ -12,8 +27,9 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use wsproxy::frame::CloseFrame;
 use wsproxy::proxy::{ConnectionReport, Outcome};
-use wsproxy::tunnel::{Timeout, TunnelEnd};
+use wsproxy::tunnel::{FrameStats, Side, Timeout, TunnelEnd};
 
 /// Where lines go; one lock per line, flushed per line so that nothing is
 /// lost at exit and `tail -f` sees each connection as it ends.
@@ -85,6 +101,11 @@ pub fn format_line(now: SystemTime, client: SocketAddr, report: &ConnectionRepor
         report.duration.as_secs_f64(),
         report.tunnel.as_ref().map_or("-", |t| end(&t.end))
     );
+    line.push_str(" close=");
+    match &report.tunnel {
+        Some(t) => closes(&mut line, &t.end, t.frames.as_ref()),
+        None => line.push('-'),
+    }
     line.push('\n');
     line
 }
@@ -106,14 +127,44 @@ fn end(end: &TunnelEnd) -> &'static str {
     match end {
         TunnelEnd::ClientEof => "client-closed",
         TunnelEnd::UpstreamEof => "upstream-closed",
+        TunnelEnd::Closed(_) => "proxy-closed",
         TunnelEnd::Timeout(Timeout::Idle) => "idle-timeout",
         TunnelEnd::Timeout(Timeout::Read(_)) => "read-timeout",
         TunnelEnd::Timeout(Timeout::Send(_)) => "send-timeout",
+        TunnelEnd::Timeout(Timeout::Ping(Side::Client)) => "ping-timeout:client",
+        TunnelEnd::Timeout(Timeout::Ping(Side::Upstream)) => "ping-timeout:upstream",
+        TunnelEnd::Timeout(Timeout::Linger) => "linger-timeout",
+        TunnelEnd::Timeout(Timeout::Lifetime) => "lifetime",
         TunnelEnd::Timeout(_) => "timeout",
         TunnelEnd::Shutdown => "shutdown",
         TunnelEnd::Error(_) => "error",
         _ => "other",
     }
+}
+
+/// The `close` field: `proxy:CODE`, `client:CODE`, `upstream:CODE`, those
+/// that apply, comma-separated; `-` for none.
+fn closes(line: &mut String, end: &TunnelEnd, frames: Option<&FrameStats>) {
+    let start = line.len();
+    if let TunnelEnd::Closed(frame) = end {
+        let _ = write!(line, "proxy:{}", code(frame));
+    }
+    for side in [Side::Client, Side::Upstream] {
+        if let Some(frame) = frames.and_then(|f| f.close(side)) {
+            if line.len() > start {
+                line.push(',');
+            }
+            let _ = write!(line, "{side}:{}", code(frame));
+        }
+    }
+    if line.len() == start {
+        line.push('-');
+    }
+}
+
+/// RFC 6455 §7.1.5: a Close without a code is reported as 1005.
+fn code(frame: &CloseFrame) -> u16 {
+    frame.code().unwrap_or(1005)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` in UTC, without a date crate: days to a civil
@@ -158,7 +209,61 @@ mod tests {
         assert_eq!(
             line,
             "1970-01-01T00:00:00Z client=127.0.0.1:5000 route=- upstream=- status=- outcome=- \
-             requests=0 from_client=0 from_upstream=0 duration=0.000s end=-\n"
+             requests=0 from_client=0 from_upstream=0 duration=0.000s end=- close=-\n"
+        );
+    }
+
+    fn close_field(end: &TunnelEnd, frames: Option<&FrameStats>) -> String {
+        let mut line = String::new();
+        closes(&mut line, end, frames);
+        line
+    }
+
+    #[test]
+    fn close_field_names_who_sent_a_close_and_its_code() {
+        let frame = |code| CloseFrame::new(code, "").unwrap();
+        assert_eq!(close_field(&TunnelEnd::ClientEof, None), "-");
+        let mut frames = FrameStats::default();
+        assert_eq!(close_field(&TunnelEnd::ClientEof, Some(&frames)), "-");
+        frames.client_close = Some(frame(1000));
+        assert_eq!(
+            close_field(&TunnelEnd::UpstreamEof, Some(&frames)),
+            "client:1000"
+        );
+        frames.upstream_close = Some(frame(1000));
+        assert_eq!(
+            close_field(&TunnelEnd::UpstreamEof, Some(&frames)),
+            "client:1000,upstream:1000"
+        );
+        let mut frames = FrameStats::default();
+        frames.upstream_close = Some(frame(1011));
+        assert_eq!(
+            close_field(&TunnelEnd::ClientEof, Some(&frames)),
+            "upstream:1011"
+        );
+        frames.client_close = Some(CloseFrame::empty());
+        assert_eq!(
+            close_field(&TunnelEnd::Closed(frame(1001)), Some(&frames)),
+            "proxy:1001,client:1005,upstream:1011"
+        );
+        assert_eq!(
+            close_field(&TunnelEnd::Closed(frame(1001)), None),
+            "proxy:1001"
+        );
+    }
+
+    #[test]
+    fn end_names_the_timeout_and_its_side() {
+        let timeout = |t| end(&TunnelEnd::Timeout(t));
+        assert_eq!(
+            timeout(Timeout::Ping(Side::Upstream)),
+            "ping-timeout:upstream"
+        );
+        assert_eq!(timeout(Timeout::Ping(Side::Client)), "ping-timeout:client");
+        assert_eq!(timeout(Timeout::Read(Side::Upstream)), "read-timeout");
+        assert_eq!(
+            end(&TunnelEnd::Closed(CloseFrame::new(1001, "").unwrap())),
+            "proxy-closed"
         );
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use wsproxy::balance::{HashKey, Upstream, UpstreamAddr};
 use wsproxy::health::Check;
+use wsproxy::proxy::TcpKeepalive;
 
 /// A WebSocket-aware reverse proxy: the classic nginx WebSocket
 /// configuration as one command.
@@ -101,9 +102,44 @@ pub struct Args {
     pub workers: Option<u16>,
 
     /// After SIGTERM or Ctrl-C, how long open connections may finish before
-    /// they are cut (nginx `worker_shutdown_timeout`).
-    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
+    /// they are cut (nginx `worker_shutdown_timeout`). Default 30s, or
+    /// --drain-window plus --close-linger when that is longer.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+
+    /// After SIGTERM or Ctrl-C, send every open WebSocket a Close 1001
+    /// (going away), spread evenly over this window, so that clients
+    /// reconnect a few at a time (HAProxy `close-spread-time`; nginx has no
+    /// directive). Off by default: tunnels run on until --drain-timeout cuts
+    /// them. The window plus --close-linger must fit in --drain-timeout.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub drain_window: Option<Duration>,
+
+    /// How long a tunnel closed by the gateway (drain, --on-marked-down)
+    /// waits for both peers' Close replies before it shuts the sockets
+    /// (like nginx `lingering_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub close_linger: Duration,
+
+    /// Send a WebSocket Ping to a side of a tunnel that sent nothing for
+    /// this long (no nginx directive: nginx relies on proxy_read_timeout;
+    /// like HAProxy's and Envoy's WebSocket keepalive pings). Off by default.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration)]
+    pub ping_interval: Option<Duration>,
+
+    /// A side that sends nothing for this long after a ping ends its tunnel
+    /// (no nginx directive; see --ping-interval, which it needs). Without
+    /// it, pings only keep NAT and firewall state alive.
+    #[arg(long, value_name = "DUR", value_parser = parse_positive_duration, requires = "ping_interval")]
+    pub ping_timeout: Option<Duration>,
+
+    /// TCP keepalive on client and upstream sockets (nginx `listen ...
+    /// so_keepalive=30m::10`, HAProxy `tcp-ka-idle`/`-intvl`/`-cnt`):
+    /// IDLE:INTVL:CNT, times as whole seconds (30m, 75s), CNT a number of
+    /// probes; an empty field keeps the system default, as in nginx
+    /// (Linux: net.ipv4.tcp_keepalive_time/intvl/probes); `on` is `::`.
+    #[arg(long, value_name = "IDLE:INTVL:CNT", value_parser = parse_so_keepalive)]
+    pub so_keepalive: Option<SoKeepalive>,
 
     /// PEM certificate chain: terminate TLS and serve wss:// (nginx `ssl_certificate`).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
@@ -114,7 +150,8 @@ pub struct Args {
     pub tls_key: Option<PathBuf>,
 
     /// One line per connection: client, route, upstream, status, bytes each
-    /// way, duration, how it ended (nginx `access_log`; default off). Without
+    /// way, duration, how it ended and who sent a WebSocket Close with which
+    /// code (nginx `access_log`; default off). Without
     /// FILE, or with `-`, to stdout.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
     pub access_log: Option<PathBuf>,
@@ -136,6 +173,13 @@ pub struct Args {
     /// Failing checks in a row that take an upstream out (HAProxy `fall`).
     #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_fall: u32,
+
+    /// What active health checks do to the open tunnels of an upstream they
+    /// mark down: `close` sends them Close 1001 (HAProxy `on-marked-down
+    /// shutdown-sessions`, which resets them instead). Needs --health-check.
+    /// By default they run on.
+    #[arg(long, value_enum, value_name = "close", requires = "health_check")]
+    pub on_marked_down: Option<OnMarkedDown>,
 }
 
 /// `tcp` or `ws:/PATH`.
@@ -146,6 +190,108 @@ pub fn parse_health_check(text: &str) -> Result<Check, String> {
         _ => Err(format!(
             "`{text}` is not a health check (tcp, or ws:/PATH for a WebSocket handshake)"
         )),
+    }
+}
+
+/// `--on-marked-down`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnMarkedDown {
+    /// Close the upstream's tunnels with 1001 (HAProxy `shutdown-sessions`).
+    Close,
+}
+
+/// `--so-keepalive IDLE:INTVL:CNT`; `None` fields keep the system default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoKeepalive {
+    pub idle: Option<Duration>,
+    pub interval: Option<Duration>,
+    pub count: Option<u32>,
+}
+
+/// Linux's bounds (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`, `MAX_TCP_KEEPCNT`):
+/// beyond them `setsockopt` fails and the socket would run without keepalive.
+const MAX_KEEPALIVE_SECS: u64 = 32_767;
+const MAX_KEEPALIVE_COUNT: u32 = 127;
+
+/// nginx `so_keepalive` syntax: `[IDLE]:[INTVL]:[CNT]` or `on`.
+pub fn parse_so_keepalive(text: &str) -> Result<SoKeepalive, String> {
+    if text == "on" {
+        return Ok(SoKeepalive {
+            idle: None,
+            interval: None,
+            count: None,
+        });
+    }
+    let fields: Vec<&str> = text.split(':').collect();
+    let [idle, interval, count] = fields[..] else {
+        return Err(format!(
+            "`{text}` is not IDLE:INTVL:CNT (example: 30m::10; an empty field keeps the system default)"
+        ));
+    };
+    // The kernel counts keepalive times in whole seconds, from 1.
+    let seconds = |name: &str, field: &str| -> Result<Option<Duration>, String> {
+        if field.is_empty() {
+            return Ok(None);
+        }
+        let d = parse_duration(field)?;
+        if d.subsec_nanos() != 0 || !(1..=MAX_KEEPALIVE_SECS).contains(&d.as_secs()) {
+            return Err(format!(
+                "so_keepalive {name} `{field}` must be whole seconds from 1s to {MAX_KEEPALIVE_SECS}s"
+            ));
+        }
+        Ok(Some(d))
+    };
+    let count = if count.is_empty() {
+        None
+    } else {
+        match count.parse::<u32>() {
+            Ok(n) if (1..=MAX_KEEPALIVE_COUNT).contains(&n) => Some(n),
+            _ => {
+                return Err(format!(
+                    "so_keepalive count `{count}` must be a number of probes from 1 to {MAX_KEEPALIVE_COUNT}"
+                ))
+            }
+        }
+    };
+    Ok(SoKeepalive {
+        idle: seconds("idle", idle)?,
+        interval: seconds("interval", interval)?,
+        count,
+    })
+}
+
+impl SoKeepalive {
+    /// The settings with empty fields filled from the system's defaults:
+    /// Linux's sysctls when readable, else their stock values (2 h idle,
+    /// RFC 1122's minimum; 75 s between probes; 9 probes).
+    pub fn resolve(self) -> TcpKeepalive {
+        let sysctl = |name: &str| -> Option<u64> {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let idle = self
+            .idle
+            .unwrap_or_else(|| Duration::from_secs(sysctl("tcp_keepalive_time").unwrap_or(7_200)));
+        let interval = self
+            .interval
+            .unwrap_or_else(|| Duration::from_secs(sysctl("tcp_keepalive_intvl").unwrap_or(75)));
+        let count = self.count.unwrap_or_else(|| {
+            sysctl("tcp_keepalive_probes")
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(9)
+        });
+        TcpKeepalive::new(idle, interval, count)
+    }
+}
+
+/// A duration above zero: a zero ping interval would ping without pause.
+pub fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("`{text}` must be longer than zero")),
+        d => Ok(d),
     }
 }
 
@@ -420,6 +566,54 @@ mod tests {
             ("/v1/", Some("/v2/"))
         );
         assert!(parse_route("/chat/>x=127.0.0.1:1").is_err());
+    }
+
+    #[test]
+    fn so_keepalive_follows_nginx_syntax() {
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(
+            parse_so_keepalive("30m::10"),
+            Ok(SoKeepalive {
+                idle: secs(1_800),
+                interval: None,
+                count: Some(10)
+            })
+        );
+        assert_eq!(
+            parse_so_keepalive("60s:10s:6"),
+            Ok(SoKeepalive {
+                idle: secs(60),
+                interval: secs(10),
+                count: Some(6)
+            })
+        );
+        let defaults = SoKeepalive {
+            idle: None,
+            interval: None,
+            count: None,
+        };
+        assert_eq!(parse_so_keepalive("::"), Ok(defaults));
+        assert_eq!(parse_so_keepalive("on"), Ok(defaults));
+        for bad in [
+            "", "30m", "30m:10", "1:2:3:4", "x::", "500ms::", "0::", "1500ms::", "::0", "::128",
+            "::x", "10h::", ":1.5s:", "off",
+        ] {
+            assert!(parse_so_keepalive(bad).is_err(), "{bad:?}");
+        }
+        // Empty fields come from the system, whatever it says.
+        let resolved = parse_so_keepalive(":20s:").unwrap().resolve();
+        assert_eq!(resolved.interval, Duration::from_secs(20));
+        assert!(resolved.idle >= Duration::from_secs(1) && resolved.count >= 1);
+    }
+
+    #[test]
+    fn ping_durations_must_be_positive() {
+        assert_eq!(
+            parse_positive_duration("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(parse_positive_duration("0").is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
@@ -32,9 +33,10 @@ use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
 use wsproxy::health::{HealthCheck, HealthChecker};
 use wsproxy::route::Route;
 use wsproxy::server::Server;
+use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, Redirect};
+use cli::{Args, Balance, OnMarkedDown, Redirect};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -54,8 +56,9 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
-    let (proxy, sets) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
+    let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
+    let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
         _ => None,
@@ -81,14 +84,17 @@ fn main() -> ExitCode {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
         }
         if let Some(config) = health {
-            for set in sets {
+            for (set, group) in groups {
                 // They run until the process exits; the drain does not
                 // wait for them.
-                let checker = HealthChecker::new(set, config.clone());
+                let mut checker = HealthChecker::new(set, config.clone());
+                if args.on_marked_down == Some(OnMarkedDown::Close) {
+                    checker = checker.close_on_down(&group);
+                }
                 tokio::spawn(checker.run(std::future::pending()));
             }
         }
-        serve(&args, proxy, tls, access_log).await
+        serve(&args, proxy, tls, access_log, drain_timeout).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +120,7 @@ async fn serve(
     proxy: Proxy,
     tls: Option<tokio_rustls::TlsAcceptor>,
     access_log: Option<Arc<access_log::AccessLog>>,
+    drain_timeout: Duration,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -129,7 +136,10 @@ async fn serve(
     let mut server = Server::new(proxy)
         .scheme(scheme)
         .max_connections(args.max_connections as usize)
-        .drain_timeout(args.drain_timeout);
+        .drain_timeout(drain_timeout);
+    if let Some(window) = args.drain_window {
+        server = server.drain_window(window);
+    }
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
@@ -154,8 +164,8 @@ async fn serve(
         None => server.serve(listener, shutdown).await?,
     };
     eprintln!(
-        "gateway: stopped: {} connections accepted, {} open at shutdown, {} finished, {} cut",
-        report.accepted, report.open_at_shutdown, report.finished, report.cut
+        "gateway: stopped: {} connections accepted, {} open at shutdown, {} sent Close 1001, {} finished, {} cut",
+        report.accepted, report.open_at_shutdown, report.closed, report.finished, report.cut
     );
     Ok(())
 }
@@ -176,19 +186,64 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// The default drain timeout (nginx `worker_shutdown_timeout` has none; 30 s
+/// is what the gateway always used).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The drain timeout: `--drain-timeout`, or else long enough for the whole
+/// `--drain-window` and the last closes' linger. A window that an explicit
+/// timeout would cut short is a usage error: the tunnels at the end of the
+/// window would be cut instead of closed.
+fn drain_timeout(args: &Args) -> Result<Duration, String> {
+    let needed = args
+        .drain_window
+        .map(|window| window.saturating_add(args.close_linger));
+    match (args.drain_timeout, needed) {
+        (Some(timeout), Some(needed)) if timeout < needed => Err(format!(
+            "--drain-window {:?} plus --close-linger {:?} does not fit in --drain-timeout {:?}",
+            args.drain_window.unwrap_or_default(),
+            args.close_linger,
+            timeout
+        )),
+        (Some(timeout), _) => Ok(timeout),
+        (None, needed) => Ok(needed.map_or(DRAIN_TIMEOUT, |n| n.max(DRAIN_TIMEOUT))),
+    }
+}
+
+/// The tunnels' configuration: the proxy's default (upstream read and send
+/// timeouts, 5 s half-close linger, frames tracked) plus the close linger
+/// and pings the flags ask for. Frames must stay tracked: polite closes,
+/// pings and the close codes in the access log all read them.
+fn tunnel_config(args: &Args) -> TunnelConfig {
+    TunnelConfig::new()
+        .upstream_read_timeout(args.read_timeout)
+        .send_timeout(args.send_timeout)
+        .linger_timeout(HALF_CLOSE_LINGER)
+        .track_frames(true)
+        .close_linger(args.close_linger)
+        .ping(args.ping_interval, args.ping_timeout)
+}
+
+/// Once one side of a tunnel sent EOF, how long the other may still send:
+/// the proxy's default, so a WebSocket closing handshake can complete.
+const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Each group's upstream set (for its health checker) and the group.
+type Groups = Vec<(UpstreamSet, UpstreamGroup)>;
+
 /// The proxy the flags describe; `Err` is a message for a usage error.
-fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<UpstreamSet>), String> {
+fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups), String> {
     let hashing = matches!(args.balance, Balance::ConsistentHash | Balance::BoundedHash);
     if args.hash_key.is_some() && !hashing {
         return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
     }
     let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
     // Each group's set, for the health checker; the sets share their state
-    // with the balancers (cheap clones).
-    let sets = std::cell::RefCell::new(Vec::new());
+    // with the balancers, the groups their tunnel registries (cheap clones).
+    let groups = std::cell::RefCell::new(Vec::new());
     let group = |name: &str, upstreams: &[Upstream]| {
         let set: UpstreamSet = upstreams.iter().cloned().collect();
-        sets.borrow_mut().push(set.clone());
+        let checked = set.clone();
         let balancer: Arc<dyn Balancer> = match args.balance {
             Balance::RoundRobin => Arc::new(RoundRobin::new(set)),
             Balance::IpHash => Arc::new(IpHash::new(set)),
@@ -196,7 +251,9 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<Upst
             Balance::LeastConn => Arc::new(LeastConn::new(set)),
             Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
         };
-        UpstreamGroup::from_arc(name, balancer)
+        let group = UpstreamGroup::from_arc(name, balancer);
+        groups.borrow_mut().push((checked, group.clone()));
+        group
     };
 
     let mut builder = Proxy::builder()
@@ -204,7 +261,11 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<Upst
         .connect_timeout(args.connect_timeout)
         .read_timeout(args.read_timeout)
         .send_timeout(args.send_timeout)
-        .handshake_timeout(args.handshake_timeout);
+        .handshake_timeout(args.handshake_timeout)
+        .tunnel(tunnel_config(args));
+    if let Some(keepalive) = args.so_keepalive {
+        builder = builder.tcp_keepalive(keepalive.resolve());
+    }
     if let Some(addr) = demo {
         builder = builder.route(Route::new("/", group("demo", &[Upstream::new(addr)])));
     }
@@ -222,7 +283,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Vec<Upst
         builder = builder.route(route);
     }
     let proxy = builder.build().map_err(|e| with_source(&e))?;
-    Ok((proxy, sets.into_inner()))
+    Ok((proxy, groups.into_inner()))
 }
 
 /// The health-check configuration `--health-check` asks for, if any.
