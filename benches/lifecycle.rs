@@ -210,7 +210,7 @@ async fn rebalance(args: &Args, strategy: Strategy) {
     let lost = (0..args.clients)
         .filter(|c| !seen.contains(&format!("mid {c}")))
         .count();
-    let codes = closed_codes.lock().unwrap();
+    let codes = closed_codes.lock().unwrap().clone();
     let not_1012 = codes.iter().filter(|&&c| c != Some(1012)).count();
     println!(
         "rebalance {strategy:?}, {} clients, 2 -> 3 upstreams, {} closes/s: max/mean {:.3} -> {:.3}, moved {} (fewest possible {}, ratio {:.2}), {} rounds in {:.2}s, loads after {loads:?}, closed clients {} (not 1012: {not_1012}), lost messages {lost}",
