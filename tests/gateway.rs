@@ -409,6 +409,15 @@ fn tunnel_lifecycle_flags_that_cannot_work_exit_2() {
     let (status, stderr) = run_to_exit(&["--ping-interval", "0s"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
 
+    for factor in ["0.5", "NaN", "x"] {
+        let (status, stderr) =
+            run_to_exit(&["--rebalance-rate", "10", "--rebalance-factor", factor]);
+        assert_eq!(status.code(), Some(2), "{factor}: {stderr}");
+        assert!(stderr.contains("--rebalance-factor"), "{stderr}");
+    }
+    let (status, stderr) = run_to_exit(&["--rebalance-rate", "0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+
     // The last closes of the window need their linger before the deadline.
     let (status, stderr) = run_to_exit(&["--drain-window", "10s", "--drain-timeout", "12s"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
@@ -500,6 +509,8 @@ fn help_names_the_nginx_directive_of_each_flag() {
         "on-marked-down shutdown-sessions",
         "lingering_timeout",
         "no nginx directive",
+        "hash-balance-factor",
+        "moves established connections",
     ] {
         assert!(help.contains(directive), "--help lacks {directive}");
     }
@@ -923,6 +934,126 @@ async fn on_marked_down_close_sends_1001_to_the_tunnels_of_a_failed_upstream() {
     let line = gw.next_line().await.expect("the tunnel's access log line");
     assert_eq!(field(&line, "end"), "proxy-closed", "{line}");
     assert!(field(&line, "close").starts_with("proxy:1001"), "{line}");
+}
+
+/// A WebSocket echo backend listening on `addr`, counting its connections.
+async fn echo_backend_at(addr: SocketAddr) -> Arc<std::sync::atomic::AtomicUsize> {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    accepted
+}
+
+#[tokio::test]
+async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
+    let a = ws_upstream(WsUpstreamOptions::default())
+        .await
+        .addr
+        .to_string();
+    let b = ws_upstream(WsUpstreamOptions::default())
+        .await
+        .addr
+        .to_string();
+    // The third upstream's port, not listening yet: checks mark it down.
+    let c: SocketAddr = {
+        let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        reserved.local_addr().unwrap()
+    };
+    let c_arg = c.to_string();
+    let gw = Gateway::start(&[
+        "--upstream",
+        &a,
+        "--upstream",
+        &b,
+        "--upstream",
+        &c_arg,
+        "--balance",
+        "least-conn",
+        "--health-check",
+        "tcp",
+        "--health-interval",
+        "100ms",
+        "--health-rise",
+        "1",
+        "--health-fall",
+        "1",
+        "--rebalance-rate",
+        "100",
+    ])
+    .await;
+    // Real time (a separate process): three check rounds, so that the
+    // third upstream is marked down before any client connects.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let mut ws = connect(&gw.url("/")).await;
+        ws.send(Message::text(format!("hi {i}"))).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text(format!("hi {i}")));
+        clients.push(ws);
+    }
+    // The third comes up: 6/6/0 is 1.5 times the mean, above 1.25, so one
+    // tunnel of each loaded upstream is closed with 1012 and reconnects.
+    let accepted = echo_backend_at(c).await;
+    let mut codes = Vec::new();
+    let mut reconnected = Vec::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for mut ws in clients {
+        readers.spawn(async move {
+            loop {
+                match ws.next().await {
+                    Some(Ok(msg @ Message::Close(_))) => return (close_code(&msg), ws),
+                    Some(Ok(_)) => {}
+                    other => panic!("tunnel ended without a Close: {other:?}"),
+                }
+            }
+        });
+    }
+    while codes.len() < 2 {
+        let (code, mut ws) = bounded("a rebalance close", readers.join_next())
+            .await
+            .expect("a reader")
+            .unwrap();
+        read_to_close_end(&mut ws).await;
+        codes.push(code);
+        let mut again = connect(&gw.url("/")).await;
+        again.send(Message::text("back")).await.unwrap();
+        assert_eq!(next_data(&mut again).await, Message::text("back"));
+        // Kept open: the rebalancer measures after its settle time.
+        reconnected.push(again);
+    }
+    assert_eq!(codes, [Some(1012), Some(1012)]);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 2);
+    let log = bounded("the rebalance line", async {
+        loop {
+            let err = gw.stderr.lock().unwrap().clone();
+            if err.contains("rebalanced") {
+                return err;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        log.contains("max/mean 1.50 -> 1.25, 2 tunnels moved"),
+        "{log}"
+    );
+    readers.abort_all();
 }
 
 // ---------------------------------------------------------------------------

@@ -180,6 +180,36 @@ pub struct Args {
     /// By default they run on.
     #[arg(long, value_enum, value_name = "close", requires = "health_check")]
     pub on_marked_down: Option<OnMarkedDown>,
+
+    /// Rebalance long-lived tunnels (no nginx or HAProxy directive: neither
+    /// moves established connections): when an upstream comes (back) up, and
+    /// every --rebalance-interval, close tunnels on upstreams above
+    /// --rebalance-factor times their share with Close 1012, at most N a
+    /// second, so that their clients reconnect where there is room. Off by
+    /// default.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rebalance_rate: Option<u32>,
+
+    /// The most loaded upstream may hold this many times its share before a
+    /// rebalance moves tunnels (like HAProxy `hash-balance-factor 125`).
+    #[arg(long, value_name = "F", default_value_t = 1.25, value_parser = parse_factor, requires = "rebalance_rate")]
+    pub rebalance_factor: f64,
+
+    /// How often loads are checked for a rebalance, besides when an
+    /// upstream comes up (needs --rebalance-rate).
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_positive_duration, requires = "rebalance_rate")]
+    pub rebalance_interval: Duration,
+}
+
+/// A rebalance factor: a number of at least 1.
+pub fn parse_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    wsproxy::balance::Rebalance::new(factor)
+        .map(|r| r.factor())
+        .map_err(|e| e.to_string())
 }
 
 /// `tcp` or `ws:/PATH`.

@@ -25,12 +25,15 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
+use tokio::sync::Notify;
+use wsproxy::balance::Rebalance;
 use wsproxy::balance::{
     Balancer, BoundedLoad, ConsistentHash, HashKey, IpHash, LeastConn, RoundRobin, Upstream,
     UpstreamSet,
 };
 use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
 use wsproxy::health::{HealthCheck, HealthChecker};
+use wsproxy::proxy::Rebalancer;
 use wsproxy::route::Route;
 use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
@@ -83,13 +86,30 @@ fn main() -> ExitCode {
         if let Some(listener) = demo {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
         }
-        if let Some(config) = health {
-            for (set, group) in groups {
-                // They run until the process exits; the drain does not
-                // wait for them.
+        for (set, group) in groups {
+            // Checkers and rebalancers run until the process exits; the
+            // drain does not wait for them.
+            let rebalance = args.rebalance_rate.map(|rate| {
+                let wake = Arc::new(Notify::new());
+                let planner = Rebalance::new(args.rebalance_factor).unwrap_or_default();
+                let rebalancer = Rebalancer::new(group.clone(), set.clone())
+                    .planner(planner)
+                    .rate(rate);
+                tokio::spawn(rebalance(rebalancer, args.rebalance_interval, wake.clone()));
+                wake
+            });
+            if let Some(config) = &health {
                 let mut checker = HealthChecker::new(set, config.clone());
                 if args.on_marked_down == Some(OnMarkedDown::Close) {
                     checker = checker.close_on_down(&group);
+                }
+                if let Some(wake) = rebalance {
+                    // An upstream that comes (back) up takes its share now.
+                    checker = checker.on_change(move |_, up| {
+                        if up {
+                            wake.notify_one();
+                        }
+                    });
                 }
                 tokio::spawn(checker.run(std::future::pending()));
             }
@@ -99,6 +119,26 @@ fn main() -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// Rebalances one group every `every`, and when `wake` is notified, if its
+/// most loaded upstream holds more than the factor allows.
+async fn rebalance(rebalancer: Rebalancer, every: Duration, wake: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = wake.notified() => {}
+        }
+        let report = rebalancer.run().await;
+        if report.moved > 0 {
+            eprintln!(
+                "gateway: rebalanced: max/mean {:.2} -> {:.2}, {} tunnels moved",
+                report.before.ratio(),
+                report.after.ratio(),
+                report.moved
+            );
+        }
     }
 }
 
