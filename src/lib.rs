@@ -83,3 +83,8 @@ pub use handshake::HandshakeError;
 pub use health::{HealthCheck, HealthChecker};
 pub use proxy::{Proxy, ProxyBuilder, UpstreamGroup};
 pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};
+
+/// The README's examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
