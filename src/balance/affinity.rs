@@ -145,7 +145,10 @@ mod tests {
         let now = epoch();
         for b in with_affinity(&set) {
             let placed = placements(&*b, now);
-            assert!(placed.iter().all(|&(pick, home)| home == Some(pick)), "{b:?}");
+            assert!(
+                placed.iter().all(|&(pick, home)| home == Some(pick)),
+                "{b:?}"
+            );
             // Not one upstream for everyone: the keys really spread.
             let distinct: std::collections::HashSet<_> = placed.iter().map(|p| p.0).collect();
             assert_eq!(distinct.len(), 5, "{b:?}");
@@ -153,7 +156,9 @@ mod tests {
         // A ConsistentHash keyed on something else agrees with its own picks.
         let ring = ConsistentHash::new(set, HashKey::Query("room".into()));
         for room in 0..300 {
-            let request = http::Request::get(format!("/ws?room={room}")).body(()).unwrap();
+            let request = http::Request::get(format!("/ws?room={room}"))
+                .body(())
+                .unwrap();
             let ctx = ctx(&request, now);
             let home = ring.home(ring.affinity(&ctx).unwrap(), now);
             assert_eq!(home, Some(ring.pick(&ctx).unwrap().id()), "room {room}");
@@ -207,7 +212,10 @@ mod tests {
             let later = t0 + Duration::from_secs(10);
             let placed = placements(&*b, later);
             assert!(placed.iter().all(|&(pick, home)| home == Some(pick)));
-            assert!(placed.iter().any(|&(_, home)| home == Some(ids[3])), "{b:?}");
+            assert!(
+                placed.iter().any(|&(_, home)| home == Some(ids[3])),
+                "{b:?}"
+            );
         }
         // Nothing available: no home, as pick has none.
         set.set_down(ids[4], true);
@@ -234,7 +242,10 @@ mod tests {
         assert!(leases.iter().any(|l| l.id() != owner));
         assert_ne!(bounded.pick(&ctx).unwrap().id(), owner);
         // Its home is still the ring owner: where it goes once load allows.
-        assert_eq!(bounded.home(bounded.affinity(&ctx).unwrap(), now), Some(owner));
+        assert_eq!(
+            bounded.home(bounded.affinity(&ctx).unwrap(), now),
+            Some(owner)
+        );
     }
 
     #[test]
@@ -256,7 +267,10 @@ mod tests {
     #[test]
     fn ipv4_keys_are_the_first_three_octets() {
         let a = Affinity::from_ip(IpAddr::from([10, 1, 2, 3]));
-        assert_eq!(a.ip_key(), ([10, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 3));
+        assert_eq!(
+            a.ip_key(),
+            ([10, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 3)
+        );
         assert_eq!(a, Affinity::from_ip(IpAddr::from([10, 1, 2, 99])));
     }
 
@@ -275,7 +289,10 @@ mod tests {
     fn hash_affinities_round_trip() {
         for h in [0, 1, u64::MAX, 0x0123_4567_89ab_cdef] {
             assert_eq!(Affinity::from_hash(h).hash(), h);
-            assert_eq!(Affinity::from_bits(Affinity::from_hash(h).to_bits()).hash(), h);
+            assert_eq!(
+                Affinity::from_bits(Affinity::from_hash(h).to_bits()).hash(),
+                h
+            );
         }
     }
 }

@@ -116,7 +116,12 @@ impl Balancer for BoundedLoad {
         let state = self.set.load();
         self.rings.with(&state, Rings::new, |rings| {
             rings
-                .place(&state, affinity.hash(), |peer| peer.is_available_at(now), any_load)
+                .place(
+                    &state,
+                    affinity.hash(),
+                    |peer| peer.is_available_at(now),
+                    any_load,
+                )
                 .map(Peer::id)
         })
     }

@@ -227,7 +227,9 @@ impl Rebalance {
         let loads = Loads::of(snapshot, tunnels);
         let spread = loads.spread();
         let factor_milli = milli(self.factor);
-        let caps: Vec<usize> = (0..loads.len()).map(|i| loads.cap(i, factor_milli)).collect();
+        let caps: Vec<usize> = (0..loads.len())
+            .map(|i| loads.cap(i, factor_milli))
+            .collect();
         let excess: Vec<usize> = loads
             .count
             .iter()
@@ -442,7 +444,10 @@ impl Loads {
             total: 0,
         };
         for placed in tunnels {
-            if let Some(count) = loads.index(placed.upstream).and_then(|i| loads.count.get_mut(i)) {
+            if let Some(count) = loads
+                .index(placed.upstream)
+                .and_then(|i| loads.count.get_mut(i))
+            {
                 *count += 1;
                 loads.total += 1;
             }
@@ -515,6 +520,291 @@ impl RebalanceError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Factor(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::UpstreamSet;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `counts[i]` tunnels on upstream `i`, all with home `home(i, k)`.
+    fn tunnels(
+        ids: &[UpstreamId],
+        counts: &[usize],
+        home: impl Fn(usize, usize) -> Option<UpstreamId>,
+    ) -> Vec<Placed> {
+        counts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &n)| (0..n).map(move |k| (i, k)))
+            .map(|(i, k)| Placed::new(ids[i], home(i, k)))
+            .collect()
+    }
+
+    /// Closed tunnels per upstream index.
+    fn closed_from(ids: &[UpstreamId], tunnels: &[Placed], plan: &Plan) -> Vec<usize> {
+        let mut per = vec![0; ids.len()];
+        for &t in &plan.close {
+            let i = ids
+                .iter()
+                .position(|&id| id == tunnels[t].upstream)
+                .unwrap();
+            per[i] += 1;
+        }
+        per
+    }
+
+    #[test]
+    fn a_joined_upstream_takes_168_of_500_500() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        let t = tunnels(&ids, &[500, 500, 0], |_, _| None);
+        let plan = Rebalance::new(1.25)
+            .unwrap()
+            .plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!(plan.needed, 168);
+        assert_eq!(plan.close.len(), 168);
+        assert_eq!(closed_from(&ids, &t, &plan), [84, 84, 0]);
+        assert_eq!(
+            (plan.spread.max, plan.spread.total, plan.spread.upstreams),
+            (500, 1000, 3)
+        );
+        assert!((plan.spread.ratio() - 1.5).abs() < 1e-9);
+        // First to move are the first given, per upstream, interleaved.
+        assert_eq!(&plan.close[..4], [0, 500, 1, 501]);
+    }
+
+    #[test]
+    fn a_balanced_group_moves_nothing() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        for counts in [
+            [334, 333, 333],
+            [416, 416, 168],
+            [0, 0, 0],
+            [1, 0, 0],
+            [1, 1, 0],
+        ] {
+            let t = tunnels(&ids, &counts, |_, _| None);
+            let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+            assert_eq!((plan.needed, plan.close.len()), (0, 0), "{counts:?}");
+        }
+        // Small totals: the cap is at least the share rounded up.
+        // 2/0/0: cap max(floor(0.83), 1) = 1; 3/0/0: cap max(floor(1.25), 1) = 1.
+        for (counts, moves) in [([2, 0, 0], 1), ([3, 0, 0], 2), ([4, 0, 0], 2)] {
+            let t = tunnels(&ids, &counts, |_, _| None);
+            let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+            assert_eq!(
+                (plan.needed, plan.close.len()),
+                (moves, moves),
+                "{counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_set_the_caps() {
+        // Weights 2:1:1 over 800 tunnels: shares 400/200/200, caps 500/250/250.
+        let (set, ids) = set_of(&[2, 1, 1]);
+        let t = tunnels(&ids, &[500, 300, 0], |_, _| None);
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!(plan.needed, 50);
+        assert_eq!(closed_from(&ids, &t, &plan), [0, 50, 0]);
+        assert!((plan.spread.peak - 1.5).abs() < 1e-9); // 300 / 200
+        assert!((plan.spread.ratio() - 500.0 / (800.0 / 3.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn affinity_restricts_the_candidates() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        // Every tenth tunnel's key now maps to the newcomer: 50 of each 500.
+        let t = tunnels(&ids, &[500, 500, 0], |i, k| {
+            Some(if k % 10 == 0 { ids[2] } else { ids[i] })
+        });
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!(plan.needed, 168);
+        assert_eq!(plan.close.len(), 100); // short: the rest would break affinity
+        assert!(plan.close.iter().all(|&i| t[i].home == Some(ids[2])));
+        // A key whose home is another overloaded upstream does not move.
+        let t = tunnels(&ids, &[500, 500, 0], |i, _| Some(ids[1 - i]));
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert!(plan.close.is_empty());
+    }
+
+    #[test]
+    fn moved_keys_never_overfill_their_home() {
+        let (set, ids) = set_of(&[1, 1, 1]);
+        // The third already holds 400 of 1,300 (cap 541); 300 keys from the
+        // first would go there, but only 141 fit.
+        let t = tunnels(&ids, &[800, 100, 400], |i, k| {
+            Some(if i == 0 && k < 300 { ids[2] } else { ids[i] })
+        });
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!(plan.needed, 800 - 541);
+        assert_eq!(plan.close.len(), 141);
+    }
+
+    #[test]
+    fn the_budget_is_spent_on_the_largest_excess_first_then_evenly() {
+        let (set, ids) = set_of(&[1, 1, 1, 1]);
+        // 2,000 tunnels: cap 625; excesses 375, 175, 0, 0.
+        let t = tunnels(&ids, &[1000, 800, 200, 0], |_, _| None);
+        let r = Rebalance::default();
+        let plan = r.plan(&set.snapshot(), &t, 100);
+        assert_eq!(closed_from(&ids, &t, &plan), [100, 0, 0, 0]);
+        assert_eq!(plan.needed, 550);
+        // 300: the first levels down to the second's excess, then both evenly.
+        let plan = r.plan(&set.snapshot(), &t, 300);
+        assert_eq!(closed_from(&ids, &t, &plan), [250, 50, 0, 0]);
+        let plan = r.plan(&set.snapshot(), &t, 0);
+        assert!(plan.close.is_empty());
+        assert_eq!(plan.needed, 550);
+    }
+
+    #[test]
+    fn tunnels_off_eligible_upstreams_are_left_out() {
+        let (set, ids) = set_of(&[1, 1, 1, 1]);
+        set.set_down(ids[3], true);
+        let gone = UpstreamId(999);
+        let mut t = tunnels(&ids, &[500, 500, 0, 700], |_, _| None);
+        t.extend((0..300).map(|_| Placed::new(gone, None)));
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!((plan.spread.total, plan.spread.upstreams), (1000, 3));
+        assert_eq!(plan.needed, 168);
+        assert!(plan.close.iter().all(|&i| i < 1000));
+        // Draining and backups are not eligible either.
+        set.set_draining(ids[0], true);
+        let backup = set.add(super::super::Upstream::new(addr(9100)).backup(true));
+        t.extend((0..50).map(|_| Placed::new(backup, None)));
+        let spread = LoadSpread::of(&set.snapshot(), &t);
+        assert_eq!((spread.total, spread.upstreams, spread.max), (500, 2, 500));
+    }
+
+    #[test]
+    fn degenerate_inputs_plan_nothing_and_never_panic() {
+        let empty = UpstreamSet::new();
+        let plan = Rebalance::default().plan(&empty.snapshot(), &[], usize::MAX);
+        assert_eq!((plan.close.len(), plan.needed), (0, 0));
+        assert_eq!(plan.spread.ratio(), 1.0);
+        let t = vec![Placed::new(UpstreamId(5), None); 10];
+        let plan = Rebalance::default().plan(&empty.snapshot(), &t, usize::MAX);
+        assert_eq!((plan.close.len(), plan.spread.total), (0, 0));
+        // A huge factor never moves anything; huge weights do not overflow.
+        let (set, ids) = set_of(&[u32::MAX, 1, u32::MAX]);
+        let t = tunnels(&ids, &[1000, 1000, 0], |_, _| None);
+        for factor in [f64::INFINITY, f64::MAX, 1e300] {
+            let plan = Rebalance::new(factor).unwrap().plan(&set.snapshot(), &t, 5);
+            assert!(plan.close.is_empty());
+        }
+        // The middle upstream, weight 1 of ~2^33, is over its cap of one.
+        let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
+        assert_eq!(closed_from(&ids, &t, &plan), [0, 999, 0]);
+    }
+
+    #[test]
+    fn factors_below_one_or_nan_are_refused() {
+        for bad in [0.0, 0.999, -1.0, f64::NAN, f64::NEG_INFINITY] {
+            let err = Rebalance::new(bad).unwrap_err();
+            assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(err.to_string().starts_with("rebalance factor"), "{err}");
+        }
+        assert_eq!(Rebalance::new(1.0).unwrap().factor(), 1.0);
+        assert_eq!(Rebalance::default().factor(), 1.25);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Any group, any tunnels (some on unknown or ineligible upstreams,
+        /// with or without affinity), any budget: `close` names distinct
+        /// tunnels of overloaded upstreams, never takes one below its cap,
+        /// and afterwards an upstream is above its cap only if the budget
+        /// or its candidates ran out.
+        #[test]
+        fn plans_respect_caps_budget_and_candidates(
+            weights in proptest::collection::vec(1u32..4, 1..6),
+            down in proptest::collection::vec(any::<bool>(), 6),
+            // Skewed towards the first two upstreams, so that some are
+            // overloaded, and homes towards the third, so that it fills up.
+            raw in proptest::collection::vec(
+                (
+                    prop_oneof![2 => Just(0usize), 2 => Just(1), 1 => 0usize..7],
+                    prop_oneof![1 => Just(None), 2 => Just(Some(2usize)), 2 => (0usize..7).prop_map(Some)],
+                ),
+                0..400,
+            ),
+            budget in 0usize..300,
+            factor in 1.0f64..2.0,
+        ) {
+            let (set, ids) = set_of(&weights);
+            for (id, &d) in ids.iter().zip(&down) {
+                // Keep at least the first eligible, mostly.
+                set.set_down(*id, d && *id != ids[0]);
+            }
+            // Index `n` (and above) is an id the set does not know.
+            let id = |i: usize| ids.get(i).copied().unwrap_or(UpstreamId(500 + i as u64));
+            let t: Vec<Placed> = raw.iter().map(|&(u, h)| Placed::new(id(u), h.map(id))).collect();
+            let snapshot = set.snapshot();
+            let r = Rebalance::new(factor).unwrap();
+            let plan = r.plan(&snapshot, &t, budget);
+
+            let loads = Loads::of(&snapshot, &t);
+            let fm = milli(factor);
+            let caps: Vec<usize> = (0..loads.len()).map(|i| loads.cap(i, fm)).collect();
+            prop_assert!(caps.iter().sum::<usize>() >= loads.total);
+            prop_assert!(plan.close.len() <= budget.min(plan.needed));
+            let mut seen = std::collections::HashSet::new();
+            let mut left = loads.count.clone();
+            let mut arrive = vec![0usize; loads.len()];
+            for &c in &plan.close {
+                prop_assert!(c < t.len() && seen.insert(c));
+                let i = loads.index(t[c].upstream);
+                prop_assert!(i.is_some(), "closed a tunnel off an ineligible upstream");
+                let i = i.unwrap();
+                prop_assert!(t[c].home != Some(t[c].upstream));
+                left[i] -= 1;
+                prop_assert!(left[i] >= caps[i], "shed below the cap");
+                if let Some(h) = t[c].home {
+                    let h = loads.index(h);
+                    prop_assert!(h.is_some(), "moved to an ineligible home");
+                    arrive[h.unwrap()] += 1;
+                }
+            }
+            let projected: Vec<usize> = left.iter().zip(&arrive).map(|(l, a)| l + a).collect();
+            for (i, &h_load) in projected.iter().enumerate() {
+                // Moved keys never push their home above its cap.
+                if arrive[i] > 0 {
+                    prop_assert!(h_load <= caps[i]);
+                }
+            }
+            if plan.close.len() < budget {
+                for i in 0..loads.len() {
+                    if left[i] <= caps[i] {
+                        continue;
+                    }
+                    // Still above: every remaining tunnel there is pinned.
+                    for (k, p) in t.iter().enumerate() {
+                        if seen.contains(&k) || loads.index(p.upstream) != Some(i) {
+                            continue;
+                        }
+                        let movable = match p.home {
+                            None => true,
+                            Some(h) if h == p.upstream => false,
+                            Some(h) => loads.index(h).is_some_and(|j| projected[j] < caps[j]),
+                        };
+                        prop_assert!(!movable, "tunnel {k} could still move");
+                    }
+                }
+            }
+            let needed: usize = loads
+                .count
+                .iter()
+                .zip(&caps)
+                .map(|(&l, &c)| l.saturating_sub(c))
+                .sum();
+            prop_assert_eq!(needed, plan.needed);
         }
     }
 }

@@ -305,7 +305,12 @@ impl Balancer for ConsistentHash {
         let state = self.set.load();
         self.rings.with(&state, Rings::new, |rings| {
             rings
-                .place(&state, affinity.hash(), |peer| peer.is_available_at(now), any_load)
+                .place(
+                    &state,
+                    affinity.hash(),
+                    |peer| peer.is_available_at(now),
+                    any_load,
+                )
                 .map(Peer::id)
         })
     }
