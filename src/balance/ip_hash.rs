@@ -63,11 +63,11 @@ impl IpHash {
     /// the peers `available` accepts: the one code path of
     /// [`pick`](Balancer::pick) and [`home`](Balancer::home).
     #[inline]
-    fn place<'s>(
-        state: &'s State,
+    fn place(
+        state: &State,
         affinity: Affinity,
         available: impl Fn(&Peer) -> bool,
-    ) -> Option<&'s Peer> {
+    ) -> Option<&Peer> {
         let (octets, len) = affinity.ip_key();
         let octets = octets.get(..len).unwrap_or_default();
         choose_tiers(state, |tier, peers| {

@@ -121,7 +121,7 @@ pub trait Balancer: Send + Sync + fmt::Debug {
     ///
     /// Keep it beside the open connection: [`home`](Self::home) later says
     /// where that connection would be placed now, which is how a
-    /// [rebalance](rebalance) moves only connections whose key maps
+    /// [`rebalance`] moves only connections whose key maps
     /// elsewhere.
     ///
     /// ```
