@@ -438,7 +438,7 @@ impl Loads {
         let (ids, weight): (Vec<UpstreamId>, Vec<u64>) = eligible.into_iter().unzip();
         let mut loads = Self {
             count: vec![0; ids.len()],
-            weight_sum: weight.iter().sum(),
+            weight_sum: weight.iter().fold(0u64, |sum, &w| sum.saturating_add(w)),
             ids,
             weight,
             total: 0,
