@@ -1,8 +1,10 @@
 //! Consistent hashing with bounded loads.
 
-use super::ring::{HashKey, Rings};
+use std::time::Instant;
+
+use super::ring::{any_load, HashKey, Rings};
 use super::set::LayoutCache;
-use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
+use super::{Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId, UpstreamSet};
 
 /// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
 /// 2016; HAProxy `hash-balance-factor`).
@@ -82,29 +84,45 @@ impl Balancer for BoundedLoad {
         let hash = self.key.hash_or_addr(ctx);
         // The mean counts the connection being placed (the paper's `m + 1`).
         let placed = self.set.active_total() as u128 + 1;
+        let scaled = u128::from(self.factor_milli).saturating_mul(placed);
+        // ceil(factor × placed × w / W) in integers, W the tier's routable
+        // weight. When every available peer is full (only when some are
+        // unhealthy, so W overstates capacity) the walk keeps affinity.
+        let below_bound = |tier: usize| {
+            let routable = u128::from(state.routable_weight(tier).max(1)) * 1000;
+            move |peer: &Peer| {
+                let capacity = scaled
+                    .saturating_mul(u128::from(peer.weight))
+                    .div_ceil(routable);
+                (peer.active() as u128) < capacity
+            }
+        };
         self.rings.with(&state, Rings::new, |rings| {
-            pick_tiers(&state, |tier, peers| {
-                let routable = u128::from(state.routable_weight(tier).max(1)) * 1000;
-                let scaled = u128::from(self.factor_milli).saturating_mul(placed);
-                let mut first = None;
-                for i in rings.tier(tier).walk(hash) {
-                    let Some(peer) = peers.get(i) else { continue };
-                    if !peer.is_available(ctx) {
-                        continue;
-                    }
-                    // ceil(factor × placed × w / W), in integers.
-                    let capacity = scaled
-                        .saturating_mul(u128::from(peer.weight))
-                        .div_ceil(routable);
-                    if (peer.active() as u128) < capacity {
-                        return Some(i);
-                    }
-                    first.get_or_insert(i);
-                }
-                // Every available peer full (only when some are unhealthy, so
-                // the routable weight overstates capacity): keep affinity.
-                first
-            })
+            rings
+                .place(&state, hash, |peer| peer.is_available(ctx), below_bound)
+                .map(Peer::lease)
+                .ok_or(SelectError::NoneAvailable)
+        })
+    }
+
+    /// The key's hash, as [`ConsistentHash`](super::ConsistentHash) gives it.
+    fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
+        Some(Affinity::from_hash(self.key.hash_or_addr(ctx)))
+    }
+
+    /// The ring owner, load bounds aside: where the key goes while nobody
+    /// is above the bound, and so where a rebalance may send it back.
+    fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
+        let state = self.set.load();
+        self.rings.with(&state, Rings::new, |rings| {
+            rings
+                .place(
+                    &state,
+                    affinity.hash(),
+                    |peer| peer.is_available_at(now),
+                    any_load,
+                )
+                .map(Peer::id)
         })
     }
 }

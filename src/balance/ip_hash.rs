@@ -1,8 +1,12 @@
 //! nginx `ip_hash`: client affinity by address.
 
-use std::net::IpAddr;
+use std::time::Instant;
 
-use super::{pick_tiers, Balancer, Lease, PickContext, SelectError, UpstreamSet};
+use super::set::State;
+use super::{
+    choose_tiers, Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId,
+    UpstreamSet,
+};
 
 /// nginx `ip_hash` (`ngx_http_upstream_get_ip_hash_peer`).
 ///
@@ -54,25 +58,20 @@ const MULTIPLIER: u64 = 113;
 const MODULUS: u64 = 6271;
 const TRIES: usize = 20;
 
-/// The octets nginx keys a client by.
-fn key(ip: IpAddr) -> ([u8; 16], usize) {
-    let mut octets = [0u8; 16];
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            octets[..3].copy_from_slice(&v4.octets()[..3]);
-            (octets, 3)
-        }
-        IpAddr::V6(v6) => (v6.octets(), 16),
-    }
-}
-
-impl Balancer for IpHash {
-    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
-        let snapshot = self.set.load();
-        let (octets, len) = key(ctx.client());
+impl IpHash {
+    /// The peer nginx `ip_hash` places the client of `affinity` on, among
+    /// the peers `available` accepts: the one code path of
+    /// [`pick`](Balancer::pick) and [`home`](Balancer::home).
+    #[inline]
+    fn place(
+        state: &State,
+        affinity: Affinity,
+        available: impl Fn(&Peer) -> bool,
+    ) -> Option<&Peer> {
+        let (octets, len) = affinity.ip_key();
         let octets = octets.get(..len).unwrap_or_default();
-        pick_tiers(&snapshot, |tier, peers| {
-            let total = snapshot.total_weight(tier);
+        choose_tiers(state, |tier, peers| {
+            let total = state.total_weight(tier);
             if total == 0 {
                 return None;
             }
@@ -82,15 +81,36 @@ impl Balancer for IpHash {
                 for &octet in octets {
                     hash = (hash * MULTIPLIER + u64::from(octet)) % MODULUS;
                 }
-                chosen = snapshot.by_weight(tier, hash % total);
-                if peers.get(chosen).is_some_and(|p| p.is_available(ctx)) {
+                chosen = state.by_weight(tier, hash % total);
+                if peers.get(chosen).is_some_and(&available) {
                     return Some(chosen);
                 }
             }
             (1..=peers.len())
                 .map(|step| (chosen + step) % peers.len())
-                .find(|&i| peers.get(i).is_some_and(|p| p.is_available(ctx)))
+                .find(|&i| peers.get(i).is_some_and(&available))
         })
+    }
+}
+
+impl Balancer for IpHash {
+    fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+        let state = self.set.load();
+        let affinity = Affinity::from_ip(ctx.client());
+        Self::place(&state, affinity, |peer| peer.is_available(ctx))
+            .map(Peer::lease)
+            .ok_or(SelectError::NoneAvailable)
+    }
+
+    /// The client's address as `ip_hash` keys it: the /24 of an IPv4
+    /// address, the whole IPv6 address.
+    fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
+        Some(Affinity::from_ip(ctx.client()))
+    }
+
+    fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
+        let state = self.set.load();
+        Self::place(&state, affinity, |peer| peer.is_available_at(now)).map(Peer::id)
     }
 }
 
@@ -98,7 +118,7 @@ impl Balancer for IpHash {
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     fn pick(b: &IpHash, ip: IpAddr) -> u16 {
         let request = request();

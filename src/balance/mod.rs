@@ -78,20 +78,22 @@ use std::time::Instant;
 
 use http::StatusCode;
 
+mod affinity;
 mod bounded;
 pub mod health;
 mod ip_hash;
 mod least_conn;
-mod rebalance;
+pub mod rebalance;
 mod ring;
 mod round_robin;
 mod set;
 mod upstream;
 
+pub use affinity::Affinity;
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
 pub use least_conn::{LeastConn, RandomTwo};
-pub use rebalance::{FactorError, LoadSpread, Placed, Plan, Rebalance};
+pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceError};
 pub use ring::{ConsistentHash, HashKey};
 pub use round_robin::RoundRobin;
 pub use set::{Peer, Snapshot, UpstreamSet};
@@ -111,6 +113,77 @@ pub trait Balancer: Send + Sync + fmt::Debug {
     ///
     /// [`SelectError`] when no upstream, primary or backup, is available.
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError>;
+
+    /// The affinity of the connection `ctx` describes, for strategies that
+    /// map a key to an upstream ([`IpHash`], [`ConsistentHash`],
+    /// [`BoundedLoad`]); `None` (the default) for strategies without
+    /// affinity ([`RoundRobin`], [`LeastConn`], [`RandomTwo`]).
+    ///
+    /// Keep it beside the open connection: [`home`](Self::home) later says
+    /// where that connection would be placed now, which is how a
+    /// [`rebalance`] moves only connections whose key maps
+    /// elsewhere.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{Balancer, IpHash, PickContext, RoundRobin, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = (9001..=9002)
+    ///     .map(|port| Upstream::new(SocketAddr::from(([127, 0, 0, 1], port))))
+    ///     .collect();
+    /// let request = http::Request::get("/chat").body(())?;
+    /// let ctx = PickContext::new("192.0.2.1".parse()?, &request, Instant::now());
+    /// assert!(IpHash::new(set.clone()).affinity(&ctx).is_some());
+    /// assert_eq!(RoundRobin::new(set).affinity(&ctx), None);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
+        let _ = ctx;
+        None
+    }
+
+    /// The upstream a connection with `affinity` would be placed on now,
+    /// load aside: the key's home among the upstreams available at `now`
+    /// (not down, not draining, not sitting out a `fail_timeout`), backups
+    /// only when no primary is. For [`IpHash`] and [`ConsistentHash`] this
+    /// is what [`pick`](Self::pick) chooses for that connection when no
+    /// upstream failed for it; for [`BoundedLoad`], where the key goes while
+    /// nobody is above the load bound.
+    ///
+    /// `None` when no upstream is available or the strategy has no affinity
+    /// (the default).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{Balancer, ConsistentHash, HashKey, PickContext, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = (9001..=9003)
+    ///     .map(|port| Upstream::new(SocketAddr::from(([127, 0, 0, 1], port))))
+    ///     .collect();
+    /// let ring = ConsistentHash::new(set.clone(), HashKey::Query("room".into()));
+    /// let request = http::Request::get("/chat?room=42").body(())?;
+    /// let now = Instant::now();
+    /// let ctx = PickContext::new("127.0.0.1".parse()?, &request, now);
+    ///
+    /// let lease = ring.pick(&ctx)?;
+    /// let affinity = ring.affinity(&ctx).ok_or("a ring has affinity")?;
+    /// assert_eq!(ring.home(affinity, now), Some(lease.id()));
+    ///
+    /// // Its upstream goes down: the key's home is now elsewhere.
+    /// set.set_down(lease.id(), true);
+    /// let moved = ring.home(affinity, now).ok_or("two upstreams left")?;
+    /// assert_ne!(moved, lease.id());
+    /// assert_eq!(ring.pick(&ctx)?.id(), moved);
+    /// # Ok(())
+    /// # }
+    /// ```
+    fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
+        let _ = (affinity, now);
+        None
+    }
 }
 
 /// What a [`Balancer`] knows about the request it places.
@@ -202,18 +275,30 @@ impl SelectError {
 
 /// Tier order shared by every strategy: primaries, then backups only when no
 /// primary was available (nginx `backup`).
-fn pick_tiers(
-    snapshot: &set::State,
-    mut pick: impl FnMut(usize, &[Peer]) -> Option<usize>,
-) -> Result<Lease, SelectError> {
+#[inline]
+fn choose_tiers<'s>(
+    snapshot: &'s set::State,
+    mut pick: impl FnMut(usize, &'s [Peer]) -> Option<usize>,
+) -> Option<&'s Peer> {
     for (tier, peers) in snapshot.tiers().into_iter().enumerate() {
         if let Some(i) = pick(tier, peers) {
             if let Some(peer) = peers.get(i) {
-                return Ok(peer.lease());
+                return Some(peer);
             }
         }
     }
-    Err(SelectError::NoneAvailable)
+    None
+}
+
+/// [`choose_tiers`], leasing the chosen peer.
+#[inline]
+fn pick_tiers(
+    snapshot: &set::State,
+    pick: impl FnMut(usize, &[Peer]) -> Option<usize>,
+) -> Result<Lease, SelectError> {
+    choose_tiers(snapshot, pick)
+        .map(Peer::lease)
+        .ok_or(SelectError::NoneAvailable)
 }
 
 #[cfg(test)]

@@ -1,11 +1,16 @@
 //! Consistent hashing: hash keys and the ketama ring.
 
+use std::time::Instant;
+
 use http::header::COOKIE;
 use http::HeaderName;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::set::{LayoutCache, State};
-use super::{pick_tiers, Balancer, Lease, Peer, PickContext, SelectError, UpstreamSet};
+use super::{
+    choose_tiers, Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId,
+    UpstreamSet,
+};
 
 /// What a consistent hash is keyed on (nginx `hash $key consistent`).
 ///
@@ -196,6 +201,43 @@ impl Rings {
     pub(crate) fn tier(&self, tier: usize) -> &Ring {
         &self.0[tier.min(1)]
     }
+
+    /// The peer a key of `hash` is placed on: clockwise from the hash, the
+    /// first peer `available` accepts that also fits (`fits(tier)` gives the
+    /// test for one tier); when none fits, the first available one, since
+    /// affinity beats load. The one ring walk of both ring strategies'
+    /// [`pick`](Balancer::pick) and [`home`](Balancer::home); with a
+    /// `fits` that accepts everything it is the plain ring owner.
+    #[inline]
+    pub(crate) fn place<'s, F: Fn(&Peer) -> bool>(
+        &self,
+        state: &'s State,
+        hash: u64,
+        available: impl Fn(&Peer) -> bool,
+        fits: impl Fn(usize) -> F,
+    ) -> Option<&'s Peer> {
+        choose_tiers(state, |tier, peers| {
+            let fits = fits(tier);
+            let mut first = None;
+            for i in self.tier(tier).walk(hash) {
+                let Some(peer) = peers.get(i) else { continue };
+                if !available(peer) {
+                    continue;
+                }
+                if fits(peer) {
+                    return Some(i);
+                }
+                first.get_or_insert(i);
+            }
+            first
+        })
+    }
+}
+
+/// The `fits` of [`Rings::place`] for a walk that ignores load.
+#[inline]
+pub(crate) fn any_load(_tier: usize) -> impl Fn(&Peer) -> bool {
+    |_| true
 }
 
 /// Consistent hashing on a ketama ring (nginx `hash $key consistent`).
@@ -246,12 +288,30 @@ impl Balancer for ConsistentHash {
         let state = self.set.load();
         let hash = self.key.hash_or_addr(ctx);
         self.rings.with(&state, Rings::new, |rings| {
-            pick_tiers(&state, |tier, peers| {
-                rings
-                    .tier(tier)
-                    .walk(hash)
-                    .find(|&i| peers.get(i).is_some_and(|p| p.is_available(ctx)))
-            })
+            rings
+                .place(&state, hash, |peer| peer.is_available(ctx), any_load)
+                .map(Peer::lease)
+                .ok_or(SelectError::NoneAvailable)
+        })
+    }
+
+    /// The key's hash ([`HashKey`], or the client address when the request
+    /// lacks the key).
+    fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
+        Some(Affinity::from_hash(self.key.hash_or_addr(ctx)))
+    }
+
+    fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
+        let state = self.set.load();
+        self.rings.with(&state, Rings::new, |rings| {
+            rings
+                .place(
+                    &state,
+                    affinity.hash(),
+                    |peer| peer.is_available_at(now),
+                    any_load,
+                )
+                .map(Peer::id)
         })
     }
 }

@@ -431,7 +431,7 @@ impl Peer {
     /// Neither down (by hand or by a check) nor draining: known from the
     /// snapshot alone, with no clock.
     #[inline]
-    fn routable(&self) -> bool {
+    pub(crate) fn routable(&self) -> bool {
         !self.down && !self.check_down && !self.draining
     }
 
@@ -454,6 +454,14 @@ impl Peer {
         self.routable()
             && !ctx.failed().contains(&self.shared.id)
             && self.shared.is_healthy(ctx.now())
+    }
+
+    /// Whether it may take a connection at `now`, no request in view: not
+    /// down, not draining, and not sitting out a `fail_timeout`. What
+    /// [`is_available`](Self::is_available) says for a first attempt.
+    #[inline]
+    pub(crate) fn is_available_at(&self, now: std::time::Instant) -> bool {
+        self.routable() && self.shared.is_healthy(now)
     }
 
     /// Leases it for one connection. Balancers call this on the peer they

@@ -20,7 +20,7 @@ use tracing::{field, Instrument};
 
 use super::registry::{Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
-use crate::balance::{Lease, PickContext, UpstreamAddr, UpstreamId};
+use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
@@ -87,24 +87,35 @@ struct Switched {
     listing: Listing,
 }
 
-/// Where an upgraded connection's tunnel is listed, and as whose.
+/// Where an upgraded connection's tunnel is listed, as whose, and with
+/// what affinity (for a rebalance to know where its key goes now).
 #[derive(Debug)]
 pub(crate) struct Listing {
     registry: Arc<TunnelRegistry>,
     client: IpAddr,
+    affinity: Option<Affinity>,
 }
 
 impl Listing {
-    pub(crate) fn new(group: &UpstreamGroup, client: IpAddr) -> Self {
+    /// The listing of `request`, placed by `group`'s balancer for `client`.
+    pub(crate) fn new(group: &UpstreamGroup, client: IpAddr, request: &Request<()>) -> Self {
+        let ctx = PickContext::new(client, request, Instant::now().into_std());
         Self {
             registry: group.tunnels.clone(),
             client,
+            affinity: group.balancer().affinity(&ctx),
         }
     }
 
     /// Lists the tunnel `handle` controls, running to the lease's upstream.
     pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle) -> Registered {
-        Registered::new(self.registry, lease.id(), self.client, handle)
+        Registered::new(
+            self.registry,
+            lease.id(),
+            self.client,
+            self.affinity,
+            handle,
+        )
     }
 }
 
@@ -465,6 +476,8 @@ where
                     .await
             }
         };
+        // Taken from the request the balancer placed, before the rewrite.
+        let listing = Listing::new(&group, client.ip(), &request);
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
@@ -560,7 +573,7 @@ where
                         upstream,
                         detach(&mut up_buf),
                         lease,
-                        Listing::new(&group, client.ip()),
+                        listing,
                     )
                     .await;
             }

@@ -121,6 +121,8 @@ impl Rebalancer {
     /// Where every open tunnel runs and where its key would go now.
     fn placement(&self) -> (Snapshot, Vec<LiveTunnel>, Vec<Placed>) {
         let snapshot = self.set.snapshot();
+        let now = Instant::now().into_std();
+        let balancer = self.group.balancer();
         let tunnels: Vec<LiveTunnel> = self
             .group
             .tunnels()
@@ -132,7 +134,7 @@ impl Rebalancer {
             .iter()
             .map(|t| Placed {
                 upstream: t.upstream,
-                home: None,
+                home: t.affinity.and_then(|a| balancer.home(a, now)),
             })
             .collect();
         (snapshot, tunnels, placed)

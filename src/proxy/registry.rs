@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::balance::UpstreamId;
+use crate::balance::{Affinity, UpstreamId};
 use crate::frame::CloseFrame;
 use crate::tunnel::TunnelHandle;
 
@@ -30,6 +30,10 @@ pub struct LiveTunnel {
     pub client: IpAddr,
     /// When the tunnel opened.
     pub started: Instant,
+    /// What the group's balancer keeps of the request that placed it, for
+    /// strategies with affinity ([`Balancer::affinity`](crate::balance::Balancer::affinity)):
+    /// a rebalance moves only tunnels whose key now maps elsewhere.
+    pub affinity: Option<Affinity>,
     /// Closes or cuts the tunnel.
     pub handle: TunnelHandle,
 }
@@ -92,6 +96,9 @@ struct Entry {
     /// Milliseconds from the registry's epoch to the tunnel's start.
     started_ms: u32,
     client: IpAddr,
+    /// Boxed: 16-byte aligned, it would grow every entry by 32 bytes; only
+    /// hash strategies set it.
+    affinity: Option<Box<Affinity>>,
 }
 
 impl Entries {
@@ -106,6 +113,7 @@ impl Entries {
             upstream: entry.upstream,
             client: entry.client,
             started: epoch + Duration::from_millis(u64::from(entry.started_ms)),
+            affinity: entry.affinity.as_deref().copied(),
             handle: entry.handle.clone(),
         }
     }
@@ -124,7 +132,13 @@ impl TunnelRegistry {
     }
 
     /// Enters a tunnel; returns its slot and id.
-    fn insert(&self, upstream: UpstreamId, client: IpAddr, handle: TunnelHandle) -> (u32, u64) {
+    fn insert(
+        &self,
+        upstream: UpstreamId,
+        client: IpAddr,
+        affinity: Option<Affinity>,
+        handle: TunnelHandle,
+    ) -> (u32, u64) {
         let now = Instant::now();
         let mut entries = self.lock();
         let epoch = *entries.epoch.get_or_insert(now);
@@ -136,6 +150,7 @@ impl TunnelRegistry {
             handle,
             started_ms: u32::try_from(now.duration_since(epoch).as_millis()).unwrap_or(u32::MAX),
             client,
+            affinity: affinity.map(Box::new),
         };
         let slot = match entries.free.pop() {
             Some(slot) => slot,
@@ -262,9 +277,10 @@ impl Registered {
         registry: Arc<TunnelRegistry>,
         upstream: UpstreamId,
         client: IpAddr,
+        affinity: Option<Affinity>,
         handle: TunnelHandle,
     ) -> Self {
-        let (slot, id) = registry.insert(upstream, client, handle);
+        let (slot, id) = registry.insert(upstream, client, affinity, handle);
         Self { registry, slot, id }
     }
 }
@@ -298,7 +314,7 @@ mod tests {
         let mut guards: Vec<Registered> = (0..600u32)
             .map(|i| {
                 let upstream = if i % 3 == 0 { a } else { b };
-                Registered::new(registry.clone(), upstream, ip(i as u8), handle())
+                Registered::new(registry.clone(), upstream, ip(i as u8), None, handle())
             })
             .collect();
         assert_eq!(registry.len(), 600);
@@ -314,7 +330,7 @@ mod tests {
         assert_eq!(registry.len(), 100);
         let chunks = registry.lock().chunks.len();
         let again: Vec<Registered> = (0..500)
-            .map(|_| Registered::new(registry.clone(), a, ip(1), handle()))
+            .map(|_| Registered::new(registry.clone(), a, ip(1), None, handle()))
             .collect();
         assert_eq!(registry.len(), 600);
         assert_eq!(registry.lock().chunks.len(), chunks);
@@ -331,7 +347,7 @@ mod tests {
         let registry = Arc::new(TunnelRegistry::new());
         let (a, b) = (UpstreamId(1), UpstreamId(2));
         let _guards: Vec<Registered> = (0..10)
-            .map(|i| Registered::new(registry.clone(), if i < 4 { a } else { b }, ip(1), handle()))
+            .map(|i| Registered::new(registry.clone(), if i < 4 { a } else { b }, ip(1), None, handle()))
             .collect();
         let close = CloseFrame::new(1001, "down").unwrap();
         assert_eq!(registry.close_upstream(a, &close), 4);

@@ -89,6 +89,7 @@ impl Proxy {
         let (lease, mut upstream) = conn::connect(inner, &group, &client, &request)
             .await
             .map_err(UpgradeError::Unreachable)?;
+        let listing = conn::Listing::new(&group, client.ip(), &request);
         let authority = conn::authority_of(lease.addr());
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
             .with_websocket(true);
@@ -142,7 +143,7 @@ impl Proxy {
             upstream,
             prefix: conn::detach(&mut buf),
             lease,
-            listing: conn::Listing::new(&group, client.ip()),
+            listing,
         })
     }
 }
