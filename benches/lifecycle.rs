@@ -230,9 +230,5 @@ async fn rebalance(args: &Args, strategy: Strategy) {
 
 /// A client whose request carries its own `?id=`, the query hash's key.
 async fn client_at(addr: SocketAddr, c: usize) -> WebSocketStream<TcpStream> {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/?id={c}"), tcp)
-        .await
-        .expect("handshake");
-    ws
+    client_to(addr, &format!("/?id={c}")).await
 }

@@ -568,13 +568,7 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(
-                        response,
-                        upstream,
-                        detach(&mut up_buf),
-                        lease,
-                        listing,
-                    )
+                    .switch(response, upstream, detach(&mut up_buf), lease, listing)
                     .await;
             }
             Ok(_) => {}

@@ -347,7 +347,15 @@ mod tests {
         let registry = Arc::new(TunnelRegistry::new());
         let (a, b) = (UpstreamId(1), UpstreamId(2));
         let _guards: Vec<Registered> = (0..10)
-            .map(|i| Registered::new(registry.clone(), if i < 4 { a } else { b }, ip(1), None, handle()))
+            .map(|i| {
+                Registered::new(
+                    registry.clone(),
+                    if i < 4 { a } else { b },
+                    ip(1),
+                    None,
+                    handle(),
+                )
+            })
             .collect();
         let close = CloseFrame::new(1001, "down").unwrap();
         assert_eq!(registry.close_upstream(a, &close), 4);

@@ -278,10 +278,15 @@ pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<HashSet<String>>>) {
 }
 
 pub async fn client(addr: SocketAddr) -> WebSocketStream<TcpStream> {
+    client_to(addr, "/").await
+}
+
+/// A WebSocket client of `ws://addr{path}`.
+pub async fn client_to(addr: SocketAddr, path: &str) -> WebSocketStream<TcpStream> {
     let tcp = bounded("connect", TcpStream::connect(addr)).await.unwrap();
     let (ws, _) = bounded(
         "handshake",
-        tokio_tungstenite::client_async(format!("ws://{addr}/"), tcp),
+        tokio_tungstenite::client_async(format!("ws://{addr}{path}"), tcp),
     )
     .await
     .unwrap();
