@@ -936,30 +936,6 @@ async fn on_marked_down_close_sends_1001_to_the_tunnels_of_a_failed_upstream() {
     assert!(field(&line, "close").starts_with("proxy:1001"), "{line}");
 }
 
-/// A WebSocket echo backend listening on `addr`, counting its connections.
-async fn echo_backend_at(addr: SocketAddr) -> Arc<std::sync::atomic::AtomicUsize> {
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    accepted
-}
-
 #[tokio::test]
 async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
     let a = ws_upstream(WsUpstreamOptions::default())
@@ -1009,7 +985,8 @@ async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
     }
     // The third comes up: 6/6/0 is 1.5 times the mean, above 1.25, so one
     // tunnel of each loaded upstream is closed with 1012 and reconnects.
-    let accepted = echo_backend_at(c).await;
+    let listener = tokio::net::TcpListener::bind(c).await.unwrap();
+    let third = support::recording_upstream_on(listener);
     let mut codes = Vec::new();
     let mut reconnected = Vec::new();
     let mut readers = tokio::task::JoinSet::new();
@@ -1032,13 +1009,17 @@ async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
         read_to_close_end(&mut ws).await;
         codes.push(code);
         let mut again = connect(&gw.url("/")).await;
-        again.send(Message::text("back")).await.unwrap();
-        assert_eq!(next_data(&mut again).await, Message::text("back"));
+        let back = format!("back {}", codes.len());
+        again.send(Message::text(back.clone())).await.unwrap();
+        assert_eq!(next_data(&mut again).await, Message::text(back));
         // Kept open: the rebalancer measures after its settle time.
         reconnected.push(again);
     }
     assert_eq!(codes, [Some(1012), Some(1012)]);
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // Both came back through the least loaded upstream, the new one, and
+    // nothing else went there.
+    let seen = third.lock().unwrap().clone();
+    assert_eq!(seen, ["back 1", "back 2"].map(String::from).into());
     let log = bounded("the rebalance line", async {
         loop {
             let err = gw.stderr.lock().unwrap().clone();

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use super::ring::{any_load, HashKey, Rings};
+use super::ring::{ring_home, HashKey, Rings};
 use super::set::LayoutCache;
 use super::{Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId, UpstreamSet};
 
@@ -107,23 +107,13 @@ impl Balancer for BoundedLoad {
 
     /// The key's hash, as [`ConsistentHash`](super::ConsistentHash) gives it.
     fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
-        Some(Affinity::from_hash(self.key.hash_or_addr(ctx)))
+        Some(self.key.affinity(ctx))
     }
 
     /// The ring owner, load bounds aside: where the key goes while nobody
     /// is above the bound, and so where a rebalance may send it back.
     fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
-        let state = self.set.load();
-        self.rings.with(&state, Rings::new, |rings| {
-            rings
-                .place(
-                    &state,
-                    affinity.hash(),
-                    |peer| peer.is_available_at(now),
-                    any_load,
-                )
-                .map(Peer::id)
-        })
+        ring_home(&self.set, &self.rings, affinity, now)
     }
 }
 

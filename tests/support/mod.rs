@@ -251,6 +251,11 @@ impl Gateway {
 pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<HashSet<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    (addr, recording_upstream_on(listener))
+}
+
+/// [`recording_upstream`] on a listener of the caller's.
+pub fn recording_upstream_on(listener: TcpListener) -> Arc<Mutex<HashSet<String>>> {
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let record = seen.clone();
     tokio::spawn(async move {
@@ -274,7 +279,7 @@ pub async fn recording_upstream() -> (SocketAddr, Arc<Mutex<HashSet<String>>>) {
             });
         }
     });
-    (addr, seen)
+    seen
 }
 
 pub async fn client(addr: SocketAddr) -> WebSocketStream<TcpStream> {
