@@ -787,3 +787,39 @@ async fn peers_that_answer_pings_keep_the_tunnel() {
     assert!(!task.is_finished());
     task.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_queued_behind_a_long_frame_does_not_time_out_a_busy_peer() {
+    let (mut browser, mut backend) = (duplex(1 << 20), duplex(1 << 20));
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .ping(Duration::from_secs(10), Duration::from_secs(5));
+    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    // The upstream streams one 10-byte frame to the silent client, a byte
+    // every 2 s: for 20 s, past the 15 s of interval and timeout, no
+    // boundary lets a ping in toward the client.
+    backend.1.write_all(&[0x82, 10]).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..10u8 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            backend.1.write_all(&[i]).await.unwrap();
+        }
+        backend.1
+    });
+    let frame = take(&mut browser.1, 12).await;
+    assert_eq!(frame[..2], [0x82, 10]);
+    // Only now, after the frame, does the ping go in; answered, the tunnel
+    // lives on.
+    assert_eq!(take(&mut browser.1, 2).await, [0x89, 0x00]);
+    browser.1.write_all(&masked(0x8a, b"")).await.unwrap();
+    let mut backend = bounded(writer).await.unwrap();
+    let mut pong = vec![0; 6];
+    bounded(backend.read_exact(&mut pong)).await.unwrap();
+    assert_eq!(pong[..2], [0x8a, 0x80]);
+    assert!(
+        !task.is_finished(),
+        "ended by {:?}",
+        task.await.unwrap().end
+    );
+    task.abort();
+}

@@ -739,6 +739,11 @@ where
                         );
                     }
                     let parting = *this.phase == Phase::Parting;
+                    if let (Some(frames), Some(timers)) =
+                        (this.frames.as_deref(), this.timers.as_mut())
+                    {
+                        timers.as_mut().project().ping_waits(frames, started);
+                    }
                     let closed = || {
                         let close = this.control.as_deref().and_then(Control::close_frame);
                         TunnelEnd::Closed(close.cloned().unwrap_or_else(CloseFrame::empty))
@@ -961,6 +966,17 @@ impl TimersProj<'_> {
             Side::Upstream => self.u2c,
         };
         stamps.ping_sent = nanos_since(started);
+    }
+
+    /// A ping still queued behind a frame toward its side (a long message
+    /// streaming there) has not been sent: its timeout starts once it goes
+    /// out, not while the peer is busy receiving.
+    fn ping_waits(self, frames: &Frames, started: Instant) {
+        for (stamps, toward) in [(self.c2u, &frames.u2c), (self.u2c, &frames.c2u)] {
+            if stamps.ping_sent != NEVER && toward.has_insert() {
+                stamps.ping_sent = nanos_since(started);
+            }
+        }
     }
 }
 
