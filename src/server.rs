@@ -213,6 +213,9 @@ impl Server {
         let (phase, rx) = watch::channel(Phase::Running);
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let tracker = Arc::new(Tracker::default());
+        // This serve's tunnels, told apart from other servers' over the
+        // same proxy: its drain closes and cuts only its own.
+        let origin = next_origin();
         let mut report = DrainReport::default();
         tokio::pin!(shutdown);
         loop {
@@ -281,12 +284,12 @@ impl Server {
                 // handshake's state; the report stays only for a hook.
                 match (upgraded, on_end) {
                     (Some(upgraded), None) => {
-                        let mut running = upgraded.run_holding((permit, token));
+                        let mut running = upgraded.run_holding((permit, token), origin);
                         cut_if_late(&phase, running.handle());
                         tokio::spawn(running);
                     }
                     (Some(upgraded), Some(hook)) => {
-                        let mut running = upgraded.run();
+                        let mut running = upgraded.run(origin);
                         cut_if_late(&phase, running.handle());
                         tokio::spawn(async move {
                             report.tunnel = Some(running.await);
@@ -310,7 +313,7 @@ impl Server {
         let deadline = Instant::now() + self.drain_timeout;
         let closing = async {
             if let Some(window) = self.drain_window {
-                close_spread(&self.proxy, window, &mut report.closed).await;
+                close_spread(&self.proxy, origin, window, &mut report.closed).await;
             }
             std::future::pending::<()>().await;
         };
@@ -325,7 +328,9 @@ impl Server {
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
             let _ = phase.send(Phase::Cut);
-            self.proxy.cut_tunnels();
+            for tunnel in self.proxy.tunnels_of(origin) {
+                tunnel.handle.cut();
+            }
             // Cut tunnels shut both sockets down, each within its send
             // timeout; this only bounds how long the report waits for that.
             let _ = timeout(CUT_GRACE, tracker.all_done()).await;
@@ -333,6 +338,12 @@ impl Server {
         tracing::info!(?report, "server stopped");
         Ok(report)
     }
+}
+
+/// A fresh tag for one serve's tunnels (never 0, which is "no server").
+fn next_origin() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed).max(1)
 }
 
 /// How long [`Server::serve`] waits for cut connections to close.
@@ -351,9 +362,9 @@ fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
 /// under way when the drain began) are closed at the end of the window.
 /// Counts the tunnels asked to close in `closed` as it goes: the drain may
 /// end before the window does.
-async fn close_spread(proxy: &Proxy, window: Duration, closed: &mut usize) {
+async fn close_spread(proxy: &Proxy, origin: u32, window: Duration, closed: &mut usize) {
     let going_away = CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
-    let tunnels = proxy.tunnels();
+    let tunnels = proxy.tunnels_of(origin);
     let start = Instant::now();
     let n = tunnels.len();
     let mut next = 0;
@@ -371,8 +382,8 @@ async fn close_spread(proxy: &Proxy, window: Duration, closed: &mut usize) {
     }
     drop(tunnels);
     sleep_until(start + window).await;
-    for group in proxy.groups() {
-        *closed += group.tunnels().close_all(&going_away);
+    for tunnel in proxy.tunnels_of(origin) {
+        *closed += usize::from(tunnel.close(&going_away));
     }
 }
 

@@ -238,3 +238,45 @@ async fn third_upstream_joins(
     gw.shutdown().await;
     report
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_servers_drain_closes_only_its_own_tunnels() {
+    let (up, _) = recording_upstream().await;
+    let set: UpstreamSet = [Upstream::new(up)].into_iter().collect();
+    let proxy = Proxy::builder()
+        .upstream(RoundRobin::new(set))
+        .build()
+        .unwrap();
+    // One proxy behind two listeners (ws:// and, say, a second port).
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = wsproxy::server::Server::new(proxy.clone())
+            .drain_window(Duration::from_secs(1))
+            .drain_timeout(Duration::from_secs(10));
+        let task = tokio::spawn(server.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        servers.push((addr, stop, task));
+    }
+    let mut first = client(servers[0].0).await;
+    let mut second = client(servers[1].0).await;
+    echo(&mut first, "one".into()).await;
+    echo(&mut second, "two".into()).await;
+    assert_eq!(proxy.tunnels().len(), 2);
+
+    let (_, stop, task) = servers.remove(0);
+    stop.send(()).unwrap();
+    let (code, _) = await_close(&mut first).await;
+    assert_eq!(code, Some(1001));
+    let report = within(Duration::from_secs(60), "drain", task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.closed, report.cut), (1, 0));
+    // The other listener's tunnel was not touched.
+    echo(&mut second, "still here".into()).await;
+    assert_eq!(proxy.tunnels().len(), 1);
+}

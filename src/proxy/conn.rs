@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tracing::{field, Instrument};
 
-use super::registry::{Registered, TunnelRegistry};
+use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
@@ -108,12 +108,15 @@ impl Listing {
     }
 
     /// Lists the tunnel `handle` controls, running to the lease's upstream.
-    pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle) -> Registered {
+    pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle, origin: u32) -> Registered {
         Registered::new(
             self.registry,
-            lease.id(),
-            self.client,
-            self.affinity,
+            Listed {
+                upstream: lease.id(),
+                client: self.client,
+                affinity: self.affinity,
+                origin,
+            },
             handle,
         )
     }
@@ -135,9 +138,11 @@ impl<S> Upgraded<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    /// The tunnel, ready to run until it ends and account for it.
-    pub(crate) fn run(self) -> Running<S, ()> {
-        self.run_holding(())
+    /// The tunnel, ready to run until it ends and account for it, listed
+    /// as `origin`'s (a [`Server`](crate::server::Server)'s own tunnels;
+    /// 0 for none).
+    pub(crate) fn run(self, origin: u32) -> Running<S, ()> {
+        self.run_holding((), origin)
     }
 
     /// Like [`run`](Self::run), holding `keep` (a server's connection slot)
@@ -150,7 +155,7 @@ where
     /// The tunnel ends early through its handle in the group's registry
     /// (a server's drain closes or cuts it there), so it holds no drain
     /// receiver of its own.
-    pub(crate) fn run_holding<K>(self, keep: K) -> Running<S, K> {
+    pub(crate) fn run_holding<K>(self, keep: K, origin: u32) -> Running<S, K> {
         let Self {
             inner,
             client,
@@ -160,7 +165,7 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
-        let registered = listing.register(&lease, relay.handle());
+        let registered = listing.register(&lease, relay.handle(), origin);
         Running {
             relay,
             open: Some(OpenTunnel::new(inner, lease, Some(registered))),

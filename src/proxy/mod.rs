@@ -238,7 +238,7 @@ impl Proxy {
             let drain = Drain { rx: rx.clone() };
             let (mut report, upgraded) = conn::serve(&self.inner, io, peer, listener, drain).await;
             if let Some(upgraded) = upgraded {
-                let mut running = upgraded.run();
+                let mut running = upgraded.run(0);
                 let handle = tunnel.get_or_init(|| running.handle());
                 // Shutdown came while the upgrade completed.
                 if *rx.borrow() == Phase::Cut {
@@ -326,6 +326,13 @@ impl Proxy {
     /// Cuts every open tunnel at once; returns how many there were.
     pub fn cut_tunnels(&self) -> usize {
         self.groups().iter().map(|g| g.tunnels().cut_all()).sum()
+    }
+
+    /// The open tunnels a server listed as `origin`'s.
+    pub(crate) fn tunnels_of(&self, origin: u32) -> Vec<LiveTunnel> {
+        let mut tunnels = self.tunnels();
+        tunnels.retain(|t| t.origin == origin);
+        tunnels
     }
 }
 

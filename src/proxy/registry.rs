@@ -36,6 +36,9 @@ pub struct LiveTunnel {
     pub affinity: Option<Affinity>,
     /// Closes or cuts the tunnel.
     pub handle: TunnelHandle,
+    /// The [`Server`](crate::server::Server) that accepted it (0: none), so
+    /// that a server's drain touches only its own tunnels.
+    pub(crate) origin: u32,
 }
 
 impl LiveTunnel {
@@ -87,6 +90,16 @@ struct Entries {
 /// Entries per chunk.
 const CHUNK: usize = 256;
 
+/// Where a tunnel runs and whose it is, as it is entered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed {
+    pub(crate) upstream: UpstreamId,
+    pub(crate) client: IpAddr,
+    pub(crate) affinity: Option<Affinity>,
+    /// The server that accepted it, 0 for none.
+    pub(crate) origin: u32,
+}
+
 /// What the registry keeps of a tunnel; [`LiveTunnel`] is its public copy.
 #[derive(Debug)]
 struct Entry {
@@ -95,6 +108,7 @@ struct Entry {
     handle: TunnelHandle,
     /// Milliseconds from the registry's epoch to the tunnel's start.
     started_ms: u32,
+    origin: u32,
     client: IpAddr,
     /// Boxed: 16-byte aligned, it would grow every entry by 32 bytes; only
     /// hash strategies set it.
@@ -115,6 +129,7 @@ impl Entries {
             started: epoch + Duration::from_millis(u64::from(entry.started_ms)),
             affinity: entry.affinity.as_deref().copied(),
             handle: entry.handle.clone(),
+            origin: entry.origin,
         }
     }
 }
@@ -132,13 +147,7 @@ impl TunnelRegistry {
     }
 
     /// Enters a tunnel; returns its slot and id.
-    fn insert(
-        &self,
-        upstream: UpstreamId,
-        client: IpAddr,
-        affinity: Option<Affinity>,
-        handle: TunnelHandle,
-    ) -> (u32, u64) {
+    fn insert(&self, listed: Listed, handle: TunnelHandle) -> (u32, u64) {
         let now = Instant::now();
         let mut entries = self.lock();
         let epoch = *entries.epoch.get_or_insert(now);
@@ -146,11 +155,12 @@ impl TunnelRegistry {
         entries.next_id += 1;
         let entry = Entry {
             id,
-            upstream,
+            upstream: listed.upstream,
             handle,
             started_ms: u32::try_from(now.duration_since(epoch).as_millis()).unwrap_or(u32::MAX),
-            client,
-            affinity: affinity.map(Box::new),
+            origin: listed.origin,
+            client: listed.client,
+            affinity: listed.affinity.map(Box::new),
         };
         let slot = match entries.free.pop() {
             Some(slot) => slot,
@@ -273,14 +283,8 @@ pub(crate) struct Registered {
 }
 
 impl Registered {
-    pub(crate) fn new(
-        registry: Arc<TunnelRegistry>,
-        upstream: UpstreamId,
-        client: IpAddr,
-        affinity: Option<Affinity>,
-        handle: TunnelHandle,
-    ) -> Self {
-        let (slot, id) = registry.insert(upstream, client, affinity, handle);
+    pub(crate) fn new(registry: Arc<TunnelRegistry>, listed: Listed, handle: TunnelHandle) -> Self {
+        let (slot, id) = registry.insert(listed, handle);
         Self { registry, slot, id }
     }
 }
@@ -307,6 +311,15 @@ mod tests {
         IpAddr::from([127, 0, 0, last])
     }
 
+    fn listed(upstream: UpstreamId, client: IpAddr) -> Listed {
+        Listed {
+            upstream,
+            client,
+            affinity: None,
+            origin: 0,
+        }
+    }
+
     #[tokio::test]
     async fn entries_are_listed_oldest_first_counted_and_removed_by_their_guard() {
         let registry = Arc::new(TunnelRegistry::new());
@@ -314,7 +327,7 @@ mod tests {
         let mut guards: Vec<Registered> = (0..600u32)
             .map(|i| {
                 let upstream = if i % 3 == 0 { a } else { b };
-                Registered::new(registry.clone(), upstream, ip(i as u8), None, handle())
+                Registered::new(registry.clone(), listed(upstream, ip(i as u8)), handle())
             })
             .collect();
         assert_eq!(registry.len(), 600);
@@ -330,7 +343,7 @@ mod tests {
         assert_eq!(registry.len(), 100);
         let chunks = registry.lock().chunks.len();
         let again: Vec<Registered> = (0..500)
-            .map(|_| Registered::new(registry.clone(), a, ip(1), None, handle()))
+            .map(|_| Registered::new(registry.clone(), listed(a, ip(1)), handle()))
             .collect();
         assert_eq!(registry.len(), 600);
         assert_eq!(registry.lock().chunks.len(), chunks);
@@ -348,13 +361,8 @@ mod tests {
         let (a, b) = (UpstreamId(1), UpstreamId(2));
         let _guards: Vec<Registered> = (0..10)
             .map(|i| {
-                Registered::new(
-                    registry.clone(),
-                    if i < 4 { a } else { b },
-                    ip(1),
-                    None,
-                    handle(),
-                )
+                let upstream = if i < 4 { a } else { b };
+                Registered::new(registry.clone(), listed(upstream, ip(1)), handle())
             })
             .collect();
         let close = CloseFrame::new(1001, "down").unwrap();

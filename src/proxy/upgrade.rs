@@ -181,7 +181,7 @@ impl PendingUpgrade {
             &config,
             std::future::pending(),
         );
-        let registered = self.listing.register(&self.lease, relay.handle());
+        let registered = self.listing.register(&self.lease, relay.handle(), 0);
         let open = OpenTunnel::new(self.inner, self.lease, Some(registered));
         let stats = relay.await;
         open.bytes(stats.client_to_upstream, stats.upstream_to_client);
