@@ -261,8 +261,10 @@ async fn a_servers_drain_closes_only_its_own_tunnels() {
         }));
         servers.push((addr, stop, task));
     }
-    let mut first = client(servers[0].0).await;
+    // The other server's tunnel opens first: a drain that took every
+    // tunnel of the proxy would close it first.
     let mut second = client(servers[1].0).await;
+    let mut first = client(servers[0].0).await;
     echo(&mut first, "one".into()).await;
     echo(&mut second, "two".into()).await;
     assert_eq!(proxy.tunnels().len(), 2);
