@@ -521,7 +521,9 @@ impl Frames {
     /// Close at the next boundary and waits for the upstream alone. False
     /// when that was done already, or the upstream has its Close.
     fn give_up_on_client(&mut self) -> bool {
-        if self.gave_up || !self.c2u.is_deferred() {
+        // A client that sent its Close had it forwarded: the upstream has a
+        // Close and must not get the proxy's too.
+        if self.gave_up || !self.c2u.is_deferred() || self.c2u.tracker.close_seen() {
             return false;
         }
         self.gave_up = true;
@@ -535,7 +537,16 @@ impl Frames {
     fn parted(&self, c2u: &Transfer, u2c: &Transfer) -> bool {
         let client = self.c2u.tracker.close_seen() || c2u.read_done();
         let upstream = self.u2c.tracker.close_seen() || u2c.read_done();
-        (client || self.gave_up) && upstream
+        // What was read is also written: the replies and whatever preceded
+        // them are not dropped with the sockets.
+        let written = !c2u.has_spill() && !u2c.has_spill();
+        (client || self.gave_up) && upstream && written
+    }
+
+    /// Whether either peer sent a Close: no pings then (RFC 6455 §5.5.1:
+    /// nothing after a Close).
+    fn closing(&self) -> bool {
+        self.c2u.tracker.close_seen() || self.u2c.tracker.close_seen()
     }
 }
 
@@ -762,7 +773,11 @@ where
                             closed()
                         }
                         None => match this.timers.as_mut().and_then(|t| {
-                            poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c, parting)
+                            // A closing handshake, the proxy's or the peers',
+                            // takes no pings.
+                            let quiet =
+                                parting || this.frames.as_deref().is_some_and(Frames::closing);
+                            poll_timers(cx, t.as_mut(), started, this.c2u, this.u2c, quiet)
                         }) {
                             Some(Due::End(timeout)) => TunnelEnd::Timeout(timeout),
                             Some(Due::Parted) => {
@@ -986,7 +1001,7 @@ fn next_deadline(
     t: &TimersProj<'_>,
     (c2u, c2u_stamps): (&Transfer, &Stamps),
     (u2c, u2c_stamps): (&Transfer, &Stamps),
-    parting: bool,
+    quiet: bool,
 ) -> Option<(Nanos, Due)> {
     let limits = &*t.limits;
     let mut best: Option<(Nanos, Due)> = None;
@@ -1030,8 +1045,8 @@ fn next_deadline(
     }
     consider(*t.first_eof_at, limits.linger, Due::End(Timeout::Linger));
     consider(*t.parted_by, 0, Due::Parted);
-    // A parting tunnel waits for Close replies, not pings.
-    if !parting {
+    // A closing tunnel waits for Close replies, not pings.
+    if !quiet {
         for (side, from, toward, stamps) in [
             (Side::Client, c2u, u2c, c2u_stamps),
             (Side::Upstream, u2c, c2u, u2c_stamps),
@@ -1065,10 +1080,10 @@ fn poll_timers(
     started: Instant,
     c2u: &Transfer,
     u2c: &Transfer,
-    parting: bool,
+    quiet: bool,
 ) -> Option<Due> {
     let t = timers.project();
-    let (at, kind) = next_deadline(&t, (c2u, &*t.c2u), (u2c, &*t.u2c), parting)?;
+    let (at, kind) = next_deadline(&t, (c2u, &*t.c2u), (u2c, &*t.u2c), quiet)?;
     // A deadline too far to represent never fires.
     let at = started.checked_add(Duration::from_nanos(at))?;
     let mut sleep = t.sleep.arm(at)?;

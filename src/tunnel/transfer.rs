@@ -191,6 +191,9 @@ impl Framing {
     /// The queued frames, taken, if they may go now (`eof`: the reader
     /// ended).
     fn take_fitting(&mut self, eof: bool) -> Option<Box<[u8]>> {
+        if self.supersede() {
+            return None;
+        }
         if self.defer_to_eof {
             if !eof {
                 return None;
@@ -208,6 +211,27 @@ impl Framing {
         }
     }
 
+    /// Drops a polite Close still queued toward a peer that a Close already
+    /// reached (the other peer's, passing through): a second Close would
+    /// follow the first. What comes after that Close is dropped, as after the
+    /// proxy's own. True when it did.
+    fn supersede(&mut self) -> bool {
+        if self.discard_after_insert && self.insert.is_some() && self.tracker.close_seen() {
+            self.insert = None;
+            self.start_discarding();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn start_discarding(&mut self) {
+        if !self.discarding {
+            self.discarding = true;
+            self.kept_messages = u32::try_from(self.tracker.messages()).unwrap_or(u32::MAX);
+        }
+    }
+
     /// Whether the queued frames may go in the middle of a chunk just read.
     fn splices(&self) -> bool {
         self.insert.is_some() && !self.defer_to_eof
@@ -216,9 +240,8 @@ impl Framing {
     /// Marks the queued frames as gone out.
     fn take_insert(&mut self) -> Option<Box<[u8]>> {
         let insert = self.insert.take();
-        if insert.is_some() && self.discard_after_insert && !self.discarding {
-            self.discarding = true;
-            self.kept_messages = u32::try_from(self.tracker.messages()).unwrap_or(u32::MAX);
+        if insert.is_some() && self.discard_after_insert {
+            self.start_discarding();
         }
         insert
     }
@@ -273,6 +296,11 @@ impl Transfer {
             need_flush: false,
             bytes: 0,
         }
+    }
+
+    /// Whether bytes read wait for the writer.
+    pub(crate) fn has_spill(&self) -> bool {
+        self.spill.is_some()
     }
 
     /// Bytes the writer accepted so far.
@@ -425,6 +453,12 @@ impl Transfer {
                     }
                     continue;
                 }
+                if framing.supersede() {
+                    if let Err(e) = framing.tracker.observe(data) {
+                        return Poll::Ready(Err(CopyError::Frame(e)));
+                    }
+                    continue;
+                }
                 if framing.splices() {
                     match insert_in_chunk(framing, data) {
                         Ok(None) => {}
@@ -478,6 +512,11 @@ fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]
     let mut fits = framing.insert_fits();
     while !fits && at < data.len() {
         at += framing.tracker.observe_to_boundary(&data[at..])?;
+        if framing.supersede() {
+            // The peer's Close just went by: it goes out, nothing after it.
+            framing.tracker.observe(&data[at..])?;
+            return Ok(Some(data[..at].into()));
+        }
         fits = framing.insert_fits();
     }
     // Taken before the rest is observed, so that a polite close counts only
