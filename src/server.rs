@@ -312,10 +312,10 @@ impl Server {
         let _ = phase.send(Phase::Draining);
         let deadline = Instant::now() + self.drain_timeout;
         let closing = async {
-            if let Some(window) = self.drain_window {
-                close_spread(&self.proxy, origin, window, &mut report.closed).await;
+            match self.drain_window {
+                Some(window) => close_spread(&self.proxy, origin, window, &mut report.closed).await,
+                None => std::future::pending::<()>().await,
             }
-            std::future::pending::<()>().await;
         };
         let _ = timeout_at(deadline, async {
             tokio::select! {
@@ -358,8 +358,9 @@ fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
 }
 
 /// Closes every open tunnel with 1001, spread evenly over `window`: the
-/// i-th of n at `i / n × window`. Tunnels that opened meanwhile (upgrades
-/// under way when the drain began) are closed at the end of the window.
+/// i-th of n at `i / n × window`. Tunnels that open later (upgrades under
+/// way when the drain began) are closed once the window has passed, as they
+/// appear; it runs until the caller's deadline drops it.
 /// Counts the tunnels asked to close in `closed` as it goes: the drain may
 /// end before the window does.
 async fn close_spread(proxy: &Proxy, origin: u32, window: Duration, closed: &mut usize) {
@@ -382,10 +383,18 @@ async fn close_spread(proxy: &Proxy, origin: u32, window: Duration, closed: &mut
     }
     drop(tunnels);
     sleep_until(start + window).await;
-    for tunnel in proxy.tunnels_of(origin) {
-        *closed += usize::from(tunnel.close(&going_away));
+    // Upgrades under way when the drain began complete during it: their
+    // tunnels are closed as they appear, until the deadline ends the drain.
+    loop {
+        for tunnel in proxy.tunnels_of(origin) {
+            *closed += usize::from(tunnel.close(&going_away));
+        }
+        sleep(LATE_CLOSE_EVERY).await;
     }
 }
+
+/// How often a drain past its window looks for tunnels opened late.
+const LATE_CLOSE_EVERY: Duration = Duration::from_millis(250);
 
 /// When the `i`-th of `n` closes goes out.
 fn slot(window: Duration, i: usize, n: usize) -> Duration {

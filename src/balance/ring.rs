@@ -239,8 +239,6 @@ impl Rings {
     }
 }
 
-/// The `fits` of [`Rings::place`] for a walk that ignores load.
-#[inline]
 /// Where a key hash lands on the rings of `set` among the upstreams
 /// available at `now`, load aside: the home of a ring strategy's affinity,
 /// [`ConsistentHash`] and [`BoundedLoad`](super::BoundedLoad) alike.
@@ -263,6 +261,8 @@ pub(crate) fn ring_home(
     })
 }
 
+/// The `fits` of [`Rings::place`] for a walk that ignores load.
+#[inline]
 pub(crate) fn any_load(_tier: usize) -> impl Fn(&Peer) -> bool {
     |_| true
 }

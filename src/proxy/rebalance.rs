@@ -144,21 +144,32 @@ impl Rebalancer {
     /// nothing more may move: each round plans from the current loads,
     /// closes at the configured rate, waits for the closed tunnels to end
     /// (within their close linger) and for their clients to reconnect
-    /// (the settle time), then measures again. At most 8 rounds.
+    /// (the settle time), then measures again. It stops when the closed
+    /// clients have not all come back by then (a next plan would chase the
+    /// smaller total), and after 8 rounds at most.
     pub async fn run(&self) -> RebalanceReport {
-        let (snapshot, _, placed) = self.placement();
+        let (snapshot, tunnels, placed) = self.placement();
         let before = LoadSpread::of(&snapshot, &placed);
         let first = self.planner.plan(&snapshot, &placed, usize::MAX);
         let needed = first.needed;
         drop((snapshot, placed));
         let mut moved = 0;
         let mut rounds = 0;
-        let mut plan = Some(first);
+        // The plan's indices point into the list it was made from.
+        let mut first = Some((tunnels, first.close));
+        let mut total = before.total;
         while rounds < MAX_ROUNDS {
-            let (tunnels, close) = match plan.take() {
-                Some(first) => (self.group.tunnels().list(), first.close),
+            let (tunnels, close) = match first.take() {
+                Some(planned) => planned,
                 None => {
                     let (snapshot, tunnels, placed) = self.placement();
+                    let now = LoadSpread::of(&snapshot, &placed).total;
+                    // Clients not back yet (or gone): planning on the smaller
+                    // total would chase it, closing tunnels that are fine.
+                    if now < total {
+                        break;
+                    }
+                    total = now;
                     let close = self.planner.plan(&snapshot, &placed, usize::MAX).close;
                     (tunnels, close)
                 }
@@ -218,5 +229,67 @@ impl Rebalancer {
             }
             sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::balance::{LeastConn, Upstream, UpstreamId};
+    use crate::proxy::registry::{Listed, Registered};
+    use crate::tunnel::{tunnel, TunnelConfig, TunnelHandle};
+
+    fn handle() -> TunnelHandle {
+        let (a, _) = tokio::io::duplex(8);
+        let (b, _) = tokio::io::duplex(8);
+        tunnel(
+            a,
+            b,
+            &TunnelConfig::new().track_frames(true),
+            std::future::pending(),
+        )
+        .handle()
+    }
+
+    fn enter(group: &UpstreamGroup, upstream: UpstreamId) -> Registered {
+        let listed = Listed {
+            upstream,
+            client: IpAddr::from([127, 0, 0, 1]),
+            affinity: None,
+            origin: 0,
+        };
+        Registered::new(Arc::clone(group.tunnels()), listed, handle())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closes_land_on_the_overloaded_upstream_even_beside_ending_tunnels() {
+        let set = UpstreamSet::new();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let a = set.add(Upstream::new(addr(9001)));
+        let b = set.add(Upstream::new(addr(9002)));
+        set.add(Upstream::new(addr(9003)));
+        let group = UpstreamGroup::new("g", LeastConn::new(set.clone()));
+        // One tunnel of `a` is already closing, then 5 on `b`, 10 on `a`.
+        let mut guards = vec![enter(&group, a)];
+        group.tunnels().list()[0].handle.cut();
+        guards.extend((0..5).map(|_| enter(&group, b)));
+        guards.extend((0..10).map(|_| enter(&group, a)));
+
+        let report = Rebalancer::new(group.clone(), set).rate(1000).run().await;
+        // 15 open over 3: cap 6, so `a` sheds 4 and `b` none.
+        assert_eq!((report.needed, report.moved), (4, 4));
+        let closed: Vec<UpstreamId> = group
+            .tunnels()
+            .list()
+            .iter()
+            .skip(1)
+            .filter(|t| t.handle.is_ending())
+            .map(|t| t.upstream)
+            .collect();
+        assert_eq!(closed, [a, a, a, a]);
+        drop(guards);
     }
 }

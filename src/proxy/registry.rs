@@ -76,7 +76,7 @@ pub struct TunnelRegistry {
 #[derive(Debug, Default)]
 struct Entries {
     /// Fixed-size chunks, so that growing never copies the table nor
-    /// leaves half of a doubled one empty: about one entry's 48 bytes per
+    /// leaves half of a doubled one empty: about one entry's 64 bytes per
     /// open tunnel.
     chunks: Vec<Box<[Option<Entry>]>>,
     /// Free slots, reused before new ones.
@@ -107,7 +107,7 @@ struct Entry {
     upstream: UpstreamId,
     handle: TunnelHandle,
     /// Milliseconds from the registry's epoch to the tunnel's start.
-    started_ms: u32,
+    started_ms: u64,
     origin: u32,
     client: IpAddr,
     /// Boxed: 16-byte aligned, it would grow every entry by 32 bytes; only
@@ -126,7 +126,7 @@ impl Entries {
             id: entry.id,
             upstream: entry.upstream,
             client: entry.client,
-            started: epoch + Duration::from_millis(u64::from(entry.started_ms)),
+            started: epoch + Duration::from_millis(entry.started_ms),
             affinity: entry.affinity.as_deref().copied(),
             handle: entry.handle.clone(),
             origin: entry.origin,
@@ -157,7 +157,7 @@ impl TunnelRegistry {
             id,
             upstream: listed.upstream,
             handle,
-            started_ms: u32::try_from(now.duration_since(epoch).as_millis()).unwrap_or(u32::MAX),
+            started_ms: u64::try_from(now.duration_since(epoch).as_millis()).unwrap_or(u64::MAX),
             origin: listed.origin,
             client: listed.client,
             affinity: listed.affinity.map(Box::new),
@@ -201,7 +201,11 @@ impl TunnelRegistry {
             return;
         };
         if cell.as_ref().is_some_and(|e| e.id == id) {
-            *cell = None;
+            // Also when the tunnel's future was dropped unfinished: a handle
+            // a host still holds must not report a close as done.
+            if let Some(entry) = cell.take() {
+                entry.handle.control.finish();
+            }
             entries.len -= 1;
             entries.free.push(slot);
         }
@@ -350,9 +354,13 @@ mod tests {
         let ids: HashSet<u64> = registry.list().iter().map(|t| t.id).collect();
         assert_eq!(ids.len(), 600);
         assert!(ids.iter().all(|&id| id < 1100));
+        // A handle kept past its tunnel's entry reports a close as not done.
+        let kept = registry.list()[0].handle.clone();
         drop(again);
         drop(guards);
         assert!(registry.is_empty());
+        assert!(kept.is_finished());
+        assert!(!kept.close(CloseFrame::new(1001, "").unwrap()));
     }
 
     #[tokio::test]

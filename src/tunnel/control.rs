@@ -21,6 +21,8 @@ const OPEN: u8 = 0;
 const CLOSE: u8 = 1;
 /// [`TunnelHandle::cut`] was called (possibly after a close).
 const CUT: u8 = 2;
+/// The tunnel ended (or its future was dropped): requests do nothing.
+const FINISHED: u8 = 3;
 
 /// What the host asked of a tunnel, as its poll sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,10 +46,15 @@ impl Control {
     pub(crate) fn poll_request(&self, cx: &mut Context<'_>) -> Request {
         self.waker.register(cx.waker());
         match self.state.load(Ordering::Acquire) {
-            OPEN => Request::None,
+            OPEN | FINISHED => Request::None,
             CLOSE => Request::Close,
             _ => Request::Cut,
         }
+    }
+
+    /// Marks the tunnel ended: later requests report that they did nothing.
+    pub(crate) fn finish(&self) {
+        self.state.store(FINISHED, Ordering::Release);
     }
 
     /// The Close frame asked for, once [`Request::Close`] was seen.
@@ -127,8 +134,9 @@ impl TunnelHandle {
     /// ([`TunnelConfig::track_frames`]) cannot find a boundary and is cut
     /// instead, as by [`cut`](Self::cut).
     ///
-    /// Returns `true` for the first request; later ones (and a close after a
-    /// cut) change nothing and return `false`.
+    /// Returns `true` for the first request to a running tunnel; later ones,
+    /// a close after a cut, and any request once the tunnel ended change
+    /// nothing and return `false`.
     ///
     /// [`TunnelConfig::close_linger`]: super::TunnelConfig::close_linger
     /// [`TunnelConfig::track_frames`]: super::TunnelConfig::track_frames
@@ -150,13 +158,24 @@ impl TunnelHandle {
     /// down (within the send timeout) and bytes not yet written are dropped.
     /// The tunnel ends with [`TunnelEnd::Shutdown`](super::TunnelEnd::Shutdown).
     pub fn cut(&self) {
-        self.control.state.store(CUT, Ordering::Release);
+        let state = &self.control.state;
+        // An ended tunnel stays ended; anything else becomes a cut.
+        let _ = state.fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
+            (s != FINISHED).then_some(CUT)
+        });
         self.control.waker.wake();
     }
 
-    /// Whether [`close`](Self::close) or [`cut`](Self::cut) was asked.
+    /// Whether [`close`](Self::close) or [`cut`](Self::cut) was asked, or
+    /// the tunnel already ended.
     pub fn is_ending(&self) -> bool {
         self.control.state.load(Ordering::Acquire) != OPEN
+    }
+
+    /// Whether the tunnel ended: its future completed, or (for a tunnel the
+    /// proxy listed in a registry) was dropped.
+    pub fn is_finished(&self) -> bool {
+        self.control.state.load(Ordering::Acquire) == FINISHED
     }
 
     /// Whether `self` and `other` act on the same tunnel.
@@ -207,6 +226,20 @@ mod tests {
         assert_eq!(control.poll_request(&mut cx), Request::Cut);
         assert!(handle.is_ending());
         assert!(handle.same_tunnel(&handle.clone()));
+    }
+
+    #[test]
+    fn requests_to_an_ended_tunnel_do_nothing() {
+        let control = Arc::new(Control::default());
+        let handle = TunnelHandle::new(control.clone());
+        control.finish();
+        assert!(handle.is_finished());
+        assert!(!handle.close(CloseFrame::new(1001, "").unwrap()));
+        handle.cut();
+        assert!(handle.is_finished(), "a cut does not revive it");
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(control.poll_request(&mut cx), Request::None);
     }
 
     #[test]

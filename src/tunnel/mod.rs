@@ -807,6 +807,7 @@ where
                     };
                     if end.is_clean() {
                         *this.phase = Phase::Finished;
+                        finished(this.control.as_deref());
                         return Poll::Ready(stats(
                             started,
                             this.c2u,
@@ -839,6 +840,7 @@ where
                         return Poll::Pending;
                     }
                     *this.phase = Phase::Finished;
+                    finished(this.control.as_deref());
                     *this.timers = None;
                     let end = this.end.take().map_or(TunnelEnd::Shutdown, |end| *end);
                     return Poll::Ready(stats(
@@ -854,6 +856,14 @@ where
                 Phase::Finished => return Poll::Pending,
             }
         }
+    }
+}
+
+/// Tells the tunnel's handles that it ended, so that their requests report
+/// doing nothing.
+fn finished(control: Option<&Control>) {
+    if let Some(control) = control {
+        control.finish();
     }
 }
 
