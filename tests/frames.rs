@@ -907,3 +907,25 @@ async fn no_ping_follows_a_close() {
     assert!(!task.is_finished());
     task.abort();
 }
+
+#[tokio::test]
+async fn a_close_asked_while_the_peers_close_lets_them_finish() {
+    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
+    let config = TunnelConfig::new().track_frames(true);
+    let mut relay = tunnel(browser.0, backend.0, &config, pending());
+    let handle = relay.handle();
+    let task = tokio::spawn(relay);
+    let close = masked(0x88, &[0x03, 0xe8]);
+    browser.1.write_all(&close).await.unwrap();
+    assert_eq!(take(&mut backend.1, close.len()).await, close);
+    // The client began closing: the proxy adds no Close of its own, and
+    // the upstream's reply reaches the client.
+    assert!(handle.close(CloseFrame::new(1001, "").unwrap()));
+    let reply = unmasked(0x88, &[0x03, 0xe8]);
+    backend.1.write_all(&reply).await.unwrap();
+    assert_eq!(take(&mut browser.1, reply.len()).await, reply);
+    backend.1.shutdown().await.unwrap();
+    browser.1.shutdown().await.unwrap();
+    let stats = bounded(task).await.unwrap();
+    assert!(stats.end.is_clean(), "the peers' own end: {:?}", stats.end);
+}

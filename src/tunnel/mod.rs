@@ -373,6 +373,7 @@ where
                 u2c: Framing::new(FrameTracker::new(Role::Server)),
                 close_linger_ms: u32::try_from(config.close_linger.as_millis()).unwrap_or(u32::MAX),
                 gave_up: false,
+                parting: false,
             })
         }),
         control: None,
@@ -473,6 +474,9 @@ struct Frames {
     close_linger_ms: u32,
     /// A polite close stopped waiting for the client's reply.
     gave_up: bool,
+    /// The proxy queued Close frames of its own (a polite close that found
+    /// the peers already closing queues none, and lets them finish).
+    parting: bool,
 }
 
 impl Frames {
@@ -515,6 +519,7 @@ impl Frames {
         }
         self.u2c.insert_then_discard(&close.encode(None));
         self.c2u.insert_at_eof(&close.encode(Some(masking_key())));
+        self.parting = true;
     }
 
     /// After a linger without the client's reply: sends the upstream its
@@ -750,6 +755,9 @@ where
                         );
                     }
                     let parting = *this.phase == Phase::Parting;
+                    // Whether the end is the proxy's doing: its own Close
+                    // frames went in (else the peers were closing already).
+                    let proxy_parting = this.frames.as_deref().is_some_and(|f| f.parting);
                     if let (Some(frames), Some(timers)) =
                         (this.frames.as_deref(), this.timers.as_mut())
                     {
@@ -762,9 +770,9 @@ where
                     let end = match end {
                         // The peers ending their streams is how a polite
                         // close is meant to end.
-                        Some(end) if parting && end.is_clean() => closed(),
+                        Some(end) if proxy_parting && end.is_clean() => closed(),
                         Some(end) => end,
-                        None if parting
+                        None if proxy_parting
                             && this
                                 .frames
                                 .as_deref()
