@@ -19,7 +19,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wsproxy::frame::{Boundary, CloseFrame, FrameError, FrameTracker, Role};
 use wsproxy::tunnel::{
-    tunnel, Prefixed, Side, Timeout, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelStats,
+    tunnel, Prefixed, Side, Timeout, Tunnel, TunnelConfig, TunnelEnd, TunnelError, TunnelHandle,
+    TunnelStats,
 };
 
 /// Bound for every wait on real sockets.
@@ -364,6 +365,23 @@ fn unmasked(head: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A tunnel between two in-memory pairs, spawned: the browser's and the
+/// backend's ends, the tunnel's handle and its task.
+fn spawned(
+    config: &TunnelConfig,
+) -> (
+    DuplexStream,
+    DuplexStream,
+    TunnelHandle,
+    JoinHandle<TunnelStats>,
+) {
+    let (client, browser) = duplex(1024);
+    let (upstream, backend) = duplex(1024);
+    let mut relay = tunnel(client, upstream, config, pending());
+    let handle = relay.handle();
+    (browser, backend, handle, tokio::spawn(relay))
+}
+
 type TrackedTunnel = Pin<Box<Tunnel<DuplexStream, DuplexStream, std::future::Pending<()>>>>;
 
 fn tracked_pair() -> (DuplexStream, DuplexStream, TrackedTunnel) {
@@ -629,24 +647,21 @@ async fn handle_close_lands_between_fragments_both_ways_and_loses_nothing_before
 
 #[tokio::test(start_paused = true)]
 async fn a_close_the_client_ignores_reaches_the_upstream_after_one_linger() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
         .close_linger(Duration::from_secs(3));
-    let mut relay = tunnel(browser.0, backend.0, &config, pending());
-    let handle = relay.handle();
-    let task = tokio::spawn(relay);
+    let (mut browser, mut backend, handle, task) = spawned(&config);
     let started = tokio::time::Instant::now();
     handle.close(CloseFrame::new(1012, "restart").unwrap());
-    let to_client = take(&mut browser.1, 2 + 9).await;
+    let to_client = take(&mut browser, 2 + 9).await;
     assert_eq!(to_client[..4], [0x88, 9, 0x03, 0xf4]);
     // The client has not read the Close yet: what it sends still arrives.
     let late = masked(0x81, b"late");
-    browser.1.write_all(&late).await.unwrap();
-    assert_eq!(take(&mut backend.1, late.len()).await, late);
+    browser.write_all(&late).await.unwrap();
+    assert_eq!(take(&mut backend, late.len()).await, late);
     // No reply within the linger: the upstream gets the proxy's Close, then
     // one more linger for its reply, which does not come either.
-    let close_wire = take(&mut backend.1, 2 + 4 + 9).await;
+    let close_wire = take(&mut backend, 2 + 4 + 9).await;
     assert_eq!(started.elapsed(), Duration::from_secs(3));
     assert_eq!(close_wire[..2], [0x88, 0x80 | 9]);
     let stats = bounded(task).await.unwrap();
@@ -659,24 +674,20 @@ async fn a_close_the_client_ignores_reaches_the_upstream_after_one_linger() {
 
 #[tokio::test]
 async fn the_clients_close_reply_goes_to_the_upstream_and_its_reply_stops_there() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     // An hour's linger: ending within the test's bound means it ended on
     // the replies.
     let config = TunnelConfig::new()
         .track_frames(true)
         .close_linger(Duration::from_secs(3600));
-    let mut relay = tunnel(browser.0, backend.0, &config, pending());
-    let handle = relay.handle();
-    let task = tokio::spawn(relay);
+    let (mut browser, mut backend, handle, task) = spawned(&config);
     handle.close(CloseFrame::new(1001, "bye").unwrap());
-    assert_eq!(take(&mut browser.1, 2 + 5).await[..2], [0x88, 5]);
+    assert_eq!(take(&mut browser, 2 + 5).await[..2], [0x88, 5]);
     // The client answers with its own code; the upstream gets that Close,
     // not a second one from the proxy, and answers it.
     let reply = masked(0x88, &[0x03, 0xe8]);
-    browser.1.write_all(&reply).await.unwrap();
-    assert_eq!(take(&mut backend.1, reply.len()).await, reply);
+    browser.write_all(&reply).await.unwrap();
+    assert_eq!(take(&mut backend, reply.len()).await, reply);
     backend
-        .1
         .write_all(&unmasked(0x88, &[0x03, 0xe8]))
         .await
         .unwrap();
@@ -684,7 +695,7 @@ async fn the_clients_close_reply_goes_to_the_upstream_and_its_reply_stops_there(
     assert!(matches!(stats.end, TunnelEnd::Closed(_)), "{:?}", stats.end);
     // The upstream's reply was not forwarded: the client had its Close.
     let mut rest = Vec::new();
-    bounded(browser.1.read_to_end(&mut rest)).await.unwrap();
+    bounded(browser.read_to_end(&mut rest)).await.unwrap();
     assert!(rest.is_empty(), "{rest:?}");
     let frames = stats.frames.unwrap();
     assert_eq!(frames.client_close.and_then(|c| c.code()), Some(1000));
@@ -693,21 +704,17 @@ async fn the_clients_close_reply_goes_to_the_upstream_and_its_reply_stops_there(
 
 #[tokio::test]
 async fn a_client_that_hangs_up_leaves_the_upstream_the_proxys_close() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new().track_frames(true);
-    let mut relay = tunnel(browser.0, backend.0, &config, pending());
-    let handle = relay.handle();
-    let task = tokio::spawn(relay);
+    let (mut browser, mut backend, handle, task) = spawned(&config);
     handle.close(CloseFrame::new(1001, "").unwrap());
-    assert_eq!(take(&mut browser.1, 4).await, [0x88, 2, 0x03, 0xe9]);
-    browser.1.shutdown().await.unwrap();
+    assert_eq!(take(&mut browser, 4).await, [0x88, 2, 0x03, 0xe9]);
+    browser.shutdown().await.unwrap();
     // The Close, masked, then EOF.
     let mut got = Vec::new();
-    bounded(backend.1.read_to_end(&mut got)).await.unwrap();
+    bounded(backend.read_to_end(&mut got)).await.unwrap();
     assert_eq!(got[..2], [0x88, 0x82]);
     assert_eq!(got.len(), 2 + 4 + 2);
     backend
-        .1
         .write_all(&unmasked(0x88, &[0x03, 0xe9]))
         .await
         .unwrap();
@@ -718,11 +725,8 @@ async fn a_client_that_hangs_up_leaves_the_upstream_the_proxys_close() {
 #[tokio::test]
 async fn cut_ends_at_once_and_close_without_tracking_cuts() {
     for tracked in [true, false] {
-        let (mut browser, mut backend) = (duplex(1024), duplex(1024));
         let config = TunnelConfig::new().track_frames(tracked);
-        let mut relay = tunnel(browser.0, backend.0, &config, pending());
-        let handle = relay.handle();
-        let task = tokio::spawn(relay);
+        let (mut browser, mut backend, handle, task) = spawned(&config);
         if tracked {
             handle.cut();
         } else {
@@ -732,8 +736,8 @@ async fn cut_ends_at_once_and_close_without_tracking_cuts() {
         assert!(matches!(stats.end, TunnelEnd::Shutdown), "{:?}", stats.end);
         // Both sides see EOF and nothing else.
         let mut rest = Vec::new();
-        bounded(browser.1.read_to_end(&mut rest)).await.unwrap();
-        bounded(backend.1.read_to_end(&mut rest)).await.unwrap();
+        bounded(browser.read_to_end(&mut rest)).await.unwrap();
+        bounded(backend.read_to_end(&mut rest)).await.unwrap();
         assert!(rest.is_empty());
         assert!(handle.is_ending());
     }
@@ -741,24 +745,23 @@ async fn cut_ends_at_once_and_close_without_tracking_cuts() {
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_is_pinged_and_then_timed_out() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
         .ping(Duration::from_secs(10), Duration::from_secs(5));
-    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    let (mut browser, mut backend, _, task) = spawned(&config);
     let started = tokio::time::Instant::now();
 
     // After 10 s of silence both sides get a ping: unmasked to the client,
     // masked to the upstream.
-    assert_eq!(take(&mut browser.1, 2).await, [0x89, 0x00]);
+    assert_eq!(take(&mut browser, 2).await, [0x89, 0x00]);
     assert_eq!(started.elapsed(), Duration::from_secs(10));
-    assert_eq!(take(&mut backend.1, 6).await[..2], [0x89, 0x80]);
+    assert_eq!(take(&mut backend, 6).await[..2], [0x89, 0x80]);
 
     // The client answers with a pong, which reaches the upstream as an
     // unsolicited pong; the upstream stays silent.
     let pong = masked(0x8a, b"");
-    browser.1.write_all(&pong).await.unwrap();
-    assert_eq!(take(&mut backend.1, pong.len()).await, pong);
+    browser.write_all(&pong).await.unwrap();
+    assert_eq!(take(&mut backend, pong.len()).await, pong);
 
     let stats = bounded(task).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(15));
@@ -771,20 +774,19 @@ async fn a_silent_peer_is_pinged_and_then_timed_out() {
 
 #[tokio::test(start_paused = true)]
 async fn peers_that_answer_pings_keep_the_tunnel() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
         .ping(Duration::from_secs(10), Duration::from_secs(5));
-    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    let (mut browser, mut backend, _, task) = spawned(&config);
     // Five rounds of pings, each answered by both peers.
     for _ in 0..5 {
-        assert_eq!(take(&mut browser.1, 2).await, [0x89, 0x00]);
-        assert_eq!(take(&mut backend.1, 6).await[..2], [0x89, 0x80]);
+        assert_eq!(take(&mut browser, 2).await, [0x89, 0x00]);
+        assert_eq!(take(&mut backend, 6).await[..2], [0x89, 0x80]);
         let pong = masked(0x8a, b"");
-        browser.1.write_all(&pong).await.unwrap();
-        backend.1.write_all(&unmasked(0x8a, b"")).await.unwrap();
-        assert_eq!(take(&mut backend.1, pong.len()).await, pong);
-        assert_eq!(take(&mut browser.1, 2).await, [0x8a, 0x00]);
+        browser.write_all(&pong).await.unwrap();
+        backend.write_all(&unmasked(0x8a, b"")).await.unwrap();
+        assert_eq!(take(&mut backend, pong.len()).await, pong);
+        assert_eq!(take(&mut browser, 2).await, [0x8a, 0x00]);
     }
     assert!(!task.is_finished());
     task.abort();
@@ -828,23 +830,20 @@ async fn a_ping_queued_behind_a_long_frame_does_not_time_out_a_busy_peer() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_replied_is_not_followed_by_a_second_close_to_a_slow_upstream() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
         .close_linger(Duration::from_secs(3));
-    let mut relay = tunnel(browser.0, backend.0, &config, pending());
-    let handle = relay.handle();
-    let task = tokio::spawn(relay);
+    let (mut browser, mut backend, handle, task) = spawned(&config);
     handle.close(CloseFrame::new(1001, "").unwrap());
-    assert_eq!(take(&mut browser.1, 4).await, [0x88, 2, 0x03, 0xe9]);
+    assert_eq!(take(&mut browser, 4).await, [0x88, 2, 0x03, 0xe9]);
     let reply = masked(0x88, &[0x03, 0xe9]);
-    browser.1.write_all(&reply).await.unwrap();
+    browser.write_all(&reply).await.unwrap();
     // The upstream never answers: after the linger the tunnel ends, and
     // the upstream got exactly one Close, the client's.
     let stats = bounded(task).await.unwrap();
     assert!(matches!(stats.end, TunnelEnd::Closed(_)), "{:?}", stats.end);
     let mut got = Vec::new();
-    bounded(backend.1.read_to_end(&mut got)).await.unwrap();
+    bounded(backend.read_to_end(&mut got)).await.unwrap();
     assert_eq!(got, reply);
 }
 
@@ -893,39 +892,35 @@ async fn a_close_waits_until_what_the_client_sent_is_written() {
 
 #[tokio::test(start_paused = true)]
 async fn no_ping_follows_a_close() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new()
         .track_frames(true)
         .ping(Duration::from_secs(10), Duration::from_secs(5));
-    let task = tokio::spawn(tunnel(browser.0, backend.0, &config, pending()));
+    let (mut browser, mut backend, _, task) = spawned(&config);
     let close = unmasked(0x88, &[0x03, 0xe8]);
-    backend.1.write_all(&close).await.unwrap();
-    assert_eq!(take(&mut browser.1, close.len()).await, close);
+    backend.write_all(&close).await.unwrap();
+    assert_eq!(take(&mut browser, close.len()).await, close);
     // The client takes its time to answer: no ping comes meanwhile.
     tokio::time::sleep(Duration::from_secs(25)).await;
-    nothing_more(&mut browser.1).await;
+    nothing_more(&mut browser).await;
     assert!(!task.is_finished());
     task.abort();
 }
 
 #[tokio::test]
 async fn a_close_asked_while_the_peers_close_lets_them_finish() {
-    let (mut browser, mut backend) = (duplex(1024), duplex(1024));
     let config = TunnelConfig::new().track_frames(true);
-    let mut relay = tunnel(browser.0, backend.0, &config, pending());
-    let handle = relay.handle();
-    let task = tokio::spawn(relay);
+    let (mut browser, mut backend, handle, task) = spawned(&config);
     let close = masked(0x88, &[0x03, 0xe8]);
-    browser.1.write_all(&close).await.unwrap();
-    assert_eq!(take(&mut backend.1, close.len()).await, close);
+    browser.write_all(&close).await.unwrap();
+    assert_eq!(take(&mut backend, close.len()).await, close);
     // The client began closing: the proxy adds no Close of its own, and
     // the upstream's reply reaches the client.
     assert!(handle.close(CloseFrame::new(1001, "").unwrap()));
     let reply = unmasked(0x88, &[0x03, 0xe8]);
-    backend.1.write_all(&reply).await.unwrap();
-    assert_eq!(take(&mut browser.1, reply.len()).await, reply);
-    backend.1.shutdown().await.unwrap();
-    browser.1.shutdown().await.unwrap();
+    backend.write_all(&reply).await.unwrap();
+    assert_eq!(take(&mut browser, reply.len()).await, reply);
+    backend.shutdown().await.unwrap();
+    browser.shutdown().await.unwrap();
     let stats = bounded(task).await.unwrap();
     assert!(stats.end.is_clean(), "the peers' own end: {:?}", stats.end);
 }
