@@ -35,7 +35,7 @@ use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
 };
-use crate::proxy::UpstreamGroup;
+use crate::proxy::{TunnelRegistry, UpstreamGroup};
 
 /// Checks running at once, by default: enough for a large group, few
 /// enough not to look like a flood to the upstreams.
@@ -247,6 +247,7 @@ pub struct HealthChecker {
     set: UpstreamSet,
     config: Arc<HealthCheck>,
     hooks: Vec<Box<ChangeHook>>,
+    close_on_down: Vec<Arc<TunnelRegistry>>,
 }
 
 /// What [`HealthChecker::on_change`] calls: the upstream and whether it is
@@ -259,6 +260,7 @@ impl fmt::Debug for HealthChecker {
             .field("set", &self.set)
             .field("config", &self.config)
             .field("hooks", &self.hooks.len())
+            .field("close_on_down", &self.close_on_down.len())
             .finish()
     }
 }
@@ -270,6 +272,7 @@ impl HealthChecker {
             set,
             config: Arc::new(config),
             hooks: Vec::new(),
+            close_on_down: Vec::new(),
         }
     }
 
@@ -290,16 +293,27 @@ impl HealthChecker {
     /// check marks it down, with WebSocket Close 1001 (going away), at frame
     /// boundaries (HAProxy `on-marked-down shutdown-sessions`, which resets
     /// them instead). `group` must balance over this checker's set.
-    pub fn close_on_down(self, group: &UpstreamGroup) -> Self {
-        let tunnels = Arc::clone(group.tunnels());
-        self.on_change(move |id, up| {
-            if !up {
-                let close = CloseFrame::new(1001, "upstream down")
-                    .unwrap_or_else(|_| CloseFrame::empty());
-                let closed = tunnels.close_upstream(id, &close);
-                tracing::info!(upstream = %id, closed, "closed the tunnels of an upstream marked down");
-            }
-        })
+    ///
+    /// Every later failed check of that upstream closes again what opened
+    /// meanwhile: a connection whose upgrade was under way when the mark
+    /// came lists its tunnel only after it.
+    pub fn close_on_down(mut self, group: &UpstreamGroup) -> Self {
+        self.close_on_down.push(Arc::clone(group.tunnels()));
+        self
+    }
+
+    /// Closes the tunnels of `id`, an upstream marked down, in every group
+    /// of [`close_on_down`](Self::close_on_down).
+    fn close_down(&self, id: UpstreamId) {
+        let close = CloseFrame::new(1001, "upstream down").unwrap_or_else(|_| CloseFrame::empty());
+        let closed: usize = self
+            .close_on_down
+            .iter()
+            .map(|tunnels| tunnels.close_upstream(id, &close))
+            .sum();
+        if closed > 0 {
+            tracing::info!(upstream = %id, closed, "closed the tunnels of an upstream marked down");
+        }
     }
 
     /// Checks every upstream of the set until `shutdown` resolves, marking
@@ -365,6 +379,9 @@ impl HealthChecker {
                             self.hooks.iter().for_each(|hook| hook(id, true));
                         }
                         _ => {}
+                    }
+                    if !ok && state.is_up(id) == Some(false) {
+                        self.close_down(id);
                     }
                 }
                 () = tokio::time::sleep_until(wake) => {}
@@ -465,6 +482,64 @@ async fn websocket(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn close_on_down_also_closes_tunnels_listed_after_the_mark() {
+        use crate::balance::{RoundRobin, Upstream};
+        use crate::proxy::{Listed, Registered};
+        use crate::tunnel::{tunnel, TunnelConfig};
+
+        // A port nothing listens on: every check is refused at once.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let set: UpstreamSet = [Upstream::new(dead)].into_iter().collect();
+        let id = set.snapshot().iter().next().map(|p| p.id()).unwrap();
+        let group = UpstreamGroup::new("g", RoundRobin::new(set.clone()));
+        let enter = || {
+            let (a, _) = tokio::io::duplex(8);
+            let (b, _) = tokio::io::duplex(8);
+            let config = TunnelConfig::new().track_frames(true);
+            let handle = tunnel(a, b, &config, std::future::pending()).handle();
+            let listed = Listed {
+                upstream: id,
+                client: std::net::IpAddr::from([127, 0, 0, 1]),
+                affinity: None,
+                origin: 0,
+            };
+            Registered::new(Arc::clone(group.tunnels()), listed, handle)
+        };
+        let early = enter();
+        let config = HealthCheck::new()
+            .interval(Duration::from_secs(1))
+            .fall(1)
+            .build()
+            .unwrap();
+        let checker = HealthChecker::new(set.clone(), config).close_on_down(&group);
+        let task = tokio::spawn(checker.run(std::future::pending()));
+        for _ in 0..50 {
+            if set.snapshot().get(id).is_some_and(|p| p.is_check_down()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let handles = |g: &UpstreamGroup| -> Vec<bool> {
+            g.tunnels()
+                .list()
+                .iter()
+                .map(|t| t.handle.is_ending())
+                .collect()
+        };
+        assert_eq!(handles(&group), [true]);
+        // An upgrade that was under way lists its tunnel after the mark: the
+        // next failed check closes it too.
+        let late = enter();
+        assert_eq!(handles(&group), [true, false]);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(handles(&group), [true, true]);
+        task.abort();
+        drop((early, late));
+    }
 
     #[test]
     fn build_refuses_zero_settings_and_bad_targets() {

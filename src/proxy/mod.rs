@@ -56,6 +56,8 @@ pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
+#[cfg(test)]
+pub(crate) use registry::{Listed, Registered};
 pub use registry::{LiveTunnel, TunnelRegistry};
 pub use upgrade::{PendingUpgrade, UpgradeError};
 
