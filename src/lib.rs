@@ -52,13 +52,18 @@
 //!   httparse, RFC 6455 checks on both sides, head writers), [`forward`]
 //!   (hop-by-hop and forwarding headers, trusted proxies, Origin and CORS),
 //!   [`route`] (Host + longest prefix), [`balance`] (the [`Balancer`] trait
-//!   and nginx's strategies plus bounded-load consistent hashing), [`body`]
-//!   (where a streamed body ends);
-//! - async shell: [`tunnel()`] (frame-agnostic copy both ways, timeouts,
-//!   half-close, no buffer while idle), [`Proxy`] (one connection end to
-//!   end), [`server::Server`] (accept loop, bounded concurrency, graceful
-//!   drain), [`health`] (active TCP or WebSocket checks with HAProxy's
-//!   rise/fall).
+//!   and nginx's strategies plus bounded-load consistent hashing, affinity
+//!   and the [`balance::Rebalance`] planner), [`body`] (where a streamed
+//!   body ends), [`frame`] (WebSocket frame boundaries and Close frames,
+//!   read as bytes pass);
+//! - async shell: [`tunnel()`] (copy both ways, timeouts, half-close, no
+//!   buffer while idle, polite close through a [`tunnel::TunnelHandle`],
+//!   pings), [`Proxy`] (one connection end to end, a
+//!   [`proxy::TunnelRegistry`] of live tunnels per upstream group,
+//!   [`proxy::Rebalancer`]), [`server::Server`] (accept loop, bounded
+//!   concurrency, graceful drain with Close 1001 spread over a window),
+//!   [`health`] (active TCP or WebSocket checks with HAProxy's rise/fall,
+//!   closing the tunnels of an upstream marked down).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
