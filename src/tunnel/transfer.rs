@@ -661,5 +661,48 @@ mod tests {
             prop_assert_eq!(check.messages(), stream.messages + inserted_data);
             prop_assert_eq!(framing.tracker.messages(), stream.messages);
         }
+
+        /// A polite Close toward a peer: it lands on the first boundary at or
+        /// after the request, nothing follows it, and when the other peer's
+        /// own Close gets there first, that one goes alone: the receiving
+        /// peer sees exactly one Close, whatever the chunking.
+        #[test]
+        fn a_polite_close_is_the_one_close_and_the_last_frame(
+            items in proptest::collection::vec(item(), 0..6),
+            pause in any::<prop::sample::Index>(),
+            chunk in 1usize..300,
+        ) {
+            let stream = build(Role::Server, &items, [0; 4]);
+            let pause = pause.index(stream.wire.len() + 1);
+            let ours = CloseFrame::new(1001, "bye").unwrap().encode(None);
+            let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
+            let mut transfer = Transfer::new();
+            let mut framing = Framing::new(FrameTracker::new(Role::Server));
+            let mut out = Vec::new();
+            prop_assert!(copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk).is_pending());
+            framing.insert_then_discard(&ours);
+            reader.resumed = true;
+            let done = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(matches!(done, Poll::Ready(Ok(()))), "{:?}", done);
+
+            // Where the peer's first Close ends, if it sent one.
+            let mut probe = FrameTracker::new(Role::Server);
+            let peer_close = (0..stream.wire.len()).find_map(|i| {
+                probe.observe(&stream.wire[i..=i]).ok()?;
+                probe.close_seen().then_some(i + 1)
+            });
+            let boundary = std::iter::once(0)
+                .chain(stream.boundaries.iter().map(|&(at, _)| at))
+                .find(|&at| at >= pause);
+            let expected = match (peer_close, boundary) {
+                // The peer's Close went by first: it is the one.
+                (Some(end), _) if end <= pause => stream.wire[..pause].to_vec(),
+                (Some(end), Some(at)) if end == at => stream.wire[..at].to_vec(),
+                (_, Some(at)) => [&stream.wire[..at], &ours[..]].concat(),
+                // No boundary after the request (a cut frame): nothing goes.
+                (_, None) => stream.wire.clone(),
+            };
+            prop_assert_eq!(&out, &expected);
+        }
     }
 }
