@@ -704,5 +704,36 @@ mod tests {
             };
             prop_assert_eq!(&out, &expected);
         }
+
+        /// The proxy's Close toward the upstream waits for the client's end:
+        /// everything the client sends passes, and the proxy's Close goes
+        /// last only when the client ended without one of its own.
+        #[test]
+        fn a_close_deferred_to_eof_follows_all_the_client_sent(
+            items in proptest::collection::vec(item(), 0..6),
+            key in any::<[u8; 4]>(),
+            pause in any::<prop::sample::Index>(),
+            chunk in 1usize..300,
+        ) {
+            let stream = build(Role::Client, &items, key);
+            let pause = pause.index(stream.wire.len() + 1);
+            let ours = CloseFrame::new(1001, "bye").unwrap().encode(Some([1, 2, 3, 4]));
+            let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
+            let mut transfer = Transfer::new();
+            let mut framing = Framing::new(FrameTracker::new(Role::Client));
+            let mut out = Vec::new();
+            prop_assert!(copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk).is_pending());
+            framing.insert_at_eof(&ours);
+            reader.resumed = true;
+            let done = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
+            prop_assert!(matches!(done, Poll::Ready(Ok(()))), "{:?}", done);
+            let expected = if stream.close.is_some() {
+                stream.wire.clone()
+            } else {
+                [&stream.wire[..], &ours[..]].concat()
+            };
+            prop_assert_eq!(&out, &expected);
+            prop_assert!(!framing.has_insert());
+        }
     }
 }
