@@ -458,6 +458,7 @@ pub struct DrainReport {
     /// ([`Server::drain_window`]).
     pub closed: usize,
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,7 +27,7 @@ const MAX_ROUNDS: u32 = 8;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use std::{net::SocketAddr, time::Duration};
+/// use std::net::SocketAddr;
 /// use wsproxy::balance::{LeastConn, Upstream, UpstreamSet};
 /// use wsproxy::proxy::{Rebalancer, UpstreamGroup};
 ///
