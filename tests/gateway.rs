@@ -951,7 +951,9 @@ async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
         let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         reserved.local_addr().unwrap()
     };
-    let c_arg = c.to_string();
+    // max_fails=0: a client sent there before the first check marked it
+    // down does not sit it out for fail_timeout once it comes up.
+    let c_arg = format!("{c},max_fails=0");
     let gw = Gateway::start(&[
         "--upstream",
         &a,
@@ -973,9 +975,9 @@ async fn an_upstream_coming_up_takes_its_share_of_open_tunnels() {
         "100",
     ])
     .await;
-    // Real time (a separate process): three check rounds, so that the
-    // third upstream is marked down before any client connects.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Real time (a separate process): ten check rounds, so that the third
+    // upstream is marked down before any client connects.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut clients = Vec::new();
     for i in 0..12 {
         let mut ws = connect(&gw.url("/")).await;
