@@ -2,8 +2,7 @@
 
 use std::time::Instant;
 
-use super::ring::{ring_home, HashKey, Rings};
-use super::set::LayoutCache;
+use super::ring::{ConsistentHash, HashKey, Rings};
 use super::{Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId, UpstreamSet};
 
 /// Consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
@@ -40,12 +39,12 @@ use super::{Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamI
 /// ```
 #[derive(Debug)]
 pub struct BoundedLoad {
-    set: UpstreamSet,
-    key: HashKey,
+    /// The ring walk, key and affinity are plain consistent hashing's; only
+    /// the load bound is this strategy's own.
+    ring: ConsistentHash,
     /// The factor in thousandths: integer capacities, so that a bound such
     /// as 1.1 × 1000 is exactly 1100, not 1100.0000000000002 rounded up.
     factor_milli: u64,
-    rings: LayoutCache<Rings>,
 }
 
 /// HAProxy's documented suggestion, `hash-balance-factor 125`.
@@ -55,10 +54,8 @@ impl BoundedLoad {
     /// Bounded-load consistent hashing of `key` over `set`, factor 1.25.
     pub fn new(set: UpstreamSet, key: HashKey) -> Self {
         Self {
-            set,
-            key,
+            ring: ConsistentHash::new(set, key),
             factor_milli: DEFAULT_FACTOR_MILLI,
-            rings: LayoutCache::default(),
         }
     }
 
@@ -80,10 +77,11 @@ impl BoundedLoad {
 
 impl Balancer for BoundedLoad {
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
-        let state = self.set.load();
-        let hash = self.key.hash_or_addr(ctx);
+        let ConsistentHash { set, key, rings } = &self.ring;
+        let state = set.load();
+        let hash = key.hash_or_addr(ctx);
         // The mean counts the connection being placed (the paper's `m + 1`).
-        let placed = self.set.active_total() as u128 + 1;
+        let placed = set.active_total() as u128 + 1;
         let scaled = u128::from(self.factor_milli).saturating_mul(placed);
         // ceil(factor × placed × w / W) in integers, W the tier's routable
         // weight. When every available peer is full (only when some are
@@ -97,7 +95,7 @@ impl Balancer for BoundedLoad {
                 (peer.active() as u128) < capacity
             }
         };
-        self.rings.with(&state, Rings::new, |rings| {
+        rings.with(&state, Rings::new, |rings| {
             rings
                 .place(&state, hash, |peer| peer.is_available(ctx), below_bound)
                 .map(Peer::lease)
@@ -107,13 +105,13 @@ impl Balancer for BoundedLoad {
 
     /// The key's hash, as [`ConsistentHash`](super::ConsistentHash) gives it.
     fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
-        Some(self.key.affinity(ctx))
+        self.ring.affinity(ctx)
     }
 
     /// The ring owner, load bounds aside: where the key goes while nobody
     /// is above the bound, and so where a rebalance may send it back.
     fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
-        ring_home(&self.set, &self.rings, affinity, now)
+        self.ring.home(affinity, now)
     }
 }
 

@@ -60,11 +60,6 @@ impl HashKey {
         }
     }
 
-    /// The affinity a ring strategy keeps: the key's hash.
-    pub(crate) fn affinity(&self, ctx: &PickContext<'_>) -> Affinity {
-        Affinity::from_hash(self.hash_or_addr(ctx))
-    }
-
     /// The key's hash, falling back to the client address.
     pub(crate) fn hash_or_addr(&self, ctx: &PickContext<'_>) -> u64 {
         self.hash(ctx).unwrap_or_else(|| hash_addr(ctx))
@@ -239,28 +234,6 @@ impl Rings {
     }
 }
 
-/// Where a key hash lands on the rings of `set` among the upstreams
-/// available at `now`, load aside: the home of a ring strategy's affinity,
-/// [`ConsistentHash`] and [`BoundedLoad`](super::BoundedLoad) alike.
-pub(crate) fn ring_home(
-    set: &UpstreamSet,
-    rings: &LayoutCache<Rings>,
-    affinity: Affinity,
-    now: Instant,
-) -> Option<UpstreamId> {
-    let state = set.load();
-    rings.with(&state, Rings::new, |rings| {
-        rings
-            .place(
-                &state,
-                affinity.hash(),
-                |peer| peer.is_available_at(now),
-                any_load,
-            )
-            .map(Peer::id)
-    })
-}
-
 /// The `fits` of [`Rings::place`] for a walk that ignores load.
 #[inline]
 pub(crate) fn any_load(_tier: usize) -> impl Fn(&Peer) -> bool {
@@ -294,9 +267,9 @@ pub(crate) fn any_load(_tier: usize) -> impl Fn(&Peer) -> bool {
 /// ```
 #[derive(Debug)]
 pub struct ConsistentHash {
-    set: UpstreamSet,
-    key: HashKey,
-    rings: LayoutCache<Rings>,
+    pub(super) set: UpstreamSet,
+    pub(super) key: HashKey,
+    pub(super) rings: LayoutCache<Rings>,
 }
 
 impl ConsistentHash {
@@ -325,11 +298,23 @@ impl Balancer for ConsistentHash {
     /// The key's hash ([`HashKey`], or the client address when the request
     /// lacks the key).
     fn affinity(&self, ctx: &PickContext<'_>) -> Option<Affinity> {
-        Some(self.key.affinity(ctx))
+        Some(Affinity::from_hash(self.key.hash_or_addr(ctx)))
     }
 
+    /// Where the key hash lands among the upstreams available at `now`,
+    /// load aside ([`BoundedLoad`](super::BoundedLoad)'s home too).
     fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
-        ring_home(&self.set, &self.rings, affinity, now)
+        let state = self.set.load();
+        self.rings.with(&state, Rings::new, |rings| {
+            rings
+                .place(
+                    &state,
+                    affinity.hash(),
+                    |peer| peer.is_available_at(now),
+                    any_load,
+                )
+                .map(Peer::id)
+        })
     }
 }
 
