@@ -334,6 +334,19 @@ pub(crate) mod testutil {
         PickContext::new(IpAddr::from([127, 0, 0, 1]), request, now)
     }
 
+    /// One of each strategy over `set` (random-two seeded), object-safe.
+    pub(crate) fn every_strategy(set: &UpstreamSet) -> Vec<std::sync::Arc<dyn Balancer>> {
+        use std::sync::Arc;
+        vec![
+            Arc::new(RoundRobin::new(set.clone())),
+            Arc::new(IpHash::new(set.clone())),
+            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
+            Arc::new(LeastConn::new(set.clone())),
+            Arc::new(RandomTwo::with_seed(set.clone(), 5)),
+        ]
+    }
+
     /// Port offset (0 for 9000) of a lease.
     pub(crate) fn port(lease: &Lease) -> u16 {
         lease.addr().port() - 9000
@@ -382,14 +395,7 @@ mod tests {
     #[test]
     fn balancers_are_object_safe_and_shareable() {
         let (set, _) = set_of(&[1, 1]);
-        let all: Vec<Arc<dyn Balancer>> = vec![
-            Arc::new(RoundRobin::new(set.clone())),
-            Arc::new(IpHash::new(set.clone())),
-            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
-            Arc::new(BoundedLoad::new(set.clone(), HashKey::Path)),
-            Arc::new(LeastConn::new(set.clone())),
-            Arc::new(RandomTwo::new(set.clone())),
-        ];
+        let all = every_strategy(&set);
         let request = request();
         let now = epoch();
         for b in &all {
@@ -405,14 +411,7 @@ mod tests {
         let a = set.add(Upstream::new(addr(9000)));
         let b = set.add(Upstream::new(addr(9001)));
         let backup = set.add(Upstream::new(addr(9002)).backup(true));
-        let all: Vec<Arc<dyn Balancer>> = vec![
-            Arc::new(RoundRobin::new(set.clone())),
-            Arc::new(IpHash::new(set.clone())),
-            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
-            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
-            Arc::new(LeastConn::new(set.clone())),
-            Arc::new(RandomTwo::new(set.clone())),
-        ];
+        let all = every_strategy(&set);
         let request = request();
         let now = epoch();
         for bal in &all {
@@ -453,14 +452,7 @@ mod tests {
     #[test]
     fn every_strategy_skips_a_failed_upstream_until_fail_timeout() {
         let (set, ids) = set_of(&[1, 1, 1]);
-        let all: Vec<Arc<dyn Balancer>> = vec![
-            Arc::new(RoundRobin::new(set.clone())),
-            Arc::new(IpHash::new(set.clone())),
-            Arc::new(ConsistentHash::new(set.clone(), HashKey::RemoteAddr)),
-            Arc::new(BoundedLoad::new(set.clone(), HashKey::RemoteAddr)),
-            Arc::new(LeastConn::new(set.clone())),
-            Arc::new(RandomTwo::with_seed(set.clone(), 5)),
-        ];
+        let all = every_strategy(&set);
         let request = request();
         let t0 = epoch();
         for bal in &all {
