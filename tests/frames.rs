@@ -924,3 +924,37 @@ async fn a_close_asked_while_the_peers_close_lets_them_finish() {
     let stats = bounded(task).await.unwrap();
     assert!(stats.end.is_clean(), "the peers' own end: {:?}", stats.end);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_that_waited_gets_its_whole_timeout_once_sent() {
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .ping(Duration::from_secs(10), Duration::from_secs(5));
+    let (mut browser, mut backend, _, task) = spawned(&config);
+    // A 10-byte frame toward the silent client: 9 bytes 2 s apart, then a
+    // pause of 6.9 s, longer than the ping timeout, before the last one.
+    backend.write_all(&[0x82, 10]).await.unwrap();
+    let writer = tokio::spawn(async move {
+        for i in 0..9u8 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            backend.write_all(&[i]).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(6900)).await;
+        backend.write_all(&[9]).await.unwrap();
+        backend
+    });
+    assert_eq!(take(&mut browser, 12).await[..2], [0x82, 10]);
+    assert_eq!(take(&mut browser, 2).await, [0x89, 0x00]);
+    // The ping only now went out: the client has its full 5 s to answer.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(
+        !task.is_finished(),
+        "ended by {:?}",
+        task.await.unwrap().end
+    );
+    browser.write_all(&masked(0x8a, b"")).await.unwrap();
+    let _backend = bounded(writer).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!task.is_finished());
+    task.abort();
+}

@@ -71,9 +71,6 @@ pub(crate) struct Stamps {
     pub(crate) track_reads: bool,
     /// Whether a timeout needs `stalled_since` (send).
     pub(crate) track_stalls: bool,
-    /// When the proxy pinged the side this direction reads, if that side
-    /// has sent nothing since.
-    pub(crate) ping_sent: Nanos,
 }
 
 impl Stamps {
@@ -83,7 +80,6 @@ impl Stamps {
             stalled_since: NEVER,
             track_reads,
             track_stalls,
-            ping_sent: NEVER,
         }
     }
 
@@ -123,7 +119,9 @@ fn progressed(clock: &mut Clock<'_>) {
 pub(crate) struct Framing {
     pub(crate) tracker: FrameTracker,
     /// Whole frames to write at the next boundary where they may go.
-    insert: Option<Box<[u8]>>,
+    // A thin pointer (the bytes are rare, the field is in every tracked
+    // tunnel): keeps this struct, and the box of both directions, smaller.
+    insert: Option<Box<Vec<u8>>>,
     /// Drop what is read once the queued frames are out (a polite close:
     /// nothing may follow a Close frame, RFC 6455 §5.5.1).
     discard_after_insert: bool,
@@ -132,6 +130,9 @@ pub(crate) struct Framing {
     /// The queued frames wait for the reader's EOF, and are dropped if the
     /// reader sent a Close of its own first (see `insert_at_eof`).
     defer_to_eof: bool,
+    /// When the proxy pinged the side this direction reads, if that side
+    /// has sent nothing since.
+    pub(crate) ping_sent: Nanos,
     /// Messages forwarded before the dropping began (32 bits, saturating:
     /// the frame box stays small for every idle tunnel).
     kept_messages: u32,
@@ -145,6 +146,7 @@ impl Framing {
             discard_after_insert: false,
             discarding: false,
             defer_to_eof: false,
+            ping_sent: NEVER,
             kept_messages: 0,
         }
     }
@@ -243,16 +245,16 @@ impl Framing {
         if insert.is_some() && self.discard_after_insert {
             self.start_discarding();
         }
-        insert
+        insert.map(|frames| frames.into_boxed_slice())
     }
 
     /// Queues whole frames for the next boundary where they may go, after
     /// any frames queued before.
     pub(crate) fn insert(&mut self, frames: &[u8]) {
-        self.insert = Some(match self.insert.take() {
-            Some(queued) => [&queued[..], frames].concat().into(),
-            None => frames.into(),
-        });
+        match &mut self.insert {
+            Some(queued) => queued.extend_from_slice(frames),
+            None => self.insert = Some(Box::new(frames.to_vec())),
+        }
     }
 
     /// Whether frames are queued.
@@ -436,11 +438,13 @@ impl Transfer {
                 continue;
             }
             chunks += 1;
+            if let Some(framing) = frames.as_deref_mut() {
+                // Any byte answers a ping.
+                framing.ping_sent = NEVER;
+            }
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
                     stamps.last_read = nanos_since(*started);
-                    // Any byte answers a ping.
-                    stamps.ping_sent = NEVER;
                 }
             }
             // Seen before it is written, so a frame that breaks the rules
