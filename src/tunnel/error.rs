@@ -72,14 +72,10 @@ impl TunnelError {
     /// assert_eq!(err.status(), StatusCode::GATEWAY_TIMEOUT);
     /// ```
     pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Read { side, .. } | Self::Write { side, .. } | Self::Framing { side, .. } => {
-                match side {
-                    Side::Upstream => StatusCode::BAD_GATEWAY,
-                    Side::Client => StatusCode::BAD_REQUEST,
-                }
-            }
+        match self.side() {
+            None => StatusCode::GATEWAY_TIMEOUT,
+            Some(Side::Upstream) => StatusCode::BAD_GATEWAY,
+            Some(Side::Client) => StatusCode::BAD_REQUEST,
         }
     }
 }

@@ -451,14 +451,8 @@ impl Transfer {
             // Seen before it is written, so a frame that breaks the rules
             // never reaches the peer; every byte seen is then written.
             if let Some(framing) = frames.as_deref_mut() {
-                if framing.discarding {
+                if framing.discarding || framing.supersede() {
                     // Observed (for the peer's Close reply), never written.
-                    if let Err(e) = framing.tracker.observe(data) {
-                        return Poll::Ready(Err(CopyError::Frame(e)));
-                    }
-                    continue;
-                }
-                if framing.supersede() {
                     if let Err(e) = framing.tracker.observe(data) {
                         return Poll::Ready(Err(CopyError::Frame(e)));
                     }
