@@ -274,24 +274,24 @@ async fn prefixed_bytes_are_tracked_as_the_first_frames() {
     // A masked text frame "hi" that arrived with the handshake, then a
     // masked Close 1000 sent later.
     let leftover = Bytes::from_static(b"\x81\x82\0\0\0\0hi");
+    let close = b"\x88\x82\x01\x02\x03\x04\x02\xea";
     let config = TunnelConfig::new().track_frames(true);
+    let replayed = leftover.clone();
     let task = tokio::spawn(async move {
         tunnel(
-            Prefixed::new(leftover, client),
+            Prefixed::new(replayed, client),
             upstream,
             &config,
             pending(),
         )
         .await
     });
-    browser
-        .write_all(b"\x88\x82\x01\x02\x03\x04\x02\xea")
-        .await
-        .unwrap();
+    browser.write_all(close).await.unwrap();
     browser.shutdown().await.unwrap();
     let mut got = Vec::new();
     bounded(backend.read_to_end(&mut got)).await.unwrap();
-    assert_eq!(got.len(), 8 + 8);
+    // The replayed bytes first, unchanged, then what the client sent.
+    assert_eq!(got, [&leftover[..], &close[..]].concat());
     backend.shutdown().await.unwrap();
     let stats = bounded(task).await.unwrap();
     let frames = stats.frames.unwrap();
