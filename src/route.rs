@@ -36,6 +36,8 @@ use std::fmt;
 
 use http::StatusCode;
 
+use crate::handshake::request_host;
+
 /// Which hosts a route serves (nginx `server_name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -312,13 +314,7 @@ impl<T> Routes<T> {
         request: &'a http::Request<B>,
     ) -> Result<RouteMatch<'a, T>, RouteError> {
         let uri = request.uri();
-        let host = match uri.authority() {
-            Some(authority) => Some(authority.as_str()),
-            None => request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok()),
-        };
+        let host = request_host(request);
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         if has_dot_segment(uri.path()) {
             return Err(RouteError::DotSegments);
@@ -366,8 +362,9 @@ impl<'a, T> RouteMatch<'a, T> {
     }
 }
 
-/// Lowercases a host and drops its port; keeps an IPv6 literal's brackets.
-fn normalize_host(host: &str) -> Cow<'_, str> {
+/// Lowercases a host and drops its port and a trailing dot, as nginx
+/// `$host` does; keeps an IPv6 literal's brackets.
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let name = if host.starts_with('[') {
         host.find(']').map_or(host, |end| &host[..=end])
     } else {
