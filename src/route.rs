@@ -282,12 +282,7 @@ impl<T> Routes<T> {
         let path = path_and_query
             .split_once('?')
             .map_or(path_and_query, |(p, _)| p);
-        let best = self
-            .routes
-            .iter()
-            .filter_map(|r| r.host.rank(host).map(|rank| (rank, r)))
-            .map(|(rank, _)| rank)
-            .max()?;
+        let best = self.routes.iter().filter_map(|r| r.host.rank(host)).max()?;
         self.routes
             .iter()
             .filter(|r| r.host.rank(host) == Some(best))
