@@ -398,7 +398,6 @@ mod tests {
     #[test]
     fn websocket_upgrade_is_classified_and_following_bytes_stay_in_the_buffer() {
         let mut buf = BytesMut::from(websocket("Sec-WebSocket-Version: 13\r\n").as_str());
-        let len = buf.len();
         buf.extend_from_slice(b"\x81\x85frame");
         let Ok(Status::Complete(head)) = parse_request(&mut buf, &Limits::default()) else {
             panic!("incomplete")
@@ -413,7 +412,6 @@ mod tests {
         let upgrade = head.websocket().expect("a websocket upgrade");
         assert_eq!(upgrade.key(), KEY);
         assert_eq!(upgrade.expected_accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert!(len > 100);
     }
 
     #[test]
