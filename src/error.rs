@@ -16,7 +16,7 @@ pub enum Error {
     Route(#[from] crate::route::RouteError),
     /// An I/O error outside any more specific layer.
     #[error("i/o error")]
-    Io(#[source] std::io::Error),
+    Io(#[from] std::io::Error),
     /// The forwarding policy refused the request (e.g. a foreign origin).
     #[error("request refused by the forwarding policy")]
     Forward(#[from] crate::forward::ForwardError),
@@ -51,12 +51,6 @@ impl Error {
     }
 }
 
-impl From<std::io::Error> for Error {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +58,14 @@ mod tests {
     #[test]
     fn select_error_keeps_its_status_and_source() {
         let e = Error::from(crate::balance::SelectError::NoneAvailable);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn io_error_converts_to_502_and_keeps_its_source() {
+        let e = Error::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(e, Error::Io(_)));
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         assert!(std::error::Error::source(&e).is_some());
     }

@@ -36,6 +36,8 @@ use std::fmt;
 
 use http::StatusCode;
 
+use crate::handshake::request_host;
+
 /// Which hosts a route serves (nginx `server_name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -280,12 +282,7 @@ impl<T> Routes<T> {
         let path = path_and_query
             .split_once('?')
             .map_or(path_and_query, |(p, _)| p);
-        let best = self
-            .routes
-            .iter()
-            .filter_map(|r| r.host.rank(host).map(|rank| (rank, r)))
-            .map(|(rank, _)| rank)
-            .max()?;
+        let best = self.routes.iter().filter_map(|r| r.host.rank(host)).max()?;
         self.routes
             .iter()
             .filter(|r| r.host.rank(host) == Some(best))
@@ -312,13 +309,7 @@ impl<T> Routes<T> {
         request: &'a http::Request<B>,
     ) -> Result<RouteMatch<'a, T>, RouteError> {
         let uri = request.uri();
-        let host = match uri.authority() {
-            Some(authority) => Some(authority.as_str()),
-            None => request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|v| v.to_str().ok()),
-        };
+        let host = request_host(request);
         let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
         if has_dot_segment(uri.path()) {
             return Err(RouteError::DotSegments);
@@ -366,8 +357,9 @@ impl<'a, T> RouteMatch<'a, T> {
     }
 }
 
-/// Lowercases a host and drops its port; keeps an IPv6 literal's brackets.
-fn normalize_host(host: &str) -> Cow<'_, str> {
+/// Lowercases a host and drops its port and a trailing dot, as nginx
+/// `$host` does; keeps an IPv6 literal's brackets.
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let name = if host.starts_with('[') {
         host.find(']').map_or(host, |end| &host[..=end])
     } else {

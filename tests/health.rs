@@ -2,6 +2,8 @@
 //! TCP and WebSocket checks mark upstreams down and up, picks skip them,
 //! and the operator's own `down` is never undone.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,16 +18,12 @@ use tokio::time::{sleep, timeout};
 use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamId, UpstreamSet};
 use wsproxy::health::{Check, HealthCheck, HealthChecker};
 
+use support::closed_port;
+
 /// Bound for every wait: virtual time on the paused clock, far above the
 /// few intervals each test needs.
 const BOUND: Duration = Duration::from_secs(600);
 const INTER: Duration = Duration::from_secs(2);
-
-/// A loopback port with nothing listening on it.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
 
 /// Accepts and drops connections on `listener`.
 fn accept_and_drop(listener: TcpListener) -> JoinHandle<()> {

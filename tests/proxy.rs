@@ -363,13 +363,6 @@ async fn strategies_are_observable_through_the_proxy() {
     gw.shutdown().await;
 }
 
-async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
-    addr
-}
-
 #[tokio::test]
 async fn a_down_upstream_is_skipped_and_all_down_is_502() {
     let up = ws_upstream(WsUpstreamOptions::default()).await;

@@ -411,10 +411,12 @@ async fn send_timeout_fires_when_the_upstream_stops_reading() {
 async fn send_timeout_fires_when_the_client_stops_reading() {
     let config = TunnelConfig::new().send_timeout(Duration::from_secs(5));
     let (_browser, mut backend, task) = duplex_tunnel_with(64, 4096, config, pending());
+    let start = Instant::now();
     backend.write_all(&[1u8; 1000]).await.unwrap();
     still_running_after(Duration::from_millis(4_990), &task).await;
     let stats = bounded(task).await.unwrap();
     ended_by(&stats, Timeout::Send(Side::Client));
+    assert!(start.elapsed() < Duration::from_secs(6));
     assert_eq!(stats.upstream_to_client, 64);
     assert_closed(&mut backend).await;
 }

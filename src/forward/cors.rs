@@ -5,7 +5,7 @@
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
-use super::origin::is_serialized_origin;
+use super::origin::OriginAllowlist;
 use super::PolicyError;
 
 /// CORS settings for [`ForwardPolicyBuilder::cors`](super::ForwardPolicyBuilder::cors).
@@ -105,16 +105,7 @@ impl Cors {
         let origins = match &self.origins {
             None if self.credentials => return Err(PolicyError::CorsCredentialsWithAnyOrigin),
             None => None,
-            Some(list) => {
-                let mut out = Vec::with_capacity(list.len());
-                for o in list {
-                    if !is_serialized_origin(o) {
-                        return Err(PolicyError::InvalidOrigin { origin: o.clone() });
-                    }
-                    out.push(o.to_ascii_lowercase());
-                }
-                Some(out)
-            }
+            Some(list) => Some(OriginAllowlist::parse(list)?),
         };
         Ok(CompiledCors {
             origins,
@@ -133,7 +124,9 @@ impl Cors {
 /// [`Cors`] with every value checked, ready to write.
 #[derive(Debug, Clone)]
 pub(crate) struct CompiledCors {
-    origins: Option<Vec<String>>,
+    /// `None` is any origin. An empty list allows none, unlike the upgrade
+    /// allowlist, so it is matched with `contains`, not `allows`.
+    origins: Option<OriginAllowlist>,
     methods: HeaderValue,
     headers: HeaderValue,
     expose: Option<HeaderValue>,
@@ -153,8 +146,7 @@ impl CompiledCors {
             None => Some(Allow::Any),
             Some(list) => {
                 let origin = origin?;
-                list.iter()
-                    .any(|o| o.as_bytes().eq_ignore_ascii_case(origin.as_bytes()))
+                list.contains(origin.as_bytes())
                     .then_some(Allow::Echo(origin))
             }
         }
@@ -278,6 +270,31 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.headers().is_empty());
+    }
+
+    #[test]
+    fn empty_origin_list_allows_no_origin() {
+        let cors = Cors::origins(Vec::<String>::new()).compile().unwrap();
+        let resp = cors
+            .preflight(&preflight_request("https://a.example"))
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let mut h = HeaderMap::new();
+        cors.decorate(Some(&HeaderValue::from_static("https://a.example")), &mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn listed_origin_matches_case_insensitively() {
+        let cors = Cors::origins(["https://A.example"]).compile().unwrap();
+        let resp = cors
+            .preflight(&preflight_request("https://a.EXAMPLE"))
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        assert_eq!(
+            resp.headers()["access-control-allow-origin"],
+            "https://a.EXAMPLE"
+        );
     }
 
     #[test]

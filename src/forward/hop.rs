@@ -5,16 +5,7 @@ use http::header::{self, HeaderMap, HeaderName};
 /// The fields RFC 9110 §7.6.1 names as connection-specific, plus the
 /// pre-standard `Proxy-Connection` that old clients still send.
 pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    REMOVED.contains(name) || name == header::TRANSFER_ENCODING
 }
 
 /// Fields a client must not be able to delete by naming them in
@@ -34,8 +25,9 @@ pub(crate) enum Keep {
     Upgrade,
 }
 
-/// The hop-by-hop fields removed by [`strip`], in a fixed order; a bit in
-/// the mask [`strip`] builds stands for each.
+/// The hop-by-hop fields removed by [`strip`]. `Connection` and `Upgrade`
+/// come first so that [`Keep::Upgrade`] can skip them by starting at
+/// [`UPGRADE_PAIR`].
 static REMOVED: [HeaderName; 6] = [
     header::CONNECTION,
     header::UPGRADE,
@@ -44,6 +36,9 @@ static REMOVED: [HeaderName; 6] = [
     header::TE,
     header::TRAILER,
 ];
+
+/// How many leading entries of [`REMOVED`] a 101 answer keeps.
+const UPGRADE_PAIR: usize = 2;
 
 /// Removes every hop-by-hop field and every field named in `Connection`,
 /// except `Transfer-Encoding`.
@@ -81,18 +76,12 @@ pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
     for name in &listed {
         headers.remove(name);
     }
-    // One scan of the names present instead of a hash lookup per field.
-    let mut present = 0u8;
-    for name in headers.keys() {
-        if let Some(i) = REMOVED.iter().position(|n| n == name) {
-            present |= 1 << i;
-        }
-    }
-    for (i, name) in REMOVED.iter().enumerate() {
-        let kept = keep == Keep::Upgrade && i < 2;
-        if present & (1 << i) != 0 && !kept {
-            headers.remove(name);
-        }
+    let from = match keep {
+        Keep::Nothing => 0,
+        Keep::Upgrade => UPGRADE_PAIR,
+    };
+    for name in &REMOVED[from..] {
+        headers.remove(name);
     }
 }
 
@@ -126,6 +115,24 @@ mod tests {
         strip(&mut h, Keep::Nothing);
         assert_eq!(h.len(), 1);
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_the_removed_ones_and_transfer_encoding() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in ["content-length", "host", "accept", "x-upgrade"] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use http::Request;
 use std::io::Write as _;
 
 use super::{owned_value, ForwardContext};
+use crate::handshake::request_host;
+use crate::route::normalize_host;
 
 /// Which `Host` the upstream receives (nginx `proxy_set_header Host …`).
 ///
@@ -54,12 +56,16 @@ impl HostRule {
             Self::Client => None,
             Self::ClientWithListenerPort => Some(ctx.listener_port()),
         };
-        // The common case, a lowercase `Host` without a port under `$host`,
-        // is forwarded as it came.
+        // The common case, a lowercase `Host` without a port or trailing
+        // dot under `$host`, is forwarded as it came.
         if port.is_none() && req.uri().authority().is_none() {
             if let Some(v) = req.headers().get(header::HOST) {
                 let b = v.as_bytes();
-                if !b.is_empty() && !b.contains(&b':') && !b.iter().any(u8::is_ascii_uppercase) {
+                if !b.is_empty()
+                    && !b.contains(&b':')
+                    && !b.ends_with(b".")
+                    && !b.iter().any(u8::is_ascii_uppercase)
+                {
                     return v.clone();
                 }
             }
@@ -77,25 +83,13 @@ impl HostRule {
 
 /// nginx `$host`, falling back to the upstream's host.
 fn nginx_host<B>(req: &Request<B>, ctx: &ForwardContext) -> String {
-    let from_target = req.uri().authority().map(|a| a.as_str());
-    let from_header = || {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-    };
-    match from_target.or_else(from_header).map(without_port) {
-        Some(h) if !h.is_empty() => h.to_ascii_lowercase(),
+    // Parsed heads never carry userinfo (the handshake refuses it), but a
+    // hand-built request may; `$host` is the part after it.
+    let host = request_host(req).map(|a| a.rsplit_once('@').map_or(a, |(_, h)| h));
+    match host.map(normalize_host) {
+        Some(h) if !h.is_empty() => h.into_owned(),
         _ => ctx.upstream().host().to_ascii_lowercase(),
     }
-}
-
-/// `host[:port]` or `[v6][:port]` without the port.
-fn without_port(authority: &str) -> &str {
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if authority.starts_with('[') {
-        return authority.find(']').map_or(authority, |i| &authority[..=i]);
-    }
-    authority.split_once(':').map_or(authority, |(h, _)| h)
 }
 
 #[cfg(test)]
@@ -126,6 +120,20 @@ mod tests {
         assert_eq!(v, "app.example");
         let v = HostRule::Client.value(&req("/", Some("[::1]:8443")), &ctx());
         assert_eq!(v, "[::1]");
+    }
+
+    #[test]
+    fn client_mode_drops_a_trailing_dot_like_nginx_host() {
+        for host in ["app.example.", "App.Example.:8443"] {
+            let v = HostRule::Client.value(&req("/", Some(host)), &ctx());
+            assert_eq!(v, "app.example", "{host}");
+        }
+    }
+
+    #[test]
+    fn client_mode_drops_userinfo_of_a_hand_built_target() {
+        let v = HostRule::Client.value(&req("http://user@target.example:81/x", None), &ctx());
+        assert_eq!(v, "target.example");
     }
 
     #[test]

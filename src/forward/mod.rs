@@ -393,7 +393,7 @@ impl ForwardPolicy {
                 Keep::Nothing
             },
         );
-        if self.redirect {
+        if self.redirect && redirect::has_target(h) {
             let to = match client.host().and_then(|v| v.to_str().ok()) {
                 Some(host) => format!("{}://{}", client.proto(), host),
                 None => String::new(),

@@ -29,13 +29,18 @@ impl OriginAllowlist {
         Ok(Self { origins })
     }
 
+    /// Whether `origin` is one of the listed origins (never, when the list
+    /// is empty). The list is stored lowercased, so only the request's value
+    /// needs folding.
+    pub(crate) fn contains(&self, origin: &[u8]) -> bool {
+        self.origins
+            .iter()
+            .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
+    }
+
     /// Whether `origin` is allowed (always, when the list is empty).
     pub(crate) fn allows(&self, origin: &[u8]) -> bool {
-        self.origins.is_empty()
-            || self
-                .origins
-                .iter()
-                .any(|o| o.as_bytes().eq_ignore_ascii_case(origin))
+        self.origins.is_empty() || self.contains(origin)
     }
 
     /// Refuses a WebSocket upgrade whose `Origin` is outside the list.
@@ -61,7 +66,7 @@ impl OriginAllowlist {
 }
 
 /// `scheme "://" host [ ":" port ]` with nothing after the authority.
-pub(crate) fn is_serialized_origin(s: &str) -> bool {
+fn is_serialized_origin(s: &str) -> bool {
     let Some((scheme, authority)) = s.split_once("://") else {
         return false;
     };

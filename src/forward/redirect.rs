@@ -6,6 +6,15 @@ use http::uri::Authority;
 
 use super::Scheme;
 
+const REFRESH: HeaderName = HeaderName::from_static("refresh");
+
+/// Whether `headers` hold a `Location` or `Refresh` that [`rewrite`] may
+/// change; most answers hold neither, and then the client's URL need not be
+/// built.
+pub(crate) fn has_target(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::LOCATION) || headers.contains_key(REFRESH)
+}
+
 /// Rewrites `Location` and `Refresh` in `headers` from `upstream` to `to`
 /// (`scheme://host[:port]` the client used, or empty for a relative URL).
 pub(crate) fn rewrite(headers: &mut HeaderMap, upstream: &Authority, to: &str) {
@@ -14,10 +23,9 @@ pub(crate) fn rewrite(headers: &mut HeaderMap, upstream: &Authority, to: &str) {
             set(headers, header::LOCATION, &new);
         }
     }
-    let refresh = HeaderName::from_static("refresh");
-    if let Some(value) = header_str(headers, &refresh) {
+    if let Some(value) = header_str(headers, &REFRESH) {
         if let Some(new) = rewrite_refresh(value, upstream, to) {
-            set(headers, refresh, &new);
+            set(headers, REFRESH, &new);
         }
     }
 }

@@ -524,6 +524,15 @@ fn redirect_to_upstream_is_pointed_at_the_client_address() {
 }
 
 #[test]
+fn refresh_without_location_is_rewritten_too() {
+    let policy = ForwardPolicy::nginx();
+    let client = client_of(&policy, &[("host", "app.example")], Scheme::Https);
+    let mut resp = answer(200, &[("refresh", "0; url=http://10.9.0.1:9000/r")]);
+    policy.rewrite_response(&mut resp, &client, &ctx("192.0.2.1:1", false));
+    assert_eq!(resp.headers()["refresh"], "0; url=https://app.example/r");
+}
+
+#[test]
 fn redirect_off_and_foreign_locations_are_untouched() {
     let policy = ForwardPolicy::builder().redirect(false).build().unwrap();
     let client = client_of(&policy, &[("host", "app.example")], Scheme::Https);

@@ -7,10 +7,7 @@ use std::net::IpAddr;
 use http::header::HeaderMap;
 use ipnet::IpNet;
 
-use super::{PolicyError, Scheme};
-
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+use super::{PolicyError, Scheme, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 
 /// The trusted-proxy CIDR list, parsed once at build.
 #[derive(Debug, Clone, Default)]

@@ -39,8 +39,8 @@ pub enum BodyLength {
 pub(crate) struct Framing {
     transfer_encoding: bool,
     /// Whether the last non-empty transfer coding so far is `chunked`.
+    /// Only ever set while reading a Transfer-Encoding field.
     chunked_last: bool,
-    has_content_length: bool,
     content_length: Option<u64>,
     /// The first fault in a Content-Length value.
     content_length_error: Option<HeadError>,
@@ -66,7 +66,13 @@ impl Framing {
 
     /// Whether the last transfer coding is `chunked`.
     pub(crate) fn is_chunked(&self) -> bool {
-        self.transfer_encoding && self.chunked_last
+        self.chunked_last
+    }
+
+    /// Whether any Content-Length is present: each one either sets the
+    /// length or records its fault.
+    fn has_content_length(&self) -> bool {
+        self.content_length.is_some() || self.content_length_error.is_some()
     }
 
     /// The agreed Content-Length, if any.
@@ -85,12 +91,11 @@ impl Framing {
             if let Some(last) = codings.rfind(|coding| !coding.is_empty()) {
                 self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
             }
-        } else if name == CONTENT_LENGTH {
-            self.has_content_length = true;
-            if self.content_length_error.is_none() {
-                if let Err(e) = self.content_length(value) {
-                    self.content_length_error = Some(e);
-                }
+        } else if name == CONTENT_LENGTH && self.content_length_error.is_none() {
+            // After a fault the field is still known present (see
+            // `has_content_length`); later values cannot change the verdict.
+            if let Err(e) = self.content_length(value) {
+                self.content_length_error = Some(e);
             }
         }
     }
@@ -111,7 +116,7 @@ impl Framing {
     /// Checks the framing of a request and returns its body length.
     pub(super) fn request_body(self, version: Version) -> Result<BodyLength, HeadError> {
         if self.transfer_encoding {
-            if self.has_content_length {
+            if self.has_content_length() {
                 return Err(HeadError::ContentLengthWithTransferEncoding);
             }
             if version == Version::HTTP_10 {
@@ -133,7 +138,7 @@ impl Framing {
     /// Unlike a request, a response may end a non-chunked Transfer-Encoding
     /// by closing the connection (RFC 9112 §6.3 rule 4): not an error.
     pub(super) fn check_response(self) -> Result<(), HeadError> {
-        if self.transfer_encoding && self.has_content_length {
+        if self.transfer_encoding && self.has_content_length() {
             return Err(HeadError::ContentLengthWithTransferEncoding);
         }
         self.content_length_error.map_or(Ok(()), Err)
@@ -218,6 +223,10 @@ mod tests {
         let cases: &[(&[(&str, &str)], HeadError)] = &[
             (
                 &[("content-length", "1"), ("transfer-encoding", "chunked")],
+                HeadError::ContentLengthWithTransferEncoding,
+            ),
+            (
+                &[("content-length", "x"), ("transfer-encoding", "chunked")],
                 HeadError::ContentLengthWithTransferEncoding,
             ),
             (

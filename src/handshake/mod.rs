@@ -62,6 +62,7 @@ pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;
 pub use limits::Limits;
+pub(crate) use request::request_host;
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
 pub use upgrade::accept_key;

@@ -17,6 +17,36 @@ fn field() -> impl Strategy<Value = (String, String)> {
     )
 }
 
+/// The 101 a correct upstream answers to `head`, with the right
+/// Sec-WebSocket-Accept when `head` is a WebSocket upgrade.
+fn switching(head: &RequestHead) -> http::Response<()> {
+    let mut answer = http::Response::new(());
+    *answer.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = answer.headers_mut();
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("Upgrade"),
+    );
+    if let Some(upgrade) = head.websocket() {
+        let accept = http::HeaderValue::from_str(&upgrade.expected_accept()).unwrap();
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    answer
+}
+
+/// What a well-formed 101 from [`switching`] means: it completes exactly
+/// the WebSocket upgrades.
+fn switch_verdict(head: &RequestHead) -> Result<ResponseKind, HandshakeError> {
+    match head.websocket() {
+        Some(_) => Ok(ResponseKind::Switched),
+        None => Err(HandshakeError::Switch(SwitchError::NotRequested)),
+    }
+}
+
 /// The text of a valid request head, possibly a WebSocket upgrade.
 fn request_head() -> impl Strategy<Value = String> {
     (
@@ -144,6 +174,10 @@ proptest! {
         };
         prop_assert_eq!(&buf[..], &rest[..]);
         assert_same_request(&once, &twice);
+        prop_assert_eq!(
+            classify_response(twice.kind(), &switching(&twice)),
+            switch_verdict(&twice)
+        );
     }
 
     #[test]
@@ -234,7 +268,10 @@ proptest! {
                         prop_assert!(requests.len() < before.len());
                         let consumed = &before[..before.len() - requests.len()];
                         prop_assert!(only_crlf_line_ends(consumed), "{:?}", consumed);
-                        let _ = classify_response(head.kind(), &http::Response::new(()));
+                        prop_assert_eq!(
+                            classify_response(head.kind(), &switching(&head)),
+                            switch_verdict(&head)
+                        );
                         let mut out = BytesMut::new();
                         write_request_head(head.request(), &mut out);
                     }

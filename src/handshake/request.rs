@@ -83,14 +83,7 @@ impl RequestHead {
     /// The host the request is for: the absolute-form target's authority if
     /// there is one, else the Host header (RFC 9112 §3.2.2).
     pub fn host(&self) -> Option<&str> {
-        match self.request.uri().authority() {
-            Some(authority) => Some(authority.as_str()),
-            None => self
-                .request
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok()),
-        }
+        request_host(&self.request)
     }
 
     /// The request without its classification.
@@ -101,6 +94,17 @@ impl RequestHead {
     /// The request and its classification.
     pub fn into_parts(self) -> (Request<()>, RequestKind) {
         (self.request, self.kind)
+    }
+}
+
+/// The host `req` is for, port included: the absolute-form target's
+/// authority if there is one, else the Host header (RFC 9112 §3.2.2). Shared
+/// by [`RequestHead::host`], routing and the forwarded `Host`, so all three
+/// read the same field.
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
     }
 }
 
@@ -394,7 +398,6 @@ mod tests {
     #[test]
     fn websocket_upgrade_is_classified_and_following_bytes_stay_in_the_buffer() {
         let mut buf = BytesMut::from(websocket("Sec-WebSocket-Version: 13\r\n").as_str());
-        let len = buf.len();
         buf.extend_from_slice(b"\x81\x85frame");
         let Ok(Status::Complete(head)) = parse_request(&mut buf, &Limits::default()) else {
             panic!("incomplete")
@@ -409,7 +412,6 @@ mod tests {
         let upgrade = head.websocket().expect("a websocket upgrade");
         assert_eq!(upgrade.key(), KEY);
         assert_eq!(upgrade.expected_accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
-        assert!(len > 100);
     }
 
     #[test]

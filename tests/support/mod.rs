@@ -35,6 +35,14 @@ pub async fn within<F: std::future::Future>(limit: Duration, what: &str, fut: F)
     }
 }
 
+/// A loopback port with nothing listening on it: bound, read, released.
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
 /// A WebSocket upstream: echoes every data message, tags the handshake
 /// headers it saw, and can answer with a greeting in the same write as its 101.
 pub struct WsUpstream {
