@@ -265,13 +265,33 @@ impl TunnelRegistry {
         handles.len()
     }
 
-    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&Entry) -> bool) -> usize {
-        // Handles are copied out first: a close wakes a tunnel, which may
-        // end and remove itself, and must not wait for this lock meanwhile.
+    /// Closes every tunnel the server tagged `origin` accepted politely
+    /// with `close`; returns how many were asked.
+    pub(crate) fn close_origin(&self, origin: u32, close: &CloseFrame) -> usize {
+        self.close_where(close, |e| e.origin == origin)
+    }
+
+    /// Cuts every tunnel the server tagged `origin` accepted, closing ones
+    /// included; returns how many there were.
+    pub(crate) fn cut_origin(&self, origin: u32) -> usize {
         let handles: Vec<TunnelHandle> = self
             .lock()
             .entries()
-            .filter(|e| matches(e))
+            .filter(|e| e.origin == origin)
+            .map(|e| e.handle.clone())
+            .collect();
+        handles.iter().for_each(TunnelHandle::cut);
+        handles.len()
+    }
+
+    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&Entry) -> bool) -> usize {
+        // Handles are copied out first: a close wakes a tunnel, which may
+        // end and remove itself, and must not wait for this lock meanwhile.
+        // Tunnels already ending would refuse the close: not copied.
+        let handles: Vec<TunnelHandle> = self
+            .lock()
+            .entries()
+            .filter(|e| !e.handle.is_ending() && matches(e))
             .map(|e| e.handle.clone())
             .collect();
         handles.iter().filter(|h| h.close(close.clone())).count()
@@ -388,5 +408,38 @@ mod tests {
         let ids: HashSet<u64> = registry.list().iter().map(|t| t.id).collect();
         assert!(registry.any_open(&ids));
         assert!(!registry.any_open(&HashSet::from([999])));
+    }
+
+    #[tokio::test]
+    async fn origin_closes_and_cuts_touch_only_that_servers_tunnels() {
+        let registry = Arc::new(TunnelRegistry::new());
+        let _guards: Vec<Registered> = (0..6u32)
+            .map(|i| {
+                let listed = Listed {
+                    origin: if i < 2 { 7 } else { 8 },
+                    ..listed(UpstreamId(1), ip(1))
+                };
+                Registered::new(registry.clone(), listed, handle())
+            })
+            .collect();
+        let close = CloseFrame::new(1001, "going away").unwrap();
+        assert_eq!(registry.close_origin(7, &close), 2);
+        // Already closing: skipped, not counted again.
+        assert_eq!(registry.close_origin(7, &close), 0);
+        let list = registry.list();
+        assert!(list.iter().all(|t| t.handle.is_ending() == (t.origin == 7)));
+        // A cut reaches closing tunnels too.
+        assert_eq!(registry.cut_origin(7), 2);
+        assert_eq!(registry.cut_origin(9), 0);
+        assert_eq!(
+            registry
+                .list()
+                .iter()
+                .filter(|t| t.handle.is_ending())
+                .count(),
+            2
+        );
+        assert_eq!(registry.cut_origin(8), 4);
+        assert!(registry.list().iter().all(|t| t.handle.is_ending()));
     }
 }
