@@ -55,9 +55,7 @@ pub(super) struct OpenTunnel {
 
 impl OpenTunnel {
     pub(super) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
-        // The name is made again on drop rather than kept: an idle tunnel
-        // holds nothing it does not need.
-        inner.counters.tunnel_started(&lease.addr().to_string());
+        inner.counters.tunnel_started(lease.addr());
         Self {
             inner,
             _registered: registered,
@@ -73,9 +71,7 @@ impl OpenTunnel {
 
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
-        self.inner
-            .counters
-            .tunnel_ended(&self.lease.addr().to_string());
+        self.inner.counters.tunnel_ended(self.lease.addr());
     }
 }
 
