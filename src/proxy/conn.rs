@@ -477,8 +477,9 @@ where
                     .await
             }
         };
-        // Taken from the request the balancer placed, before the rewrite.
-        let listing = Listing::new(&group, client.ip(), &request);
+        // Taken from the request the balancer placed, before the rewrite;
+        // only an upgrade can become a tunnel to list.
+        let listing = websocket.then(|| Listing::new(&group, client.ip(), &request));
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
@@ -564,16 +565,18 @@ where
             },
         };
 
-        match handshake::classify_response(&kind, &response) {
-            Ok(ResponseKind::Switched) => {
+        // A 101 classifies as Switched only for a WebSocket request, which
+        // always has its listing.
+        match (handshake::classify_response(&kind, &response), listing) {
+            (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
                     .switch(response, upstream, detach(&mut up_buf), lease, listing)
                     .await;
             }
-            Ok(_) => {}
-            Err(e) => {
+            (Ok(_), _) => {}
+            (Err(e), _) => {
                 tracing::warn!(error = %e, "upstream sent an invalid 101");
                 lease.report_failure(Instant::now().into_std());
                 return self
