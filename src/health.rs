@@ -35,7 +35,7 @@ use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
 };
-use crate::proxy::{TunnelRegistry, UpstreamGroup};
+use crate::proxy::{connect_addr, TunnelRegistry, UpstreamGroup};
 
 /// Checks running at once, by default: enough for a large group, few
 /// enough not to look like a flood to the upstreams.
@@ -394,16 +394,9 @@ impl HealthChecker {
     }
 }
 
-async fn connect(addr: &UpstreamAddr) -> std::io::Result<TcpStream> {
-    match addr {
-        UpstreamAddr::Socket(addr) => TcpStream::connect(*addr).await,
-        UpstreamAddr::Name { host, port } => TcpStream::connect((&**host, *port)).await,
-    }
-}
-
 /// One check; the caller bounds it with the timeout.
 async fn probe(config: &HealthCheck, addr: &UpstreamAddr) -> bool {
-    let Ok(stream) = connect(addr).await else {
+    let Ok(stream) = connect_addr(addr).await else {
         return false;
     };
     match &config.check {
@@ -462,18 +455,9 @@ async fn websocket(
         // RFC 6455 §5.5.1: a masked Close 1000 (client frames are masked,
         // §5.3), so the upstream logs a clean close rather than an abort.
         let mask: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
-        let code = 1000u16.to_be_bytes();
-        let frame = [
-            0x88,
-            0x82,
-            mask[0],
-            mask[1],
-            mask[2],
-            mask[3],
-            code[0] ^ mask[0],
-            code[1] ^ mask[1],
-        ];
-        let _ = stream.write_all(&frame).await;
+        if let Ok(close) = CloseFrame::new(1000, "") {
+            let _ = stream.write_all(&close.encode(Some(mask))).await;
+        }
     }
     let _ = stream.shutdown().await;
     Some(switched)

@@ -934,7 +934,8 @@ pub(super) async fn connect(
     })
 }
 
-async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
+/// Connects to `addr`, resolving a host name at connect time.
+pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
         Some(sa) => TcpStream::connect(sa).await,
         None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,

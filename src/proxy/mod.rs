@@ -52,6 +52,7 @@ use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
+pub(crate) use conn::connect_addr;
 #[cfg(test)]
 pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
