@@ -878,11 +878,9 @@ fn keeps_alive<B>(request: &Request<B>) -> bool {
 }
 
 pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
-    let text = match addr.as_socket_addr() {
-        Some(sa) => sa.to_string(),
-        None => format!("{}:{}", addr.host(), addr.port()),
-    };
-    text.parse()
+    // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
+    addr.to_string()
+        .parse()
         .unwrap_or_else(|_| http::uri::Authority::from_static("upstream"))
 }
 
@@ -1092,6 +1090,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authority_is_the_upstream_address_as_printed() {
+        let v4 = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let v6 = UpstreamAddr::from(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9002)));
+        let name = UpstreamAddr::name("localhost", 9003);
+        assert_eq!(authority_of(&v4).as_str(), "127.0.0.1:9001");
+        assert_eq!(authority_of(&v6).as_str(), "[::1]:9002");
+        assert_eq!(authority_of(&name).as_str(), "localhost:9003");
+        // A name no authority can hold falls back.
+        let bad = UpstreamAddr::name("bad host", 1);
+        assert_eq!(authority_of(&bad).as_str(), "upstream");
+    }
 
     #[test]
     fn detached_leftovers_do_not_share_the_read_buffer() {
