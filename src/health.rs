@@ -326,17 +326,23 @@ impl HealthChecker {
         let config = &self.config;
         let mut state = HealthState::new(config.interval, config.rise, config.fall);
         let mut running: JoinSet<(UpstreamId, bool)> = JoinSet::new();
+        // Every change of the set bumps its generation: an unchanged one
+        // holds the same upstreams, and the sync's sort can be skipped.
+        let mut synced = None;
         tokio::pin!(shutdown);
         loop {
             let now = Instant::now();
             let snapshot = self.set.snapshot();
-            state.sync(snapshot.iter().map(|p| p.id()), now.into_std());
+            if synced != Some(snapshot.generation()) {
+                state.sync(snapshot.iter().map(|p| p.id()), now.into_std());
+                synced = Some(snapshot.generation());
+            }
             while running.len() < config.concurrency {
                 let Some(id) = state.poll_due(now.into_std()) else {
                     break;
                 };
-                // `state` was synced with this very snapshot, so the peer is
-                // there; were it not, the next sync forgets the id.
+                // `state` was synced with this snapshot's generation, so the
+                // peer is there; were it not, the next sync forgets the id.
                 let Some(peer) = snapshot.get(id) else {
                     continue;
                 };
