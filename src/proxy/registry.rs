@@ -79,9 +79,9 @@ struct Entries {
     /// leaves half of a doubled one empty: about one entry's 64 bytes per
     /// open tunnel.
     chunks: Vec<Box<[Option<Entry>]>>,
-    /// Free slots, reused before new ones.
+    /// Free slots, reused before new ones: every slot of the chunks that
+    /// holds no entry, so the open count is derived from the two.
     free: Vec<u32>,
-    len: usize,
     next_id: u64,
     /// The registry's start: entries keep their age from it in 4 bytes.
     epoch: Option<Instant>,
@@ -116,6 +116,11 @@ struct Entry {
 }
 
 impl Entries {
+    /// Open tunnels: the slots not free.
+    fn len(&self) -> usize {
+        (self.chunks.len() * CHUNK).saturating_sub(self.free.len())
+    }
+
     fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.chunks.iter().flat_map(|c| c.iter().flatten())
     }
@@ -185,7 +190,6 @@ impl TunnelRegistry {
             .and_then(|c| c.get_mut(at % CHUNK))
         {
             *cell = Some(entry);
-            entries.len += 1;
         }
         (slot, id)
     }
@@ -206,14 +210,13 @@ impl TunnelRegistry {
             if let Some(entry) = cell.take() {
                 entry.handle.control.finish();
             }
-            entries.len -= 1;
             entries.free.push(slot);
         }
     }
 
     /// Open tunnels.
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.lock().len()
     }
 
     /// Whether no tunnel is open.
