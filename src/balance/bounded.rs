@@ -47,8 +47,19 @@ pub struct BoundedLoad {
     factor_milli: u64,
 }
 
-/// HAProxy's documented suggestion, `hash-balance-factor 125`.
-const DEFAULT_FACTOR_MILLI: u64 = 1250;
+/// HAProxy's documented suggestion, `hash-balance-factor 125`; also
+/// [`Rebalance`](super::Rebalance)'s default, so that the bound new
+/// connections respect is the one rebalancing restores.
+pub(super) const DEFAULT_FACTOR_MILLI: u64 = 1250;
+
+/// A load factor in thousandths, as both bounded placement and rebalancing
+/// keep it: integer caps, so that 1.1 × 1000 is exactly 1100, not
+/// 1100.0000000000002 or 1099.9999999999998 rounded the wrong way.
+pub(super) fn milli(factor: f64) -> u128 {
+    // `as` saturates: infinity is a cap never reached, and NaN (which the
+    // callers keep out) would be 0.
+    (factor * 1000.0).round() as u128
+}
 
 impl BoundedLoad {
     /// Bounded-load consistent hashing of `key` over `set`, factor 1.25.
@@ -68,8 +79,8 @@ impl BoundedLoad {
         self.factor_milli = if factor.is_nan() {
             DEFAULT_FACTOR_MILLI
         } else {
-            // `as` saturates: infinity is a bound never reached.
-            (factor.max(1.0) * 1000.0).round() as u64
+            // Saturating: infinity is a bound never reached.
+            u64::try_from(milli(factor.max(1.0))).unwrap_or(u64::MAX)
         };
         self
     }
