@@ -194,6 +194,22 @@ mod tests {
         let leases: Vec<Lease> = (0..40)
             .map(|_| b.pick(&ctx(&request, now)).unwrap())
             .collect();
+        // The ring order plain consistent hashing walks for the key.
+        let plain = ConsistentHash::new(set.clone(), HashKey::Path);
+        let home = plain.pick(&ctx(&request, now)).unwrap().id();
+        let next = plain
+            .pick(&ctx(&request, now).with_failed(&[home]))
+            .unwrap()
+            .id();
+        let third = plain
+            .pick(&ctx(&request, now).with_failed(&[home, next]))
+            .unwrap()
+            .id();
+        // The first goes home; with one open the cap is ceil(1.25 × 2 / 4)
+        // = 1, so the second spills to the next upstream clockwise, and the
+        // third (cap still 1) to the one after it.
+        let first: Vec<UpstreamId> = leases.iter().take(3).map(Lease::id).collect();
+        assert_eq!(first, [home, next, third]);
         let mut l = loads(&set, 4);
         l.sort_unstable();
         // ceil(1.25 × 40 / 4) = 13 at most anywhere; 40 fit.
