@@ -35,7 +35,7 @@ use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
 };
-use crate::proxy::{TunnelRegistry, UpstreamGroup};
+use crate::proxy::{connect_addr, TunnelRegistry, UpstreamGroup};
 
 /// Checks running at once, by default: enough for a large group, few
 /// enough not to look like a flood to the upstreams.
@@ -326,17 +326,23 @@ impl HealthChecker {
         let config = &self.config;
         let mut state = HealthState::new(config.interval, config.rise, config.fall);
         let mut running: JoinSet<(UpstreamId, bool)> = JoinSet::new();
+        // Every change of the set bumps its generation: an unchanged one
+        // holds the same upstreams, and the sync's sort can be skipped.
+        let mut synced = None;
         tokio::pin!(shutdown);
         loop {
             let now = Instant::now();
             let snapshot = self.set.snapshot();
-            state.sync(snapshot.iter().map(|p| p.id()), now.into_std());
+            if synced != Some(snapshot.generation()) {
+                state.sync(snapshot.iter().map(|p| p.id()), now.into_std());
+                synced = Some(snapshot.generation());
+            }
             while running.len() < config.concurrency {
                 let Some(id) = state.poll_due(now.into_std()) else {
                     break;
                 };
-                // `state` was synced with this very snapshot, so the peer is
-                // there; were it not, the next sync forgets the id.
+                // `state` was synced with this snapshot's generation, so the
+                // peer is there; were it not, the next sync forgets the id.
                 let Some(peer) = snapshot.get(id) else {
                     continue;
                 };
@@ -394,16 +400,9 @@ impl HealthChecker {
     }
 }
 
-async fn connect(addr: &UpstreamAddr) -> std::io::Result<TcpStream> {
-    match addr {
-        UpstreamAddr::Socket(addr) => TcpStream::connect(*addr).await,
-        UpstreamAddr::Name { host, port } => TcpStream::connect((&**host, *port)).await,
-    }
-}
-
 /// One check; the caller bounds it with the timeout.
 async fn probe(config: &HealthCheck, addr: &UpstreamAddr) -> bool {
-    let Ok(stream) = connect(addr).await else {
+    let Ok(stream) = connect_addr(addr).await else {
         return false;
     };
     match &config.check {
@@ -462,18 +461,9 @@ async fn websocket(
         // RFC 6455 §5.5.1: a masked Close 1000 (client frames are masked,
         // §5.3), so the upstream logs a clean close rather than an abort.
         let mask: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
-        let code = 1000u16.to_be_bytes();
-        let frame = [
-            0x88,
-            0x82,
-            mask[0],
-            mask[1],
-            mask[2],
-            mask[3],
-            code[0] ^ mask[0],
-            code[1] ^ mask[1],
-        ];
-        let _ = stream.write_all(&frame).await;
+        if let Ok(close) = CloseFrame::new(1000, "") {
+            let _ = stream.write_all(&close.encode(Some(mask))).await;
+        }
     }
     let _ = stream.shutdown().await;
     Some(switched)

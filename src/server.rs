@@ -328,9 +328,7 @@ impl Server {
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
             let _ = phase.send(Phase::Cut);
-            for tunnel in self.proxy.tunnels_of(origin) {
-                tunnel.handle.cut();
-            }
+            self.proxy.cut_origin(origin);
             // Cut tunnels shut both sockets down, each within its send
             // timeout; this only bounds how long the report waits for that.
             let _ = timeout(CUT_GRACE, tracker.all_done()).await;
@@ -386,9 +384,7 @@ async fn close_spread(proxy: &Proxy, origin: u32, window: Duration, closed: &mut
     // Upgrades under way when the drain began complete during it: their
     // tunnels are closed as they appear, until the deadline ends the drain.
     loop {
-        for tunnel in proxy.tunnels_of(origin) {
-            *closed += usize::from(tunnel.close(&going_away));
-        }
+        *closed += proxy.close_origin(origin, &going_away);
         sleep(LATE_CLOSE_EVERY).await;
     }
 }

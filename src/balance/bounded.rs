@@ -47,8 +47,19 @@ pub struct BoundedLoad {
     factor_milli: u64,
 }
 
-/// HAProxy's documented suggestion, `hash-balance-factor 125`.
-const DEFAULT_FACTOR_MILLI: u64 = 1250;
+/// HAProxy's documented suggestion, `hash-balance-factor 125`; also
+/// [`Rebalance`](super::Rebalance)'s default, so that the bound new
+/// connections respect is the one rebalancing restores.
+pub(super) const DEFAULT_FACTOR_MILLI: u64 = 1250;
+
+/// A load factor in thousandths, as both bounded placement and rebalancing
+/// keep it: integer caps, so that 1.1 × 1000 is exactly 1100, not
+/// 1100.0000000000002 or 1099.9999999999998 rounded the wrong way.
+pub(super) fn milli(factor: f64) -> u128 {
+    // `as` saturates: infinity is a cap never reached, and NaN (which the
+    // callers keep out) would be 0.
+    (factor * 1000.0).round() as u128
+}
 
 impl BoundedLoad {
     /// Bounded-load consistent hashing of `key` over `set`, factor 1.25.
@@ -68,8 +79,8 @@ impl BoundedLoad {
         self.factor_milli = if factor.is_nan() {
             DEFAULT_FACTOR_MILLI
         } else {
-            // `as` saturates: infinity is a bound never reached.
-            (factor.max(1.0) * 1000.0).round() as u64
+            // Saturating: infinity is a bound never reached.
+            u64::try_from(milli(factor.max(1.0))).unwrap_or(u64::MAX)
         };
         self
     }
@@ -183,6 +194,22 @@ mod tests {
         let leases: Vec<Lease> = (0..40)
             .map(|_| b.pick(&ctx(&request, now)).unwrap())
             .collect();
+        // The ring order plain consistent hashing walks for the key.
+        let plain = ConsistentHash::new(set.clone(), HashKey::Path);
+        let home = plain.pick(&ctx(&request, now)).unwrap().id();
+        let next = plain
+            .pick(&ctx(&request, now).with_failed(&[home]))
+            .unwrap()
+            .id();
+        let third = plain
+            .pick(&ctx(&request, now).with_failed(&[home, next]))
+            .unwrap()
+            .id();
+        // The first goes home; with one open the cap is ceil(1.25 × 2 / 4)
+        // = 1, so the second spills to the next upstream clockwise, and the
+        // third (cap still 1) to the one after it.
+        let first: Vec<UpstreamId> = leases.iter().take(3).map(Lease::id).collect();
+        assert_eq!(first, [home, next, third]);
         let mut l = loads(&set, 4);
         l.sort_unstable();
         // ceil(1.25 × 40 / 4) = 13 at most anywhere; 40 fit.

@@ -71,6 +71,7 @@ use std::collections::BinaryHeap;
 
 use http::StatusCode;
 
+use super::bounded::{milli, DEFAULT_FACTOR_MILLI};
 use super::{Snapshot, UpstreamId};
 
 /// One open tunnel as the planner sees it: where it runs, and where its key
@@ -129,10 +130,10 @@ pub struct Rebalance {
     factor: f64,
 }
 
-/// HAProxy's documented suggestion, `hash-balance-factor 125`, as
-/// [`BoundedLoad`](super::BoundedLoad) uses by default: the two agree, so
-/// the bound new connections respect is the one rebalancing restores.
-const DEFAULT_FACTOR: f64 = 1.25;
+/// [`BoundedLoad`](super::BoundedLoad)'s default (HAProxy's
+/// `hash-balance-factor 125`): the two agree, so the bound new connections
+/// respect is the one rebalancing restores. Exact: 1250 / 1000 is 1.25.
+const DEFAULT_FACTOR: f64 = DEFAULT_FACTOR_MILLI as f64 / 1000.0;
 
 impl Default for Rebalance {
     fn default() -> Self {
@@ -316,15 +317,6 @@ impl Rebalance {
             needed,
         }
     }
-}
-
-/// The factor in thousandths, as [`BoundedLoad`](super::BoundedLoad) keeps
-/// it: integer caps, so that 1.1 × 1000 tunnels is exactly 1100, not
-/// 1100.0000000000002 or 1099.9999999999998 floored.
-fn milli(factor: f64) -> u128 {
-    // `as` saturates: infinity is a cap never reached, and NaN (refused by
-    // `new`) would be 0, the ceil-share floor.
-    (factor * 1000.0).round() as u128
 }
 
 /// Which tunnels to close, from [`Rebalance::plan`].

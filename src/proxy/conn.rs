@@ -55,9 +55,7 @@ pub(super) struct OpenTunnel {
 
 impl OpenTunnel {
     pub(super) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
-        // The name is made again on drop rather than kept: an idle tunnel
-        // holds nothing it does not need.
-        inner.counters.tunnel_started(&lease.addr().to_string());
+        inner.counters.tunnel_started(lease.addr());
         Self {
             inner,
             _registered: registered,
@@ -73,9 +71,7 @@ impl OpenTunnel {
 
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
-        self.inner
-            .counters
-            .tunnel_ended(&self.lease.addr().to_string());
+        self.inner.counters.tunnel_ended(self.lease.addr());
     }
 }
 
@@ -481,8 +477,9 @@ where
                     .await
             }
         };
-        // Taken from the request the balancer placed, before the rewrite.
-        let listing = Listing::new(&group, client.ip(), &request);
+        // Taken from the request the balancer placed, before the rewrite;
+        // only an upgrade can become a tunnel to list.
+        let listing = websocket.then(|| Listing::new(&group, client.ip(), &request));
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
@@ -568,16 +565,18 @@ where
             },
         };
 
-        match handshake::classify_response(&kind, &response) {
-            Ok(ResponseKind::Switched) => {
+        // A 101 classifies as Switched only for a WebSocket request, which
+        // always has its listing.
+        match (handshake::classify_response(&kind, &response), listing) {
+            (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
                     .switch(response, upstream, detach(&mut up_buf), lease, listing)
                     .await;
             }
-            Ok(_) => {}
-            Err(e) => {
+            (Ok(_), _) => {}
+            (Err(e), _) => {
                 tracing::warn!(error = %e, "upstream sent an invalid 101");
                 lease.report_failure(Instant::now().into_std());
                 return self
@@ -879,11 +878,9 @@ fn keeps_alive<B>(request: &Request<B>) -> bool {
 }
 
 pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
-    let text = match addr.as_socket_addr() {
-        Some(sa) => sa.to_string(),
-        None => format!("{}:{}", addr.host(), addr.port()),
-    };
-    text.parse()
+    // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
+    addr.to_string()
+        .parse()
         .unwrap_or_else(|_| http::uri::Authority::from_static("upstream"))
 }
 
@@ -935,7 +932,8 @@ pub(super) async fn connect(
     })
 }
 
-async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
+/// Connects to `addr`, resolving a host name at connect time.
+pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
         Some(sa) => TcpStream::connect(sa).await,
         None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
@@ -1092,6 +1090,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authority_is_the_upstream_address_as_printed() {
+        let v4 = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
+        let v6 = UpstreamAddr::from(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9002)));
+        let name = UpstreamAddr::name("localhost", 9003);
+        assert_eq!(authority_of(&v4).as_str(), "127.0.0.1:9001");
+        assert_eq!(authority_of(&v6).as_str(), "[::1]:9002");
+        assert_eq!(authority_of(&name).as_str(), "localhost:9003");
+        // A name no authority can hold falls back.
+        let bad = UpstreamAddr::name("bad host", 1);
+        assert_eq!(authority_of(&bad).as_str(), "upstream");
+    }
 
     #[test]
     fn detached_leftovers_do_not_share_the_read_buffer() {

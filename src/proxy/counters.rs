@@ -1,10 +1,12 @@
 //! Cheap counters a host exports: plain atomics bumped once per event.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use http::StatusCode;
+
+use crate::balance::UpstreamAddr;
 
 /// How one request or connection ended, as counted in [`CountersSnapshot`] and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -46,8 +48,9 @@ pub(crate) struct Counters {
     rejected: [AtomicU64; REJECT_STATUSES.len()],
     rejected_other: AtomicU64,
     /// Open tunnels by upstream address. Touched twice per tunnel (open and
-    /// close) under a short lock, never per byte.
-    tunnels_by_upstream: Mutex<HashMap<String, u64>>,
+    /// close) under a short lock, never per byte; keyed by the address
+    /// itself, so that only a snapshot formats it.
+    tunnels_by_upstream: Mutex<HashMap<UpstreamAddr, u64>>,
 }
 
 /// The statuses the proxy answers with itself, counted one by one.
@@ -66,20 +69,20 @@ impl Counters {
         self.handshakes.fetch_add(1, Relaxed);
     }
 
-    pub(super) fn tunnel_started(&self, upstream: &str) {
+    pub(super) fn tunnel_started(&self, upstream: &UpstreamAddr) {
         self.tunnels_active.fetch_add(1, Relaxed);
         self.tunnels_total.fetch_add(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
             match map.get_mut(upstream) {
                 Some(n) => *n += 1,
                 None => {
-                    map.insert(upstream.to_owned(), 1);
+                    map.insert(upstream.clone(), 1);
                 }
             }
         }
     }
 
-    pub(super) fn tunnel_ended(&self, upstream: &str) {
+    pub(super) fn tunnel_ended(&self, upstream: &UpstreamAddr) {
         self.tunnels_active.fetch_sub(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
             if let Some(n) = map.get_mut(upstream) {
@@ -138,9 +141,13 @@ impl Counters {
                 .tunnels_by_upstream
                 .lock()
                 .map(|map| {
-                    let mut open: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
-                    open.sort();
-                    open
+                    // Summed by name: a socket address and a host name that
+                    // print alike count as one, as their names did.
+                    let mut open = BTreeMap::new();
+                    for (addr, n) in map.iter() {
+                        *open.entry(addr.to_string()).or_insert(0) += *n;
+                    }
+                    open.into_iter().collect()
                 })
                 .unwrap_or_default(),
         }
@@ -189,5 +196,38 @@ impl CountersSnapshot {
             .iter()
             .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    #[test]
+    fn tunnels_by_upstream_are_named_sorted_and_dropped_at_zero() {
+        let counters = Counters::default();
+        let b = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9002)));
+        let a = UpstreamAddr::name("127.0.0.1", 9001);
+        let a_socket = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
+        counters.tunnel_started(&b);
+        counters.tunnel_started(&a);
+        counters.tunnel_started(&a_socket);
+        assert_eq!(
+            counters.snapshot().tunnels_by_upstream,
+            [
+                ("127.0.0.1:9001".to_owned(), 2),
+                ("127.0.0.1:9002".to_owned(), 1)
+            ]
+        );
+        counters.tunnel_ended(&b);
+        counters.tunnel_ended(&a);
+        let snapshot = counters.snapshot();
+        assert_eq!(
+            snapshot.tunnels_by_upstream,
+            [("127.0.0.1:9001".to_owned(), 1)]
+        );
+        assert_eq!(snapshot.tunnels_active, 1);
     }
 }

@@ -47,10 +47,12 @@ use tokio::sync::watch;
 
 use crate::balance::{Balancer, UpstreamAddr};
 use crate::forward::{ForwardPolicy, Scheme};
+use crate::frame::CloseFrame;
 use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
+pub(crate) use conn::connect_addr;
 #[cfg(test)]
 pub(crate) use conn::Running;
 pub use counters::{CountersSnapshot, Outcome};
@@ -335,6 +337,24 @@ impl Proxy {
         let mut tunnels = self.tunnels();
         tunnels.retain(|t| t.origin == origin);
         tunnels
+    }
+
+    /// Closes every open tunnel of `origin`'s politely with `close`, in
+    /// every group; returns how many were asked.
+    pub(crate) fn close_origin(&self, origin: u32, close: &CloseFrame) -> usize {
+        self.groups()
+            .iter()
+            .map(|g| g.tunnels().close_origin(origin, close))
+            .sum()
+    }
+
+    /// Cuts every open tunnel of `origin`'s, in every group; returns how
+    /// many there were.
+    pub(crate) fn cut_origin(&self, origin: u32) -> usize {
+        self.groups()
+            .iter()
+            .map(|g| g.tunnels().cut_origin(origin))
+            .sum()
     }
 }
 

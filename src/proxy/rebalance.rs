@@ -9,7 +9,6 @@
 //! balancer, which places them on the least loaded upstreams. For hash
 //! strategies only tunnels whose key now maps to another upstream move.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use tokio::time::{sleep, Instant, MissedTickBehavior};
@@ -17,6 +16,7 @@ use tokio::time::{sleep, Instant, MissedTickBehavior};
 use super::{LiveTunnel, UpstreamGroup};
 use crate::balance::{LoadSpread, Placed, Rebalance, Snapshot, UpstreamSet};
 use crate::frame::CloseFrame;
+use crate::tunnel::TunnelHandle;
 
 /// Rounds of closing and settling before a run gives up: a round falls
 /// short only when clients reconnect unevenly or loads change meanwhile.
@@ -203,28 +203,27 @@ impl Rebalancer {
     }
 
     /// Closes `tunnels[i]` for each `i` of `close`, `rate` a second; returns
-    /// the ids of those it closed.
-    async fn close_paced(&self, tunnels: &[LiveTunnel], close: &[usize]) -> Vec<u64> {
+    /// the handles of those it closed.
+    async fn close_paced(&self, tunnels: &[LiveTunnel], close: &[usize]) -> Vec<TunnelHandle> {
         let mut ticker = tokio::time::interval(Duration::from_secs(1) / self.rate);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut closed = Vec::with_capacity(close.len());
         for tunnel in close.iter().filter_map(|&i| tunnels.get(i)) {
             ticker.tick().await;
             if tunnel.close(&self.close) {
-                closed.push(tunnel.id);
+                closed.push(tunnel.handle.clone());
             }
         }
         closed
     }
 
-    /// Waits until the tunnels `ids` have ended, for at most two close
-    /// lingers of the default 5 s: a tunnel that outlives that is counted
-    /// where it is.
-    async fn await_ended(&self, ids: Vec<u64>) {
-        let ids: HashSet<u64> = ids.into_iter().collect();
+    /// Waits until the tunnels of `handles` have ended, for at most two
+    /// close lingers of the default 5 s: a tunnel that outlives that is
+    /// counted where it is.
+    async fn await_ended(&self, handles: Vec<TunnelHandle>) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if !self.group.tunnels().any_open(&ids) {
+            if handles.iter().all(TunnelHandle::is_finished) {
                 return;
             }
             sleep(Duration::from_millis(50)).await;
@@ -240,7 +239,7 @@ mod tests {
     use super::*;
     use crate::balance::{LeastConn, Upstream, UpstreamId};
     use crate::proxy::registry::{Listed, Registered};
-    use crate::tunnel::{tunnel, TunnelConfig, TunnelHandle};
+    use crate::tunnel::{tunnel, TunnelConfig};
 
     fn handle() -> TunnelHandle {
         let (a, _) = tokio::io::duplex(8);

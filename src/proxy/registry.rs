@@ -7,7 +7,7 @@
 //! closes it. Listing copies the entries out under a short lock, so a host
 //! can take its time acting on them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -79,9 +79,9 @@ struct Entries {
     /// leaves half of a doubled one empty: about one entry's 64 bytes per
     /// open tunnel.
     chunks: Vec<Box<[Option<Entry>]>>,
-    /// Free slots, reused before new ones.
+    /// Free slots, reused before new ones: every slot of the chunks that
+    /// holds no entry, so the open count is derived from the two.
     free: Vec<u32>,
-    len: usize,
     next_id: u64,
     /// The registry's start: entries keep their age from it in 4 bytes.
     epoch: Option<Instant>,
@@ -116,6 +116,11 @@ struct Entry {
 }
 
 impl Entries {
+    /// Open tunnels: the slots not free.
+    fn len(&self) -> usize {
+        (self.chunks.len() * CHUNK).saturating_sub(self.free.len())
+    }
+
     fn entries(&self) -> impl Iterator<Item = &Entry> {
         self.chunks.iter().flat_map(|c| c.iter().flatten())
     }
@@ -185,7 +190,6 @@ impl TunnelRegistry {
             .and_then(|c| c.get_mut(at % CHUNK))
         {
             *cell = Some(entry);
-            entries.len += 1;
         }
         (slot, id)
     }
@@ -206,24 +210,18 @@ impl TunnelRegistry {
             if let Some(entry) = cell.take() {
                 entry.handle.control.finish();
             }
-            entries.len -= 1;
             entries.free.push(slot);
         }
     }
 
     /// Open tunnels.
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.lock().len()
     }
 
     /// Whether no tunnel is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Whether any of the tunnels `ids` is still open.
-    pub(crate) fn any_open(&self, ids: &HashSet<u64>) -> bool {
-        self.lock().entries().any(|e| ids.contains(&e.id))
     }
 
     /// A copy of every open tunnel, oldest first.
@@ -265,13 +263,33 @@ impl TunnelRegistry {
         handles.len()
     }
 
-    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&Entry) -> bool) -> usize {
-        // Handles are copied out first: a close wakes a tunnel, which may
-        // end and remove itself, and must not wait for this lock meanwhile.
+    /// Closes every tunnel the server tagged `origin` accepted politely
+    /// with `close`; returns how many were asked.
+    pub(crate) fn close_origin(&self, origin: u32, close: &CloseFrame) -> usize {
+        self.close_where(close, |e| e.origin == origin)
+    }
+
+    /// Cuts every tunnel the server tagged `origin` accepted, closing ones
+    /// included; returns how many there were.
+    pub(crate) fn cut_origin(&self, origin: u32) -> usize {
         let handles: Vec<TunnelHandle> = self
             .lock()
             .entries()
-            .filter(|e| matches(e))
+            .filter(|e| e.origin == origin)
+            .map(|e| e.handle.clone())
+            .collect();
+        handles.iter().for_each(TunnelHandle::cut);
+        handles.len()
+    }
+
+    fn close_where(&self, close: &CloseFrame, matches: impl Fn(&Entry) -> bool) -> usize {
+        // Handles are copied out first: a close wakes a tunnel, which may
+        // end and remove itself, and must not wait for this lock meanwhile.
+        // Tunnels already ending would refuse the close: not copied.
+        let handles: Vec<TunnelHandle> = self
+            .lock()
+            .entries()
+            .filter(|e| !e.handle.is_ending() && matches(e))
             .map(|e| e.handle.clone())
             .collect();
         handles.iter().filter(|h| h.close(close.clone())).count()
@@ -301,6 +319,8 @@ impl Drop for Registered {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
     use crate::tunnel::{tunnel, TunnelConfig};
 
@@ -385,8 +405,38 @@ mod tests {
         assert_eq!(ending.iter().filter(|&&e| e).count(), 4);
         assert_eq!(registry.close_all(&close), 6);
         assert_eq!(registry.cut_all(), 10);
-        let ids: HashSet<u64> = registry.list().iter().map(|t| t.id).collect();
-        assert!(registry.any_open(&ids));
-        assert!(!registry.any_open(&HashSet::from([999])));
+    }
+
+    #[tokio::test]
+    async fn origin_closes_and_cuts_touch_only_that_servers_tunnels() {
+        let registry = Arc::new(TunnelRegistry::new());
+        let _guards: Vec<Registered> = (0..6u32)
+            .map(|i| {
+                let listed = Listed {
+                    origin: if i < 2 { 7 } else { 8 },
+                    ..listed(UpstreamId(1), ip(1))
+                };
+                Registered::new(registry.clone(), listed, handle())
+            })
+            .collect();
+        let close = CloseFrame::new(1001, "going away").unwrap();
+        assert_eq!(registry.close_origin(7, &close), 2);
+        // Already closing: skipped, not counted again.
+        assert_eq!(registry.close_origin(7, &close), 0);
+        let list = registry.list();
+        assert!(list.iter().all(|t| t.handle.is_ending() == (t.origin == 7)));
+        // A cut reaches closing tunnels too.
+        assert_eq!(registry.cut_origin(7), 2);
+        assert_eq!(registry.cut_origin(9), 0);
+        assert_eq!(
+            registry
+                .list()
+                .iter()
+                .filter(|t| t.handle.is_ending())
+                .count(),
+            2
+        );
+        assert_eq!(registry.cut_origin(8), 4);
+        assert!(registry.list().iter().all(|t| t.handle.is_ending()));
     }
 }
