@@ -55,6 +55,26 @@
 //! the payload length counts extension data too (§5.2). Neither are UTF-8 in
 //! text messages or close-code ranges checked: the endpoints do that, and
 //! neither changes a boundary.
+//!
+//! # Cost
+//!
+//! Payloads are skipped by arithmetic, and a header that arrives whole (most
+//! do) is read in one step rather than byte by byte, so the cost is per
+//! frame, not per byte: about the same tens of nanoseconds for a 1 KiB frame
+//! as for a 64 KiB one (`cargo bench --bench tunnel -- --mode frames` prints
+//! the tracker alone before the tunnel figures). A tracker is a few dozen
+//! bytes of state and allocates only for a Close frame's payload. A tunnel
+//! keeps one per direction when [`TunnelConfig::track_frames`] is on.
+//!
+//! # Writing frames
+//!
+//! [`CloseFrame::encode`] writes a Close frame, masked with the key it is
+//! given when it goes toward a server (RFC 6455 §5.3); the tunnel inserts
+//! such frames at the boundaries a tracker reports
+//! ([`Tunnel::insert_close`]).
+//!
+//! [`TunnelConfig::track_frames`]: crate::tunnel::TunnelConfig::track_frames
+//! [`Tunnel::insert_close`]: crate::tunnel::Tunnel::insert_close
 
 mod close;
 mod tracker;

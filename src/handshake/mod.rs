@@ -45,6 +45,39 @@
 //!
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
 //! bad upstream answer is a 502 and never opens a tunnel.
+//!
+//! # What is checked
+//!
+//! - Requests against RFC 9112: `Host` (present, one, well formed), body
+//!   framing (`Content-Length` and `Transfer-Encoding` not both, a coding
+//!   list ending in `chunked`), forbidden bytes (NUL, bare CR or LF,
+//!   obs-fold) and the request-target form; a failure is a 400 that names
+//!   the header at fault.
+//! - When `Upgrade` names `websocket`, RFC 6455 §4.2.1: GET, HTTP/1.1,
+//!   `Connection: upgrade`, one `Sec-WebSocket-Key` that is the base64 of
+//!   16 bytes, and version 13 (another version gets 426 with
+//!   `Sec-WebSocket-Version: 13`). Other upgrades (`h2c`, `TLS/1.0`) are
+//!   plain HTTP and never tunneled.
+//! - [`classify_response`] opens a tunnel only for a 101 with
+//!   `Upgrade: websocket`, `Connection: upgrade` and the
+//!   `Sec-WebSocket-Accept` that matches the client's key ([`accept_key`]).
+//!   Any other 101 is a 502; any other answer is relayed as plain HTTP.
+//! - [`Limits`] (by default 16 KiB of head and 100 header fields) give 431.
+//!
+//! A short read is [`Status::Partial`], never an error: a valid head split
+//! at any byte parses to the same result as the whole head (a proptest
+//! checks this). The parsers are fuzzed with cargo-fuzz (`fuzz/`; on a
+//! stable toolchain prefix `RUSTC_BOOTSTRAP=1`):
+//! `cargo fuzz run parse_request`, `cargo fuzz run parse_response`.
+//!
+//! # Cost
+//!
+//! httparse finds the fields; most of the rest is building the
+//! [`http::Request`] (header names, values, the `HeaderMap`), which alone
+//! takes about four times httparse's time. The whole client side (parse,
+//! every check above, the forwarding rewrite, writing the head) stays
+//! within a few microseconds on a browser's 12-header upgrade
+//! (`cargo bench --bench handshake` compares each step with httparse alone).
 
 mod error;
 mod framing;
