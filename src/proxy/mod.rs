@@ -11,12 +11,13 @@
 //!
 //! 1. read the request head within the handshake timeout
 //!    (`client_header_timeout`, whole head, however slowly it trickles in);
-//! 2. refuse bad requests with the core's status (400, 403, 404, 426, 431), a
-//!    short body and `Connection: close`;
+//! 2. refuse bad requests with the core's status (400, 403, 404, 426, 431;
+//!    408 for a head that did not arrive in time), a short body and
+//!    `Connection: close`;
 //! 3. pick an upstream and connect within the connect timeout
 //!    (`proxy_connect_timeout`), trying the next one after a refused or timed
-//!    out connect (`proxy_next_upstream error timeout`): 502 or 504 when none
-//!    is left;
+//!    out connect (`proxy_next_upstream error timeout`, 3 tries by default):
+//!    502 or 504 when none is left;
 //! 4. send the rewritten head; read the answer within the read timeout
 //!    (`proxy_read_timeout`, 504);
 //! 5. a WebSocket upgrade that the upstream completes (101 with a valid
@@ -24,9 +25,98 @@
 //!    anything else is relayed as an ordinary HTTP answer and the client's
 //!    next bytes are read as a new request, never tunneled.
 //!
-//! Plain HTTP requests are proxied too, bodies streamed both ways, with
-//! keep-alive toward the client (`keepalive_timeout`, `keepalive_requests`)
-//! and `Connection: close` toward the upstream.
+//! Bytes the client sends after its head wait until the upstream's 101 has
+//! passed the checks, so a request smuggled behind an upgrade that the
+//! upstream refuses is parsed as a request of its own. Plain HTTP requests
+//! are proxied too, bodies streamed both ways (Content-Length, chunked, or
+//! until close), with keep-alive toward the client (`keepalive_timeout`
+//! 75 s, `keepalive_requests` 1000) and `Connection: close` toward the
+//! upstream. [`Proxy::counters`] is a cheap snapshot of handshakes, open
+//! tunnels (also per upstream), outcomes and proxy-made answers by status.
+//!
+//! Hosts that parse requests themselves (hyper, axum) call
+//! [`Proxy::connect_upgrade`], which connects the upstream and checks its
+//! 101 before the client gets one, then [`PendingUpgrade::tunnel`] over the
+//! upgraded stream (`examples/hyper_embed.rs`).
+//!
+//! # After the 101
+//!
+//! A WebSocket outlives the request that opened it by hours, so what happens
+//! to open tunnels matters as much as the handshake: a deploy should not cut
+//! thousands at once, an upstream added for load should get some of the old
+//! connections, and a tunnel to a dead backend should end. All of it goes
+//! through WebSocket Close frames inserted at frame boundaries
+//! ([`TunnelHandle::close`](crate::tunnel::TunnelHandle::close)), so clients
+//! see an ordinary close and reconnect.
+//!
+//! - **The registry.** Every tunnel the proxy opens is listed in its group's
+//!   [`TunnelRegistry`] ([`UpstreamGroup::tunnels`], [`Proxy::tunnels`])
+//!   until it ends, however it ends: `list`, `count_by_upstream`,
+//!   `close_upstream`, `close_all`, `cut_all`. Under a hash strategy each
+//!   entry keeps the connection's [`Affinity`](crate::balance::Affinity).
+//! - **Draining.** [`Server::drain_window`](crate::server::Server::drain_window)
+//!   sends every open tunnel Close 1001 on shutdown, spread over the window.
+//! - **Rebalancing.** [`Rebalancer`] moves tunnels off upstreams above
+//!   `factor ×` their weighted share (1.25 by default, HAProxy's
+//!   `hash-balance-factor`) with Close 1012, at a set rate; clients reconnect
+//!   through the balancer. It works in rounds: plan with the sans-IO
+//!   [`Rebalance`](crate::balance::Rebalance) (the fewest closes that bring
+//!   every upstream down to its cap), close, wait for the closed tunnels to
+//!   end and their clients to come back, measure again. With affinity only
+//!   tunnels whose key now maps elsewhere move, so they do not come back to
+//!   the same upstream.
+//! - **Dead peers.** Tunnel pings
+//!   ([`TunnelConfig::ping`](crate::tunnel::TunnelConfig::ping)), kernel
+//!   keepalive on both sockets ([`ProxyBuilder::tcp_keepalive`]), and
+//!   [`HealthChecker::close_on_down`](crate::health::HealthChecker::close_on_down)
+//!   for the tunnels of an upstream that checks mark down.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wsproxy::balance::{LeastConn, Upstream, UpstreamSet};
+//! use wsproxy::proxy::{Rebalancer, UpstreamGroup};
+//! use wsproxy::route::Route;
+//! use wsproxy::server::Server;
+//! use wsproxy::Proxy;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?)]
+//!     .into_iter()
+//!     .collect();
+//! let group = UpstreamGroup::new("chat", LeastConn::new(set.clone()));
+//! let proxy = Proxy::builder().route(Route::new("/", group.clone())).build()?;
+//!
+//! // Scale-out: a second backend joins and takes its share, 50 closes a second.
+//! set.add(Upstream::new("127.0.0.1:9002".parse::<std::net::SocketAddr>()?));
+//! let report = Rebalancer::new(group, set).rate(50).run().await;
+//! println!("max/mean {:.2} -> {:.2}", report.before.ratio(), report.after.ratio());
+//!
+//! // Deploy: Close 1001 to every client over 10 s, cut the rest at 30 s.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8020").await?;
+//! Server::new(proxy)
+//!     .drain_window(Duration::from_secs(10))
+//!     .drain_timeout(Duration::from_secs(30))
+//!     .serve(listener, async {
+//!         let _ = tokio::signal::ctrl_c().await;
+//!     })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Memory of an open tunnel
+//!
+//! Under a [`Server`](crate::server::Server) each tunnel runs as its own
+//! small task, and nothing of the handshake stays alive while it idles:
+//! bytes read past the heads are copied out of the 8 KiB read buffers
+//! (sharing them would keep each buffer resident for the tunnel's whole
+//! life), the task is a plain future rather than an `async` block (which
+//! would hold the moved streams twice), and its tracing span is kept only
+//! when a subscriber wants it. A test in
+//! [`server`](crate::server) holds the task to its byte budget; the
+//! gateway's resident memory per idle WebSocket, measured by the anchors in
+//! `benches/README.md`, stays under 2 KiB.
 
 mod conn;
 mod counters;
