@@ -15,17 +15,45 @@
 //!
 //! | type | mirrors |
 //! |---|---|
-//! | [`RoundRobin`] | nginx default: smooth weighted round-robin |
-//! | [`IpHash`] | nginx `ip_hash` |
-//! | [`ConsistentHash`] | nginx `hash $key consistent` (ketama), keyed by [`HashKey`] |
-//! | [`BoundedLoad`] | HAProxy `hash-balance-factor` |
-//! | [`LeastConn`] | nginx `least_conn` |
+//! | [`RoundRobin`] | nginx default: smooth weighted round-robin (weights 5, 1, 1 give `a a b a c a a`) |
+//! | [`IpHash`] | nginx `ip_hash`: an IPv4 client's /24 or a whole IPv6 address, nginx's constants |
+//! | [`ConsistentHash`] | nginx `hash $key consistent` (ketama), keyed by [`HashKey`]: address, header, cookie, path or query parameter |
+//! | [`BoundedLoad`] | HAProxy `hash-balance-factor`: consistent hashing that skips an upstream above 1.25 × the average load |
+//! | [`LeastConn`] | nginx `least_conn`: fewest open leases per unit of weight, ties broken round-robin |
 //! | [`RandomTwo`] | nginx `random two least_conn` |
 //!
 //! All of them skip upstreams that are down, draining, removed, sitting out
 //! a `fail_timeout`, or already failed for this request
 //! ([`PickContext::with_failed`]), and use backups only when no primary is
-//! available. The [`UpstreamSet`] can change while they run.
+//! available; none available is [`SelectError::NoneAvailable`] (502).
+//!
+//! The [`UpstreamSet`] can change while they run (`add`, `remove`,
+//! `set_draining`, `set_down`, `set_weight`) without touching open
+//! connections: a pick reads one snapshot of it with a single `arc-swap`
+//! load. Active health checks mark upstreams with
+//! [`UpstreamSet::set_check_down`], kept apart from the operator's
+//! [`set_down`](UpstreamSet::set_down) as HAProxy keeps check state apart
+//! from `MAINT`, so a passing check never brings back an upstream taken out
+//! by hand.
+//!
+//! # Cost and balance
+//!
+//! A pick costs tens of nanoseconds, from one snapshot load and one lease
+//! (the floor) to a few times that for hashing or a least-loaded scan over
+//! 100 upstreams (`cargo bench --bench balance`). Picks do not allocate,
+//! except the first after a change of membership or weights, which rebuilds
+//! the ring or the round-robin cycle. The ring places 512 points per unit
+//! of weight rather than nginx's 160: in simulations of random placements
+//! the most loaded of 10 upstreams then carries about 1.07× the mean instead
+//! of about 1.1×. A new upstream takes about its share of the keys and no
+//! key moves between two old upstreams
+//! (`cargo run --release --example balance_report` prints both).
+//!
+//! Long-lived connections are placed once, so a strategy that can say where
+//! a connection's key belongs now ([`Balancer::affinity`],
+//! [`Balancer::home`]) lets [`Rebalance`] move only the tunnels whose home
+//! changed; [`Rebalance`] is the sans-IO planner behind
+//! [`proxy::Rebalancer`](crate::proxy::Rebalancer).
 //!
 //! # Writing your own strategy
 //!
