@@ -25,6 +25,42 @@
 //! 3. (the caller picks an upstream) [`ForwardPolicy::rewrite_request`];
 //! 4. [`ForwardPolicy::rewrite_response`] on the upstream's answer.
 //!
+//! # nginx directives
+//!
+//! [`ForwardPolicy::builder`] changes the defaults and refuses bad settings
+//! (a header value with CR, LF or NUL, a bad CIDR or origin) in `build()`,
+//! never at run time.
+//!
+//! | nginx | builder |
+//! |---|---|
+//! | `proxy_http_version 1.1` | always (requests and answers leave as HTTP/1.1) |
+//! | `map $http_upgrade $connection_upgrade {…}` + `proxy_set_header Upgrade`/`Connection` | always: `Upgrade: websocket`, `Connection: upgrade` on an upgrade, else `Connection: close` |
+//! | `proxy_set_header Host $host` | `.host(HostMode::Client)` (default) |
+//! | `proxy_set_header Host $host:$server_port` | `.host(HostMode::ClientWithListenerPort)` |
+//! | `proxy_set_header Host $proxy_host` | `.host(HostMode::Upstream)` |
+//! | `proxy_set_header Host api.internal` | `.host(HostMode::Fixed("api.internal".into()))` |
+//! | `proxy_set_header X-Real-IP $remote_addr` | always, the believed client |
+//! | `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for` | `.x_forwarded_for(XForwardedFor::Append)` (default) |
+//! | `proxy_set_header X-Forwarded-For $remote_addr` | `.x_forwarded_for(XForwardedFor::Replace)` |
+//! | `proxy_set_header X-Forwarded-Proto $scheme` | always, the believed scheme |
+//! | `set_real_ip_from 10.0.0.0/8; real_ip_header X-Forwarded-For; real_ip_recursive on;` | `.trusted_proxy("10.0.0.0/8")` (repeatable) |
+//! | `proxy_set_header Forwarded …` | `.forwarded(true)` (RFC 7239) |
+//! | `proxy_set_header Name value` / `Name ""` | `.set_request_header(name, value)` / `.remove_request_header(name)` |
+//! | `add_header Name value always` / `proxy_hide_header Name` | `.add_response_header(name, value)` / `.remove_response_header(name)` |
+//! | `add_header Access-Control-…` + `if ($request_method = OPTIONS) { return 204; }` | `.cors(Cors::any_origin())` or `.cors(Cors::origins([...]))`, then [`ForwardPolicy::preflight`] |
+//! | `proxy_redirect default` / `off` | `.redirect(true)` (default) / `.redirect(false)` |
+//! | (none; Origin checks live in the app) | `.allow_origin("https://app.example")` (repeatable; others get 403) |
+//!
+//! # Hop-by-hop fields and spoofing
+//!
+//! Hop-by-hop fields (RFC 9110 §7.6.1) and every field named in
+//! `Connection` are removed both ways, except `Upgrade` and `Connection` on
+//! a 101 answer. An untrusted peer cannot move the believed address: its
+//! `X-Real-IP`, `X-Forwarded-Proto` and `Forwarded` are replaced or
+//! dropped, and the rightmost `X-Forwarded-For` entry is always the peer the
+//! proxy saw; with trusted proxies, `X-Forwarded-For` is walked from the
+//! right past them, as nginx's `real_ip_recursive on` does.
+//!
 //! # Body framing
 //!
 //! `Transfer-Encoding` is hop-by-hop, yet the rewrite keeps the framing a
