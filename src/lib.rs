@@ -53,8 +53,8 @@
 //!   (hop-by-hop and forwarding headers, trusted proxies, Origin and CORS),
 //!   [`route`] (Host + longest prefix), [`balance`] (the [`Balancer`] trait
 //!   and nginx's strategies plus bounded-load consistent hashing, affinity
-//!   and the [`balance::Rebalance`] planner), [`body`] (where a streamed
-//!   body ends), [`frame`] (WebSocket frame boundaries and Close frames,
+//!   and the [`balance::Rebalance`] planner), [`handshake::body`] (where a
+//!   streamed body ends), [`frame`] (WebSocket frame boundaries and Close frames,
 //!   read as bytes pass);
 //! - async shell: [`tunnel()`] (copy both ways, timeouts, half-close, no
 //!   buffer while idle, polite close through a [`tunnel::TunnelHandle`],
@@ -69,7 +69,6 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
-pub mod body;
 pub mod error;
 pub mod forward;
 pub mod frame;

@@ -36,7 +36,7 @@ use std::fmt;
 
 use http::StatusCode;
 
-use crate::handshake::request_host;
+use crate::handshake::{normalize_host, request_host};
 
 /// Which hosts a route serves (nginx `server_name`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,22 +354,6 @@ impl<'a, T> RouteMatch<'a, T> {
                 Cow::Owned(joined)
             }
         }
-    }
-}
-
-/// Lowercases a host and drops its port and a trailing dot, as nginx
-/// `$host` does; keeps an IPv6 literal's brackets.
-pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
-    let name = if host.starts_with('[') {
-        host.find(']').map_or(host, |end| &host[..=end])
-    } else {
-        host.rsplit_once(':').map_or(host, |(name, _)| name)
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
     }
 }
 

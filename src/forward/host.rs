@@ -6,8 +6,7 @@ use http::Request;
 use std::io::Write as _;
 
 use super::{owned_value, ForwardContext};
-use crate::handshake::request_host;
-use crate::route::normalize_host;
+use crate::handshake::{normalize_host, request_host};
 
 /// Which `Host` the upstream receives (nginx `proxy_set_header Host …`).
 ///

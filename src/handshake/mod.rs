@@ -46,6 +46,7 @@
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
 //! bad upstream answer is a 502 and never opens a tunnel.
 
+pub mod body;
 mod error;
 mod framing;
 mod head;
@@ -62,7 +63,7 @@ pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;
 pub use limits::Limits;
-pub(crate) use request::request_host;
+pub(crate) use request::{normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
 pub use upgrade::accept_key;

@@ -1,5 +1,6 @@
 //! Reading and classifying the client's request head.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use base64::Engine as _;
@@ -105,6 +106,22 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     match req.uri().authority() {
         Some(authority) => Some(authority.as_str()),
         None => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+    }
+}
+
+/// Lowercases a host and drops its port and a trailing dot, as nginx
+/// `$host` does; keeps an IPv6 literal's brackets.
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
+    let name = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
     }
 }
 

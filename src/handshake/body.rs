@@ -8,9 +8,9 @@
 //! as they stream past, chunked framing included, without copying them.
 //!
 //! ```
-//! use wsproxy::body::{BodyKind, BodyScanner};
+//! use wsproxy::handshake::body::{BodyKind, BodyScanner};
 //!
-//! # fn main() -> Result<(), wsproxy::body::BodyError> {
+//! # fn main() -> Result<(), wsproxy::handshake::body::BodyError> {
 //! let mut scanner = BodyScanner::new(BodyKind::Chunked);
 //! let wire = b"5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\n";
 //! let scan = scanner.scan(wire)?;
@@ -22,7 +22,7 @@
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::handshake::{BodyLength, Framing};
+use super::{BodyLength, Framing};
 
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
