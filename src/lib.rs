@@ -69,7 +69,6 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
-pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
@@ -80,7 +79,6 @@ pub mod server;
 pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
-pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use frame::{FrameError, FrameTracker};
 pub use handshake::HandshakeError;

@@ -93,7 +93,7 @@ pub use affinity::Affinity;
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
 pub use least_conn::{LeastConn, RandomTwo};
-pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceError};
+pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceConfigError};
 pub use ring::{ConsistentHash, HashKey};
 pub use round_robin::RoundRobin;
 pub use set::{Peer, Snapshot, UpstreamSet};

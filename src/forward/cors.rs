@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use super::origin::OriginAllowlist;
-use super::PolicyError;
+use super::ForwardConfigError;
 
 /// CORS settings for [`ForwardPolicyBuilder::cors`](super::ForwardPolicyBuilder::cors).
 ///
@@ -25,7 +25,7 @@ use super::PolicyError;
 ///     .cors(Cors::origins(["https://app.example"]).allow_methods("GET, POST").max_age(600))
 ///     .build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -97,13 +97,13 @@ impl Cors {
         self
     }
 
-    pub(crate) fn compile(&self) -> Result<CompiledCors, PolicyError> {
+    pub(crate) fn compile(&self) -> Result<CompiledCors, ForwardConfigError> {
         let value = |name: &str, v: &str| {
             HeaderValue::from_str(v)
-                .map_err(|_| PolicyError::InvalidHeaderValue { name: name.into() })
+                .map_err(|_| ForwardConfigError::InvalidHeaderValue { name: name.into() })
         };
         let origins = match &self.origins {
-            None if self.credentials => return Err(PolicyError::CorsCredentialsWithAnyOrigin),
+            None if self.credentials => return Err(ForwardConfigError::CorsCredentialsWithAnyOrigin),
             None => None,
             Some(list) => Some(OriginAllowlist::parse(list)?),
         };
@@ -331,7 +331,7 @@ mod tests {
             .allow_credentials(true)
             .compile()
             .unwrap_err();
-        assert!(matches!(err, PolicyError::CorsCredentialsWithAnyOrigin));
+        assert!(matches!(err, ForwardConfigError::CorsCredentialsWithAnyOrigin));
     }
 
     #[test]
@@ -341,9 +341,9 @@ mod tests {
             .compile()
             .unwrap_err();
         assert!(
-            matches!(err, PolicyError::InvalidHeaderValue { ref name } if name == "access-control-allow-methods")
+            matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "access-control-allow-methods")
         );
         let err = Cors::origins(["a.example"]).compile().unwrap_err();
-        assert!(matches!(err, PolicyError::InvalidOrigin { .. }));
+        assert!(matches!(err, ForwardConfigError::InvalidOrigin { .. }));
     }
 }

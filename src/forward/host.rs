@@ -17,7 +17,7 @@ use crate::handshake::{normalize_host, request_host};
 ///
 /// let policy = ForwardPolicy::builder().host(HostMode::Fixed("api.internal".into())).build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -72,9 +72,10 @@ pub use write::{error_response, write_request_head, write_response_head};
 /// The result of reading a head that may not have fully arrived yet.
 ///
 /// As in httparse, incomplete data is not invalid: `Partial` asks for more
-/// bytes. Errors travel separately, in the `Err` of a `Result`.
+/// bytes. Errors travel separately, in the `Err` of a `Result`. Exactly two
+/// variants, as httparse's `Status`, so a `match` needs no wildcard arm:
+/// everything else a read can learn is in the `T` or the error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Status<T> {
     /// The head is complete.
     Complete(T),

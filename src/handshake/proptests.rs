@@ -247,7 +247,7 @@ proptest! {
         small in any::<bool>(),
     ) {
         let limits = if small {
-            Limits::default().with_max_head_bytes(64).with_max_headers(3)
+            Limits::default().max_head_bytes(64).max_headers(3)
         } else {
             Limits::default()
         };

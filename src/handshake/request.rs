@@ -485,8 +485,8 @@ mod tests {
     #[test]
     fn heads_over_the_limits_get_431() {
         let small = Limits::default()
-            .with_max_head_bytes(64)
-            .with_max_headers(2);
+            .max_head_bytes(64)
+            .max_headers(2);
         let over = |head: &str| parse_request(&mut BytesMut::from(head), &small);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70));
         let err = over(&long).unwrap_err();
@@ -790,9 +790,5 @@ mod tests {
         assert_eq!(answer.headers()["content-length"], "20");
         assert_eq!(&answer.body()[..], b"missing host header\n");
         assert!(answer.headers().get("sec-websocket-version").is_none());
-
-        let err = crate::Error::from(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err());
-        assert_eq!(err.status(), 400);
-        assert_eq!(err.to_string(), "missing host header");
     }
 }

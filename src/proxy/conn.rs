@@ -295,7 +295,7 @@ where
                 &mut self.io,
                 &mut self.buf,
                 deadline,
-                limits.max_head_bytes(),
+                limits.max_head_bytes,
                 |b| handshake::parse_request(b, limits),
             )
             .await;
@@ -629,7 +629,7 @@ where
         let listen = async {
             loop {
                 // No deadline of its own: the body's timeouts bound this.
-                match read_head_unbounded(&mut up_read, up_buf, limits.max_head_bytes(), |b| {
+                match read_head_unbounded(&mut up_read, up_buf, limits.max_head_bytes, |b| {
                     handshake::parse_response(b, limits)
                 })
                 .await
@@ -714,7 +714,7 @@ where
         // and by this count.
         for _ in 0..8 {
             let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(upstream, up_buf, deadline, limits.max_head_bytes(), |b| {
+            let head = read_head(upstream, up_buf, deadline, limits.max_head_bytes, |b| {
                 handshake::parse_response(b, limits)
             })
             .await;

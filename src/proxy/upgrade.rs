@@ -115,7 +115,7 @@ impl Proxy {
                 &mut upstream,
                 &mut buf,
                 deadline,
-                limits.max_head_bytes(),
+                limits.max_head_bytes,
                 |b| handshake::parse_response(b, limits),
             )
             .await
