@@ -31,6 +31,9 @@
 //! # }
 //! ```
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -146,6 +149,7 @@ impl<T> Route<T> {
 
     /// Restricts the route to a host: an exact name or `*.example.com`.
     /// Checked by [`RoutesBuilder::build`].
+    #[must_use]
     pub fn host(mut self, pattern: impl Into<String>) -> Self {
         self.host_src = Some(pattern.into());
         self
@@ -153,11 +157,13 @@ impl<T> Route<T> {
 
     /// Removes the matched prefix, keeping a leading `/`
     /// (`location /chat/ { proxy_pass http://group/; }`).
+    #[must_use]
     pub fn strip_prefix(self) -> Self {
         self.replace_prefix("/")
     }
 
     /// Replaces the matched prefix with `with`.
+    #[must_use]
     pub fn replace_prefix(mut self, with: impl Into<String>) -> Self {
         self.rewrite = PrefixRewrite::Replace(with.into());
         self
@@ -194,6 +200,7 @@ pub struct Routes<T> {
 
 /// Builds a [`Routes`] table; [`build`](Self::build) validates it.
 #[derive(Debug)]
+#[must_use]
 pub struct RoutesBuilder<T> {
     routes: Vec<Route<T>>,
 }

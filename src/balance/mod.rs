@@ -72,6 +72,9 @@
 //! # }
 //! ```
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Instant;

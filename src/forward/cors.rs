@@ -67,24 +67,28 @@ impl Cors {
     }
 
     /// `Access-Control-Allow-Methods` on preflight answers.
+    #[must_use]
     pub fn allow_methods(mut self, methods: impl Into<String>) -> Self {
         self.methods = methods.into();
         self
     }
 
     /// `Access-Control-Allow-Headers` on preflight answers.
+    #[must_use]
     pub fn allow_headers(mut self, headers: impl Into<String>) -> Self {
         self.headers = headers.into();
         self
     }
 
     /// `Access-Control-Expose-Headers` on plain answers.
+    #[must_use]
     pub fn expose_headers(mut self, headers: impl Into<String>) -> Self {
         self.expose = Some(headers.into());
         self
     }
 
     /// `Access-Control-Max-Age` in seconds on preflight answers.
+    #[must_use]
     pub fn max_age(mut self, seconds: u32) -> Self {
         self.max_age = seconds;
         self
@@ -92,6 +96,7 @@ impl Cors {
 
     /// `Access-Control-Allow-Credentials: true`; refused at build with
     /// [`Cors::any_origin`], which browsers reject.
+    #[must_use]
     pub fn allow_credentials(mut self, allow: bool) -> Self {
         self.credentials = allow;
         self

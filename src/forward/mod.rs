@@ -66,6 +66,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
 mod context;
 mod cors;
 mod error;

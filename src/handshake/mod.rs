@@ -46,6 +46,9 @@
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
 //! bad upstream answer is a 502 and never opens a tunnel.
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
 pub mod body;
 mod error;
 mod framing;
