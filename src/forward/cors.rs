@@ -108,7 +108,9 @@ impl Cors {
                 .map_err(|_| ForwardConfigError::InvalidHeaderValue { name: name.into() })
         };
         let origins = match &self.origins {
-            None if self.credentials => return Err(ForwardConfigError::CorsCredentialsWithAnyOrigin),
+            None if self.credentials => {
+                return Err(ForwardConfigError::CorsCredentialsWithAnyOrigin)
+            }
             None => None,
             Some(list) => Some(OriginAllowlist::parse(list)?),
         };
@@ -336,7 +338,10 @@ mod tests {
             .allow_credentials(true)
             .compile()
             .unwrap_err();
-        assert!(matches!(err, ForwardConfigError::CorsCredentialsWithAnyOrigin));
+        assert!(matches!(
+            err,
+            ForwardConfigError::CorsCredentialsWithAnyOrigin
+        ));
     }
 
     #[test]

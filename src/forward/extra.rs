@@ -37,13 +37,13 @@ impl HeaderEdits {
                     name: parsed.as_str().to_owned(),
                 });
             }
-            let value = match value {
-                Some(v) => Some(
-                    HeaderValue::from_bytes(v)
-                        .map_err(|_| ForwardConfigError::InvalidHeaderValue { name: name.clone() })?,
-                ),
-                None => None,
-            };
+            let value =
+                match value {
+                    Some(v) => Some(HeaderValue::from_bytes(v).map_err(|_| {
+                        ForwardConfigError::InvalidHeaderValue { name: name.clone() }
+                    })?),
+                    None => None,
+                };
             edits.push((parsed, value));
         }
         Ok(Self { edits })
@@ -75,7 +75,9 @@ mod tests {
     fn cr_lf_and_nul_in_values_are_refused() {
         for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"a\r\nX-Injected: 1"] {
             let err = HeaderEdits::compile(&[set("x-tag", bad)]).unwrap_err();
-            assert!(matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "x-tag"));
+            assert!(
+                matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "x-tag")
+            );
         }
     }
 
@@ -97,7 +99,10 @@ mod tests {
             "TE",
         ] {
             let err = HeaderEdits::compile(&[RawEdit::Remove(name.into())]).unwrap_err();
-            assert!(matches!(err, ForwardConfigError::ReservedHeader { .. }), "{name}");
+            assert!(
+                matches!(err, ForwardConfigError::ReservedHeader { .. }),
+                "{name}"
+            );
         }
     }
 

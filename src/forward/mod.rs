@@ -90,7 +90,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 
 pub use context::{Client, ForwardContext, Scheme};
 pub use cors::Cors;
-pub use error::{ForwardError, ForwardConfigError};
+pub use error::{ForwardConfigError, ForwardError};
 pub use host::HostMode;
 
 use cors::CompiledCors;

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap};
 
-use super::{ForwardError, ForwardConfigError};
+use super::{ForwardConfigError, ForwardError};
 
 /// Exact origins a WebSocket upgrade may come from; empty allows all, as
 /// nginx does (it has no origin check).
@@ -158,7 +158,9 @@ mod tests {
             "1x://a",
         ] {
             let err = OriginAllowlist::parse(&[bad.to_string()]).unwrap_err();
-            assert!(matches!(err, ForwardConfigError::InvalidOrigin { ref origin } if origin == bad));
+            assert!(
+                matches!(err, ForwardConfigError::InvalidOrigin { ref origin } if origin == bad)
+            );
         }
     }
 }

@@ -484,9 +484,7 @@ mod tests {
 
     #[test]
     fn heads_over_the_limits_get_431() {
-        let small = Limits::default()
-            .max_head_bytes(64)
-            .max_headers(2);
+        let small = Limits::default().max_head_bytes(64).max_headers(2);
         let over = |head: &str| parse_request(&mut BytesMut::from(head), &small);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70));
         let err = over(&long).unwrap_err();

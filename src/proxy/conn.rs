@@ -21,8 +21,8 @@ use tracing::{field, Instrument};
 use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
-use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
+use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
 use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
