@@ -58,6 +58,7 @@ mod limits;
 mod proptests;
 mod request;
 mod response;
+mod scan;
 mod syntax;
 mod upgrade;
 mod write;
@@ -69,6 +70,7 @@ pub use limits::Limits;
 pub(crate) use request::{normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
+pub use scan::HeadScanner;
 pub use upgrade::accept_key;
 pub use write::{error_response, write_request_head, write_response_head};
 

@@ -207,7 +207,19 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
         }
     })?;
     let Some(raw) = raw else {
-        return head::incomplete(buf.len(), limits);
+        let status = head::incomplete(buf.len(), limits);
+        // At the limit with the request line still open: 414, not 431.
+        if matches!(status, Err(HeadError::TooLarge { .. }))
+            && !window
+                .iter()
+                .skip_while(|&&b| b == b'\r' || b == b'\n')
+                .any(|&b| b == b'\n')
+        {
+            return Err(HeadError::RequestLineTooLong {
+                limit: limits.max_head_bytes,
+            });
+        }
+        return status;
     };
 
     let form = target_form(&buf[raw.target.clone()])?;
@@ -250,6 +262,12 @@ enum Form {
 fn target_form(target: &[u8]) -> Result<Form, HeadError> {
     if target.contains(&b'#') {
         return Err(HeadError::Target);
+    }
+    // nginx refuses `%00` in the path when it decodes it; the query is the
+    // application's, and left alone as nginx leaves it.
+    let path_end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    if target[..path_end].windows(3).any(|w| w == b"%00") {
+        return Err(HeadError::EncodedNul);
     }
     match target.first() {
         Some(b'/') => Ok(Form::Origin),
@@ -483,19 +501,25 @@ mod tests {
     }
 
     #[test]
-    fn heads_over_the_limits_get_431() {
+    fn heads_over_the_limits_get_431_and_request_lines_414() {
         let small = Limits::default().max_head_bytes(64).max_headers(2);
         let over = |head: &str| parse_request(&mut BytesMut::from(head), &small);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70));
         let err = over(&long).unwrap_err();
         assert_eq!(
             (err.status().as_u16(), err.to_string()),
-            (431, "head larger than 64 bytes".into())
+            (414, "request line longer than 64 bytes".into())
         );
         // 64 bytes without an end is already too large, even before it ends.
         let err = over(&long[..64]).unwrap_err();
-        assert_eq!(err.status(), 431);
+        assert_eq!(err.status(), 414);
         assert!(matches!(over(&long[..63]), Ok(Status::Partial)));
+        let fields = format!("GET / HTTP/1.1\r\nX: {}\r\n", "v".repeat(70));
+        let err = over(&fields).unwrap_err();
+        assert_eq!(
+            (err.status().as_u16(), err.to_string()),
+            (431, "head larger than 64 bytes".into())
+        );
         let err = over("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n").unwrap_err();
         assert_eq!(
             (err.status().as_u16(), err.to_string()),
@@ -675,6 +699,20 @@ mod tests {
         ] {
             complete(&format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"));
         }
+    }
+
+    #[test]
+    fn an_encoded_nul_in_the_path_gets_400() {
+        for target in ["/api/..%00/admin", "/%00", "http://a/b%00c"] {
+            refused(
+                &format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"),
+                400,
+                "encoded nul in request path",
+            );
+        }
+        // The query is the application's: nginx does not decode it either.
+        complete("GET /a?x=%00 HTTP/1.1\r\nHost: a\r\n\r\n");
+        complete("GET /a%20b HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[test]
