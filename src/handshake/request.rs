@@ -265,7 +265,10 @@ fn target_form(target: &[u8]) -> Result<Form, HeadError> {
     }
     // nginx refuses `%00` in the path when it decodes it; the query is the
     // application's, and left alone as nginx leaves it.
-    let path_end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
     if target[..path_end].windows(3).any(|w| w == b"%00") {
         return Err(HeadError::EncodedNul);
     }

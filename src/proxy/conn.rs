@@ -629,9 +629,12 @@ where
         let listen = async {
             loop {
                 // No deadline of its own: the body's timeouts bound this.
-                match read_head_unbounded(&mut up_read, up_buf, HeadScanner::response(*limits), |b| {
-                    handshake::parse_response(b, limits)
-                })
+                match read_head_unbounded(
+                    &mut up_read,
+                    up_buf,
+                    HeadScanner::response(*limits),
+                    |b| handshake::parse_response(b, limits),
+                )
                 .await
                 {
                     Ok(r) if r.status().is_informational() => continue,
@@ -714,9 +717,13 @@ where
         // and by this count.
         for _ in 0..8 {
             let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(upstream, up_buf, deadline, HeadScanner::response(*limits), |b| {
-                handshake::parse_response(b, limits)
-            })
+            let head = read_head(
+                upstream,
+                up_buf,
+                deadline,
+                HeadScanner::response(*limits),
+                |b| handshake::parse_response(b, limits),
+            )
             .await;
             let response = match head {
                 Ok(response) => response,
