@@ -154,7 +154,7 @@ impl HeadScanner {
         }
         // The request line is whole before any line end counts.
         if self.side == Side::Response || self.method_done {
-            while let Some(at) = window.get(i..).and_then(|rest| memchr_lf(rest)) {
+            while let Some(at) = window.get(i..).and_then(memchr_lf) {
                 let lf = i + at;
                 self.line_done = true;
                 // A blank line is LF CRLF, or LF LF (which the parser then
