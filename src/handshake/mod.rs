@@ -43,8 +43,14 @@
 //! # Ok::<(), wsproxy::handshake::HandshakeError>(())
 //! ```
 //!
+//! Reading from a socket, feed each read to a [`HeadScanner`] first and
+//! parse only once it reports the head complete: a head that trickles in
+//! is then looked at once, not re-parsed on every read, and junk that can
+//! never start a request is refused at its first byte.
+//!
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
-//! bad upstream answer is a 502 and never opens a tunnel.
+//! bad upstream answer is a 502 and never opens a tunnel. Where a message
+//! body ends, for plain HTTP relaying, is [`body`]'s business.
 
 // Builders and setters return a changed copy: dropping it is always a bug.
 #![warn(clippy::return_self_not_must_use)]
