@@ -61,5 +61,41 @@ fn pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick);
+/// What a hash key costs to read from a browser-sized request: the cookie
+/// and query readers against `remote-addr`, which reads nothing from the
+/// head. Ten upstreams, weight 1, one ring.
+fn hash_key(c: &mut Criterion) {
+    use wsproxy::balance::{ConsistentHash, HashKey};
+    let request = http::Request::get("/ws?v=3&token=abcdef0123456789&room=lobby&lang=en")
+        .header(
+            "cookie",
+            "_ga=GA1.2.1234567890.1234567890; theme=dark; consent=yes; \
+             session=0123456789abcdef0123456789abcdef; lang=en",
+        )
+        .body(())
+        .unwrap();
+    let client = IpAddr::from([192, 0, 2, 7]);
+    let now = Instant::now();
+    let set = set_of(10);
+    let mut group = c.benchmark_group("hash-key");
+    group
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for (name, key) in [
+        ("remote-addr", HashKey::RemoteAddr),
+        ("cookie", HashKey::Cookie("session".into())),
+        ("query", HashKey::Query("room".into())),
+    ] {
+        let ring = ConsistentHash::new(set.clone(), key);
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let ctx = PickContext::new(client, &request, now);
+                black_box(ring.pick(&ctx))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, hash_key);
 criterion_main!(benches);

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use http::uri::Authority;
 use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
 use wsproxy::handshake::{
-    classify_response, parse_request, parse_response, write_request_head, Limits, RequestKind,
-    ResponseKind, Status,
+    classify_response, parse_request, parse_response, write_request_head, HeadScanner, Limits,
+    RequestKind, ResponseKind, Status,
 };
 
 /// Chrome's upgrade request: 12 header fields, about 500 bytes.
@@ -117,6 +117,16 @@ fn handshake(c: &mut Criterion) {
     // stands for the read, and once the head is dropped `BytesMut` reclaims
     // its memory instead of allocating.
     let mut buf = BytesMut::with_capacity(8 * 1024);
+
+    // What the proxy's read loop adds before parsing: one scan for the end
+    // of the head (and the request-line check), the whole head in one read.
+    group.bench_function("scan_alone", |b| {
+        b.iter(|| {
+            HeadScanner::request(limits)
+                .scan(black_box(BROWSER_HANDSHAKE))
+                .map(|s| s.is_complete())
+        })
+    });
 
     // The parse alone (with classification), to see where the time goes.
     group.bench_function("parse_classify", |b| {

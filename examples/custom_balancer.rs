@@ -1,6 +1,9 @@
 //! A custom `Balancer`: canary routing. Upgrades that carry `X-Canary: 1` go
-//! to the canary group when one of its upstreams is available, everything
-//! else (and canary traffic while the canary is down) to the stable group.
+//! to the least busy canary upstream when one is available, everything else
+//! (and canary traffic while the canary is down) to the stable group. The
+//! canary pick uses `Snapshot::pick_available`, which walks primaries and
+//! backups and skips unavailable upstreams exactly as the built-in
+//! strategies do.
 //!
 //! ```sh
 //! cargo run --example custom_balancer
@@ -16,17 +19,19 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use wsproxy::balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream};
+use wsproxy::balance::{
+    Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet,
+};
 use wsproxy::server::Server;
 use wsproxy::Proxy;
 
-/// Two ordinary balancers and a rule choosing between them. The rule reads
-/// only the request head in `ctx`: no I/O, no clock, so it can be unit
-/// tested with a plain `http::Request`.
+/// An ordinary balancer, a canary group and a rule choosing between them.
+/// The rule reads only the request head in `ctx`: no I/O, no clock, so it
+/// can be unit tested with a plain `http::Request`.
 #[derive(Debug)]
 struct Canary {
     stable: RoundRobin,
-    canary: RoundRobin,
+    canary: UpstreamSet,
 }
 
 impl Balancer for Canary {
@@ -39,7 +44,11 @@ impl Balancer for Canary {
         if wants_canary {
             // A canary that is down or failing must not take its users
             // down with it: fall through to stable.
-            if let Ok(lease) = self.canary.pick(ctx) {
+            // `pick_available` offers only the upstreams that may take this
+            // request (not down, draining or failed), backups last.
+            let canary = self.canary.snapshot();
+            if let Ok(lease) = canary.pick_available(ctx, |peers| peers.min_by_key(|p| p.active()))
+            {
                 return Ok(lease);
             }
         }
@@ -53,7 +62,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let canary = tagged_echo("canary").await?;
     let balancer = Canary {
         stable: RoundRobin::new([Upstream::new(stable)].into_iter().collect()),
-        canary: RoundRobin::new([Upstream::new(canary)].into_iter().collect()),
+        canary: [Upstream::new(canary)].into_iter().collect(),
     };
     let proxy = Proxy::builder().upstream(balancer).build()?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;

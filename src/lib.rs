@@ -53,8 +53,8 @@
 //!   (hop-by-hop and forwarding headers, trusted proxies, Origin and CORS),
 //!   [`route`] (Host + longest prefix), [`balance`] (the [`Balancer`] trait
 //!   and nginx's strategies plus bounded-load consistent hashing, affinity
-//!   and the [`balance::Rebalance`] planner), [`body`] (where a streamed
-//!   body ends), [`frame`] (WebSocket frame boundaries and Close frames,
+//!   and the [`balance::Rebalance`] planner), [`handshake::body`] (where a
+//!   streamed body ends), [`frame`] (WebSocket frame boundaries and Close frames,
 //!   read as bytes pass);
 //! - async shell: [`tunnel()`] (copy both ways, timeouts, half-close, no
 //!   buffer while idle, polite close through a [`tunnel::TunnelHandle`],
@@ -69,8 +69,6 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
-pub mod body;
-pub mod error;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
@@ -81,7 +79,6 @@ pub mod server;
 pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
-pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use frame::{FrameError, FrameTracker};
 pub use handshake::HandshakeError;

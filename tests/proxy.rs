@@ -600,6 +600,59 @@ async fn oversized_head_is_431() {
     gw.shutdown().await;
 }
 
+/// nginx answers bytes that cannot start a request line (a TLS ClientHello
+/// on the plain port) with 400 at once; with an hour-long handshake timeout,
+/// waiting for the deadline would exceed the test's own bound.
+#[tokio::test]
+async fn junk_that_cannot_start_a_request_gets_400_at_once() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let gw =
+        Gateway::start(round_robin(&[addr]).handshake_timeout(Duration::from_secs(3600))).await;
+    for junk in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        b"\x00\x00\x00\x00",
+    ] {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let reply = String::from_utf8_lossy(&read_until(&mut s, b"\r\n\r\n").await).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 400"), "{junk:?}: {reply}");
+    }
+    assert!(seen.lock().unwrap().is_empty());
+    gw.shutdown().await;
+}
+
+/// `GET /api/..%00/admin` must not reach the `/api/` upstream: nginx
+/// answers 400 to an encoded NUL in the path.
+#[tokio::test]
+async fn an_encoded_nul_in_the_path_is_400_and_never_reaches_the_upstream() {
+    let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let gw = Gateway::start(Proxy::builder().route(Route::new(
+        "/api/",
+        UpstreamGroup::new("api", RoundRobin::new(set(&[addr]))),
+    )))
+    .await;
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET /api/..%00/admin HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(reply.contains("encoded nul in request path"), "{reply}");
+    assert!(seen.lock().unwrap().is_empty());
+    gw.shutdown().await;
+}
+
+/// RFC 9112 §3 and nginx: 414 for a request line over the limit, 431 for
+/// header fields over it.
+#[tokio::test]
+async fn an_overlong_request_line_is_414() {
+    let gw = Gateway::start(round_robin(&[closed_port().await])).await;
+    let long = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(20 * 1024));
+    let reply = raw_exchange(gw.addr, long.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 414"), "{reply}");
+    gw.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn slowloris_is_dropped_at_the_handshake_timeout() {
     let up = ws_upstream(WsUpstreamOptions::default()).await;

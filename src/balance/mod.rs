@@ -57,8 +57,10 @@
 //!
 //! # Writing your own strategy
 //!
-//! A strategy reads a [`Snapshot`] of the set, walks the primaries and then
-//! the backups, and leases the peer it chooses:
+//! A strategy reads a [`Snapshot`] of the set and chooses among the peers
+//! [`Snapshot::pick_available`] offers it: the available primaries, then
+//! the backups only if it chose none. The walk and the availability rules
+//! are the built-in strategies' own, so a custom one need not repeat them:
 //!
 //! ```
 //! use std::{net::SocketAddr, sync::Arc, time::Instant};
@@ -73,16 +75,7 @@
 //! impl Balancer for LowestPort {
 //!     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
 //!         let snapshot = self.0.snapshot();
-//!         for tier in snapshot.tiers() {
-//!             let best = tier
-//!                 .iter()
-//!                 .filter(|peer| peer.is_available(ctx))
-//!                 .min_by_key(|peer| peer.addr().port());
-//!             if let Some(peer) = best {
-//!                 return Ok(peer.lease());
-//!             }
-//!         }
-//!         Err(SelectError::NoneAvailable)
+//!         snapshot.pick_available(ctx, |peers| peers.min_by_key(|peer| peer.addr().port()))
 //!     }
 //! }
 //!
@@ -99,6 +92,9 @@
 //! # Ok(())
 //! # }
 //! ```
+
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
 
 use std::fmt;
 use std::net::IpAddr;
@@ -121,10 +117,10 @@ pub use affinity::Affinity;
 pub use bounded::BoundedLoad;
 pub use ip_hash::IpHash;
 pub use least_conn::{LeastConn, RandomTwo};
-pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceError};
+pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceConfigError};
 pub use ring::{ConsistentHash, HashKey};
 pub use round_robin::RoundRobin;
-pub use set::{Peer, Snapshot, UpstreamSet};
+pub use set::{AvailablePeers, Peer, Snapshot, UpstreamSet};
 pub use upstream::{Lease, Upstream, UpstreamAddr, UpstreamId};
 
 /// Chooses the upstream for one proxied connection.
@@ -132,8 +128,9 @@ pub use upstream::{Lease, Upstream, UpstreamAddr, UpstreamId};
 /// Object-safe: a proxy holds an `Arc<dyn Balancer>`. Implementations read an
 /// [`UpstreamSet`] [`Snapshot`], skip peers for which
 /// [`Peer::is_available`] is false, use backups only when no primary is
-/// available, and return the chosen peer's [`Peer::lease`]. See the
-/// [module docs](self) for a complete custom strategy.
+/// available, and return the chosen peer's [`Peer::lease`]:
+/// [`Snapshot::pick_available`] does all of that around the choice itself.
+/// See the [module docs](self) for a complete custom strategy.
 pub trait Balancer: Send + Sync + fmt::Debug {
     /// Picks an upstream for the request described by `ctx`.
     ///

@@ -69,8 +69,6 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use http::StatusCode;
-
 use super::bounded::{milli, DEFAULT_FACTOR_MILLI};
 use super::{Snapshot, UpstreamId};
 
@@ -152,11 +150,11 @@ impl Rebalance {
     ///
     /// # Errors
     ///
-    /// [`RebalanceError::Factor`] when `factor` is NaN or below 1.0, a bound
+    /// [`RebalanceConfigError::Factor`] when `factor` is NaN or below 1.0, a bound
     /// that no placement can meet.
-    pub fn new(factor: f64) -> Result<Self, RebalanceError> {
+    pub fn new(factor: f64) -> Result<Self, RebalanceConfigError> {
         if factor.is_nan() || factor < 1.0 {
-            return Err(RebalanceError::Factor(factor));
+            return Err(RebalanceConfigError::Factor(factor));
         }
         Ok(Self { factor })
     }
@@ -496,24 +494,15 @@ impl Loads {
     }
 }
 
-/// Why a [`Rebalance`] could not be built.
+/// Why a [`Rebalance`] could not be built: a configuration mistake, which
+/// never reaches a client, so it has no `status()`.
 #[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 #[non_exhaustive]
-pub enum RebalanceError {
+pub enum RebalanceConfigError {
     /// The factor is NaN or below 1.0: no placement can hold every upstream
     /// below its mean.
     #[error("rebalance factor {0} is not a number of at least 1.0")]
     Factor(f64),
-}
-
-impl RebalanceError {
-    /// 500 Internal Server Error: a configuration mistake, never the
-    /// client's.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::Factor(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -699,7 +688,6 @@ mod tests {
     fn factors_below_one_or_nan_are_refused() {
         for bad in [0.0, 0.999, -1.0, f64::NAN, f64::NEG_INFINITY] {
             let err = Rebalance::new(bad).unwrap_err();
-            assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
             assert!(err.to_string().starts_with("rebalance factor"), "{err}");
         }
         assert_eq!(Rebalance::new(1.0).unwrap().factor(), 1.0);

@@ -73,6 +73,15 @@ fn hash_addr(ctx: &PickContext<'_>) -> u64 {
     }
 }
 
+// The cookie and query readers borrow from the head and allocate nothing.
+// Measured with `cargo bench --bench balance -- hash-key` (a ring pick for a
+// five-cookie, four-argument browser request; medians on a shared 2-core
+// machine): cookie 210-227 ns and query 182-191 ns, against 1079 ns and
+// 799 ns when the pairs are first collected into an owned map, as a
+// general cookie-jar or query-map parser does (remote-addr, reading
+// nothing: 55-65 ns). They also keep nginx's `$cookie_`/`$arg_` meaning:
+// the raw value, never percent-decoded.
+
 /// The value of cookie `name` (RFC 6265 §5.4 `name=value; name=value`),
 /// across every `Cookie` header.
 fn cookie<'r>(request: &'r http::Request<()>, name: &str) -> Option<&'r [u8]> {

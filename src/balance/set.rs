@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
 use super::upstream::{Counters, Lease, Shared, Upstream, UpstreamAddr, UpstreamId};
-use super::PickContext;
+use super::{PickContext, SelectError};
 
 /// The upstreams a balancer chooses from, shared by cheap clones.
 ///
@@ -515,6 +515,57 @@ impl Snapshot {
         self.guard.tiers()
     }
 
+    /// The tier walk every built-in strategy makes, for a custom one:
+    /// `choose` is offered the primaries available to `ctx` (not down, not
+    /// draining, not failed for this request, not sitting out a
+    /// `fail_timeout`), and the backups only when it chose no primary
+    /// (nginx `backup`). The peer it returns is leased.
+    ///
+    /// # Errors
+    ///
+    /// [`SelectError::NoneAvailable`] when `choose` returns `None` for both
+    /// tiers.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{PickContext, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = [
+    ///     Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?).down(true),
+    ///     Upstream::new("127.0.0.1:9002".parse::<SocketAddr>()?),
+    ///     Upstream::new("127.0.0.1:9003".parse::<SocketAddr>()?).backup(true),
+    /// ]
+    /// .into_iter()
+    /// .collect();
+    /// let request = http::Request::get("/").body(())?;
+    /// let ctx = PickContext::new("127.0.0.1".parse()?, &request, Instant::now());
+    ///
+    /// // The lowest port that may take the request: 9001 is down.
+    /// let lease = set
+    ///     .snapshot()
+    ///     .pick_available(&ctx, |peers| peers.min_by_key(|p| p.addr().port()))?;
+    /// assert_eq!(lease.addr().port(), 9002);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pick_available<'s, 'c>(
+        &'s self,
+        ctx: &PickContext<'c>,
+        mut choose: impl FnMut(AvailablePeers<'s, 'c>) -> Option<&'s Peer>,
+    ) -> Result<Lease, SelectError> {
+        for tier in self.tiers() {
+            let available = AvailablePeers {
+                peers: tier.iter(),
+                ctx: *ctx,
+            };
+            if let Some(peer) = choose(available) {
+                return Ok(peer.lease());
+            }
+        }
+        Err(SelectError::NoneAvailable)
+    }
+
     /// The primary upstreams, in the order they were added.
     pub fn primaries(&self) -> &[Peer] {
         &self.guard.tiers[0]
@@ -548,6 +599,43 @@ impl Snapshot {
     /// Increases with every change of the set.
     pub fn generation(&self) -> u64 {
         self.guard.generation
+    }
+}
+
+/// The peers of one tier that may take a request, in the order they were
+/// added: what [`Snapshot::pick_available`] offers a custom strategy.
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::{net::SocketAddr, time::Instant};
+/// use wsproxy::balance::{PickContext, Upstream, UpstreamSet};
+///
+/// let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?)]
+///     .into_iter()
+///     .collect();
+/// let request = http::Request::get("/").body(())?;
+/// let ctx = PickContext::new("127.0.0.1".parse()?, &request, Instant::now());
+/// let lease = set.snapshot().pick_available(&ctx, |mut peers| peers.next())?;
+/// assert_eq!(lease.addr().port(), 9001);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AvailablePeers<'s, 'c> {
+    peers: std::slice::Iter<'s, Peer>,
+    ctx: PickContext<'c>,
+}
+
+impl<'s> Iterator for AvailablePeers<'s, '_> {
+    type Item = &'s Peer;
+
+    fn next(&mut self) -> Option<&'s Peer> {
+        let ctx = &self.ctx;
+        self.peers.by_ref().find(|peer| peer.is_available(ctx))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, self.peers.size_hint().1)
     }
 }
 
@@ -638,6 +726,39 @@ mod tests {
         set.set_check_down(ids[0], false);
         assert_eq!(b.pick(&ctx(&request, now)).unwrap().id(), ids[0]);
         assert!(!set.set_check_down(UpstreamId(99), true));
+    }
+
+    #[test]
+    fn pick_available_offers_available_primaries_then_backups() {
+        let set = UpstreamSet::new();
+        let a = set.add(Upstream::new(addr(9000)));
+        let b = set.add(Upstream::new(addr(9001)));
+        let backup = set.add(Upstream::new(addr(9002)).backup(true));
+        let request = request();
+        let now = epoch();
+        let first = |ctx: &PickContext<'_>| {
+            set.snapshot()
+                .pick_available(ctx, |mut peers| peers.next())
+                .map(|lease| lease.id())
+        };
+        assert_eq!(first(&ctx(&request, now)), Ok(a));
+        let failed = [a];
+        assert_eq!(first(&ctx(&request, now).with_failed(&failed)), Ok(b));
+        set.set_draining(b, true);
+        assert_eq!(first(&ctx(&request, now).with_failed(&failed)), Ok(backup));
+        let failed = [a, backup];
+        assert_eq!(
+            first(&ctx(&request, now).with_failed(&failed)),
+            Err(SelectError::NoneAvailable)
+        );
+        // A strategy that declines the primaries is offered the backups.
+        let mut offered = Vec::new();
+        let lease = set.snapshot().pick_available(&ctx(&request, now), |peers| {
+            offered.push(peers.map(Peer::id).collect::<Vec<_>>());
+            None
+        });
+        assert_eq!(lease.map(|l| l.id()), Err(SelectError::NoneAvailable));
+        assert_eq!(offered, [vec![a], vec![backup]]);
     }
 
     #[test]

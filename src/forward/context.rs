@@ -163,6 +163,7 @@ impl ForwardContext {
     }
 
     /// Marks the exchange as a validated WebSocket upgrade (or not).
+    #[must_use]
     pub fn with_websocket(mut self, websocket: bool) -> Self {
         self.websocket = websocket;
         self

@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use super::origin::OriginAllowlist;
-use super::PolicyError;
+use super::ForwardConfigError;
 
 /// CORS settings for [`ForwardPolicyBuilder::cors`](super::ForwardPolicyBuilder::cors).
 ///
@@ -25,7 +25,7 @@ use super::PolicyError;
 ///     .cors(Cors::origins(["https://app.example"]).allow_methods("GET, POST").max_age(600))
 ///     .build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -67,24 +67,28 @@ impl Cors {
     }
 
     /// `Access-Control-Allow-Methods` on preflight answers.
+    #[must_use]
     pub fn allow_methods(mut self, methods: impl Into<String>) -> Self {
         self.methods = methods.into();
         self
     }
 
     /// `Access-Control-Allow-Headers` on preflight answers.
+    #[must_use]
     pub fn allow_headers(mut self, headers: impl Into<String>) -> Self {
         self.headers = headers.into();
         self
     }
 
     /// `Access-Control-Expose-Headers` on plain answers.
+    #[must_use]
     pub fn expose_headers(mut self, headers: impl Into<String>) -> Self {
         self.expose = Some(headers.into());
         self
     }
 
     /// `Access-Control-Max-Age` in seconds on preflight answers.
+    #[must_use]
     pub fn max_age(mut self, seconds: u32) -> Self {
         self.max_age = seconds;
         self
@@ -92,18 +96,21 @@ impl Cors {
 
     /// `Access-Control-Allow-Credentials: true`; refused at build with
     /// [`Cors::any_origin`], which browsers reject.
+    #[must_use]
     pub fn allow_credentials(mut self, allow: bool) -> Self {
         self.credentials = allow;
         self
     }
 
-    pub(crate) fn compile(&self) -> Result<CompiledCors, PolicyError> {
+    pub(crate) fn compile(&self) -> Result<CompiledCors, ForwardConfigError> {
         let value = |name: &str, v: &str| {
             HeaderValue::from_str(v)
-                .map_err(|_| PolicyError::InvalidHeaderValue { name: name.into() })
+                .map_err(|_| ForwardConfigError::InvalidHeaderValue { name: name.into() })
         };
         let origins = match &self.origins {
-            None if self.credentials => return Err(PolicyError::CorsCredentialsWithAnyOrigin),
+            None if self.credentials => {
+                return Err(ForwardConfigError::CorsCredentialsWithAnyOrigin)
+            }
             None => None,
             Some(list) => Some(OriginAllowlist::parse(list)?),
         };
@@ -331,7 +338,10 @@ mod tests {
             .allow_credentials(true)
             .compile()
             .unwrap_err();
-        assert!(matches!(err, PolicyError::CorsCredentialsWithAnyOrigin));
+        assert!(matches!(
+            err,
+            ForwardConfigError::CorsCredentialsWithAnyOrigin
+        ));
     }
 
     #[test]
@@ -341,9 +351,9 @@ mod tests {
             .compile()
             .unwrap_err();
         assert!(
-            matches!(err, PolicyError::InvalidHeaderValue { ref name } if name == "access-control-allow-methods")
+            matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "access-control-allow-methods")
         );
         let err = Cors::origins(["a.example"]).compile().unwrap_err();
-        assert!(matches!(err, PolicyError::InvalidOrigin { .. }));
+        assert!(matches!(err, ForwardConfigError::InvalidOrigin { .. }));
     }
 }

@@ -1,5 +1,5 @@
 //! The forwarding layer's errors: [`ForwardError`] at run time and
-//! [`PolicyError`] when a policy is built.
+//! [`ForwardConfigError`] when a policy is built.
 
 use http::StatusCode;
 
@@ -39,19 +39,20 @@ impl ForwardError {
 /// [`ForwardPolicyBuilder::build`](super::ForwardPolicyBuilder::build).
 ///
 /// Configuration is checked once, when the policy is built, so a bad header
-/// can never reach the wire at run time.
+/// can never reach the wire at run time. It has no `status()`: it never
+/// reaches a client, only the operator starting the proxy.
 ///
 /// # Examples
 ///
 /// ```
-/// use wsproxy::forward::{ForwardPolicy, PolicyError};
+/// use wsproxy::forward::{ForwardPolicy, ForwardConfigError};
 ///
 /// let built = ForwardPolicy::builder().set_request_header("X-Tag", "a\r\nb").build();
-/// assert!(matches!(built, Err(PolicyError::InvalidHeaderValue { .. })));
+/// assert!(matches!(built, Err(ForwardConfigError::InvalidHeaderValue { .. })));
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum PolicyError {
+pub enum ForwardConfigError {
     /// A configured header name is not an RFC 9110 token.
     #[error("invalid header name `{name}`")]
     InvalidHeaderName {
@@ -94,21 +95,6 @@ pub enum PolicyError {
     CorsCredentialsWithAnyOrigin,
 }
 
-impl PolicyError {
-    /// The HTTP status for a proxy that could not start because of this
-    /// configuration: always 500, the fault is the operator's.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::InvalidHeaderName { .. }
-            | Self::InvalidHeaderValue { .. }
-            | Self::ReservedHeader { .. }
-            | Self::InvalidCidr { .. }
-            | Self::InvalidOrigin { .. }
-            | Self::CorsCredentialsWithAnyOrigin => StatusCode::INTERNAL_SERVER_ERROR,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,28 +112,13 @@ mod tests {
     }
 
     #[test]
-    fn policy_errors_are_500_with_lowercase_messages() {
-        let e = PolicyError::ReservedHeader {
+    fn config_errors_have_lowercase_messages() {
+        let e = ForwardConfigError::ReservedHeader {
             name: "connection".into(),
         };
-        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(
             e.to_string(),
             "header `connection` is managed by the proxy and cannot be configured"
-        );
-    }
-
-    #[test]
-    fn crate_error_wraps_forward_error_with_its_status_and_source() {
-        let e = crate::Error::from(ForwardError::OriginNotAllowed {
-            origin: "https://evil.example".into(),
-        });
-        assert_eq!(e.status(), StatusCode::FORBIDDEN);
-        assert_eq!(e.to_string(), "request refused by the forwarding policy");
-        let source = std::error::Error::source(&e).map(ToString::to_string);
-        assert_eq!(
-            source.as_deref(),
-            Some("origin `https://evil.example` is not allowed")
         );
     }
 }

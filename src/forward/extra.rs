@@ -4,7 +4,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::hop::is_hop_by_hop;
-use super::PolicyError;
+use super::ForwardConfigError;
 
 /// One configured header edit, as written by the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,7 +23,7 @@ impl HeaderEdits {
     /// Refuses names that are not tokens, values with CR, LF, NUL or other
     /// controls, and the fields the proxy manages itself (hop-by-hop and
     /// `Content-Length`), which would break framing or connection handling.
-    pub(crate) fn compile(raw: &[RawEdit]) -> Result<Self, PolicyError> {
+    pub(crate) fn compile(raw: &[RawEdit]) -> Result<Self, ForwardConfigError> {
         let mut edits = Vec::with_capacity(raw.len());
         for edit in raw {
             let (name, value) = match edit {
@@ -31,19 +31,19 @@ impl HeaderEdits {
                 RawEdit::Remove(n) => (n, None),
             };
             let parsed = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| PolicyError::InvalidHeaderName { name: name.clone() })?;
+                .map_err(|_| ForwardConfigError::InvalidHeaderName { name: name.clone() })?;
             if is_hop_by_hop(&parsed) || parsed == http::header::CONTENT_LENGTH {
-                return Err(PolicyError::ReservedHeader {
+                return Err(ForwardConfigError::ReservedHeader {
                     name: parsed.as_str().to_owned(),
                 });
             }
-            let value = match value {
-                Some(v) => Some(
-                    HeaderValue::from_bytes(v)
-                        .map_err(|_| PolicyError::InvalidHeaderValue { name: name.clone() })?,
-                ),
-                None => None,
-            };
+            let value =
+                match value {
+                    Some(v) => Some(HeaderValue::from_bytes(v).map_err(|_| {
+                        ForwardConfigError::InvalidHeaderValue { name: name.clone() }
+                    })?),
+                    None => None,
+                };
             edits.push((parsed, value));
         }
         Ok(Self { edits })
@@ -75,7 +75,9 @@ mod tests {
     fn cr_lf_and_nul_in_values_are_refused() {
         for bad in [&b"a\rb"[..], b"a\nb", b"a\0b", b"a\r\nX-Injected: 1"] {
             let err = HeaderEdits::compile(&[set("x-tag", bad)]).unwrap_err();
-            assert!(matches!(err, PolicyError::InvalidHeaderValue { ref name } if name == "x-tag"));
+            assert!(
+                matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "x-tag")
+            );
         }
     }
 
@@ -83,7 +85,7 @@ mod tests {
     fn bad_names_are_refused() {
         for bad in ["x tag", "x:tag", "", "x\r\ny"] {
             let err = HeaderEdits::compile(&[set(bad, b"1")]).unwrap_err();
-            assert!(matches!(err, PolicyError::InvalidHeaderName { .. }));
+            assert!(matches!(err, ForwardConfigError::InvalidHeaderName { .. }));
         }
     }
 
@@ -97,7 +99,10 @@ mod tests {
             "TE",
         ] {
             let err = HeaderEdits::compile(&[RawEdit::Remove(name.into())]).unwrap_err();
-            assert!(matches!(err, PolicyError::ReservedHeader { .. }), "{name}");
+            assert!(
+                matches!(err, ForwardConfigError::ReservedHeader { .. }),
+                "{name}"
+            );
         }
     }
 

@@ -6,8 +6,7 @@ use http::Request;
 use std::io::Write as _;
 
 use super::{owned_value, ForwardContext};
-use crate::handshake::request_host;
-use crate::route::normalize_host;
+use crate::handshake::{normalize_host, request_host};
 
 /// Which `Host` the upstream receives (nginx `proxy_set_header Host …`).
 ///
@@ -18,7 +17,7 @@ use crate::route::normalize_host;
 ///
 /// let policy = ForwardPolicy::builder().host(HostMode::Fixed("api.internal".into())).build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]

@@ -102,6 +102,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
 mod context;
 mod cors;
 mod error;
@@ -123,7 +126,7 @@ use http::{Request, Response, StatusCode, Uri, Version};
 
 pub use context::{Client, ForwardContext, Scheme};
 pub use cors::Cors;
-pub use error::{ForwardError, PolicyError};
+pub use error::{ForwardConfigError, ForwardError};
 pub use host::HostMode;
 
 use cors::CompiledCors;
@@ -146,7 +149,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 ///
 /// let edge = ForwardPolicy::builder().x_forwarded_for(XForwardedFor::Replace).build()?;
 /// # let _ = edge;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -181,7 +184,7 @@ pub enum XForwardedFor {
 ///     .set_request_header("X-Proxy", "wsproxy")
 ///     .build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 pub struct ForwardPolicy {
@@ -514,7 +517,7 @@ fn origin_form(uri: &Uri) -> Option<Uri> {
 ///     .add_response_header("Strict-Transport-Security", "max-age=63072000")
 ///     .build()?;
 /// # let _ = policy;
-/// # Ok::<(), wsproxy::forward::PolicyError>(())
+/// # Ok::<(), wsproxy::forward::ForwardConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
 #[must_use]
@@ -626,11 +629,11 @@ impl ForwardPolicyBuilder {
     ///
     /// # Errors
     ///
-    /// A [`PolicyError`] for a header name that is not a token, a value
+    /// A [`ForwardConfigError`] for a header name that is not a token, a value
     /// with CR, LF, NUL or another control byte, a proxy-managed header
     /// (hop-by-hop fields, `Content-Length`), a bad CIDR or origin, or CORS
     /// credentials with any origin.
-    pub fn build(self) -> Result<ForwardPolicy, PolicyError> {
+    pub fn build(self) -> Result<ForwardPolicy, ForwardConfigError> {
         let host = match self.host {
             HostMode::Client => HostRule::Client,
             HostMode::ClientWithListenerPort => HostRule::ClientWithListenerPort,
@@ -639,7 +642,7 @@ impl ForwardPolicyBuilder {
                 HeaderValue::from_str(&v)
                     .ok()
                     .filter(|v| !v.is_empty())
-                    .ok_or_else(|| PolicyError::InvalidHeaderValue {
+                    .ok_or_else(|| ForwardConfigError::InvalidHeaderValue {
                         name: "host".into(),
                     })?,
             ),

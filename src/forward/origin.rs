@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap};
 
-use super::{ForwardError, PolicyError};
+use super::{ForwardConfigError, ForwardError};
 
 /// Exact origins a WebSocket upgrade may come from; empty allows all, as
 /// nginx does (it has no origin check).
@@ -16,11 +16,11 @@ impl OriginAllowlist {
     /// Validates each origin as `scheme://host[:port]` (RFC 6454 §6.2: no
     /// path, no trailing slash) and stores it lowercased, because scheme and
     /// host compare case-insensitively.
-    pub(crate) fn parse(entries: &[String]) -> Result<Self, PolicyError> {
+    pub(crate) fn parse(entries: &[String]) -> Result<Self, ForwardConfigError> {
         let mut origins = Vec::with_capacity(entries.len());
         for entry in entries {
             if !is_serialized_origin(entry) {
-                return Err(PolicyError::InvalidOrigin {
+                return Err(ForwardConfigError::InvalidOrigin {
                     origin: entry.clone(),
                 });
             }
@@ -158,7 +158,9 @@ mod tests {
             "1x://a",
         ] {
             let err = OriginAllowlist::parse(&[bad.to_string()]).unwrap_err();
-            assert!(matches!(err, PolicyError::InvalidOrigin { ref origin } if origin == bad));
+            assert!(
+                matches!(err, ForwardConfigError::InvalidOrigin { ref origin } if origin == bad)
+            );
         }
     }
 }

@@ -281,7 +281,9 @@ fn fixed_host_with_crlf_or_empty_is_refused_at_build() {
             .host(HostMode::Fixed(bad.into()))
             .build()
             .unwrap_err();
-        assert!(matches!(err, PolicyError::InvalidHeaderValue { ref name } if name == "host"));
+        assert!(
+            matches!(err, ForwardConfigError::InvalidHeaderValue { ref name } if name == "host")
+        );
     }
 }
 
@@ -359,7 +361,8 @@ fn bad_configured_headers_are_refused_at_build() {
         let err = builder.build().unwrap_err();
         assert!(matches!(
             err,
-            PolicyError::InvalidHeaderValue { .. } | PolicyError::InvalidHeaderName { .. }
+            ForwardConfigError::InvalidHeaderValue { .. }
+                | ForwardConfigError::InvalidHeaderName { .. }
         ));
     }
     let err = ForwardPolicy::builder()

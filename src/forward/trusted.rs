@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use http::header::HeaderMap;
 use ipnet::IpNet;
 
-use super::{PolicyError, Scheme, X_FORWARDED_FOR, X_FORWARDED_PROTO};
+use super::{ForwardConfigError, Scheme, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 
 /// The trusted-proxy CIDR list, parsed once at build.
 #[derive(Debug, Clone, Default)]
@@ -18,7 +18,7 @@ pub(crate) struct TrustedProxies {
 impl TrustedProxies {
     /// Parses entries that are a CIDR block (`10.0.0.0/8`) or, as nginx
     /// `set_real_ip_from` also allows, a single address.
-    pub(crate) fn parse(entries: &[String]) -> Result<Self, PolicyError> {
+    pub(crate) fn parse(entries: &[String]) -> Result<Self, ForwardConfigError> {
         let mut nets = Vec::with_capacity(entries.len());
         for entry in entries {
             let trimmed = entry.trim();
@@ -27,7 +27,7 @@ impl TrustedProxies {
                 Err(source) => match trimmed.parse::<IpAddr>() {
                     Ok(ip) => IpNet::from(ip),
                     Err(_) => {
-                        return Err(PolicyError::InvalidCidr {
+                        return Err(ForwardConfigError::InvalidCidr {
                             entry: entry.clone(),
                             source,
                         })
@@ -137,7 +137,7 @@ mod tests {
     fn bad_cidr_is_refused() {
         let err = TrustedProxies::parse(&["10.0.0.0/33".to_string()]).unwrap_err();
         assert!(
-            matches!(err, PolicyError::InvalidCidr { ref entry, .. } if entry == "10.0.0.0/33")
+            matches!(err, ForwardConfigError::InvalidCidr { ref entry, .. } if entry == "10.0.0.0/33")
         );
         assert_eq!(err.to_string(), "invalid trusted proxy `10.0.0.0/33`");
         assert!(TrustedProxies::parse(&["proxy.local".to_string()]).is_err());

@@ -41,11 +41,15 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The HTTP status a proxy answers the client with.
     ///
-    /// 431 for a request head over the [`Limits`](super::Limits), 426 for an
-    /// unsupported WebSocket version, 400 for any other bad request, and 502
-    /// for anything the upstream got wrong.
+    /// 414 for a request line longer than the head limit, 431 for a request
+    /// head over the [`Limits`](super::Limits), 426 for an unsupported
+    /// WebSocket version, 400 for any other bad request, and 502 for
+    /// anything the upstream got wrong.
     pub fn status(&self) -> StatusCode {
         match self {
+            // RFC 9112 §3 suggests 414 for a long request-target; nginx sends
+            // it for any request line over its buffer.
+            Self::Request(HeadError::RequestLineTooLong { .. }) => StatusCode::URI_TOO_LONG,
             Self::Request(HeadError::TooLarge { .. } | HeadError::TooManyHeaders { .. }) => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -65,6 +69,13 @@ pub enum HeadError {
     /// The head did not end within the configured number of bytes.
     #[error("head larger than {limit} bytes")]
     TooLarge {
+        /// The configured limit, [`Limits::max_head_bytes`](super::Limits::max_head_bytes).
+        limit: usize,
+    },
+    /// The request line alone did not end within the configured number of
+    /// bytes.
+    #[error("request line longer than {limit} bytes")]
+    RequestLineTooLong {
         /// The configured limit, [`Limits::max_head_bytes`](super::Limits::max_head_bytes).
         limit: usize,
     },
@@ -90,6 +101,11 @@ pub enum HeadError {
     /// (RFC 9112 §3.2): `*`, authority-form, a fragment, userinfo.
     #[error("invalid request-target")]
     Target,
+    /// The request-target's path holds `%00`: an encoded NUL ends a string
+    /// early in many upstreams, so the path they see is not the one that
+    /// was routed. nginx answers 400 too.
+    #[error("encoded nul in request path")]
+    EncodedNul,
     /// A header field name is empty or holds a byte outside `token`.
     #[error("invalid header name after {}", place(.after))]
     HeaderName {

@@ -22,16 +22,16 @@ pub(super) type Field = (HeaderName, Range<usize>);
 
 /// The part of `buf` the parser may look at: a head must end within it.
 pub(super) fn window<'b>(buf: &'b [u8], limits: &Limits) -> &'b [u8] {
-    &buf[..buf.len().min(limits.max_head_bytes())]
+    &buf[..buf.len().min(limits.max_head_bytes)]
 }
 
-/// Calls `parse` with `limits.max_headers()` uninitialised header slots, so
+/// Calls `parse` with `limits.max_headers` uninitialised header slots, so
 /// httparse itself refuses one header too many.
 pub(super) fn with_slots<'b, R>(
     limits: &Limits,
     parse: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
 ) -> R {
-    let max = limits.max_headers();
+    let max = limits.max_headers;
     if max <= SLOTS_ON_STACK {
         let mut slots = [const { MaybeUninit::uninit() }; SLOTS_ON_STACK];
         parse(&mut slots[..max])
@@ -54,9 +54,9 @@ pub(super) fn version(minor: u8) -> Version {
 /// What an incomplete head means: read more, or 431 once the head is
 /// already as large as the limit allows.
 pub(super) fn incomplete<T>(buffered: usize, limits: &Limits) -> Result<Status<T>, HeadError> {
-    if buffered >= limits.max_head_bytes() {
+    if buffered >= limits.max_head_bytes {
         return Err(HeadError::TooLarge {
-            limit: limits.max_head_bytes(),
+            limit: limits.max_head_bytes,
         });
     }
     Ok(Status::Partial)
@@ -126,7 +126,7 @@ pub(super) fn parse_error(
 ) -> HeadError {
     match error {
         httparse::Error::TooManyHeaders => HeadError::TooManyHeaders {
-            limit: limits.max_headers(),
+            limit: limits.max_headers,
         },
         httparse::Error::Version => diagnose(window).unwrap_or(HeadError::Version),
         httparse::Error::Token | httparse::Error::Status | httparse::Error::NewLine => {

@@ -5,20 +5,28 @@
 /// The defaults are 16 KiB of head and 100 header fields. nginx allows
 /// header lines of up to 8 KiB (`large_client_header_buffers 4 8k`);
 /// Apache's `LimitRequestFields` defaults to 100. A request over either limit
-/// is answered with 431 (RFC 6585 §5).
+/// is answered with 431 (RFC 6585 §5), or with 414 when its request line
+/// alone does not fit (RFC 9112 §3, as nginx does).
+///
+/// Set through the builder-style setters named after the fields, as
+/// [`TunnelConfig`](crate::TunnelConfig) does:
 ///
 /// ```
 /// use wsproxy::handshake::Limits;
 ///
-/// let limits = Limits::default().with_max_head_bytes(8 * 1024).with_max_headers(50);
-/// assert_eq!(limits.max_head_bytes(), 8192);
-/// assert_eq!(limits.max_headers(), 50);
+/// let limits = Limits::default().max_head_bytes(8 * 1024).max_headers(50);
+/// assert_eq!(limits.max_head_bytes, 8192);
+/// assert_eq!(limits.max_headers, 50);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Limits {
-    max_head_bytes: usize,
-    max_headers: usize,
+    /// The largest head, in bytes, start line and final blank line included
+    /// (16 KiB by default).
+    pub max_head_bytes: usize,
+    /// The largest number of header fields (100 by default, Apache's
+    /// `LimitRequestFields`).
+    pub max_headers: usize,
 }
 
 impl Limits {
@@ -30,29 +38,18 @@ impl Limits {
         }
     }
 
-    /// Sets the largest head, in bytes, start line and final blank line
-    /// included.
+    /// Sets [`max_head_bytes`](Self::max_head_bytes).
     #[must_use]
-    pub const fn with_max_head_bytes(mut self, bytes: usize) -> Self {
+    pub const fn max_head_bytes(mut self, bytes: usize) -> Self {
         self.max_head_bytes = bytes;
         self
     }
 
-    /// Sets the largest number of header fields.
+    /// Sets [`max_headers`](Self::max_headers).
     #[must_use]
-    pub const fn with_max_headers(mut self, headers: usize) -> Self {
+    pub const fn max_headers(mut self, headers: usize) -> Self {
         self.max_headers = headers;
         self
-    }
-
-    /// The largest head, in bytes.
-    pub const fn max_head_bytes(&self) -> usize {
-        self.max_head_bytes
-    }
-
-    /// The largest number of header fields.
-    pub const fn max_headers(&self) -> usize {
-        self.max_headers
     }
 }
 

@@ -43,8 +43,14 @@
 //! # Ok::<(), wsproxy::handshake::HandshakeError>(())
 //! ```
 //!
+//! Reading from a socket, feed each read to a [`HeadScanner`] first and
+//! parse only once it reports the head complete: a head that trickles in
+//! is then looked at once, not re-parsed on every read, and junk that can
+//! never start a request is refused at its first byte.
+//!
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
-//! bad upstream answer is a 502 and never opens a tunnel.
+//! bad upstream answer is a 502 and never opens a tunnel. Where a message
+//! body ends, for plain HTTP relaying, is [`body`]'s business.
 //!
 //! # What is checked
 //!
@@ -62,7 +68,8 @@
 //!   `Upgrade: websocket`, `Connection: upgrade` and the
 //!   `Sec-WebSocket-Accept` that matches the client's key ([`accept_key`]).
 //!   Any other 101 is a 502; any other answer is relayed as plain HTTP.
-//! - [`Limits`] (by default 16 KiB of head and 100 header fields) give 431.
+//! - [`Limits`] (by default 16 KiB of head and 100 header fields) give 431
+//!   for header fields and 414 for an overlong request line.
 //!
 //! A short read is [`Status::Partial`], never an error: a valid head split
 //! at any byte parses to the same result as the whole head (a proptest
@@ -79,6 +86,10 @@
 //! within a few microseconds on a browser's 12-header upgrade
 //! (`cargo bench --bench handshake` compares each step with httparse alone).
 
+// Builders and setters return a changed copy: dropping it is always a bug.
+#![warn(clippy::return_self_not_must_use)]
+
+pub mod body;
 mod error;
 mod framing;
 mod head;
@@ -87,6 +98,7 @@ mod limits;
 mod proptests;
 mod request;
 mod response;
+mod scan;
 mod syntax;
 mod upgrade;
 mod write;
@@ -95,18 +107,20 @@ pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;
 pub use limits::Limits;
-pub(crate) use request::request_host;
+pub(crate) use request::{normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
+pub use scan::HeadScanner;
 pub use upgrade::accept_key;
 pub use write::{error_response, write_request_head, write_response_head};
 
 /// The result of reading a head that may not have fully arrived yet.
 ///
 /// As in httparse, incomplete data is not invalid: `Partial` asks for more
-/// bytes. Errors travel separately, in the `Err` of a `Result`.
+/// bytes. Errors travel separately, in the `Err` of a `Result`. Exactly two
+/// variants, as httparse's `Status`, so a `match` needs no wildcard arm:
+/// everything else a read can learn is in the `T` or the error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Status<T> {
     /// The head is complete.
     Complete(T),

@@ -1,5 +1,6 @@
 //! Reading and classifying the client's request head.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use base64::Engine as _;
@@ -108,6 +109,22 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<&str> {
     }
 }
 
+/// Lowercases a host and drops its port and a trailing dot, as nginx
+/// `$host` does; keeps an IPv6 literal's brackets.
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
+    let name = if host.starts_with('[') {
+        host.find(']').map_or(host, |end| &host[..=end])
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
 /// Reads a request head from the front of `buf`.
 ///
 /// Returns [`Status::Partial`] while the head is incomplete, leaving `buf`
@@ -190,7 +207,19 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
         }
     })?;
     let Some(raw) = raw else {
-        return head::incomplete(buf.len(), limits);
+        let status = head::incomplete(buf.len(), limits);
+        // At the limit with the request line still open: 414, not 431.
+        if matches!(status, Err(HeadError::TooLarge { .. }))
+            && !window
+                .iter()
+                .skip_while(|&&b| b == b'\r' || b == b'\n')
+                .any(|&b| b == b'\n')
+        {
+            return Err(HeadError::RequestLineTooLong {
+                limit: limits.max_head_bytes,
+            });
+        }
+        return status;
     };
 
     let form = target_form(&buf[raw.target.clone()])?;
@@ -233,6 +262,15 @@ enum Form {
 fn target_form(target: &[u8]) -> Result<Form, HeadError> {
     if target.contains(&b'#') {
         return Err(HeadError::Target);
+    }
+    // nginx refuses `%00` in the path when it decodes it; the query is the
+    // application's, and left alone as nginx leaves it.
+    let path_end = target
+        .iter()
+        .position(|&b| b == b'?')
+        .unwrap_or(target.len());
+    if target[..path_end].windows(3).any(|w| w == b"%00") {
+        return Err(HeadError::EncodedNul);
     }
     match target.first() {
         Some(b'/') => Ok(Form::Origin),
@@ -466,21 +504,25 @@ mod tests {
     }
 
     #[test]
-    fn heads_over_the_limits_get_431() {
-        let small = Limits::default()
-            .with_max_head_bytes(64)
-            .with_max_headers(2);
+    fn heads_over_the_limits_get_431_and_request_lines_414() {
+        let small = Limits::default().max_head_bytes(64).max_headers(2);
         let over = |head: &str| parse_request(&mut BytesMut::from(head), &small);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(70));
         let err = over(&long).unwrap_err();
         assert_eq!(
             (err.status().as_u16(), err.to_string()),
-            (431, "head larger than 64 bytes".into())
+            (414, "request line longer than 64 bytes".into())
         );
         // 64 bytes without an end is already too large, even before it ends.
         let err = over(&long[..64]).unwrap_err();
-        assert_eq!(err.status(), 431);
+        assert_eq!(err.status(), 414);
         assert!(matches!(over(&long[..63]), Ok(Status::Partial)));
+        let fields = format!("GET / HTTP/1.1\r\nX: {}\r\n", "v".repeat(70));
+        let err = over(&fields).unwrap_err();
+        assert_eq!(
+            (err.status().as_u16(), err.to_string()),
+            (431, "head larger than 64 bytes".into())
+        );
         let err = over("GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n").unwrap_err();
         assert_eq!(
             (err.status().as_u16(), err.to_string()),
@@ -663,6 +705,20 @@ mod tests {
     }
 
     #[test]
+    fn an_encoded_nul_in_the_path_gets_400() {
+        for target in ["/api/..%00/admin", "/%00", "http://a/b%00c"] {
+            refused(
+                &format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n"),
+                400,
+                "encoded nul in request path",
+            );
+        }
+        // The query is the application's: nginx does not decode it either.
+        complete("GET /a?x=%00 HTTP/1.1\r\nHost: a\r\n\r\n");
+        complete("GET /a%20b HTTP/1.1\r\nHost: a\r\n\r\n");
+    }
+
+    #[test]
     fn malformed_request_lines_get_400() {
         refused(
             "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -773,9 +829,5 @@ mod tests {
         assert_eq!(answer.headers()["content-length"], "20");
         assert_eq!(&answer.body()[..], b"missing host header\n");
         assert!(answer.headers().get("sec-websocket-version").is_none());
-
-        let err = crate::Error::from(parse("GET / HTTP/1.1\r\n\r\n").unwrap_err());
-        assert_eq!(err.status(), 400);
-        assert_eq!(err.to_string(), "missing host header");
     }
 }

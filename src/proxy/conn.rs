@@ -21,9 +21,9 @@ use tracing::{field, Instrument};
 use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
-use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
-use crate::handshake::{self, RequestKind, ResponseKind, Status};
+use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
+use crate::handshake::{self, HandshakeError, HeadScanner, RequestKind, ResponseKind, Status};
 use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
@@ -295,7 +295,7 @@ where
                 &mut self.io,
                 &mut self.buf,
                 deadline,
-                limits.max_head_bytes(),
+                HeadScanner::request(*limits),
                 |b| handshake::parse_request(b, limits),
             )
             .await;
@@ -629,9 +629,12 @@ where
         let listen = async {
             loop {
                 // No deadline of its own: the body's timeouts bound this.
-                match read_head_unbounded(&mut up_read, up_buf, limits.max_head_bytes(), |b| {
-                    handshake::parse_response(b, limits)
-                })
+                match read_head_unbounded(
+                    &mut up_read,
+                    up_buf,
+                    HeadScanner::response(*limits),
+                    |b| handshake::parse_response(b, limits),
+                )
                 .await
                 {
                     Ok(r) if r.status().is_informational() => continue,
@@ -714,9 +717,13 @@ where
         // and by this count.
         for _ in 0..8 {
             let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(upstream, up_buf, deadline, limits.max_head_bytes(), |b| {
-                handshake::parse_response(b, limits)
-            })
+            let head = read_head(
+                upstream,
+                up_buf,
+                deadline,
+                HeadScanner::response(*limits),
+                |b| handshake::parse_response(b, limits),
+            )
             .await;
             let response = match head {
                 Ok(response) => response,
@@ -945,38 +952,37 @@ pub(super) async fn read_head<R, T, E>(
     io: &mut R,
     buf: &mut BytesMut,
     deadline: Instant,
-    max_head: usize,
+    scanner: HeadScanner,
     parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
 ) -> Result<T, HeadRead<E>>
 where
     R: AsyncRead + Unpin,
+    E: From<HandshakeError>,
 {
-    timeout_at(deadline, read_head_unbounded(io, buf, max_head, parse))
+    timeout_at(deadline, read_head_unbounded(io, buf, scanner, parse))
         .await
         .unwrap_or(Err(HeadRead::Timeout))
 }
 
 /// Reads until `parse` completes a head; the caller bounds the wait.
 ///
-/// The parser only runs when the bytes could hold a complete head (a blank
-/// line arrived) or the size limit is reached, so a head trickling in byte
-/// by byte costs linear time, not quadratic.
+/// The parser only runs once `scanner` has seen the blank line that ends a
+/// head, so a head trickling in byte by byte costs linear time, not
+/// quadratic; the scanner also refuses at once what is too large or can
+/// never be a request.
 async fn read_head_unbounded<R, T, E>(
     io: &mut R,
     buf: &mut BytesMut,
-    max_head: usize,
+    mut scanner: HeadScanner,
     mut parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
 ) -> Result<T, HeadRead<E>>
 where
     R: AsyncRead + Unpin,
+    E: From<HandshakeError>,
 {
-    let mut scanned = 0usize;
     loop {
-        let from = scanned.saturating_sub(3);
-        let blank_line = buf[from..].windows(2).any(|w| w == b"\n\n")
-            || buf[from..].windows(3).any(|w| w == b"\n\r\n");
-        scanned = buf.len();
-        if blank_line || buf.len() >= max_head {
+        let scanned = scanner.scan(buf).map_err(|e| HeadRead::Parse(e.into()))?;
+        if scanned.is_complete() {
             match parse(buf).map_err(HeadRead::Parse)? {
                 Status::Complete(head) => return Ok(head),
                 Status::Partial => {}

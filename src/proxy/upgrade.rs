@@ -115,7 +115,7 @@ impl Proxy {
                 &mut upstream,
                 &mut buf,
                 deadline,
-                limits.max_head_bytes(),
+                handshake::HeadScanner::response(*limits),
                 |b| handshake::parse_response(b, limits),
             )
             .await

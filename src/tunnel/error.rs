@@ -102,7 +102,7 @@ mod tests {
         );
         assert_eq!(up.to_string(), "reading from the upstream failed");
         assert_eq!(
-            crate::Error::from(TunnelError::Timeout(Timeout::Linger)).status(),
+            TunnelError::Timeout(Timeout::Linger).status(),
             StatusCode::GATEWAY_TIMEOUT
         );
         assert_eq!(

@@ -8,9 +8,9 @@
 //! as they stream past, chunked framing included, without copying them.
 //!
 //! ```
-//! use wsproxy::body::{BodyKind, BodyScanner};
+//! use wsproxy::handshake::body::{BodyKind, BodyScanner};
 //!
-//! # fn main() -> Result<(), wsproxy::body::BodyError> {
+//! # fn main() -> Result<(), wsproxy::handshake::body::BodyError> {
 //! let mut scanner = BodyScanner::new(BodyKind::Chunked);
 //! let wire = b"5\r\nhello\r\n0\r\n\r\nGET /next HTTP/1.1\r\n";
 //! let scan = scanner.scan(wire)?;
@@ -22,7 +22,7 @@
 
 use http::{HeaderMap, Method, StatusCode};
 
-use crate::handshake::{BodyLength, Framing};
+use super::{BodyLength, Framing};
 
 /// How a message body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,6 +206,15 @@ impl BodyScanner {
 }
 
 /// One byte of chunk framing.
+///
+/// Not `httparse::parse_chunk_size`, for two reasons. It needs the whole
+/// size line in one slice, but a line may be split across reads and the
+/// scanner forwards bytes as they pass: it would have to buffer the line,
+/// a copy this byte-at-a-time state avoids. And it is laxer than a proxy
+/// may be: it takes an empty size (`\r\n` as chunk 0) and LF or NUL inside
+/// extensions, each a way for two parsers to disagree on where a body ends
+/// (request smuggling); `httparse_chunk_size_is_laxer_than_the_scanner`
+/// pins both differences.
 fn step(state: State, b: u8) -> Result<State, BodyError> {
     let bad = Err(BodyError::BadChunk);
     Ok(match state {
@@ -399,6 +408,21 @@ mod tests {
             let mut s = BodyScanner::new(BodyKind::Chunked);
             assert_eq!(s.scan(wire), Err(BodyError::BadChunk), "{wire:?}");
             assert_eq!(BodyError::BadChunk.status(), StatusCode::BAD_REQUEST);
+        }
+    }
+
+    #[test]
+    fn httparse_chunk_size_is_laxer_than_the_scanner() {
+        for line in [&b"\r\n"[..], b"1;a\nb\r\n", b"1;a\0b\r\n"] {
+            assert!(
+                matches!(
+                    httparse::parse_chunk_size(line),
+                    Ok(httparse::Status::Complete(_))
+                ),
+                "{line:?}"
+            );
+            let mut s = BodyScanner::new(BodyKind::Chunked);
+            assert_eq!(s.scan(line), Err(BodyError::BadChunk), "{line:?}");
         }
     }
 
