@@ -42,7 +42,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
 use crate::frame::CloseFrame;
-use crate::proxy::{ConnectionReport, Drain, Listener, Phase, Proxy};
+use crate::proxy::{ConnectionReport, Drain, Listener, DrainPhase, Proxy};
 
 /// Serves a listener through a [`Proxy`].
 #[derive(Debug, Clone)]
@@ -210,7 +210,7 @@ impl Server {
         let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
         let listener_info = Listener::new(self.scheme, port);
-        let (phase, rx) = watch::channel(Phase::Running);
+        let (phase, rx) = watch::channel(DrainPhase::Running);
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let tracker = Arc::new(Tracker::default());
         // This serve's tunnels, told apart from other servers' over the
@@ -268,11 +268,11 @@ impl Server {
                         }
                     },
                     // Nothing was requested yet: nothing to drain.
-                    () = drain.clone().reached(Phase::Draining) => return,
+                    () = drain.clone().reached(DrainPhase::Draining) => return,
                 };
                 // At the drain deadline a connection still in a request is
                 // dropped (its sockets close); a tunnel is cut cleanly.
-                let cut = drain.clone().reached(Phase::Cut);
+                let cut = drain.clone().reached(DrainPhase::Cut);
                 let phase = drain.clone();
                 let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
                 let (mut report, upgraded) = tokio::select! {
@@ -309,7 +309,7 @@ impl Server {
         drop(listener);
 
         report.open_at_shutdown = tracker.live();
-        let _ = phase.send(Phase::Draining);
+        let _ = phase.send(DrainPhase::Draining);
         let deadline = Instant::now() + self.drain_timeout;
         let closing = async {
             match self.drain_window {
@@ -327,7 +327,7 @@ impl Server {
         report.cut = tracker.live();
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
-            let _ = phase.send(Phase::Cut);
+            let _ = phase.send(DrainPhase::Cut);
             self.proxy.cut_origin(origin);
             // Cut tunnels shut both sockets down, each within its send
             // timeout; this only bounds how long the report waits for that.
@@ -350,7 +350,7 @@ const CUT_GRACE: Duration = Duration::from_secs(5);
 /// A tunnel whose upgrade completed after the drain deadline is cut at once:
 /// the cut already went through the registries without it.
 fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
-    if drain.phase() == Phase::Cut {
+    if drain.phase() == DrainPhase::Cut {
         handle.cut();
     }
 }

@@ -28,11 +28,16 @@
 //! keep-alive toward the client (`keepalive_timeout`, `keepalive_requests`)
 //! and `Connection: close` toward the upstream.
 
+mod connect;
 mod conn;
 mod counters;
+mod guard;
+mod head_io;
+mod health;
 mod keepalive;
 mod rebalance;
 mod registry;
+mod relay;
 mod upgrade;
 
 use std::fmt;
@@ -52,10 +57,14 @@ use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
-pub(crate) use conn::connect_addr;
+pub use connect::ConnectError;
 #[cfg(test)]
-pub(crate) use conn::Running;
+pub(crate) use guard::Running;
 pub use counters::{CountersSnapshot, Outcome};
+pub use health::{
+    HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture, TcpProbe,
+    WebSocketProbe,
+};
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
 #[cfg(test)]
@@ -234,7 +243,7 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send,
         F: Future<Output = ()> + Send,
     {
-        let (tx, rx) = watch::channel(Phase::Running);
+        let (tx, rx) = watch::channel(DrainPhase::Running);
         let listener = listener.into();
         let started = tokio::time::Instant::now();
         let tunnel = std::sync::OnceLock::new();
@@ -245,7 +254,7 @@ impl Proxy {
                 let mut running = upgraded.run(0);
                 let handle = tunnel.get_or_init(|| running.handle());
                 // Shutdown came while the upgrade completed.
-                if *rx.borrow() == Phase::Cut {
+                if *rx.borrow() == DrainPhase::Cut {
                     handle.cut();
                 }
                 report.tunnel = Some(running.await);
@@ -257,7 +266,7 @@ impl Proxy {
         tokio::select! {
             report = &mut serve => report,
             () = shutdown => {
-                let _ = tx.send(Phase::Cut);
+                let _ = tx.send(DrainPhase::Cut);
                 if let Some(handle) = tunnel.get() {
                     handle.cut();
                 }
@@ -274,7 +283,7 @@ impl Proxy {
         peer: SocketAddr,
         listener: Listener,
         drain: Drain,
-    ) -> (ConnectionReport, Option<conn::Upgraded<S>>)
+    ) -> (ConnectionReport, Option<guard::Upgraded<S>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -601,7 +610,7 @@ pub enum ProxyConfigError {
 
 /// Where a server's shutdown stands, as seen by each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub(crate) enum DrainPhase {
     Running,
     /// Stop taking new requests; finish what runs.
     Draining,
@@ -612,25 +621,25 @@ pub(crate) enum Phase {
 /// A connection's view of its server's shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Drain {
-    rx: watch::Receiver<Phase>,
+    rx: watch::Receiver<DrainPhase>,
 }
 
 impl Drain {
-    pub(crate) fn new(rx: watch::Receiver<Phase>) -> Self {
+    pub(crate) fn new(rx: watch::Receiver<DrainPhase>) -> Self {
         Self { rx }
     }
 
-    pub(crate) fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> DrainPhase {
         *self.rx.borrow()
     }
 
     /// Resolves once the phase is at least `phase`; never, if the sender is
     /// gone before that.
-    pub(crate) async fn reached(mut self, phase: Phase) {
-        let at_least = |p: &Phase| match phase {
-            Phase::Running => true,
-            Phase::Draining => *p != Phase::Running,
-            Phase::Cut => *p == Phase::Cut,
+    pub(crate) async fn reached(mut self, phase: DrainPhase) {
+        let at_least = |p: &DrainPhase| match phase {
+            DrainPhase::Running => true,
+            DrainPhase::Draining => *p != DrainPhase::Running,
+            DrainPhase::Cut => *p == DrainPhase::Cut,
         };
         if self.rx.wait_for(at_least).await.is_err() {
             std::future::pending::<()>().await;
