@@ -23,6 +23,10 @@ pub enum Error {
     /// No upstream could be chosen.
     #[error("upstream selection failed")]
     Select(#[from] crate::balance::SelectError),
+    /// No upstream could be connected; the socket's error is kept as the
+    /// source.
+    #[error("upstream connect failed")]
+    Connect(#[from] crate::proxy::ConnectError),
     /// The tunnel failed: an I/O error on one side or a timeout.
     #[error("tunnel failed")]
     Tunnel(#[from] crate::tunnel::TunnelError),
@@ -44,6 +48,7 @@ impl Error {
             Self::Io(_) => StatusCode::BAD_GATEWAY,
             Self::Forward(e) => e.status(),
             Self::Select(e) => e.status(),
+            Self::Connect(e) => e.status(),
             Self::Tunnel(e) => e.status(),
             Self::Handshake(e) => e.status(),
             Self::Frame(e) => e.status(),
@@ -68,6 +73,18 @@ mod tests {
         assert!(matches!(e, Error::Io(_)));
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn connect_error_keeps_its_status_and_io_source() {
+        let e = Error::from(crate::proxy::ConnectError::Io {
+            upstream: std::net::SocketAddr::from(([127, 0, 0, 1], 9)).into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        let connect = std::error::Error::source(&e).unwrap();
+        let io = std::error::Error::source(connect).unwrap();
+        assert!(io.downcast_ref::<std::io::Error>().is_some());
     }
 
     #[test]

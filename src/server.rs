@@ -45,6 +45,7 @@ use crate::frame::CloseFrame;
 use crate::proxy::{ConnectionReport, Drain, Listener, DrainPhase, Proxy};
 
 /// Serves a listener through a [`Proxy`].
+#[must_use = "a Server does nothing until it serves"]
 #[derive(Debug, Clone)]
 pub struct Server {
     proxy: Proxy,
@@ -83,6 +84,7 @@ impl Server {
 
     /// The scheme clients used to reach the listener (`Https` behind TLS
     /// termination in front of this server); feeds `X-Forwarded-Proto`.
+    #[must_use = "builder methods return the updated builder"]
     pub fn scheme(mut self, scheme: Scheme) -> Self {
         self.scheme = scheme;
         self
@@ -91,6 +93,7 @@ impl Server {
     /// At most this many connections are served at once; beyond it, new
     /// ones wait in the listen backlog until one ends (nginx
     /// `worker_connections`). At least 1.
+    #[must_use = "builder methods return the updated builder"]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
         self
@@ -98,6 +101,7 @@ impl Server {
 
     /// How long open connections may run after shutdown starts before their
     /// tunnels are ended.
+    #[must_use = "builder methods return the updated builder"]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
@@ -115,6 +119,7 @@ impl Server {
     /// frame tracking to be closed politely
     /// ([`TunnelConfig::track_frames`](crate::tunnel::TunnelConfig::track_frames));
     /// those without are cut at their turn.
+    #[must_use = "builder methods return the updated builder"]
     pub fn drain_window(mut self, window: Duration) -> Self {
         self.drain_window = Some(window);
         self
@@ -138,6 +143,7 @@ impl Server {
     /// # let _ = server;
     /// # }
     /// ```
+    #[must_use = "builder methods return the updated builder"]
     pub fn on_connection_end<H>(mut self, hook: H) -> Self
     where
         H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,

@@ -290,13 +290,14 @@ impl HealthCheck {
 /// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
-#[must_use]
+#[must_use = "a HealthCheckBuilder does nothing until built"]
 pub struct HealthCheckBuilder {
     config: HealthCheck,
 }
 
 impl HealthCheckBuilder {
     /// What each check does (default: [`TcpProbe`]).
+    #[must_use = "builder methods return the updated builder"]
     pub fn probe(mut self, probe: impl Probe + 'static) -> Self {
         self.config.probe = Arc::new(probe);
         self
@@ -304,6 +305,7 @@ impl HealthCheckBuilder {
 
     /// HAProxy `inter`: time from the end of one check of an upstream to
     /// the start of the next (default 2 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.config.interval = interval;
         self
@@ -311,6 +313,7 @@ impl HealthCheckBuilder {
 
     /// HAProxy `timeout check`: the whole probe (connect and, for
     /// WebSocket, the 101) must finish within it. Defaults to the interval.
+    #[must_use = "builder methods return the updated builder"]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = Some(timeout);
         self
@@ -318,6 +321,7 @@ impl HealthCheckBuilder {
 
     /// HAProxy `rise`: consecutive successes that mark a down upstream up
     /// (default 2).
+    #[must_use = "builder methods return the updated builder"]
     pub fn rise(mut self, rise: u32) -> Self {
         self.config.rise = rise;
         self
@@ -325,12 +329,14 @@ impl HealthCheckBuilder {
 
     /// HAProxy `fall`: consecutive failures that mark an up upstream down
     /// (default 3).
+    #[must_use = "builder methods return the updated builder"]
     pub fn fall(mut self, fall: u32) -> Self {
         self.config.fall = fall;
         self
     }
 
     /// How many checks may run at once across the set (default 32).
+    #[must_use = "builder methods return the updated builder"]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.config.concurrency = concurrency;
         self
@@ -399,6 +405,7 @@ pub enum HealthConfigError {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "a HealthChecker does nothing until run"]
 pub struct HealthChecker {
     set: UpstreamSet,
     config: HealthCheck,
@@ -438,6 +445,7 @@ impl HealthChecker {
     /// to log, page, or start a rebalance when
     /// an upstream comes (back) up. Hooks run on the checker's task, in the
     /// order they were added, so they should be quick.
+    #[must_use = "builder methods return the updated builder"]
     pub fn on_change<H>(mut self, hook: H) -> Self
     where
         H: Fn(UpstreamId, bool) + Send + Sync + 'static,
@@ -454,6 +462,7 @@ impl HealthChecker {
     /// Every later failed check of that upstream closes again what opened
     /// meanwhile: a connection whose upgrade was under way when the mark
     /// came lists its tunnel only after it.
+    #[must_use = "builder methods return the updated builder"]
     pub fn close_on_down(mut self, group: &UpstreamGroup) -> Self {
         self.close_on_down.push(Arc::clone(group.tunnels()));
         self

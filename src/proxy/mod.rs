@@ -425,6 +425,7 @@ pub struct ConnectionReport {
 }
 
 /// Builds a [`Proxy`]; [`build`](Self::build) validates.
+#[must_use = "a ProxyBuilder does nothing until built"]
 #[derive(Debug)]
 pub struct ProxyBuilder {
     routes: RoutesBuilder<UpstreamGroup>,
@@ -455,41 +456,48 @@ impl Default for ProxyBuilder {
 impl ProxyBuilder {
     /// Sends every host and path to one balancer (nginx `location /` with
     /// `proxy_pass http://backend;`).
+    #[must_use = "builder methods return the updated builder"]
     pub fn upstream(self, balancer: impl Balancer + 'static) -> Self {
         self.route(Route::new("/", UpstreamGroup::new("default", balancer)))
     }
 
     /// Adds a route (nginx `server_name` + `location`).
+    #[must_use = "builder methods return the updated builder"]
     pub fn route(mut self, route: Route<UpstreamGroup>) -> Self {
         self.routes = self.routes.route(route);
         self
     }
 
     /// The header forwarding policy (default: [`ForwardPolicy::nginx`]).
+    #[must_use = "builder methods return the updated builder"]
     pub fn policy(mut self, policy: ForwardPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// Request and response head limits (default: 16 KiB, 100 headers).
+    #[must_use = "builder methods return the updated builder"]
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
     /// All timeouts at once.
+    #[must_use = "builder methods return the updated builder"]
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
     }
 
     /// nginx `client_header_timeout` (default 60 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.handshake = timeout;
         self
     }
 
     /// nginx `proxy_connect_timeout` (default 4 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = timeout;
         self
@@ -497,18 +505,21 @@ impl ProxyBuilder {
 
     /// nginx `proxy_read_timeout` (default 60 s); also ends a tunnel whose
     /// upstream stays silent this long, as nginx does.
+    #[must_use = "builder methods return the updated builder"]
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.read = timeout;
         self
     }
 
     /// nginx `proxy_send_timeout` (default 60 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.send = timeout;
         self
     }
 
     /// nginx `keepalive_timeout` (default 75 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.keepalive = timeout;
         self
@@ -516,6 +527,7 @@ impl ProxyBuilder {
 
     /// nginx `keepalive_requests` (default 1000): requests served on one
     /// client connection before it is closed.
+    #[must_use = "builder methods return the updated builder"]
     pub fn keepalive_requests(mut self, requests: u32) -> Self {
         self.keepalive_requests = requests;
         self
@@ -523,6 +535,7 @@ impl ProxyBuilder {
 
     /// Upstreams tried per request, the first included (nginx
     /// `proxy_next_upstream_tries`; default 3).
+    #[must_use = "builder methods return the updated builder"]
     pub fn max_tries(mut self, tries: usize) -> Self {
         self.max_tries = tries;
         self
@@ -535,6 +548,7 @@ impl ProxyBuilder {
     /// the linger lets a WebSocket closing handshake complete). WebSocket
     /// frames are tracked, so that tunnels can be closed politely (drain,
     /// rebalance) and their reports carry the peers' Close codes.
+    #[must_use = "builder methods return the updated builder"]
     pub fn tunnel(mut self, config: TunnelConfig) -> Self {
         self.tunnel = Some(config);
         self
@@ -543,6 +557,7 @@ impl ProxyBuilder {
     /// TCP keepalive on the sockets to upstreams, and on the client sockets
     /// a [`Server`](crate::server::Server) accepts (off by default, as in
     /// nginx and HAProxy).
+    #[must_use = "builder methods return the updated builder"]
     pub fn tcp_keepalive(mut self, keepalive: TcpKeepalive) -> Self {
         self.tcp_keepalive = Some(keepalive);
         self
