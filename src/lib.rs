@@ -79,9 +79,7 @@ pub mod route;
 pub mod server;
 pub mod tunnel;
 
-pub use balance::{
-    Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet,
-};
+pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};
 pub use error::Error;
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use frame::{FrameError, FrameTracker};

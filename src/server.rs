@@ -42,7 +42,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
 use crate::frame::CloseFrame;
-use crate::proxy::{ConnectionReport, Drain, Listener, DrainPhase, Proxy};
+use crate::proxy::{ConnectionReport, Drain, DrainPhase, Listener, Proxy};
 
 /// Serves a listener through a [`Proxy`].
 #[must_use = "a Server does nothing until it serves"]

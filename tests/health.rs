@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
-use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamId, UpstreamSet};
 use wsproxy::balance::UpstreamAddr;
+use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamId, UpstreamSet};
 use wsproxy::proxy::{HealthCheckBuilder, Probe, ProbeFuture, TcpProbe, WebSocketProbe};
 use wsproxy::{HealthCheck, HealthChecker};
 

@@ -1164,7 +1164,10 @@ async fn a_refused_connect_is_502_with_the_socket_error_as_its_source() {
     let wsproxy::UpgradeError::Connect(connect) = &err else {
         panic!("{err:?}");
     };
-    assert!(matches!(connect, wsproxy::ConnectError::Io { .. }), "{connect:?}");
+    assert!(
+        matches!(connect, wsproxy::ConnectError::Io { .. }),
+        "{connect:?}"
+    );
     // The chain reaches the socket's own error: UpgradeError -> ConnectError
     // -> io::Error.
     let io = std::error::Error::source(&err)

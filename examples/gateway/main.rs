@@ -32,12 +32,11 @@ use wsproxy::balance::{
     UpstreamSet,
 };
 use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
-use wsproxy::{HealthCheck, HealthChecker};
 use wsproxy::proxy::Rebalancer;
 use wsproxy::route::Route;
 use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
-use wsproxy::{Proxy, UpstreamGroup};
+use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
 use cli::{Args, Balance, OnMarkedDown, Redirect};
 

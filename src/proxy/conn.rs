@@ -25,7 +25,6 @@ use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind};
 use crate::tunnel::Prefixed;
 
-
 /// How long, and how much, a refused client's input is drained before the
 /// connection closes (nginx `lingering_time` is 30 s; `lingering_timeout` 5 s).
 const LINGER_TIME: Duration = Duration::from_secs(5);
@@ -63,21 +62,13 @@ struct Admitted {
 }
 
 /// An admitted request with its upstream connection, rewritten for it.
-struct Upstream {
+struct Connected {
     stream: TcpStream,
     lease: Lease,
     /// Where its tunnel would be listed; an upgrade request's only.
     listing: Option<Listing>,
     ctx: ForwardContext,
-    request: Request<()>,
-    kind: RequestKind,
-    body: BodyKind,
-    client: Client,
-    method: Method,
-    websocket: bool,
-    client_keeps_alive: bool,
-    http10: bool,
-    expects_continue: bool,
+    admitted: Admitted,
 }
 
 /// What sending the request left for reading its answer.
@@ -287,22 +278,23 @@ where
         let _ = timeout(LINGER_TIME, drain).await;
     }
 
-
     /// One request, step by step: admit it, connect, send it on, answer.
+    /// A step that ends the request itself (a refusal, a preflight, a gone
+    /// peer) returns `Err` with what the connection does next.
     async fn handle(&mut self, head: handshake::RequestHead) -> Next {
         let admitted = match self.admit(head).await {
             Ok(admitted) => admitted,
             Err(answered) => return answered,
         };
-        let mut upstream = match self.open_upstream(admitted).await {
-            Ok(upstream) => upstream,
+        let mut connected = match self.connect_upstream(admitted).await {
+            Ok(connected) => connected,
             Err(answered) => return answered,
         };
-        let sent = match self.send_request(&mut upstream).await {
+        let sent = match self.send_request(&mut connected).await {
             Ok(sent) => sent,
             Err(answered) => return answered,
         };
-        self.answer(upstream, sent).await
+        self.answer(connected, sent).await
     }
 
     /// Routes the request and checks it against the policy; answers what
@@ -367,21 +359,11 @@ where
 
     /// Connects an upstream for an admitted request and rewrites the request
     /// for it (forwarding headers, Host, version, `Expect`).
-    async fn open_upstream(&mut self, admitted: Admitted) -> Result<Upstream, Next> {
+    async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
         let inner = self.inner;
-        let Admitted {
-            mut request,
-            kind,
-            body,
-            client,
-            group,
-            method,
-            websocket,
-            client_keeps_alive,
-            http10,
-            expects_continue,
-        } = admitted;
-        let (lease, stream) = match connect(inner, &group, &client, &request).await {
+        let request = &mut admitted.request;
+        let (lease, stream) = match connect(inner, &admitted.group, &admitted.client, request).await
+        {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
@@ -392,7 +374,9 @@ where
         };
         // Taken from the request the balancer placed, before the rewrite;
         // only an upgrade can become a tunnel to list.
-        let listing = websocket.then(|| Listing::new(&group, client.ip(), &request));
+        let listing = admitted
+            .websocket
+            .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
@@ -402,42 +386,36 @@ where
             self.listener.port,
             authority,
         )
-        .with_websocket(websocket);
+        .with_websocket(admitted.websocket);
         // The policy keeps Content-Length and Transfer-Encoding: bodies go
         // through with their framing untouched.
-        inner.policy.rewrite_request(&mut request, &client, &ctx);
-        if http10 {
+        inner
+            .policy
+            .rewrite_request(request, &admitted.client, &ctx);
+        if admitted.http10 {
             // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
             // §6.1), and chunked is the one framing a 1.0 client cannot read.
             *request.version_mut() = Version::HTTP_10;
         }
-        if expects_continue {
+        if admitted.expects_continue {
             // The proxy answers the expectation itself, as nginx does.
             request.headers_mut().remove(EXPECT);
         }
-        Ok(Upstream {
+        Ok(Connected {
             stream,
             lease,
             listing,
             ctx,
-            request,
-            kind,
-            body,
-            client,
-            method,
-            websocket,
-            client_keeps_alive,
-            http10,
-            expects_continue,
+            admitted,
         })
     }
 
     /// Sends the rewritten head, then the body if there is one, answering
     /// `Expect: 100-continue` first.
-    async fn send_request(&mut self, up: &mut Upstream) -> Result<Sent, Next> {
+    async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
         let inner = self.inner;
         let mut head_bytes = BytesMut::new();
-        handshake::write_request_head(&up.request, &mut head_bytes);
+        handshake::write_request_head(&up.admitted.request, &mut head_bytes);
         if write_all_timeout(&mut up.stream, &head_bytes, inner.timeouts.send)
             .await
             .is_err()
@@ -453,10 +431,11 @@ where
             early: None,
             body_cut: false,
         };
-        if up.body == BodyKind::Empty {
+        let body = up.admitted.body;
+        if body == BodyKind::Empty {
             return Ok(sent);
         }
-        if up.expects_continue
+        if up.admitted.expects_continue
             && write_all_timeout(&mut self.io, CONTINUE, inner.timeouts.send)
                 .await
                 .is_err()
@@ -470,7 +449,7 @@ where
             &mut self.buf,
             &mut up.stream,
             &mut sent.up_buf,
-            up.body,
+            body,
         );
         match sending.await {
             BodySent::Whole(n) => {
@@ -502,13 +481,16 @@ where
 
     /// Reads the upstream's answer (unless it came early) and either
     /// switches to a tunnel or relays it as a plain answer.
-    async fn answer(&mut self, up: Upstream, sent: Sent) -> Next {
+    async fn answer(&mut self, connected: Connected, sent: Sent) -> Next {
         let inner = self.inner;
-        let Upstream {
+        let Connected {
             mut stream,
             lease,
             listing,
             ctx,
+            admitted,
+        } = connected;
+        let Admitted {
             kind,
             client,
             method,
@@ -516,7 +498,7 @@ where
             client_keeps_alive,
             http10,
             ..
-        } = up;
+        } = admitted;
         let Sent {
             mut up_buf,
             early,
@@ -760,7 +742,6 @@ where
     }
 }
 
-
 /// True when the client allows another request on this connection.
 fn keeps_alive<B>(request: &Request<B>) -> bool {
     let listed = |token: &str| {
@@ -777,7 +758,6 @@ fn keeps_alive<B>(request: &Request<B>) -> bool {
         _ => false,
     }
 }
-
 
 /// What the proxy answers `Expect: 100-continue` with before reading a body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -801,4 +781,3 @@ pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<
     *request.uri_mut() = path.parse().map_err(|_| ())?;
     Ok(())
 }
-

@@ -213,7 +213,10 @@ mod tests {
     #[tokio::test]
     async fn an_empty_group_is_a_selection_error() {
         let err = connect_to(UpstreamSet::default()).await.unwrap_err();
-        assert!(matches!(err, ConnectError::Select(SelectError::NoneAvailable)));
+        assert!(matches!(
+            err,
+            ConnectError::Select(SelectError::NoneAvailable)
+        ));
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
         assert!(std::error::Error::source(&err).is_some());
     }

@@ -188,9 +188,15 @@ impl Probe for WebSocketProbe {
             let Ok(stream) = connect_addr(upstream).await else {
                 return false;
             };
-            websocket(stream, upstream, &self.path, self.host.as_deref(), &self.limits)
-                .await
-                .unwrap_or(false)
+            websocket(
+                stream,
+                upstream,
+                &self.path,
+                self.host.as_deref(),
+                &self.limits,
+            )
+            .await
+            .unwrap_or(false)
         })
     }
 }
@@ -731,6 +737,9 @@ mod tests {
             .timeout(Duration::from_secs(1))
             .build()
             .unwrap();
-        assert_eq!((c.interval(), c.timeout()), (Duration::from_secs(2), Duration::from_secs(1)));
+        assert_eq!(
+            (c.interval(), c.timeout()),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
     }
 }

@@ -28,8 +28,8 @@
 //! keep-alive toward the client (`keepalive_timeout`, `keepalive_requests`)
 //! and `Connection: close` toward the upstream.
 
-mod connect;
 mod conn;
+mod connect;
 mod counters;
 mod guard;
 mod head_io;
@@ -58,12 +58,12 @@ use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
 pub use connect::ConnectError;
+pub use counters::{CountersSnapshot, Outcome};
 #[cfg(test)]
 pub(crate) use guard::Running;
-pub use counters::{CountersSnapshot, Outcome};
 pub use health::{
-    HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture, TcpProbe,
-    WebSocketProbe,
+    HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
+    TcpProbe, WebSocketProbe,
 };
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::connect::{authority_of, connect, ConnectError};
 use super::conn::to_origin_form;
+use super::connect::{authority_of, connect, ConnectError};
 use super::guard::{Listing, OpenTunnel};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
 use super::{Inner, Listener, Proxy};
