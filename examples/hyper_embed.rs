@@ -25,10 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
-use wsproxy::balance::{RoundRobin, Upstream};
-use wsproxy::forward::Scheme;
-use wsproxy::route::Route;
-use wsproxy::{Proxy, UpstreamGroup};
+use wsproxy::{Proxy, RoundRobin, Route, Scheme, Upstream, UpstreamGroup};
 
 async fn handle(
     proxy: Proxy,

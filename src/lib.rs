@@ -29,7 +29,7 @@
 //! let upstreams: UpstreamSet = [Upstream::new(backend_addr)].into_iter().collect();
 //! let proxy = Proxy::builder().upstream(RoundRobin::new(upstreams)).build()?;
 //!
-//! // Serve one accepted connection (or a whole listener with `server::Server`).
+//! // Serve one accepted connection (or a whole listener with `wsproxy::Server`).
 //! let listener = TcpListener::bind("127.0.0.1:0").await?;
 //! let addr = listener.local_addr()?;
 //! tokio::spawn(async move {
@@ -60,10 +60,10 @@
 //!   buffer while idle, polite close through a [`tunnel::TunnelHandle`],
 //!   pings), [`Proxy`] (one connection end to end, a
 //!   [`proxy::TunnelRegistry`] of live tunnels per upstream group,
-//!   [`proxy::Rebalancer`]), [`server::Server`] (accept loop, bounded
-//!   concurrency, graceful drain with Close 1001 spread over a window),
-//!   [`health`] (active TCP or WebSocket checks with HAProxy's rise/fall,
-//!   closing the tunnels of an upstream marked down).
+//!   [`proxy::Rebalancer`], and the [`HealthChecker`]: active TCP,
+//!   WebSocket or custom [`Probe`]s with HAProxy's rise/fall, closing the
+//!   tunnels of an upstream marked down), [`Server`] (accept loop, bounded
+//!   concurrency, graceful drain with Close 1001 spread over a window).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -72,18 +72,21 @@ pub mod balance;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
-pub mod health;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod tunnel;
 
-pub use balance::{Balancer, Lease, PickContext, SelectError, Upstream, UpstreamSet};
+pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};
 pub use frame::{FrameError, FrameTracker};
 pub use handshake::HandshakeError;
-pub use health::{HealthCheck, HealthChecker};
-pub use proxy::{Proxy, ProxyBuilder, UpstreamGroup};
+pub use proxy::{
+    ConnectError, ConnectionReport, HealthCheck, HealthChecker, Listener, PendingUpgrade, Probe,
+    Proxy, ProxyBuilder, UpgradeError, UpstreamGroup,
+};
+pub use route::Route;
+pub use server::{DrainReport, Server};
 pub use tunnel::{tunnel, Prefixed, TunnelConfig, TunnelEnd, TunnelError, TunnelStats};
 
 /// The README's examples, compiled as doctests so that they stay true.

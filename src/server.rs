@@ -56,9 +56,10 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
 use crate::frame::CloseFrame;
-use crate::proxy::{ConnectionReport, Drain, Listener, Phase, Proxy};
+use crate::proxy::{ConnectionReport, Drain, DrainPhase, Listener, Proxy};
 
 /// Serves a listener through a [`Proxy`].
+#[must_use = "a Server does nothing until it serves"]
 #[derive(Debug, Clone)]
 pub struct Server {
     proxy: Proxy,
@@ -97,6 +98,7 @@ impl Server {
 
     /// The scheme clients used to reach the listener (`Https` behind TLS
     /// termination in front of this server); feeds `X-Forwarded-Proto`.
+    #[must_use = "builder methods return the updated builder"]
     pub fn scheme(mut self, scheme: Scheme) -> Self {
         self.scheme = scheme;
         self
@@ -105,6 +107,7 @@ impl Server {
     /// At most this many connections are served at once; beyond it, new
     /// ones wait in the listen backlog until one ends (nginx
     /// `worker_connections`). At least 1.
+    #[must_use = "builder methods return the updated builder"]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
         self
@@ -112,6 +115,7 @@ impl Server {
 
     /// How long open connections may run after shutdown starts before their
     /// tunnels are ended.
+    #[must_use = "builder methods return the updated builder"]
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
         self
@@ -129,6 +133,7 @@ impl Server {
     /// frame tracking to be closed politely
     /// ([`TunnelConfig::track_frames`](crate::tunnel::TunnelConfig::track_frames));
     /// those without are cut at their turn.
+    #[must_use = "builder methods return the updated builder"]
     pub fn drain_window(mut self, window: Duration) -> Self {
         self.drain_window = Some(window);
         self
@@ -152,6 +157,7 @@ impl Server {
     /// # let _ = server;
     /// # }
     /// ```
+    #[must_use = "builder methods return the updated builder"]
     pub fn on_connection_end<H>(mut self, hook: H) -> Self
     where
         H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
@@ -224,7 +230,7 @@ impl Server {
         let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
         let listener_info = Listener::new(self.scheme, port);
-        let (phase, rx) = watch::channel(Phase::Running);
+        let (phase, rx) = watch::channel(DrainPhase::Running);
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let tracker = Arc::new(Tracker::default());
         // This serve's tunnels, told apart from other servers' over the
@@ -282,11 +288,11 @@ impl Server {
                         }
                     },
                     // Nothing was requested yet: nothing to drain.
-                    () = drain.clone().reached(Phase::Draining) => return,
+                    () = drain.clone().reached(DrainPhase::Draining) => return,
                 };
                 // At the drain deadline a connection still in a request is
                 // dropped (its sockets close); a tunnel is cut cleanly.
-                let cut = drain.clone().reached(Phase::Cut);
+                let cut = drain.clone().reached(DrainPhase::Cut);
                 let phase = drain.clone();
                 let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
                 let (mut report, upgraded) = tokio::select! {
@@ -323,7 +329,7 @@ impl Server {
         drop(listener);
 
         report.open_at_shutdown = tracker.live();
-        let _ = phase.send(Phase::Draining);
+        let _ = phase.send(DrainPhase::Draining);
         let deadline = Instant::now() + self.drain_timeout;
         let closing = async {
             match self.drain_window {
@@ -341,7 +347,7 @@ impl Server {
         report.cut = tracker.live();
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
-            let _ = phase.send(Phase::Cut);
+            let _ = phase.send(DrainPhase::Cut);
             self.proxy.cut_origin(origin);
             // Cut tunnels shut both sockets down, each within its send
             // timeout; this only bounds how long the report waits for that.
@@ -364,7 +370,7 @@ const CUT_GRACE: Duration = Duration::from_secs(5);
 /// A tunnel whose upgrade completed after the drain deadline is cut at once:
 /// the cut already went through the registries without it.
 fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
-    if drain.phase() == Phase::Cut {
+    if drain.phase() == DrainPhase::Cut {
         handle.cut();
     }
 }

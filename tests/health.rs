@@ -5,7 +5,7 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -15,8 +15,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout};
+use wsproxy::balance::UpstreamAddr;
 use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamId, UpstreamSet};
-use wsproxy::health::{Check, HealthCheck, HealthChecker};
+use wsproxy::proxy::{HealthCheckBuilder, Probe, ProbeFuture, TcpProbe, WebSocketProbe};
+use wsproxy::{HealthCheck, HealthChecker};
 
 use support::closed_port;
 
@@ -97,7 +99,7 @@ impl Running {
     }
 }
 
-fn start(set: &UpstreamSet, config: HealthCheck) -> Running {
+fn start(set: &UpstreamSet, config: HealthCheckBuilder) -> Running {
     let (stop, stopped) = oneshot::channel::<()>();
     let checker = HealthChecker::new(set.clone(), config.build().unwrap());
     let task = tokio::spawn(checker.run(async move {
@@ -132,7 +134,7 @@ async fn tcp_check_marks_a_closed_port_down_after_fall_and_up_after_rise() {
     let set = UpstreamSet::new();
     let id = set.add(Upstream::new(addr));
     // inter 2s rise 2 fall 3: failures at 0, 2 and 4 s.
-    let running = start(&set, HealthCheck::new().interval(INTER).rise(2).fall(3));
+    let running = start(&set, HealthCheck::builder().interval(INTER).rise(2).fall(3));
     sleep(Duration::from_millis(3_900)).await;
     assert!(!check_down(&set, id), "down before the third failure");
     until_check_down(&set, id, true).await;
@@ -156,8 +158,8 @@ async fn websocket_check_marks_a_200_down_and_keeps_a_real_server_up() {
     let set = UpstreamSet::new();
     let plain_id = set.add(Upstream::new(plain));
     let real_id = set.add(Upstream::new(real));
-    let config = HealthCheck::new()
-        .check(Check::websocket("/health"))
+    let config = HealthCheck::builder()
+        .probe(WebSocketProbe::new("/health").unwrap())
         .interval(INTER)
         .timeout(Duration::from_secs(1))
         .rise(2)
@@ -196,8 +198,8 @@ async fn websocket_check_marks_down_a_101_with_a_wrong_accept_and_a_silent_upstr
     let set = UpstreamSet::new();
     let wrong_id = set.add(Upstream::new(wrong));
     let silent_id = set.add(Upstream::new(silent_addr));
-    let config = HealthCheck::new()
-        .check(Check::websocket("/"))
+    let config = HealthCheck::builder()
+        .probe(WebSocketProbe::new("/").unwrap())
         .interval(INTER)
         .timeout(Duration::from_millis(500))
         .fall(1);
@@ -217,7 +219,7 @@ async fn an_upstream_the_operator_set_down_stays_down() {
     let set = UpstreamSet::new();
     let id = set.add(Upstream::new(addr).down(true));
     let dead_id = set.add(Upstream::new(dead));
-    let running = start(&set, HealthCheck::new().interval(INTER).fall(1));
+    let running = start(&set, HealthCheck::builder().interval(INTER).fall(1));
     until_check_down(&set, dead_id, true).await;
     sleep(INTER * 5).await;
     let peer = set.snapshot().get(id).unwrap().clone();
@@ -245,7 +247,7 @@ async fn round_robin_skips_an_upstream_marked_down_and_shutdown_lifts_the_mark()
     let before: Vec<_> = (0..4).map(|_| balancer.pick(&ctx).unwrap().id()).collect();
     assert!(before.contains(&dead_id));
 
-    let running = start(&set, HealthCheck::new().interval(INTER));
+    let running = start(&set, HealthCheck::builder().interval(INTER));
     until_check_down(&set, dead_id, true).await;
     for _ in 0..10 {
         assert_eq!(balancer.pick(&ctx).unwrap().id(), live_id);
@@ -263,7 +265,7 @@ async fn round_robin_skips_an_upstream_marked_down_and_shutdown_lifts_the_mark()
 #[tokio::test(start_paused = true)]
 async fn upstreams_added_while_running_are_checked() {
     let set = UpstreamSet::new();
-    let running = start(&set, HealthCheck::new().interval(INTER).fall(1));
+    let running = start(&set, HealthCheck::builder().interval(INTER).fall(1));
     sleep(INTER * 2).await;
     let id = set.add(Upstream::new(closed_port().await));
     until_check_down(&set, id, true).await;
@@ -289,8 +291,8 @@ async fn checks_run_concurrently_up_to_the_bound() {
             }
         }));
     }
-    let config = HealthCheck::new()
-        .check(Check::websocket("/"))
+    let config = HealthCheck::builder()
+        .probe(WebSocketProbe::new("/").unwrap())
         .interval(Duration::from_secs(60))
         .timeout(Duration::from_secs(1))
         .concurrency(2);
@@ -303,4 +305,61 @@ async fn checks_run_concurrently_up_to_the_bound() {
     for server in servers {
         server.abort();
     }
+}
+
+/// A host's own probe: a TCP check that fails on demand (a maintenance
+/// switch), counting its runs.
+#[derive(Debug, Default)]
+struct Switchable {
+    failing: AtomicBool,
+    runs: AtomicUsize,
+}
+
+impl Probe for Switchable {
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            self.runs.fetch_add(1, Ordering::SeqCst);
+            !self.failing.load(Ordering::SeqCst) && TcpProbe.probe(upstream).await
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_probe_marks_a_live_upstream_down_and_up_on_demand() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = accept_and_drop(listener);
+    let set = UpstreamSet::new();
+    let id = set.add(Upstream::new(addr));
+    let probe = Arc::new(Switchable::default());
+    let changes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&changes);
+    let config = HealthCheck::builder()
+        .probe(Arc::clone(&probe))
+        .interval(INTER)
+        .rise(2)
+        .fall(2)
+        .build()
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let checker = HealthChecker::new(set.clone(), config)
+        .on_change(move |id, up| seen.lock().unwrap().push((id, up)));
+    let task = tokio::spawn(checker.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // The listener is up and the probe passes: it stays up.
+    sleep(INTER * 3).await;
+    assert!(!check_down(&set, id));
+    assert!(probe.runs.load(Ordering::SeqCst) >= 3);
+
+    probe.failing.store(true, Ordering::SeqCst);
+    until_check_down(&set, id, true).await;
+    probe.failing.store(false, Ordering::SeqCst);
+    until_check_down(&set, id, false).await;
+    assert_eq!(*changes.lock().unwrap(), [(id, false), (id, true)]);
+
+    let _ = stop.send(());
+    timeout(BOUND, task).await.unwrap().unwrap();
+    server.abort();
 }

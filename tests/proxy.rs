@@ -1190,3 +1190,82 @@ async fn least_conn_sends_new_connections_where_leases_were_released() {
     assert_eq!(next, ["b", "c"]);
     gw.shutdown().await;
 }
+
+/// A WebSocket upgrade request as a host's own server (hyper) parsed it.
+fn parsed_upgrade() -> http::Request<()> {
+    http::Request::get("/ws")
+        .header("host", "app.test")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_connect_is_502_with_the_socket_error_as_its_source() {
+    let proxy = round_robin(&[closed_port().await]).build().unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let err = bounded(
+        "the refused connect",
+        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.status(), http::StatusCode::BAD_GATEWAY);
+    let wsproxy::UpgradeError::Connect(connect) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(connect, wsproxy::ConnectError::Io { .. }),
+        "{connect:?}"
+    );
+    // The chain reaches the socket's own error: UpgradeError -> ConnectError
+    // -> io::Error.
+    let io = std::error::Error::source(&err)
+        .and_then(std::error::Error::source)
+        .and_then(|e| e.downcast_ref::<std::io::Error>())
+        .unwrap();
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
+    // A listener that never accepts, with its backlog full, as in
+    // `connect_timeouts_on_every_upstream_give_504`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(100), socket.connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let proxy = round_robin(&[addr])
+        .connect_timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let err = within(
+        Duration::from_secs(60),
+        "the connect timeouts",
+        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.status(), http::StatusCode::GATEWAY_TIMEOUT);
+    let wsproxy::UpgradeError::Connect(connect) = &err else {
+        panic!("{err:?}");
+    };
+    assert!(
+        matches!(connect, wsproxy::ConnectError::TimedOut { timeout, .. } if *timeout == Duration::from_secs(4)),
+        "{connect:?}"
+    );
+    drop(full);
+}

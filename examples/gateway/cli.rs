@@ -4,12 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use wsproxy::balance::{HashKey, Upstream, UpstreamAddr};
-use wsproxy::health::Check;
-use wsproxy::proxy::TcpKeepalive;
+use wsproxy::proxy::{TcpKeepalive, TcpProbe, WebSocketProbe};
+use wsproxy::Probe;
 
 /// A WebSocket-aware reverse proxy: the classic nginx WebSocket
 /// configuration as one command.
@@ -160,7 +161,7 @@ pub struct Args {
     /// `health_check`): `tcp` (a connect) or `ws:/PATH` (a real WebSocket
     /// handshake). Off by default; passive checks (max_fails) always run.
     #[arg(long, value_name = "tcp|ws:/PATH", value_parser = parse_health_check)]
-    pub health_check: Option<Check>,
+    pub health_check: Option<Arc<dyn Probe>>,
 
     /// Time between two checks of an upstream (HAProxy `inter`).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
@@ -213,10 +214,12 @@ pub fn parse_factor(text: &str) -> Result<f64, String> {
 }
 
 /// `tcp` or `ws:/PATH`.
-pub fn parse_health_check(text: &str) -> Result<Check, String> {
+pub fn parse_health_check(text: &str) -> Result<Arc<dyn Probe>, String> {
     match text.split_once(':') {
-        None if text == "tcp" => Ok(Check::Tcp),
-        Some(("ws", path)) if path.starts_with('/') => Ok(Check::websocket(path)),
+        None if text == "tcp" => Ok(Arc::new(TcpProbe)),
+        Some(("ws", path)) if path.starts_with('/') => WebSocketProbe::new(path)
+            .map(|probe| Arc::new(probe) as Arc<dyn Probe>)
+            .map_err(|e| e.to_string()),
         _ => Err(format!(
             "`{text}` is not a health check (tcp, or ws:/PATH for a WebSocket handshake)"
         )),

@@ -32,12 +32,11 @@ use wsproxy::balance::{
     UpstreamSet,
 };
 use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
-use wsproxy::health::{HealthCheck, HealthChecker};
 use wsproxy::proxy::Rebalancer;
 use wsproxy::route::Route;
 use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
-use wsproxy::{Proxy, UpstreamGroup};
+use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
 use cli::{Args, Balance, OnMarkedDown, Redirect};
 
@@ -331,8 +330,8 @@ fn health_config(args: &Args) -> Result<Option<HealthCheck>, String> {
     let Some(check) = args.health_check.clone() else {
         return Ok(None);
     };
-    HealthCheck::new()
-        .check(check)
+    HealthCheck::builder()
+        .probe(check)
         .interval(args.health_interval)
         .rise(args.health_rise)
         .fall(args.health_fall)

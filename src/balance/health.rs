@@ -2,8 +2,9 @@
 //! `check inter rise fall`, fed results and the time by the caller.
 //!
 //! [`HealthState`] decides *when* each upstream is checked and *what* a result
-//! means; it never connects and never reads a clock. The async shell,
-//! [`crate::health`], runs the checks and applies each [`Transition`] with
+//! means; it never connects and never reads a clock. The async driver,
+//! [`proxy::HealthChecker`](crate::proxy::HealthChecker), runs the checks
+//! and applies each [`Transition`] with
 //! [`UpstreamSet::set_check_down`](super::UpstreamSet::set_check_down).
 
 use std::collections::BTreeMap;

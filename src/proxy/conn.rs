@@ -1,33 +1,29 @@
-//! Serving one client connection: the request loop, upstream connect with
-//! retries, the upgrade decision and plain HTTP relaying.
+//! The request loop of one client connection: read a head, admit it
+//! (route, policy), connect, send it on, then relay the answer or switch to
+//! a tunnel; keep-alive until the connection closes or upgrades.
 
-use std::future::Future;
-use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
-use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{timeout, timeout_at, Instant};
+use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::registry::{Listed, Registered, TunnelRegistry};
-use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
-use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
+use super::connect::{authority_of, connect};
+use super::guard::{Listing, Upgraded};
+use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
+use super::relay::{copy_body, send_body, BodyCopyError, BodySent};
+use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
+use crate::balance::Lease;
+use crate::handshake::body::{BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
-use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
-use crate::handshake::{self, HandshakeError, HeadScanner, RequestKind, ResponseKind, Status};
-use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
-
-/// Room reserved in a read buffer before each read.
-const READ_CHUNK: usize = 8 * 1024;
+use crate::handshake::{self, HeadScanner, RequestKind, ResponseKind};
+use crate::tunnel::Prefixed;
 
 /// How long, and how much, a refused client's input is drained before the
 /// connection closes (nginx `lingering_time` is 30 s; `lingering_timeout` 5 s).
@@ -42,39 +38,6 @@ enum Next {
     Tunnel(Switched),
 }
 
-/// One open tunnel, its registry entry and its lease: counted as open and
-/// listed until dropped, so that a tunnel whose future is cancelled (a
-/// host's timeout, an aborted task) is still counted out, and the lease
-/// released after that.
-pub(super) struct OpenTunnel {
-    inner: Arc<Inner>,
-    // Dropped before the lease: a listed tunnel always holds its lease.
-    _registered: Option<Registered>,
-    lease: Lease,
-}
-
-impl OpenTunnel {
-    pub(super) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
-        inner.counters.tunnel_started(lease.addr());
-        Self {
-            inner,
-            _registered: registered,
-            lease,
-        }
-    }
-
-    /// Adds a finished tunnel's bytes to the totals.
-    pub(super) fn bytes(&self, from_client: u64, from_upstream: u64) {
-        self.inner.counters.bytes(from_client, from_upstream);
-    }
-}
-
-impl Drop for OpenTunnel {
-    fn drop(&mut self) {
-        self.inner.counters.tunnel_ended(self.lease.addr());
-    }
-}
-
 /// The upstream half of a completed upgrade.
 struct Switched {
     upstream: TcpStream,
@@ -83,138 +46,39 @@ struct Switched {
     listing: Listing,
 }
 
-/// Where an upgraded connection's tunnel is listed, as whose, and with
-/// what affinity (for a rebalance to know where its key goes now).
-#[derive(Debug)]
-pub(crate) struct Listing {
-    registry: Arc<TunnelRegistry>,
-    client: IpAddr,
-    affinity: Option<Affinity>,
+/// A request the proxy will send upstream, with what it learnt admitting it.
+struct Admitted {
+    /// In origin-form, not yet rewritten for an upstream.
+    request: Request<()>,
+    kind: RequestKind,
+    body: BodyKind,
+    client: Client,
+    group: UpstreamGroup,
+    method: Method,
+    websocket: bool,
+    client_keeps_alive: bool,
+    http10: bool,
+    expects_continue: bool,
 }
 
-impl Listing {
-    /// The listing of `request`, placed by `group`'s balancer for `client`.
-    pub(crate) fn new(group: &UpstreamGroup, client: IpAddr, request: &Request<()>) -> Self {
-        let ctx = PickContext::new(client, request, Instant::now().into_std());
-        Self {
-            registry: group.tunnels.clone(),
-            client,
-            affinity: group.balancer().affinity(&ctx),
-        }
-    }
-
-    /// Lists the tunnel `handle` controls, running to the lease's upstream.
-    pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle, origin: u32) -> Registered {
-        Registered::new(
-            self.registry,
-            Listed {
-                upstream: lease.id(),
-                client: self.client,
-                affinity: self.affinity,
-                origin,
-            },
-            handle,
-        )
-    }
-}
-
-/// A connection whose upgrade completed, ready to tunnel. It owns only what
-/// the tunnel needs, so a server can run it as its own small task and let the
-/// connection's larger handshake state go (the idle-memory budget).
-pub(crate) struct Upgraded<S> {
-    inner: Arc<Inner>,
-    client: Prefixed<S>,
-    upstream: Prefixed<TcpStream>,
+/// An admitted request with its upstream connection, rewritten for it.
+struct Connected {
+    stream: TcpStream,
     lease: Lease,
-    listing: Listing,
-    span: tracing::Span,
+    /// Where its tunnel would be listed; an upgrade request's only.
+    listing: Option<Listing>,
+    ctx: ForwardContext,
+    admitted: Admitted,
 }
 
-impl<S> Upgraded<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    /// The tunnel, ready to run until it ends and account for it, listed
-    /// as `origin`'s (a [`Server`](crate::server::Server)'s own tunnels;
-    /// 0 for none).
-    pub(crate) fn run(self, origin: u32) -> Running<S, ()> {
-        self.run_holding((), origin)
-    }
-
-    /// Like [`run`](Self::run), holding `keep` (a server's connection slot)
-    /// until the tunnel ends.
-    ///
-    /// A plain future, not an `async` block: an async block would keep the
-    /// streams it moves into the tunnel twice (its captured copy and the
-    /// tunnel's), hundreds of bytes more for every idle WebSocket.
-    ///
-    /// The tunnel ends early through its handle in the group's registry
-    /// (a server's drain closes or cuts it there), so it holds no drain
-    /// receiver of its own.
-    pub(crate) fn run_holding<K>(self, keep: K, origin: u32) -> Running<S, K> {
-        let Self {
-            inner,
-            client,
-            upstream,
-            lease,
-            listing,
-            span,
-        } = self;
-        let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
-        let registered = listing.register(&lease, relay.handle(), origin);
-        Running {
-            relay,
-            open: Some(OpenTunnel::new(inner, lease, Some(registered))),
-            // Without a subscriber that wants it, the span is 40 bytes of
-            // nothing in every idle tunnel.
-            span: (!span.is_disabled()).then(|| Box::new(span)),
-            keep: Some(keep),
-        }
-    }
-}
-
-pin_project! {
-    /// A running tunnel; see [`Upgraded::run`].
-    pub(crate) struct Running<S, K> {
-        #[pin]
-        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, std::future::Pending<()>>,
-        // Dropped when the tunnel ends, or with the future if it is
-        // cancelled: either way the tunnel is counted out.
-        open: Option<OpenTunnel>,
-        span: Option<Box<tracing::Span>>,
-        keep: Option<K>,
-    }
-}
-
-impl<S, K> Running<S, K> {
-    /// The handle of the tunnel, before it is polled.
-    pub(crate) fn handle(&mut self) -> TunnelHandle {
-        self.relay.handle()
-    }
-}
-
-impl<S, K> Future for Running<S, K>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    type Output = TunnelStats;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
-        let this = self.project();
-        let stats = ready!(this.relay.poll(cx));
-        if let Some(open) = this.open.take() {
-            open.bytes(stats.client_to_upstream, stats.upstream_to_client);
-        }
-        if let Some(span) = this.span.as_deref() {
-            span.record("from_client", stats.client_to_upstream);
-            span.record("from_upstream", stats.upstream_to_client);
-            span.in_scope(|| {
-                tracing::info!(end = ?stats.end, duration = ?stats.duration, "tunnel closed");
-            });
-        }
-        drop(this.keep.take());
-        Poll::Ready(stats)
-    }
+/// What sending the request left for reading its answer.
+struct Sent {
+    /// Upstream bytes read so far: an early answer's body, or nothing.
+    up_buf: BytesMut,
+    /// The answer, if the upstream gave it before the body was through.
+    early: Option<Response<()>>,
+    /// The client's body was not sent whole.
+    body_cut: bool,
 }
 
 /// Serves requests until the connection closes or upgrades; an upgraded
@@ -267,17 +131,6 @@ struct Conn<'a, S> {
     /// The client may still be sending what the proxy will not read (a
     /// refused request's body): close without resetting the answer away.
     linger: bool,
-}
-
-/// Why a head could not be read.
-pub(super) enum HeadRead<E> {
-    /// The peer closed; `partial` when it had sent part of a head.
-    Eof {
-        partial: bool,
-    },
-    Timeout,
-    Io(io::Error),
-    Parse(E),
 }
 
 impl<S> Conn<'_, S>
@@ -361,7 +214,7 @@ where
     /// Waits for the first byte of a keep-alive connection's next request.
     /// False when the connection should close instead.
     async fn await_next_request(&mut self) -> bool {
-        if self.drain.phase() != Phase::Running {
+        if self.drain.phase() != DrainPhase::Running {
             return false;
         }
         self.buf.reserve(READ_CHUNK);
@@ -371,7 +224,7 @@ where
         );
         tokio::select! {
             got = read => matches!(got, Ok(Ok(n)) if n > 0),
-            () = self.drain.clone().reached(Phase::Draining) => false,
+            () = self.drain.clone().reached(DrainPhase::Draining) => false,
         }
     }
 
@@ -425,7 +278,29 @@ where
         let _ = timeout(LINGER_TIME, drain).await;
     }
 
+    /// One request, step by step: admit it, connect, send it on, answer.
+    /// A step that ends the request itself (a refusal, a preflight, a gone
+    /// peer) returns `Err` with what the connection does next.
     async fn handle(&mut self, head: handshake::RequestHead) -> Next {
+        let admitted = match self.admit(head).await {
+            Ok(admitted) => admitted,
+            Err(answered) => return answered,
+        };
+        let mut connected = match self.connect_upstream(admitted).await {
+            Ok(connected) => connected,
+            Err(answered) => return answered,
+        };
+        let sent = match self.send_request(&mut connected).await {
+            Ok(sent) => sent,
+            Err(answered) => return answered,
+        };
+        self.answer(connected, sent).await
+    }
+
+    /// Routes the request and checks it against the policy; answers what
+    /// the proxy answers itself (refusals, CORS preflights) and hands back
+    /// the rest, in origin-form.
+    async fn admit(&mut self, head: handshake::RequestHead) -> Result<Admitted, Next> {
         let inner = self.inner;
         let body = BodyKind::from(head.body_length());
         let (mut request, kind) = head.into_parts();
@@ -440,46 +315,68 @@ where
 
         let (group, path) = match inner.routes.find_for(&request) {
             Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
-            Err(e) => return self.reject(e.status(), &e.to_string(), None).await,
+            Err(e) => return Err(self.reject(e.status(), &e.to_string(), None).await),
         };
         tracing::Span::current().record("route", group.name());
         self.report.route = Some(group.name.clone());
 
         if let Err(e) = inner.policy.check(&request, websocket) {
-            return self.reject(e.status(), &e.to_string(), None).await;
+            return Err(self.reject(e.status(), &e.to_string(), None).await);
         }
         let client_keeps_alive = keeps_alive(&request);
         if let Some(preflight) = inner.policy.preflight(&request) {
-            return self
+            return Err(self
                 .answer_preflight(preflight, body, client_keeps_alive)
-                .await;
+                .await);
         }
         if websocket && body != BodyKind::Empty {
             // Bytes after an upgrade request are the tunnel's; a body would
             // be ambiguous with them.
             let message = "websocket upgrade request has a body";
-            return self.reject(StatusCode::BAD_REQUEST, message, None).await;
+            return Err(self.reject(StatusCode::BAD_REQUEST, message, None).await);
         }
         let http10 = request.version() == Version::HTTP_10;
         let expects_continue = body != BodyKind::Empty && expects_continue(&request);
         let method = request.method().clone();
         if to_origin_form(&mut request, &path).is_err() {
-            return self
+            return Err(self
                 .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
-                .await;
+                .await);
         }
+        Ok(Admitted {
+            request,
+            kind,
+            body,
+            client,
+            group,
+            method,
+            websocket,
+            client_keeps_alive,
+            http10,
+            expects_continue,
+        })
+    }
 
-        let (lease, mut upstream) = match connect(inner, &group, &client, &request).await {
+    /// Connects an upstream for an admitted request and rewrites the request
+    /// for it (forwarding headers, Host, version, `Expect`).
+    async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
+        let inner = self.inner;
+        let request = &mut admitted.request;
+        let (lease, stream) = match connect(inner, &admitted.group, &admitted.client, request).await
+        {
             Ok(pair) => pair,
-            Err(status) => {
-                return self
-                    .reject(status, "no upstream could be reached", None)
-                    .await
+            Err(e) => {
+                tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
+                return Err(self
+                    .reject(e.status(), "no upstream could be reached", None)
+                    .await);
             }
         };
         // Taken from the request the balancer placed, before the rewrite;
         // only an upgrade can become a tunnel to list.
-        let listing = websocket.then(|| Listing::new(&group, client.ip(), &request));
+        let listing = admitted
+            .websocket
+            .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
         let authority = authority_of(lease.addr());
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
@@ -489,72 +386,127 @@ where
             self.listener.port,
             authority,
         )
-        .with_websocket(websocket);
+        .with_websocket(admitted.websocket);
         // The policy keeps Content-Length and Transfer-Encoding: bodies go
         // through with their framing untouched.
-        inner.policy.rewrite_request(&mut request, &client, &ctx);
-        if http10 {
+        inner
+            .policy
+            .rewrite_request(request, &admitted.client, &ctx);
+        if admitted.http10 {
             // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
             // §6.1), and chunked is the one framing a 1.0 client cannot read.
             *request.version_mut() = Version::HTTP_10;
         }
-        if expects_continue {
+        if admitted.expects_continue {
             // The proxy answers the expectation itself, as nginx does.
             request.headers_mut().remove(EXPECT);
         }
+        Ok(Connected {
+            stream,
+            lease,
+            listing,
+            ctx,
+            admitted,
+        })
+    }
 
+    /// Sends the rewritten head, then the body if there is one, answering
+    /// `Expect: 100-continue` first.
+    async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
+        let inner = self.inner;
         let mut head_bytes = BytesMut::new();
-        handshake::write_request_head(&request, &mut head_bytes);
-        if write_all_timeout(&mut upstream, &head_bytes, inner.timeouts.send)
+        handshake::write_request_head(&up.admitted.request, &mut head_bytes);
+        if write_all_timeout(&mut up.stream, &head_bytes, inner.timeouts.send)
             .await
             .is_err()
         {
-            lease.report_failure(Instant::now().into_std());
-            return self
+            up.lease.report_failure(Instant::now().into_std());
+            return Err(self
                 .reject(StatusCode::BAD_GATEWAY, "upstream closed", None)
-                .await;
+                .await);
         }
 
-        let mut up_buf = BytesMut::new();
-        let mut early = None;
-        let mut body_cut = false;
-        if body != BodyKind::Empty {
-            if expects_continue
-                && write_all_timeout(&mut self.io, CONTINUE, inner.timeouts.send)
-                    .await
-                    .is_err()
-            {
+        let mut sent = Sent {
+            up_buf: BytesMut::new(),
+            early: None,
+            body_cut: false,
+        };
+        let body = up.admitted.body;
+        if body == BodyKind::Empty {
+            return Ok(sent);
+        }
+        if up.admitted.expects_continue
+            && write_all_timeout(&mut self.io, CONTINUE, inner.timeouts.send)
+                .await
+                .is_err()
+        {
+            self.finish(Outcome::Abandoned);
+            return Err(Next::Close);
+        }
+        let sending = send_body(
+            inner,
+            &mut self.io,
+            &mut self.buf,
+            &mut up.stream,
+            &mut sent.up_buf,
+            body,
+        );
+        match sending.await {
+            BodySent::Whole(n) => {
+                inner.counters.bytes(n, 0);
+                self.report.body_from_client += n;
+            }
+            BodySent::EarlyAnswer(response) => {
+                sent.early = Some(response);
+                sent.body_cut = true;
+            }
+            BodySent::Framing(e) => {
+                return Err(self.reject(e.status(), &e.to_string(), None).await)
+            }
+            BodySent::ClientGone => {
                 self.finish(Outcome::Abandoned);
-                return Next::Close;
+                return Err(Next::Close);
             }
-            match self.send_body(&mut upstream, &mut up_buf, body).await {
-                BodySent::Whole(n) => {
-                    inner.counters.bytes(n, 0);
-                    self.report.body_from_client += n;
-                }
-                BodySent::EarlyAnswer(response) => {
-                    early = Some(response);
-                    body_cut = true;
-                }
-                BodySent::Framing(e) => return self.reject(e.status(), &e.to_string(), None).await,
-                BodySent::ClientGone => {
-                    self.finish(Outcome::Abandoned);
-                    return Next::Close;
-                }
-                // The upstream may have answered before it stopped reading
-                // (413): what it sent is still read below.
-                BodySent::UpstreamGone => body_cut = true,
-            }
+            // The upstream may have answered before it stopped reading
+            // (413): what it sent is still read below.
+            BodySent::UpstreamGone => sent.body_cut = true,
         }
-
-        if body_cut {
+        if sent.body_cut {
             // The client's body was cut short: the connection cannot carry
             // another request, and closing must not reset the answer away.
             self.linger = true;
         }
+        Ok(sent)
+    }
+
+    /// Reads the upstream's answer (unless it came early) and either
+    /// switches to a tunnel or relays it as a plain answer.
+    async fn answer(&mut self, connected: Connected, sent: Sent) -> Next {
+        let inner = self.inner;
+        let Connected {
+            mut stream,
+            lease,
+            listing,
+            ctx,
+            admitted,
+        } = connected;
+        let Admitted {
+            kind,
+            client,
+            method,
+            websocket,
+            client_keeps_alive,
+            http10,
+            ..
+        } = admitted;
+        let Sent {
+            mut up_buf,
+            early,
+            body_cut,
+        } = sent;
         let response = match early {
             Some(response) => response,
-            None => match self.read_answer(&mut upstream, &mut up_buf, http10).await {
+            None => match self.read_answer(&mut stream, &mut up_buf, http10).await {
                 Ok(response) => response,
                 Err(status) => {
                     lease.report_failure(Instant::now().into_std());
@@ -572,7 +524,7 @@ where
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
                 return self
-                    .switch(response, upstream, detach(&mut up_buf), lease, listing)
+                    .switch(response, stream, detach(&mut up_buf), lease, listing)
                     .await;
             }
             (Ok(_), _) => {}
@@ -593,7 +545,7 @@ where
         let keep_alive = !body_cut && self.may_keep_alive(client_keeps_alive);
         let mut response = response;
         inner.policy.rewrite_response(&mut response, &client, &ctx);
-        self.relay(response, &method, upstream, up_buf, keep_alive, outcome)
+        self.relay(response, &method, stream, up_buf, keep_alive, outcome)
             .await
     }
 
@@ -601,68 +553,10 @@ where
     fn may_keep_alive(&self, client_keeps_alive: bool) -> bool {
         client_keeps_alive
             && self.report.requests < self.inner.keepalive_requests
-            && self.drain.phase() == Phase::Running
+            && self.drain.phase() == DrainPhase::Running
     }
 
-    /// Streams the request body upstream while listening for an answer: an
-    /// upstream may answer before it has read the body (413, 401), and that
-    /// answer must reach the client rather than a reset.
-    async fn send_body(
-        &mut self,
-        upstream: &mut TcpStream,
-        up_buf: &mut BytesMut,
-        body: BodyKind,
-    ) -> BodySent {
-        let inner = self.inner;
-        let limits = &inner.limits;
-        let (mut up_read, mut up_write) = upstream.split();
-        let send = copy_body(
-            &mut self.io,
-            &mut up_write,
-            &mut self.buf,
-            BodyScanner::new(body),
-            inner.timeouts.handshake,
-            inner.timeouts.send,
-        );
-        // Interim answers are dropped here: the proxy answered any
-        // `Expect: 100-continue` itself.
-        let listen = async {
-            loop {
-                // No deadline of its own: the body's timeouts bound this.
-                match read_head_unbounded(
-                    &mut up_read,
-                    up_buf,
-                    HeadScanner::response(*limits),
-                    |b| handshake::parse_response(b, limits),
-                )
-                .await
-                {
-                    Ok(r) if r.status().is_informational() => continue,
-                    Ok(r) => return Some(r),
-                    Err(_) => return None,
-                }
-            }
-        };
-        tokio::pin!(send, listen);
-        let mut listening = true;
-        loop {
-            tokio::select! {
-                biased;
-                answer = &mut listen, if listening => match answer {
-                    Some(response) => return BodySent::EarlyAnswer(response),
-                    // A read error or close: the send side will see it too.
-                    None => listening = false,
-                },
-                sent = &mut send => return match sent {
-                    Ok(n) => BodySent::Whole(n),
-                    Err(CopyError::Framing(e)) => BodySent::Framing(e),
-                    Err(CopyError::Read) => BodySent::ClientGone,
-                    Err(CopyError::Write) => BodySent::UpstreamGone,
-                },
-            }
-        }
-    }
-
+    /// Answers a CORS preflight the policy accepted (204) or refused.
     async fn answer_preflight(
         &mut self,
         mut preflight: Response<()>,
@@ -717,13 +611,9 @@ where
         // and by this count.
         for _ in 0..8 {
             let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(
-                upstream,
-                up_buf,
-                deadline,
-                HeadScanner::response(*limits),
-                |b| handshake::parse_response(b, limits),
-            )
+            let head = read_head(upstream, up_buf, deadline, HeadScanner::response(*limits), |b| {
+                handshake::parse_response(b, limits)
+            })
             .await;
             let response = match head {
                 Ok(response) => response,
@@ -840,7 +730,7 @@ where
                 }
             }
             // The head is out: the only honest signal left is closing.
-            Err(CopyError::Write) => {
+            Err(BodyCopyError::Write) => {
                 self.finish(Outcome::Abandoned);
                 Next::Close
             }
@@ -850,21 +740,6 @@ where
             }
         }
     }
-}
-
-/// The bytes read past a head, copied out of the read buffer for the
-/// tunnel. `split().freeze()` would share the buffer instead, and an idle
-/// tunnel would keep the whole handshake buffer (8 KiB reserved, a page or
-/// more resident) alive for as long as it runs, even with nothing left to
-/// replay.
-pub(super) fn detach(buf: &mut BytesMut) -> Bytes {
-    let bytes = if buf.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(buf)
-    };
-    buf.clear();
-    bytes
 }
 
 /// True when the client allows another request on this connection.
@@ -882,156 +757,6 @@ fn keeps_alive<B>(request: &Request<B>) -> bool {
         Version::HTTP_11 => !listed("close"),
         _ => false,
     }
-}
-
-pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
-    // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
-    addr.to_string()
-        .parse()
-        .unwrap_or_else(|_| http::uri::Authority::from_static("upstream"))
-}
-
-/// Picks and connects, trying the next upstream after a refused or timed out
-/// connect (nginx `proxy_next_upstream error timeout`).
-///
-/// The error is 504 when every try timed out, otherwise 502.
-pub(super) async fn connect(
-    inner: &Inner,
-    group: &UpstreamGroup,
-    client: &Client,
-    request: &Request<()>,
-) -> Result<(Lease, TcpStream), StatusCode> {
-    let mut failed: Vec<UpstreamId> = Vec::new();
-    let mut only_timeouts = true;
-    for _ in 0..inner.max_tries {
-        let now = Instant::now().into_std();
-        let ctx = PickContext::new(client.ip(), request, now).with_failed(&failed);
-        let Ok(lease) = group.balancer().pick(&ctx) else {
-            break;
-        };
-        let connecting = connect_addr(lease.addr());
-        match timeout(inner.timeouts.connect, connecting).await {
-            Ok(Ok(stream)) => {
-                lease.report_success();
-                // WebSocket messages are latency-sensitive and already
-                // batched by their senders.
-                let _ = stream.set_nodelay(true);
-                if let Some(keepalive) = inner.tcp_keepalive {
-                    if let Err(e) = keepalive.apply(&stream) {
-                        tracing::debug!(error = %e, "tcp keepalive refused");
-                    }
-                }
-                return Ok((lease, stream));
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(upstream = ?lease.addr(), error = %e, "connect failed");
-                only_timeouts = false;
-            }
-            Err(_) => tracing::warn!(upstream = ?lease.addr(), "connect timed out"),
-        }
-        lease.report_failure(Instant::now().into_std());
-        failed.push(lease.id());
-    }
-    Err(if !failed.is_empty() && only_timeouts {
-        StatusCode::GATEWAY_TIMEOUT
-    } else {
-        StatusCode::BAD_GATEWAY
-    })
-}
-
-/// Connects to `addr`, resolving a host name at connect time.
-pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
-    match addr.as_socket_addr() {
-        Some(sa) => TcpStream::connect(sa).await,
-        None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
-    }
-}
-
-/// Reads until `parse` completes a head, all within `deadline`.
-pub(super) async fn read_head<R, T, E>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    deadline: Instant,
-    scanner: HeadScanner,
-    parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
-) -> Result<T, HeadRead<E>>
-where
-    R: AsyncRead + Unpin,
-    E: From<HandshakeError>,
-{
-    timeout_at(deadline, read_head_unbounded(io, buf, scanner, parse))
-        .await
-        .unwrap_or(Err(HeadRead::Timeout))
-}
-
-/// Reads until `parse` completes a head; the caller bounds the wait.
-///
-/// The parser only runs once `scanner` has seen the blank line that ends a
-/// head, so a head trickling in byte by byte costs linear time, not
-/// quadratic; the scanner also refuses at once what is too large or can
-/// never be a request.
-async fn read_head_unbounded<R, T, E>(
-    io: &mut R,
-    buf: &mut BytesMut,
-    mut scanner: HeadScanner,
-    mut parse: impl FnMut(&mut BytesMut) -> Result<Status<T>, E>,
-) -> Result<T, HeadRead<E>>
-where
-    R: AsyncRead + Unpin,
-    E: From<HandshakeError>,
-{
-    loop {
-        let scanned = scanner.scan(buf).map_err(|e| HeadRead::Parse(e.into()))?;
-        if scanned.is_complete() {
-            match parse(buf).map_err(HeadRead::Parse)? {
-                Status::Complete(head) => return Ok(head),
-                Status::Partial => {}
-            }
-        }
-        buf.reserve(READ_CHUNK);
-        match io.read_buf(buf).await {
-            Ok(0) => {
-                return Err(HeadRead::Eof {
-                    partial: !buf.is_empty(),
-                })
-            }
-            Ok(_) => {}
-            Err(e) => return Err(HeadRead::Io(e)),
-        }
-    }
-}
-
-pub(super) async fn write_all_timeout<W>(
-    io: &mut W,
-    bytes: &[u8],
-    limit: Duration,
-) -> io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    match timeout(limit, io.write_all(bytes)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// Why a body stopped short, by the side at fault.
-enum CopyError {
-    Framing(BodyError),
-    /// Reading the source failed, timed out or ended early.
-    Read,
-    /// Writing the destination failed or timed out.
-    Write,
-}
-
-/// How sending a request body ended.
-enum BodySent {
-    Whole(u64),
-    /// The upstream answered before the body was through.
-    EarlyAnswer(Response<()>),
-    Framing(BodyError),
-    ClientGone,
-    UpstreamGone,
 }
 
 /// What the proxy answers `Expect: 100-continue` with before reading a body.
@@ -1055,76 +780,4 @@ pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<
     }
     *request.uri_mut() = path.parse().map_err(|_| ())?;
     Ok(())
-}
-
-/// Streams one body from `src` to `dst`, starting with the bytes already in
-/// `pending`; bytes after the body's end stay in `pending`.
-async fn copy_body<R, W>(
-    src: &mut R,
-    dst: &mut W,
-    pending: &mut BytesMut,
-    mut scanner: BodyScanner,
-    read_timeout: Duration,
-    send_timeout: Duration,
-) -> Result<u64, CopyError>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut total = 0u64;
-    loop {
-        if !pending.is_empty() {
-            let scan = scanner.scan(pending).map_err(CopyError::Framing)?;
-            let chunk = pending.split_to(scan.consumed);
-            write_all_timeout(dst, &chunk, send_timeout)
-                .await
-                .map_err(|_| CopyError::Write)?;
-            total += chunk.len() as u64;
-        }
-        if scanner.is_done() {
-            return Ok(total);
-        }
-        pending.reserve(READ_CHUNK);
-        match timeout(read_timeout, src.read_buf(pending)).await {
-            Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Read),
-            Ok(Ok(_)) => {}
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authority_is_the_upstream_address_as_printed() {
-        let v4 = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
-        let v6 = UpstreamAddr::from(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9002)));
-        let name = UpstreamAddr::name("localhost", 9003);
-        assert_eq!(authority_of(&v4).as_str(), "127.0.0.1:9001");
-        assert_eq!(authority_of(&v6).as_str(), "[::1]:9002");
-        assert_eq!(authority_of(&name).as_str(), "localhost:9003");
-        // A name no authority can hold falls back.
-        let bad = UpstreamAddr::name("bad host", 1);
-        assert_eq!(authority_of(&bad).as_str(), "upstream");
-    }
-
-    #[test]
-    fn detached_leftovers_do_not_share_the_read_buffer() {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n\x81\x05hello");
-        // What the head parser does: the head leaves as a shared handle.
-        let head = buf.split_to(18);
-        let rest = detach(&mut buf);
-        assert_eq!(&rest[..], b"\x81\x05hello");
-        assert!(buf.is_empty());
-        // Unique: the frames own their few bytes, not the 8 KiB buffer
-        // that `head` still holds.
-        assert!(rest.try_into_mut().is_ok());
-        drop(head);
-
-        let mut empty = BytesMut::with_capacity(READ_CHUNK);
-        assert!(detach(&mut empty).is_empty());
-    }
 }

@@ -119,10 +119,15 @@
 //! `benches/README.md`, stays under 2 KiB.
 
 mod conn;
+mod connect;
 mod counters;
+mod guard;
+mod head_io;
+mod health;
 mod keepalive;
 mod rebalance;
 mod registry;
+mod relay;
 mod upgrade;
 
 use std::fmt;
@@ -142,10 +147,14 @@ use crate::handshake::Limits;
 use crate::route::{Route, RouteConfigError, Routes, RoutesBuilder};
 use crate::tunnel::{TunnelConfig, TunnelStats};
 
-pub(crate) use conn::connect_addr;
-#[cfg(test)]
-pub(crate) use conn::Running;
+pub use connect::ConnectError;
 pub use counters::{CountersSnapshot, Outcome};
+#[cfg(test)]
+pub(crate) use guard::Running;
+pub use health::{
+    HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
+    TcpProbe, WebSocketProbe,
+};
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
 #[cfg(test)]
@@ -324,7 +333,7 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send,
         F: Future<Output = ()> + Send,
     {
-        let (tx, rx) = watch::channel(Phase::Running);
+        let (tx, rx) = watch::channel(DrainPhase::Running);
         let listener = listener.into();
         let started = tokio::time::Instant::now();
         let tunnel = std::sync::OnceLock::new();
@@ -335,7 +344,7 @@ impl Proxy {
                 let mut running = upgraded.run(0);
                 let handle = tunnel.get_or_init(|| running.handle());
                 // Shutdown came while the upgrade completed.
-                if *rx.borrow() == Phase::Cut {
+                if *rx.borrow() == DrainPhase::Cut {
                     handle.cut();
                 }
                 report.tunnel = Some(running.await);
@@ -347,7 +356,7 @@ impl Proxy {
         tokio::select! {
             report = &mut serve => report,
             () = shutdown => {
-                let _ = tx.send(Phase::Cut);
+                let _ = tx.send(DrainPhase::Cut);
                 if let Some(handle) = tunnel.get() {
                     handle.cut();
                 }
@@ -364,7 +373,7 @@ impl Proxy {
         peer: SocketAddr,
         listener: Listener,
         drain: Drain,
-    ) -> (ConnectionReport, Option<conn::Upgraded<S>>)
+    ) -> (ConnectionReport, Option<guard::Upgraded<S>>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -506,6 +515,7 @@ pub struct ConnectionReport {
 }
 
 /// Builds a [`Proxy`]; [`build`](Self::build) validates.
+#[must_use = "a ProxyBuilder does nothing until built"]
 #[derive(Debug)]
 pub struct ProxyBuilder {
     routes: RoutesBuilder<UpstreamGroup>,
@@ -536,41 +546,48 @@ impl Default for ProxyBuilder {
 impl ProxyBuilder {
     /// Sends every host and path to one balancer (nginx `location /` with
     /// `proxy_pass http://backend;`).
+    #[must_use = "builder methods return the updated builder"]
     pub fn upstream(self, balancer: impl Balancer + 'static) -> Self {
         self.route(Route::new("/", UpstreamGroup::new("default", balancer)))
     }
 
     /// Adds a route (nginx `server_name` + `location`).
+    #[must_use = "builder methods return the updated builder"]
     pub fn route(mut self, route: Route<UpstreamGroup>) -> Self {
         self.routes = self.routes.route(route);
         self
     }
 
     /// The header forwarding policy (default: [`ForwardPolicy::nginx`]).
+    #[must_use = "builder methods return the updated builder"]
     pub fn policy(mut self, policy: ForwardPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// Request and response head limits (default: 16 KiB, 100 headers).
+    #[must_use = "builder methods return the updated builder"]
     pub fn limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
     }
 
     /// All timeouts at once.
+    #[must_use = "builder methods return the updated builder"]
     pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
     }
 
     /// nginx `client_header_timeout` (default 60 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.handshake = timeout;
         self
     }
 
     /// nginx `proxy_connect_timeout` (default 4 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.connect = timeout;
         self
@@ -578,18 +595,21 @@ impl ProxyBuilder {
 
     /// nginx `proxy_read_timeout` (default 60 s); also ends a tunnel whose
     /// upstream stays silent this long, as nginx does.
+    #[must_use = "builder methods return the updated builder"]
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.read = timeout;
         self
     }
 
     /// nginx `proxy_send_timeout` (default 60 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.send = timeout;
         self
     }
 
     /// nginx `keepalive_timeout` (default 75 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.keepalive = timeout;
         self
@@ -597,6 +617,7 @@ impl ProxyBuilder {
 
     /// nginx `keepalive_requests` (default 1000): requests served on one
     /// client connection before it is closed.
+    #[must_use = "builder methods return the updated builder"]
     pub fn keepalive_requests(mut self, requests: u32) -> Self {
         self.keepalive_requests = requests;
         self
@@ -604,6 +625,7 @@ impl ProxyBuilder {
 
     /// Upstreams tried per request, the first included (nginx
     /// `proxy_next_upstream_tries`; default 3).
+    #[must_use = "builder methods return the updated builder"]
     pub fn max_tries(mut self, tries: usize) -> Self {
         self.max_tries = tries;
         self
@@ -616,6 +638,7 @@ impl ProxyBuilder {
     /// the linger lets a WebSocket closing handshake complete). WebSocket
     /// frames are tracked, so that tunnels can be closed politely (drain,
     /// rebalance) and their reports carry the peers' Close codes.
+    #[must_use = "builder methods return the updated builder"]
     pub fn tunnel(mut self, config: TunnelConfig) -> Self {
         self.tunnel = Some(config);
         self
@@ -624,6 +647,7 @@ impl ProxyBuilder {
     /// TCP keepalive on the sockets to upstreams, and on the client sockets
     /// a [`Server`](crate::server::Server) accepts (off by default, as in
     /// nginx and HAProxy).
+    #[must_use = "builder methods return the updated builder"]
     pub fn tcp_keepalive(mut self, keepalive: TcpKeepalive) -> Self {
         self.tcp_keepalive = Some(keepalive);
         self
@@ -691,7 +715,7 @@ pub enum ProxyConfigError {
 
 /// Where a server's shutdown stands, as seen by each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
+pub(crate) enum DrainPhase {
     Running,
     /// Stop taking new requests; finish what runs.
     Draining,
@@ -702,25 +726,25 @@ pub(crate) enum Phase {
 /// A connection's view of its server's shutdown.
 #[derive(Debug, Clone)]
 pub(crate) struct Drain {
-    rx: watch::Receiver<Phase>,
+    rx: watch::Receiver<DrainPhase>,
 }
 
 impl Drain {
-    pub(crate) fn new(rx: watch::Receiver<Phase>) -> Self {
+    pub(crate) fn new(rx: watch::Receiver<DrainPhase>) -> Self {
         Self { rx }
     }
 
-    pub(crate) fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> DrainPhase {
         *self.rx.borrow()
     }
 
     /// Resolves once the phase is at least `phase`; never, if the sender is
     /// gone before that.
-    pub(crate) async fn reached(mut self, phase: Phase) {
-        let at_least = |p: &Phase| match phase {
-            Phase::Running => true,
-            Phase::Draining => *p != Phase::Running,
-            Phase::Cut => *p == Phase::Cut,
+    pub(crate) async fn reached(mut self, phase: DrainPhase) {
+        let at_least = |p: &DrainPhase| match phase {
+            DrainPhase::Running => true,
+            DrainPhase::Draining => *p != DrainPhase::Running,
+            DrainPhase::Cut => *p == DrainPhase::Cut,
         };
         if self.rx.wait_for(at_least).await.is_err() {
             std::future::pending::<()>().await;

@@ -42,6 +42,7 @@ const MAX_ROUNDS: u32 = 8;
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "a Rebalancer does nothing until run"]
 #[derive(Debug, Clone)]
 pub struct Rebalancer {
     group: UpstreamGroup,
@@ -86,6 +87,7 @@ impl Rebalancer {
     }
 
     /// The target: no upstream above `factor × mean` (see [`Rebalance`]).
+    #[must_use = "builder methods return the updated builder"]
     pub fn planner(mut self, planner: Rebalance) -> Self {
         self.planner = planner;
         self
@@ -93,6 +95,7 @@ impl Rebalancer {
 
     /// At most this many closes a second (at least one), so that clients
     /// come back a few at a time.
+    #[must_use = "builder methods return the updated builder"]
     pub fn rate(mut self, per_second: u32) -> Self {
         self.rate = per_second.max(1);
         self
@@ -100,6 +103,7 @@ impl Rebalancer {
 
     /// The Close frame sent: 1012 (service restart) by default; 1013 (try
     /// again later) suits clients that back off before reconnecting.
+    #[must_use = "builder methods return the updated builder"]
     pub fn close_frame(mut self, close: CloseFrame) -> Self {
         self.close = close;
         self
@@ -107,6 +111,7 @@ impl Rebalancer {
 
     /// How long closed clients get to reconnect before loads are measured
     /// again for the next round.
+    #[must_use = "builder methods return the updated builder"]
     pub fn settle(mut self, settle: Duration) -> Self {
         self.settle = settle;
         self

@@ -11,7 +11,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{self, HeadRead, OpenTunnel};
+use super::conn::to_origin_form;
+use super::connect::{authority_of, connect, ConnectError};
+use super::guard::{Listing, OpenTunnel};
+use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
 use super::{Inner, Listener, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
@@ -85,12 +88,10 @@ impl Proxy {
         };
         inner.policy.check(&request, true)?;
         inner.counters.handshake();
-        conn::to_origin_form(&mut request, &path).map_err(|()| UpgradeError::NotUpgrade)?;
-        let (lease, mut upstream) = conn::connect(inner, &group, &client, &request)
-            .await
-            .map_err(UpgradeError::Unreachable)?;
-        let listing = conn::Listing::new(&group, client.ip(), &request);
-        let authority = conn::authority_of(lease.addr());
+        to_origin_form(&mut request, &path).map_err(|()| UpgradeError::NotUpgrade)?;
+        let (lease, mut upstream) = connect(inner, &group, &client, &request).await?;
+        let listing = Listing::new(&group, client.ip(), &request);
+        let authority = authority_of(lease.addr());
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
             .with_websocket(true);
         inner.policy.rewrite_request(&mut request, &client, &ctx);
@@ -101,7 +102,7 @@ impl Proxy {
         };
         let mut out = BytesMut::new();
         handshake::write_request_head(&request, &mut out);
-        conn::write_all_timeout(&mut upstream, &out, inner.timeouts.send)
+        write_all_timeout(&mut upstream, &out, inner.timeouts.send)
             .await
             .map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
         let mut buf = BytesMut::new();
@@ -111,7 +112,7 @@ impl Proxy {
         let mut response = None;
         for _ in 0..8 {
             let deadline = Instant::now() + inner.timeouts.read;
-            let head = conn::read_head(
+            let head = read_head(
                 &mut upstream,
                 &mut buf,
                 deadline,
@@ -141,7 +142,7 @@ impl Proxy {
             inner: self.inner.clone(),
             response,
             upstream,
-            prefix: conn::detach(&mut buf),
+            prefix: detach(&mut buf),
             lease,
             listing,
         })
@@ -157,7 +158,7 @@ pub struct PendingUpgrade {
     upstream: TcpStream,
     prefix: Bytes,
     lease: Lease,
-    listing: conn::Listing,
+    listing: Listing,
 }
 
 impl PendingUpgrade {
@@ -205,8 +206,12 @@ pub enum UpgradeError {
     /// The forwarding policy refused it (Origin).
     #[error(transparent)]
     Forward(#[from] ForwardError),
-    /// No upstream was reached, it did not answer in time, or its 101 did
-    /// not complete the upgrade (502 or 504).
+    /// No upstream could be connected (502, or 504 when every connect
+    /// timed out); the socket's error is its source.
+    #[error("no upstream could be reached")]
+    Connect(#[from] ConnectError),
+    /// The upstream connected but closed, did not answer in time, or its 101
+    /// did not complete the upgrade (502 or 504).
     #[error("upstream unreachable, silent or invalid ({0})")]
     Unreachable(StatusCode),
     /// The upstream answered without switching protocols.
@@ -222,6 +227,7 @@ impl UpgradeError {
             Self::Handshake(e) => e.status(),
             Self::Route(e) => e.status(),
             Self::Forward(e) => e.status(),
+            Self::Connect(e) => e.status(),
             Self::Unreachable(status) | Self::NotSwitched(status) => *status,
         }
     }

@@ -1,11 +1,15 @@
-//! Active health checks (HAProxy `check inter rise fall`): the async shell
-//! around [`balance::health::HealthState`](crate::balance::health::HealthState).
+//! Active health checks (HAProxy `check inter rise fall`): the async driver
+//! around the sans-IO [`HealthState`](crate::balance::health::HealthState),
+//! as [`Rebalancer`](super::Rebalancer) drives the
+//! [`Rebalance`](crate::balance::Rebalance) planner.
 //!
-//! A [`HealthChecker`] checks every upstream of one [`UpstreamSet`] every
-//! interval, with a TCP connect or a real WebSocket handshake, and marks
-//! upstreams down and up with [`UpstreamSet::set_check_down`]: a down
-//! upstream gets no new connections from any balancer over the set. Checks
-//! never undo the operator's own [`UpstreamSet::set_down`].
+//! A [`HealthChecker`] probes every upstream of one [`UpstreamSet`] every
+//! interval and marks upstreams down and up with
+//! [`UpstreamSet::set_check_down`]: a down upstream gets no new connections
+//! from any balancer over the set. Checks never undo the operator's own
+//! [`UpstreamSet::set_down`]. A probe is a [`Probe`]: a TCP connect
+//! ([`TcpProbe`]), a real WebSocket handshake ([`WebSocketProbe`]), or the
+//! host's own.
 //!
 //! [`HealthChecker::close_on_down`] adds HAProxy's `on-marked-down
 //! shutdown-sessions`: the open tunnels of an upstream marked down are closed
@@ -14,6 +18,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +31,8 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::connect::connect_addr;
+use super::{TunnelRegistry, UpstreamGroup};
 use crate::balance::health::{
     HealthState, Transition, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
 };
@@ -35,190 +42,351 @@ use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
 };
-use crate::proxy::{connect_addr, TunnelRegistry, UpstreamGroup};
 
 /// Checks running at once, by default: enough for a large group, few
 /// enough not to look like a flood to the upstreams.
 const DEFAULT_CONCURRENCY: usize = 32;
 
-/// What a check does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Check {
-    /// A TCP connect that completes (HAProxy's default `check`).
-    Tcp,
-    /// A WebSocket upgrade to `path` answered by a 101 that completes it
-    /// (RFC 6455 §4.1, with a fresh random key), then a Close frame.
-    WebSocket {
-        /// The request target, e.g. `/health`.
-        path: String,
-        /// The Host header; the upstream's `host:port` when `None`.
-        host: Option<String>,
-    },
+/// What [`Probe::probe`] returns: resolves to `true` when the upstream is
+/// healthy.
+pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+
+/// One health check of one upstream, run every interval by a
+/// [`HealthChecker`]; implement it for a check of the host's own (an HTTP
+/// status page, a protocol ping).
+///
+/// The checker bounds each probe with the check timeout (a probe that does
+/// not finish in time failed) and drops it on shutdown, so a probe need not
+/// time itself out. A boxed future keeps the trait object-safe: one
+/// allocation per check, not per proxied connection.
+///
+/// ```
+/// use wsproxy::balance::UpstreamAddr;
+/// use wsproxy::proxy::{HealthCheck, Probe, ProbeFuture, TcpProbe};
+///
+/// /// A TCP check that an operator can force to fail.
+/// #[derive(Debug, Default)]
+/// struct Maintenance {
+///     on: std::sync::atomic::AtomicBool,
+/// }
+///
+/// impl Probe for Maintenance {
+///     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+///         Box::pin(async move {
+///             !self.on.load(std::sync::atomic::Ordering::Relaxed)
+///                 && TcpProbe.probe(upstream).await
+///         })
+///     }
+/// }
+///
+/// let config = HealthCheck::builder().probe(Maintenance::default()).build()?;
+/// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
+/// ```
+pub trait Probe: fmt::Debug + Send + Sync {
+    /// Checks `upstream` once: `true` when it is healthy.
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a>;
 }
 
-impl Check {
-    /// A WebSocket handshake to `path`, with the upstream's address as Host.
-    pub fn websocket(path: impl Into<String>) -> Self {
-        Self::WebSocket {
-            path: path.into(),
-            host: None,
-        }
+impl<P: Probe + ?Sized> Probe for Arc<P> {
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        (**self).probe(upstream)
     }
 }
 
-/// Active health check settings, HAProxy's defaults: `check inter 2s rise 2
-/// fall 3`, a TCP connect, and a timeout equal to `inter` (HAProxy uses
-/// `inter` when `timeout check` is not set).
+impl<P: Probe + ?Sized> Probe for Box<P> {
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        (**self).probe(upstream)
+    }
+}
+
+/// A TCP connect that completes (HAProxy's default `check`); a host name is
+/// resolved at each check.
+///
+/// ```
+/// use wsproxy::proxy::{HealthCheck, TcpProbe};
+///
+/// let config = HealthCheck::builder().probe(TcpProbe).build()?;
+/// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TcpProbe;
+
+impl Probe for TcpProbe {
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        Box::pin(async move { connect_addr(upstream).await.is_ok() })
+    }
+}
+
+/// A WebSocket upgrade to a path, answered by a 101 that completes it (RFC
+/// 6455 §4.1, with a fresh random key and the crate's own checks of the
+/// answer), then a masked Close 1000 so the upstream logs a clean close.
+///
+/// ```
+/// use wsproxy::proxy::{HealthCheck, WebSocketProbe};
+///
+/// let probe = WebSocketProbe::new("/health")?.with_host("app.example")?;
+/// let config = HealthCheck::builder().probe(probe).build()?;
+/// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketProbe {
+    path: String,
+    host: Option<String>,
+    limits: Limits,
+}
+
+impl WebSocketProbe {
+    /// A handshake to `path` (origin-form, e.g. `/health`), with the
+    /// upstream's `host:port` as Host.
+    ///
+    /// # Errors
+    ///
+    /// [`HealthConfigError::BadPath`] for a path that is not an absolute
+    /// path with an optional query.
+    pub fn new(path: impl Into<String>) -> Result<Self, HealthConfigError> {
+        let path = path.into();
+        let valid = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
+        if !valid {
+            return Err(HealthConfigError::BadPath(path));
+        }
+        Ok(Self {
+            path,
+            host: None,
+            limits: Limits::default(),
+        })
+    }
+
+    /// Sends `host` as the Host header instead of the upstream's address.
+    ///
+    /// # Errors
+    ///
+    /// [`HealthConfigError::BadHost`] for an empty host or one that is not
+    /// a valid header value.
+    pub fn with_host(mut self, host: impl Into<String>) -> Result<Self, HealthConfigError> {
+        let host = host.into();
+        if host.is_empty() || HeaderValue::from_str(&host).is_err() {
+            return Err(HealthConfigError::BadHost(host));
+        }
+        self.host = Some(host);
+        Ok(self)
+    }
+
+    /// The request target.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The Host header it sends, when not the upstream's address.
+    pub fn host(&self) -> Option<&str> {
+        self.host.as_deref()
+    }
+}
+
+impl Probe for WebSocketProbe {
+    fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let Ok(stream) = connect_addr(upstream).await else {
+                return false;
+            };
+            websocket(
+                stream,
+                upstream,
+                &self.path,
+                self.host.as_deref(),
+                &self.limits,
+            )
+            .await
+            .unwrap_or(false)
+        })
+    }
+}
+
+/// Validated active health check settings; HAProxy's defaults: `check inter
+/// 2s rise 2 fall 3`, a TCP connect, and a timeout equal to `inter` (HAProxy
+/// uses `inter` when `timeout check` is not set).
 ///
 /// ```
 /// use std::time::Duration;
-/// use wsproxy::health::{Check, HealthCheck};
+/// use wsproxy::proxy::{HealthCheck, WebSocketProbe};
 ///
 /// // server ... check inter 5s rise 1 fall 2, probing a WebSocket endpoint
-/// let config = HealthCheck::new()
-///     .check(Check::websocket("/health"))
+/// let config = HealthCheck::builder()
+///     .probe(WebSocketProbe::new("/health")?)
 ///     .interval(Duration::from_secs(5))
 ///     .timeout(Duration::from_secs(1))
 ///     .rise(1)
 ///     .fall(2)
 ///     .build()?;
-/// assert_eq!(config.interval_duration(), Duration::from_secs(5));
-/// # Ok::<(), wsproxy::health::HealthConfigError>(())
+/// assert_eq!(config.interval(), Duration::from_secs(5));
+/// assert_eq!(HealthCheck::default().timeout(), Duration::from_secs(2));
+/// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
 /// ```
 #[derive(Debug, Clone)]
-#[non_exhaustive]
 pub struct HealthCheck {
-    check: Check,
+    probe: Arc<dyn Probe>,
     interval: Duration,
     timeout: Option<Duration>,
     rise: u32,
     fall: u32,
     concurrency: usize,
-    limits: Limits,
 }
 
 impl Default for HealthCheck {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl HealthCheck {
     /// HAProxy's defaults: TCP, `inter 2s rise 2 fall 3`.
-    pub fn new() -> Self {
+    fn default() -> Self {
         Self {
-            check: Check::Tcp,
+            probe: Arc::new(TcpProbe),
             interval: DEFAULT_INTERVAL,
             timeout: None,
             rise: DEFAULT_RISE,
             fall: DEFAULT_FALL,
             concurrency: DEFAULT_CONCURRENCY,
-            limits: Limits::default(),
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Starts a configuration from HAProxy's defaults.
+    pub fn builder() -> HealthCheckBuilder {
+        HealthCheckBuilder {
+            config: Self::default(),
         }
     }
 
-    /// What each check does.
-    #[must_use]
-    pub fn check(mut self, check: Check) -> Self {
-        self.check = check;
+    /// The probe each check runs.
+    pub fn probe(&self) -> &Arc<dyn Probe> {
+        &self.probe
+    }
+
+    /// HAProxy `inter`: from the end of one check of an upstream to the
+    /// start of the next.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// HAProxy `timeout check`: the interval unless set.
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(self.interval)
+    }
+
+    /// HAProxy `rise`.
+    pub fn rise(&self) -> u32 {
+        self.rise
+    }
+
+    /// HAProxy `fall`.
+    pub fn fall(&self) -> u32 {
+        self.fall
+    }
+
+    /// How many checks may run at once across the set.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+}
+
+/// Builds a [`HealthCheck`]; [`build`](Self::build) validates.
+///
+/// ```
+/// use std::time::Duration;
+/// use wsproxy::proxy::HealthCheck;
+///
+/// let config = HealthCheck::builder().interval(Duration::from_secs(5)).build()?;
+/// assert_eq!(config.timeout(), Duration::from_secs(5));
+/// # Ok::<(), wsproxy::proxy::HealthConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a HealthCheckBuilder does nothing until built"]
+pub struct HealthCheckBuilder {
+    config: HealthCheck,
+}
+
+impl HealthCheckBuilder {
+    /// What each check does (default: [`TcpProbe`]).
+    #[must_use = "builder methods return the updated builder"]
+    pub fn probe(mut self, probe: impl Probe + 'static) -> Self {
+        self.config.probe = Arc::new(probe);
         self
     }
 
     /// HAProxy `inter`: time from the end of one check of an upstream to
-    /// the start of the next.
-    #[must_use]
+    /// the start of the next (default 2 s).
+    #[must_use = "builder methods return the updated builder"]
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
+        self.config.interval = interval;
         self
     }
 
-    /// HAProxy `timeout check`: the whole check (connect and, for
+    /// HAProxy `timeout check`: the whole probe (connect and, for
     /// WebSocket, the 101) must finish within it. Defaults to the interval.
-    #[must_use]
+    #[must_use = "builder methods return the updated builder"]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
+        self.config.timeout = Some(timeout);
         self
     }
 
-    /// HAProxy `rise`: consecutive successes that mark a down upstream up.
-    #[must_use]
+    /// HAProxy `rise`: consecutive successes that mark a down upstream up
+    /// (default 2).
+    #[must_use = "builder methods return the updated builder"]
     pub fn rise(mut self, rise: u32) -> Self {
-        self.rise = rise;
+        self.config.rise = rise;
         self
     }
 
-    /// HAProxy `fall`: consecutive failures that mark an up upstream down.
-    #[must_use]
+    /// HAProxy `fall`: consecutive failures that mark an up upstream down
+    /// (default 3).
+    #[must_use = "builder methods return the updated builder"]
     pub fn fall(mut self, fall: u32) -> Self {
-        self.fall = fall;
+        self.config.fall = fall;
         self
     }
 
     /// How many checks may run at once across the set (default 32).
-    #[must_use]
+    #[must_use = "builder methods return the updated builder"]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
+        self.config.concurrency = concurrency;
         self
-    }
-
-    /// The interval between checks of one upstream.
-    pub fn interval_duration(&self) -> Duration {
-        self.interval
     }
 
     /// Validates the settings.
     ///
     /// # Errors
     ///
-    /// [`HealthConfigError`] for a zero interval, timeout, threshold or
-    /// concurrency, or a WebSocket path or host that cannot go in a request.
-    pub fn build(self) -> Result<Self, HealthConfigError> {
-        if self.interval.is_zero() {
+    /// [`HealthConfigError::Zero`] for a zero interval, timeout, threshold
+    /// or concurrency.
+    pub fn build(self) -> Result<HealthCheck, HealthConfigError> {
+        let c = self.config;
+        if c.interval.is_zero() {
             return Err(HealthConfigError::Zero("interval"));
         }
-        if self.timeout.is_some_and(|t| t.is_zero()) {
+        if c.timeout.is_some_and(|t| t.is_zero()) {
             return Err(HealthConfigError::Zero("timeout"));
         }
-        if self.rise == 0 {
+        if c.rise == 0 {
             return Err(HealthConfigError::Zero("rise"));
         }
-        if self.fall == 0 {
+        if c.fall == 0 {
             return Err(HealthConfigError::Zero("fall"));
         }
-        if self.concurrency == 0 {
+        if c.concurrency == 0 {
             return Err(HealthConfigError::Zero("concurrency"));
         }
-        if let Check::WebSocket { path, host } = &self.check {
-            let valid = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
-            if !valid {
-                return Err(HealthConfigError::BadPath(path.clone()));
-            }
-            if let Some(host) = host {
-                if HeaderValue::from_str(host).is_err() || host.is_empty() {
-                    return Err(HealthConfigError::BadHost(host.clone()));
-                }
-            }
-        }
-        Ok(self)
-    }
-
-    fn check_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(self.interval)
+        Ok(c)
     }
 }
 
-/// A [`HealthCheck`] that does not build.
+/// A health check setting that is invalid. A configuration error: it never
+/// reaches a client, so it has no HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum HealthConfigError {
     /// A setting that must be positive is zero.
     #[error("health check {0} must be greater than zero")]
     Zero(&'static str),
-    /// The WebSocket check path is not an origin-form target.
+    /// The WebSocket probe path is not an origin-form target.
     #[error("health check path {0:?} is not an absolute path")]
     BadPath(String),
-    /// The WebSocket check Host is not a valid header value.
+    /// The WebSocket probe Host is not a valid header value.
     #[error("health check host {0:?} is not a valid host header")]
     BadHost(String),
 }
@@ -229,13 +397,13 @@ pub enum HealthConfigError {
 /// use std::time::Duration;
 /// use tokio::net::TcpListener;
 /// use wsproxy::balance::{Upstream, UpstreamSet};
-/// use wsproxy::health::{HealthCheck, HealthChecker};
+/// use wsproxy::{HealthCheck, HealthChecker};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = TcpListener::bind("127.0.0.1:0").await?;
 /// let set: UpstreamSet = [Upstream::new(listener.local_addr()?)].into_iter().collect();
-/// let checker = HealthChecker::new(set.clone(), HealthCheck::new().build()?);
+/// let checker = HealthChecker::new(set.clone(), HealthCheck::builder().build()?);
 ///
 /// // Run until the shutdown future resolves (here: after one round).
 /// checker.run(tokio::time::sleep(Duration::from_millis(100))).await;
@@ -243,9 +411,10 @@ pub enum HealthConfigError {
 /// # Ok(())
 /// # }
 /// ```
+#[must_use = "a HealthChecker does nothing until run"]
 pub struct HealthChecker {
     set: UpstreamSet,
-    config: Arc<HealthCheck>,
+    config: HealthCheck,
     hooks: Vec<Box<ChangeHook>>,
     close_on_down: Vec<Arc<TunnelRegistry>>,
 }
@@ -266,11 +435,12 @@ impl fmt::Debug for HealthChecker {
 }
 
 impl HealthChecker {
-    /// Checks `set` with `config` (built with [`HealthCheck::build`]).
+    /// Checks `set` with `config`, validated by
+    /// [`HealthCheckBuilder::build`].
     pub fn new(set: UpstreamSet, config: HealthCheck) -> Self {
         Self {
             set,
-            config: Arc::new(config),
+            config,
             hooks: Vec::new(),
             close_on_down: Vec::new(),
         }
@@ -281,6 +451,7 @@ impl HealthChecker {
     /// to log, page, or start a rebalance when
     /// an upstream comes (back) up. Hooks run on the checker's task, in the
     /// order they were added, so they should be quick.
+    #[must_use = "builder methods return the updated builder"]
     pub fn on_change<H>(mut self, hook: H) -> Self
     where
         H: Fn(UpstreamId, bool) + Send + Sync + 'static,
@@ -297,6 +468,7 @@ impl HealthChecker {
     /// Every later failed check of that upstream closes again what opened
     /// meanwhile: a connection whose upgrade was under way when the mark
     /// came lists its tunnel only after it.
+    #[must_use = "builder methods return the updated builder"]
     pub fn close_on_down(mut self, group: &UpstreamGroup) -> Self {
         self.close_on_down.push(Arc::clone(group.tunnels()));
         self
@@ -347,9 +519,10 @@ impl HealthChecker {
                     continue;
                 };
                 let addr = peer.addr().clone();
-                let config = Arc::clone(config);
+                let probe = Arc::clone(&config.probe);
+                let limit = config.timeout();
                 running.spawn(async move {
-                    let ok = tokio::time::timeout(config.check_timeout(), probe(&config, &addr))
+                    let ok = tokio::time::timeout(limit, probe.probe(&addr))
                         .await
                         .unwrap_or(false);
                     (id, ok)
@@ -396,21 +569,6 @@ impl HealthChecker {
         running.abort_all();
         for id in state.down() {
             self.set.set_check_down(id, false);
-        }
-    }
-}
-
-/// One check; the caller bounds it with the timeout.
-async fn probe(config: &HealthCheck, addr: &UpstreamAddr) -> bool {
-    let Ok(stream) = connect_addr(addr).await else {
-        return false;
-    };
-    match &config.check {
-        Check::Tcp => true,
-        Check::WebSocket { path, host } => {
-            websocket(stream, addr, path, host.as_deref(), &config.limits)
-                .await
-                .unwrap_or(false)
         }
     }
 }
@@ -500,7 +658,7 @@ mod tests {
             Registered::new(Arc::clone(group.tunnels()), listed, handle)
         };
         let early = enter();
-        let config = HealthCheck::new()
+        let config = HealthCheck::builder()
             .interval(Duration::from_secs(1))
             .fall(1)
             .build()
@@ -532,53 +690,56 @@ mod tests {
     }
 
     #[test]
-    fn build_refuses_zero_settings_and_bad_targets() {
-        let zero = |c: HealthCheck| c.build().unwrap_err();
+    fn build_refuses_zero_settings_and_probes_refuse_bad_targets() {
+        let zero = |c: HealthCheckBuilder| c.build().unwrap_err();
+        let b = HealthCheck::builder;
         assert_eq!(
-            zero(HealthCheck::new().interval(Duration::ZERO)),
+            zero(b().interval(Duration::ZERO)),
             HealthConfigError::Zero("interval")
         );
         assert_eq!(
-            zero(HealthCheck::new().timeout(Duration::ZERO)),
+            zero(b().timeout(Duration::ZERO)),
             HealthConfigError::Zero("timeout")
         );
+        assert_eq!(zero(b().rise(0)), HealthConfigError::Zero("rise"));
+        assert_eq!(zero(b().fall(0)), HealthConfigError::Zero("fall"));
         assert_eq!(
-            zero(HealthCheck::new().rise(0)),
-            HealthConfigError::Zero("rise")
-        );
-        assert_eq!(
-            zero(HealthCheck::new().fall(0)),
-            HealthConfigError::Zero("fall")
-        );
-        assert_eq!(
-            zero(HealthCheck::new().concurrency(0)),
+            zero(b().concurrency(0)),
             HealthConfigError::Zero("concurrency")
         );
         assert_eq!(
-            zero(HealthCheck::new().check(Check::websocket("health"))),
+            WebSocketProbe::new("health").unwrap_err(),
             HealthConfigError::BadPath("health".into())
         );
-        let bad_host = Check::WebSocket {
-            path: "/h".into(),
-            host: Some("a\nb".into()),
-        };
+        let bad_host = WebSocketProbe::new("/h").and_then(|p| p.with_host("a\nb"));
         assert_eq!(
-            zero(HealthCheck::new().check(bad_host)).to_string(),
+            bad_host.unwrap_err().to_string(),
             "health check host \"a\\nb\" is not a valid host header"
         );
-        assert!(HealthCheck::new()
-            .check(Check::websocket("/h?x=1"))
-            .build()
-            .is_ok());
+        assert_eq!(
+            WebSocketProbe::new("/h").and_then(|p| p.with_host("")),
+            Err(HealthConfigError::BadHost(String::new()))
+        );
+        let probe = WebSocketProbe::new("/h?x=1").unwrap();
+        assert_eq!((probe.path(), probe.host()), ("/h?x=1", None));
+        assert!(b().probe(probe).build().is_ok());
     }
 
     #[test]
     fn timeout_defaults_to_the_interval_as_in_haproxy() {
-        let c = HealthCheck::new()
+        let c = HealthCheck::builder()
             .interval(Duration::from_secs(7))
             .build()
             .unwrap();
-        assert_eq!(c.check_timeout(), Duration::from_secs(7));
-        assert_eq!(HealthCheck::new().check_timeout(), Duration::from_secs(2));
+        assert_eq!(c.timeout(), Duration::from_secs(7));
+        assert_eq!(HealthCheck::default().timeout(), Duration::from_secs(2));
+        let c = HealthCheck::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        assert_eq!(
+            (c.interval(), c.timeout()),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
     }
 }

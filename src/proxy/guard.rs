@@ -1,0 +1,187 @@
+//! An upgraded connection's tunnel and the guards that keep it accounted
+//! for however it ends: counted open, listed in its group's registry and
+//! holding its lease until dropped, even when a host cancels its future.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::Request;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::registry::{Listed, Registered, TunnelRegistry};
+use super::{Inner, UpstreamGroup};
+use crate::balance::{Affinity, Lease, PickContext};
+use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
+
+/// One open tunnel, its registry entry and its lease: counted as open and
+/// listed until dropped, so that a tunnel whose future is cancelled (a
+/// host's timeout, an aborted task) is still counted out, and the lease
+/// released after that.
+pub(crate) struct OpenTunnel {
+    inner: Arc<Inner>,
+    // Dropped before the lease: a listed tunnel always holds its lease.
+    _registered: Option<Registered>,
+    lease: Lease,
+}
+
+impl OpenTunnel {
+    pub(crate) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
+        inner.counters.tunnel_started(lease.addr());
+        Self {
+            inner,
+            _registered: registered,
+            lease,
+        }
+    }
+
+    /// Adds a finished tunnel's bytes to the totals.
+    pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
+        self.inner.counters.bytes(from_client, from_upstream);
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.inner.counters.tunnel_ended(self.lease.addr());
+    }
+}
+
+/// Where an upgraded connection's tunnel is listed, as whose, and with
+/// what affinity (for a rebalance to know where its key goes now).
+#[derive(Debug)]
+pub(crate) struct Listing {
+    registry: Arc<TunnelRegistry>,
+    client: IpAddr,
+    affinity: Option<Affinity>,
+}
+
+impl Listing {
+    /// The listing of `request`, placed by `group`'s balancer for `client`.
+    pub(crate) fn new(group: &UpstreamGroup, client: IpAddr, request: &Request<()>) -> Self {
+        let ctx = PickContext::new(client, request, Instant::now().into_std());
+        Self {
+            registry: group.tunnels.clone(),
+            client,
+            affinity: group.balancer().affinity(&ctx),
+        }
+    }
+
+    /// Lists the tunnel `handle` controls, running to the lease's upstream.
+    pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle, origin: u32) -> Registered {
+        Registered::new(
+            self.registry,
+            Listed {
+                upstream: lease.id(),
+                client: self.client,
+                affinity: self.affinity,
+                origin,
+            },
+            handle,
+        )
+    }
+}
+
+/// A connection whose upgrade completed, ready to tunnel. It owns only what
+/// the tunnel needs, so a server can run it as its own small task and let the
+/// connection's larger handshake state go (the idle-memory budget).
+pub(crate) struct Upgraded<S> {
+    pub(super) inner: Arc<Inner>,
+    pub(super) client: Prefixed<S>,
+    pub(super) upstream: Prefixed<TcpStream>,
+    pub(super) lease: Lease,
+    pub(super) listing: Listing,
+    pub(super) span: tracing::Span,
+}
+
+impl<S> Upgraded<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    /// The tunnel, ready to run until it ends and account for it, listed
+    /// as `origin`'s (a [`Server`](crate::server::Server)'s own tunnels;
+    /// 0 for none).
+    pub(crate) fn run(self, origin: u32) -> Running<S, ()> {
+        self.run_holding((), origin)
+    }
+
+    /// Like [`run`](Self::run), holding `keep` (a server's connection slot)
+    /// until the tunnel ends.
+    ///
+    /// A plain future, not an `async` block: an async block would keep the
+    /// streams it moves into the tunnel twice (its captured copy and the
+    /// tunnel's), hundreds of bytes more for every idle WebSocket.
+    ///
+    /// The tunnel ends early through its handle in the group's registry
+    /// (a server's drain closes or cuts it there), so it holds no drain
+    /// receiver of its own.
+    pub(crate) fn run_holding<K>(self, keep: K, origin: u32) -> Running<S, K> {
+        let Self {
+            inner,
+            client,
+            upstream,
+            lease,
+            listing,
+            span,
+        } = self;
+        let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
+        let registered = listing.register(&lease, relay.handle(), origin);
+        Running {
+            relay,
+            open: Some(OpenTunnel::new(inner, lease, Some(registered))),
+            // Without a subscriber that wants it, the span is 40 bytes of
+            // nothing in every idle tunnel.
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+            keep: Some(keep),
+        }
+    }
+}
+
+pin_project! {
+    /// A running tunnel; see [`Upgraded::run`].
+    pub(crate) struct Running<S, K> {
+        #[pin]
+        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, std::future::Pending<()>>,
+        // Dropped when the tunnel ends, or with the future if it is
+        // cancelled: either way the tunnel is counted out.
+        open: Option<OpenTunnel>,
+        span: Option<Box<tracing::Span>>,
+        keep: Option<K>,
+    }
+}
+
+impl<S, K> Running<S, K> {
+    /// The handle of the tunnel, before it is polled.
+    pub(crate) fn handle(&mut self) -> TunnelHandle {
+        self.relay.handle()
+    }
+}
+
+impl<S, K> Future for Running<S, K>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = TunnelStats;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        let this = self.project();
+        let stats = ready!(this.relay.poll(cx));
+        if let Some(open) = this.open.take() {
+            open.bytes(stats.client_to_upstream, stats.upstream_to_client);
+        }
+        if let Some(span) = this.span.as_deref() {
+            span.record("from_client", stats.client_to_upstream);
+            span.record("from_upstream", stats.upstream_to_client);
+            span.in_scope(|| {
+                tracing::info!(end = ?stats.end, duration = ?stats.duration, "tunnel closed");
+            });
+        }
+        drop(this.keep.take());
+        Poll::Ready(stats)
+    }
+}

@@ -1,0 +1,131 @@
+//! Relaying plain HTTP bodies: one body streamed from a source to a sink
+//! with its framing checked as it passes, and a request body sent upstream
+//! while listening for an early answer.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use http::Response;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::head_io::{read_head_unbounded, write_all_timeout, READ_CHUNK};
+use super::Inner;
+use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
+use crate::handshake::{self, HeadScanner};
+
+/// Why a body stopped short, by the side at fault.
+pub(super) enum BodyCopyError {
+    Framing(BodyError),
+    /// Reading the source failed, timed out or ended early.
+    Read,
+    /// Writing the destination failed or timed out.
+    Write,
+}
+
+/// How sending a request body ended.
+pub(super) enum BodySent {
+    Whole(u64),
+    /// The upstream answered before the body was through.
+    EarlyAnswer(Response<()>),
+    Framing(BodyError),
+    ClientGone,
+    UpstreamGone,
+}
+
+/// Streams one body from `src` to `dst`, starting with the bytes already in
+/// `pending`; bytes after the body's end stay in `pending`.
+pub(super) async fn copy_body<R, W>(
+    src: &mut R,
+    dst: &mut W,
+    pending: &mut BytesMut,
+    mut scanner: BodyScanner,
+    read_timeout: Duration,
+    send_timeout: Duration,
+) -> Result<u64, BodyCopyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    loop {
+        if !pending.is_empty() {
+            let scan = scanner.scan(pending).map_err(BodyCopyError::Framing)?;
+            let chunk = pending.split_to(scan.consumed);
+            write_all_timeout(dst, &chunk, send_timeout)
+                .await
+                .map_err(|_| BodyCopyError::Write)?;
+            total += chunk.len() as u64;
+        }
+        if scanner.is_done() {
+            return Ok(total);
+        }
+        pending.reserve(READ_CHUNK);
+        match timeout(read_timeout, src.read_buf(pending)).await {
+            Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyCopyError::Read),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+/// Streams the request body from the client (`client`, with what was read
+/// past its head in `client_buf`) upstream while listening for an answer:
+/// an upstream may answer before it has read the body (413, 401), and that
+/// answer must reach the client rather than a reset.
+pub(super) async fn send_body<S>(
+    inner: &Inner,
+    client: &mut S,
+    client_buf: &mut BytesMut,
+    upstream: &mut TcpStream,
+    up_buf: &mut BytesMut,
+    body: BodyKind,
+) -> BodySent
+where
+    S: AsyncRead + Unpin,
+{
+    let limits = &inner.limits;
+    let (mut up_read, mut up_write) = upstream.split();
+    let send = copy_body(
+        client,
+        &mut up_write,
+        client_buf,
+        BodyScanner::new(body),
+        inner.timeouts.handshake,
+        inner.timeouts.send,
+    );
+    // Interim answers are dropped here: the proxy answered any
+    // `Expect: 100-continue` itself.
+    let listen = async {
+        loop {
+            // No deadline of its own: the body's timeouts bound this.
+            match read_head_unbounded(&mut up_read, up_buf, HeadScanner::response(*limits), |b| {
+                handshake::parse_response(b, limits)
+            })
+            .await
+            {
+                Ok(r) if r.status().is_informational() => continue,
+                Ok(r) => return Some(r),
+                Err(_) => return None,
+            }
+        }
+    };
+    tokio::pin!(send, listen);
+    let mut listening = true;
+    loop {
+        tokio::select! {
+            biased;
+            answer = &mut listen, if listening => match answer {
+                Some(response) => return BodySent::EarlyAnswer(response),
+                // A read error or close: the send side will see it too.
+                None => listening = false,
+            },
+            sent = &mut send => return match sent {
+                Ok(n) => BodySent::Whole(n),
+                Err(BodyCopyError::Framing(e)) => BodySent::Framing(e),
+                Err(BodyCopyError::Read) => BodySent::ClientGone,
+                Err(BodyCopyError::Write) => BodySent::UpstreamGone,
+            },
+        }
+    }
+}
