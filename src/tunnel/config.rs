@@ -60,7 +60,10 @@ pub struct TunnelConfig {
     /// ([`TunnelHandle::close`](super::TunnelHandle::close)) waits for both
     /// peers' Close replies before shutting the sockets down: 5 s by default,
     /// as nginx's `lingering_timeout`. RFC 6455 §7.1.1 lets the server close
-    /// the TCP connection once the Close frames are exchanged.
+    /// the TCP connection once the Close frames are exchanged. With
+    /// [`track_frames`](Self::track_frames), peers that exchanged Close
+    /// frames themselves get as long to close their connections, then the
+    /// tunnel ends with [`TunnelEnd::PeersClosed`](super::TunnelEnd::PeersClosed).
     pub close_linger: Duration,
     /// Send a WebSocket Ping to a side that sent nothing for this long, at
     /// the next frame boundary toward it (masked toward the upstream): keeps

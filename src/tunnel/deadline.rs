@@ -127,6 +127,14 @@ impl Deadlines {
         }
     }
 
+    /// A closing handshake waits for the peers until `now + linger`; a wait
+    /// already under way keeps its own end.
+    pub(super) fn part_by(&mut self, now: Nanos, linger: Nanos) {
+        if self.parted_by == NEVER {
+            self.parted_by = now.saturating_add(linger);
+        }
+    }
+
     /// Extends the closing handshake's wait to `now + linger` (one more
     /// linger, for the upstream's reply).
     pub(super) fn extend_parting(&mut self, now: Nanos, linger: Nanos) {

@@ -418,7 +418,9 @@ where
                         Step::Again => continue,
                         Step::Pending => return Poll::Pending,
                     };
-                    if end.is_clean() {
+                    // Both sides sent EOF and were shut down: nothing is
+                    // left to close.
+                    if matches!(end, TunnelEnd::ClientEof | TunnelEnd::UpstreamEof) {
                         return Poll::Ready(this.finish(end));
                     }
                     this.begin_closing(end);
@@ -559,6 +561,16 @@ where
         if proxy_parting && self.frames.as_deref().is_some_and(|f| f.parted(c2u, u2c)) {
             return Step::End(self.closed());
         }
+        // The peers' own closing handshake is over, but they may keep TCP
+        // open: wait one linger for their FIN, then close it (RFC 6455
+        // §7.1.1). A wait already under way keeps its end.
+        if let Some(frames) = self.frames.as_deref() {
+            if frames.closes_exchanged(c2u, u2c) {
+                let linger = frames.parting.linger();
+                let now = nanos_since(*self.started);
+                deadlines_or_off(self.timers).part_by(now, linger);
+            }
+        }
         match self.poll_timers(cx) {
             Some(due) => self.on_due(due),
             None => Step::Pending,
@@ -575,7 +587,11 @@ where
                     .as_deref_mut()
                     .and_then(|f| f.give_up_on_client().then_some(f.parting.linger()));
                 let Some(linger) = linger else {
-                    return Step::End(self.closed());
+                    // The host's polite close, or the peers' own handshake.
+                    return Step::End(match *self.lifecycle {
+                        Lifecycle::Parting => self.closed(),
+                        _ => TunnelEnd::PeersClosed,
+                    });
                 };
                 // One more linger, for the upstream's reply.
                 let now = nanos_since(*self.started);

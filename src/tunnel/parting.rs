@@ -89,6 +89,16 @@ impl Frames {
     pub(super) fn closing(&self) -> bool {
         self.c2u.tracker.close_seen() || self.u2c.tracker.close_seen()
     }
+    /// Whether the peers' own closing handshake is over: each sent a Close,
+    /// and both went through, with everything before them (RFC 6455
+    /// §7.1.1: the server may close the TCP connection then). The tunnel
+    /// waits one close linger more for the peers' own FIN, then ends.
+    pub(super) fn closes_exchanged(&self, c2u: Flow, u2c: Flow) -> bool {
+        self.c2u.tracker.close_seen()
+            && self.u2c.tracker.close_seen()
+            && !c2u.has_spill
+            && !u2c.has_spill
+    }
 }
 
 #[cfg(test)]
@@ -170,5 +180,28 @@ mod tests {
         assert!(!f.parting.proxy_closing);
         assert!(!f.c2u.has_insert() && !f.u2c.has_insert());
         assert_eq!(f.parting.linger(), 250_000_000);
+    }
+
+    #[test]
+    fn the_peers_handshake_is_over_once_both_closes_went_through() {
+        let config = TunnelConfig::new().track_frames(true);
+        let mut f = frames(&config);
+        let open = Flow::default();
+        f.c2u.tracker.observe(&CLIENT_CLOSE).unwrap();
+        assert!(!f.closes_exchanged(open, open), "the reply is still due");
+        f.u2c.tracker.observe(&UPSTREAM_CLOSE).unwrap();
+        let spilling = Flow {
+            has_spill: true,
+            ..open
+        };
+        assert!(
+            !f.closes_exchanged(open, spilling),
+            "the reply is not out yet"
+        );
+        assert!(f.closes_exchanged(open, open));
+        assert!(
+            !f.parting.proxy_closing,
+            "the peers' doing, not the proxy's"
+        );
     }
 }
