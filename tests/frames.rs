@@ -958,3 +958,126 @@ async fn a_ping_that_waited_gets_its_whole_timeout_once_sent() {
     assert!(!task.is_finished());
     task.abort();
 }
+
+/// RFC 6455 §7.1.1: once both Close frames have passed, the server closes
+/// the TCP connection. Peers that exchange Close frames but both keep TCP
+/// open must not hold the tunnel until an idle or read timeout: it ends one
+/// close linger after the exchange, as a clean close, with every message
+/// sent before the Close frames delivered.
+///
+/// The peers talk on real time (loopback sockets and a paused clock do not
+/// mix: the clock jumps while bytes are between hops); the clock is paused
+/// once the handshake is over, so the linger runs on virtual time.
+#[tokio::test]
+async fn peers_that_exchange_close_and_keep_tcp_open_end_the_tunnel_after_the_linger() {
+    const LINGER: Duration = Duration::from_secs(5);
+    // The upstream keeps its socket until told: after the closing handshake,
+    // it sends what it got and holds the connection open.
+    let (hold_tx, hold_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, stats, server) = {
+        let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend_addr = backend.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = bounded(backend.accept()).await.unwrap();
+            let mut ws = bounded(tokio_tungstenite::accept_async(stream))
+                .await
+                .unwrap();
+            for i in 0..3 {
+                ws.send(Message::text(format!("from upstream {i}")))
+                    .await
+                    .unwrap();
+            }
+            let mut got = Vec::new();
+            // tungstenite answers the client's Close and then ends the
+            // stream of messages; the TCP connection stays open.
+            while let Some(msg) = bounded(ws.next()).await {
+                if let m @ (Message::Text(_) | Message::Binary(_)) = msg.unwrap() {
+                    got.push(m);
+                }
+            }
+            let _ = hold_rx.await;
+            drop(ws);
+            got
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = tokio::spawn(async move {
+            let (mut client, _) = bounded(listener.accept()).await.unwrap();
+            let mut upstream = bounded(TcpStream::connect(backend_addr)).await.unwrap();
+            let request = read_head(&mut client).await;
+            upstream.write_all(&request).await.unwrap();
+            let response = read_head(&mut upstream).await;
+            client.write_all(&response).await.unwrap();
+            // No idle or read timeout: only the closing handshake can end it.
+            let config = TunnelConfig::new().track_frames(true).close_linger(LINGER);
+            let stats = tunnel(client, upstream, &config, pending()).await;
+            (stats, tokio::time::Instant::now())
+        });
+        (addr, stats, server)
+    };
+
+    let mut ws = connect(addr).await;
+    let sent = vec![
+        Message::text("one"),
+        Message::binary(pattern(300)),
+        Message::binary(pattern(70_000)),
+    ];
+    for m in &sent {
+        ws.send(m.clone()).await.unwrap();
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(bounded(ws.next()).await.unwrap().unwrap());
+    }
+    ws.close(Some(WsClose {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    // The upstream's Close reply; the client keeps its socket (`ws` lives
+    // on, waiting for the server side to close TCP, RFC 6455 §7.1.1).
+    match bounded(ws.next()).await {
+        Some(Ok(Message::Close(reply))) => {
+            assert_eq!(reply.map(|c| c.code), Some(CloseCode::Normal));
+        }
+        other => panic!("no Close reply: {other:?}"),
+    }
+    // The tunnel armed its linger when it forwarded that reply.
+    tokio::time::pause();
+    let exchanged = tokio::time::Instant::now();
+
+    let (stats, ended) = bounded(stats).await.unwrap();
+    // tokio's timers fire on millisecond ticks.
+    assert!(
+        ended - exchanged <= LINGER + Duration::from_millis(1),
+        "ended {:?} after the exchange",
+        ended - exchanged
+    );
+    assert!(
+        matches!(stats.end, TunnelEnd::PeersClosed),
+        "{:?}",
+        stats.end
+    );
+    assert!(stats.end.is_clean());
+    let frames = stats.frames.unwrap();
+    assert_eq!(
+        frames.close(Side::Client).map(|c| c.code()),
+        Some(Some(1000))
+    );
+    assert_eq!(
+        frames.close(Side::Upstream).map(|c| c.code()),
+        Some(Some(1000))
+    );
+    assert_eq!((frames.client_messages, frames.upstream_messages), (3, 3));
+
+    // Every message either peer sent before its Close arrived.
+    let expected: Vec<Message> = (0..3)
+        .map(|i| Message::text(format!("from upstream {i}")))
+        .collect();
+    assert_eq!(got, expected);
+    hold_tx.send(()).unwrap();
+    assert_eq!(bounded(server).await.unwrap(), sent);
+    // The proxy closed the client's connection: its stream ends.
+    assert!(bounded(ws.next()).await.is_none());
+}

@@ -128,6 +128,7 @@ fn end(end: &TunnelEnd) -> &'static str {
         TunnelEnd::ClientEof => "client-closed",
         TunnelEnd::UpstreamEof => "upstream-closed",
         TunnelEnd::Closed(_) => "proxy-closed",
+        TunnelEnd::PeersClosed => "peers-closed",
         TunnelEnd::Timeout(Timeout::Idle) => "idle-timeout",
         TunnelEnd::Timeout(Timeout::Read(_)) => "read-timeout",
         TunnelEnd::Timeout(Timeout::Send(_)) => "send-timeout",

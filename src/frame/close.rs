@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::encode::control_frame;
 use super::{opcode, FrameError, MAX_CONTROL_PAYLOAD};
 
 /// The status code and reason of a Close frame (RFC 6455 §5.5.1, §7.4).
@@ -74,32 +75,18 @@ impl CloseFrame {
     /// §5.3 asks for a fresh, unpredictable key per frame); `None` for frames
     /// toward a client, which must not be masked.
     pub fn encode(&self, mask: Option<[u8; 4]>) -> Vec<u8> {
-        let payload_len = if self.code.is_some() {
-            2 + self.reason.len()
-        } else {
-            0
-        };
-        // `new` and the tracker keep the payload within 125 bytes, so the
-        // length fits the 7-bit field; clamp anyway rather than overflow.
-        let payload_len = payload_len.min(MAX_CONTROL_PAYLOAD);
-        let mut out = Vec::with_capacity(2 + 4 + payload_len);
-        out.push(0x80 | opcode::CLOSE);
-        out.push(payload_len as u8 | if mask.is_some() { 0x80 } else { 0 });
-        if let Some(key) = mask {
-            out.extend_from_slice(&key);
-        }
-        let start = out.len();
+        // `new` and the tracker keep the payload within 125 bytes; the
+        // encoder cuts it there anyway rather than overflow the length.
+        let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+        let mut len = 0;
         if let Some(code) = self.code {
-            out.extend_from_slice(&code.to_be_bytes());
-            out.extend_from_slice(self.reason.as_bytes());
+            let reason = self.reason.as_bytes();
+            let reason = &reason[..reason.len().min(MAX_CONTROL_PAYLOAD - 2)];
+            payload[..2].copy_from_slice(&code.to_be_bytes());
+            payload[2..2 + reason.len()].copy_from_slice(reason);
+            len = 2 + reason.len();
         }
-        out.truncate(start + payload_len);
-        if let Some(key) = mask {
-            for (i, b) in out[start..].iter_mut().enumerate() {
-                *b ^= key[i % 4];
-            }
-        }
-        out
+        control_frame(opcode::CLOSE, &payload[..len], mask)
     }
 }
 

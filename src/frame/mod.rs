@@ -1,5 +1,6 @@
 //! WebSocket frame boundaries, sans-IO: where each frame and message of a
-//! byte stream starts and ends, without copying or unmasking the payloads.
+//! byte stream starts and ends, without copying or unmasking the payloads;
+//! and the encoding and masking of the control frames the proxy sends.
 //!
 //! A proxy relays WebSocket bytes unchanged, but some decisions need to know
 //! where frames are: injecting a Close frame without cutting a frame in two,
@@ -77,6 +78,7 @@
 //! [`Tunnel::insert_close`]: crate::tunnel::Tunnel::insert_close
 
 mod close;
+mod encode;
 mod tracker;
 
 #[cfg(test)]
@@ -85,6 +87,7 @@ pub(crate) mod proptests;
 use http::StatusCode;
 
 pub use close::CloseFrame;
+pub(crate) use encode::{masking_key, ping_frame};
 pub use tracker::FrameTracker;
 
 /// Which endpoint sends the frames a [`FrameTracker`] reads: it decides the

@@ -37,7 +37,7 @@ use crate::balance::health::{
     HealthState, Transition, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
 };
 use crate::balance::{UpstreamAddr, UpstreamId, UpstreamSet};
-use crate::frame::CloseFrame;
+use crate::frame::{masking_key, CloseFrame};
 use crate::handshake::{
     classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
     Status,
@@ -618,9 +618,8 @@ async fn websocket(
     if switched {
         // RFC 6455 §5.5.1: a masked Close 1000 (client frames are masked,
         // §5.3), so the upstream logs a clean close rather than an abort.
-        let mask: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
         if let Ok(close) = CloseFrame::new(1000, "") {
-            let _ = stream.write_all(&close.encode(Some(mask))).await;
+            let _ = stream.write_all(&close.encode(Some(masking_key()))).await;
         }
     }
     let _ = stream.shutdown().await;

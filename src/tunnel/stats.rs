@@ -93,21 +93,37 @@ pub enum TunnelEnd {
     /// ([`TunnelHandle::close`](super::TunnelHandle::close)): the peers'
     /// replies, if they sent any, are in [`TunnelStats::frames`].
     Closed(CloseFrame),
+    /// Both peers sent their Close frames (a closing handshake they ran
+    /// themselves, [`TunnelConfig::track_frames`] on) and kept their TCP
+    /// connections open for [`TunnelConfig::close_linger`] after both went
+    /// through: RFC 6455 §7.1.1 has the server close the connection then,
+    /// so the proxy did. Their frames are in [`TunnelStats::frames`]. Peers
+    /// that close their streams within the linger end the tunnel with
+    /// [`ClientEof`](Self::ClientEof) or [`UpstreamEof`](Self::UpstreamEof).
+    ///
+    /// [`TunnelConfig::track_frames`]: super::TunnelConfig::track_frames
+    /// [`TunnelConfig::close_linger`]: super::TunnelConfig::close_linger
+    PeersClosed,
     /// Reading from or writing to one side failed.
     Error(TunnelError),
 }
 
 impl TunnelEnd {
-    /// True when both sides finished sending on their own (no timeout, no
-    /// shutdown, no error).
+    /// True when both sides finished on their own (no timeout, no
+    /// shutdown, no error): both sent EOF, or both sent their Close frames
+    /// ([`PeersClosed`](Self::PeersClosed)).
     ///
     /// ```
     /// use wsproxy::tunnel::TunnelEnd;
     /// assert!(TunnelEnd::ClientEof.is_clean());
+    /// assert!(TunnelEnd::PeersClosed.is_clean());
     /// assert!(!TunnelEnd::Shutdown.is_clean());
     /// ```
     pub fn is_clean(&self) -> bool {
-        matches!(self, TunnelEnd::ClientEof | TunnelEnd::UpstreamEof)
+        matches!(
+            self,
+            TunnelEnd::ClientEof | TunnelEnd::UpstreamEof | TunnelEnd::PeersClosed
+        )
     }
 
     /// The error to report for this end, if it was one: a timeout or an I/O
@@ -126,7 +142,8 @@ impl TunnelEnd {
             TunnelEnd::ClientEof
             | TunnelEnd::UpstreamEof
             | TunnelEnd::Shutdown
-            | TunnelEnd::Closed(_) => None,
+            | TunnelEnd::Closed(_)
+            | TunnelEnd::PeersClosed => None,
         }
     }
 }

@@ -5,8 +5,9 @@
 //! duration of that poll (on its stack); only the bytes the writer did not
 //! accept are copied to the heap, and that copy is freed as soon as it has
 //! been written. Every chunk passes through `poll_copy` once, in order, right
-//! after it is read: there the optional [`FrameTracker`] sees it, before it
-//! is written.
+//! after it is read: there the optional [`FrameHook`] sees it, before it is
+//! written, and says whether to write it as read, drop it, or write it with
+//! frames spliced in. The copier itself knows nothing of frames.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -16,7 +17,8 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::frame::{Boundary, FrameError, FrameTracker};
+use super::hook::{Chunk, FrameHook};
+use crate::frame::FrameError;
 
 /// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
 /// of an `Instant`'s sixteen keep the tunnel future small.
@@ -113,170 +115,16 @@ fn progressed(clock: &mut Clock<'_>) {
     }
 }
 
-/// The frames of one direction of a tunnel that tracks them: the tracker,
-/// and the frames waiting to be inserted at the next boundary.
-#[derive(Debug)]
-pub(crate) struct Framing {
-    pub(crate) tracker: FrameTracker,
-    /// Whole frames to write at the next boundary where they may go.
-    // A thin pointer (the bytes are rare, the field is in every tracked
-    // tunnel): keeps this struct, and the box of both directions, smaller.
-    #[allow(clippy::box_collection)] // on purpose: 8 bytes, not a Vec's 24
-    insert: Option<Box<Vec<u8>>>,
-    /// Drop what is read once the queued frames are out (a polite close:
-    /// nothing may follow a Close frame, RFC 6455 §5.5.1).
-    discard_after_insert: bool,
-    /// Dropping what is read: the Close frame went out.
-    discarding: bool,
-    /// The queued frames wait for the reader's EOF, and are dropped if the
-    /// reader sent a Close of its own first (see `insert_at_eof`).
-    defer_to_eof: bool,
-    /// When the proxy pinged the side this direction reads, if that side
-    /// has sent nothing since.
-    pub(crate) ping_sent: Nanos,
-    /// Messages forwarded before the dropping began (32 bits, saturating:
-    /// the frame box stays small for every idle tunnel).
-    kept_messages: u32,
-}
-
-impl Framing {
-    pub(crate) fn new(tracker: FrameTracker) -> Self {
-        Self {
-            tracker,
-            insert: None,
-            discard_after_insert: false,
-            discarding: false,
-            defer_to_eof: false,
-            ping_sent: NEVER,
-            kept_messages: 0,
-        }
-    }
-
-    /// Whole messages forwarded: those the tracker read, less the ones
-    /// dropped after a polite close.
-    pub(crate) fn messages(&self) -> u64 {
-        if self.discarding {
-            u64::from(self.kept_messages)
-        } else {
-            self.tracker.messages()
-        }
-    }
-
-    /// Queues `frames` like [`insert`](Self::insert), and drops every byte
-    /// read after the boundary where they go.
-    pub(crate) fn insert_then_discard(&mut self, frames: &[u8]) {
-        self.insert(frames);
-        self.discard_after_insert = true;
-    }
-
-    /// Queues `frames` for the reader's EOF: they go out then, before the
-    /// writer is shut down, unless the reader sent a Close frame (which
-    /// already went through) or [`release`](Self::release) lets them go
-    /// earlier. A polite close toward a side thus waits for the other side's
-    /// own Close: whatever that side sends until then still arrives.
-    pub(crate) fn insert_at_eof(&mut self, frames: &[u8]) {
-        self.insert(frames);
-        self.defer_to_eof = true;
-    }
-
-    /// Lets frames queued by [`insert_at_eof`](Self::insert_at_eof) go at
-    /// the next boundary, dropping what is read after them.
-    pub(crate) fn release(&mut self) {
-        self.defer_to_eof = false;
-        self.discard_after_insert = true;
-    }
-
-    /// Whether frames wait for the reader's EOF.
-    pub(crate) fn is_deferred(&self) -> bool {
-        self.defer_to_eof && self.insert.is_some()
-    }
-
-    /// The queued frames, taken, if they may go now (`eof`: the reader
-    /// ended).
-    fn take_fitting(&mut self, eof: bool) -> Option<Box<[u8]>> {
-        if self.supersede() {
-            return None;
-        }
-        if self.defer_to_eof {
-            if !eof {
-                return None;
-            }
-            if self.tracker.close_seen() {
-                self.defer_to_eof = false;
-                self.insert = None;
-                return None;
-            }
-        }
-        if self.insert_fits() {
-            self.take_insert()
-        } else {
-            None
-        }
-    }
-
-    /// Drops a polite Close still queued toward a peer that a Close already
-    /// reached (the other peer's, passing through): a second Close would
-    /// follow the first. What comes after that Close is dropped, as after the
-    /// proxy's own. True when it did.
-    fn supersede(&mut self) -> bool {
-        if self.discard_after_insert && self.insert.is_some() && self.tracker.close_seen() {
-            self.insert = None;
-            self.start_discarding();
-            true
-        } else {
-            false
-        }
-    }
-
-    fn start_discarding(&mut self) {
-        if !self.discarding {
-            self.discarding = true;
-            self.kept_messages = u32::try_from(self.tracker.messages()).unwrap_or(u32::MAX);
-        }
-    }
-
-    /// Whether the queued frames may go in the middle of a chunk just read.
-    fn splices(&self) -> bool {
-        self.insert.is_some() && !self.defer_to_eof
-    }
-
-    /// Marks the queued frames as gone out.
-    fn take_insert(&mut self) -> Option<Box<[u8]>> {
-        let insert = self.insert.take();
-        if insert.is_some() && self.discard_after_insert {
-            self.start_discarding();
-        }
-        insert.map(|frames| frames.into_boxed_slice())
-    }
-
-    /// Queues whole frames for the next boundary where they may go, after
-    /// any frames queued before.
-    pub(crate) fn insert(&mut self, frames: &[u8]) {
-        match &mut self.insert {
-            Some(queued) => queued.extend_from_slice(frames),
-            None => self.insert = Some(Box::new(frames.to_vec())),
-        }
-    }
-
-    /// Whether frames are queued.
-    pub(crate) fn has_insert(&self) -> bool {
-        self.insert.is_some()
-    }
-
-    /// Whether the queued frames may go at the tracker's position: control
-    /// frames at any boundary, data frames only between messages (RFC 6455
-    /// §5.4).
-    fn insert_fits(&self) -> bool {
-        let Some(insert) = &self.insert else {
-            return false;
-        };
-        let control = insert.first().is_some_and(|b| b & 0x08 != 0);
-        match self.tracker.boundary() {
-            Some(Boundary::Message) => true,
-            Some(Boundary::Frame) => control,
-            _ => false,
-        }
-    }
+/// What the tunnel's sans-IO decisions (deadlines, parting) need to know of
+/// one direction, taken from its [`Transfer`]: tests build it by hand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Flow {
+    /// The reader sent EOF.
+    pub(crate) read_done: bool,
+    /// The writer was shut down after EOF.
+    pub(crate) done: bool,
+    /// Bytes read wait for the writer.
+    pub(crate) has_spill: bool,
 }
 
 /// The state of one direction: 24 bytes and no buffer while idle.
@@ -321,6 +169,15 @@ impl Transfer {
         self.state == State::Done
     }
 
+    /// What the tunnel's decisions need to know of this direction.
+    pub(crate) fn flow(&self) -> Flow {
+        Flow {
+            read_done: self.read_done,
+            done: self.is_done(),
+            has_spill: self.has_spill(),
+        }
+    }
+
     /// Copies until the reader or the writer is pending, or until the
     /// direction is done (EOF read, everything written, writer shut down).
     ///
@@ -333,7 +190,7 @@ impl Transfer {
         writer: &mut W,
         buf: &mut [MaybeUninit<u8>],
         mut clock: Clock<'_>,
-        mut frames: Option<&mut Framing>,
+        mut frames: Option<&mut FrameHook>,
     ) -> Poll<Result<(), CopyError>>
     where
         R: AsyncRead + Unpin + ?Sized,
@@ -397,8 +254,8 @@ impl Transfer {
 
             // Everything observed is written now, so the tracker's position
             // is the peer's: queued frames that fit go out before more is read.
-            if let Some(framing) = frames.as_deref_mut() {
-                if let Some(insert) = framing.take_fitting(self.read_done) {
+            if let Some(hook) = frames.as_deref_mut() {
+                if let Some(insert) = hook.take_fitting(self.read_done) {
                     self.spill = Some(Box::new(Spill {
                         buf: insert,
                         pos: 0,
@@ -439,41 +296,20 @@ impl Transfer {
                 continue;
             }
             chunks += 1;
-            if let Some(framing) = frames.as_deref_mut() {
-                // Any byte answers a ping.
-                framing.ping_sent = NEVER;
-            }
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
                     stamps.last_read = nanos_since(*started);
                 }
             }
-            // Seen before it is written, so a frame that breaks the rules
-            // never reaches the peer; every byte seen is then written.
-            if let Some(framing) = frames.as_deref_mut() {
-                if framing.discarding || framing.supersede() {
-                    // Observed (for the peer's Close reply), never written.
-                    if let Err(e) = framing.tracker.observe(data) {
-                        return Poll::Ready(Err(CopyError::Frame(e)));
+            if let Some(hook) = frames.as_deref_mut() {
+                match hook.on_chunk(data) {
+                    Ok(Chunk::Pass) => {}
+                    Ok(Chunk::Drop) => continue,
+                    Ok(Chunk::Replace(buf)) => {
+                        self.spill = Some(Box::new(Spill { buf, pos: 0 }));
+                        continue;
                     }
-                    continue;
-                }
-                if framing.splices() {
-                    match insert_in_chunk(framing, data) {
-                        Ok(None) => {}
-                        Ok(Some(spliced)) => {
-                            // Rare (once per insertion): the chunk with the
-                            // frames spliced in goes out as a spill.
-                            self.spill = Some(Box::new(Spill {
-                                buf: spliced,
-                                pos: 0,
-                            }));
-                            continue;
-                        }
-                        Err(e) => return Poll::Ready(Err(CopyError::Frame(e))),
-                    }
-                } else if let Err(e) = framing.tracker.observe(data) {
-                    return Poll::Ready(Err(CopyError::Frame(e)));
+                    Err(e) => return Poll::Ready(Err(CopyError::Frame(e))),
                 }
             }
 
@@ -504,37 +340,6 @@ impl Transfer {
     }
 }
 
-/// Observes `data` and, if a boundary where the queued frames fit comes
-/// within it, returns the chunk with them spliced in there.
-fn insert_in_chunk(framing: &mut Framing, data: &[u8]) -> Result<Option<Box<[u8]>>, FrameError> {
-    let mut at = 0;
-    let mut fits = framing.insert_fits();
-    while !fits && at < data.len() {
-        at += framing.tracker.observe_to_boundary(&data[at..])?;
-        if framing.supersede() {
-            // The peer's Close just went by: it goes out, nothing after it.
-            framing.tracker.observe(&data[at..])?;
-            return Ok(Some(data[..at].into()));
-        }
-        fits = framing.insert_fits();
-    }
-    // Taken before the rest is observed, so that a polite close counts only
-    // the messages before it as forwarded.
-    let insert = if fits { framing.take_insert() } else { None };
-    // The rest of the chunk, after the boundary, is observed too: the
-    // tracker always ends up having seen the whole chunk.
-    framing.tracker.observe(&data[at..])?;
-    let Some(insert) = insert else {
-        return Ok(None);
-    };
-    let rest = if framing.discarding {
-        &[][..]
-    } else {
-        &data[at..]
-    };
-    Ok(Some([&data[..at], &insert[..], rest].concat().into()))
-}
-
 fn write_zero() -> io::Error {
     io::Error::new(io::ErrorKind::WriteZero, "write zero byte into writer")
 }
@@ -548,7 +353,7 @@ mod tests {
 
     use super::*;
     use crate::frame::proptests::{build, item};
-    use crate::frame::{CloseFrame, Role};
+    use crate::frame::{Boundary, CloseFrame, FrameTracker, Role};
 
     /// Reads `data`, but is pending at `pause` until `resumed`.
     struct Paused {
@@ -587,7 +392,7 @@ mod tests {
     /// Copies `reader` into `out` with `chunk`-byte reads until pending or done.
     fn copy(
         transfer: &mut Transfer,
-        framing: &mut Framing,
+        framing: &mut FrameHook,
         reader: &mut Paused,
         out: &mut Vec<u8>,
         chunk: usize,
@@ -627,7 +432,7 @@ mod tests {
             };
             let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
             let mut transfer = Transfer::new();
-            let mut framing = Framing::new(FrameTracker::new(Role::Client));
+            let mut framing = FrameHook::new(FrameTracker::new(Role::Client));
             let mut out = Vec::new();
 
             let first = copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk);
@@ -676,7 +481,7 @@ mod tests {
             let ours = CloseFrame::new(1001, "bye").unwrap().encode(None);
             let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
             let mut transfer = Transfer::new();
-            let mut framing = Framing::new(FrameTracker::new(Role::Server));
+            let mut framing = FrameHook::new(FrameTracker::new(Role::Server));
             let mut out = Vec::new();
             prop_assert!(copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk).is_pending());
             framing.insert_then_discard(&ours);
@@ -719,7 +524,7 @@ mod tests {
             let ours = CloseFrame::new(1001, "bye").unwrap().encode(Some([1, 2, 3, 4]));
             let mut reader = Paused { data: stream.wire.clone(), pos: 0, pause, resumed: false };
             let mut transfer = Transfer::new();
-            let mut framing = Framing::new(FrameTracker::new(Role::Client));
+            let mut framing = FrameHook::new(FrameTracker::new(Role::Client));
             let mut out = Vec::new();
             prop_assert!(copy(&mut transfer, &mut framing, &mut reader, &mut out, chunk).is_pending());
             framing.insert_at_eof(&ours);
