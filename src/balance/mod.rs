@@ -207,6 +207,7 @@ pub struct PickContext<'a> {
     request: &'a http::Request<()>,
     failed: &'a [UpstreamId],
     now: Instant,
+    passive_health: bool,
 }
 
 impl<'a> PickContext<'a> {
@@ -219,6 +220,7 @@ impl<'a> PickContext<'a> {
             request,
             failed: &[],
             now,
+            passive_health: true,
         }
     }
 
@@ -228,6 +230,45 @@ impl<'a> PickContext<'a> {
     pub fn with_failed(mut self, failed: &'a [UpstreamId]) -> Self {
         self.failed = failed;
         self
+    }
+
+    /// Whether upstreams sitting out a `fail_timeout` are skipped (the
+    /// default). A proxy whose pick found every upstream tripped picks again
+    /// with `false`, and tries one anyway: nginx-style passive health exists
+    /// to steer traffic to the upstreams that work, and when none is left
+    /// a try may succeed where a 502 surely fails everyone. Down, draining
+    /// and already failed upstreams stay skipped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = (9001..=9002)
+    ///     .map(|port| Upstream::new(SocketAddr::from(([127, 0, 0, 1], port))))
+    ///     .collect();
+    /// let balancer = RoundRobin::new(set);
+    /// let request = http::Request::get("/").body(())?;
+    /// let now = Instant::now();
+    /// let ctx = PickContext::new("127.0.0.1".parse()?, &request, now);
+    /// // Both fail: the first is tripped, the last one is never.
+    /// balancer.pick(&ctx)?.report_failure(now);
+    /// balancer.pick(&ctx)?.report_failure(now);
+    /// assert!(balancer.pick(&ctx).is_ok());
+    /// assert!(balancer.pick(&ctx.with_passive_health(false)).is_ok());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_passive_health(mut self, skip_tripped: bool) -> Self {
+        self.passive_health = skip_tripped;
+        self
+    }
+
+    /// Whether upstreams sitting out a `fail_timeout` are skipped.
+    #[inline]
+    pub fn passive_health(&self) -> bool {
+        self.passive_health
     }
 
     /// The believed client address.

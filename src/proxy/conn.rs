@@ -20,7 +20,7 @@ use tracing::{field, Instrument};
 
 use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGroup};
-use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
+use crate::balance::{Affinity, Lease, PickContext, SelectError, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::{self, RequestKind, ResponseKind, Status};
@@ -290,7 +290,12 @@ where
                 break None;
             }
             let limits = &self.inner.limits;
-            let deadline = Instant::now() + self.inner.timeouts.handshake;
+            // A server sets the first head's deadline at accept: the TLS
+            // handshake and the head share one handshake timeout.
+            let deadline = (self.report.requests == 0)
+                .then(|| self.drain.head_deadline())
+                .flatten()
+                .unwrap_or_else(|| Instant::now() + self.inner.timeouts.handshake);
             let head = read_head(
                 &mut self.io,
                 &mut self.buf,
@@ -316,6 +321,9 @@ where
                     // a client that stopped reading is not waited for.
                     self.reject(StatusCode::REQUEST_TIMEOUT, "request head timed out", None)
                         .await;
+                    // nginx closes at `client_header_timeout`: lingering
+                    // would hold a slowloris client's slot for longer.
+                    self.linger = false;
                     break None;
                 }
                 Err(HeadRead::Parse(e)) => {
@@ -369,9 +377,15 @@ where
             self.inner.timeouts.keepalive,
             self.io.read_buf(&mut self.buf),
         );
+        let reclaimed = self.drain.reclaimed();
         tokio::select! {
+            // A request that arrived wins over a reclaim.
+            biased;
             got = read => matches!(got, Ok(Ok(n)) if n > 0),
             () = self.drain.clone().reached(Phase::Draining) => false,
+            // The server ran out of slots: an idle connection is the one
+            // to give up (nginx `ngx_drain_connections`).
+            () = reclaimed => false,
         }
     }
 
@@ -577,8 +591,12 @@ where
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
+                // Not a passive-health failure: the upstream answered, and
+                // whether its 101 fits depends on the client's own request
+                // (its key, its subprotocols), so one client could otherwise
+                // take the upstream out for everyone. nginx does not check
+                // the 101 at all.
                 tracing::warn!(error = %e, "upstream sent an invalid 101");
-                lease.report_failure(Instant::now().into_std());
                 return self
                     .reject(StatusCode::BAD_GATEWAY, &e.to_string(), None)
                     .await;
@@ -899,7 +917,7 @@ pub(super) async fn connect(
     for _ in 0..inner.max_tries {
         let now = Instant::now().into_std();
         let ctx = PickContext::new(client.ip(), request, now).with_failed(&failed);
-        let Ok(lease) = group.balancer().pick(&ctx) else {
+        let Ok(lease) = pick_or_last_resort(group, &ctx) else {
             break;
         };
         let connecting = connect_addr(lease.addr());
@@ -930,6 +948,17 @@ pub(super) async fn connect(
     } else {
         StatusCode::BAD_GATEWAY
     })
+}
+
+/// Picks among the upstreams passive health lets through, or, when it has
+/// tripped them all, among the tripped ones: when every upstream of a group
+/// is marked failed nginx still tries one rather than refusing every client
+/// until a `fail_timeout` ends.
+fn pick_or_last_resort(group: &UpstreamGroup, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+    group
+        .balancer()
+        .pick(ctx)
+        .or_else(|_| group.balancer().pick(&ctx.with_passive_health(false)))
 }
 
 /// Connects to `addr`, resolving a host name at connect time.
