@@ -520,6 +520,44 @@ mod tests {
         }
     }
 
+    /// One client failing on every upstream in turn: each strategy trips
+    /// all but the last, which keeps serving everyone.
+    #[test]
+    fn every_strategy_keeps_the_last_available_upstream() {
+        let request = request();
+        let t0 = epoch();
+        for n in [1usize, 3] {
+            let (set, _) = set_of(&vec![1; n]);
+            for bal in every_strategy(&set) {
+                for _ in 0..2 * n {
+                    if let Ok(lease) = bal.pick(&ctx(&request, t0)) {
+                        lease.report_failure(t0);
+                    }
+                }
+                assert!(bal.pick(&ctx(&request, t0)).is_ok(), "{bal:?} with {n}");
+            }
+        }
+    }
+
+    /// Every strategy, with passive health set aside, picks among the
+    /// upstreams sitting out a `fail_timeout` but never a down one.
+    #[test]
+    fn every_strategy_picks_a_tripped_upstream_when_told_to_ignore_passive_health() {
+        let (set, ids) = set_of(&[1, 1]);
+        let request = request();
+        let t0 = epoch();
+        if let Some(peer) = set.snapshot().get(ids[0]) {
+            peer.lease().report_failure(t0);
+        }
+        set.set_down(ids[1], true);
+        for bal in every_strategy(&set) {
+            let strict = ctx(&request, t0);
+            assert_eq!(bal.pick(&strict).unwrap_err(), SelectError::NoneAvailable);
+            let lenient = strict.with_passive_health(false);
+            assert_eq!(bal.pick(&lenient).unwrap().id(), ids[0], "{bal:?}");
+        }
+    }
+
     #[test]
     fn an_empty_set_has_none_available() {
         let set = UpstreamSet::new();
