@@ -297,7 +297,11 @@ fn gateway_bin() -> PathBuf {
         .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let newest = newest_mtime(&root.join("examples/gateway")).max(newest_mtime(&root.join("src")));
-    assert!(built >= newest, "{} is older than its sources: {how}", bin.display());
+    assert!(
+        built >= newest,
+        "{} is older than its sources: {how}",
+        bin.display()
+    );
     bin
 }
 
@@ -402,7 +406,11 @@ async fn idle_keepalive_connections_give_their_slots_to_new_clients() {
         read_until(&mut late, b"\r\n\r\nok"),
     )
     .await;
-    assert!(answer.ends_with(b"ok"), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.ends_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // The longest idle one made room.
     let mut rest = Vec::new();
     within(
@@ -423,7 +431,9 @@ async fn a_slowloris_answered_408_gives_its_slot_back_at_once() {
     let builder = round_robin(&[up]).handshake_timeout(Duration::from_secs(10));
     let gw = Gateway::start_with(builder, |s| s.max_connections(1)).await;
     let mut slow = TcpStream::connect(gw.addr).await.unwrap();
-    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
     // Not `read_until`: its own bound is as long as the handshake timeout.
     let mut answer = [0u8; 12];
     within(
@@ -445,7 +455,11 @@ async fn a_slowloris_answered_408_gives_its_slot_back_at_once() {
         read_until(&mut next, b"\r\n\r\nok"),
     )
     .await;
-    assert!(answer.ends_with(b"ok"), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        answer.ends_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     drop(slow);
     gw.shutdown().await;
 }
