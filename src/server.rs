@@ -56,7 +56,7 @@ use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
 use crate::frame::CloseFrame;
-use crate::proxy::{ConnectionReport, Drain, DrainPhase, Listener, Proxy};
+use crate::proxy::{ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim};
 
 /// Serves a listener through a [`Proxy`].
 #[must_use = "a Server does nothing until it serves"]
@@ -104,9 +104,12 @@ impl Server {
         self
     }
 
-    /// At most this many connections are served at once; beyond it, new
-    /// ones wait in the listen backlog until one ends (nginx
-    /// `worker_connections`). At least 1.
+    /// At most this many connections are served at once (nginx
+    /// `worker_connections`). At least 1. When all are taken, the one
+    /// connection accepted next closes the longest idle keep-alive
+    /// connection to take its slot, as nginx reuses idle connections
+    /// (`ngx_drain_connections`); without an idle one it waits for a
+    /// connection to end, and the next ones wait in the listen backlog.
     #[must_use = "builder methods return the updated builder"]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);
@@ -187,8 +190,9 @@ impl Server {
     /// through `accept`, on the connection's own task, and the proxy serves
     /// the stream it returns: TLS termination for `wss://`, for instance.
     ///
-    /// `accept` runs under the proxy's handshake timeout (nginx bounds the
-    /// TLS handshake by `client_header_timeout` too) and is abandoned when
+    /// `accept` and the first request head share one handshake timeout from
+    /// the accept (nginx bounds the TLS handshake by `client_header_timeout`
+    /// too), and `accept` is abandoned when
     /// shutdown begins; a connection whose `accept` fails or times out is
     /// closed. Set [`scheme`](Self::scheme) to `Https` so that upstreams see
     /// `X-Forwarded-Proto: https`.
@@ -238,16 +242,8 @@ impl Server {
         let origin = next_origin();
         let mut report = DrainReport::default();
         tokio::pin!(shutdown);
-        loop {
-            // Waiting for a slot before accepting leaves extra connections in
-            // the kernel's backlog instead of holding them unserved.
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
+        let reclaim = Arc::new(Reclaim::default());
+        'accept: loop {
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
@@ -261,6 +257,33 @@ impl Server {
                     }
                 },
             };
+            // At most one accepted connection waits for a slot; the rest
+            // stay in the kernel's backlog.
+            let permit = loop {
+                if let Ok(permit) = slots.clone().try_acquire_owned() {
+                    break permit;
+                }
+                // Out of slots: close the longest idle keep-alive connection
+                // for this one, as nginx reuses idle connections when
+                // `worker_connections` runs short (`ngx_drain_connections`),
+                // and again whenever one goes idle while this one waits.
+                let went_idle = reclaim.went_idle();
+                tokio::pin!(went_idle);
+                went_idle.as_mut().enable();
+                reclaim.close_oldest();
+                tokio::select! {
+                    () = &mut shutdown => break 'accept,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => break permit,
+                        Err(_) => break 'accept,
+                    },
+                    () = went_idle => {}
+                }
+            };
+            // The handshake timeout runs from here for the TLS handshake and
+            // the first request head together, as the one deadline nginx's
+            // `client_header_timeout` is.
+            let head_deadline = Instant::now() + handshake_timeout;
             let _ = stream.set_nodelay(true);
             if let Some(keepalive) = self.proxy.tcp_keepalive() {
                 if let Err(e) = keepalive.apply(&stream) {
@@ -269,14 +292,16 @@ impl Server {
             }
             report.accepted += 1;
             let proxy = self.proxy.clone();
-            let drain = Drain::new(rx.clone());
+            let drain = Drain::new(rx.clone())
+                .with_reclaim(reclaim.clone())
+                .with_head_deadline(head_deadline);
             let token = tracker.token();
             let accept = accept.clone();
             let on_end = self.on_end.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 let stream = tokio::select! {
-                    accepted = timeout(handshake_timeout, accept(stream)) => match accepted {
+                    accepted = timeout_at(head_deadline, accept(stream)) => match accepted {
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "accept handshake failed");

@@ -63,7 +63,7 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub send_timeout: Duration,
 
-    /// The whole request head, and the TLS handshake (nginx `client_header_timeout`).
+    /// One deadline from accept for the TLS handshake and the whole request head (nginx `client_header_timeout`).
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
@@ -94,7 +94,14 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Redirect::Default)]
     pub proxy_redirect: Redirect,
 
-    /// Connections served at once; more wait in the backlog (nginx `worker_connections`).
+    /// Pass request headers whose names have underscores (nginx
+    /// `underscores_in_headers`); off drops them, and even on, twins of the
+    /// headers the proxy sets (`X_Real_IP`) are dropped.
+    #[arg(long, value_enum, default_value_t = OnOff::Off)]
+    pub underscores_in_headers: OnOff,
+
+    /// Connections served at once (nginx `worker_connections`); when all are
+    /// taken, the longest idle keep-alive connection is closed for a new one.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
@@ -349,6 +356,15 @@ pub enum Redirect {
     /// `proxy_redirect default`.
     Default,
     /// `proxy_redirect off`.
+    Off,
+}
+
+/// An nginx `on|off` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// `on`.
+    On,
+    /// `off`.
     Off,
 }
 

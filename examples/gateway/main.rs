@@ -38,7 +38,7 @@ use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, Redirect};
+use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -349,7 +349,8 @@ fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
     };
     let mut policy = ForwardPolicy::builder()
         .host(host)
-        .redirect(args.proxy_redirect == Redirect::Default);
+        .redirect(args.proxy_redirect == Redirect::Default)
+        .underscores_in_headers(args.underscores_in_headers == OnOff::On);
     for cidr in &args.trusted_proxy {
         policy = policy.trusted_proxy(cidr.clone());
     }

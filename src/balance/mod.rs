@@ -232,6 +232,7 @@ pub struct PickContext<'a> {
     request: &'a http::Request<()>,
     failed: &'a [UpstreamId],
     now: Instant,
+    passive_health: bool,
 }
 
 impl<'a> PickContext<'a> {
@@ -244,6 +245,7 @@ impl<'a> PickContext<'a> {
             request,
             failed: &[],
             now,
+            passive_health: true,
         }
     }
 
@@ -253,6 +255,45 @@ impl<'a> PickContext<'a> {
     pub fn with_failed(mut self, failed: &'a [UpstreamId]) -> Self {
         self.failed = failed;
         self
+    }
+
+    /// Whether upstreams sitting out a `fail_timeout` are skipped (the
+    /// default). A proxy whose pick found every upstream tripped picks again
+    /// with `false`, and tries one anyway: nginx-style passive health exists
+    /// to steer traffic to the upstreams that work, and when none is left
+    /// a try may succeed where a 502 surely fails everyone. Down, draining
+    /// and already failed upstreams stay skipped.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = (9001..=9002)
+    ///     .map(|port| Upstream::new(SocketAddr::from(([127, 0, 0, 1], port))))
+    ///     .collect();
+    /// let balancer = RoundRobin::new(set);
+    /// let request = http::Request::get("/").body(())?;
+    /// let now = Instant::now();
+    /// let ctx = PickContext::new("127.0.0.1".parse()?, &request, now);
+    /// // Both fail: the first is tripped, the last one is never.
+    /// balancer.pick(&ctx)?.report_failure(now);
+    /// balancer.pick(&ctx)?.report_failure(now);
+    /// assert!(balancer.pick(&ctx).is_ok());
+    /// assert!(balancer.pick(&ctx.with_passive_health(false)).is_ok());
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_passive_health(mut self, skip_tripped: bool) -> Self {
+        self.passive_health = skip_tripped;
+        self
+    }
+
+    /// Whether upstreams sitting out a `fail_timeout` are skipped.
+    #[inline]
+    pub fn passive_health(&self) -> bool {
+        self.passive_health
     }
 
     /// The believed client address.
@@ -501,6 +542,44 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bal:?} never came back to {bad}"));
             back.report_success();
             assert!(ids.contains(&bad));
+        }
+    }
+
+    /// One client failing on every upstream in turn: each strategy trips
+    /// all but the last, which keeps serving everyone.
+    #[test]
+    fn every_strategy_keeps_the_last_available_upstream() {
+        let request = request();
+        let t0 = epoch();
+        for n in [1usize, 3] {
+            let (set, _) = set_of(&vec![1; n]);
+            for bal in every_strategy(&set) {
+                for _ in 0..2 * n {
+                    if let Ok(lease) = bal.pick(&ctx(&request, t0)) {
+                        lease.report_failure(t0);
+                    }
+                }
+                assert!(bal.pick(&ctx(&request, t0)).is_ok(), "{bal:?} with {n}");
+            }
+        }
+    }
+
+    /// Every strategy, with passive health set aside, picks among the
+    /// upstreams sitting out a `fail_timeout` but never a down one.
+    #[test]
+    fn every_strategy_picks_a_tripped_upstream_when_told_to_ignore_passive_health() {
+        let (set, ids) = set_of(&[1, 1]);
+        let request = request();
+        let t0 = epoch();
+        if let Some(peer) = set.snapshot().get(ids[0]) {
+            peer.lease().report_failure(t0);
+        }
+        set.set_down(ids[1], true);
+        for bal in every_strategy(&set) {
+            let strict = ctx(&request, t0);
+            assert_eq!(bal.pick(&strict).unwrap_err(), SelectError::NoneAvailable);
+            let lenient = strict.with_passive_health(false);
+            assert_eq!(bal.pick(&lenient).unwrap().id(), ids[0], "{bal:?}");
         }
     }
 

@@ -271,6 +271,10 @@ impl State {
                 .sum()
         });
         let clear = tiers.each_ref().map(|tier| tier.iter().all(Peer::routable));
+        // Published with the snapshot: writers are serialised, so the count
+        // always matches the snapshot about to be stored.
+        let routable_count = tiers.iter().flatten().filter(|p| p.routable()).count();
+        counters.routable.store(routable_count, Ordering::Relaxed);
         let uniform = tiers
             .each_ref()
             .map(|tier| tier.windows(2).all(|w| w[0].weight == w[1].weight));
@@ -309,7 +313,7 @@ impl State {
     pub(crate) fn all_available(&self, tier: usize, ctx: &PickContext<'_>) -> bool {
         self.clear.get(tier).copied().unwrap_or(false)
             && ctx.failed().is_empty()
-            && self.counters.tripped.load(Ordering::Relaxed) == 0
+            && (!ctx.passive_health() || self.counters.tripped.load(Ordering::Relaxed) == 0)
     }
 
     /// Whether every peer of `tier` has the same weight.
@@ -448,12 +452,13 @@ impl Peer {
 
     /// Whether it may take this request: not down, not draining, not
     /// already failed for this request, and not sitting out a
-    /// `fail_timeout` at `ctx.now()`.
+    /// `fail_timeout` at `ctx.now()` (unless `ctx` ignores passive health,
+    /// [`PickContext::with_passive_health`]).
     #[inline]
     pub fn is_available(&self, ctx: &PickContext<'_>) -> bool {
         self.routable()
             && !ctx.failed().contains(&self.shared.id)
-            && self.shared.is_healthy(ctx.now())
+            && (!ctx.passive_health() || self.shared.is_healthy(ctx.now()))
     }
 
     /// Whether it may take a connection at `now`, no request in view: not

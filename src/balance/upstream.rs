@@ -206,6 +206,28 @@ pub(crate) struct Counters {
     /// Upstreams that reached `max_fails` and have not succeeded since.
     /// While zero, strategies skip the per-peer health check.
     pub(crate) tripped: AtomicUsize,
+    /// Upstreams of the set neither down nor draining, both tiers, as of the
+    /// last published snapshot: what passive health may not trip them all of.
+    pub(crate) routable: AtomicUsize,
+}
+
+impl Counters {
+    /// Counts one more tripped upstream, unless that would leave the set
+    /// without any: nginx never marks the only server of a group failed
+    /// (`peers->single`), and marking the last one turns one client's bad
+    /// requests into a 502 for everyone else.
+    ///
+    /// Conservative: `tripped` also counts upstreams that are down or whose
+    /// `fail_timeout` is over, so it may spare an upstream that another
+    /// could have stood in for, never the other way round.
+    fn try_trip(&self) -> bool {
+        let routable = self.routable.load(Ordering::Relaxed);
+        self.tripped
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tripped| {
+                (routable > tripped.saturating_add(1)).then_some(tripped + 1)
+            })
+            .is_ok()
+    }
 }
 
 /// The state of one upstream that outlives set changes: leases hold it, so a
@@ -269,8 +291,11 @@ impl Shared {
             health.fails = 0;
             health.window_start = Some(now);
         }
-        if health.fails < self.max_fails && health.fails + 1 >= self.max_fails {
-            self.counters.tripped.fetch_add(1, Ordering::Relaxed);
+        let trips = health.fails < self.max_fails && health.fails + 1 >= self.max_fails;
+        if trips && !self.counters.try_trip() {
+            // The last available upstream: the failure is not counted, as
+            // nginx does not count failures of a lone server.
+            return;
         }
         health.fails = health.fails.saturating_add(1);
         if health.fails >= self.max_fails {
@@ -358,6 +383,11 @@ impl Lease {
     /// The connect (or the handshake) failed at `now`: counts towards
     /// `max_fails` within `fail_timeout` (nginx `proxy_next_upstream error
     /// timeout`).
+    ///
+    /// Never takes out the set's last available upstream: nginx does not
+    /// count failures of a group's only server, and one client whose
+    /// requests fail (a slow path, a bad upgrade) must not lock every other
+    /// client out. Such a failure is not counted.
     pub fn report_failure(&self, now: Instant) {
         self.shared.report_failure(now);
     }
@@ -394,11 +424,10 @@ mod tests {
         let upstream = Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9000)))
             .max_fails(max_fails)
             .fail_timeout(fail_timeout);
-        Arc::new(Shared::new(
-            UpstreamId(0),
-            &upstream,
-            Arc::new(Counters::default()),
-        ))
+        // Two more upstreams in the set, so that this one may be tripped.
+        let counters = Counters::default();
+        counters.routable.store(3, Ordering::Relaxed);
+        Arc::new(Shared::new(UpstreamId(0), &upstream, Arc::new(counters)))
     }
 
     #[test]

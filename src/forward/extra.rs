@@ -49,6 +49,14 @@ impl HeaderEdits {
         Ok(Self { edits })
     }
 
+    /// The names this sets (not those it removes).
+    pub(crate) fn set_names(&self) -> impl Iterator<Item = &HeaderName> {
+        self.edits
+            .iter()
+            .filter(|(_, value)| value.is_some())
+            .map(|(name, _)| name)
+    }
+
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.edits {
             match value {

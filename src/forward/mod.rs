@@ -115,6 +115,7 @@ mod host;
 mod origin;
 mod redirect;
 mod trusted;
+mod underscore;
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -197,6 +198,7 @@ pub struct ForwardPolicy {
     cors: Option<CompiledCors>,
     request_edits: HeaderEdits,
     response_edits: HeaderEdits,
+    underscores: bool,
 }
 
 impl Default for ForwardPolicy {
@@ -220,6 +222,7 @@ impl ForwardPolicy {
             cors: None,
             request_edits: HeaderEdits::default(),
             response_edits: HeaderEdits::default(),
+            underscores: false,
         }
     }
 
@@ -323,7 +326,10 @@ impl ForwardPolicy {
     /// `Connection: upgrade` for a WebSocket upgrade, else
     /// `Connection: close`; `Host` per [`HostMode`]; `X-Real-IP`,
     /// `X-Forwarded-For`, `X-Forwarded-Proto` (and `Forwarded` if enabled)
-    /// from `client`; an absolute-form target becomes origin-form; the
+    /// from `client`; fields whose names have an underscore are dropped
+    /// (nginx `underscores_in_headers off`), or when they are allowed, those
+    /// that CGI-style backends read as a field set here (`X_Real_IP`); an
+    /// absolute-form target becomes origin-form; the
     /// version becomes HTTP/1.1; the configured request headers are applied
     /// last. An untrusted peer's incoming `Forwarded` is removed.
     ///
@@ -359,6 +365,7 @@ impl ForwardPolicy {
 
         let h = req.headers_mut();
         hop::strip(h, Keep::Nothing);
+        underscore::strip(h, self.underscores, &self.request_edits);
         if ctx.is_websocket() {
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -531,6 +538,7 @@ pub struct ForwardPolicyBuilder {
     cors: Option<Cors>,
     request_edits: Vec<RawEdit>,
     response_edits: Vec<RawEdit>,
+    underscores: bool,
 }
 
 impl Default for ForwardPolicyBuilder {
@@ -545,6 +553,7 @@ impl Default for ForwardPolicyBuilder {
             cors: None,
             request_edits: Vec::new(),
             response_edits: Vec::new(),
+            underscores: false,
         }
     }
 }
@@ -619,6 +628,36 @@ impl ForwardPolicyBuilder {
         self
     }
 
+    /// Passes request fields whose names have an underscore (nginx
+    /// `underscores_in_headers on`); default off, as in nginx, which drops
+    /// them: CGI, WSGI and Rack read `X_Real_IP` and `X-Real-IP` as the same
+    /// `HTTP_X_REAL_IP`, so a client could stand its own value beside the
+    /// proxy's. Even when on, the underscore twins of the fields the proxy
+    /// sets (`Host`, `X-Real-IP`, `X-Forwarded-For`, `X-Forwarded-Proto`,
+    /// `Forwarded`, the configured request headers) are dropped.
+    ///
+    /// ```
+    /// use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
+    ///
+    /// let policy = ForwardPolicy::builder().underscores_in_headers(true).build()?;
+    /// let peer = "127.0.0.1:50000".parse()?;
+    /// let mut req = http::Request::get("/")
+    ///     .header("host", "app.example")
+    ///     .header("x_real_ip", "6.6.6.6")
+    ///     .header("x_tenant", "blue")
+    ///     .body(())?;
+    /// let client = policy.resolve_client(peer, req.headers(), Scheme::Http);
+    /// let ctx = ForwardContext::new(peer, Scheme::Http, 80, "127.0.0.1:9000".parse()?);
+    /// policy.rewrite_request(&mut req, &client, &ctx);
+    /// assert!(req.headers().get("x_real_ip").is_none());
+    /// assert_eq!(req.headers()["x_tenant"], "blue");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn underscores_in_headers(mut self, on: bool) -> Self {
+        self.underscores = on;
+        self
+    }
+
     /// Removes a header from plain answers (nginx `proxy_hide_header`).
     pub fn remove_response_header(mut self, name: impl Into<String>) -> Self {
         self.response_edits.push(RawEdit::Remove(name.into()));
@@ -657,6 +696,7 @@ impl ForwardPolicyBuilder {
             cors: self.cors.as_ref().map(Cors::compile).transpose()?,
             request_edits: HeaderEdits::compile(&self.request_edits)?,
             response_edits: HeaderEdits::compile(&self.response_edits)?,
+            underscores: self.underscores,
         })
     }
 }

@@ -143,7 +143,12 @@ where
                 break None;
             }
             let limits = &self.inner.limits;
-            let deadline = Instant::now() + self.inner.timeouts.handshake;
+            // A server sets the first head's deadline at accept: the TLS
+            // handshake and the head share one handshake timeout.
+            let deadline = (self.report.requests == 0)
+                .then(|| self.drain.head_deadline())
+                .flatten()
+                .unwrap_or_else(|| Instant::now() + self.inner.timeouts.handshake);
             let head = read_head(
                 &mut self.io,
                 &mut self.buf,
@@ -169,6 +174,9 @@ where
                     // a client that stopped reading is not waited for.
                     self.reject(StatusCode::REQUEST_TIMEOUT, "request head timed out", None)
                         .await;
+                    // nginx closes at `client_header_timeout`: lingering
+                    // would hold a slowloris client's slot for longer.
+                    self.linger = false;
                     break None;
                 }
                 Err(HeadRead::Parse(e)) => {
@@ -222,9 +230,15 @@ where
             self.inner.timeouts.keepalive,
             self.io.read_buf(&mut self.buf),
         );
+        let reclaimed = self.drain.reclaimed();
         tokio::select! {
+            // A request that arrived wins over a reclaim.
+            biased;
             got = read => matches!(got, Ok(Ok(n)) if n > 0),
             () = self.drain.clone().reached(DrainPhase::Draining) => false,
+            // The server ran out of slots: an idle connection is the one
+            // to give up (nginx `ngx_drain_connections`).
+            () = reclaimed => false,
         }
     }
 
@@ -529,8 +543,12 @@ where
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
+                // Not a passive-health failure: the upstream answered, and
+                // whether its 101 fits depends on the client's own request
+                // (its key, its subprotocols), so one client could otherwise
+                // take the upstream out for everyone. nginx does not check
+                // the 101 at all.
                 tracing::warn!(error = %e, "upstream sent an invalid 101");
-                lease.report_failure(Instant::now().into_std());
                 return self
                     .reject(StatusCode::BAD_GATEWAY, &e.to_string(), None)
                     .await;

@@ -68,6 +68,17 @@ impl ConnectError {
     }
 }
 
+/// Picks among the upstreams passive health lets through, or, when it has
+/// tripped them all, among the tripped ones: when every upstream of a group
+/// is marked failed nginx still tries one rather than refusing every client
+/// until a `fail_timeout` ends.
+fn pick_or_last_resort(group: &UpstreamGroup, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
+    group
+        .balancer()
+        .pick(ctx)
+        .or_else(|_| group.balancer().pick(&ctx.with_passive_health(false)))
+}
+
 /// Picks and connects, trying the next upstream after a refused or timed out
 /// connect (nginx `proxy_next_upstream error timeout`).
 ///
@@ -90,7 +101,7 @@ pub(super) async fn connect(
     for _ in 0..inner.max_tries {
         let now = Instant::now().into_std();
         let ctx = PickContext::new(client.ip(), request, now).with_failed(&failed);
-        let lease = match group.balancer().pick(&ctx) {
+        let lease = match pick_or_last_resort(group, &ctx) {
             Ok(lease) => lease,
             Err(e) => {
                 refused = e;

@@ -68,7 +68,7 @@
 //! - **Dead peers.** Tunnel pings
 //!   ([`TunnelConfig::ping`](crate::tunnel::TunnelConfig::ping)), kernel
 //!   keepalive on both sockets ([`ProxyBuilder::tcp_keepalive`]), and
-//!   [`HealthChecker::close_on_down`](crate::health::HealthChecker::close_on_down)
+//!   [`HealthChecker::close_on_down`](HealthChecker::close_on_down)
 //!   for the tunnels of an upstream that checks mark down.
 //!
 //! ```no_run
@@ -117,6 +117,21 @@
 //! [`server`](crate::server) holds the task to its byte budget; the
 //! gateway's resident memory per idle WebSocket, measured by the anchors in
 //! `benches/README.md`, stays under 2 KiB.
+//!
+//! # Passive health
+//!
+//! What counts against an upstream's `max_fails` is what nginx counts as an
+//! unsuccessful attempt (`proxy_next_upstream error timeout
+//! invalid_header`): a refused or timed out connect, a failed write of the
+//! request head, and an answer head that times out, is cut short or cannot
+//! be parsed. These say the upstream is unreachable or not answering.
+//! Nothing that happens after the answer head counts (a slow body, an idle
+//! tunnel), and neither does an invalid 101: the upstream answered, and the
+//! client's own request decides whether a 101 fits it. A timeout reading
+//! the answer head counts although a client can pick a slow path, as in
+//! nginx; two rules keep one client from locking everyone out that way: the
+//! last available upstream of a set is never marked failed, and when every
+//! upstream is marked anyway, one is tried rather than answering 502.
 
 mod conn;
 mod connect;
@@ -126,6 +141,7 @@ mod head_io;
 mod health;
 mod keepalive;
 mod rebalance;
+mod reclaim;
 mod registry;
 mod relay;
 mod upgrade;
@@ -157,6 +173,7 @@ pub use health::{
 };
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
+pub(crate) use reclaim::Reclaim;
 #[cfg(test)]
 pub(crate) use registry::{Listed, Registered};
 pub use registry::{LiveTunnel, TunnelRegistry};
@@ -338,7 +355,7 @@ impl Proxy {
         let started = tokio::time::Instant::now();
         let tunnel = std::sync::OnceLock::new();
         let serve = async {
-            let drain = Drain { rx: rx.clone() };
+            let drain = Drain::new(rx.clone());
             let (mut report, upgraded) = conn::serve(&self.inner, io, peer, listener, drain).await;
             if let Some(upgraded) = upgraded {
                 let mut running = upgraded.run(0);
@@ -723,15 +740,50 @@ pub(crate) enum DrainPhase {
     Cut,
 }
 
-/// A connection's view of its server's shutdown.
+/// A connection's view of its server's shutdown, of the server's reclaim of
+/// idle connections, and of when its first request head is due.
 #[derive(Debug, Clone)]
 pub(crate) struct Drain {
     rx: watch::Receiver<DrainPhase>,
+    reclaim: Option<Arc<Reclaim>>,
+    head_deadline: Option<tokio::time::Instant>,
 }
 
 impl Drain {
     pub(crate) fn new(rx: watch::Receiver<DrainPhase>) -> Self {
-        Self { rx }
+        Self {
+            rx,
+            reclaim: None,
+            head_deadline: None,
+        }
+    }
+
+    /// Idle keep-alive waits answer `reclaim`'s requests to close.
+    pub(crate) fn with_reclaim(mut self, reclaim: Arc<Reclaim>) -> Self {
+        self.reclaim = Some(reclaim);
+        self
+    }
+
+    /// The first request head is due by `deadline` (set at accept, so that
+    /// a TLS handshake and the head share one handshake timeout), instead
+    /// of a handshake timeout after the proxy begins to read.
+    pub(crate) fn with_head_deadline(mut self, deadline: tokio::time::Instant) -> Self {
+        self.head_deadline = Some(deadline);
+        self
+    }
+
+    /// When the first request head is due, if the server set it.
+    pub(crate) fn head_deadline(&self) -> Option<tokio::time::Instant> {
+        self.head_deadline
+    }
+
+    /// Waits idle for the next request; resolves when the server reclaims
+    /// the connection, never without a server that does.
+    pub(crate) async fn reclaimed(&self) {
+        match &self.reclaim {
+            Some(reclaim) => reclaim.idle().await,
+            None => std::future::pending().await,
+        }
     }
 
     pub(crate) fn phase(&self) -> DrainPhase {

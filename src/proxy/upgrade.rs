@@ -131,7 +131,10 @@ impl Proxy {
                     break;
                 }
                 Ok(_) => return Err(UpgradeError::NotSwitched(head.status())),
-                Err(_) => return Err(failed(StatusCode::BAD_GATEWAY)),
+                // An invalid 101 is not held against the upstream: the
+                // client's own request decides whether it fits (see
+                // "Passive health" in the module docs).
+                Err(_) => return Err(UpgradeError::Unreachable(StatusCode::BAD_GATEWAY)),
             }
         }
         let Some(mut response) = response else {

@@ -1,0 +1,506 @@
+//! Attacks by one client on everyone else, end to end on loopback: each case
+//! is a regression test for a reported abuse, grouped by attack family
+//! under a header per family. Add new families at the end, with a header
+//! and their count in the tally below.
+//!
+//! Cases (11):
+//! - passive-health poisoning: 5
+//! - header spoofing toward CGI/WSGI backends: 3
+//! - connection slots: 3
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+use wsproxy::forward::ForwardPolicy;
+use wsproxy::server::Server;
+use wsproxy::{Proxy, ProxyBuilder};
+
+use support::*;
+
+fn set(addrs: &[SocketAddr]) -> UpstreamSet {
+    addrs.iter().map(|a| Upstream::new(*a)).collect()
+}
+
+fn round_robin(addrs: &[SocketAddr]) -> ProxyBuilder {
+    Proxy::builder().upstream(RoundRobin::new(set(addrs)))
+}
+
+/// A plain request that closes the connection after its answer.
+fn get(path: &str, extra: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n{extra}\r\n")
+}
+
+fn upgrade(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Sends `request` on a fresh connection and returns the whole answer.
+async fn exchange(addr: SocketAddr, request: &str) -> String {
+    let mut s = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned()
+}
+
+/// The status line's code of an answer.
+fn status(answer: &str) -> &str {
+    answer.get(9..12).unwrap_or(answer)
+}
+
+/// What a [`scripted_upstream`] does with one request head: wait, then send.
+struct Reply {
+    delay: Duration,
+    bytes: Vec<u8>,
+}
+
+/// The usual upstream of these tests: `/slow` answers after 3 s, `/bad`
+/// upgrades with a 101 lacking `Sec-WebSocket-Accept`, other upgrades
+/// complete, and anything else gets `200 ok`.
+fn script(head: &str) -> Reply {
+    let path = head.split(' ').nth(1).unwrap_or("/");
+    let key = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("sec-websocket-key")
+            .then(|| value.trim().to_owned())
+    });
+    let bytes = match (path, key) {
+        ("/bad", Some(_)) => {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec()
+        }
+        (_, Some(key)) => format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        )
+        .into_bytes(),
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    };
+    let delay = if path == "/slow" {
+        Duration::from_secs(3)
+    } else {
+        Duration::ZERO
+    };
+    Reply { delay, bytes }
+}
+
+/// An upstream answering each request head by `script`; counts the heads
+/// it answered without delay.
+async fn scripted_upstream(script: fn(&str) -> Reply) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = script(&String::from_utf8_lossy(&head));
+                if reply.delay.is_zero() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(reply.delay).await;
+                let _ = stream.write_all(&reply.bytes).await;
+                // Hold the connection (a tunnel) until the proxy closes it.
+                let _ = tokio::time::timeout(WAIT, async {
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    });
+    (addr, served)
+}
+
+// ---------------------------------------------------------------------------
+// Passive-health poisoning: one client's failing requests must not mark
+// the upstreams failed for everyone (issue 13 §1).
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_path_on_a_lone_upstream_does_not_lock_out_other_clients() {
+    let (up, _) = scripted_upstream(script).await;
+    let gw = Gateway::start(round_robin(&[up]).read_timeout(Duration::from_secs(1))).await;
+    for _ in 0..3 {
+        let answer = exchange(gw.addr, &get("/slow", "")).await;
+        assert_eq!(status(&answer), "504", "{answer}");
+    }
+    for i in 0..40 {
+        let answer = exchange(gw.addr, &get("/", "")).await;
+        assert_eq!(status(&answer), "200", "request {i}: {answer}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_paths_on_each_of_three_upstreams_in_turn_do_not_lock_out_other_clients() {
+    let mut addrs = Vec::new();
+    for _ in 0..3 {
+        addrs.push(scripted_upstream(script).await.0);
+    }
+    let gw = Gateway::start(round_robin(&addrs).read_timeout(Duration::from_secs(1))).await;
+    // A burst, meant to reach every upstream in turn, interleaved with
+    // other clients' requests.
+    for i in 0..6 {
+        let answer = exchange(gw.addr, &get("/slow", "")).await;
+        assert_eq!(status(&answer), "504", "{answer}");
+        let answer = exchange(gw.addr, &get("/", "")).await;
+        assert_eq!(status(&answer), "200", "after poison {i}: {answer}");
+    }
+    for i in 0..40 {
+        let answer = exchange(gw.addr, &get("/", "")).await;
+        assert_eq!(status(&answer), "200", "request {i}: {answer}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_invalid_101_provoked_on_a_lone_upstream_does_not_lock_out_other_clients() {
+    let (up, _) = scripted_upstream(script).await;
+    let gw = Gateway::start(round_robin(&[up])).await;
+    let answer = exchange(gw.addr, &upgrade("/bad")).await;
+    assert_eq!(status(&answer), "502", "{answer}");
+    for i in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(upgrade("/").as_bytes()).await.unwrap();
+        let head = read_until(&mut s, b"\r\n\r\n").await;
+        let head = String::from_utf8_lossy(&head);
+        assert_eq!(status(&head), "101", "upgrade {i}: {head}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_101s_do_not_count_as_upstream_failures() {
+    let mut ups = Vec::new();
+    for _ in 0..3 {
+        ups.push(scripted_upstream(script).await);
+    }
+    let addrs: Vec<SocketAddr> = ups.iter().map(|(a, _)| *a).collect();
+    let gw = Gateway::start(round_robin(&addrs)).await;
+    for _ in 0..3 {
+        let answer = exchange(gw.addr, &upgrade("/bad")).await;
+        assert_eq!(status(&answer), "502", "{answer}");
+    }
+    let before: Vec<usize> = ups.iter().map(|(_, n)| n.load(Ordering::Relaxed)).collect();
+    for _ in 0..6 {
+        let answer = exchange(gw.addr, &get("/", "")).await;
+        assert_eq!(status(&answer), "200", "{answer}");
+    }
+    // Every upstream still takes its turn: none was marked failed.
+    let grew: Vec<usize> = ups
+        .iter()
+        .zip(&before)
+        .map(|((_, n), b)| n.load(Ordering::Relaxed) - b)
+        .collect();
+    assert_eq!(grew, [2, 2, 2]);
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_available_upstream_is_marked_failed_one_is_still_tried() {
+    let (up, _) = scripted_upstream(script).await;
+    let other = closed_port().await;
+    let set = set(&[up, other]);
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set.clone()))).await;
+    let snapshot = set.snapshot();
+    let (working, spare) = (&snapshot.primaries()[0], &snapshot.primaries()[1]);
+    // A passing failure marks the working upstream (the spare still
+    // stood), then the operator takes the spare out.
+    working
+        .lease()
+        .report_failure(tokio::time::Instant::now().into_std());
+    set.set_down(spare.id(), true);
+    let answer = exchange(gw.addr, &get("/", "")).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    gw.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------
+// Header spoofing toward CGI/WSGI backends: underscore twins of the
+// forwarding headers (issue 13 §3).
+// ---------------------------------------------------------------------------
+
+const TWINS: &str = "X_Real_IP: 6.6.6.6\r\nX_Forwarded_For: 6.6.6.6\r\n\
+                     X_Forwarded_Proto: https\r\nX_Custom: kept-if-allowed\r\n";
+
+/// The request head the upstream received, lowercased.
+async fn received_head(gw: SocketAddr, seen: &Mutex<Vec<Vec<u8>>>) -> String {
+    let answer = exchange(gw, &get("/", TWINS)).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+    await_records(seen, 1).await;
+    let head = seen.lock().unwrap().pop().unwrap();
+    String::from_utf8_lossy(&head).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn underscored_headers_are_dropped_by_default() {
+    let (up, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[up])).await;
+    let head = received_head(gw.addr, &seen).await;
+    assert!(!head.contains('_'), "{head}");
+    assert!(head.contains("x-real-ip: 127.0.0.1\r\n"), "{head}");
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn allowed_underscores_still_never_twin_a_header_the_proxy_sets() {
+    let (up, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let policy = ForwardPolicy::builder()
+        .underscores_in_headers(true)
+        .build()
+        .unwrap();
+    let gw = Gateway::start(round_robin(&[up]).policy(policy)).await;
+    let head = received_head(gw.addr, &seen).await;
+    assert!(head.contains("x_custom: kept-if-allowed\r\n"), "{head}");
+    for twin in ["x_real_ip", "x_forwarded_for", "x_forwarded_proto"] {
+        assert!(!head.contains(twin), "{twin} reached the upstream: {head}");
+    }
+    gw.shutdown().await;
+}
+
+/// The gateway example's binary (see tests/gateway.rs for why it is found
+/// this way); `cargo test` builds it before running the tests.
+fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    let how = "run `cargo test` (it builds the examples first) or `cargo build --example gateway`";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest = newest_mtime(&root.join("examples/gateway")).max(newest_mtime(&root.join("src")));
+    assert!(
+        built >= newest,
+        "{} is older than its sources: {how}",
+        bin.display()
+    );
+    bin
+}
+
+fn newest_mtime(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    // Bounded by the size of the source tree.
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                newest = newest.max(t);
+            }
+        }
+    }
+    newest
+}
+
+/// A gateway process, killed on drop.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the gateway binary with `args`; returns it and its address.
+async fn start_binary(args: &[&str]) -> (Process, SocketAddr) {
+    let mut child = Command::new(gateway_bin())
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let process = Process(child);
+    let banner = bounded(
+        "the listening line",
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            line
+        }),
+    )
+    .await
+    .unwrap();
+    let addr = banner
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .parse()
+        .unwrap();
+    (process, addr)
+}
+
+#[tokio::test]
+async fn the_gateway_flag_allows_underscores_but_not_twins() {
+    let (up, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let up = up.to_string();
+    let (_off, addr) = start_binary(&["--upstream", &up]).await;
+    let head = received_head(addr, &seen).await;
+    assert!(!head.contains('_'), "{head}");
+
+    let (_on, addr) = start_binary(&["--upstream", &up, "--underscores-in-headers", "on"]).await;
+    let head = received_head(addr, &seen).await;
+    assert!(head.contains("x_custom: kept-if-allowed\r\n"), "{head}");
+    assert!(!head.contains("x_real_ip"), "{head}");
+}
+
+// ---------------------------------------------------------------------------
+// Connection slots: idle or refused clients must not hold slots that new
+// clients need (issue 13 §4).
+// ---------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn idle_keepalive_connections_give_their_slots_to_new_clients() {
+    let (up, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start_with(round_robin(&[up]), |s| s.max_connections(10)).await;
+    let keep_alive = "GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(keep_alive.as_bytes()).await.unwrap();
+        read_until(&mut s, b"\r\n\r\nok").await;
+        idle.push(s);
+    }
+    // Every slot holds an idle keep-alive connection (75 s timeout): a new
+    // client is served now, not when one of them times out.
+    let mut late = TcpStream::connect(gw.addr).await.unwrap();
+    late.write_all(keep_alive.as_bytes()).await.unwrap();
+    let answer = within(
+        Duration::from_secs(5),
+        "an answer while every slot idles",
+        read_until(&mut late, b"\r\n\r\nok"),
+    )
+    .await;
+    assert!(
+        answer.ends_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The longest idle one made room.
+    let mut rest = Vec::new();
+    within(
+        Duration::from_secs(1),
+        "the oldest idle connection to close",
+        idle[0].read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(rest.is_empty());
+    drop(idle);
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slowloris_answered_408_gives_its_slot_back_at_once() {
+    let (up, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let builder = round_robin(&[up]).handshake_timeout(Duration::from_secs(10));
+    let gw = Gateway::start_with(builder, |s| s.max_connections(1)).await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    // Not `read_until`: its own bound is as long as the handshake timeout.
+    let mut answer = [0u8; 12];
+    within(
+        Duration::from_secs(30),
+        "the 408",
+        slow.read_exact(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert_eq!(status(&answer), "408", "{answer}");
+    // The slow client keeps its socket open and silent; the next client
+    // does not wait for a linger on it.
+    let mut next = TcpStream::connect(gw.addr).await.unwrap();
+    next.write_all(get("/", "").as_bytes()).await.unwrap();
+    let answer = within(
+        Duration::from_secs(2),
+        "the next client's answer",
+        read_until(&mut next, b"\r\n\r\nok"),
+    )
+    .await;
+    assert!(
+        answer.ends_with(b"ok"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(slow);
+    gw.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_tls_handshake_and_the_request_head_share_one_deadline() {
+    let (up, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let proxy = round_robin(&[up])
+        .handshake_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A TLS handshake that takes 8 s of the 10.
+    let slow_tls = |tcp: TcpStream| async move {
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        Ok(tcp)
+    };
+    let server = tokio::spawn(Server::new(proxy).serve_with(listener, slow_tls, async {
+        let _ = stopped.await;
+    }));
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    within(
+        Duration::from_secs(30),
+        "the 408",
+        s.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || status(&answer) == "408", "{answer}");
+    // Virtual time: ten seconds from accept, not ten after the handshake.
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(11), "{waited:?}");
+    let _ = stop.send(());
+    within(Duration::from_secs(120), "server stop", server)
+        .await
+        .unwrap()
+        .unwrap();
+}
