@@ -46,6 +46,7 @@
 //! A bad request becomes an answer with [`HandshakeError::to_response`]; a
 //! bad upstream answer is a 502 and never opens a tunnel.
 
+mod chunked;
 mod error;
 mod framing;
 mod head;
@@ -58,6 +59,7 @@ mod syntax;
 mod upgrade;
 mod write;
 
+pub use chunked::{ChunkedReframer, Reframed, RequestBodyError};
 pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;
