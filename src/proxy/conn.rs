@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
@@ -23,7 +23,9 @@ use super::{ConnectionReport, Drain, Inner, Listener, Outcome, Phase, UpstreamGr
 use crate::balance::{Affinity, Lease, PickContext, UpstreamAddr, UpstreamId};
 use crate::body::{BodyError, BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
-use crate::handshake::{self, RequestKind, ResponseKind, Status};
+use crate::handshake::{
+    self, ChunkedReframer, RequestBodyError, RequestKind, ResponseKind, Status,
+};
 use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
 /// Room reserved in a read buffer before each read.
@@ -445,6 +447,15 @@ where
         tracing::Span::current().record("route", group.name());
         self.report.route = Some(group.name.clone());
 
+        // nginx refuses a declared length over `client_max_body_size` before
+        // reading any of the body (and before `100 Continue`); a chunked
+        // body is measured as its chunk sizes arrive, in `send_body`.
+        let limit = inner.client_max_body_size;
+        if matches!(body, BodyKind::Length(n) if limit != 0 && n > limit) {
+            let e = RequestBodyError::TooLarge { limit };
+            return self.reject(e.status(), &e.to_string(), None).await;
+        }
+
         if let Err(e) = inner.policy.check(&request, websocket) {
             return self.reject(e.status(), &e.to_string(), None).await;
         }
@@ -490,8 +501,9 @@ where
             authority,
         )
         .with_websocket(websocket);
-        // The policy keeps Content-Length and Transfer-Encoding: bodies go
-        // through with their framing untouched.
+        // The policy keeps Content-Length and Transfer-Encoding: a
+        // Content-Length body goes through untouched, a chunked one (whose
+        // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         if http10 {
             // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
@@ -537,6 +549,7 @@ where
                     body_cut = true;
                 }
                 BodySent::Framing(e) => return self.reject(e.status(), &e.to_string(), None).await,
+                BodySent::Refused(e) => return self.reject(e.status(), &e.to_string(), None).await,
                 BodySent::ClientGone => {
                     self.finish(Outcome::Abandoned);
                     return Next::Close;
@@ -620,7 +633,7 @@ where
             &mut self.io,
             &mut up_write,
             &mut self.buf,
-            BodyScanner::new(body),
+            BodyWalk::request(body, inner.client_max_body_size),
             inner.timeouts.handshake,
             inner.timeouts.send,
         );
@@ -653,6 +666,7 @@ where
                 sent = &mut send => return match sent {
                     Ok(n) => BodySent::Whole(n),
                     Err(CopyError::Framing(e)) => BodySent::Framing(e),
+                    Err(CopyError::Refused(e)) => BodySent::Refused(e),
                     Err(CopyError::Read) => BodySent::ClientGone,
                     Err(CopyError::Write) => BodySent::UpstreamGone,
                 },
@@ -812,11 +826,15 @@ where
             return Next::Close;
         }
         self.report.status = Some(response.status());
+        // An answer's body goes through as the upstream framed it, only
+        // scanned for its end: the upstream is trusted more than the client
+        // (the operator chose it), and the client's parser is not one the
+        // proxy shields others from.
         let copied = copy_body(
             &mut upstream,
             &mut self.io,
             &mut up_buf,
-            BodyScanner::new(body),
+            BodyWalk::Scan(BodyScanner::new(body)),
             inner.timeouts.read,
             inner.timeouts.send,
         )
@@ -1012,6 +1030,8 @@ where
 /// Why a body stopped short, by the side at fault.
 enum CopyError {
     Framing(BodyError),
+    /// A chunked request body the re-framer refused (400, 413).
+    Refused(RequestBodyError),
     /// Reading the source failed, timed out or ended early.
     Read,
     /// Writing the destination failed or timed out.
@@ -1024,6 +1044,7 @@ enum BodySent {
     /// The upstream answered before the body was through.
     EarlyAnswer(Response<()>),
     Framing(BodyError),
+    Refused(RequestBodyError),
     ClientGone,
     UpstreamGone,
 }
@@ -1051,13 +1072,45 @@ pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<
     Ok(())
 }
 
+/// How [`copy_body`] walks a body.
+enum BodyWalk {
+    /// Forwarded as it came, scanned for its end.
+    Scan(BodyScanner),
+    /// A chunked request body, forwarded in the proxy's own framing so that
+    /// the client's chunk sizes and extensions never reach the upstream's
+    /// parser (request smuggling toward lax backends).
+    Reframe(ChunkedReframer),
+}
+
+impl BodyWalk {
+    /// A request body of `kind`; chunked ones are held to `limit` (0: none).
+    fn request(kind: BodyKind, limit: u64) -> Self {
+        match kind {
+            BodyKind::Chunked => Self::Reframe(ChunkedReframer::new(limit)),
+            kind => Self::Scan(BodyScanner::new(kind)),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Self::Scan(scanner) => scanner.is_done(),
+            Self::Reframe(reframer) => reframer.is_done(),
+        }
+    }
+
+    fn ends_at_close(&self) -> bool {
+        matches!(self, Self::Scan(scanner) if scanner.ends_at_close())
+    }
+}
+
 /// Streams one body from `src` to `dst`, starting with the bytes already in
-/// `pending`; bytes after the body's end stay in `pending`.
+/// `pending`; bytes after the body's end stay in `pending`. Returns the
+/// bytes written.
 async fn copy_body<R, W>(
     src: &mut R,
     dst: &mut W,
     pending: &mut BytesMut,
-    mut scanner: BodyScanner,
+    mut walk: BodyWalk,
     read_timeout: Duration,
     send_timeout: Duration,
 ) -> Result<u64, CopyError>
@@ -1067,20 +1120,39 @@ where
 {
     let mut total = 0u64;
     loop {
-        if !pending.is_empty() {
-            let scan = scanner.scan(pending).map_err(CopyError::Framing)?;
-            let chunk = pending.split_to(scan.consumed);
-            write_all_timeout(dst, &chunk, send_timeout)
-                .await
-                .map_err(|_| CopyError::Write)?;
-            total += chunk.len() as u64;
+        match &mut walk {
+            BodyWalk::Scan(scanner) if !pending.is_empty() => {
+                let scan = scanner.scan(pending).map_err(CopyError::Framing)?;
+                let chunk = pending.split_to(scan.consumed);
+                write_all_timeout(dst, &chunk, send_timeout)
+                    .await
+                    .map_err(|_| CopyError::Write)?;
+                total += chunk.len() as u64;
+            }
+            BodyWalk::Scan(_) => {}
+            BodyWalk::Reframe(reframer) => {
+                // Bounded: each step consumes at least one pending byte.
+                while !pending.is_empty() && !reframer.is_done() {
+                    let step = reframer.reframe(pending).map_err(CopyError::Refused)?;
+                    let consumed = step.consumed;
+                    // The proxy's framing and the client's data slice in one
+                    // vectored write: the data is never copied.
+                    let mut out = Buf::chain(step.framing, &pending[step.data]);
+                    let len = out.remaining() as u64;
+                    match timeout(send_timeout, dst.write_all_buf(&mut out)).await {
+                        Ok(Ok(())) => total += len,
+                        Ok(Err(_)) | Err(_) => return Err(CopyError::Write),
+                    }
+                    pending.advance(consumed);
+                }
+            }
         }
-        if scanner.is_done() {
+        if walk.is_done() {
             return Ok(total);
         }
         pending.reserve(READ_CHUNK);
         match timeout(read_timeout, src.read_buf(pending)).await {
-            Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
+            Ok(Ok(0)) if walk.ends_at_close() => return Ok(total),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(CopyError::Read),
             Ok(Ok(_)) => {}
         }
