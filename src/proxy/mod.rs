@@ -11,8 +11,8 @@
 //!
 //! 1. read the request head within the handshake timeout
 //!    (`client_header_timeout`, whole head, however slowly it trickles in);
-//! 2. refuse bad requests with the core's status (400, 403, 404, 426, 431), a
-//!    short body and `Connection: close`;
+//! 2. refuse bad requests with the core's status (400, 403, 404, 413, 426,
+//!    431, 501), a short body and `Connection: close`;
 //! 3. pick an upstream and connect within the connect timeout
 //!    (`proxy_connect_timeout`), trying the next one after a refused or timed
 //!    out connect (`proxy_next_upstream error timeout`): 502 or 504 when none
