@@ -146,14 +146,24 @@ pub struct Reframed<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a size; `digits` once there was one.
-    Size { digits: bool, line: usize },
+    Size {
+        digits: bool,
+        line: usize,
+    },
     /// Whitespace after the size (`BWS` before `;`).
-    AfterSize { line: usize },
+    AfterSize {
+        line: usize,
+    },
     /// A chunk extension, dropped.
-    Ext { line: usize },
+    Ext {
+        line: usize,
+    },
     SizeLf,
     /// Data: `left` of the declared chunk, `piece` of the proxy's chunk.
-    Data { left: u64, piece: u64 },
+    Data {
+        left: u64,
+        piece: u64,
+    },
     DataCr,
     DataLf,
     TrailerStart,
@@ -578,7 +588,9 @@ mod tests {
         big.extend(b"\r\n");
         let many: Vec<u8> = [
             b"0\r\n".to_vec(),
-            (0..65).flat_map(|i| format!("X-{i}: v\r\n").into_bytes()).collect(),
+            (0..65)
+                .flat_map(|i| format!("X-{i}: v\r\n").into_bytes())
+                .collect(),
             b"\r\n".to_vec(),
         ]
         .concat();

@@ -296,7 +296,10 @@ mod tests {
                 HeadError::DuplicateTransferEncoding,
             ),
             (
-                &[("transfer-encoding", "gzip"), ("transfer-encoding", "chunked")],
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
                 HeadError::DuplicateTransferEncoding,
             ),
         ];
