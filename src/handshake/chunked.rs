@@ -35,8 +35,10 @@
 //! # }
 //! ```
 
+use std::io::IoSlice;
 use std::ops::Range;
 
+use bytes::Buf;
 use http::StatusCode;
 
 /// A chunk-size line, extensions included, is bounded so that a client
@@ -58,6 +60,9 @@ const MAX_CHUNK_SIZE: u64 = (1 << 52) - 1;
 const MAX_PIECE: u64 = 1 << 24;
 /// Room for the framing of one step: at most `\r\n` + a piece's size line.
 const OUT: usize = 32;
+/// Steps gathered into one [`Batch`]: two segments each stay within the 64
+/// slices tokio hands to one vectored write.
+const BATCH_STEPS: usize = 32;
 
 /// Why a request body is refused.
 ///
@@ -301,6 +306,28 @@ impl ChunkedReframer {
         })
     }
 
+    /// Up to 32 steps of [`reframe`](Self::reframe) over `input`, for one
+    /// write; a fault ends the batch after the steps before it.
+    pub(crate) fn reframe_batch<'a>(&mut self, input: &'a [u8]) -> Batch<'a> {
+        let mut batch = Batch::new(input);
+        let mut steps = 0;
+        // Bounded: each step consumes at least one byte, and by the count.
+        while steps < BATCH_STEPS && !self.is_done() {
+            let Some(rest) = input.get(batch.consumed..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            match self.reframe(rest) {
+                Ok(step) => batch.push(&step),
+                Err(e) => {
+                    batch.error = Some(e);
+                    break;
+                }
+            }
+            steps += 1;
+        }
+        batch
+    }
+
     /// One byte of framing.
     fn step(&mut self, state: State, b: u8) -> Result<State, RequestBodyError> {
         let bad = Err(RequestBodyError::Chunk);
@@ -449,6 +476,151 @@ impl ChunkedReframer {
     }
 }
 
+/// Several steps of [`ChunkedReframer::reframe`] over one input, as one
+/// [`Buf`] of the proxy's framing and slices of the input, for one vectored
+/// write. A client sending tiny chunks then costs one write per read, not
+/// one per chunk, and the data is still never copied.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    input: &'a [u8],
+    /// The framing of every step, back to back.
+    framing: [u8; OUT * BATCH_STEPS],
+    framing_len: usize,
+    segments: [Segment; 2 * BATCH_STEPS],
+    len: usize,
+    /// The segment being written and the offset in it.
+    at: usize,
+    offset: usize,
+    remaining: usize,
+    consumed: usize,
+    error: Option<RequestBodyError>,
+}
+
+/// A run of the batch's framing or of the input.
+#[derive(Debug, Clone, Copy, Default)]
+struct Segment {
+    framing: bool,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> Batch<'a> {
+    fn new(input: &'a [u8]) -> Self {
+        Self {
+            input,
+            framing: [0; OUT * BATCH_STEPS],
+            framing_len: 0,
+            segments: [Segment::default(); 2 * BATCH_STEPS],
+            len: 0,
+            at: 0,
+            offset: 0,
+            remaining: 0,
+            consumed: 0,
+            error: None,
+        }
+    }
+
+    /// Input bytes the batch used: drop them once it is written.
+    pub(crate) fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// The fault that ended the batch, after the steps before it: write
+    /// those, then refuse the body.
+    pub(crate) fn error(&self) -> Option<RequestBodyError> {
+        self.error
+    }
+
+    /// Appends one step, made over `input[self.consumed..]`.
+    fn push(&mut self, step: &Reframed<'_>) {
+        let start = self.framing_len;
+        let Some(room) = self.framing.get_mut(start..start + step.framing.len()) else {
+            // `BATCH_STEPS` steps of at most `OUT` bytes fit; never reached.
+            return;
+        };
+        room.copy_from_slice(step.framing);
+        self.framing_len += step.framing.len();
+        self.segment(true, start..self.framing_len);
+        let base = self.consumed;
+        self.segment(false, base + step.data.start..base + step.data.end);
+        self.consumed += step.consumed;
+    }
+
+    fn segment(&mut self, framing: bool, range: Range<usize>) {
+        if range.is_empty() {
+            return;
+        }
+        self.remaining += range.len();
+        // Framing of steps without data is contiguous: one segment.
+        if let Some(last) = self.len.checked_sub(1).and_then(|i| self.segments.get_mut(i)) {
+            if last.framing && framing && last.end == range.start {
+                last.end = range.end;
+                return;
+            }
+        }
+        if let Some(slot) = self.segments.get_mut(self.len) {
+            *slot = Segment {
+                framing,
+                start: range.start,
+                end: range.end,
+            };
+            self.len += 1;
+        }
+    }
+
+    fn bytes(&self, segment: &Segment) -> &[u8] {
+        let source: &[u8] = if segment.framing {
+            &self.framing
+        } else {
+            self.input
+        };
+        source.get(segment.start..segment.end).unwrap_or_default()
+    }
+}
+
+impl Buf for Batch<'_> {
+    fn remaining(&self) -> usize {
+        self.remaining
+    }
+
+    fn chunk(&self) -> &[u8] {
+        match self.segments[..self.len].get(self.at) {
+            Some(segment) => self.bytes(segment).get(self.offset..).unwrap_or_default(),
+            None => &[],
+        }
+    }
+
+    fn advance(&mut self, mut cnt: usize) {
+        // Bounded by the segment count.
+        while cnt > 0 {
+            let Some(segment) = self.segments[..self.len].get(self.at) else {
+                return;
+            };
+            let left = segment.end - segment.start - self.offset;
+            let step = cnt.min(left);
+            self.offset += step;
+            self.remaining -= step;
+            cnt -= step;
+            if self.offset == segment.end - segment.start {
+                self.at += 1;
+                self.offset = 0;
+            }
+        }
+    }
+
+    fn chunks_vectored<'b>(&'b self, dst: &mut [IoSlice<'b>]) -> usize {
+        let mut n = 0;
+        for (i, segment) in self.segments[..self.len].iter().enumerate().skip(self.at) {
+            let Some(slot) = dst.get_mut(n) else { break };
+            let bytes = self.bytes(segment);
+            let from = if i == self.at { self.offset } else { 0 };
+            *slot = IoSlice::new(bytes.get(from..).unwrap_or_default());
+            n += 1;
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +650,40 @@ mod tests {
                 out.extend_from_slice(&pending[step.data.clone()]);
                 let consumed = step.consumed;
                 pending.drain(..consumed);
+            }
+        }
+        Ok((out, pending))
+    }
+
+    /// Like [`run`], through batches read the way a vectored write reads
+    /// them: at most `iov` slices, then `advance`.
+    fn run_batched(
+        reframer: &mut ChunkedReframer,
+        wire: &[u8],
+        cut: usize,
+        iov: usize,
+    ) -> Result<(Vec<u8>, Vec<u8>), RequestBodyError> {
+        let mut out = Vec::new();
+        let mut pending = Vec::new();
+        for part in [&wire[..cut], &wire[cut..]] {
+            pending.extend_from_slice(part);
+            while !pending.is_empty() && !reframer.is_done() {
+                let mut batch = reframer.reframe_batch(&pending);
+                let (consumed, error) = (batch.consumed(), batch.error());
+                while batch.has_remaining() {
+                    let mut slices = vec![IoSlice::new(&[]); iov];
+                    let n = batch.chunks_vectored(&mut slices);
+                    assert!(n > 0);
+                    // A short write: all but the last byte of what was offered.
+                    let offered: Vec<u8> = slices[..n].iter().flat_map(|s| s.to_vec()).collect();
+                    let wrote = offered.len().saturating_sub(1).max(1);
+                    out.extend_from_slice(&offered[..wrote]);
+                    batch.advance(wrote);
+                }
+                pending.drain(..consumed);
+                if let Some(e) = error {
+                    return Err(e);
+                }
             }
         }
         Ok((out, pending))
@@ -637,6 +843,31 @@ mod tests {
         assert_eq!(sizes[256], b"\r\n5\r\n");
     }
 
+    #[test]
+    fn tiny_chunks_go_out_thirty_two_to_a_write() {
+        let mut wire = b"1\r\nx\r\n".repeat(100);
+        wire.extend(b"0\r\n\r\n");
+        let mut r = ChunkedReframer::new(0);
+        let mut input = &wire[..];
+        let mut writes = 0;
+        while !r.is_done() {
+            let batch = r.reframe_batch(input);
+            assert_eq!(batch.error(), None);
+            input = &input[batch.consumed()..];
+            writes += 1;
+        }
+        assert!(input.is_empty());
+        assert_eq!(writes, 4);
+    }
+
+    #[test]
+    fn a_batch_keeps_what_came_before_a_fault() {
+        let mut r = ChunkedReframer::new(8);
+        let mut batch = r.reframe_batch(b"5\r\nhello\r\n5\r\nworld\r\n");
+        assert_eq!(batch.error(), Some(RequestBodyError::TooLarge { limit: 8 }));
+        assert_eq!(batch.copy_to_bytes(batch.remaining()), &b"5\r\nhello"[..]);
+    }
+
     /// A valid chunked body: chunks with optional leading zeros and
     /// extensions, optional trailers; and its canonical re-framing.
     fn body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
@@ -689,6 +920,41 @@ mod tests {
             let cuts: Vec<usize> = cuts.iter().map(|c| c.index(full.len())).collect();
             let split = run(&mut ChunkedReframer::new(0), &full, &cuts).unwrap();
             prop_assert_eq!(split, (whole_out, whole_rest));
+        }
+
+        #[test]
+        fn batches_write_what_the_steps_write(
+            (wire, canon) in body(),
+            tiny in proptest::collection::vec(0..4usize, 0..40),
+            cut in any::<prop::sample::Index>(),
+            iov in 1..70usize,
+        ) {
+            // Many tiny chunks, then the generated body: batches fill up.
+            let mut full: Vec<u8> = tiny.iter().flat_map(|&n| {
+                let n = n + 1;
+                [format!("{n:x};e\r\n").into_bytes(), vec![b'x'; n], b"\r\n".to_vec()].concat()
+            }).collect();
+            let mut expected: Vec<u8> = tiny.iter().flat_map(|&n| {
+                let n = n + 1;
+                [format!("{n:x}\r\n").into_bytes(), vec![b'x'; n], b"\r\n".to_vec()].concat()
+            }).collect();
+            full.extend(&wire);
+            expected.extend(&canon);
+            full.extend(b"NEXT");
+            let cut = cut.index(full.len() + 1);
+            let got = run_batched(&mut ChunkedReframer::new(0), &full, cut, iov).unwrap();
+            prop_assert_eq!(got, (expected, b"NEXT".to_vec()));
+        }
+
+        #[test]
+        fn batches_fail_where_the_steps_fail(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let cut = cut.index(bytes.len() + 1);
+            let stepped = run(&mut ChunkedReframer::new(64), &bytes, &[cut]);
+            let batched = run_batched(&mut ChunkedReframer::new(64), &bytes, cut, 64);
+            prop_assert_eq!(stepped.err(), batched.err());
         }
 
         #[test]

@@ -1131,19 +1131,22 @@ where
             }
             BodyWalk::Scan(_) => {}
             BodyWalk::Reframe(reframer) => {
-                // Bounded: each step consumes at least one pending byte.
+                // Bounded: each batch consumes at least one pending byte or
+                // carries an error.
                 while !pending.is_empty() && !reframer.is_done() {
-                    let step = reframer.reframe(pending).map_err(CopyError::Refused)?;
-                    let consumed = step.consumed;
-                    // The proxy's framing and the client's data slice in one
+                    // The proxy's framing and the client's data slices in one
                     // vectored write: the data is never copied.
-                    let mut out = Buf::chain(step.framing, &pending[step.data]);
-                    let len = out.remaining() as u64;
-                    match timeout(send_timeout, dst.write_all_buf(&mut out)).await {
+                    let mut batch = reframer.reframe_batch(pending);
+                    let (consumed, refused) = (batch.consumed(), batch.error());
+                    let len = batch.remaining() as u64;
+                    match timeout(send_timeout, dst.write_all_buf(&mut batch)).await {
                         Ok(Ok(())) => total += len,
                         Ok(Err(_)) | Err(_) => return Err(CopyError::Write),
                     }
                     pending.advance(consumed);
+                    if let Some(e) = refused {
+                        return Err(CopyError::Refused(e));
+                    }
                 }
             }
         }
