@@ -552,7 +552,11 @@ impl<'a> Batch<'a> {
         }
         self.remaining += range.len();
         // Framing of steps without data is contiguous: one segment.
-        if let Some(last) = self.len.checked_sub(1).and_then(|i| self.segments.get_mut(i)) {
+        if let Some(last) = self
+            .len
+            .checked_sub(1)
+            .and_then(|i| self.segments.get_mut(i))
+        {
             if last.framing && framing && last.end == range.start {
                 last.end = range.end;
                 return;
