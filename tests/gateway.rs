@@ -379,6 +379,10 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
     let (status, stderr) = run_to_exit(&["--health-check", "http"]);
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("not a health check"), "{stderr}");
+
+    let (status, stderr) = run_to_exit(&["--client-max-body-size", "1mb"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("not a size"), "{stderr}");
 }
 
 #[test]
@@ -437,6 +441,38 @@ async fn route_flag_replaces_the_prefix_as_proxy_pass_with_a_uri_does() {
     assert_eq!(next_data(&mut ws).await, Message::text("hi"));
     let seen = up.seen.lock().unwrap()[0].uri().to_string();
     assert_eq!(seen, "/feed?x=1");
+}
+
+#[tokio::test]
+async fn client_max_body_size_refuses_larger_bodies_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, seen) = support::raw_upstream_after(
+        b"abcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let arg = upstream.to_string();
+    let gateway = Gateway::start(&["--upstream", &arg, "--client-max-body-size", "4"]).await;
+    let exchange = |request: &'static [u8]| async move {
+        let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let _ = bounded("the answer", s.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    let over = exchange(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nabcde").await;
+    assert!(over.starts_with("HTTP/1.1 413 "), "{over}");
+    let chunked = exchange(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(chunked.starts_with("HTTP/1.1 413 "), "{chunked}");
+    let fits = exchange(
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nConnection: close\r\n\r\nabcd",
+    )
+    .await;
+    assert!(fits.starts_with("HTTP/1.1 200 "), "{fits}");
+    support::await_records(&seen, 2).await;
 }
 
 #[tokio::test]
@@ -511,6 +547,7 @@ fn help_names_the_nginx_directive_of_each_flag() {
         "no nginx directive",
         "hash-balance-factor",
         "moves established connections",
+        "client_max_body_size",
     ] {
         assert!(help.contains(directive), "--help lacks {directive}");
     }

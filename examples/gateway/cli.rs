@@ -67,6 +67,12 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// The largest request body forwarded (nginx `client_max_body_size`):
+    /// bytes, or with k, m or g (`512k`, `1m`, `1g`); 0 for no limit. A
+    /// larger Content-Length, or chunk sizes adding up to more, get 413.
+    #[arg(long, value_name = "SIZE", default_value = "1m", value_parser = parse_size)]
+    pub client_max_body_size: u64,
+
     /// Trust X-Forwarded-For from this proxy address or CIDR block, repeatable
     /// (nginx `set_real_ip_from` + `real_ip_recursive on`).
     #[arg(long, value_name = "CIDR")]
@@ -421,6 +427,24 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// nginx size syntax: bytes, or a whole number of `k`, `m` or `g` (either
+/// case), as nginx's `ngx_parse_offset` reads `client_max_body_size`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("`{text}` is not a size (examples: 0, 4096, 512k, 1m, 1g)");
+    let text = text.trim();
+    let (digits, shift) = match text.as_bytes().last() {
+        Some(b'k' | b'K') => (&text[..text.len() - 1], 10),
+        Some(b'm' | b'M') => (&text[..text.len() - 1], 20),
+        Some(b'g' | b'G') => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).ok_or_else(bad)
+}
+
 /// `ADDR[,weight=N][,max_fails=N][,fail_timeout=DUR][,backup][,down]`.
 pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
     let list = parse_upstream_list(text)?;
@@ -561,6 +585,19 @@ mod tests {
         assert_eq!(parse_duration("75"), Ok(ms(75_000)));
         for bad in ["", "s", "4x", "4 s", "-1s", "1.5s", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_follow_nginx_syntax() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512k"), Ok(512 * 1024));
+        assert_eq!(parse_size("1m"), Ok(1024 * 1024));
+        assert_eq!(parse_size("1M"), Ok(1024 * 1024));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        for bad in ["", "m", "1.5m", "-1", "1mb", "1 m", "99999999999999999999g"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -301,6 +301,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         .read_timeout(args.read_timeout)
         .send_timeout(args.send_timeout)
         .handshake_timeout(args.handshake_timeout)
+        .client_max_body_size(args.client_max_body_size)
         .tunnel(tunnel_config(args));
     if let Some(keepalive) = args.so_keepalive {
         builder = builder.tcp_keepalive(keepalive.resolve());

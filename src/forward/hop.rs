@@ -43,8 +43,9 @@ const UPGRADE_PAIR: usize = 2;
 /// Removes every hop-by-hop field and every field named in `Connection`,
 /// except `Transfer-Encoding`.
 ///
-/// `Transfer-Encoding` is hop-by-hop, but wsproxy relays body bytes exactly
-/// as they arrived, so the framing those bytes carry must travel with them:
+/// `Transfer-Encoding` is hop-by-hop, but wsproxy relays bodies in the
+/// framing they arrived with (a chunked request body is re-framed, still
+/// chunked), so that framing must travel with them:
 /// forwarding a chunked body without `Transfer-Encoding: chunked` would make
 /// the next hop read the chunk sizes as content and desynchronise it. It is
 /// kept verbatim, like the end-to-end `Content-Length`. A caller that

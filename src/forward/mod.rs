@@ -64,7 +64,8 @@
 //! # Body framing
 //!
 //! `Transfer-Encoding` is hop-by-hop, yet the rewrite keeps the framing a
-//! body arrived with, because wsproxy relays body bytes unchanged:
+//! body arrived with, because wsproxy relays bodies in that framing (a
+//! chunked request body re-framed by the proxy, still chunked):
 //! `Content-Length` and `Transfer-Encoding` are kept verbatim, and naming
 //! them in `Connection` does not remove them (the handshake layer has
 //! already refused a request carrying both, or a coding list not ending in

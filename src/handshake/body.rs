@@ -1,7 +1,9 @@
 //! Message body framing for plain HTTP/1.1 proxying, sans-IO.
 //!
-//! The proxy streams bodies through unchanged: it never decodes or buffers
-//! them whole. What it must know is where a body *ends*, so that the bytes
+//! The proxy streams bodies through without buffering them whole (a
+//! chunked request body is re-framed on the way by
+//! [`ChunkedReframer`](super::ChunkedReframer), still chunked; everything
+//! else passes unchanged). What it must know is where a body *ends*, so that the bytes
 //! after it are read as the next request (keep-alive) and never leak into
 //! the upstream connection as a smuggled request. [`BodyKind`] decides the
 //! framing from the head (RFC 9112 §6.3) and [`BodyScanner`] walks the bytes

@@ -5,7 +5,7 @@ use http::StatusCode;
 /// An error reading or checking a handshake.
 ///
 /// The variant says who is to blame: the client ([`Request`](Self::Request),
-/// answered with 400, 426 or 431) or the upstream ([`Response`](Self::Response)
+/// answered with 400, 426, 431 or 501) or the upstream ([`Response`](Self::Response)
 /// and [`Switch`](Self::Switch), answered with 502). Act on it through
 /// [`status`](Self::status) and [`to_response`](Self::to_response), never by
 /// matching the message.
@@ -43,7 +43,8 @@ impl HandshakeError {
     ///
     /// 414 for a request line longer than the head limit, 431 for a request
     /// head over the [`Limits`](super::Limits), 426 for an unsupported
-    /// WebSocket version, 400 for any other bad request, and 502 for
+    /// WebSocket version, 501 for a request transfer coding other than
+    /// `chunked` alone, 400 for any other bad request, and 502 for
     /// anything the upstream got wrong.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -54,6 +55,7 @@ impl HandshakeError {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
             Self::Request(HeadError::UnsupportedWebSocketVersion) => StatusCode::UPGRADE_REQUIRED,
+            Self::Request(HeadError::UnsupportedTransferCoding) => StatusCode::NOT_IMPLEMENTED,
             Self::Request(_) => StatusCode::BAD_REQUEST,
             Self::Response(_) | Self::Switch(_) => StatusCode::BAD_GATEWAY,
         }
@@ -153,6 +155,16 @@ pub enum HeadError {
     /// (RFC 9112 §6.3): its length could not be determined.
     #[error("transfer-encoding does not end with chunked")]
     TransferEncodingNotChunked,
+    /// More than one Transfer-Encoding field in a request: refused with 400
+    /// as nginx does, since proxies and servers disagree on which counts.
+    #[error("duplicate transfer-encoding header")]
+    DuplicateTransferEncoding,
+    /// A request Transfer-Encoding ending in `chunked` with other codings
+    /// before it (`identity, chunked`, `gzip, chunked`): answered with 501,
+    /// as RFC 9112 §6.1 advises for a transfer coding the server does not
+    /// implement and as nginx answers any value other than `chunked`.
+    #[error("transfer-encoding other than chunked is not implemented")]
+    UnsupportedTransferCoding,
     /// Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1).
     #[error("transfer-encoding in an http/1.0 request")]
     TransferEncodingInHttp10,

@@ -38,6 +38,11 @@ pub enum BodyLength {
 #[derive(Debug, Default)]
 pub(crate) struct Framing {
     transfer_encoding: bool,
+    /// Transfer-Encoding fields seen (saturating).
+    transfer_encoding_fields: u8,
+    /// Whether the last Transfer-Encoding field is exactly `chunked`: one
+    /// coding, the only one a request may use toward this proxy.
+    only_chunked: bool,
     /// Whether the last non-empty transfer coding so far is `chunked`.
     /// Only ever set while reading a Transfer-Encoding field.
     chunked_last: bool,
@@ -87,6 +92,8 @@ impl Framing {
     pub(super) fn observe(&mut self, name: &HeaderName, value: &[u8]) {
         if name == TRANSFER_ENCODING {
             self.transfer_encoding = true;
+            self.transfer_encoding_fields = self.transfer_encoding_fields.saturating_add(1);
+            self.only_chunked = trim_ows(value).eq_ignore_ascii_case(b"chunked");
             let mut codings = value.split(|&b| b == b',').map(trim_ows);
             if let Some(last) = codings.rfind(|coding| !coding.is_empty()) {
                 self.chunked_last = last.eq_ignore_ascii_case(b"chunked");
@@ -114,6 +121,15 @@ impl Framing {
     }
 
     /// Checks the framing of a request and returns its body length.
+    ///
+    /// A request's Transfer-Encoding must be exactly one field holding
+    /// exactly `chunked`, the one coding the proxy re-frames: anything else
+    /// would reach the upstream as the client wrote it, and proxies and
+    /// servers disagree on lists and repeated fields (request smuggling).
+    /// Duplicate fields and a list not ending in `chunked` are 400 (RFC 9112
+    /// §6.3 requires it for the latter; nginx answers a duplicate with 400);
+    /// codings before a final `chunked` are 501, as RFC 9112 §6.1 advises
+    /// for a coding the server does not implement and as nginx answers.
     pub(super) fn request_body(self, version: Version) -> Result<BodyLength, HeadError> {
         if self.transfer_encoding {
             if self.has_content_length() {
@@ -122,8 +138,14 @@ impl Framing {
             if version == Version::HTTP_10 {
                 return Err(HeadError::TransferEncodingInHttp10);
             }
+            if self.transfer_encoding_fields > 1 {
+                return Err(HeadError::DuplicateTransferEncoding);
+            }
             if !self.chunked_last {
                 return Err(HeadError::TransferEncodingNotChunked);
+            }
+            if !self.only_chunked {
+                return Err(HeadError::UnsupportedTransferCoding);
             }
             return Ok(BodyLength::Chunked);
         }
@@ -202,17 +224,7 @@ mod tests {
             Ok(BodyLength::Fixed(7))
         );
         assert_eq!(
-            request_body(&map(&[("transfer-encoding", "gzip, Chunked")]), v11),
-            Ok(BodyLength::Chunked)
-        );
-        assert_eq!(
-            request_body(
-                &map(&[
-                    ("transfer-encoding", "gzip"),
-                    ("transfer-encoding", "chunked")
-                ]),
-                v11
-            ),
+            request_body(&map(&[("transfer-encoding", "Chunked")]), v11),
             Ok(BodyLength::Chunked)
         );
     }
@@ -259,6 +271,36 @@ mod tests {
             (
                 &[("transfer-encoding", "")],
                 HeadError::TransferEncodingNotChunked,
+            ),
+            (
+                &[("transfer-encoding", "gzip, Chunked")],
+                HeadError::UnsupportedTransferCoding,
+            ),
+            (
+                &[("transfer-encoding", "identity, chunked")],
+                HeadError::UnsupportedTransferCoding,
+            ),
+            (
+                &[("transfer-encoding", "chunked, chunked")],
+                HeadError::UnsupportedTransferCoding,
+            ),
+            (
+                &[("transfer-encoding", "chunked,")],
+                HeadError::UnsupportedTransferCoding,
+            ),
+            (
+                &[
+                    ("transfer-encoding", "chunked"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                HeadError::DuplicateTransferEncoding,
+            ),
+            (
+                &[
+                    ("transfer-encoding", "gzip"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                HeadError::DuplicateTransferEncoding,
             ),
         ];
         for (fields, want) in cases {

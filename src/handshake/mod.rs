@@ -90,6 +90,7 @@
 #![warn(clippy::return_self_not_must_use)]
 
 pub mod body;
+mod chunked;
 mod error;
 mod framing;
 mod head;
@@ -103,6 +104,7 @@ mod syntax;
 mod upgrade;
 mod write;
 
+pub use chunked::{ChunkedReframer, Reframed, RequestBodyError};
 pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;

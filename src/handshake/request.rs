@@ -580,8 +580,18 @@ mod tests {
             "{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n"
         ));
         assert_eq!(head.body_length(), BodyLength::Fixed(5));
-        let head = complete(&format!("{h}Transfer-Encoding: gzip, chunked\r\n\r\n"));
+        let head = complete(&format!("{h}Transfer-Encoding: Chunked\r\n\r\n"));
         assert_eq!(head.body_length(), BodyLength::Chunked);
+        refused(
+            &format!("{h}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            400,
+            "duplicate transfer-encoding header",
+        );
+        refused(
+            &format!("{h}Transfer-Encoding: identity, chunked\r\n\r\n"),
+            501,
+            "transfer-encoding other than chunked is not implemented",
+        );
     }
 
     #[test]

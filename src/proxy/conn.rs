@@ -17,12 +17,12 @@ use tracing::{field, Instrument};
 use super::connect::{authority_of, connect};
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
-use super::relay::{copy_body, send_body, BodyCopyError, BodySent};
+use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::handshake::body::{BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
-use crate::handshake::{self, HeadScanner, RequestKind, ResponseKind};
+use crate::handshake::{self, HeadScanner, RequestBodyError, RequestKind, ResponseKind};
 use crate::tunnel::Prefixed;
 
 /// How long, and how much, a refused client's input is drained before the
@@ -334,6 +334,15 @@ where
         tracing::Span::current().record("route", group.name());
         self.report.route = Some(group.name.clone());
 
+        // nginx refuses a declared length over `client_max_body_size` before
+        // reading any of the body (and before `100 Continue`); a chunked
+        // body is measured as its chunk sizes arrive, in `send_body`.
+        let limit = inner.client_max_body_size;
+        if matches!(body, BodyKind::Length(n) if limit != 0 && n > limit) {
+            let e = RequestBodyError::TooLarge { limit };
+            return Err(self.reject(e.status(), &e.to_string(), None).await);
+        }
+
         if let Err(e) = inner.policy.check(&request, websocket) {
             return Err(self.reject(e.status(), &e.to_string(), None).await);
         }
@@ -401,8 +410,9 @@ where
             authority,
         )
         .with_websocket(admitted.websocket);
-        // The policy keeps Content-Length and Transfer-Encoding: bodies go
-        // through with their framing untouched.
+        // The policy keeps Content-Length and Transfer-Encoding: a
+        // Content-Length body goes through untouched, a chunked one (whose
+        // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
         inner
             .policy
             .rewrite_request(request, &admitted.client, &ctx);
@@ -475,6 +485,9 @@ where
                 sent.body_cut = true;
             }
             BodySent::Framing(e) => {
+                return Err(self.reject(e.status(), &e.to_string(), None).await)
+            }
+            BodySent::Refused(e) => {
                 return Err(self.reject(e.status(), &e.to_string(), None).await)
             }
             BodySent::ClientGone => {
@@ -727,11 +740,15 @@ where
             return Next::Close;
         }
         self.report.status = Some(response.status());
+        // An answer's body goes through as the upstream framed it, only
+        // scanned for its end: the upstream is trusted more than the client
+        // (the operator chose it), and the client's parser is not one the
+        // proxy shields others from.
         let copied = copy_body(
             &mut upstream,
             &mut self.io,
             &mut up_buf,
-            BodyScanner::new(body),
+            BodyWalk::Scan(BodyScanner::new(body)),
             inner.timeouts.read,
             inner.timeouts.send,
         )

@@ -11,9 +11,9 @@
 //!
 //! 1. read the request head within the handshake timeout
 //!    (`client_header_timeout`, whole head, however slowly it trickles in);
-//! 2. refuse bad requests with the core's status (400, 403, 404, 426, 431;
-//!    408 for a head that did not arrive in time), a short body and
-//!    `Connection: close`;
+//! 2. refuse bad requests with the core's status (400, 403, 404, 413, 414,
+//!    426, 431, 501; 408 for a head that did not arrive in time), a short
+//!    body and `Connection: close`;
 //! 3. pick an upstream and connect within the connect timeout
 //!    (`proxy_connect_timeout`), trying the next one after a refused or timed
 //!    out connect (`proxy_next_upstream error timeout`, 3 tries by default):
@@ -307,6 +307,8 @@ pub(crate) struct Inner {
     max_tries: usize,
     keepalive_requests: u32,
     tcp_keepalive: Option<TcpKeepalive>,
+    /// nginx `client_max_body_size`; 0: no limit.
+    client_max_body_size: u64,
     counters: Counters,
 }
 
@@ -410,6 +412,12 @@ impl Proxy {
     /// The timeouts it runs with.
     pub fn timeouts(&self) -> Timeouts {
         self.inner.timeouts
+    }
+
+    /// The request body limit in bytes, 0 for none (nginx
+    /// `client_max_body_size`); see [`ProxyBuilder::client_max_body_size`].
+    pub fn client_max_body_size(&self) -> u64 {
+        self.inner.client_max_body_size
     }
 
     /// The TCP keepalive it sets on its sockets, if any.
@@ -543,7 +551,11 @@ pub struct ProxyBuilder {
     max_tries: usize,
     keepalive_requests: u32,
     tcp_keepalive: Option<TcpKeepalive>,
+    client_max_body_size: u64,
 }
+
+/// nginx's default `client_max_body_size`: 1 MiB.
+const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 1024 * 1024;
 
 impl Default for ProxyBuilder {
     fn default() -> Self {
@@ -556,6 +568,7 @@ impl Default for ProxyBuilder {
             max_tries: 3,
             keepalive_requests: 1000,
             tcp_keepalive: None,
+            client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
         }
     }
 }
@@ -670,6 +683,36 @@ impl ProxyBuilder {
         self
     }
 
+    /// The largest request body the proxy forwards, in bytes (nginx
+    /// `client_max_body_size`; default 1 MiB, 0 for no limit as in nginx).
+    ///
+    /// A request whose Content-Length is larger is answered 413 before
+    /// anything of it reaches an upstream. A chunked body is answered 413
+    /// as soon as its chunk sizes add up to more, before any byte of the
+    /// chunk that crosses the limit is forwarded (the head and earlier
+    /// chunks are already upstream: its connection is then closed).
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::Proxy;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let upstreams: UpstreamSet = [Upstream::new("127.0.0.1:8010".parse::<std::net::SocketAddr>()?)]
+    ///     .into_iter()
+    ///     .collect();
+    /// let proxy = Proxy::builder()
+    ///     .upstream(RoundRobin::new(upstreams))
+    ///     .client_max_body_size(16 * 1024 * 1024)
+    ///     .build()?;
+    /// assert_eq!(proxy.client_max_body_size(), 16 * 1024 * 1024);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn client_max_body_size(mut self, bytes: u64) -> Self {
+        self.client_max_body_size = bytes;
+        self
+    }
+
     /// Validates and builds the proxy.
     ///
     /// # Errors
@@ -709,6 +752,7 @@ impl ProxyBuilder {
                 max_tries: self.max_tries,
                 keepalive_requests: self.keepalive_requests.max(1),
                 tcp_keepalive: self.tcp_keepalive,
+                client_max_body_size: self.client_max_body_size,
                 counters: Counters::default(),
             }),
         })

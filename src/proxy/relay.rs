@@ -4,20 +4,22 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use http::Response;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::head_io::{read_head_unbounded, write_all_timeout, READ_CHUNK};
 use super::Inner;
 use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
-use crate::handshake::{self, HeadScanner};
+use crate::handshake::{self, ChunkedReframer, HeadScanner, RequestBodyError};
 
 /// Why a body stopped short, by the side at fault.
 pub(super) enum BodyCopyError {
     Framing(BodyError),
+    /// A chunked request body the re-framer refused (400, 413).
+    Refused(RequestBodyError),
     /// Reading the source failed, timed out or ended early.
     Read,
     /// Writing the destination failed or timed out.
@@ -30,17 +32,50 @@ pub(super) enum BodySent {
     /// The upstream answered before the body was through.
     EarlyAnswer(Response<()>),
     Framing(BodyError),
+    Refused(RequestBodyError),
     ClientGone,
     UpstreamGone,
 }
 
+/// How [`copy_body`] walks a body.
+pub(super) enum BodyWalk {
+    /// Forwarded as it came, scanned for its end.
+    Scan(BodyScanner),
+    /// A chunked request body, forwarded in the proxy's own framing so that
+    /// the client's chunk sizes and extensions never reach the upstream's
+    /// parser (request smuggling toward lax backends).
+    Reframe(ChunkedReframer),
+}
+
+impl BodyWalk {
+    /// A request body of `kind`; chunked ones are held to `limit` (0: none).
+    fn request(kind: BodyKind, limit: u64) -> Self {
+        match kind {
+            BodyKind::Chunked => Self::Reframe(ChunkedReframer::new(limit)),
+            kind => Self::Scan(BodyScanner::new(kind)),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        match self {
+            Self::Scan(scanner) => scanner.is_done(),
+            Self::Reframe(reframer) => reframer.is_done(),
+        }
+    }
+
+    fn ends_at_close(&self) -> bool {
+        matches!(self, Self::Scan(scanner) if scanner.ends_at_close())
+    }
+}
+
 /// Streams one body from `src` to `dst`, starting with the bytes already in
-/// `pending`; bytes after the body's end stay in `pending`.
+/// `pending`; bytes after the body's end stay in `pending`. Returns the
+/// bytes written.
 pub(super) async fn copy_body<R, W>(
     src: &mut R,
     dst: &mut W,
     pending: &mut BytesMut,
-    mut scanner: BodyScanner,
+    mut walk: BodyWalk,
     read_timeout: Duration,
     send_timeout: Duration,
 ) -> Result<u64, BodyCopyError>
@@ -50,20 +85,42 @@ where
 {
     let mut total = 0u64;
     loop {
-        if !pending.is_empty() {
-            let scan = scanner.scan(pending).map_err(BodyCopyError::Framing)?;
-            let chunk = pending.split_to(scan.consumed);
-            write_all_timeout(dst, &chunk, send_timeout)
-                .await
-                .map_err(|_| BodyCopyError::Write)?;
-            total += chunk.len() as u64;
+        match &mut walk {
+            BodyWalk::Scan(scanner) if !pending.is_empty() => {
+                let scan = scanner.scan(pending).map_err(BodyCopyError::Framing)?;
+                let chunk = pending.split_to(scan.consumed);
+                write_all_timeout(dst, &chunk, send_timeout)
+                    .await
+                    .map_err(|_| BodyCopyError::Write)?;
+                total += chunk.len() as u64;
+            }
+            BodyWalk::Scan(_) => {}
+            BodyWalk::Reframe(reframer) => {
+                // Bounded: each batch consumes at least one pending byte or
+                // carries an error.
+                while !pending.is_empty() && !reframer.is_done() {
+                    // The proxy's framing and the client's data slices in one
+                    // vectored write: the data is never copied.
+                    let mut batch = reframer.reframe_batch(pending);
+                    let (consumed, refused) = (batch.consumed(), batch.error());
+                    let len = batch.remaining() as u64;
+                    match timeout(send_timeout, dst.write_all_buf(&mut batch)).await {
+                        Ok(Ok(())) => total += len,
+                        Ok(Err(_)) | Err(_) => return Err(BodyCopyError::Write),
+                    }
+                    pending.advance(consumed);
+                    if let Some(e) = refused {
+                        return Err(BodyCopyError::Refused(e));
+                    }
+                }
+            }
         }
-        if scanner.is_done() {
+        if walk.is_done() {
             return Ok(total);
         }
         pending.reserve(READ_CHUNK);
         match timeout(read_timeout, src.read_buf(pending)).await {
-            Ok(Ok(0)) if scanner.ends_at_close() => return Ok(total),
+            Ok(Ok(0)) if walk.ends_at_close() => return Ok(total),
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyCopyError::Read),
             Ok(Ok(_)) => {}
         }
@@ -90,7 +147,7 @@ where
         client,
         &mut up_write,
         client_buf,
-        BodyScanner::new(body),
+        BodyWalk::request(body, inner.client_max_body_size),
         inner.timeouts.handshake,
         inner.timeouts.send,
     );
@@ -123,6 +180,7 @@ where
             sent = &mut send => return match sent {
                 Ok(n) => BodySent::Whole(n),
                 Err(BodyCopyError::Framing(e)) => BodySent::Framing(e),
+                Err(BodyCopyError::Refused(e)) => BodySent::Refused(e),
                 Err(BodyCopyError::Read) => BodySent::ClientGone,
                 Err(BodyCopyError::Write) => BodySent::UpstreamGone,
             },
