@@ -15,7 +15,8 @@ use wsproxy::proxy::TcpKeepalive;
 /// configuration as one command.
 ///
 /// With no --upstream and no --route it starts a demo backend in-process
-/// (WebSocket echo on /, a chat room on /chat) and proxies to it.
+/// (a chat page for browsers on /, WebSocket echo on /, a chat room on
+/// /chat) and proxies to it.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 pub struct Args {
