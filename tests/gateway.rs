@@ -29,6 +29,11 @@ mod access_log;
 #[path = "../examples/gateway/cli.rs"]
 mod cli;
 
+// The demo page in headless Chromium; a module of this test, not a test
+// of its own, so that it starts the gateway the way the tests here do.
+#[path = "gateway/browser.rs"]
+mod browser;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -82,8 +87,16 @@ fn newest_mtime(dir: &Path) -> SystemTime {
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = entry.path();
+            // Only what the build reads: a newer screenshot next to the
+            // sources does not make the binary stale.
+            let built_from = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rs" | "html")
+            );
             if path.is_dir() {
                 stack.push(path);
+            } else if !built_from {
+                continue;
             } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
                 newest = newest.max(t);
             }
@@ -303,50 +316,135 @@ async fn demo_backend_echoes_and_exactly_one_listening_line_is_printed() {
     );
 }
 
+/// The next chat event of type `kind`, skipping others (bounded: at most
+/// `skip` of them).
+async fn next_event(ws: &mut Ws, kind: &str, skip: usize) -> serde_json::Value {
+    let mut skipped = Vec::new();
+    for _ in 0..=skip {
+        let Message::Text(text) = next_data(ws).await else {
+            panic!("the chat room sends text");
+        };
+        let event: serde_json::Value = serde_json::from_str(&text).expect("a JSON event");
+        if event["type"] == kind {
+            return event;
+        }
+        skipped.push(event);
+    }
+    panic!("no {kind} event; heard {skipped:?}");
+}
+
+/// Reads presence events until one lists exactly `names` (bounded: a
+/// member hears at most one event per join and leave before that).
+async fn presence_until(ws: &mut Ws, names: &[&serde_json::Value]) {
+    let mut heard = Vec::new();
+    for _ in 0..3 {
+        let event = next_event(ws, "presence", 0).await;
+        if event["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().eq(names.iter().copied()))
+        {
+            return;
+        }
+        heard.push(event);
+    }
+    panic!("presence never listed {names:?}: {heard:?}");
+}
+
 #[tokio::test]
-async fn chat_room_broadcasts_between_two_clients() {
+async fn chat_room_names_members_lists_who_is_connected_and_broadcasts() {
     let gw = Gateway::start(&[]).await;
     let mut alice = connect(&gw.url("/chat")).await;
+    let alice_name = next_event(&mut alice, "welcome", 0).await["you"].clone();
+    // Alice's own join is her first presence event.
+    presence_until(&mut alice, &[&alice_name]).await;
     let mut bob = connect(&gw.url("/chat")).await;
-    // Each member hears its own message once it is in the room: after that,
-    // nothing said can be missed.
-    for (ws, name) in [(&mut alice, "alice joined"), (&mut bob, "bob joined")] {
-        ws.send(Message::text(name)).await.unwrap();
-        // Bounded: before its own join, a member hears at most the other's.
-        let mut heard = Vec::new();
-        for _ in 0..2 {
-            heard.push(next_data(ws).await);
-            if heard.last() == Some(&Message::text(name)) {
-                break;
-            }
-        }
-        assert_eq!(heard.last(), Some(&Message::text(name)), "{heard:?}");
-    }
+    let bob_name = next_event(&mut bob, "welcome", 0).await["you"].clone();
+    assert!(
+        alice_name.as_str().is_some_and(|n| n.starts_with("guest-")),
+        "{alice_name}"
+    );
+    assert_ne!(alice_name, bob_name);
+    // Members are listed in join order.
+    presence_until(&mut bob, &[&alice_name, &bob_name]).await;
+    presence_until(&mut alice, &[&alice_name, &bob_name]).await;
+
+    let said = |from: &serde_json::Value, text: &str| serde_json::json!({ "type": "message", "from": from, "text": text });
     alice.send(Message::text("hi bob")).await.unwrap();
+    assert_eq!(
+        next_event(&mut bob, "message", 0).await,
+        said(&alice_name, "hi bob")
+    );
     bob.send(Message::text("hi alice")).await.unwrap();
-    // Bounded: each side hears at most the two joins and the two greetings.
-    let mut heard_by_bob = Vec::new();
-    for _ in 0..4 {
-        heard_by_bob.push(next_data(&mut bob).await);
-        if heard_by_bob.contains(&Message::text("hi bob")) {
-            break;
-        }
-    }
-    assert!(
-        heard_by_bob.contains(&Message::text("hi bob")),
-        "{heard_by_bob:?}"
+    // Everyone hears everything, the sender included, in order.
+    assert_eq!(
+        next_event(&mut alice, "message", 0).await,
+        said(&alice_name, "hi bob")
     );
-    let mut heard_by_alice = Vec::new();
-    for _ in 0..4 {
-        heard_by_alice.push(next_data(&mut alice).await);
-        if heard_by_alice.contains(&Message::text("hi alice")) {
-            break;
-        }
-    }
-    assert!(
-        heard_by_alice.contains(&Message::text("hi alice")),
-        "{heard_by_alice:?}"
+    assert_eq!(
+        next_event(&mut alice, "message", 0).await,
+        said(&bob_name, "hi alice")
     );
+    assert_eq!(
+        next_event(&mut bob, "message", 0).await,
+        said(&bob_name, "hi alice")
+    );
+    // Binary frames have no place on the page: nobody hears them.
+    bob.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+
+    bob.close(None).await.unwrap();
+    presence_until(&mut alice, &[&alice_name]).await;
+}
+
+/// One plain HTTP/1.1 exchange through the gateway: (status line, head, body).
+async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    bounded("the answer", s.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8(answer).expect("a text answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn demo_backend_answers_a_plain_get_with_the_chat_page() {
+    let gw = Gateway::start(&[]).await;
+    assert!(
+        gw.banner
+            .contains(&format!("open http://{}/ in a browser", gw.addr)),
+        "{}",
+        gw.banner
+    );
+    let (status, head, page) = http_get(gw.addr, "GET", "/").await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(head.contains("content-type: text/html"), "{head}");
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    // Self-contained: the room is reached through the gateway that served
+    // the page, and nothing is loaded from elsewhere.
+    assert!(page.contains(r#"new URL("chat", location.href)"#), "{page}");
+    for external in ["http://", "https://", "src=", "@import"] {
+        assert!(!page.contains(external), "the page loads {external}");
+    }
+
+    let (status, _, body) = http_get(gw.addr, "HEAD", "/").await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", ""));
+    let (status, _, _) = http_get(gw.addr, "GET", "/chat").await;
+    assert_eq!(status, "HTTP/1.1 426 Upgrade Required");
+    let (status, _, _) = http_get(gw.addr, "GET", "/nowhere").await;
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
+    let (status, head, _) = http_get(gw.addr, "DELETE", "/").await;
+    assert_eq!(status, "HTTP/1.1 405 Method Not Allowed");
+    assert!(head.contains("allow: get, head"), "{head}");
+
+    // The page did not take the echo's place.
+    let mut ws = connect(&gw.url("/")).await;
+    ws.send(Message::text("still an echo")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still an echo"));
 }
 
 #[test]

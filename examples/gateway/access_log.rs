@@ -25,7 +25,7 @@ use std::io::{self, LineWriter, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use wsproxy::frame::CloseFrame;
 use wsproxy::proxy::{ConnectionReport, Outcome};
@@ -168,39 +168,37 @@ fn code(frame: &CloseFrame) -> u16 {
     frame.code().unwrap_or(1005)
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` in UTC, without a date crate: days to a civil
-/// date with Howard Hinnant's `civil_from_days`.
-fn rfc3339(now: SystemTime) -> String {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60
-    )
+/// `YYYY-MM-DDTHH:MM:SSZ` in UTC, whole seconds as nginx's `$time_iso8601`
+/// (which prints local time with an offset instead).
+fn rfc3339(now: SystemTime) -> humantime::Rfc3339Timestamp {
+    // humantime panics on a time before the epoch and fails to print one
+    // after 9999 (four-digit years): a clock that far off still gets a line.
+    let last = UNIX_EPOCH + Duration::from_secs(253_402_300_799);
+    humantime::format_rfc3339_seconds(now.clamp(UNIX_EPOCH, last))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn timestamps_are_utc_rfc3339() {
         let at = |s| UNIX_EPOCH + Duration::from_secs(s);
-        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(at(1_795_503_601)), "2026-11-24T07:00:01Z");
+        let stamp = |t| rfc3339(t).to_string();
+        assert_eq!(stamp(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(stamp(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(stamp(at(1_795_503_601)), "2026-11-24T07:00:01Z");
+        // Whole seconds: the fraction is dropped, not rounded.
+        assert_eq!(
+            stamp(at(1_795_503_601) + Duration::from_millis(999)),
+            "2026-11-24T07:00:01Z"
+        );
+        // A clock off the printable range is clamped, not a panic.
+        assert_eq!(
+            stamp(UNIX_EPOCH - Duration::from_secs(1)),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(stamp(at(300_000_000_000)), "9999-12-31T23:59:59Z");
     }
 
     #[test]

@@ -16,7 +16,8 @@ use wsproxy::Probe;
 /// configuration as one command.
 ///
 /// With no --upstream and no --route it starts a demo backend in-process
-/// (WebSocket echo on /, a chat room on /chat) and proxies to it.
+/// (a chat page for browsers on /, WebSocket echo on /, a chat room on
+/// /chat) and proxies to it.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 pub struct Args {
@@ -387,44 +388,16 @@ pub struct RouteSpec {
     pub upstreams: Vec<Upstream>,
 }
 
-/// nginx time syntax: `500ms`, `4s`, `2h`, `1m30s`; a bare number is
-/// seconds, as in nginx.
+/// nginx time syntax: `500ms`, `4s`, `2h`, `1m30s`, parsed by humantime,
+/// which also takes `1m 30s` and `1.5s`; a bare number is seconds, as in
+/// nginx, where humantime would want a unit.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("`{text}` is not a duration (examples: 500ms, 4s, 2m, 2h, 1d)");
-    let text_trim = text.trim();
-    if text_trim.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = text_trim.parse::<u64>() {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
-    let mut total = Duration::ZERO;
-    let mut rest = text_trim;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let millis_per = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        let add = n.checked_mul(millis_per).ok_or_else(bad)?;
-        total = total
-            .checked_add(Duration::from_millis(add))
-            .ok_or_else(bad)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration (examples: 500ms, 4s, 1m30s, 2h): {e}"))
 }
 
 /// nginx size syntax: bytes, or a whole number of `k`, `m` or `g` (either
@@ -583,8 +556,35 @@ mod tests {
         assert_eq!(parse_duration("2h"), Ok(ms(7_200_000)));
         assert_eq!(parse_duration("1m30s"), Ok(ms(90_000)));
         assert_eq!(parse_duration("75"), Ok(ms(75_000)));
-        for bad in ["", "s", "4x", "4 s", "-1s", "1.5s", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        // Everything the hand-written parser took before humantime.
+        assert_eq!(parse_duration(" 60s "), Ok(ms(60_000)));
+        assert_eq!(parse_duration("0"), Ok(ms(0)));
+        assert_eq!(parse_duration("0s"), Ok(ms(0)));
+        assert_eq!(parse_duration("30m"), Ok(ms(1_800_000)));
+        assert_eq!(parse_duration("1d"), Ok(ms(86_400_000)));
+        assert_eq!(parse_duration("1h2m3s4ms"), Ok(ms(3_723_004)));
+        assert_eq!(parse_duration("2s500ms"), Ok(ms(2_500)));
+        assert_eq!(parse_duration("1s1s"), Ok(ms(2_000)));
+        assert_eq!(
+            parse_duration("4294967296"),
+            Ok(Duration::from_secs(1 << 32))
+        );
+        // And what humantime adds.
+        assert_eq!(parse_duration("1m 30s"), Ok(ms(90_000)));
+        assert_eq!(parse_duration("1.5s"), Ok(ms(1_500)));
+        assert_eq!(parse_duration("2min"), Ok(ms(120_000)));
+        for bad in [
+            "",
+            " ",
+            "s",
+            "4x",
+            "-1s",
+            "1.5",
+            "99999999999999999999d",
+            "4s!",
+        ] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("is not a duration"), "{bad:?}: {err}");
         }
     }
 

@@ -1,7 +1,8 @@
 //! The gateway: the classic nginx WebSocket configuration as one command.
 //!
 //! ```sh
-//! cargo run --release --example gateway                       # demo backend embedded
+//! cargo run --release --example gateway                       # demo backend embedded:
+//!                                                             # open http://127.0.0.1:8020/
 //! cargo run --release --example gateway -- --listen 127.0.0.1:8020 \
 //!     --upstream 127.0.0.1:8010 --upstream 127.0.0.1:8011,weight=3 \
 //!     --balance least-conn --read-timeout 2h
@@ -187,9 +188,12 @@ async fn serve(
     let shutdown = shutdown_signal()?;
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
-        " (demo backend: echo on /, chat room on /chat)"
+        let http = if ws == "wss" { "https" } else { "http" };
+        format!(
+            " (demo backend: echo on /, chat room on /chat; open {http}://{local}/ in a browser)"
+        )
     } else {
-        ""
+        String::new()
     };
     println!("gateway: listening on {ws}://{local}{demo_note}");
     let _ = std::io::stdout().flush();
