@@ -20,8 +20,8 @@ use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK}
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
 use crate::balance::Lease;
-use crate::handshake::body::{BodyKind, BodyScanner};
 use crate::forward::{Client, ForwardContext};
+use crate::handshake::body::{BodyKind, BodyScanner};
 use crate::handshake::{self, HeadScanner, RequestBodyError, RequestKind, ResponseKind};
 use crate::tunnel::Prefixed;
 
@@ -642,9 +642,13 @@ where
         // and by this count.
         for _ in 0..8 {
             let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(upstream, up_buf, deadline, HeadScanner::response(*limits), |b| {
-                handshake::parse_response(b, limits)
-            })
+            let head = read_head(
+                upstream,
+                up_buf,
+                deadline,
+                HeadScanner::response(*limits),
+                |b| handshake::parse_response(b, limits),
+            )
             .await;
             let response = match head {
                 Ok(response) => response,
