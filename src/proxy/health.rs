@@ -39,8 +39,8 @@ use crate::balance::health::{
 use crate::balance::{UpstreamAddr, UpstreamId, UpstreamSet};
 use crate::frame::{masking_key, CloseFrame};
 use crate::handshake::{
-    classify_response, parse_request, parse_response, write_request_head, Limits, ResponseKind,
-    Status,
+    classify_response, parse_request, parse_response, write_request_head, HeadScanner, Limits,
+    ResponseKind, Status,
 };
 
 /// Checks running at once, by default: enough for a large group, few
@@ -601,14 +601,17 @@ async fn websocket(
     };
     stream.write_all(&head).await.ok()?;
     let mut buf = BytesMut::with_capacity(1024);
+    // The scanner looks at each byte once; parsing waits for the blank line,
+    // so a head that trickles in is not re-parsed on every read.
+    let mut scanner = HeadScanner::response(*limits);
     let response = loop {
-        match parse_response(&mut buf, limits).ok()? {
-            Status::Complete(response) => break response,
-            Status::Partial => {
-                if stream.read_buf(&mut buf).await.ok()? == 0 {
-                    return Some(false);
-                }
+        if let Status::Complete(_) = scanner.scan(&buf).ok()? {
+            if let Status::Complete(response) = parse_response(&mut buf, limits).ok()? {
+                break response;
             }
+        }
+        if stream.read_buf(&mut buf).await.ok()? == 0 {
+            return Some(false);
         }
     };
     let switched = matches!(
