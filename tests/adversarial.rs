@@ -3,11 +3,20 @@
 //! under a header per family. Add new families at the end, with a header
 //! and their count in the tally below.
 //!
-//! Cases (18):
+//! Cases here (18):
 //! - passive-health poisoning: 5
 //! - header spoofing toward CGI/WSGI backends: 3
 //! - connection slots: 3
 //! - chunked bodies: 7
+//!
+//! Two families live beside the helpers they need, and count in the suite:
+//! - request heads (junk bytes 400 at once, `%00` in the path 400, an
+//!   overlong request line 414): 3 in `tests/proxy.rs`
+//!   (`junk_that_cannot_start_a_request_gets_400_at_once`,
+//!   `an_encoded_nul_in_the_path_is_400_and_never_reaches_the_upstream`,
+//!   `an_overlong_request_line_is_414`);
+//! - WebSockets that outlive their Close handshake: 1 in `tests/frames.rs`
+//!   (`peers_that_exchange_close_and_keep_tcp_open_end_the_tunnel_after_the_linger`).
 
 mod support;
 
