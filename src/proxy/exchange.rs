@@ -3,7 +3,7 @@
 //! reported exactly as [`Server`](crate::server::Server) counts a client
 //! connection that carries one request, so that every way in shows the same
 //! figures, the same `conn` span and the same
-//! [`ConnectionReport`](super::ConnectionReport) hook.
+//! [`ConnectionReport`] hook.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
