@@ -139,6 +139,8 @@ mod counters;
 mod guard;
 mod head_io;
 mod health;
+#[cfg(feature = "tower")]
+mod hosted;
 mod keepalive;
 mod rebalance;
 mod reclaim;
