@@ -1,1 +1,333 @@
+//! The tower service embedded in axum, end to end over loopback: axum
+//! servers on 127.0.0.1:0, tokio-tungstenite clients and upstreams, raw TCP
+//! clients where the bytes matter.
+#![cfg(feature = "axum")]
 
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use wsproxy::balance::{RoundRobin, Upstream};
+use wsproxy::{Proxy, ProxyBuilder, Route, Scheme, UpstreamGroup};
+
+use support::*;
+
+fn group(name: &str, addr: SocketAddr) -> UpstreamGroup {
+    UpstreamGroup::new(
+        name.to_owned(),
+        RoundRobin::new([Upstream::new(addr)].into_iter().collect()),
+    )
+}
+
+/// A proxy with one route, `prefix` to `addr`.
+fn proxy_to(prefix: &str, addr: SocketAddr) -> ProxyBuilder {
+    Proxy::builder().route(Route::new(prefix, group("up", addr)))
+}
+
+/// Serves `app(service)` with connect info on a fresh loopback port; the
+/// service knows the listener's address.
+async fn host(
+    proxy: &Proxy,
+    app: impl FnOnce(wsproxy::service::ProxyService) -> Router,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = app(proxy.service().listener(addr, Scheme::Http));
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// The usual host: its own `GET /health`, everything else proxied.
+fn with_health(service: wsproxy::service::ProxyService) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .fallback_service(service)
+}
+
+/// A plain HTTP upstream (axum): `GET /api/hello` and `POST /api/echo`,
+/// which streams the request body back as it arrives.
+async fn http_upstream() -> SocketAddr {
+    let app = Router::new()
+        .route("/api/hello", get(|| async { "hello from upstream\n" }))
+        .route(
+            "/api/echo",
+            post(|body: Body| async move { Body::new(body) }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Sends `head` on a new connection and reads the answer until `needle`.
+async fn raw_exchange(addr: SocketAddr, head: &str, needle: &[u8]) -> String {
+    let mut stream = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    String::from_utf8_lossy(&read_until(&mut stream, needle).await).into_owned()
+}
+
+#[tokio::test]
+async fn echo_through_axum_beside_the_hosts_own_route() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/ws/", upstream.addr).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+
+    let health = raw_exchange(addr, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n", b"ok\n").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+
+    let mut ws = client_to(addr, "/ws/chat").await;
+    echo(&mut ws, "through axum".into()).await;
+    ws.close(None).await.unwrap();
+    let _ = bounded("close", ws.next()).await;
+
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].uri().path(), "/ws/chat");
+    // The policy's forwarding headers, with the client from ConnectInfo.
+    assert_eq!(seen[0].headers()["x-forwarded-for"], "127.0.0.1");
+    let counters = proxy.counters();
+    assert_eq!(counters.handshakes, 1);
+    assert_eq!(counters.tunnels_total, 1);
+}
+
+#[tokio::test]
+async fn plain_get_is_proxied() {
+    let upstream = http_upstream().await;
+    let proxy = proxy_to("/api/", upstream).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let answer = raw_exchange(
+        addr,
+        "GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"hello from upstream\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The upstream's one-request connection does not close the client's.
+    assert!(
+        !answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let counters = proxy.counters();
+    assert_eq!(counters.requests, 1);
+    bounded("proxied counted", async {
+        while proxy.counters().proxied != 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_chunked_post_streams_both_ways() {
+    let upstream = http_upstream().await;
+    let proxy = proxy_to("/api/", upstream).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let mut stream = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    stream
+        .write_all(b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst \r\n")
+        .await
+        .unwrap();
+    // The first chunk comes back before the second is sent: neither body
+    // is buffered whole on the way.
+    let head = read_until(&mut stream, b"first ").await;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream.write_all(b"6\r\nsecond\r\n0\r\n\r\n").await.unwrap();
+    read_until(&mut stream, b"second").await;
+    read_until(&mut stream, b"0\r\n\r\n").await;
+    bounded("bytes counted", async {
+        while proxy.counters().bytes_from_upstream < 12 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(proxy.counters().bytes_from_client, 12);
+}
+
+#[tokio::test]
+async fn a_body_over_client_max_body_size_is_413() {
+    let upstream = http_upstream().await;
+    let proxy = proxy_to("/api/", upstream)
+        .client_max_body_size(8)
+        .build()
+        .unwrap();
+    let addr = host(&proxy, with_health).await;
+    let declared = raw_exchange(
+        addr,
+        "POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n123456789",
+        b"\r\n\r\n",
+    )
+    .await;
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    let chunked = raw_exchange(
+        addr,
+        "POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n12345\r\n5\r\n67890\r\n0\r\n\r\n",
+        b"\r\n\r\n",
+    )
+    .await;
+    // The upstream may have answered before the excess passed; else 413.
+    assert!(
+        chunked.starts_with("HTTP/1.1 413") || chunked.starts_with("HTTP/1.1 200"),
+        "{chunked}"
+    );
+    assert!(proxy.counters().bytes_from_client <= 8);
+}
+
+#[tokio::test]
+async fn a_nested_service_routes_on_the_original_path() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/v2/", upstream.addr).build().unwrap();
+    let addr = host(&proxy, |service| {
+        Router::new()
+            .route("/health", get(|| async { "ok\n" }))
+            .nest_service("/v2", service)
+    })
+    .await;
+    let mut ws = client_to(addr, "/v2/chat?room=1").await;
+    echo(&mut ws, "nested".into()).await;
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].uri().to_string(), "/v2/chat?room=1");
+}
+
+#[tokio::test]
+async fn firefox_connection_header_upgrades() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("connection", "keep-alive, Upgrade".parse().unwrap());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut ws, response) = bounded("handshake", tokio_tungstenite::client_async(request, tcp))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    echo(&mut ws, "firefox".into()).await;
+}
+
+#[tokio::test]
+async fn subprotocol_and_extensions_pass_through() {
+    let upstream = ws_upstream(WsUpstreamOptions {
+        pick_protocol: true,
+        ..Default::default()
+    })
+    .await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert(
+        "sec-websocket-protocol",
+        "chat.v2, chat.v1".parse().unwrap(),
+    );
+    headers.insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut ws, response) = bounded("handshake", tokio_tungstenite::client_async(request, tcp))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat.v2");
+    echo(&mut ws, "negotiated".into()).await;
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[0].headers()["sec-websocket-protocol"],
+        "chat.v2, chat.v1"
+    );
+    assert_eq!(
+        seen[0].headers()["sec-websocket-extensions"],
+        "permessage-deflate; client_max_window_bits"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_responses_with_their_status() {
+    let dead = closed_port().await;
+    let proxy = Proxy::builder()
+        .route(Route::new("/dead/", group("dead", dead)))
+        .build()
+        .unwrap();
+    let addr = host(&proxy, with_health).await;
+
+    let none = raw_exchange(addr, "GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(none.starts_with("HTTP/1.1 404"), "{none}");
+    let plain = raw_exchange(addr, "GET /dead/x HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(plain.starts_with("HTTP/1.1 502"), "{plain}");
+
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/dead/ws")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(response.status(), 502);
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/nowhere")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(response.status(), 404);
+
+    let counters = proxy.counters();
+    assert_eq!(counters.rejected_with(http::StatusCode::NOT_FOUND), 2);
+    assert_eq!(counters.rejected_with(http::StatusCode::BAD_GATEWAY), 2);
+}
+
+#[tokio::test]
+async fn without_a_client_address_the_answer_is_500() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // No connect info: the host forgot to say who the client is.
+    let app = Router::new().fallback_service(proxy.service());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let answer = raw_exchange(addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(upstream.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_client_addr_closure_and_listener_port_reach_the_upstream() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let policy = wsproxy::ForwardPolicy::builder()
+        .host(wsproxy::forward::HostMode::ClientWithListenerPort)
+        .build()
+        .unwrap();
+    let proxy = proxy_to("/", upstream.addr).policy(policy).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = proxy
+        .service()
+        .listener(addr, Scheme::Http)
+        .client_addr(|_| "10.1.2.3:5000".parse().ok());
+    let app = Router::new().fallback_service(service);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut ws = client_to(addr, "/ws").await;
+    echo(&mut ws, "who".into()).await;
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].headers()["x-forwarded-for"], "10.1.2.3");
+    assert_eq!(
+        seen[0].headers()["host"],
+        format!("127.0.0.1:{}", addr.port()).as_str()
+    );
+    // The sender is not held against the tunnel: it ended cleanly.
+    ws.send(Message::Close(None)).await.unwrap();
+}

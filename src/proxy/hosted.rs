@@ -124,7 +124,12 @@ impl Proxy {
                 return Err(self.refuse(e.status(), "no upstream could be reached"));
             }
         };
-        let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority_of(lease.addr()));
+        let ctx = ForwardContext::new(
+            peer,
+            listener.scheme,
+            listener.port,
+            authority_of(lease.addr()),
+        );
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         Ok(Hosted {
             request,

@@ -145,8 +145,15 @@ impl Download {
                 if let Some(data) = frame.data_ref() {
                     counters.bytes(0, data.len() as u64);
                 }
-                let next = Instant::now() + self.read_timeout;
-                self.idle.as_mut().reset(next);
+                // A server that knows the length stops polling after the
+                // last byte: the body ends here, not at a `None` never asked for.
+                if self.body.is_end_stream() {
+                    self.ended = true;
+                    counters.outcome(Outcome::Proxied);
+                } else {
+                    let next = Instant::now() + self.read_timeout;
+                    self.idle.as_mut().reset(next);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -172,7 +179,13 @@ impl Download {
 impl Drop for Download {
     fn drop(&mut self) {
         if !self.ended {
-            self.proxy.counters_ref().outcome(Outcome::Abandoned);
+            // An empty body (204, HEAD) is never polled.
+            let outcome = if self.body.is_end_stream() {
+                Outcome::Proxied
+            } else {
+                Outcome::Abandoned
+            };
+            self.proxy.counters_ref().outcome(outcome);
         }
     }
 }

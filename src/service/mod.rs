@@ -206,8 +206,9 @@ impl ProxyService {
             return Some(*addr);
         }
         #[cfg(feature = "axum")]
-        if let Some(axum::extract::ConnectInfo(addr)) =
-            parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+        if let Some(axum::extract::ConnectInfo(addr)) = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
         {
             return Some(*addr);
         }
@@ -232,7 +233,10 @@ impl ProxyService {
         }
         let Some(peer) = self.peer(&parts) else {
             let message = "client address unknown: serve with connect info or set a ClientAddr";
-            return answer(self.proxy.refuse(StatusCode::INTERNAL_SERVER_ERROR, message));
+            return answer(
+                self.proxy
+                    .refuse(StatusCode::INTERNAL_SERVER_ERROR, message),
+            );
         };
         if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
             let message = "websocket over http/2 (rfc 8441) is not proxied";
