@@ -94,6 +94,11 @@ impl Counters {
         }
     }
 
+    /// Tunnels open now: one load, for a drain's wait.
+    pub(crate) fn snapshot_tunnels_active(&self) -> u64 {
+        self.tunnels_active.load(Relaxed)
+    }
+
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
         self.bytes_from_client.fetch_add(from_client, Relaxed);
         self.bytes_from_upstream.fetch_add(from_upstream, Relaxed);

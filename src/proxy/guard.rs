@@ -49,6 +49,7 @@ impl OpenTunnel {
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
         self.inner.counters.tunnel_ended(self.lease.addr());
+        self.inner.tunnel_counted_out();
     }
 }
 

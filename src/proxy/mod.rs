@@ -136,6 +136,7 @@
 mod conn;
 mod connect;
 mod counters;
+mod drain;
 mod guard;
 mod head_io;
 mod health;
@@ -151,12 +152,13 @@ mod upgrade;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::balance::{Balancer, UpstreamAddr};
 use crate::forward::{ForwardPolicy, Scheme};
@@ -167,6 +169,7 @@ use crate::tunnel::{TunnelConfig, TunnelStats};
 
 pub use connect::ConnectError;
 pub use counters::{CountersSnapshot, Outcome};
+pub(crate) use drain::{close_spread, CUT_GRACE};
 #[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
@@ -312,6 +315,31 @@ pub(crate) struct Inner {
     /// nginx `client_max_body_size`; 0: no limit.
     client_max_body_size: u64,
     counters: Counters,
+    /// Set by [`Proxy::drain`].
+    draining: AtomicBool,
+    /// Woken when the last open tunnel ends.
+    no_tunnels: Notify,
+}
+
+impl Inner {
+    /// Resolves once no tunnel of the proxy is open.
+    async fn tunnels_ended(&self) {
+        // Bounded by the tunnels: each end wakes this once the count is 0.
+        loop {
+            let ended = self.no_tunnels.notified();
+            if self.counters.snapshot_tunnels_active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Called by each tunnel as it is counted out.
+    pub(crate) fn tunnel_counted_out(&self) {
+        if self.counters.snapshot_tunnels_active() == 0 {
+            self.no_tunnels.notify_waiters();
+        }
+    }
 }
 
 impl Proxy {
@@ -756,6 +784,8 @@ impl ProxyBuilder {
                 tcp_keepalive: self.tcp_keepalive,
                 client_max_body_size: self.client_max_body_size,
                 counters: Counters::default(),
+                draining: AtomicBool::new(false),
+                no_tunnels: Notify::new(),
             }),
         })
     }
