@@ -331,3 +331,68 @@ async fn the_client_addr_closure_and_listener_port_reach_the_upstream() {
     // The sender is not held against the tunnel: it ended cleanly.
     ws.send(Message::Close(None)).await.unwrap();
 }
+
+#[tokio::test]
+async fn graceful_shutdown_closes_every_tunnel_with_1001_and_loses_nothing() {
+    let (upstream, recorded) = recording_upstream().await;
+    let proxy = proxy_to("/ws/", upstream).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = with_health(proxy.service().listener(addr, Scheme::Http));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let drainer = proxy.clone();
+    // The example's shutdown: stop accepting and finish plain requests
+    // (axum), then drain the tunnels, which axum no longer tracks.
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+        drainer
+            .drain(Duration::from_millis(200), Duration::from_secs(5))
+            .await
+    });
+
+    let mut clients = Vec::new();
+    for c in 0..5 {
+        let mut ws = client_to(addr, &format!("/ws/{c}")).await;
+        for m in 0..3 {
+            echo(&mut ws, format!("c{c}-m{m}")).await;
+        }
+        clients.push(ws);
+    }
+    assert_eq!(proxy.counters().tunnels_active, 5);
+    stop.send(()).unwrap();
+    for ws in &mut clients {
+        let (code, _) = await_close(ws).await;
+        assert_eq!(code, Some(1001));
+    }
+    let report = bounded("drain", server).await.unwrap();
+    assert_eq!(report.closed, 5);
+    assert_eq!(report.cut, 0);
+    let recorded = recorded.lock().unwrap().clone();
+    for c in 0..5 {
+        for m in 0..3 {
+            assert!(recorded.contains(&format!("c{c}-m{m}")), "c{c}-m{m} lost");
+        }
+    }
+    assert_eq!(proxy.counters().tunnels_active, 0);
+}
+
+#[tokio::test]
+async fn upgrades_are_refused_503_once_the_proxy_drains() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let _ = proxy.drain(Duration::ZERO, Duration::ZERO).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(response.status(), 503);
+}

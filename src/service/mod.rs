@@ -24,6 +24,9 @@
 //!   a one-line text body. The service never fails and never panics: its
 //!   error type is [`Infallible`].
 //!
+//! Once [`Proxy::drain`] has begun, new WebSocket upgrades are answered
+//! 503, and the open tunnels get their Close 1001 from the drain.
+//!
 //! The counters ([`Proxy::counters`]) count each request the service takes
 //! as one connection and one request: the host owns the sockets, and the
 //! service cannot see which requests share one.
@@ -243,6 +246,12 @@ impl ProxyService {
             return answer(self.proxy.refuse(StatusCode::NOT_IMPLEMENTED, message));
         }
         if asks_websocket(&parts) {
+            if self.proxy.is_draining() {
+                // A tunnel opened now would get its Close 1001 at once: the
+                // client is better off reconnecting to another instance.
+                let message = "proxy is draining";
+                return answer(self.proxy.refuse(StatusCode::SERVICE_UNAVAILABLE, message));
+            }
             self.upgrade(Request::from_parts(parts, ()), peer).await
         } else {
             self.plain(Request::from_parts(parts, body), peer).await
