@@ -227,13 +227,9 @@ impl ProxyService {
         let counters = self.proxy.counters_ref();
         counters.connection();
         counters.request();
-        let (mut parts, body) = request.into_parts();
-        // Route on the path the client sent, not the one a nesting router
-        // left (see "Paths under `Router::nest`").
+        let (parts, body) = request.into_parts();
         #[cfg(feature = "axum")]
-        if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
-            parts.uri = uri.clone();
-        }
+        let parts = original_uri(parts);
         let Some(peer) = self.peer(&parts) else {
             let message = "client address unknown: serve with connect info or set a ClientAddr";
             return answer(
@@ -375,6 +371,16 @@ impl ProxyService {
         head.headers_mut().remove(CONNECTION);
         head.map(|()| ProxyBody::upstream(incoming, read, proxy.clone(), lease))
     }
+}
+
+/// Routes on the path the client sent, not the one a nesting router left
+/// (see "Paths under `Router::nest`").
+#[cfg(feature = "axum")]
+fn original_uri(mut parts: Parts) -> Parts {
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        parts.uri = uri.clone();
+    }
+    parts
 }
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); the
