@@ -146,6 +146,9 @@ impl Server {
     /// Calls `hook` with the client's address and the [`ConnectionReport`]
     /// once each connection has ended, tunnel included: the place for an
     /// access log (nginx `access_log`, written when a request completes).
+    /// A hook set on the proxy
+    /// ([`ProxyBuilder::on_connection_end`](crate::ProxyBuilder::on_connection_end))
+    /// is called too, first.
     ///
     /// The hook runs on the connection's task, so it should be quick (a
     /// buffered write, a channel send). Without a hook, nothing of the
@@ -298,7 +301,17 @@ impl Server {
                 .with_head_deadline(head_deadline);
             let token = tracker.token();
             let accept = accept.clone();
-            let on_end = self.on_end.clone();
+            // The proxy's hook first, then the server's own.
+            let on_end = (self.on_end.is_some() || self.proxy.wants_reports()).then(|| {
+                let proxy = self.proxy.clone();
+                let server_hook = self.on_end.clone();
+                move |peer: SocketAddr, report: &ConnectionReport| {
+                    proxy.report_end(peer, report);
+                    if let Some(hook) = &server_hook {
+                        (hook.0)(peer, report);
+                    }
+                }
+            });
             tokio::spawn(async move {
                 let started = Instant::now();
                 let stream = tokio::select! {
@@ -340,13 +353,13 @@ impl Server {
                         tokio::spawn(async move {
                             report.tunnel = Some(running.await);
                             report.duration = started.elapsed();
-                            (hook.0)(peer, &report);
+                            hook(peer, &report);
                             drop((permit, token));
                         });
                     }
                     (None, Some(hook)) => {
                         report.duration = started.elapsed();
-                        (hook.0)(peer, &report);
+                        hook(peer, &report);
                     }
                     (None, None) => {}
                 }
@@ -467,6 +480,7 @@ mod tests {
     fn an_idle_tunnel_task_stays_within_its_budget() {
         type Task = crate::proxy::Running<TcpStream, (tokio::sync::OwnedSemaphorePermit, Token)>;
         let size = std::mem::size_of::<Task>();
+        println!("tunnel task {size} bytes");
         assert!(size <= 272, "tunnel task grew to {size} bytes");
     }
 }

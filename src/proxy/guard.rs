@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::Request;
 use pin_project_lite::pin_project;
@@ -40,7 +40,7 @@ impl OpenTunnel {
         }
     }
 
-    /// Adds a finished tunnel's bytes to the totals.
+    /// Adds bytes the tunnel moved to the totals.
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
         self.inner.counters.bytes(from_client, from_upstream);
     }
@@ -170,10 +170,22 @@ where
     type Output = TunnelStats;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
-        let this = self.project();
-        let stats = ready!(this.relay.poll(cx));
+        let mut this = self.project();
+        let polled = this.relay.as_mut().poll(cx);
+        let Poll::Ready(stats) = polled else {
+            // Bytes reach the counters while the tunnel runs, every 64 KiB
+            // or second of traffic, not only at its end: a dashboard of a
+            // busy long-lived tunnel would otherwise show nothing.
+            if let (Some(open), Some((from_client, from_upstream))) =
+                (this.open.as_ref(), this.relay.take_progress())
+            {
+                open.bytes(from_client, from_upstream);
+            }
+            return Poll::Pending;
+        };
         if let Some(open) = this.open.take() {
-            open.bytes(stats.client_to_upstream, stats.upstream_to_client);
+            let (from_client, from_upstream) = this.relay.untaken();
+            open.bytes(from_client, from_upstream);
         }
         if let Some(span) = this.span.as_deref() {
             span.record("from_client", stats.client_to_upstream);

@@ -137,6 +137,7 @@ mod conn;
 mod connect;
 mod counters;
 mod drain;
+mod exchange;
 mod guard;
 mod head_io;
 mod health;
@@ -170,6 +171,8 @@ use crate::tunnel::{TunnelConfig, TunnelStats};
 pub use connect::ConnectError;
 pub use counters::{CountersSnapshot, Outcome};
 pub(crate) use drain::{close_spread, CUT_GRACE};
+#[allow(unused_imports)] // for the tower service
+pub(crate) use exchange::Exchange;
 #[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
@@ -237,6 +240,28 @@ impl fmt::Debug for UpstreamGroup {
             .field("balancer", &self.balancer)
             .field("tunnels", &self.tunnels.len())
             .finish()
+    }
+}
+
+/// What [`ProxyBuilder::on_connection_end`] calls.
+type HookFn = dyn Fn(SocketAddr, &ConnectionReport) + Send + Sync;
+
+/// A host's hook for finished connections.
+#[derive(Clone)]
+pub(crate) struct ConnectionHook(pub(crate) Arc<HookFn>);
+
+impl ConnectionHook {
+    pub(crate) fn new<H>(hook: H) -> Self
+    where
+        H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
+    {
+        Self(Arc::new(hook))
+    }
+}
+
+impl fmt::Debug for ConnectionHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionHook")
     }
 }
 
@@ -319,6 +344,8 @@ pub(crate) struct Inner {
     draining: AtomicBool,
     /// Woken when the last open tunnel ends.
     no_tunnels: Notify,
+    /// [`ProxyBuilder::on_connection_end`].
+    on_end: Option<ConnectionHook>,
 }
 
 impl Inner {
@@ -332,6 +359,19 @@ impl Inner {
             }
             ended.await;
         }
+    }
+
+    /// Hands a finished connection's report to the host's hook, if any.
+    pub(crate) fn report_end(&self, peer: SocketAddr, report: &ConnectionReport) {
+        if let Some(hook) = &self.on_end {
+            (hook.0)(peer, report);
+        }
+    }
+
+    /// Whether a hook wants reports: without one, nothing of a report is
+    /// kept while a tunnel runs.
+    pub(crate) fn wants_reports(&self) -> bool {
+        self.on_end.is_some()
     }
 
     /// Called by each tunnel as it is counted out.
@@ -399,6 +439,7 @@ impl Proxy {
                 report.tunnel = Some(running.await);
             }
             report.duration = started.elapsed();
+            self.inner.report_end(peer, &report);
             report
         };
         tokio::pin!(serve);
@@ -427,6 +468,17 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         conn::serve(&self.inner, io, peer, listener, drain).await
+    }
+
+    /// Hands a finished connection's report to the hook of
+    /// [`ProxyBuilder::on_connection_end`], if any.
+    pub(crate) fn report_end(&self, peer: SocketAddr, report: &ConnectionReport) {
+        self.inner.report_end(peer, report);
+    }
+
+    /// Whether [`ProxyBuilder::on_connection_end`] set a hook.
+    pub(crate) fn wants_reports(&self) -> bool {
+        self.inner.wants_reports()
     }
 
     /// A copy of the live counters.
@@ -582,6 +634,7 @@ pub struct ProxyBuilder {
     keepalive_requests: u32,
     tcp_keepalive: Option<TcpKeepalive>,
     client_max_body_size: u64,
+    on_end: Option<ConnectionHook>,
 }
 
 /// nginx's default `client_max_body_size`: 1 MiB.
@@ -599,6 +652,7 @@ impl Default for ProxyBuilder {
             keepalive_requests: 1000,
             tcp_keepalive: None,
             client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
+            on_end: None,
         }
     }
 }
@@ -743,6 +797,46 @@ impl ProxyBuilder {
         self
     }
 
+    /// Calls `hook` with the client's address and the [`ConnectionReport`]
+    /// once each connection has ended, tunnel included, whichever way it
+    /// came in: [`Proxy::serve`], a [`Server`](crate::server::Server) (whose
+    /// own [`on_connection_end`](crate::server::Server::on_connection_end)
+    /// is called after this one), or [`Proxy::connect_upgrade`], where each
+    /// request the host hands over is one connection. The place for an
+    /// access log (nginx `access_log`).
+    ///
+    /// The hook runs on the connection's task, so it should be quick (a
+    /// buffered write, a channel send). Without a hook, nothing of the
+    /// report is kept while a tunnel runs.
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::Proxy;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let upstreams: UpstreamSet = [Upstream::new("127.0.0.1:8010".parse::<std::net::SocketAddr>()?)]
+    ///     .into_iter()
+    ///     .collect();
+    /// let proxy = Proxy::builder()
+    ///     .upstream(RoundRobin::new(upstreams))
+    ///     .on_connection_end(|client, report| {
+    ///         let status = report.status.map_or(0, |s| s.as_u16());
+    ///         println!("{client} {status} {:?}", report.duration);
+    ///     })
+    ///     .build()?;
+    /// # let _ = proxy;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use = "builder methods return the updated builder"]
+    pub fn on_connection_end<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
+    {
+        self.on_end = Some(ConnectionHook::new(hook));
+        self
+    }
+
     /// Validates and builds the proxy.
     ///
     /// # Errors
@@ -786,6 +880,7 @@ impl ProxyBuilder {
                 counters: Counters::default(),
                 draining: AtomicBool::new(false),
                 no_tunnels: Notify::new(),
+                on_end: self.on_end,
             }),
         })
     }
