@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 use super::conn::to_origin_form;
 use super::connect::{authority_of, connect};
-use super::counters::Counters;
+use super::exchange::Exchange;
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -49,19 +49,16 @@ impl HostedAnswer {
 }
 
 impl Proxy {
-    /// The proxy's counters, for the ways in outside this module.
-    pub(crate) fn counters_ref(&self) -> &Counters {
-        &self.inner.counters
-    }
-
-    /// Admits and connects a plain request another server parsed. `Err` is
-    /// the answer the proxy gives itself (a refusal, a CORS preflight),
-    /// already counted.
+    /// Admits and connects a plain request another server parsed, counted
+    /// in `exchange` as the request loop counts one. `Err` is the answer
+    /// the proxy gives itself (a refusal, a CORS preflight), its outcome
+    /// already in `exchange`.
     pub(crate) async fn admit_hosted(
         &self,
         mut request: Request<()>,
         peer: SocketAddr,
         listener: Listener,
+        exchange: &mut Exchange,
     ) -> Result<Hosted, Response<Bytes>> {
         let inner = &self.inner;
         // An HTTP/2 request has no Host header and an absolute target; the
@@ -85,45 +82,52 @@ impl Proxy {
         let head = match handshake::parse_request(&mut head, &inner.limits) {
             Ok(handshake::Status::Complete(head)) => head,
             Ok(handshake::Status::Partial) => {
-                return Err(self.refuse(StatusCode::BAD_REQUEST, "malformed request"))
+                return Err(refuse(exchange, StatusCode::BAD_REQUEST, "malformed request"))
             }
-            Err(e) => return Err(self.refuse(e.status(), &e.to_string())),
+            Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
+        exchange.request();
         let body = BodyKind::from(head.body_length());
         let (mut request, kind) = head.into_parts();
         let websocket = matches!(kind, RequestKind::WebSocket(_));
+        if websocket {
+            exchange.handshake();
+        }
         let client = inner
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);
         let (group, path) = match inner.routes.find_for(&request) {
             Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
-            Err(e) => return Err(self.refuse(e.status(), &e.to_string())),
+            Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
+        exchange.route(&group);
         let limit = inner.client_max_body_size;
         if matches!(body, BodyKind::Length(n) if limit != 0 && n > limit) {
             let e = RequestBodyError::TooLarge { limit };
-            return Err(self.refuse(e.status(), &e.to_string()));
+            return Err(refuse(exchange, e.status(), &e.to_string()));
         }
         if let Err(e) = inner.policy.check(&request, websocket) {
-            return Err(self.refuse(e.status(), &e.to_string()));
+            return Err(refuse(exchange, e.status(), &e.to_string()));
         }
         if let Some(preflight) = inner.policy.preflight(&request) {
             if preflight.status() != StatusCode::NO_CONTENT {
-                return Err(self.refuse(preflight.status(), "origin not allowed by cors"));
+                let status = preflight.status();
+                return Err(refuse(exchange, status, "origin not allowed by cors"));
             }
-            inner.counters.outcome(Outcome::Preflight);
+            exchange.finish(Outcome::Preflight, Some(preflight.status()));
             return Err(preflight.map(|()| Bytes::new()));
         }
         if to_origin_form(&mut request, &path).is_err() {
-            return Err(self.refuse(StatusCode::BAD_REQUEST, "invalid request path"));
+            return Err(refuse(exchange, StatusCode::BAD_REQUEST, "invalid request path"));
         }
         let (lease, upstream) = match connect(inner, &group, &client, &request).await {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
-                return Err(self.refuse(e.status(), "no upstream could be reached"));
+                return Err(refuse(exchange, e.status(), "no upstream could be reached"));
             }
         };
+        exchange.upstream(lease.addr());
         let ctx = ForwardContext::new(
             peer,
             listener.scheme,
@@ -138,11 +142,11 @@ impl Proxy {
             answer: HostedAnswer { client, ctx },
         })
     }
+}
 
-    /// An answer the proxy makes itself, counted as `Server` counts it.
-    pub(crate) fn refuse(&self, status: StatusCode, message: &str) -> Response<Bytes> {
-        tracing::debug!(%status, message, "rejected");
-        self.inner.counters.outcome(Outcome::Rejected(status));
-        handshake::error_response(status, message)
-    }
+/// An answer the proxy makes itself, counted in `exchange` as `Server`
+/// counts a refusal.
+pub(crate) fn refuse(exchange: &mut Exchange, status: StatusCode, message: &str) -> Response<Bytes> {
+    exchange.finish(Outcome::Rejected(status), Some(status));
+    handshake::error_response(status, message)
 }

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -16,9 +16,10 @@ use http_body_util::combinators::UnsyncBoxBody;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use http::StatusCode;
+
 use crate::balance::Lease;
-use crate::proxy::Outcome;
-use crate::Proxy;
+use crate::proxy::{Exchange, Outcome};
 
 /// The error type of the bodies the service streams.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,22 +56,11 @@ impl ProxyBody {
         }
     }
 
-    /// The upstream's answer body; `lease` is held until it ends.
-    pub(crate) fn upstream(
-        body: hyper::body::Incoming,
-        read_timeout: Duration,
-        proxy: Proxy,
-        lease: Lease,
-    ) -> Self {
+    /// The upstream's answer body, finishing `exchange` when it ends.
+    pub(crate) fn upstream(mut download: Download, exchange: Exchange) -> Self {
+        download.exchange = Some(exchange);
         Self {
-            kind: Kind::Upstream(Box::new(Download {
-                body,
-                idle: Box::pin(tokio::time::sleep(read_timeout)),
-                read_timeout,
-                proxy,
-                _lease: lease,
-                ended: false,
-            })),
+            kind: Kind::Upstream(Box::new(download)),
         }
     }
 }
@@ -110,7 +100,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full(bytes) => bytes.is_none(),
-            Kind::Upstream(download) => download.ended || download.body.is_end_stream(),
+            Kind::Upstream(download) => download.is_end_stream(),
         }
     }
 
@@ -123,33 +113,67 @@ impl Body for ProxyBody {
 }
 
 /// An upstream answer's body on its way to the client.
-struct Download {
+pub(crate) struct Download {
     body: hyper::body::Incoming,
     idle: Pin<Box<Sleep>>,
     read_timeout: Duration,
-    proxy: Proxy,
+    /// Held until the body ends: `least_conn` counts the request in flight.
     _lease: Lease,
-    /// Counted as ended (proxied or failed); a body dropped before is
-    /// counted abandoned, as `Server` counts a client that went away.
-    ended: bool,
+    upload: Arc<UploadState>,
+    status: StatusCode,
+    /// The request's accounting, finished when the body ends; a body
+    /// dropped before counts abandoned, as `Server` counts a client that
+    /// went away.
+    exchange: Option<Exchange>,
 }
 
 impl Download {
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.ended {
-            return Poll::Ready(None);
+    /// `body`, at most `read_timeout` apart between frames.
+    pub(crate) fn new(
+        body: hyper::body::Incoming,
+        read_timeout: Duration,
+        lease: Lease,
+        upload: Arc<UploadState>,
+        status: StatusCode,
+    ) -> Self {
+        Self {
+            body,
+            idle: Box::pin(tokio::time::sleep(read_timeout)),
+            read_timeout,
+            _lease: lease,
+            upload,
+            status,
+            exchange: None,
         }
-        let counters = self.proxy.counters_ref();
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.exchange.is_none() || self.body.is_end_stream()
+    }
+
+    /// Finishes the request's accounting once.
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(mut exchange) = self.exchange.take() {
+            exchange.body_from_client(self.upload.sent());
+            let status = (outcome != Outcome::Abandoned).then_some(self.status);
+            exchange.finish(outcome, status);
+            exchange.end();
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(exchange) = self.exchange.as_mut() else {
+            return Poll::Ready(None);
+        };
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    counters.bytes(0, data.len() as u64);
+                    exchange.body_from_upstream(data.len() as u64);
                 }
                 // A server that knows the length stops polling after the
                 // last byte: the body ends here, not at a `None` never asked for.
                 if self.body.is_end_stream() {
-                    self.ended = true;
-                    counters.outcome(Outcome::Proxied);
+                    self.end(Outcome::Proxied);
                 } else {
                     let next = Instant::now() + self.read_timeout;
                     self.idle.as_mut().reset(next);
@@ -157,19 +181,16 @@ impl Download {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                self.ended = true;
-                counters.outcome(Outcome::Proxied);
+                self.end(Outcome::Proxied);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                self.ended = true;
-                counters.outcome(Outcome::UpstreamFailed);
+                self.end(Outcome::UpstreamFailed);
                 Poll::Ready(Some(Err(e.into())))
             }
             Poll::Pending => {
                 ready!(self.idle.as_mut().poll(cx));
-                self.ended = true;
-                counters.outcome(Outcome::UpstreamFailed);
+                self.end(Outcome::UpstreamFailed);
                 Poll::Ready(Some(Err("upstream body timed out".into())))
             }
         }
@@ -178,15 +199,13 @@ impl Download {
 
 impl Drop for Download {
     fn drop(&mut self) {
-        if !self.ended {
-            // An empty body (204, HEAD) is never polled.
-            let outcome = if self.body.is_end_stream() {
-                Outcome::Proxied
-            } else {
-                Outcome::Abandoned
-            };
-            self.proxy.counters_ref().outcome(outcome);
-        }
+        // An empty body (204, HEAD) is never polled.
+        let outcome = if self.body.is_end_stream() {
+            Outcome::Proxied
+        } else {
+            Outcome::Abandoned
+        };
+        self.end(outcome);
     }
 }
 
@@ -195,6 +214,8 @@ impl Drop for Download {
 pub(crate) struct UploadState {
     /// 0 running or whole, [`TOO_LARGE`], [`CLIENT_FAILED`].
     fault: AtomicU8,
+    /// Body bytes sent upstream.
+    sent: AtomicU64,
     /// Woken by every frame that passes: the answer's deadline restarts.
     pub(crate) progress: Notify,
 }
@@ -208,6 +229,11 @@ impl UploadState {
         self.fault.load(Ordering::Relaxed) == TOO_LARGE
     }
 
+    /// Body bytes sent upstream so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
     /// Reading the client's body failed.
     pub(crate) fn client_failed(&self) -> bool {
         self.fault.load(Ordering::Relaxed) == CLIENT_FAILED
@@ -217,7 +243,6 @@ impl UploadState {
 /// A client's request body on its way upstream.
 pub(crate) struct Upload {
     body: UnsyncBoxBody<Bytes, BoxError>,
-    proxy: Proxy,
     /// nginx `client_max_body_size`; 0: no limit.
     limit: u64,
     seen: u64,
@@ -225,20 +250,18 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    pub(crate) fn new<B>(body: B, proxy: Proxy, state: Arc<UploadState>) -> Self
+    pub(crate) fn new<B>(body: B, limit: u64, state: Arc<UploadState>) -> Self
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt as _;
-        let limit = proxy.client_max_body_size();
         Self {
             body: body
                 .map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
                 .map_err(Into::into)
                 .boxed_unsync(),
-            proxy,
             limit,
             seen: 0,
             state,
@@ -266,7 +289,7 @@ impl Body for Upload {
                         this.state.fault.store(TOO_LARGE, Ordering::Relaxed);
                         return Poll::Ready(Some(Err("request body too large".into())));
                     }
-                    this.proxy.counters_ref().bytes(n, 0);
+                    this.state.sent.fetch_add(n, Ordering::Relaxed);
                 }
                 this.state.progress.notify_one();
                 Poll::Ready(Some(Ok(frame)))

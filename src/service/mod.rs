@@ -88,12 +88,14 @@ use http::header::{CONNECTION, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
+use tracing::Instrument;
 
 pub use body::{BoxError, ProxyBody};
-use body::{Upload, UploadState};
+use body::{Download, Upload, UploadState};
 
 use crate::forward::Scheme;
-use crate::proxy::{Listener, Outcome, UpgradeError};
+use crate::handshake::{error_response, RequestBodyError};
+use crate::proxy::{refuse, Exchange, Listener, Outcome};
 use crate::Proxy;
 
 /// The client's address, as a request extension a host inserts when it
@@ -224,29 +226,24 @@ impl ProxyService {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let counters = self.proxy.counters_ref();
-        counters.connection();
-        counters.request();
         let (parts, body) = request.into_parts();
         #[cfg(feature = "axum")]
         let parts = original_uri(parts);
+        let proxy = &self.proxy;
         let Some(peer) = self.peer(&parts) else {
             let message = "client address unknown: serve with connect info or set a ClientAddr";
-            return answer(
-                self.proxy
-                    .refuse(StatusCode::INTERNAL_SERVER_ERROR, message),
-            );
+            let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+            return self.refuse(unknown, StatusCode::INTERNAL_SERVER_ERROR, message);
         };
         if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
             let message = "websocket over http/2 (rfc 8441) is not proxied";
-            return answer(self.proxy.refuse(StatusCode::NOT_IMPLEMENTED, message));
+            return self.refuse(peer, StatusCode::NOT_IMPLEMENTED, message);
         }
         if asks_websocket(&parts) {
-            if self.proxy.is_draining() {
+            if proxy.is_draining() {
                 // A tunnel opened now would get its Close 1001 at once: the
                 // client is better off reconnecting to another instance.
-                let message = "proxy is draining";
-                return answer(self.proxy.refuse(StatusCode::SERVICE_UNAVAILABLE, message));
+                return self.refuse(peer, StatusCode::SERVICE_UNAVAILABLE, "proxy is draining");
             }
             self.upgrade(Request::from_parts(parts, ()), peer).await
         } else {
@@ -254,20 +251,31 @@ impl ProxyService {
         }
     }
 
+    /// Refuses a request before the proxy's own steps, counted as one
+    /// connection with one refused request.
+    fn refuse(&self, peer: SocketAddr, status: StatusCode, message: &str) -> Response<ProxyBody> {
+        let mut exchange = Exchange::begin(&self.proxy, peer);
+        exchange.request();
+        let refused = answer(refuse(&mut exchange, status, message));
+        exchange.end();
+        refused
+    }
+
+    /// A WebSocket upgrade, through [`Proxy::connect_upgrade`], which counts
+    /// and traces it.
     async fn upgrade(&self, mut head: Request<()>, peer: SocketAddr) -> Response<ProxyBody> {
-        let proxy = &self.proxy;
         // Taken before the head is handed on: resolves to the client's
         // stream once the host's server has sent the 101.
         let on_upgrade = hyper::upgrade::on(&mut head);
-        match proxy.connect_upgrade(head, peer, self.listener).await {
+        match self.proxy.connect_upgrade(head, peer, self.listener).await {
             Ok(pending) => {
                 let mut switch = Response::new(ProxyBody::empty());
                 *switch.status_mut() = pending.response().status();
                 *switch.headers_mut() = pending.response().headers().clone();
-                proxy.counters_ref().outcome(Outcome::Tunneled);
                 // Bounded: a server that sent the 101 hands the connection
-                // over at once, or drops it when the client is gone.
-                let wait = proxy.timeouts().send;
+                // over at once, or drops it when the client is gone (then
+                // the pending upgrade counts as abandoned).
+                let wait = self.proxy.timeouts().send;
                 tokio::spawn(async move {
                     match tokio::time::timeout(wait, on_upgrade).await {
                         Ok(Ok(upgraded)) => {
@@ -279,16 +287,9 @@ impl ProxyService {
                 });
                 switch
             }
-            Err(UpgradeError::NotSwitched(status)) => {
-                proxy.counters_ref().outcome(Outcome::UpgradeRefused);
-                let message = format!("upstream answered {status} instead of 101\n");
-                let mut refused = Response::new(ProxyBody::from(Bytes::from(message)));
-                *refused.status_mut() = status;
-                refused
-            }
             Err(e) => {
                 let status = e.status();
-                let mut refused = answer(proxy.refuse(status, &e.to_string()));
+                let mut refused = answer(error_response(status, &e.to_string()));
                 if status == StatusCode::UPGRADE_REQUIRED {
                     refused
                         .headers_mut()
@@ -299,7 +300,32 @@ impl ProxyService {
         }
     }
 
+    /// A plain request, over one hyper client connection to the upstream.
     async fn plain<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut exchange = Exchange::begin(&self.proxy, peer);
+        let span = exchange.span().clone();
+        match self.exchange(request, peer, &mut exchange).instrument(span).await {
+            Ok(response) => response.map(|download| ProxyBody::upstream(download, exchange)),
+            Err(refused) => {
+                exchange.end();
+                answer(refused)
+            }
+        }
+    }
+
+    /// The steps of [`plain`](Self::plain), counted in `exchange`. `Err` is
+    /// an answer the proxy made itself.
+    async fn exchange<B>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Download>, Response<Bytes>>
     where
         B: http_body::Body + Send + 'static,
         B::Data: Send,
@@ -307,22 +333,19 @@ impl ProxyService {
     {
         let proxy = &self.proxy;
         let (parts, body) = request.into_parts();
-        let hosted = match proxy
-            .admit_hosted(Request::from_parts(parts, ()), peer, self.listener)
-            .await
-        {
-            Ok(hosted) => hosted,
-            Err(refused) => return answer(refused),
-        };
+        let head = Request::from_parts(parts, ());
+        let hosted = proxy
+            .admit_hosted(head, peer, self.listener, exchange)
+            .await?;
         let lease = hosted.lease;
-        let failed = |status, message| {
+        let mut failed = |status, message| {
             lease.report_failure(std::time::Instant::now());
-            answer(proxy.refuse(status, message))
+            refuse(exchange, status, message)
         };
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake(TokioIo::new(hosted.upstream)).await {
                 Ok(pair) => pair,
-                Err(_) => return failed(StatusCode::BAD_GATEWAY, "upstream closed"),
+                Err(_) => return Err(failed(StatusCode::BAD_GATEWAY, "upstream closed")),
             };
         // Ends with the exchange: the request says `Connection: close`, and
         // dropping the answer's body closes it early.
@@ -332,7 +355,7 @@ impl ProxyService {
             }
         });
         let state = Arc::new(UploadState::default());
-        let upload = Upload::new(body, proxy.clone(), state.clone());
+        let upload = Upload::new(body, proxy.client_max_body_size(), state.clone());
         let mut sending = std::pin::pin!(sender.send_request(hosted.request.map(|()| upload)));
         let read = proxy.timeouts().read;
         // The answer's deadline restarts with every body frame sent:
@@ -343,7 +366,8 @@ impl ProxyService {
                 answered = &mut sending => break answered,
                 () = state.progress.notified() => continue,
                 () = tokio::time::sleep(read) => {
-                    return failed(StatusCode::GATEWAY_TIMEOUT, "upstream sent no answer in time");
+                    let message = "upstream sent no answer in time";
+                    return Err(failed(StatusCode::GATEWAY_TIMEOUT, message));
                 }
             }
         };
@@ -351,17 +375,14 @@ impl ProxyService {
             Ok(response) => response,
             Err(_) if state.too_large() => {
                 let limit = proxy.client_max_body_size();
-                let e = crate::handshake::RequestBodyError::TooLarge { limit };
-                return answer(proxy.refuse(e.status(), &e.to_string()));
+                let e = RequestBodyError::TooLarge { limit };
+                return Err(refuse(exchange, e.status(), &e.to_string()));
             }
             Err(_) if state.client_failed() => {
-                proxy.counters_ref().outcome(Outcome::Abandoned);
-                return answer(crate::handshake::error_response(
-                    StatusCode::BAD_REQUEST,
-                    "request body broke off",
-                ));
+                exchange.finish(Outcome::Abandoned, None);
+                return Err(error_response(StatusCode::BAD_REQUEST, "request body broke off"));
             }
-            Err(_) => return failed(StatusCode::BAD_GATEWAY, "upstream sent no valid answer"),
+            Err(_) => return Err(failed(StatusCode::BAD_GATEWAY, "upstream sent no valid answer")),
         };
         let (parts, incoming) = response.into_parts();
         let mut head = Response::from_parts(parts, ());
@@ -369,7 +390,8 @@ impl ProxyService {
         // The policy marks answers `Connection: close` for the one-request
         // upstream connection; toward the client the host's server decides.
         head.headers_mut().remove(CONNECTION);
-        head.map(|()| ProxyBody::upstream(incoming, read, proxy.clone(), lease))
+        let download = Download::new(incoming, read, lease, state, head.status());
+        Ok(head.map(|()| download))
     }
 }
 
