@@ -398,3 +398,89 @@ async fn upgrades_are_refused_503_once_the_proxy_drains() {
     };
     assert_eq!(response.status(), 503);
 }
+
+type Ended = std::sync::Arc<std::sync::Mutex<Vec<(Option<u16>, Option<wsproxy::proxy::Outcome>)>>>;
+
+/// Routes `/echo` (WebSocket), `/api/` (plain HTTP) and `/dead` (nothing
+/// listening); records each connection's report.
+async fn parity_proxy(echo: SocketAddr, api: SocketAddr) -> (Proxy, Ended) {
+    let ended: Ended = Default::default();
+    let record = ended.clone();
+    let proxy = Proxy::builder()
+        .route(Route::new("/echo", group("echo", echo)))
+        .route(Route::new("/api/", group("api", api)))
+        .route(Route::new("/dead", group("dead", closed_port().await)))
+        .on_connection_end(move |_, report| {
+            let status = report.status.map(|s| s.as_u16());
+            record.lock().unwrap().push((status, report.outcome));
+        })
+        .build()
+        .unwrap();
+    (proxy, ended)
+}
+
+/// One echo, one plain GET, one 404 and one 502, each on its own
+/// connection; returns once every connection has been reported.
+async fn scripted_traffic(addr: SocketAddr, ended: &Ended) {
+    let mut ws = client_to(addr, "/echo").await;
+    echo(&mut ws, "parity".into()).await;
+    ws.close(None).await.unwrap();
+    let _ = bounded("close", ws.next()).await;
+    // Closed TCP: the tunnel ends now rather than after its close linger.
+    drop(ws);
+    let get = "GET /api/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(addr, get, b"hello from upstream\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for (path, status) in [("/nowhere", 404), ("/dead", 502)] {
+        let refused = bounded(
+            "a refused upgrade",
+            tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+        )
+        .await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(answer)) = refused else {
+            panic!("{path}: {refused:?}");
+        };
+        assert_eq!(answer.status(), status);
+    }
+    bounded("four reports", async {
+        while ended.lock().unwrap().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_and_the_axum_service_count_the_same_traffic_alike() {
+    let ws = ws_upstream(WsUpstreamOptions::default()).await;
+    let api = http_upstream().await;
+
+    let (served, served_ended) = parity_proxy(ws.addr, api).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(wsproxy::Server::new(served.clone()).serve(listener, async {
+        let _ = stopped.await;
+    }));
+    scripted_traffic(addr, &served_ended).await;
+
+    let (embedded, embedded_ended) = parity_proxy(ws.addr, api).await;
+    let host = host(&embedded, with_health).await;
+    scripted_traffic(host, &embedded_ended).await;
+
+    let (a, b) = (served.counters(), embedded.counters());
+    assert_eq!((a.connections, a.requests, a.handshakes), (4, 4, 3));
+    assert_eq!(a.rejected_with(http::StatusCode::NOT_FOUND), 1);
+    assert_eq!(a.rejected_with(http::StatusCode::BAD_GATEWAY), 1);
+    assert_eq!((a.proxied, a.tunnels_total), (1, 1));
+    assert_eq!(a, b, "server: {a:?}\nservice: {b:?}");
+    let sorted = |ended: &Ended| {
+        let mut v = ended.lock().unwrap().clone();
+        v.sort_by_key(|e| e.0);
+        v
+    };
+    assert_eq!(sorted(&served_ended), sorted(&embedded_ended));
+
+    let _ = stop.send(());
+    bounded("server stop", server).await.unwrap().unwrap();
+}

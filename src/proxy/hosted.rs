@@ -82,7 +82,11 @@ impl Proxy {
         let head = match handshake::parse_request(&mut head, &inner.limits) {
             Ok(handshake::Status::Complete(head)) => head,
             Ok(handshake::Status::Partial) => {
-                return Err(refuse(exchange, StatusCode::BAD_REQUEST, "malformed request"))
+                return Err(refuse(
+                    exchange,
+                    StatusCode::BAD_REQUEST,
+                    "malformed request",
+                ))
             }
             Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
@@ -118,7 +122,11 @@ impl Proxy {
             return Err(preflight.map(|()| Bytes::new()));
         }
         if to_origin_form(&mut request, &path).is_err() {
-            return Err(refuse(exchange, StatusCode::BAD_REQUEST, "invalid request path"));
+            return Err(refuse(
+                exchange,
+                StatusCode::BAD_REQUEST,
+                "invalid request path",
+            ));
         }
         let (lease, upstream) = match connect(inner, &group, &client, &request).await {
             Ok(pair) => pair,
@@ -146,7 +154,11 @@ impl Proxy {
 
 /// An answer the proxy makes itself, counted in `exchange` as `Server`
 /// counts a refusal.
-pub(crate) fn refuse(exchange: &mut Exchange, status: StatusCode, message: &str) -> Response<Bytes> {
+pub(crate) fn refuse(
+    exchange: &mut Exchange,
+    status: StatusCode,
+    message: &str,
+) -> Response<Bytes> {
     exchange.finish(Outcome::Rejected(status), Some(status));
     handshake::error_response(status, message)
 }

@@ -173,14 +173,14 @@ pub use counters::{CountersSnapshot, Outcome};
 pub(crate) use drain::{close_spread, CUT_GRACE};
 #[allow(unused_imports)] // for the tower service
 pub(crate) use exchange::Exchange;
-#[cfg(feature = "tower")]
-pub(crate) use hosted::refuse;
 #[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
     HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
     TcpProbe, WebSocketProbe,
 };
+#[cfg(feature = "tower")]
+pub(crate) use hosted::refuse;
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
 pub(crate) use reclaim::Reclaim;

@@ -309,7 +309,11 @@ impl ProxyService {
     {
         let mut exchange = Exchange::begin(&self.proxy, peer);
         let span = exchange.span().clone();
-        match self.exchange(request, peer, &mut exchange).instrument(span).await {
+        match self
+            .exchange(request, peer, &mut exchange)
+            .instrument(span)
+            .await
+        {
             Ok(response) => response.map(|download| ProxyBody::upstream(download, exchange)),
             Err(refused) => {
                 exchange.end();
@@ -380,9 +384,17 @@ impl ProxyService {
             }
             Err(_) if state.client_failed() => {
                 exchange.finish(Outcome::Abandoned, None);
-                return Err(error_response(StatusCode::BAD_REQUEST, "request body broke off"));
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "request body broke off",
+                ));
             }
-            Err(_) => return Err(failed(StatusCode::BAD_GATEWAY, "upstream sent no valid answer")),
+            Err(_) => {
+                return Err(failed(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream sent no valid answer",
+                ))
+            }
         };
         let (parts, incoming) = response.into_parts();
         let mut head = Response::from_parts(parts, ());
