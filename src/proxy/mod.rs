@@ -34,10 +34,11 @@
 //! upstream. [`Proxy::counters`] is a cheap snapshot of handshakes, open
 //! tunnels (also per upstream), outcomes and proxy-made answers by status.
 //!
-//! Hosts that parse requests themselves (hyper, axum) call
-//! [`Proxy::connect_upgrade`], which connects the upstream and checks its
-//! 101 before the client gets one, then [`PendingUpgrade::tunnel`] over the
-//! upgraded stream (`examples/hyper_embed.rs`).
+//! Hosts that parse requests themselves (hyper, axum) mount the tower
+//! service (`Proxy::service`, feature `tower`; `examples/axum_embed.rs`),
+//! or call [`Proxy::connect_upgrade`], which connects the upstream and
+//! checks its 101 before the client gets one, then
+//! [`PendingUpgrade::tunnel`] over the upgraded stream.
 //!
 //! # After the 101
 //!
