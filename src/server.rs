@@ -40,7 +40,6 @@
 //! i-th of n at i/n × window, so that clients reconnect elsewhere a few at a
 //! time; `cargo test --test lifecycle` checks the spread on 1,000 tunnels.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -56,7 +55,8 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
 use crate::proxy::{
-    close_spread, ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim, CUT_GRACE,
+    close_spread, ConnectionHook, ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim,
+    CUT_GRACE,
 };
 
 /// Serves a listener through a [`Proxy`].
@@ -69,18 +69,6 @@ pub struct Server {
     drain_timeout: Duration,
     drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,
-}
-
-/// What [`Server::on_connection_end`] calls.
-type HookFn = dyn Fn(SocketAddr, &ConnectionReport) + Send + Sync;
-
-#[derive(Clone)]
-struct ConnectionHook(Arc<HookFn>);
-
-impl fmt::Debug for ConnectionHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ConnectionHook")
-    }
 }
 
 impl Server {
@@ -169,7 +157,7 @@ impl Server {
     where
         H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
     {
-        self.on_end = Some(ConnectionHook(Arc::new(hook)));
+        self.on_end = Some(ConnectionHook::new(hook));
         self
     }
 

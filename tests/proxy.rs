@@ -1311,6 +1311,8 @@ async fn scripted_traffic(addr: SocketAddr, ended: &Ended) {
     assert_eq!(next_data(&mut ws).await, Message::text("parity"));
     ws.close(None).await.unwrap();
     assert!(next_data(&mut ws).await.is_close());
+    // Closing TCP too ends the tunnel now, not one close linger later.
+    drop(ws);
     for (path, status) in [("/nowhere", 404), ("/dead", 502)] {
         let refused = bounded(
             "a refused upgrade",
@@ -1476,4 +1478,58 @@ async fn a_trickle_reaches_the_counters_once_a_second_has_passed() {
         (c.bytes_from_client, c.bytes_from_upstream),
         (2 * 7 + 6, 2 * 3 + 2)
     );
+}
+
+#[tokio::test]
+async fn proxy_serve_without_a_server_counts_and_reports_through_the_proxy_hook() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let (proxy, ended) = parity_proxy(up.addr).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = proxy.clone();
+    tokio::spawn(async move {
+        // Three connections, served by the host's own accept loop.
+        for _ in 0..3 {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let proxy = serving.clone();
+            tokio::spawn(async move { proxy.serve(stream, peer, wsproxy::Scheme::Http).await });
+        }
+    });
+    scripted_traffic(addr, &ended).await;
+    let c = proxy.counters();
+    assert_eq!((c.connections, c.requests, c.handshakes), (3, 3, 3));
+    assert_eq!(c.rejected_with(http::StatusCode::NOT_FOUND), 1);
+    assert_eq!(c.rejected_with(http::StatusCode::BAD_GATEWAY), 1);
+    let mut statuses: Vec<Option<u16>> = ended.lock().unwrap().iter().map(|e| e.0).collect();
+    statuses.sort();
+    assert_eq!(statuses, [Some(101), Some(404), Some(502)]);
+}
+
+#[tokio::test]
+async fn a_pending_upgrade_dropped_before_its_tunnel_is_abandoned_and_reported() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let (proxy, ended) = parity_proxy(up.addr).await;
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let request = http::Request::get("/echo")
+        .header("host", "app.test")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    let pending = bounded(
+        "the upstream's 101",
+        proxy.connect_upgrade(request, peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.counters().abandoned, 0);
+    drop(pending);
+    let c = proxy.counters();
+    assert_eq!((c.connections, c.requests, c.handshakes), (1, 1, 1));
+    assert_eq!((c.abandoned, c.tunnels_total), (1, 0));
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].1, Some(wsproxy::proxy::Outcome::Abandoned));
 }

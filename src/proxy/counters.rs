@@ -163,7 +163,8 @@ impl Counters {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CountersSnapshot {
-    /// Client connections served.
+    /// Client connections served; a request a host hands to
+    /// [`Proxy::connect_upgrade`](super::Proxy::connect_upgrade) counts as one.
     pub connections: u64,
     /// Request heads read (a keep-alive connection carries several).
     pub requests: u64,
@@ -181,9 +182,10 @@ pub struct CountersSnapshot {
     pub abandoned: u64,
     /// Requests the upstream broke off after connecting.
     pub upstream_failed: u64,
-    /// Bytes the clients sent through tunnels and bodies.
+    /// Bytes the clients sent through tunnels and bodies; an open tunnel's
+    /// are added every 64 KiB or second of traffic while it runs.
     pub bytes_from_client: u64,
-    /// Bytes the upstreams sent through tunnels and bodies.
+    /// Bytes the upstreams sent through tunnels and bodies, counted alike.
     pub bytes_from_upstream: u64,
     /// Answers the proxy made itself, by status (only non-zero ones).
     pub rejected: Vec<(StatusCode, u64)>,

@@ -168,7 +168,7 @@ impl Exchange {
         self.report.tunnel = Some(stats);
         self.report_end();
         // The hook only borrows the report: the figures are still there.
-        self.report.tunnel.take().unwrap_or_else(|| TunnelStats {
+        self.report.tunnel.take().unwrap_or(TunnelStats {
             client_to_upstream: 0,
             upstream_to_client: 0,
             duration: Duration::ZERO,

@@ -40,6 +40,17 @@
 //! checks its 101 before the client gets one, then
 //! [`PendingUpgrade::tunnel`] over the upgraded stream.
 //!
+//! Every way in behaves alike: a connection served by a
+//! [`Server`](crate::server::Server) or [`Proxy::serve`], and a request a
+//! host hands to [`Proxy::connect_upgrade`] (counted as one connection), get
+//! the same counters (connections, requests, handshakes, proxy-made answers
+//! by status, tunnels, bytes), the same `conn` tracing span with its
+//! `tunnel closed` event, the same
+//! [`on_connection_end`](ProxyBuilder::on_connection_end) report, and a
+//! place in the tunnel registry, so that [`Proxy::drain`] reaches them. A
+//! tunnel's bytes reach the counters while it runs, at each 64 KiB or
+//! second of traffic (and with its timer's wake-ups), not only at its end.
+//!
 //! # After the 101
 //!
 //! A WebSocket outlives the request that opened it by hours, so what happens
@@ -56,7 +67,8 @@
 //!   `close_upstream`, `close_all`, `cut_all`. Under a hash strategy each
 //!   entry keeps the connection's [`Affinity`](crate::balance::Affinity).
 //! - **Draining.** [`Server::drain_window`](crate::server::Server::drain_window)
-//!   sends every open tunnel Close 1001 on shutdown, spread over the window.
+//!   sends every open tunnel Close 1001 on shutdown, spread over the window;
+//!   [`Proxy::drain`] does the same for hosts without a `Server`.
 //! - **Rebalancing.** [`Rebalancer`] moves tunnels off upstreams above
 //!   `factor ×` their weighted share (1.25 by default, HAProxy's
 //!   `hash-balance-factor`) with Close 1012, at a set rate; clients reconnect
