@@ -484,3 +484,25 @@ async fn server_and_the_axum_service_count_the_same_traffic_alike() {
     let _ = stop.send(());
     bounded("server stop", server).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn websocket_over_http2_is_501_and_clientaddr_is_read() {
+    use tower_service::Service as _;
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    // A hyper http2 server with `enable_connect_protocol` hands over an
+    // extended CONNECT (RFC 8441) like this.
+    let mut request = http::Request::connect("http://127.0.0.1/ws")
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(wsproxy::service::ClientAddr(peer));
+    let answer = proxy.service().call(request).await.unwrap();
+    assert_eq!(answer.status(), 501);
+    assert!(upstream.seen.lock().unwrap().is_empty());
+    // 501 is not among the statuses counted one by one.
+    assert_eq!(proxy.counters().rejected_other, 1);
+}

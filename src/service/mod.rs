@@ -466,7 +466,8 @@ where
     }
 }
 
-/// The future of [`ProxyService::call`]: the answer, never an error.
+/// The future of [`ProxyService`]'s [`call`](tower_service::Service::call): the
+/// answer, never an error.
 pub struct ServiceFuture(
     Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
 );
