@@ -506,3 +506,67 @@ async fn websocket_over_http2_is_501_and_clientaddr_is_read() {
     // 501 is not among the statuses counted one by one.
     assert_eq!(proxy.counters().rejected_other, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_upstream_is_504_on_the_read_timeout() {
+    // Reads the head, then never answers.
+    let (silent, _) = raw_upstream_after(b"never sent", b"").await;
+    let proxy = proxy_to("/api/", silent)
+        .read_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let addr = host(&proxy, with_health).await;
+    let answer = raw_exchange(addr, "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert_eq!(
+        proxy
+            .counters()
+            .rejected_with(http::StatusCode::GATEWAY_TIMEOUT),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_hyper_server_serves_the_service_through_tower_to_hyper_service() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let ws = ws_upstream(WsUpstreamOptions::default()).await;
+    let api = http_upstream().await;
+    let proxy = Proxy::builder()
+        .route(Route::new("/api/", group("api", api)))
+        .route(Route::new("/", group("ws", ws.addr)))
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = proxy.service().listener(addr, Scheme::Http);
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            // The client's address per connection, the rest set once.
+            let service = service.clone().client_addr(move |_| Some(peer));
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    )
+                    .await;
+            });
+        }
+    });
+    let answer = raw_exchange(
+        addr,
+        "GET /api/hello HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"hello from upstream\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut client = client_to(addr, "/chat").await;
+    echo(&mut client, "through hyper".into()).await;
+    assert_eq!(
+        ws.seen.lock().unwrap()[0].headers()["x-forwarded-for"],
+        "127.0.0.1"
+    );
+}
