@@ -168,6 +168,17 @@ impl Proxy {
 impl ProxyService {
     /// The service of `proxy`, for a plain-HTTP listener on port 80 until
     /// [`listener`](Self::listener) says otherwise.
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::service::ProxyService;
+    /// use wsproxy::Proxy;
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// let service = ProxyService::new(proxy.clone());
+    /// assert_eq!(service.proxy().counters().requests, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(proxy: Proxy) -> Self {
         Self {
             proxy,
@@ -180,6 +191,17 @@ impl ProxyService {
     /// termination): `X-Forwarded-Proto`, redirects, and the port of
     /// [`HostMode::ClientWithListenerPort`](crate::forward::HostMode)
     /// (nginx `$server_port`).
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::{Proxy, Scheme};
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// // Behind a TLS terminator that forwards port 8443 here.
+    /// let service = proxy.service().listener("0.0.0.0:8443".parse()?, Scheme::Https);
+    /// # let _ = service;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn listener(mut self, addr: SocketAddr, scheme: Scheme) -> Self {
         self.listener = Listener::new(scheme, addr.port());
@@ -189,6 +211,17 @@ impl ProxyService {
     /// Where the client's address comes from, before the [`ClientAddr`]
     /// extension and axum's `ConnectInfo`: a hyper host accepting
     /// connections itself gives `move |_| Some(peer)` per connection.
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::Proxy;
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// let peer: std::net::SocketAddr = "192.0.2.7:50000".parse()?;
+    /// let per_connection = proxy.service().client_addr(move |_| Some(peer));
+    /// # let _ = per_connection;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn client_addr<F>(mut self, f: F) -> Self
     where
