@@ -294,13 +294,19 @@ impl ProxyService {
         refused
     }
 
-    /// A WebSocket upgrade, through [`Proxy::connect_upgrade`], which counts
-    /// and traces it.
+    /// A WebSocket upgrade, through [`Proxy::connect_upgrade`]'s steps,
+    /// which count and trace it.
     async fn upgrade(&self, mut head: Request<()>, peer: SocketAddr) -> Response<ProxyBody> {
         // Taken before the head is handed on: resolves to the client's
         // stream once the host's server has sent the 101.
         let on_upgrade = hyper::upgrade::on(&mut head);
-        match self.proxy.connect_upgrade(head, peer, self.listener).await {
+        // Begun here as the plain path's is, so that both ways count alike.
+        let exchange = Exchange::begin(&self.proxy, peer);
+        let opened = self
+            .proxy
+            .connect_upgrade_with(exchange, head, peer, self.listener)
+            .await;
+        match opened {
             Ok(pending) => {
                 let mut switch = Response::new(ProxyBody::empty());
                 *switch.status_mut() = pending.response().status();
