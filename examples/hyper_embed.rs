@@ -1,11 +1,13 @@
 //! Embedding wsproxy in a hyper 1 server: the server answers `/health`
-//! itself and hands WebSocket upgrades on `/ws` to the proxy, which
-//! connects the upstream and validates its 101 before the client gets one
-//! (`Proxy::connect_upgrade`), then tunnels hyper's upgraded stream
-//! (`PendingUpgrade::tunnel`).
+//! itself and hands every other request to the proxy's tower service
+//! (`Proxy::service`; a host with no routes of its own can wrap it in
+//! `hyper_util::service::TowerToHyperService` instead of `service_fn`): a
+//! WebSocket upgrade is checked against the upstream's 101 before the
+//! client gets one and tunneled once hyper hands the connection over; a
+//! plain request is proxied with its body streamed.
 //!
 //! ```sh
-//! cargo run --example hyper_embed            # then: wscat -c ws://127.0.0.1:8030/ws
+//! cargo run --features tower --example hyper_embed   # then: wscat -c ws://127.0.0.1:8030/ws
 //! ```
 //!
 //! An embedded echo backend plays the upstream; the example checks both
@@ -16,6 +18,7 @@ use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -25,41 +28,21 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
+use tower_service::Service;
+use wsproxy::service::{ProxyBody, ProxyService};
 use wsproxy::{Proxy, RoundRobin, Route, Scheme, Upstream, UpstreamGroup};
 
+/// `/health` here, everything else through the proxy's service.
 async fn handle(
-    proxy: Proxy,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<String>, Infallible> {
+    mut proxied: ProxyService,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
     if req.uri().path() == "/health" {
-        return Ok(Response::new("ok\n".to_owned()));
+        return Ok(Response::new(ProxyBody::from(Bytes::from_static(b"ok\n"))));
     }
-    // Taken before the request is consumed: resolves to the client's raw
-    // stream once hyper has sent our 101.
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _body) = req.into_parts();
-    let head = Request::from_parts(parts, ());
-    match proxy.connect_upgrade(head, peer, Scheme::Http).await {
-        Ok(pending) => {
-            let mut switch = Response::new(String::new());
-            *switch.status_mut() = pending.response().status();
-            *switch.headers_mut() = pending.response().headers().clone();
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    pending.tunnel(TokioIo::new(upgraded)).await;
-                }
-            });
-            Ok(switch)
-        }
-        // 404 off the proxy's routes, 400/426 for a bad upgrade, 502/504
-        // for the upstream: the proxy says which.
-        Err(e) => {
-            let mut refused = Response::new(format!("{e}\n"));
-            *refused.status_mut() = e.status();
-            Ok(refused)
-        }
-    }
+    // 404 off the proxy's routes, 400/426 for a bad upgrade, 502/504 for
+    // the upstream: the proxy answers them itself.
+    proxied.call(req).await
 }
 
 #[tokio::main]
@@ -80,11 +63,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Err(_) => TcpListener::bind("127.0.0.1:0").await?,
     };
     let addr = listener.local_addr()?;
+    // The listener's port and scheme once; the client's address per
+    // connection.
+    let proxied = proxy.service().listener(addr, Scheme::Http);
     println!("listening on http://{addr} (/health here, /ws proxied)");
     tokio::spawn(async move {
         while let Ok((stream, peer)) = listener.accept().await {
-            let proxy = proxy.clone();
-            let service = service_fn(move |req| handle(proxy.clone(), peer, req));
+            let proxied = proxied.clone().client_addr(move |_| Some(peer));
+            let service = service_fn(move |req| handle(proxied.clone(), req));
             tokio::spawn(async move {
                 let conn = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)

@@ -75,6 +75,8 @@ pub mod handshake;
 pub mod proxy;
 pub mod route;
 pub mod server;
+#[cfg(feature = "tower")]
+pub mod service;
 pub mod tunnel;
 
 pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};

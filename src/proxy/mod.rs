@@ -34,10 +34,11 @@
 //! upstream. [`Proxy::counters`] is a cheap snapshot of handshakes, open
 //! tunnels (also per upstream), outcomes and proxy-made answers by status.
 //!
-//! Hosts that parse requests themselves (hyper, axum) call
-//! [`Proxy::connect_upgrade`], which connects the upstream and checks its
-//! 101 before the client gets one, then [`PendingUpgrade::tunnel`] over the
-//! upgraded stream (`examples/hyper_embed.rs`).
+//! Hosts that parse requests themselves (hyper, axum) mount the tower
+//! service (`Proxy::service`, feature `tower`; `examples/axum_embed.rs`),
+//! or call [`Proxy::connect_upgrade`], which connects the upstream and
+//! checks its 101 before the client gets one, then
+//! [`PendingUpgrade::tunnel`] over the upgraded stream.
 //!
 //! Every way in behaves alike: a connection served by a
 //! [`Server`](crate::server::Server) or [`Proxy::serve`], and a request a
@@ -153,6 +154,8 @@ mod exchange;
 mod guard;
 mod head_io;
 mod health;
+#[cfg(feature = "tower")]
+mod hosted;
 mod keepalive;
 mod rebalance;
 mod reclaim;
@@ -189,6 +192,8 @@ pub use health::{
     HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
     TcpProbe, WebSocketProbe,
 };
+#[cfg(feature = "tower")]
+pub(crate) use hosted::refuse;
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
 pub(crate) use reclaim::Reclaim;

@@ -1,0 +1,164 @@
+//! Plain requests that a host's own server parsed (the tower service):
+//! admitted as a request read from a socket is (the parser's checks, route,
+//! policy, CORS preflight, `client_max_body_size`), connected with the same
+//! retries and rewritten by the same policy. The HTTP exchange itself is
+//! left to the caller, which speaks it through the host's HTTP stack.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use tokio::net::TcpStream;
+
+use super::conn::to_origin_form;
+use super::connect::{authority_of, connect};
+use super::exchange::Exchange;
+use super::{Listener, Outcome, Proxy};
+use crate::balance::Lease;
+use crate::forward::{Client, ForwardContext};
+use crate::handshake::body::BodyKind;
+use crate::handshake::{self, RequestBodyError, RequestKind};
+
+/// A plain request admitted, connected and rewritten for its upstream.
+#[derive(Debug)]
+pub(crate) struct Hosted {
+    /// In origin-form, rewritten by the policy.
+    pub(crate) request: Request<()>,
+    pub(crate) upstream: TcpStream,
+    /// Held until the answer's body ends: `least_conn` counts it in flight.
+    pub(crate) lease: Lease,
+    pub(crate) answer: HostedAnswer,
+}
+
+/// What rewriting the upstream's answer needs to know of the request.
+#[derive(Debug)]
+pub(crate) struct HostedAnswer {
+    client: Client,
+    ctx: ForwardContext,
+}
+
+impl HostedAnswer {
+    /// Rewrites the upstream's answer head as the policy does for `Server`.
+    pub(crate) fn rewrite(&self, proxy: &Proxy, response: &mut Response<()>) {
+        proxy
+            .inner
+            .policy
+            .rewrite_response(response, &self.client, &self.ctx);
+    }
+}
+
+impl Proxy {
+    /// Admits and connects a plain request another server parsed, counted
+    /// in `exchange` as the request loop counts one. `Err` is the answer
+    /// the proxy gives itself (a refusal, a CORS preflight), its outcome
+    /// already in `exchange`.
+    pub(crate) async fn admit_hosted(
+        &self,
+        mut request: Request<()>,
+        peer: SocketAddr,
+        listener: Listener,
+        exchange: &mut Exchange,
+    ) -> Result<Hosted, Response<Bytes>> {
+        let inner = &self.inner;
+        // An HTTP/2 request has no Host header and an absolute target; the
+        // upstream connection is HTTP/1.1 either way.
+        if request.version() != Version::HTTP_10 {
+            *request.version_mut() = Version::HTTP_11;
+        }
+        if !request.headers().contains_key(HOST) {
+            if let Some(host) = request
+                .uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                request.headers_mut().insert(HOST, host);
+            }
+        }
+        // The same checks as for a head read from a socket: the request
+        // goes through the parser once more rather than a second rule set.
+        let mut head = BytesMut::new();
+        handshake::write_request_head(&request, &mut head);
+        let head = match handshake::parse_request(&mut head, &inner.limits) {
+            Ok(handshake::Status::Complete(head)) => head,
+            Ok(handshake::Status::Partial) => {
+                return Err(refuse(
+                    exchange,
+                    StatusCode::BAD_REQUEST,
+                    "malformed request",
+                ))
+            }
+            Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
+        };
+        exchange.request();
+        let body = BodyKind::from(head.body_length());
+        let (mut request, kind) = head.into_parts();
+        let websocket = matches!(kind, RequestKind::WebSocket(_));
+        if websocket {
+            exchange.handshake();
+        }
+        let client = inner
+            .policy
+            .resolve_client(peer, request.headers(), listener.scheme);
+        let (group, path) = match inner.routes.find_for(&request) {
+            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
+        };
+        exchange.route(&group);
+        let limit = inner.client_max_body_size;
+        if matches!(body, BodyKind::Length(n) if limit != 0 && n > limit) {
+            let e = RequestBodyError::TooLarge { limit };
+            return Err(refuse(exchange, e.status(), &e.to_string()));
+        }
+        if let Err(e) = inner.policy.check(&request, websocket) {
+            return Err(refuse(exchange, e.status(), &e.to_string()));
+        }
+        if let Some(preflight) = inner.policy.preflight(&request) {
+            if preflight.status() != StatusCode::NO_CONTENT {
+                let status = preflight.status();
+                return Err(refuse(exchange, status, "origin not allowed by cors"));
+            }
+            exchange.finish(Outcome::Preflight, Some(preflight.status()));
+            return Err(preflight.map(|()| Bytes::new()));
+        }
+        if to_origin_form(&mut request, &path).is_err() {
+            return Err(refuse(
+                exchange,
+                StatusCode::BAD_REQUEST,
+                "invalid request path",
+            ));
+        }
+        let (lease, upstream) = match connect(inner, &group, &client, &request).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
+                return Err(refuse(exchange, e.status(), "no upstream could be reached"));
+            }
+        };
+        exchange.upstream(lease.addr());
+        let ctx = ForwardContext::new(
+            peer,
+            listener.scheme,
+            listener.port,
+            authority_of(lease.addr()),
+        );
+        inner.policy.rewrite_request(&mut request, &client, &ctx);
+        Ok(Hosted {
+            request,
+            upstream,
+            lease,
+            answer: HostedAnswer { client, ctx },
+        })
+    }
+}
+
+/// An answer the proxy makes itself, counted in `exchange` as `Server`
+/// counts a refusal.
+pub(crate) fn refuse(
+    exchange: &mut Exchange,
+    status: StatusCode,
+    message: &str,
+) -> Response<Bytes> {
+    exchange.finish(Outcome::Rejected(status), Some(status));
+    handshake::error_response(status, message)
+}

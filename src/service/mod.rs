@@ -1,0 +1,526 @@
+//! The proxy as a [`tower_service::Service`], for hosts that run their own
+//! HTTP server: axum (`Router::route_service`, `fallback_service`,
+//! `nest_service`) and hyper 1 (through
+//! `hyper_util::service::TowerToHyperService`). Feature `tower`; feature
+//! `axum` adds axum's `ConnectInfo` and `OriginalUri`.
+//!
+//! Every request goes through what [`Server`](crate::server::Server) does
+//! with a request read from a socket:
+//!
+//! - a WebSocket upgrade (HTTP/1.1 `Upgrade`, Firefox's
+//!   `Connection: keep-alive, Upgrade` included) gets the same checks,
+//!   forwarding policy, balancer pick, connect with retries and upstream
+//!   handshake with `Sec-WebSocket-Accept` validation
+//!   ([`Proxy::connect_upgrade`]); the client gets the upstream's 101
+//!   (subprotocol and extensions as the upstream chose them), and the tunnel
+//!   runs as its own task once the host's server hands over the upgraded
+//!   connection, listed in the proxy's registry, so that
+//!   [`Proxy::tunnels`] and drains reach it;
+//! - a plain request is proxied with both bodies streamed, over one upstream
+//!   connection per request, with the same policy, retries and
+//!   `client_max_body_size`;
+//! - what the proxy answers itself (404 without a route, 413, 502 or 504
+//!   for the upstream, a CORS preflight) is a response with that status and
+//!   a one-line text body. The service never fails and never panics: its
+//!   error type is [`Infallible`].
+//!
+//! Once [`Proxy::drain`] has begun, new WebSocket upgrades are answered
+//! 503, and the open tunnels get their Close 1001 from the drain.
+//!
+//! The counters ([`Proxy::counters`]) count each request the service takes
+//! as one connection and one request: the host owns the sockets, and the
+//! service cannot see which requests share one.
+//!
+//! # The client's address
+//!
+//! In order: the closure given to [`ProxyService::client_addr`], a
+//! [`ClientAddr`] request extension, then (feature `axum`) axum's
+//! `ConnectInfo<SocketAddr>`, which `into_make_service_with_connect_info`
+//! sets. A request with none of them is answered 500: balancing by client
+//! address and `X-Forwarded-For` need it.
+//!
+//! # Paths under `Router::nest`
+//!
+//! axum strips the mount point from the path a nested service sees. With
+//! feature `axum` the service routes on the request's original URI
+//! (`OriginalUri`) instead: a service nested at `/v2` matches
+//! `Route::new("/v2/")`, and the upstream gets the path the client sent,
+//! as it would through [`Server`](crate::server::Server). To strip a
+//! prefix, say so in the route ([`Route::strip_prefix`](crate::route::Route)).
+//!
+//! # HTTP/2
+//!
+//! A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is answered
+//! 501 Not Implemented for now; plain HTTP/2 requests are proxied to the
+//! upstream over HTTP/1.1.
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use wsproxy::balance::{RoundRobin, Upstream};
+//! use wsproxy::{Proxy, Scheme};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let upstream = Upstream::new("127.0.0.1:9001".parse::<SocketAddr>()?);
+//! let proxy = Proxy::builder()
+//!     .upstream(RoundRobin::new([upstream].into_iter().collect()))
+//!     .build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let service = proxy.service().listener(listener.local_addr()?, Scheme::Http);
+//! // axum:  Router::new().route("/health", get(..)).fallback_service(service)
+//! // hyper: TowerToHyperService::new(service.client_addr(move |_| Some(peer)))
+//! # let _ = service;
+//! # Ok(())
+//! # }
+//! ```
+
+mod body;
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::request::Parts;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+pub use body::{BoxError, ProxyBody};
+use body::{Download, Upload, UploadState};
+
+use crate::forward::Scheme;
+use crate::handshake::{error_response, RequestBodyError};
+use crate::proxy::{refuse, Exchange, Listener, Outcome};
+use crate::Proxy;
+
+/// The client's address, as a request extension a host inserts when it
+/// accepts connections itself (the service reads it when no
+/// [`client_addr`](ProxyService::client_addr) closure answers).
+///
+/// ```
+/// use wsproxy::service::ClientAddr;
+///
+/// let mut request = http::Request::new(());
+/// let peer = "127.0.0.1:50000".parse()?;
+/// request.extensions_mut().insert(ClientAddr(peer));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientAddr(pub SocketAddr);
+
+type ClientAddrFn = dyn Fn(&Parts) -> Option<SocketAddr> + Send + Sync;
+
+/// A [`Proxy`] as a tower [`Service`](tower_service::Service) over
+/// `http::Request<B>`; cheap to clone (two `Arc`s). See the
+/// [module docs](self) for what it does with each request.
+///
+/// ```
+/// use wsproxy::balance::{RoundRobin, Upstream};
+/// use wsproxy::service::ProxyService;
+/// use wsproxy::{Proxy, Scheme};
+///
+/// let upstream = Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?);
+/// let proxy = Proxy::builder()
+///     .upstream(RoundRobin::new([upstream].into_iter().collect()))
+///     .build()?;
+/// let service = ProxyService::new(proxy)
+///     .listener("0.0.0.0:8443".parse()?, Scheme::Https)
+///     .client_addr(|parts| {
+///         // A host that knows the peer another way, e.g. a PROXY header.
+///         parts.extensions.get::<std::net::SocketAddr>().copied()
+///     });
+/// # let _ = service;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct ProxyService {
+    proxy: Proxy,
+    listener: Listener,
+    client_addr: Option<Arc<ClientAddrFn>>,
+}
+
+impl Proxy {
+    /// This proxy as a tower service for an axum or hyper host; the same as
+    /// [`ProxyService::new`].
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream};
+    /// use wsproxy::Proxy;
+    ///
+    /// let upstream = Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?);
+    /// let proxy = Proxy::builder()
+    ///     .upstream(RoundRobin::new([upstream].into_iter().collect()))
+    ///     .build()?;
+    /// let service = proxy.service();
+    /// # let _ = service;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn service(&self) -> ProxyService {
+        ProxyService::new(self.clone())
+    }
+}
+
+impl ProxyService {
+    /// The service of `proxy`, for a plain-HTTP listener on port 80 until
+    /// [`listener`](Self::listener) says otherwise.
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::service::ProxyService;
+    /// use wsproxy::Proxy;
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// let service = ProxyService::new(proxy.clone());
+    /// assert_eq!(service.proxy().counters().requests, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new(proxy: Proxy) -> Self {
+        Self {
+            proxy,
+            listener: Listener::from(Scheme::Http),
+            client_addr: None,
+        }
+    }
+
+    /// The address the host listens on and its scheme (`Https` behind TLS
+    /// termination): `X-Forwarded-Proto`, redirects, and the port of
+    /// [`HostMode::ClientWithListenerPort`](crate::forward::HostMode)
+    /// (nginx `$server_port`).
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::{Proxy, Scheme};
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// // Behind a TLS terminator that forwards port 8443 here.
+    /// let service = proxy.service().listener("0.0.0.0:8443".parse()?, Scheme::Https);
+    /// # let _ = service;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn listener(mut self, addr: SocketAddr, scheme: Scheme) -> Self {
+        self.listener = Listener::new(scheme, addr.port());
+        self
+    }
+
+    /// Where the client's address comes from, before the [`ClientAddr`]
+    /// extension and axum's `ConnectInfo`: a hyper host accepting
+    /// connections itself gives `move |_| Some(peer)` per connection.
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// use wsproxy::Proxy;
+    ///
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// let peer: std::net::SocketAddr = "192.0.2.7:50000".parse()?;
+    /// let per_connection = proxy.service().client_addr(move |_| Some(peer));
+    /// # let _ = per_connection;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn client_addr<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<SocketAddr> + Send + Sync + 'static,
+    {
+        self.client_addr = Some(Arc::new(f));
+        self
+    }
+
+    /// The proxy this service serves with.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+
+    fn peer(&self, parts: &Parts) -> Option<SocketAddr> {
+        if let Some(addr) = self.client_addr.as_ref().and_then(|f| f(parts)) {
+            return Some(addr);
+        }
+        if let Some(ClientAddr(addr)) = parts.extensions.get() {
+            return Some(*addr);
+        }
+        #[cfg(feature = "axum")]
+        if let Some(axum::extract::ConnectInfo(addr)) = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        {
+            return Some(*addr);
+        }
+        None
+    }
+
+    async fn serve<B>(self, request: Request<B>) -> Response<ProxyBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = request.into_parts();
+        #[cfg(feature = "axum")]
+        let parts = original_uri(parts);
+        let proxy = &self.proxy;
+        let Some(peer) = self.peer(&parts) else {
+            let message = "client address unknown: serve with connect info or set a ClientAddr";
+            let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+            return self.refuse(unknown, StatusCode::INTERNAL_SERVER_ERROR, message);
+        };
+        if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
+            let message = "websocket over http/2 (rfc 8441) is not proxied";
+            return self.refuse(peer, StatusCode::NOT_IMPLEMENTED, message);
+        }
+        if asks_websocket(&parts) {
+            if proxy.is_draining() {
+                // A tunnel opened now would get its Close 1001 at once: the
+                // client is better off reconnecting to another instance.
+                return self.refuse(peer, StatusCode::SERVICE_UNAVAILABLE, "proxy is draining");
+            }
+            self.upgrade(Request::from_parts(parts, ()), peer).await
+        } else {
+            self.plain(Request::from_parts(parts, body), peer).await
+        }
+    }
+
+    /// Refuses a request before the proxy's own steps, counted as one
+    /// connection with one refused request.
+    fn refuse(&self, peer: SocketAddr, status: StatusCode, message: &str) -> Response<ProxyBody> {
+        let mut exchange = Exchange::begin(&self.proxy, peer);
+        exchange.request();
+        let refused = answer(refuse(&mut exchange, status, message));
+        exchange.end();
+        refused
+    }
+
+    /// A WebSocket upgrade, through [`Proxy::connect_upgrade`]'s steps,
+    /// which count and trace it.
+    async fn upgrade(&self, mut head: Request<()>, peer: SocketAddr) -> Response<ProxyBody> {
+        // Taken before the head is handed on: resolves to the client's
+        // stream once the host's server has sent the 101.
+        let on_upgrade = hyper::upgrade::on(&mut head);
+        // Begun here as the plain path's is, so that both ways count alike.
+        let exchange = Exchange::begin(&self.proxy, peer);
+        let opened = self
+            .proxy
+            .connect_upgrade_with(exchange, head, peer, self.listener)
+            .await;
+        match opened {
+            Ok(pending) => {
+                let mut switch = Response::new(ProxyBody::empty());
+                *switch.status_mut() = pending.response().status();
+                *switch.headers_mut() = pending.response().headers().clone();
+                // Bounded: a server that sent the 101 hands the connection
+                // over at once, or drops it when the client is gone (then
+                // the pending upgrade counts as abandoned).
+                let wait = self.proxy.timeouts().send;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(wait, on_upgrade).await {
+                        Ok(Ok(upgraded)) => {
+                            pending.tunnel(TokioIo::new(upgraded)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "upgrade not handed over"),
+                        Err(_) => tracing::debug!("upgrade not handed over in time"),
+                    }
+                });
+                switch
+            }
+            Err(e) => {
+                let status = e.status();
+                let mut refused = answer(error_response(status, &e.to_string()));
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    refused
+                        .headers_mut()
+                        .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                }
+                refused
+            }
+        }
+    }
+
+    /// A plain request, over one hyper client connection to the upstream.
+    async fn plain<B>(&self, request: Request<B>, peer: SocketAddr) -> Response<ProxyBody>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let mut exchange = Exchange::begin(&self.proxy, peer);
+        let span = exchange.span().clone();
+        match self
+            .exchange(request, peer, &mut exchange)
+            .instrument(span)
+            .await
+        {
+            Ok(response) => response.map(|download| ProxyBody::upstream(download, exchange)),
+            Err(refused) => {
+                exchange.end();
+                answer(refused)
+            }
+        }
+    }
+
+    /// The steps of [`plain`](Self::plain), counted in `exchange`. `Err` is
+    /// an answer the proxy made itself.
+    async fn exchange<B>(
+        &self,
+        request: Request<B>,
+        peer: SocketAddr,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Download>, Response<Bytes>>
+    where
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let proxy = &self.proxy;
+        let (parts, body) = request.into_parts();
+        let head = Request::from_parts(parts, ());
+        let hosted = proxy
+            .admit_hosted(head, peer, self.listener, exchange)
+            .await?;
+        let lease = hosted.lease;
+        let mut failed = |status, message| {
+            lease.report_failure(std::time::Instant::now());
+            refuse(exchange, status, message)
+        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(hosted.upstream)).await {
+                Ok(pair) => pair,
+                Err(_) => return Err(failed(StatusCode::BAD_GATEWAY, "upstream closed")),
+            };
+        // Ends with the exchange: the request says `Connection: close`, and
+        // dropping the answer's body closes it early.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        let state = Arc::new(UploadState::default());
+        let upload = Upload::new(body, proxy.client_max_body_size(), state.clone());
+        let mut sending = std::pin::pin!(sender.send_request(hosted.request.map(|()| upload)));
+        let read = proxy.timeouts().read;
+        // The answer's deadline restarts with every body frame sent:
+        // `proxy_read_timeout` counts from the end of the request. Bounded:
+        // each turn either sees progress or ends.
+        let answered = loop {
+            tokio::select! {
+                answered = &mut sending => break answered,
+                () = state.progress.notified() => continue,
+                () = tokio::time::sleep(read) => {
+                    let message = "upstream sent no answer in time";
+                    return Err(failed(StatusCode::GATEWAY_TIMEOUT, message));
+                }
+            }
+        };
+        let response = match answered {
+            Ok(response) => response,
+            Err(_) if state.too_large() => {
+                let limit = proxy.client_max_body_size();
+                let e = RequestBodyError::TooLarge { limit };
+                return Err(refuse(exchange, e.status(), &e.to_string()));
+            }
+            Err(_) if state.client_failed() => {
+                exchange.finish(Outcome::Abandoned, None);
+                return Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    "request body broke off",
+                ));
+            }
+            Err(_) => {
+                return Err(failed(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream sent no valid answer",
+                ))
+            }
+        };
+        let (parts, incoming) = response.into_parts();
+        let mut head = Response::from_parts(parts, ());
+        hosted.answer.rewrite(proxy, &mut head);
+        // The policy marks answers `Connection: close` for the one-request
+        // upstream connection; toward the client the host's server decides.
+        head.headers_mut().remove(CONNECTION);
+        let download = Download::new(incoming, read, lease, state, head.status());
+        Ok(head.map(|()| download))
+    }
+}
+
+/// Routes on the path the client sent, not the one a nesting router left
+/// (see "Paths under `Router::nest`").
+#[cfg(feature = "axum")]
+fn original_uri(mut parts: Parts) -> Parts {
+    if let Some(axum::extract::OriginalUri(uri)) = parts.extensions.get() {
+        parts.uri = uri.clone();
+    }
+    parts
+}
+
+/// True when the request asks for a WebSocket (`Upgrade: websocket`); the
+/// parser then decides whether the upgrade is valid.
+fn asks_websocket(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get_all(UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// An answer the proxy made itself, for the host's server: its keep-alive
+/// is the server's to decide.
+fn answer(response: Response<Bytes>) -> Response<ProxyBody> {
+    let mut response = response.map(ProxyBody::from);
+    response.headers_mut().remove(CONNECTION);
+    response
+}
+
+impl fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyService")
+            .field("listener", &self.listener)
+            .field("client_addr", &self.client_addr.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> tower_service::Service<Request<B>> for ProxyService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = ServiceFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> ServiceFuture {
+        let service = self.clone();
+        ServiceFuture(Box::pin(async move { Ok(service.serve(request).await) }))
+    }
+}
+
+/// The future of [`ProxyService`]'s [`call`](tower_service::Service::call): the
+/// answer, never an error.
+pub struct ServiceFuture(
+    Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
+);
+
+impl Future for ServiceFuture {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl fmt::Debug for ServiceFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServiceFuture")
+    }
+}
