@@ -92,9 +92,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
     pub add_header: Vec<(String, String)>,
 
-    /// The Host the upstream sees (nginx `proxy_set_header Host`): `$host`,
+    /// The Host the upstream sees (nginx `proxy_set_header Host`):
+    /// `$http_host` (as the client sent it, port included), `$host`,
     /// `$host:$server_port`, `$proxy_host` or a fixed name.
-    #[arg(long, value_name = "HOST", default_value = "$host")]
+    #[arg(long, value_name = "HOST", default_value = "$http_host")]
     pub host_header: String,
 
     /// Rewrite upstream Location/Refresh answers (nginx `proxy_redirect default|off`).

@@ -347,6 +347,7 @@ fn health_config(args: &Args) -> Result<Option<HealthCheck>, String> {
 
 fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
     let host = match args.host_header.as_str() {
+        "$http_host" => HostMode::ClientAsSent,
         "$host" => HostMode::Client,
         "$host:$server_port" => HostMode::ClientWithListenerPort,
         "$proxy_host" => HostMode::Upstream,
