@@ -73,6 +73,8 @@ pub mod forward;
 pub mod frame;
 pub mod handshake;
 pub mod proxy;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 pub mod tunnel;
