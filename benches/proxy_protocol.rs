@@ -10,7 +10,8 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use wsproxy::handshake::Status;
 use wsproxy::proxy_protocol::{encode_v2, parse};
 
-const REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\nHost: chat.example:8443\r\nUpgrade: websocket\r\n\r\n";
+const REQUEST: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: chat.example:8443\r\nUpgrade: websocket\r\n\r\n";
 
 fn with_request(header: &[u8]) -> Vec<u8> {
     [header, REQUEST].concat()

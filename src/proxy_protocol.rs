@@ -271,7 +271,8 @@ pub fn encode_v2(source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
         _ => (as_v6(source), as_v6(destination)),
     };
     let mut out = Vec::with_capacity(V2_FIXED_LEN + 36);
-    let header = proxy_header::ProxyHeader::with_address(ProxiedAddress::stream(source, destination));
+    let header =
+        proxy_header::ProxyHeader::with_address(ProxiedAddress::stream(source, destination));
     if header.encode_v2(&mut out).is_err() {
         // One family and no TLVs always encode; a LOCAL header only keeps
         // this total.
@@ -431,7 +432,10 @@ mod tests {
             b"\x16\x03\x01\x02\x00",
         ] {
             let err = parse(bad).unwrap_err();
-            assert!(matches!(err, ProxyHeaderError::Malformed(_)), "{bad:?}: {err:?}");
+            assert!(
+                matches!(err, ProxyHeaderError::Malformed(_)),
+                "{bad:?}: {err:?}"
+            );
             assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         }
     }
@@ -466,10 +470,7 @@ mod tests {
             "[::1]:9000".parse().unwrap(),
         );
         let h = complete(&bytes);
-        assert_eq!(
-            h.source(),
-            Some("[::ffff:198.51.100.7]:5".parse().unwrap())
-        );
+        assert_eq!(h.source(), Some("[::ffff:198.51.100.7]:5".parse().unwrap()));
     }
 
     proptest! {

@@ -484,6 +484,33 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
 }
 
 #[test]
+fn proxy_protocol_flags_that_cannot_work_exit_2() {
+    // Without the feature the flags exist but say what is missing.
+    #[cfg(not(feature = "proxy-protocol"))]
+    for flag in ["--proxy-protocol", "--send-proxy-v2"] {
+        let (status, stderr) = run_to_exit(&["--upstream", "127.0.0.1:1", flag]);
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("--features proxy-protocol"), "{stderr}");
+    }
+    // With it, a listener that would trust every peer, or a bad block.
+    #[cfg(feature = "proxy-protocol")]
+    {
+        let (status, stderr) = run_to_exit(&["--upstream", "127.0.0.1:1", "--proxy-protocol"]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--proxy-protocol-from"), "{stderr}");
+        let (status, stderr) = run_to_exit(&[
+            "--upstream",
+            "127.0.0.1:1",
+            "--proxy-protocol",
+            "--proxy-protocol-from",
+            "10.0.0.0/33",
+        ]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("10.0.0.0/33"), "{stderr}");
+    }
+}
+
+#[test]
 fn tunnel_lifecycle_flags_that_cannot_work_exit_2() {
     for (bad, says) in [
         ("30m", "not IDLE:INTVL:CNT"),

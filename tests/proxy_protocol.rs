@@ -152,7 +152,12 @@ async fn untrusted_malformed_truncated_and_missing_headers_close_unforwarded() {
     let gw = Gateway::start_with(to(up), |s| s.proxy_protocol(loopback_trusted())).await;
     // Malformed: a bad address; missing: a plain request; truncated: the
     // peer ends inside the header.
-    refused(&gw, b"PROXY TCP4 198.51.100.300 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n", false).await;
+    refused(
+        &gw,
+        b"PROXY TCP4 198.51.100.300 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+        false,
+    )
+    .await;
     refused(&gw, REQUEST, false).await;
     refused(&gw, &header[..20], true).await;
     gw.shutdown().await;
@@ -195,7 +200,11 @@ async fn the_header_s_address_steers_ip_hash() {
         // nginx ip_hash keys IPv4 by its first three octets.
         let client = IpAddr::from([198, 51, i, 7]);
         let lease = reference
-            .pick(&PickContext::new(client, &request, std::time::Instant::now()))
+            .pick(&PickContext::new(
+                client,
+                &request,
+                std::time::Instant::now(),
+            ))
             .unwrap();
         let at = ups
             .iter()
@@ -211,7 +220,10 @@ async fn the_header_s_address_steers_ip_hash() {
     }
     // Twelve clients behind one balancer address spread over the upstreams,
     // as they would connecting directly.
-    assert!(expected.iter().filter(|n| **n > 0).count() >= 2, "{expected:?}");
+    assert!(
+        expected.iter().filter(|n| **n > 0).count() >= 2,
+        "{expected:?}"
+    );
     gw.shutdown().await;
 }
 

@@ -146,8 +146,9 @@ async fn rebalance(rebalancer: Rebalancer, every: Duration, wake: Arc<Notify>) {
 /// The listener's PROXY protocol setting: checked before anything is bound.
 #[cfg(feature = "proxy-protocol")]
 type ProxyProtocolSetting = Option<wsproxy::proxy_protocol::ProxyProtocol>;
+/// Never set without the feature.
 #[cfg(not(feature = "proxy-protocol"))]
-type ProxyProtocolSetting = ();
+type ProxyProtocolSetting = Option<std::convert::Infallible>;
 
 #[cfg(feature = "proxy-protocol")]
 fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
@@ -156,7 +157,9 @@ fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
     }
     if args.proxy_protocol_from.is_empty() {
         // Trusting every peer would let any client claim any address.
-        return Err("--proxy-protocol needs --proxy-protocol-from CIDR (the balancers' addresses)".into());
+        return Err(
+            "--proxy-protocol needs --proxy-protocol-from CIDR (the balancers' addresses)".into(),
+        );
     }
     wsproxy::proxy_protocol::ProxyProtocol::from_cidrs(&args.proxy_protocol_from)
         .map(Some)
@@ -166,11 +169,13 @@ fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
 #[cfg(not(feature = "proxy-protocol"))]
 fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
     if args.proxy_protocol || args.send_proxy_v2 {
-        return Err("--proxy-protocol and --send-proxy-v2 need the gateway built with \
+        return Err(
+            "--proxy-protocol and --send-proxy-v2 need the gateway built with \
              `--features proxy-protocol`"
-            .into());
+                .into(),
+        );
     }
-    Ok(())
+    Ok(None)
 }
 
 fn fail(msg: &str) -> ExitCode {
@@ -212,12 +217,14 @@ async fn serve(
     if let Some(window) = args.drain_window {
         server = server.drain_window(window);
     }
-    #[cfg(feature = "proxy-protocol")]
     if let Some(pp) = proxy_protocol {
-        server = server.proxy_protocol(pp);
+        #[cfg(feature = "proxy-protocol")]
+        {
+            server = server.proxy_protocol(pp);
+        }
+        #[cfg(not(feature = "proxy-protocol"))]
+        match pp {}
     }
-    #[cfg(not(feature = "proxy-protocol"))]
-    let () = proxy_protocol;
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }

@@ -160,7 +160,12 @@ mod tests {
 
     #[test]
     fn as_sent_mode_keeps_the_port_and_case_like_nginx_http_host() {
-        for host in ["chat.example:8443", "App.Example", "[::1]:8443", "app.example."] {
+        for host in [
+            "chat.example:8443",
+            "App.Example",
+            "[::1]:8443",
+            "app.example.",
+        ] {
             let v = HostRule::ClientAsSent.value(&req("/", Some(host)), &ctx());
             assert_eq!(v, host);
         }
@@ -169,7 +174,10 @@ mod tests {
     #[test]
     fn as_sent_mode_takes_an_absolute_target_without_userinfo() {
         let r = req("http://user@target.example:81/x", Some("header.example"));
-        assert_eq!(HostRule::ClientAsSent.value(&r, &ctx()), "target.example:81");
+        assert_eq!(
+            HostRule::ClientAsSent.value(&r, &ctx()),
+            "target.example:81"
+        );
     }
 
     #[test]
