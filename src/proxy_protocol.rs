@@ -155,6 +155,17 @@ impl ProxyProtocol {
 }
 
 /// A complete PROXY header, as [`parse`] found it.
+///
+/// ```
+/// use wsproxy::handshake::Status;
+/// use wsproxy::proxy_protocol::parse;
+///
+/// let v6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 50123 443\r\n";
+/// let Status::Complete(header) = parse(v6)? else { unreachable!() };
+/// assert_eq!(header.len(), v6.len());
+/// assert_eq!(header.destination(), Some("[2001:db8::1]:443".parse()?));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyHeader {
     len: usize,
@@ -353,6 +364,13 @@ impl ProxyHeaderError {
 }
 
 /// A bad [`ProxyProtocol`] setting.
+///
+/// ```
+/// use wsproxy::proxy_protocol::{ProxyProtocol, ProxyProtocolConfigError};
+///
+/// let err = ProxyProtocol::from_cidrs(["10.0.0.0/33"]).unwrap_err();
+/// assert_eq!(err, ProxyProtocolConfigError::InvalidCidr("10.0.0.0/33".into()));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProxyProtocolConfigError {
