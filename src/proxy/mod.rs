@@ -217,7 +217,7 @@ impl UpstreamGroup {
     /// written with the request head; default off. Feature
     /// `proxy-protocol`.
     ///
-    /// The source is the client the [`ForwardPolicy`](crate::forward::ForwardPolicy)
+    /// The source is the client the [`ForwardPolicy`]
     /// believes, with its port when it is the connection's peer and port 0
     /// when it came from `X-Forwarded-For`; the destination is the
     /// listener's port on the unspecified address of the same family. Only
