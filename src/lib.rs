@@ -64,6 +64,9 @@
 //!   WebSocket or custom [`Probe`]s with HAProxy's rise/fall, closing the
 //!   tunnels of an upstream marked down), [`Server`] (accept loop, bounded
 //!   concurrency, graceful drain with Close 1001 spread over a window).
+//! - feature modules, integrations behind cargo features: `proxy_protocol`
+//!   (feature `proxy-protocol`: the PROXY protocol v1/v2 on a [`Server`]'s
+//!   listener and toward upstream groups).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -73,6 +76,8 @@ pub mod forward;
 pub mod frame;
 pub mod handshake;
 pub mod proxy;
+#[cfg(feature = "proxy-protocol")]
+pub mod proxy_protocol;
 pub mod route;
 pub mod server;
 #[cfg(feature = "tower")]

@@ -69,6 +69,8 @@ pub struct Server {
     drain_timeout: Duration,
     drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,
+    #[cfg(feature = "proxy-protocol")]
+    proxy_protocol: Option<Arc<crate::proxy_protocol::ProxyProtocol>>,
 }
 
 impl Server {
@@ -82,7 +84,46 @@ impl Server {
             drain_timeout: Duration::from_secs(30),
             drain_window: None,
             on_end: None,
+            #[cfg(feature = "proxy-protocol")]
+            proxy_protocol: None,
         }
+    }
+
+    /// Reads a PROXY protocol header (v1 or v2) before anything else on
+    /// each connection, from the peers `pp` trusts, and serves the
+    /// connection as coming from the client it names (nginx
+    /// `listen … proxy_protocol`, HAProxy `accept-proxy`): the
+    /// trusted-proxy walk, `X-Real-IP`, `X-Forwarded-For`, `Forwarded`,
+    /// `ip_hash` and [`on_connection_end`](Self::on_connection_end) all see
+    /// that address. Feature `proxy-protocol`.
+    ///
+    /// A connection from any other peer, or whose header is missing,
+    /// malformed or truncated, is closed without a byte read past the
+    /// header or forwarded. The header shares the
+    /// [handshake timeout](crate::proxy::Timeouts) from the accept with the
+    /// TLS handshake and the first request head. A v2 `LOCAL` header (a
+    /// balancer's health check) is served as a direct connection.
+    ///
+    /// ```no_run
+    /// use wsproxy::proxy_protocol::ProxyProtocol;
+    /// use wsproxy::{server::Server, Proxy};
+    ///
+    /// # async fn run(proxy: Proxy) -> Result<(), Box<dyn std::error::Error>> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    /// Server::new(proxy)
+    ///     .proxy_protocol(ProxyProtocol::from_cidrs(["10.0.0.0/8"])?)
+    ///     .serve(listener, async {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///     })
+    ///     .await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "proxy-protocol")]
+    #[must_use = "builder methods return the updated builder"]
+    pub fn proxy_protocol(mut self, pp: crate::proxy_protocol::ProxyProtocol) -> Self {
+        self.proxy_protocol = Some(Arc::new(pp));
+        self
     }
 
     /// The scheme clients used to reach the listener (`Https` behind TLS
@@ -300,11 +341,27 @@ impl Server {
                     }
                 }
             });
+            #[cfg(feature = "proxy-protocol")]
+            let proxy_protocol = self.proxy_protocol.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
-                let stream = tokio::select! {
-                    accepted = timeout_at(head_deadline, accept(stream)) => match accepted {
-                        Ok(Ok(stream)) => stream,
+                #[cfg_attr(not(feature = "proxy-protocol"), allow(unused_mut))]
+                let mut stream = stream;
+                let accepting = async {
+                    // The PROXY header comes first on the wire, before TLS.
+                    #[cfg(feature = "proxy-protocol")]
+                    let peer = match &proxy_protocol {
+                        Some(pp) => pp
+                            .read_from(&mut stream, peer)
+                            .await
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?,
+                        None => peer,
+                    };
+                    Ok::<_, io::Error>((accept(stream).await?, peer))
+                };
+                let (stream, peer) = tokio::select! {
+                    accepted = timeout_at(head_deadline, accepting) => match accepted {
+                        Ok(Ok(accepted)) => accepted,
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "accept handshake failed");
                             return;

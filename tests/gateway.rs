@@ -484,6 +484,33 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
 }
 
 #[test]
+fn proxy_protocol_flags_that_cannot_work_exit_2() {
+    // Without the feature the flags exist but say what is missing.
+    #[cfg(not(feature = "proxy-protocol"))]
+    for flag in ["--proxy-protocol", "--send-proxy-v2"] {
+        let (status, stderr) = run_to_exit(&["--upstream", "127.0.0.1:1", flag]);
+        assert_eq!(status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains("--features proxy-protocol"), "{stderr}");
+    }
+    // With it, a listener that would trust every peer, or a bad block.
+    #[cfg(feature = "proxy-protocol")]
+    {
+        let (status, stderr) = run_to_exit(&["--upstream", "127.0.0.1:1", "--proxy-protocol"]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--proxy-protocol-from"), "{stderr}");
+        let (status, stderr) = run_to_exit(&[
+            "--upstream",
+            "127.0.0.1:1",
+            "--proxy-protocol",
+            "--proxy-protocol-from",
+            "10.0.0.0/33",
+        ]);
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("10.0.0.0/33"), "{stderr}");
+    }
+}
+
+#[test]
 fn tunnel_lifecycle_flags_that_cannot_work_exit_2() {
     for (bad, says) in [
         ("30m", "not IDLE:INTVL:CNT"),
@@ -571,6 +598,42 @@ async fn client_max_body_size_refuses_larger_bodies_with_413() {
     .await;
     assert!(fits.starts_with("HTTP/1.1 200 "), "{fits}");
     support::await_records(&seen, 2).await;
+}
+
+#[cfg(feature = "proxy-protocol")]
+#[tokio::test]
+async fn proxy_protocol_flags_carry_the_balancer_s_client_through() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use wsproxy::handshake::Status;
+    let (upstream, seen) =
+        support::raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await;
+    let arg = upstream.to_string();
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &arg,
+        "--proxy-protocol",
+        "--proxy-protocol-from",
+        "127.0.0.0/8",
+        "--send-proxy-v2",
+    ])
+    .await;
+    let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 198.51.100.7 10.0.0.1 50123 8443\r\nGET / HTTP/1.1\r\nHost: chat.example:8443\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = bounded("the answer", s.read_to_end(&mut got)).await;
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    support::await_records(&seen, 1).await;
+    let record = seen.lock().unwrap()[0].clone();
+    let Ok(Status::Complete(header)) = wsproxy::proxy_protocol::parse(&record) else {
+        panic!("no v2 header upstream: {record:?}");
+    };
+    assert_eq!(header.source(), Some("198.51.100.7:50123".parse().unwrap()));
+    let head = String::from_utf8_lossy(&record[header.len()..]).to_lowercase();
+    assert!(head.contains("x-real-ip: 198.51.100.7\r\n"), "{head}");
+    assert!(head.contains("host: chat.example:8443\r\n"), "{head}");
 }
 
 #[tokio::test]

@@ -79,6 +79,27 @@ pub struct Args {
     #[arg(long, value_name = "CIDR")]
     pub trusted_proxy: Vec<String>,
 
+    /// Read a PROXY protocol header (v1 or v2) before anything else on
+    /// every connection and serve it as the client it names (nginx `listen
+    /// … proxy_protocol`, HAProxy `accept-proxy`). Needs
+    /// --proxy-protocol-from and a gateway built with `--features
+    /// proxy-protocol`.
+    #[arg(long)]
+    pub proxy_protocol: bool,
+
+    /// A balancer address or CIDR block that may send the PROXY header,
+    /// repeatable; connections from anywhere else are closed unread. Its own
+    /// list, not --trusted-proxy's (nginx uses `set_real_ip_from` for both):
+    /// a balancer trusted for the header need not be for X-Forwarded-For.
+    #[arg(long, value_name = "CIDR", requires = "proxy_protocol")]
+    pub proxy_protocol_from: Vec<String>,
+
+    /// Start every upstream connection with a PROXY protocol v2 header
+    /// carrying the client's address (HAProxy `send-proxy-v2`). Needs a
+    /// gateway built with `--features proxy-protocol`.
+    #[arg(long)]
+    pub send_proxy_v2: bool,
+
     /// Allow WebSocket upgrades only from this Origin, repeatable (others get
     /// 403; nginx has no directive, apps check `$http_origin`).
     #[arg(long, value_name = "ORIGIN")]
@@ -92,9 +113,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
     pub add_header: Vec<(String, String)>,
 
-    /// The Host the upstream sees (nginx `proxy_set_header Host`): `$host`,
+    /// The Host the upstream sees (nginx `proxy_set_header Host`):
+    /// `$http_host` (as the client sent it, port included), `$host`,
     /// `$host:$server_port`, `$proxy_host` or a fixed name.
-    #[arg(long, value_name = "HOST", default_value = "$host")]
+    #[arg(long, value_name = "HOST", default_value = "$http_host")]
     pub host_header: String,
 
     /// Rewrite upstream Location/Refresh answers (nginx `proxy_redirect default|off`).

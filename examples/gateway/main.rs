@@ -62,6 +62,7 @@ fn main() -> ExitCode {
     let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
+    let proxy_protocol = proxy_protocol(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
         _ => None,
@@ -114,7 +115,7 @@ fn main() -> ExitCode {
                 tokio::spawn(checker.run(std::future::pending()));
             }
         }
-        serve(&args, proxy, tls, access_log, drain_timeout).await
+        serve(&args, proxy, tls, access_log, drain_timeout, proxy_protocol).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -142,6 +143,41 @@ async fn rebalance(rebalancer: Rebalancer, every: Duration, wake: Arc<Notify>) {
     }
 }
 
+/// The listener's PROXY protocol setting: checked before anything is bound.
+#[cfg(feature = "proxy-protocol")]
+type ProxyProtocolSetting = Option<wsproxy::proxy_protocol::ProxyProtocol>;
+/// Never set without the feature.
+#[cfg(not(feature = "proxy-protocol"))]
+type ProxyProtocolSetting = Option<std::convert::Infallible>;
+
+#[cfg(feature = "proxy-protocol")]
+fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
+    if !args.proxy_protocol {
+        return Ok(None);
+    }
+    if args.proxy_protocol_from.is_empty() {
+        // Trusting every peer would let any client claim any address.
+        return Err(
+            "--proxy-protocol needs --proxy-protocol-from CIDR (the balancers' addresses)".into(),
+        );
+    }
+    wsproxy::proxy_protocol::ProxyProtocol::from_cidrs(&args.proxy_protocol_from)
+        .map(Some)
+        .map_err(|e| format!("--proxy-protocol-from: {e}"))
+}
+
+#[cfg(not(feature = "proxy-protocol"))]
+fn proxy_protocol(args: &Args) -> Result<ProxyProtocolSetting, String> {
+    if args.proxy_protocol || args.send_proxy_v2 {
+        return Err(
+            "--proxy-protocol and --send-proxy-v2 need the gateway built with \
+             `--features proxy-protocol`"
+                .into(),
+        );
+    }
+    Ok(None)
+}
+
 fn fail(msg: &str) -> ExitCode {
     eprintln!("gateway: {msg}");
     ExitCode::FAILURE
@@ -161,6 +197,7 @@ async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     access_log: Option<Arc<access_log::AccessLog>>,
     drain_timeout: Duration,
+    proxy_protocol: ProxyProtocolSetting,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -179,6 +216,14 @@ async fn serve(
         .drain_timeout(drain_timeout);
     if let Some(window) = args.drain_window {
         server = server.drain_window(window);
+    }
+    if let Some(pp) = proxy_protocol {
+        #[cfg(feature = "proxy-protocol")]
+        {
+            server = server.proxy_protocol(pp);
+        }
+        #[cfg(not(feature = "proxy-protocol"))]
+        match pp {}
     }
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
@@ -295,6 +340,8 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
             Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
         };
         let group = UpstreamGroup::from_arc(name, balancer);
+        #[cfg(feature = "proxy-protocol")]
+        let group = group.send_proxy_v2(args.send_proxy_v2);
         groups.borrow_mut().push((checked, group.clone()));
         group
     };
@@ -347,6 +394,7 @@ fn health_config(args: &Args) -> Result<Option<HealthCheck>, String> {
 
 fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
     let host = match args.host_header.as_str() {
+        "$http_host" => HostMode::ClientAsSent,
         "$host" => HostMode::Client,
         "$host:$server_port" => HostMode::ClientWithListenerPort,
         "$proxy_host" => HostMode::Upstream,

@@ -1,12 +1,13 @@
 //! The `Host` the upstream sees.
 
 use http::header::{self, HeaderValue};
+use http::uri::Authority;
 use http::Request;
 
 use std::io::Write as _;
 
 use super::{owned_value, ForwardContext};
-use crate::handshake::{normalize_host, request_host};
+use crate::handshake::{is_host_and_port, normalize_host, request_host};
 
 /// Which `Host` the upstream receives (nginx `proxy_set_header Host …`).
 ///
@@ -22,10 +23,20 @@ use crate::handshake::{normalize_host, request_host};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum HostMode {
+    /// nginx `$http_host`, the default: the client's `Host` as sent, port
+    /// included (the authority of an absolute-form target, RFC 9112
+    /// §3.2.2), after the handshake's validity checks; the upstream's
+    /// `host:port` when the client sent none (HTTP/1.0) or, on a hand-built
+    /// request, an invalid one. HAProxy, Envoy and Go's `ReverseProxy` pass
+    /// it unchanged too: a client of `chat.example:8443` stays on that port
+    /// in the absolute URLs and redirects the upstream builds.
+    #[default]
+    ClientAsSent,
     /// nginx `$host`: the host of an absolute-form request target, else the
     /// `Host` header, lowercased and without its port; the upstream's host
-    /// when the client sent neither (HTTP/1.0). The classic WebSocket config.
-    #[default]
+    /// when the client sent neither (HTTP/1.0). The classic nginx WebSocket
+    /// config, and this crate's default until `$http_host` replaced it: it
+    /// drops the port a client used.
     Client,
     /// nginx `$host:$server_port`: the client's host with the listener's port.
     ClientWithListenerPort,
@@ -38,6 +49,7 @@ pub enum HostMode {
 /// [`HostMode`] with a fixed value already validated.
 #[derive(Debug, Clone)]
 pub(crate) enum HostRule {
+    ClientAsSent,
     Client,
     ClientWithListenerPort,
     Upstream,
@@ -48,6 +60,7 @@ impl HostRule {
     pub(crate) fn value<B>(&self, req: &Request<B>, ctx: &ForwardContext) -> HeaderValue {
         let port = match self {
             Self::Fixed(v) => return v.clone(),
+            Self::ClientAsSent => return as_sent(req, ctx),
             Self::Upstream => {
                 let upstream = ctx.upstream().as_str().as_bytes().to_vec();
                 return owned_value(upstream).unwrap_or(HeaderValue::from_static("localhost"));
@@ -78,6 +91,38 @@ impl HostRule {
         // keeps the function total.
         owned_value(out).unwrap_or(HeaderValue::from_static("localhost"))
     }
+}
+
+/// nginx `$http_host`: the client's host as it came, port included,
+/// falling back to the upstream's `host:port`.
+fn as_sent<B>(req: &Request<B>, ctx: &ForwardContext) -> HeaderValue {
+    if req.uri().authority().is_none() {
+        // The common case: the parsed `Host` header, already checked by the
+        // handshake (RFC 9112 §3.2), forwarded without a copy. Checked again
+        // here for hand-built requests (hyper's, for `connect_upgrade`).
+        if let Some(v) = req.headers().get(header::HOST) {
+            if v.to_str().is_ok_and(valid_host) {
+                return v.clone();
+            }
+        }
+    } else if let Some(host) = request_host(req) {
+        // An absolute-form target's authority wins over `Host` (RFC 9112
+        // §3.2.2); userinfo never goes on.
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        if valid_host(host) {
+            if let Some(v) = owned_value(host.as_bytes().to_vec()) {
+                return v;
+            }
+        }
+    }
+    let upstream = ctx.upstream().as_str().as_bytes().to_vec();
+    owned_value(upstream).unwrap_or(HeaderValue::from_static("localhost"))
+}
+
+/// `uri-host [":" port]`, the check the handshake puts `Host` through.
+fn valid_host(host: &str) -> bool {
+    host.parse::<Authority>()
+        .is_ok_and(|a| is_host_and_port(&a))
 }
 
 /// nginx `$host`, falling back to the upstream's host.
@@ -111,6 +156,37 @@ mod tests {
             b = b.header("host", h);
         }
         b.body(()).unwrap()
+    }
+
+    #[test]
+    fn as_sent_mode_keeps_the_port_and_case_like_nginx_http_host() {
+        for host in [
+            "chat.example:8443",
+            "App.Example",
+            "[::1]:8443",
+            "app.example.",
+        ] {
+            let v = HostRule::ClientAsSent.value(&req("/", Some(host)), &ctx());
+            assert_eq!(v, host);
+        }
+    }
+
+    #[test]
+    fn as_sent_mode_takes_an_absolute_target_without_userinfo() {
+        let r = req("http://user@target.example:81/x", Some("header.example"));
+        assert_eq!(
+            HostRule::ClientAsSent.value(&r, &ctx()),
+            "target.example:81"
+        );
+    }
+
+    #[test]
+    fn as_sent_mode_falls_back_to_the_upstream_authority() {
+        // No Host (HTTP/1.0), and on a hand-built request an invalid one.
+        for host in [None, Some("a b"), Some("x@y"), Some("host:port")] {
+            let v = HostRule::ClientAsSent.value(&req("/", host), &ctx());
+            assert_eq!(v, "10.0.0.5:8080", "{host:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! proxy_http_version 1.1;
 //! proxy_set_header Upgrade $http_upgrade;
 //! proxy_set_header Connection $connection_upgrade;
-//! proxy_set_header Host $host;
+//! proxy_set_header Host $http_host;
 //! proxy_set_header X-Real-IP $remote_addr;
 //! proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
 //! proxy_set_header X-Forwarded-Proto $scheme;
@@ -35,7 +35,8 @@
 //! |---|---|
 //! | `proxy_http_version 1.1` | always (requests and answers leave as HTTP/1.1) |
 //! | `map $http_upgrade $connection_upgrade {…}` + `proxy_set_header Upgrade`/`Connection` | always: `Upgrade: websocket`, `Connection: upgrade` on an upgrade, else `Connection: close` |
-//! | `proxy_set_header Host $host` | `.host(HostMode::Client)` (default) |
+//! | `proxy_set_header Host $http_host` | `.host(HostMode::ClientAsSent)` (default: the port a client used survives) |
+//! | `proxy_set_header Host $host` | `.host(HostMode::Client)` |
 //! | `proxy_set_header Host $host:$server_port` | `.host(HostMode::ClientWithListenerPort)` |
 //! | `proxy_set_header Host $proxy_host` | `.host(HostMode::Upstream)` |
 //! | `proxy_set_header Host api.internal` | `.host(HostMode::Fixed("api.internal".into()))` |
@@ -214,7 +215,7 @@ impl ForwardPolicy {
     /// origin check, no CORS and no `Forwarded` header.
     pub fn nginx() -> Self {
         Self {
-            host: HostRule::Client,
+            host: HostRule::ClientAsSent,
             xff: XForwardedFor::Append,
             forwarded: false,
             redirect: true,
@@ -545,7 +546,7 @@ pub struct ForwardPolicyBuilder {
 impl Default for ForwardPolicyBuilder {
     fn default() -> Self {
         Self {
-            host: HostMode::Client,
+            host: HostMode::ClientAsSent,
             xff: XForwardedFor::Append,
             forwarded: false,
             redirect: true,
@@ -561,7 +562,7 @@ impl Default for ForwardPolicyBuilder {
 
 impl ForwardPolicyBuilder {
     /// The `Host` the upstream sees (nginx `proxy_set_header Host`);
-    /// default [`HostMode::Client`] (`$host`).
+    /// default [`HostMode::ClientAsSent`] (`$http_host`).
     pub fn host(mut self, mode: HostMode) -> Self {
         self.host = mode;
         self
@@ -675,6 +676,7 @@ impl ForwardPolicyBuilder {
     /// credentials with any origin.
     pub fn build(self) -> Result<ForwardPolicy, ForwardConfigError> {
         let host = match self.host {
+            HostMode::ClientAsSent => HostRule::ClientAsSent,
             HostMode::Client => HostRule::Client,
             HostMode::ClientWithListenerPort => HostRule::ClientWithListenerPort,
             HostMode::Upstream => HostRule::Upstream,

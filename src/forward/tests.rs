@@ -59,7 +59,8 @@ fn nginx_default_rewrites_a_websocket_upgrade_like_the_classic_config() {
     assert_eq!(req.version(), Version::HTTP_11);
     assert_eq!(all(h, "upgrade"), ["websocket"]);
     assert_eq!(all(h, "connection"), ["upgrade"]);
-    assert_eq!(all(h, "host"), ["chat.example"]);
+    // `$http_host` since issue 15: the port the client used survives.
+    assert_eq!(all(h, "host"), ["Chat.Example:8080"]);
     assert_eq!(all(h, "x-real-ip"), ["192.0.2.10"]);
     assert_eq!(all(h, "x-forwarded-for"), ["192.0.2.10"]);
     assert_eq!(all(h, "x-forwarded-proto"), ["http"]);
@@ -105,7 +106,7 @@ fn absolute_form_target_becomes_origin_form() {
     let client = policy.resolve_client(peer("192.0.2.1:1"), req.headers(), Scheme::Http);
     policy.rewrite_request(&mut req, &client, &ctx("192.0.2.1:1", false));
     assert_eq!(req.uri(), "/x?y=1");
-    assert_eq!(req.headers()["host"], "a.example");
+    assert_eq!(req.headers()["host"], "a.example:81");
 }
 
 #[test]
@@ -268,6 +269,8 @@ fn host_modes() {
         let policy = ForwardPolicy::builder().host(mode).build().unwrap();
         forward(&policy, "192.0.2.1:1", false, &pairs).headers()["host"].clone()
     };
+    assert_eq!(run(HostMode::default()), "App.Example:9999");
+    assert_eq!(run(HostMode::ClientAsSent), "App.Example:9999");
     assert_eq!(run(HostMode::Client), "app.example");
     assert_eq!(run(HostMode::ClientWithListenerPort), "app.example:8080");
     assert_eq!(run(HostMode::Upstream), "10.9.0.1:9000");

@@ -109,7 +109,7 @@ pub use error::{HandshakeError, HeadError, SwitchError};
 pub use framing::BodyLength;
 pub(crate) use framing::Framing;
 pub use limits::Limits;
-pub(crate) use request::{normalize_host, request_host};
+pub(crate) use request::{is_host_and_port, normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
 pub use scan::HeadScanner;

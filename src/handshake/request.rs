@@ -342,7 +342,7 @@ fn check_host(known: &Known, head: &Bytes, version: Version) -> Result<(), HeadE
 
 /// `uri-host [":" port]` (RFC 9110 §7.2): `Authority` also takes userinfo
 /// and a non-numeric port.
-fn is_host_and_port(authority: &Authority) -> bool {
+pub(crate) fn is_host_and_port(authority: &Authority) -> bool {
     let host = authority.host();
     let port = authority.as_str().get(host.len()..).unwrap_or("");
     let port_ok = match port.strip_prefix(':') {

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{authority_of, connect};
+use super::connect::{authority_of, connect, proxy_header};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -432,6 +432,13 @@ where
     async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
         let inner = self.inner;
         let mut head_bytes = BytesMut::new();
+        proxy_header(
+            &up.admitted.group,
+            &up.admitted.client,
+            self.peer,
+            self.listener.port,
+            &mut head_bytes,
+        );
         handshake::write_request_head(&up.admitted.request, &mut head_bytes);
         if write_all_timeout(&mut up.stream, &head_bytes, inner.timeouts.send)
             .await

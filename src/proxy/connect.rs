@@ -155,6 +155,37 @@ pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     }
 }
 
+/// Appends the PROXY v2 header `group`'s upstreams expect (HAProxy
+/// `send-proxy-v2`) to `out`, ahead of the request head, so that both go
+/// in one write.
+#[cfg(feature = "proxy-protocol")]
+pub(super) fn proxy_header(
+    group: &UpstreamGroup,
+    client: &Client,
+    peer: std::net::SocketAddr,
+    listener_port: u16,
+    out: &mut bytes::BytesMut,
+) {
+    use crate::proxy_protocol::{client_source, encode_v2, unspecified_like};
+    if group.sends_proxy_v2() {
+        let source = client_source(client.ip(), peer);
+        let mut destination = unspecified_like(source);
+        destination.set_port(listener_port);
+        out.extend_from_slice(&encode_v2(source, destination));
+    }
+}
+
+/// Without feature `proxy-protocol` no group sends a PROXY header.
+#[cfg(not(feature = "proxy-protocol"))]
+pub(super) fn proxy_header(
+    _group: &UpstreamGroup,
+    _client: &Client,
+    _peer: std::net::SocketAddr,
+    _listener_port: u16,
+    _out: &mut bytes::BytesMut,
+) {
+}
+
 /// The authority an upstream is addressed by in rewritten requests (the
 /// Host nginx sends for `proxy_pass http://$upstream_addr`).
 pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {

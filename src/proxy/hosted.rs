@@ -12,8 +12,9 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
 use super::conn::to_origin_form;
-use super::connect::{authority_of, connect};
+use super::connect::{authority_of, connect, proxy_header};
 use super::exchange::Exchange;
+use super::head_io::write_all_timeout;
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -128,13 +129,29 @@ impl Proxy {
                 "invalid request path",
             ));
         }
-        let (lease, upstream) = match connect(inner, &group, &client, &request).await {
+        let (lease, mut upstream) = match connect(inner, &group, &client, &request).await {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
                 return Err(refuse(exchange, e.status(), "no upstream could be reached"));
             }
         };
+        // A group that expects a PROXY v2 header (HAProxy `send-proxy-v2`)
+        // gets it before hyper's client writes the request head.
+        let mut preface = BytesMut::new();
+        proxy_header(&group, &client, peer, listener.port, &mut preface);
+        if !preface.is_empty()
+            && write_all_timeout(&mut upstream, &preface, inner.timeouts.send)
+                .await
+                .is_err()
+        {
+            lease.report_failure(tokio::time::Instant::now().into_std());
+            return Err(refuse(
+                exchange,
+                StatusCode::BAD_GATEWAY,
+                "upstream refused the request",
+            ));
+        }
         exchange.upstream(lease.addr());
         let ctx = ForwardContext::new(
             peer,

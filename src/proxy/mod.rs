@@ -213,6 +213,8 @@ pub struct UpstreamGroup {
     name: Arc<str>,
     balancer: Arc<dyn Balancer>,
     tunnels: Arc<TunnelRegistry>,
+    #[cfg(feature = "proxy-protocol")]
+    send_proxy_v2: bool,
 }
 
 impl UpstreamGroup {
@@ -228,7 +230,44 @@ impl UpstreamGroup {
             name: name.into(),
             balancer,
             tunnels: Arc::default(),
+            #[cfg(feature = "proxy-protocol")]
+            send_proxy_v2: false,
         }
+    }
+
+    /// Starts every upstream connection of this group with a PROXY protocol
+    /// v2 header carrying the believed client (HAProxy `send-proxy-v2`),
+    /// written with the request head; default off. Feature
+    /// `proxy-protocol`.
+    ///
+    /// The source is the client the [`ForwardPolicy`]
+    /// believes, with its port when it is the connection's peer and port 0
+    /// when it came from `X-Forwarded-For`; the destination is the
+    /// listener's port on the unspecified address of the same family. Only
+    /// for upstreams that expect the header (nginx `listen … proxy_protocol`,
+    /// HAProxy `accept-proxy`): others take it for a bad request.
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::proxy::UpstreamGroup;
+    ///
+    /// let set: UpstreamSet = [Upstream::new("127.0.0.1:9000".parse::<std::net::SocketAddr>()?)].into_iter().collect();
+    /// let group = UpstreamGroup::new("pp-backends", RoundRobin::new(set)).send_proxy_v2(true);
+    /// assert!(group.sends_proxy_v2());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "proxy-protocol")]
+    #[must_use = "builder methods return the updated group"]
+    pub fn send_proxy_v2(mut self, on: bool) -> Self {
+        self.send_proxy_v2 = on;
+        self
+    }
+
+    /// Whether this group's upstream connections start with a PROXY v2
+    /// header ([`send_proxy_v2`](Self::send_proxy_v2)).
+    #[cfg(feature = "proxy-protocol")]
+    pub fn sends_proxy_v2(&self) -> bool {
+        self.send_proxy_v2
     }
 
     /// The group's name, as logged.
@@ -250,11 +289,13 @@ impl UpstreamGroup {
 
 impl fmt::Debug for UpstreamGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamGroup")
-            .field("name", &self.name)
+        let mut d = f.debug_struct("UpstreamGroup");
+        d.field("name", &self.name)
             .field("balancer", &self.balancer)
-            .field("tunnels", &self.tunnels.len())
-            .finish()
+            .field("tunnels", &self.tunnels.len());
+        #[cfg(feature = "proxy-protocol")]
+        d.field("send_proxy_v2", &self.send_proxy_v2);
+        d.finish()
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn::to_origin_form;
-use super::connect::{authority_of, connect, ConnectError};
+use super::connect::{authority_of, connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
@@ -163,6 +163,7 @@ impl Proxy {
             UpgradeError::Unreachable(status)
         };
         let mut out = BytesMut::new();
+        proxy_header(&group, &client, peer, listener.port, &mut out);
         handshake::write_request_head(&request, &mut out);
         write_all_timeout(&mut upstream, &out, inner.timeouts.send)
             .await
