@@ -64,6 +64,8 @@
 //!   WebSocket or custom [`Probe`]s with HAProxy's rise/fall, closing the
 //!   tunnels of an upstream marked down), [`Server`] (accept loop, bounded
 //!   concurrency, graceful drain with Close 1001 spread over a window).
+//! - Feature `metrics`: the `metrics` module records the same figures
+//!   through the `metrics` facade, for Prometheus and other exporters.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -72,6 +74,8 @@ pub mod balance;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::counters::OpenMark;
 use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
@@ -28,16 +29,35 @@ pub(crate) struct OpenTunnel {
     // Dropped before the lease: a listed tunnel always holds its lease.
     _registered: Option<Registered>,
     lease: Lease,
+    // Zero bytes without the `metrics` feature.
+    mark: OpenMark,
 }
 
 impl OpenTunnel {
-    pub(crate) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
-        inner.counters.tunnel_started(lease.addr());
+    /// Lists the tunnel `handle` controls where `listing` says, as
+    /// `origin`'s, and counts it open.
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        lease: Lease,
+        listing: Listing,
+        handle: TunnelHandle,
+        origin: u32,
+    ) -> Self {
+        let mark = inner.counters.tunnel_started(&listing.route, lease.addr());
+        let registered = listing.register(&lease, handle, origin);
         Self {
             inner,
-            _registered: registered,
+            _registered: Some(registered),
             lease,
+            mark,
         }
+    }
+
+    /// Accounts for a tunnel that ended with `stats`: its bytes, lifetime
+    /// and Close frames.
+    pub(crate) fn closed(&self, stats: &TunnelStats) {
+        self.bytes(stats.client_to_upstream, stats.upstream_to_client);
+        self.inner.counters.tunnel_closed(stats);
     }
 
     /// Adds a finished tunnel's bytes to the totals.
@@ -48,7 +68,9 @@ impl OpenTunnel {
 
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
-        self.inner.counters.tunnel_ended(self.lease.addr());
+        self.inner
+            .counters
+            .tunnel_ended(self.lease.addr(), &self.mark);
     }
 }
 
@@ -57,6 +79,8 @@ impl Drop for OpenTunnel {
 #[derive(Debug)]
 pub(crate) struct Listing {
     registry: Arc<TunnelRegistry>,
+    /// The group's name: the route label of the tunnel's gauge.
+    route: Arc<str>,
     client: IpAddr,
     affinity: Option<Affinity>,
 }
@@ -67,6 +91,7 @@ impl Listing {
         let ctx = PickContext::new(client, request, Instant::now().into_std());
         Self {
             registry: group.tunnels.clone(),
+            route: group.name.clone(),
             client,
             affinity: group.balancer().affinity(&ctx),
         }
@@ -130,10 +155,10 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
-        let registered = listing.register(&lease, relay.handle(), origin);
+        let handle = relay.handle();
         Running {
             relay,
-            open: Some(OpenTunnel::new(inner, lease, Some(registered))),
+            open: Some(OpenTunnel::new(inner, lease, listing, handle, origin)),
             // Without a subscriber that wants it, the span is 40 bytes of
             // nothing in every idle tunnel.
             span: (!span.is_disabled()).then(|| Box::new(span)),
@@ -172,7 +197,7 @@ where
         let this = self.project();
         let stats = ready!(this.relay.poll(cx));
         if let Some(open) = this.open.take() {
-            open.bytes(stats.client_to_upstream, stats.upstream_to_client);
+            open.closed(&stats);
         }
         if let Some(span) = this.span.as_deref() {
             span.record("from_client", stats.client_to_upstream);

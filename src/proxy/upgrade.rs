@@ -15,7 +15,7 @@ use super::conn::to_origin_form;
 use super::connect::{authority_of, connect, ConnectError};
 use super::guard::{Listing, OpenTunnel};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
-use super::{Inner, Listener, Proxy};
+use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
 use crate::handshake::{self, HandshakeError, RequestKind, ResponseKind};
@@ -65,7 +65,33 @@ impl Proxy {
         peer: SocketAddr,
         listener: impl Into<Listener>,
     ) -> Result<PendingUpgrade, UpgradeError> {
-        let listener = listener.into();
+        let began = Instant::now();
+        let opened = self
+            .open_upgrade(request, peer, listener.into(), began)
+            .await;
+        if let Err(e) = &opened {
+            // Counted like a refusal through `Server`; a request that is no
+            // upgrade at all is not a handshake.
+            let outcome = match e {
+                UpgradeError::NotUpgrade | UpgradeError::Handshake(_) => None,
+                UpgradeError::NotSwitched(_) => Some(Outcome::UpgradeRefused),
+                _ => Some(Outcome::Rejected(e.status())),
+            };
+            if let Some(outcome) = outcome {
+                let counters = &self.inner.counters;
+                counters.handshake_ended(outcome, began.elapsed());
+            }
+        }
+        opened
+    }
+
+    async fn open_upgrade(
+        &self,
+        request: Request<()>,
+        peer: SocketAddr,
+        listener: Listener,
+        began: Instant,
+    ) -> Result<PendingUpgrade, UpgradeError> {
         let inner = &self.inner;
         // The same checks as for a head read from a socket: the request
         // goes through the parser once more rather than a second rule set.
@@ -148,6 +174,7 @@ impl Proxy {
             prefix: detach(&mut buf),
             lease,
             listing,
+            began,
         })
     }
 }
@@ -162,6 +189,8 @@ pub struct PendingUpgrade {
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
+    /// When [`Proxy::connect_upgrade`] was called: the handshake's start.
+    began: Instant,
 }
 
 impl PendingUpgrade {
@@ -178,6 +207,10 @@ impl PendingUpgrade {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
+        // The host sent the 101 before it had the upgraded stream.
+        let took = self.began.elapsed();
+        let counters = &self.inner.counters;
+        counters.handshake_ended(Outcome::Tunneled, took);
         let config = self.inner.tunnel;
         let mut relay = tunnel(
             client,
@@ -185,10 +218,10 @@ impl PendingUpgrade {
             &config,
             std::future::pending(),
         );
-        let registered = self.listing.register(&self.lease, relay.handle(), 0);
-        let open = OpenTunnel::new(self.inner, self.lease, Some(registered));
+        let handle = relay.handle();
+        let open = OpenTunnel::new(self.inner, self.lease, self.listing, handle, 0);
         let stats = relay.await;
-        open.bytes(stats.client_to_upstream, stats.upstream_to_client);
+        open.closed(&stats);
         stats
     }
 }
