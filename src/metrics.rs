@@ -142,8 +142,29 @@ impl std::fmt::Debug for Handles {
     }
 }
 
+/// Tells the recorder what each figure is (Prometheus `# HELP`, units).
+fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONNECTIONS, "Client connections served");
+    describe_counter!(REQUESTS, "Request heads read");
+    describe_counter!(HANDSHAKES, "WebSocket upgrade requests by outcome");
+    describe_histogram!(
+        HANDSHAKE_SECONDS,
+        Unit::Seconds,
+        "From an upgrade request's start to the 101 sent to the client"
+    );
+    describe_counter!(REJECTS, "Answers the proxy made itself, by status");
+    describe_counter!(RETRIES, "Connects retried on another upstream");
+    describe_counter!(BYTES, Unit::Bytes, "Bytes through tunnels and bodies");
+    describe_gauge!(OPEN_TUNNELS, "Tunnels open now, by route and upstream");
+    describe_histogram!(TUNNEL_SECONDS, Unit::Seconds, "Lifetime of the tunnels that ended");
+    describe_counter!(CLOSE_CODES, "WebSocket Close frames by side and code");
+    describe_gauge!(UPSTREAMS, "Upstreams of a group taking new connections (up) or not (down)");
+}
+
 impl Default for Handles {
     fn default() -> Self {
+        describe();
         Self {
             connections: counter!(CONNECTIONS),
             requests: counter!(REQUESTS),
