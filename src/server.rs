@@ -40,7 +40,6 @@
 //! i-th of n at i/n × window, so that clients reconnect elsewhere a few at a
 //! time; `cargo test --test lifecycle` checks the spread on 1,000 tunnels.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -52,11 +51,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
-use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use crate::forward::Scheme;
-use crate::frame::CloseFrame;
-use crate::proxy::{ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim};
+use crate::proxy::{
+    close_spread, ConnectionHook, ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim,
+    CUT_GRACE,
+};
 
 /// Serves a listener through a [`Proxy`].
 #[must_use = "a Server does nothing until it serves"]
@@ -68,18 +69,6 @@ pub struct Server {
     drain_timeout: Duration,
     drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,
-}
-
-/// What [`Server::on_connection_end`] calls.
-type HookFn = dyn Fn(SocketAddr, &ConnectionReport) + Send + Sync;
-
-#[derive(Clone)]
-struct ConnectionHook(Arc<HookFn>);
-
-impl fmt::Debug for ConnectionHook {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ConnectionHook")
-    }
 }
 
 impl Server {
@@ -145,6 +134,9 @@ impl Server {
     /// Calls `hook` with the client's address and the [`ConnectionReport`]
     /// once each connection has ended, tunnel included: the place for an
     /// access log (nginx `access_log`, written when a request completes).
+    /// A hook set on the proxy
+    /// ([`ProxyBuilder::on_connection_end`](crate::ProxyBuilder::on_connection_end))
+    /// is called too, first.
     ///
     /// The hook runs on the connection's task, so it should be quick (a
     /// buffered write, a channel send). Without a hook, nothing of the
@@ -165,7 +157,7 @@ impl Server {
     where
         H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
     {
-        self.on_end = Some(ConnectionHook(Arc::new(hook)));
+        self.on_end = Some(ConnectionHook::new(hook));
         self
     }
 
@@ -297,7 +289,17 @@ impl Server {
                 .with_head_deadline(head_deadline);
             let token = tracker.token();
             let accept = accept.clone();
-            let on_end = self.on_end.clone();
+            // The proxy's hook first, then the server's own.
+            let on_end = (self.on_end.is_some() || self.proxy.wants_reports()).then(|| {
+                let proxy = self.proxy.clone();
+                let server_hook = self.on_end.clone();
+                move |peer: SocketAddr, report: &ConnectionReport| {
+                    proxy.report_end(peer, report);
+                    if let Some(hook) = &server_hook {
+                        (hook.0)(peer, report);
+                    }
+                }
+            });
             tokio::spawn(async move {
                 let started = Instant::now();
                 let stream = tokio::select! {
@@ -339,13 +341,13 @@ impl Server {
                         tokio::spawn(async move {
                             report.tunnel = Some(running.await);
                             report.duration = started.elapsed();
-                            (hook.0)(peer, &report);
+                            hook(peer, &report);
                             drop((permit, token));
                         });
                     }
                     (None, Some(hook)) => {
                         report.duration = started.elapsed();
-                        (hook.0)(peer, &report);
+                        hook(peer, &report);
                     }
                     (None, None) => {}
                 }
@@ -358,7 +360,9 @@ impl Server {
         let deadline = Instant::now() + self.drain_timeout;
         let closing = async {
             match self.drain_window {
-                Some(window) => close_spread(&self.proxy, origin, window, &mut report.closed).await,
+                Some(window) => {
+                    close_spread(&self.proxy, Some(origin), window, &mut report.closed).await
+                }
                 None => std::future::pending::<()>().await,
             }
         };
@@ -389,59 +393,12 @@ fn next_origin() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed).max(1)
 }
 
-/// How long [`Server::serve`] waits for cut connections to close.
-const CUT_GRACE: Duration = Duration::from_secs(5);
-
 /// A tunnel whose upgrade completed after the drain deadline is cut at once:
 /// the cut already went through the registries without it.
 fn cut_if_late(drain: &Drain, handle: crate::tunnel::TunnelHandle) {
     if drain.phase() == DrainPhase::Cut {
         handle.cut();
     }
-}
-
-/// Closes every open tunnel with 1001, spread evenly over `window`: the
-/// i-th of n at `i / n × window`. Tunnels that open later (upgrades under
-/// way when the drain began) are closed once the window has passed, as they
-/// appear; it runs until the caller's deadline drops it.
-/// Counts the tunnels asked to close in `closed` as it goes: the drain may
-/// end before the window does.
-async fn close_spread(proxy: &Proxy, origin: u32, window: Duration, closed: &mut usize) {
-    let going_away = CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
-    let tunnels = proxy.tunnels_of(origin);
-    let start = Instant::now();
-    let n = tunnels.len();
-    let mut next = 0;
-    while next < n {
-        // Close every tunnel whose turn has come, then sleep until the next
-        // turn: timers are millisecond-grained, turns may be closer.
-        let elapsed = start.elapsed();
-        while next < n && slot(window, next, n) <= elapsed {
-            *closed += usize::from(tunnels[next].close(&going_away));
-            next += 1;
-        }
-        if next < n {
-            sleep_until(start + slot(window, next, n)).await;
-        }
-    }
-    drop(tunnels);
-    sleep_until(start + window).await;
-    // Upgrades under way when the drain began complete during it: their
-    // tunnels are closed as they appear, until the deadline ends the drain.
-    loop {
-        *closed += proxy.close_origin(origin, &going_away);
-        sleep(LATE_CLOSE_EVERY).await;
-    }
-}
-
-/// How often a drain past its window looks for tunnels opened late.
-const LATE_CLOSE_EVERY: Duration = Duration::from_millis(250);
-
-/// When the `i`-th of `n` closes goes out.
-fn slot(window: Duration, i: usize, n: usize) -> Duration {
-    // u128 arithmetic: exact, and no overflow for any window and count.
-    let nanos = window.as_nanos() * i as u128 / n.max(1) as u128;
-    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
 /// Counts live connections (and their tunnels) without keeping their tasks.
@@ -511,6 +468,7 @@ mod tests {
     fn an_idle_tunnel_task_stays_within_its_budget() {
         type Task = crate::proxy::Running<TcpStream, (tokio::sync::OwnedSemaphorePermit, Token)>;
         let size = std::mem::size_of::<Task>();
+        println!("tunnel task {size} bytes");
         assert!(size <= 272, "tunnel task grew to {size} bytes");
     }
 }

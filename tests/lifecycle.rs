@@ -282,3 +282,122 @@ async fn a_servers_drain_closes_only_its_own_tunnels() {
     echo(&mut second, "still here".into()).await;
     assert_eq!(proxy.tunnels().len(), 1);
 }
+
+/// `n` clients of `addr`, each proven by an echo, each waiting for `go` to
+/// send `last {tag}{c}` and then reading until the proxy's Close.
+async fn drained_clients(
+    addr: SocketAddr,
+    tag: &'static str,
+    n: usize,
+    went: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<(Option<u16>, Instant)>> {
+    let mut clients = Vec::new();
+    for c in 0..n {
+        let mut ws = client(addr).await;
+        echo(&mut ws, format!("hello {tag}{c}")).await;
+        let mut went = went.clone();
+        clients.push(tokio::spawn(async move {
+            bounded("drain", went.wait_for(|&go| go)).await.unwrap();
+            ws.send(Message::text(format!("last {tag}{c}")))
+                .await
+                .unwrap();
+            await_close(&mut ws).await
+        }));
+    }
+    clients
+}
+
+#[tokio::test(start_paused = true)]
+async fn proxy_drain_closes_tunnels_of_every_way_in_with_1001_spread_over_the_window() {
+    const EACH: usize = 100;
+    const WINDOW: Duration = Duration::from_secs(10);
+    let (up, seen) = recording_upstream().await;
+    let set: UpstreamSet = [Upstream::new(up)].into_iter().collect();
+    // One proxy, two ways in: its own Server (which is not shut down) and
+    // a hyper host calling connect_upgrade.
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set))).await;
+    let host = hyper_host(gw.proxy.clone()).await;
+
+    let (go, went) = watch::channel(false);
+    let mut clients = drained_clients(gw.addr, "server ", EACH, &went).await;
+    clients.extend(drained_clients(host, "hyper ", EACH, &went).await);
+    assert_eq!(gw.proxy.tunnels().len(), 2 * EACH);
+    assert!(!gw.proxy.is_draining());
+
+    let started = Instant::now();
+    let proxy = gw.proxy.clone();
+    let draining = tokio::spawn(async move { proxy.drain(WINDOW, WINDOW * 3).await });
+    tokio::task::yield_now().await;
+    assert!(gw.proxy.is_draining());
+    go.send(true).unwrap();
+
+    let mut offsets = Vec::new();
+    for c in clients {
+        let (code, at) = c.await.unwrap();
+        assert_eq!(code, Some(1001));
+        offsets.push(at - started);
+    }
+    let report = within(WINDOW * 4, "drain", draining).await.unwrap();
+    assert_eq!(report.open_at_shutdown, 2 * EACH, "{report:?}");
+    assert_eq!(report.closed, 2 * EACH, "{report:?}");
+    assert_eq!((report.cut, report.finished), (0, 2 * EACH), "{report:?}");
+    assert!(gw.proxy.tunnels().is_empty());
+    assert_eq!(gw.proxy.counters().tunnels_active, 0);
+
+    offsets.sort();
+    for q in 1..4 {
+        let at = WINDOW * q / 4;
+        let before = offsets.iter().filter(|&&o| o < at).count();
+        let expected = 2 * EACH * q as usize / 4;
+        assert!(
+            before.abs_diff(expected) <= EACH / 10,
+            "{before} closed before {at:?}, expected about {expected}"
+        );
+    }
+    assert!(offsets[2 * EACH - 1] < WINDOW);
+    let seen = seen.lock().unwrap();
+    for tag in ["server ", "hyper "] {
+        for c in 0..EACH {
+            let last = format!("last {tag}{c}");
+            assert!(seen.contains(&last), "lost {last}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn proxy_drain_cuts_what_remains_at_the_deadline() {
+    const EACH: usize = 10;
+    let (up, _seen) = recording_upstream().await;
+    let set: UpstreamSet = [Upstream::new(up)].into_iter().collect();
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set))).await;
+    let host = hyper_host(gw.proxy.clone()).await;
+    // Clients that never read: their Close replies never come, so every
+    // tunnel is still open (closing or not yet asked) at the deadline.
+    let mut silent = Vec::new();
+    for addr in [gw.addr, host] {
+        for c in 0..EACH {
+            let mut ws = client(addr).await;
+            echo(&mut ws, format!("hello {c}")).await;
+            silent.push(ws);
+        }
+    }
+    assert_eq!(gw.proxy.tunnels().len(), 2 * EACH);
+
+    let started = Instant::now();
+    let report = within(
+        Duration::from_secs(60),
+        "drain",
+        gw.proxy
+            .drain(Duration::from_secs(10), Duration::from_secs(3)),
+    )
+    .await;
+    // The deadline, plus at most the cut tunnels' shutdown.
+    assert!(started.elapsed() >= Duration::from_secs(3));
+    assert_eq!(report.open_at_shutdown, 2 * EACH);
+    assert_eq!((report.cut, report.finished), (2 * EACH, 0), "{report:?}");
+    // Closes went out for the first 3 s of the 10 s window only.
+    assert!((5..=7).contains(&report.closed), "{report:?}");
+    assert!(gw.proxy.tunnels().is_empty());
+    assert_eq!(gw.proxy.counters().tunnels_active, 0);
+    drop(silent);
+}

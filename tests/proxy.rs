@@ -1270,3 +1270,266 @@ async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
     );
     drop(full);
 }
+
+/// What a proxy's `on_connection_end` hook saw: (status, outcome, tunnel
+/// bytes up) per connection.
+type Ended =
+    Arc<std::sync::Mutex<Vec<(Option<u16>, Option<wsproxy::proxy::Outcome>, Option<u64>)>>>;
+
+/// A proxy with `/echo` to `echo` and `/dead` to nothing listening, whose
+/// hook records every finished connection.
+async fn parity_proxy(echo: SocketAddr) -> (Proxy, Ended) {
+    let ended: Ended = Arc::default();
+    let record = ended.clone();
+    let dead = closed_port().await;
+    let proxy = Proxy::builder()
+        .route(Route::new(
+            "/echo",
+            UpstreamGroup::new("echo", RoundRobin::new(set(&[echo]))),
+        ))
+        .route(Route::new(
+            "/dead",
+            UpstreamGroup::new("dead", RoundRobin::new(set(&[dead]))),
+        ))
+        .on_connection_end(move |_, report| {
+            record.lock().unwrap().push((
+                report.status.map(|s| s.as_u16()),
+                report.outcome,
+                report.tunnel.as_ref().map(|t| t.client_to_upstream),
+            ));
+        })
+        .build()
+        .unwrap();
+    (proxy, ended)
+}
+
+/// One echo, one 404 and one 502 through `addr`, as tungstenite clients;
+/// returns once every connection has been reported.
+async fn scripted_traffic(addr: SocketAddr, ended: &Ended) {
+    let mut ws = connect(&format!("ws://{addr}/echo")).await;
+    ws.send(Message::text("parity")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("parity"));
+    ws.close(None).await.unwrap();
+    assert!(next_data(&mut ws).await.is_close());
+    // Closing TCP too ends the tunnel now, not one close linger later.
+    drop(ws);
+    for (path, status) in [("/nowhere", 404), ("/dead", 502)] {
+        let refused = bounded(
+            "a refused upgrade",
+            tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+        )
+        .await;
+        let Err(tokio_tungstenite::tungstenite::Error::Http(answer)) = refused else {
+            panic!("{path}: {refused:?}");
+        };
+        assert_eq!(answer.status(), status);
+    }
+    // The tunnel's report comes when it has ended on the proxy's side.
+    bounded("three reports", async {
+        while ended.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn server_and_connect_upgrade_count_and_report_the_same_traffic_alike() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+
+    let (served, served_ended) = parity_proxy(up.addr).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(wsproxy::Server::new(served.clone()).serve(listener, async {
+        let _ = stopped.await;
+    }));
+    scripted_traffic(addr, &served_ended).await;
+
+    let (embedded, embedded_ended) = parity_proxy(up.addr).await;
+    let host = hyper_host(embedded.clone()).await;
+    scripted_traffic(host, &embedded_ended).await;
+
+    let (a, b) = (served.counters(), embedded.counters());
+    println!("server: {a:?}\nembedded: {b:?}");
+    assert_eq!((a.connections, b.connections), (3, 3));
+    assert_eq!((a.requests, b.requests), (3, 3));
+    assert_eq!((a.handshakes, b.handshakes), (3, 3));
+    assert_eq!(a.rejected, b.rejected);
+    assert_eq!(a.rejected_with(http::StatusCode::NOT_FOUND), 1);
+    assert_eq!(a.rejected_with(http::StatusCode::BAD_GATEWAY), 1);
+    assert_eq!((a.tunnels_total, b.tunnels_total), (1, 1));
+    assert_eq!((a.tunnels_active, b.tunnels_active), (0, 0));
+    assert_eq!(a.bytes_from_client, b.bytes_from_client);
+    assert_eq!(a.bytes_from_upstream, b.bytes_from_upstream);
+    assert!(a.bytes_from_client > 0);
+    assert_eq!(a, b);
+
+    // The hook fired once per connection, with the same reports.
+    let sorted = |ended: &Ended| {
+        let mut v = ended.lock().unwrap().clone();
+        v.sort_by_key(|e| e.0);
+        v
+    };
+    let (ra, rb) = (sorted(&served_ended), sorted(&embedded_ended));
+    assert_eq!(ra, rb);
+    use wsproxy::proxy::Outcome;
+    assert_eq!(ra[0].0, Some(101));
+    assert_eq!(ra[0].1, Some(Outcome::Tunneled));
+    assert_eq!(ra[0].2, Some(a.bytes_from_client));
+    assert_eq!(
+        ra[1].1,
+        Some(Outcome::Rejected(http::StatusCode::NOT_FOUND))
+    );
+    assert_eq!(
+        ra[2].1,
+        Some(Outcome::Rejected(http::StatusCode::BAD_GATEWAY))
+    );
+
+    let _ = stop.send(());
+    bounded("server stop", server).await.unwrap().unwrap();
+}
+
+/// Waits until `proxy`'s counters show at least `n` bytes each way.
+async fn bytes_reach(proxy: &Proxy, n: u64) {
+    bounded("bytes in the counters", async {
+        loop {
+            let c = proxy.counters();
+            if c.bytes_from_client >= n && c.bytes_from_upstream >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bytes_reach_the_counters_every_64_kib_while_a_tunnel_runs() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[up.addr]).build().unwrap();
+    let gw_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = gw_listener.local_addr().unwrap();
+    tokio::spawn(wsproxy::Server::new(proxy.clone()).serve(gw_listener, std::future::pending()));
+    let host = hyper_host(proxy.clone()).await;
+
+    let mut server_ws = connect(&format!("ws://{gw}/")).await;
+    let mut hosted_ws = connect(&format!("ws://{host}/")).await;
+    let big = Message::binary(vec![7u8; 100 * 1024]);
+    for (i, ws) in [&mut server_ws, &mut hosted_ws].into_iter().enumerate() {
+        ws.send(big.clone()).await.unwrap();
+        assert_eq!(next_data(ws).await, big);
+        // Both tunnels still open, and the bytes already counted.
+        bytes_reach(&proxy, (i as u64 + 1) * 100 * 1024).await;
+        assert_eq!(proxy.counters().tunnels_active, 2);
+    }
+    // Ended, the totals are exact: nothing counted twice.
+    for ws in [&mut server_ws, &mut hosted_ws] {
+        ws.close(None).await.unwrap();
+        assert!(next_data(ws).await.is_close());
+    }
+    bounded("tunnels end", async {
+        while proxy.counters().tunnels_active > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let c = proxy.counters();
+    // Each way: the frame (100 KiB payload, 4-byte extended length, and a
+    // mask from the client) twice, and the two Close frames.
+    let frame = 100 * 1024 + 2 + 8;
+    assert_eq!(c.bytes_from_client, 2 * (frame + 4 + 6));
+    assert_eq!(c.bytes_from_upstream, 2 * (frame + 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trickle_reaches_the_counters_once_a_second_has_passed() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[up.addr]).build().unwrap();
+    let host = hyper_host(proxy.clone()).await;
+    let mut ws = connect(&format!("ws://{host}/")).await;
+    ws.send(Message::text("a")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("a"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Under 64 KiB, within the first second: not yet.
+    assert_eq!(proxy.counters().bytes_from_client, 0);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    ws.send(Message::text("b")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("b"));
+    // The first poll past the second brought in everything until then:
+    // both masked one-byte text frames up (the second is what woke it) and
+    // the first unmasked echo down. The second echo waits for the next
+    // second of traffic, the tunnel's timer or its end.
+    bytes_reach(&proxy, 3).await;
+    let c = proxy.counters();
+    assert_eq!((c.bytes_from_client, c.bytes_from_upstream), (2 * 7, 3));
+    assert_eq!(c.tunnels_active, 1);
+    ws.close(None).await.unwrap();
+    assert!(next_data(&mut ws).await.is_close());
+    bounded("the tunnel ends", async {
+        while proxy.counters().tunnels_active > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let c = proxy.counters();
+    // With the empty Close frames, masked up.
+    assert_eq!(
+        (c.bytes_from_client, c.bytes_from_upstream),
+        (2 * 7 + 6, 2 * 3 + 2)
+    );
+}
+
+#[tokio::test]
+async fn proxy_serve_without_a_server_counts_and_reports_through_the_proxy_hook() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let (proxy, ended) = parity_proxy(up.addr).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serving = proxy.clone();
+    tokio::spawn(async move {
+        // Three connections, served by the host's own accept loop.
+        for _ in 0..3 {
+            let (stream, peer) = listener.accept().await.unwrap();
+            let proxy = serving.clone();
+            tokio::spawn(async move { proxy.serve(stream, peer, wsproxy::Scheme::Http).await });
+        }
+    });
+    scripted_traffic(addr, &ended).await;
+    let c = proxy.counters();
+    assert_eq!((c.connections, c.requests, c.handshakes), (3, 3, 3));
+    assert_eq!(c.rejected_with(http::StatusCode::NOT_FOUND), 1);
+    assert_eq!(c.rejected_with(http::StatusCode::BAD_GATEWAY), 1);
+    let mut statuses: Vec<Option<u16>> = ended.lock().unwrap().iter().map(|e| e.0).collect();
+    statuses.sort();
+    assert_eq!(statuses, [Some(101), Some(404), Some(502)]);
+}
+
+#[tokio::test]
+async fn a_pending_upgrade_dropped_before_its_tunnel_is_abandoned_and_reported() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let (proxy, ended) = parity_proxy(up.addr).await;
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let request = http::Request::get("/echo")
+        .header("host", "app.test")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    let pending = bounded(
+        "the upstream's 101",
+        proxy.connect_upgrade(request, peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.counters().abandoned, 0);
+    drop(pending);
+    let c = proxy.counters();
+    assert_eq!((c.connections, c.requests, c.handshakes), (1, 1, 1));
+    assert_eq!((c.abandoned, c.tunnels_total), (1, 0));
+    let ended = ended.lock().unwrap();
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].1, Some(wsproxy::proxy::Outcome::Abandoned));
+}

@@ -15,6 +15,7 @@ use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
 use super::connect::{authority_of, connect};
+use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
@@ -94,15 +95,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     inner.counters.connection();
-    let span = tracing::info_span!(
-        "conn",
-        client = %peer,
-        route = field::Empty,
-        upstream = field::Empty,
-        outcome = field::Empty,
-        from_client = field::Empty,
-        from_upstream = field::Empty,
-    );
+    let span = conn_span(peer);
     let conn = Conn {
         inner,
         io,

@@ -142,6 +142,11 @@ impl Counters {
         }
     }
 
+    /// Tunnels open now: one load, for a drain's wait.
+    pub(crate) fn snapshot_tunnels_active(&self) -> u64 {
+        self.tunnels_active.load(Relaxed)
+    }
+
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
         self.bytes_from_client.fetch_add(from_client, Relaxed);
         self.bytes_from_upstream.fetch_add(from_upstream, Relaxed);
@@ -218,7 +223,8 @@ impl Counters {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CountersSnapshot {
-    /// Client connections served.
+    /// Client connections served; a request a host hands to
+    /// [`Proxy::connect_upgrade`](super::Proxy::connect_upgrade) counts as one.
     pub connections: u64,
     /// Request heads read (a keep-alive connection carries several).
     pub requests: u64,
@@ -236,9 +242,10 @@ pub struct CountersSnapshot {
     pub abandoned: u64,
     /// Requests the upstream broke off after connecting.
     pub upstream_failed: u64,
-    /// Bytes the clients sent through tunnels and bodies.
+    /// Bytes the clients sent through tunnels and bodies; an open tunnel's
+    /// are added every 64 KiB or second of traffic while it runs.
     pub bytes_from_client: u64,
-    /// Bytes the upstreams sent through tunnels and bodies.
+    /// Bytes the upstreams sent through tunnels and bodies, counted alike.
     pub bytes_from_upstream: u64,
     /// Answers the proxy made itself, by status (only non-zero ones).
     pub rejected: Vec<(StatusCode, u64)>,

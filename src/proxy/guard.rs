@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use http::Request;
 use pin_project_lite::pin_project;
@@ -53,14 +53,13 @@ impl OpenTunnel {
         }
     }
 
-    /// Accounts for a tunnel that ended with `stats`: its bytes, lifetime
-    /// and Close frames.
+    /// Accounts for a tunnel that ended with `stats`: its lifetime and
+    /// Close frames (its bytes go through [`bytes`](Self::bytes)).
     pub(crate) fn closed(&self, stats: &TunnelStats) {
-        self.bytes(stats.client_to_upstream, stats.upstream_to_client);
         self.inner.counters.tunnel_closed(stats);
     }
 
-    /// Adds a finished tunnel's bytes to the totals.
+    /// Adds bytes the tunnel moved to the totals.
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
         self.inner.counters.bytes(from_client, from_upstream);
     }
@@ -71,6 +70,7 @@ impl Drop for OpenTunnel {
         self.inner
             .counters
             .tunnel_ended(self.lease.addr(), &self.mark);
+        self.inner.tunnel_counted_out();
     }
 }
 
@@ -194,9 +194,22 @@ where
     type Output = TunnelStats;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
-        let this = self.project();
-        let stats = ready!(this.relay.poll(cx));
+        let mut this = self.project();
+        let polled = this.relay.as_mut().poll(cx);
+        let Poll::Ready(stats) = polled else {
+            // Bytes reach the counters while the tunnel runs, every 64 KiB
+            // or second of traffic, not only at its end: a dashboard of a
+            // busy long-lived tunnel would otherwise show nothing.
+            if let (Some(open), Some((from_client, from_upstream))) =
+                (this.open.as_ref(), this.relay.take_progress())
+            {
+                open.bytes(from_client, from_upstream);
+            }
+            return Poll::Pending;
+        };
         if let Some(open) = this.open.take() {
+            let (from_client, from_upstream) = this.relay.untaken();
+            open.bytes(from_client, from_upstream);
             open.closed(&stats);
         }
         if let Some(span) = this.span.as_deref() {

@@ -39,6 +39,17 @@
 //! 101 before the client gets one, then [`PendingUpgrade::tunnel`] over the
 //! upgraded stream (`examples/hyper_embed.rs`).
 //!
+//! Every way in behaves alike: a connection served by a
+//! [`Server`](crate::server::Server) or [`Proxy::serve`], and a request a
+//! host hands to [`Proxy::connect_upgrade`] (counted as one connection), get
+//! the same counters (connections, requests, handshakes, proxy-made answers
+//! by status, tunnels, bytes), the same `conn` tracing span with its
+//! `tunnel closed` event, the same
+//! [`on_connection_end`](ProxyBuilder::on_connection_end) report, and a
+//! place in the tunnel registry, so that [`Proxy::drain`] reaches them. A
+//! tunnel's bytes reach the counters while it runs, at each 64 KiB or
+//! second of traffic (and with its timer's wake-ups), not only at its end.
+//!
 //! # After the 101
 //!
 //! A WebSocket outlives the request that opened it by hours, so what happens
@@ -55,7 +66,8 @@
 //!   `close_upstream`, `close_all`, `cut_all`. Under a hash strategy each
 //!   entry keeps the connection's [`Affinity`](crate::balance::Affinity).
 //! - **Draining.** [`Server::drain_window`](crate::server::Server::drain_window)
-//!   sends every open tunnel Close 1001 on shutdown, spread over the window.
+//!   sends every open tunnel Close 1001 on shutdown, spread over the window;
+//!   [`Proxy::drain`] does the same for hosts without a `Server`.
 //! - **Rebalancing.** [`Rebalancer`] moves tunnels off upstreams above
 //!   `factor ×` their weighted share (1.25 by default, HAProxy's
 //!   `hash-balance-factor`) with Close 1012, at a set rate; clients reconnect
@@ -136,6 +148,8 @@
 mod conn;
 mod connect;
 mod counters;
+mod drain;
+mod exchange;
 mod guard;
 mod head_io;
 mod health;
@@ -149,12 +163,13 @@ mod upgrade;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::balance::{Balancer, UpstreamAddr};
 use crate::forward::{ForwardPolicy, Scheme};
@@ -165,6 +180,9 @@ use crate::tunnel::{TunnelConfig, TunnelStats};
 
 pub use connect::ConnectError;
 pub use counters::{CountersSnapshot, Outcome};
+pub(crate) use drain::{close_spread, CUT_GRACE};
+#[allow(unused_imports)] // for the tower service
+pub(crate) use exchange::Exchange;
 #[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
@@ -232,6 +250,28 @@ impl fmt::Debug for UpstreamGroup {
             .field("balancer", &self.balancer)
             .field("tunnels", &self.tunnels.len())
             .finish()
+    }
+}
+
+/// What [`ProxyBuilder::on_connection_end`] calls.
+type HookFn = dyn Fn(SocketAddr, &ConnectionReport) + Send + Sync;
+
+/// A host's hook for finished connections.
+#[derive(Clone)]
+pub(crate) struct ConnectionHook(pub(crate) Arc<HookFn>);
+
+impl ConnectionHook {
+    pub(crate) fn new<H>(hook: H) -> Self
+    where
+        H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
+    {
+        Self(Arc::new(hook))
+    }
+}
+
+impl fmt::Debug for ConnectionHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConnectionHook")
     }
 }
 
@@ -310,6 +350,46 @@ pub(crate) struct Inner {
     /// nginx `client_max_body_size`; 0: no limit.
     client_max_body_size: u64,
     counters: Counters,
+    /// Set by [`Proxy::drain`].
+    draining: AtomicBool,
+    /// Woken when the last open tunnel ends.
+    no_tunnels: Notify,
+    /// [`ProxyBuilder::on_connection_end`].
+    on_end: Option<ConnectionHook>,
+}
+
+impl Inner {
+    /// Resolves once no tunnel of the proxy is open.
+    async fn tunnels_ended(&self) {
+        // Bounded by the tunnels: each end wakes this once the count is 0.
+        loop {
+            let ended = self.no_tunnels.notified();
+            if self.counters.snapshot_tunnels_active() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// Hands a finished connection's report to the host's hook, if any.
+    pub(crate) fn report_end(&self, peer: SocketAddr, report: &ConnectionReport) {
+        if let Some(hook) = &self.on_end {
+            (hook.0)(peer, report);
+        }
+    }
+
+    /// Whether a hook wants reports: without one, nothing of a report is
+    /// kept while a tunnel runs.
+    pub(crate) fn wants_reports(&self) -> bool {
+        self.on_end.is_some()
+    }
+
+    /// Called by each tunnel as it is counted out.
+    pub(crate) fn tunnel_counted_out(&self) {
+        if self.counters.snapshot_tunnels_active() == 0 {
+            self.no_tunnels.notify_waiters();
+        }
+    }
 }
 
 impl Proxy {
@@ -369,6 +449,7 @@ impl Proxy {
                 report.tunnel = Some(running.await);
             }
             report.duration = started.elapsed();
+            self.inner.report_end(peer, &report);
             report
         };
         tokio::pin!(serve);
@@ -397,6 +478,17 @@ impl Proxy {
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         conn::serve(&self.inner, io, peer, listener, drain).await
+    }
+
+    /// Hands a finished connection's report to the hook of
+    /// [`ProxyBuilder::on_connection_end`], if any.
+    pub(crate) fn report_end(&self, peer: SocketAddr, report: &ConnectionReport) {
+        self.inner.report_end(peer, report);
+    }
+
+    /// Whether [`ProxyBuilder::on_connection_end`] set a hook.
+    pub(crate) fn wants_reports(&self) -> bool {
+        self.inner.wants_reports()
     }
 
     /// A copy of the live counters.
@@ -552,6 +644,7 @@ pub struct ProxyBuilder {
     keepalive_requests: u32,
     tcp_keepalive: Option<TcpKeepalive>,
     client_max_body_size: u64,
+    on_end: Option<ConnectionHook>,
 }
 
 /// nginx's default `client_max_body_size`: 1 MiB.
@@ -569,6 +662,7 @@ impl Default for ProxyBuilder {
             keepalive_requests: 1000,
             tcp_keepalive: None,
             client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
+            on_end: None,
         }
     }
 }
@@ -713,6 +807,46 @@ impl ProxyBuilder {
         self
     }
 
+    /// Calls `hook` with the client's address and the [`ConnectionReport`]
+    /// once each connection has ended, tunnel included, whichever way it
+    /// came in: [`Proxy::serve`], a [`Server`](crate::server::Server) (whose
+    /// own [`on_connection_end`](crate::server::Server::on_connection_end)
+    /// is called after this one), or [`Proxy::connect_upgrade`], where each
+    /// request the host hands over is one connection. The place for an
+    /// access log (nginx `access_log`).
+    ///
+    /// The hook runs on the connection's task, so it should be quick (a
+    /// buffered write, a channel send). Without a hook, nothing of the
+    /// report is kept while a tunnel runs.
+    ///
+    /// ```
+    /// use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::Proxy;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let upstreams: UpstreamSet = [Upstream::new("127.0.0.1:8010".parse::<std::net::SocketAddr>()?)]
+    ///     .into_iter()
+    ///     .collect();
+    /// let proxy = Proxy::builder()
+    ///     .upstream(RoundRobin::new(upstreams))
+    ///     .on_connection_end(|client, report| {
+    ///         let status = report.status.map_or(0, |s| s.as_u16());
+    ///         println!("{client} {status} {:?}", report.duration);
+    ///     })
+    ///     .build()?;
+    /// # let _ = proxy;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use = "builder methods return the updated builder"]
+    pub fn on_connection_end<H>(mut self, hook: H) -> Self
+    where
+        H: Fn(SocketAddr, &ConnectionReport) + Send + Sync + 'static,
+    {
+        self.on_end = Some(ConnectionHook::new(hook));
+        self
+    }
+
     /// Validates and builds the proxy.
     ///
     /// # Errors
@@ -754,6 +888,9 @@ impl ProxyBuilder {
                 tcp_keepalive: self.tcp_keepalive,
                 client_max_body_size: self.client_max_body_size,
                 counters: Counters::default(),
+                draining: AtomicBool::new(false),
+                no_tunnels: Notify::new(),
+                on_end: self.on_end,
             }),
         })
     }

@@ -13,14 +13,16 @@ use tokio::time::Instant;
 
 use super::conn::to_origin_form;
 use super::connect::{authority_of, connect, ConnectError};
-use super::guard::{Listing, OpenTunnel};
+use super::exchange::Exchange;
+use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
 use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
 use crate::handshake::{self, HandshakeError, RequestKind, ResponseKind};
 use crate::route::RouteError;
-use crate::tunnel::{tunnel, Prefixed, TunnelStats};
+use crate::tunnel::{Prefixed, TunnelStats};
+use tracing::Instrument;
 
 impl Proxy {
     /// Opens the upstream side of a WebSocket upgrade for a request another
@@ -65,33 +67,46 @@ impl Proxy {
         peer: SocketAddr,
         listener: impl Into<Listener>,
     ) -> Result<PendingUpgrade, UpgradeError> {
-        let began = Instant::now();
+        // Counted, traced and reported as a connection that a Server
+        // accepted and that carried this one request.
+        let mut exchange = Exchange::begin(self, peer);
+        let span = exchange.span().clone();
         let opened = self
-            .open_upgrade(request, peer, listener.into(), began)
+            .open_upgrade(request, peer, listener.into(), &mut exchange)
+            .instrument(span)
             .await;
-        if let Err(e) = &opened {
-            // Counted like a refusal through `Server`; a request that is no
-            // upgrade at all is not a handshake.
-            let outcome = match e {
-                UpgradeError::NotUpgrade | UpgradeError::Handshake(_) => None,
-                UpgradeError::NotSwitched(_) => Some(Outcome::UpgradeRefused),
-                _ => Some(Outcome::Rejected(e.status())),
-            };
-            if let Some(outcome) = outcome {
-                let counters = &self.inner.counters;
-                counters.handshake_ended(outcome, began.elapsed());
+        match opened {
+            Ok(opened) => Ok(PendingUpgrade {
+                inner: self.inner.clone(),
+                response: opened.response,
+                upstream: opened.upstream,
+                prefix: opened.prefix,
+                lease: opened.lease,
+                listing: opened.listing,
+                exchange,
+            }),
+            Err(e) => {
+                let outcome = match e {
+                    // The upstream's own answer, which the host relays.
+                    UpgradeError::NotSwitched(_) => Outcome::UpgradeRefused,
+                    _ => Outcome::Rejected(e.status()),
+                };
+                exchange.finish(outcome, Some(e.status()));
+                exchange.end();
+                Err(e)
             }
         }
-        opened
     }
 
+    /// The steps of [`connect_upgrade`](Self::connect_upgrade), counted in
+    /// `exchange` as the request loop of a served connection counts them.
     async fn open_upgrade(
         &self,
         request: Request<()>,
         peer: SocketAddr,
         listener: Listener,
-        began: Instant,
-    ) -> Result<PendingUpgrade, UpgradeError> {
+        exchange: &mut Exchange,
+    ) -> Result<Opened, UpgradeError> {
         let inner = &self.inner;
         // The same checks as for a head read from a socket: the request
         // goes through the parser once more rather than a second rule set.
@@ -101,10 +116,12 @@ impl Proxy {
         else {
             return Err(UpgradeError::NotUpgrade);
         };
+        exchange.request();
         let (mut request, kind) = head.into_parts();
         if !matches!(kind, RequestKind::WebSocket(_)) {
             return Err(UpgradeError::NotUpgrade);
         }
+        exchange.handshake();
         let client = inner
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);
@@ -112,10 +129,15 @@ impl Proxy {
             let hit = inner.routes.find_for(&request)?;
             (hit.target().clone(), hit.path_and_query().into_owned())
         };
+        exchange.route(&group);
         inner.policy.check(&request, true)?;
-        inner.counters.handshake();
         to_origin_form(&mut request, &path).map_err(|()| UpgradeError::NotUpgrade)?;
-        let (lease, mut upstream) = connect(inner, &group, &client, &request).await?;
+        let (lease, mut upstream) = connect(inner, &group, &client, &request)
+            .await
+            .inspect_err(|e| {
+                tracing::debug!(error = %e, source = ?std::error::Error::source(e), "no upstream");
+            })?;
+        exchange.upstream(lease.addr());
         let listing = Listing::new(&group, client.ip(), &request);
         let authority = authority_of(lease.addr());
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
@@ -160,27 +182,41 @@ impl Proxy {
                 // An invalid 101 is not held against the upstream: the
                 // client's own request decides whether it fits (see
                 // "Passive health" in the module docs).
-                Err(_) => return Err(UpgradeError::Unreachable(StatusCode::BAD_GATEWAY)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "upstream sent an invalid 101");
+                    return Err(UpgradeError::Unreachable(StatusCode::BAD_GATEWAY));
+                }
             }
         }
         let Some(mut response) = response else {
             return Err(failed(StatusCode::BAD_GATEWAY));
         };
         inner.policy.rewrite_response(&mut response, &client, &ctx);
-        Ok(PendingUpgrade {
-            inner: self.inner.clone(),
+        Ok(Opened {
             response,
             upstream,
             prefix: detach(&mut buf),
             lease,
             listing,
-            began,
         })
     }
 }
 
+/// The upstream half of an upgrade that [`Proxy::open_upgrade`] completed.
+struct Opened {
+    response: Response<()>,
+    upstream: TcpStream,
+    prefix: Bytes,
+    lease: Lease,
+    listing: Listing,
+}
+
 /// An upstream that completed its WebSocket upgrade, waiting for the client
 /// side; see [`Proxy::connect_upgrade`].
+///
+/// Dropped without [`tunnel`](Self::tunnel) (the client's upgrade failed),
+/// the request counts as [`Outcome::Abandoned`] and the upstream
+/// connection closes.
 #[derive(Debug)]
 pub struct PendingUpgrade {
     inner: Arc<Inner>,
@@ -189,8 +225,7 @@ pub struct PendingUpgrade {
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
-    /// When [`Proxy::connect_upgrade`] was called: the handshake's start.
-    began: Instant,
+    exchange: Exchange,
 }
 
 impl PendingUpgrade {
@@ -201,28 +236,41 @@ impl PendingUpgrade {
 
     /// Tunnels the client's upgraded stream to the upstream until either
     /// side ends, with the proxy's tunnel timeouts. Bytes the upstream sent
-    /// right after its 101 go first. The tunnel is listed in its group's
-    /// [`TunnelRegistry`](super::TunnelRegistry) while it runs.
+    /// right after its 101 go first.
+    ///
+    /// The tunnel is accounted for as one a [`Server`](crate::server::Server)
+    /// runs: listed in its group's [`TunnelRegistry`](super::TunnelRegistry)
+    /// (so that [`Proxy::drain`] and a rebalance reach it), counted open and
+    /// its bytes added to the counters while it runs, a `tunnel closed`
+    /// event in the request's `conn` span, and the proxy's
+    /// [`on_connection_end`](super::ProxyBuilder::on_connection_end) hook
+    /// called when it ends.
     pub async fn tunnel<C>(self, client: C) -> TunnelStats
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        // The host sent the 101 before it had the upgraded stream.
-        let took = self.began.elapsed();
-        let counters = &self.inner.counters;
-        counters.handshake_ended(Outcome::Tunneled, took);
-        let config = self.inner.tunnel;
-        let mut relay = tunnel(
-            client,
-            Prefixed::new(self.prefix, self.upstream),
-            &config,
-            std::future::pending(),
-        );
-        let handle = relay.handle();
-        let open = OpenTunnel::new(self.inner, self.lease, self.listing, handle, 0);
-        let stats = relay.await;
-        open.closed(&stats);
-        stats
+        let Self {
+            inner,
+            response,
+            upstream,
+            prefix,
+            lease,
+            listing,
+            mut exchange,
+        } = self;
+        // The host sent the 101: the request is a tunnel from here, as a
+        // served connection's is once its 101 is written.
+        exchange.finish(Outcome::Tunneled, Some(response.status()));
+        let upgraded = Upgraded {
+            inner,
+            client: Prefixed::new(Bytes::new(), client),
+            upstream: Prefixed::new(prefix, upstream),
+            lease,
+            listing,
+            span: exchange.span().clone(),
+        };
+        let stats = upgraded.run(0).await;
+        exchange.end_tunnel(stats)
     }
 }
 

@@ -164,6 +164,10 @@ use transfer::{nanos_since, CopyError, Transfer, NEVER};
 /// per direction when the sockets allow it; it never outlives a poll.
 const STACK_BUF: usize = 64 * 1024;
 
+/// How many bytes [`Tunnel::take_progress`] lets build up before it reports
+/// them whatever the clock says.
+const PROGRESS_BYTES: u64 = 64 * 1024;
+
 /// Copies bytes both ways between `client` and `upstream` until both sides
 /// sent EOF, a timeout fires, `shutdown` completes, or an I/O error occurs;
 /// then shuts both sides down and reports [`TunnelStats`].
@@ -253,6 +257,7 @@ where
         lifecycle: Lifecycle::Running,
         client_open: true,
         upstream_open: true,
+        taken_at: 0,
     }
 }
 
@@ -431,6 +436,39 @@ impl<C, U, F> Tunnel<C, U, F> {
         TunnelHandle::new(self.control.get_or_insert_with(Arc::default).clone())
     }
 
+    /// The bytes moved each way (client to upstream, upstream to client)
+    /// since the last call that returned some, once there is something
+    /// worth reporting: 64 KiB or more in all, or any amount when the
+    /// tunnel's clock has passed a whole second since then. Otherwise
+    /// `None`, without reading the clock when nothing moved.
+    ///
+    /// For counters that move while a long tunnel runs, from the task that
+    /// polls it: call it after every poll. No timer and no allocation:
+    /// traffic polls the tunnel, and so does its own timer (timeouts,
+    /// pings), which brings in the last bytes of a burst.
+    pub(crate) fn take_progress(self: Pin<&mut Self>) -> Option<(u64, u64)> {
+        let this = self.project();
+        let (c2u, u2c) = (this.c2u.untaken(), this.u2c.untaken());
+        if c2u == 0 && u2c == 0 {
+            return None;
+        }
+        let secs = u32::try_from(this.started.elapsed().as_secs()).unwrap_or(u32::MAX);
+        if c2u + u2c < PROGRESS_BYTES && secs <= *this.taken_at {
+            return None;
+        }
+        *this.taken_at = secs;
+        this.c2u.take();
+        this.u2c.take();
+        Some((c2u, u2c))
+    }
+
+    /// The bytes each way not yet returned by
+    /// [`take_progress`](Self::take_progress): with what it returned, the
+    /// totals of [`TunnelStats`].
+    pub(crate) fn untaken(&self) -> (u64, u64) {
+        (self.c2u.untaken(), self.u2c.untaken())
+    }
+
     /// Whether frames queued by [`insert_frames`](Self::insert_frames) or
     /// [`insert_close`](Self::insert_close) still wait for a boundary toward
     /// `side`.
@@ -466,6 +504,9 @@ pin_project! {
         lifecycle: Lifecycle,
         client_open: bool,
         upstream_open: bool,
+        // Whole seconds from `started` to the last `take_progress` that
+        // returned bytes; beside the flags, in what was padding.
+        taken_at: u32,
     }
 }
 

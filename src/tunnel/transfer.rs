@@ -135,6 +135,11 @@ pub(crate) struct Transfer {
     state: State,
     read_done: bool,
     need_flush: bool,
+    /// The low 32 bits of `bytes` when a host last took the progress
+    /// (`Tunnel::take_progress`): in the padding, so the direction stays
+    /// 24 bytes. A poll moves at most `CHUNKS_PER_POLL` reads, far below
+    /// 4 GiB, so the wrapping difference is exact when taken every poll.
+    taken: u32,
     bytes: u64,
 }
 
@@ -145,6 +150,7 @@ impl Transfer {
             state: State::Copying,
             read_done: false,
             need_flush: false,
+            taken: 0,
             bytes: 0,
         }
     }
@@ -157,6 +163,16 @@ impl Transfer {
     /// Bytes the writer accepted so far.
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes written since the last [`take`](Self::take).
+    pub(crate) fn untaken(&self) -> u64 {
+        u64::from((self.bytes as u32).wrapping_sub(self.taken))
+    }
+
+    /// Marks every byte written so far as taken.
+    pub(crate) fn take(&mut self) {
+        self.taken = self.bytes as u32;
     }
 
     /// Whether the reader sent EOF.

@@ -338,3 +338,62 @@ pub async fn until(flag: &mut watch::Receiver<bool>) {
         std::future::pending::<()>().await;
     }
 }
+
+// An embedding host: a small hyper 1 server, as in examples/hyper_embed.rs,
+// that proxies every request through `Proxy::connect_upgrade` and
+// `PendingUpgrade::tunnel`.
+
+/// Starts the host on an ephemeral loopback port; it accepts until dropped
+/// with the runtime, and spawns each tunnel as its own task.
+pub async fn hyper_host(proxy: Proxy) -> SocketAddr {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let proxy = proxy.clone();
+            let service = service_fn(move |req| hyper_handle(proxy.clone(), peer, req));
+            tokio::spawn(async move {
+                let conn = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    });
+    addr
+}
+
+async fn hyper_handle(
+    proxy: Proxy,
+    peer: SocketAddr,
+    mut req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<String>, std::convert::Infallible> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let head = http::Request::from_parts(parts, ());
+    match proxy
+        .connect_upgrade(head, peer, wsproxy::Scheme::Http)
+        .await
+    {
+        Ok(pending) => {
+            let mut switch = http::Response::new(String::new());
+            *switch.status_mut() = pending.response().status();
+            *switch.headers_mut() = pending.response().headers().clone();
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    pending.tunnel(hyper_util::rt::TokioIo::new(upgraded)).await;
+                }
+            });
+            Ok(switch)
+        }
+        Err(e) => {
+            let mut refused = http::Response::new(format!("{e}\n"));
+            *refused.status_mut() = e.status();
+            Ok(refused)
+        }
+    }
+}
