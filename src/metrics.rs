@@ -157,9 +157,16 @@ fn describe() {
     describe_counter!(RETRIES, "Connects retried on another upstream");
     describe_counter!(BYTES, Unit::Bytes, "Bytes through tunnels and bodies");
     describe_gauge!(OPEN_TUNNELS, "Tunnels open now, by route and upstream");
-    describe_histogram!(TUNNEL_SECONDS, Unit::Seconds, "Lifetime of the tunnels that ended");
+    describe_histogram!(
+        TUNNEL_SECONDS,
+        Unit::Seconds,
+        "Lifetime of the tunnels that ended"
+    );
     describe_counter!(CLOSE_CODES, "WebSocket Close frames by side and code");
-    describe_gauge!(UPSTREAMS, "Upstreams of a group taking new connections (up) or not (down)");
+    describe_gauge!(
+        UPSTREAMS,
+        "Upstreams of a group taking new connections (up) or not (down)"
+    );
 }
 
 impl Default for Handles {

@@ -2,6 +2,9 @@
 //! open tunnels going up and back down, bytes, a 502, a retry, close codes,
 //! `/healthz`, and `/readyz` turning 503 once a drain has begun.
 //!
+//! Then the embedded way in (a hyper host on `Proxy::connect_upgrade`), read
+//! from an in-process recorder: the same series as through the gateway.
+//!
 //! Only with `--features metrics` (then `cargo test` builds the gateway
 //! example with it too). The binary is found as tests/gateway.rs finds it.
 #![cfg(feature = "metrics")]
@@ -366,4 +369,87 @@ async fn readyz_turns_503_once_the_drain_begins() {
     }
     while let Some(Ok(_)) = bounded("end", ws.next()).await {}
     let _ = ws.send(Message::text("late")).await;
+}
+
+// ---------------------------------------------------------------------------
+// The embedded way in, in-process
+// ---------------------------------------------------------------------------
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+use wsproxy::{Proxy, Route, UpstreamGroup};
+
+/// Renders until `series` has the value `want` (bounded by [`WAIT`]).
+async fn await_rendered(prometheus: &PrometheusHandle, series: &str, want: f64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = sample(&prometheus.render(), series);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stuck at {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn connect_upgrade_records_the_same_series_as_server() {
+    // The only recorder of this test binary (the gateway tests scrape
+    // another process); installed before the proxy is built.
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("first recorder of this binary");
+
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let set: UpstreamSet = [Upstream::new(upstream.addr)].into_iter().collect();
+    let proxy = Proxy::builder()
+        .route(Route::new(
+            "/chat",
+            UpstreamGroup::new("chat", RoundRobin::new(set)),
+        ))
+        .build()
+        .expect("proxy");
+    let host = support::hyper_host(proxy).await;
+    let addr = upstream.addr.to_string();
+    let open = format!("wsproxy_open_tunnels{{route=\"chat\",upstream=\"{addr}\"}}");
+
+    let mut ws = client_to(host, "/chat").await;
+    echo(&mut ws, "through hyper".into()).await;
+    await_rendered(&prometheus, &open, 1.0).await;
+    ws.close(None).await.expect("close");
+    while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+    await_rendered(&prometheus, &open, 0.0).await;
+
+    // No route: the host answers the proxy's 404, counted as Server counts it.
+    let refused = tokio_tungstenite::connect_async(format!("ws://{host}/elsewhere")).await;
+    assert!(
+        matches!(&refused, Err(tokio_tungstenite::tungstenite::Error::Http(a)) if a.status() == 404),
+        "{refused:?}"
+    );
+
+    let body = prometheus.render();
+    for (series, want) in [
+        ("wsproxy_connections_total", 2.0),
+        ("wsproxy_requests_total", 2.0),
+        ("wsproxy_handshakes_total{outcome=\"upgraded\"}", 1.0),
+        ("wsproxy_handshakes_total{outcome=\"rejected\"}", 1.0),
+        ("wsproxy_rejects_total{status=\"404\"}", 1.0),
+        // A Close without a code counts as 1005.
+        (
+            "wsproxy_close_codes_total{side=\"client\",code=\"1005\"}",
+            1.0,
+        ),
+        ("wsproxy_handshake_seconds_count", 1.0),
+        ("wsproxy_tunnel_seconds_count", 1.0),
+    ] {
+        assert_eq!(sample(&body, series), want, "{series} in {body}");
+    }
+    let up = sample(
+        &body,
+        "wsproxy_bytes_total{direction=\"client_to_upstream\"}",
+    );
+    assert!(up > 0.0, "{body}");
 }
