@@ -130,10 +130,18 @@ pub(crate) struct Handles {
     // Registered on first use: most of these series never see a frame, and
     // an exporter would print each registered one at zero.
     close_codes: [[OnceLock<Counter>; CLOSE_CODE_NAMES.len()]; CLOSE_SIDES.len()],
-    /// Open-tunnel gauges by upstream, then route: looked up by reference
-    /// (no key built) when a tunnel opens; an address is formatted once,
-    /// for its first tunnel on a route.
-    open: Mutex<HashMap<UpstreamAddr, HashMap<Arc<str>, Gauge>>>,
+    /// Open-tunnel gauges, by upstream and route.
+    open: Mutex<OpenGauges>,
+}
+
+/// The open-tunnel gauges: slots looked up by reference (no key built)
+/// when a tunnel opens, an address formatted once, for its first tunnel on
+/// a route. A tunnel keeps its gauge's slot, four bytes, rather than the
+/// gauge: an idle tunnel's task has a memory budget (see `server.rs`).
+#[derive(Default)]
+struct OpenGauges {
+    slots: HashMap<UpstreamAddr, HashMap<Arc<str>, u32>>,
+    gauges: Vec<Gauge>,
 }
 
 impl std::fmt::Debug for Handles {
@@ -193,9 +201,18 @@ impl Default for Handles {
     }
 }
 
-/// What an open tunnel holds to be counted out: its gauge.
-#[derive(Debug, Default)]
-pub(crate) struct OpenGauge(Option<Gauge>);
+/// What an open tunnel holds to be counted out: its gauge's slot, or
+/// [`NO_SLOT`]. Four bytes, no `Option` around them, to fit in padding.
+#[derive(Debug)]
+pub(crate) struct OpenGauge(u32);
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl Default for OpenGauge {
+    fn default() -> Self {
+        Self(NO_SLOT)
+    }
+}
 
 impl Handles {
     pub(crate) fn connection(&self) {
@@ -237,31 +254,44 @@ impl Handles {
 
     pub(crate) fn tunnel_started(&self, route: &Arc<str>, upstream: &UpstreamAddr) -> OpenGauge {
         let Ok(mut open) = self.open.lock() else {
-            return OpenGauge(None);
+            return OpenGauge::default();
         };
-        let routes = match open.get_mut(upstream) {
+        let OpenGauges { slots, gauges } = &mut *open;
+        let routes = match slots.get_mut(upstream) {
             Some(routes) => routes,
-            None => open.entry(upstream.clone()).or_default(),
+            None => slots.entry(upstream.clone()).or_default(),
         };
-        let gauge = match routes.get(&**route) {
-            Some(gauge) => gauge.clone(),
+        let slot = match routes.get(&**route) {
+            Some(slot) => *slot,
             None => {
-                let gauge = gauge!(
+                let slot = match u32::try_from(gauges.len()) {
+                    Ok(slot) if slot != NO_SLOT => slot,
+                    _ => return OpenGauge::default(),
+                };
+                gauges.push(gauge!(
                     OPEN_TUNNELS,
                     "route" => SharedString::from(Arc::clone(route)),
                     "upstream" => upstream.to_string(),
-                );
-                routes.insert(Arc::clone(route), gauge.clone());
-                gauge
+                ));
+                routes.insert(Arc::clone(route), slot);
+                slot
             }
         };
-        drop(open);
+        let Some(gauge) = gauges.get(slot as usize) else {
+            return OpenGauge::default();
+        };
         gauge.increment(1.0);
-        OpenGauge(Some(gauge))
+        OpenGauge(slot)
     }
 
     pub(crate) fn tunnel_ended(&self, open: &OpenGauge) {
-        if let Some(gauge) = &open.0 {
+        if open.0 == NO_SLOT {
+            return;
+        }
+        let Ok(gauges) = self.open.lock() else {
+            return;
+        };
+        if let Some(gauge) = gauges.gauges.get(open.0 as usize) {
             gauge.decrement(1.0);
         }
     }

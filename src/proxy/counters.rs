@@ -62,8 +62,8 @@ pub(crate) struct Counters {
     metrics: crate::metrics::Handles,
 }
 
-/// What an open tunnel keeps to be counted out: its gauge with the
-/// `metrics` feature, nothing (zero bytes) without.
+/// What an open tunnel keeps to be counted out: its gauge's slot (four
+/// bytes) with the `metrics` feature, nothing (zero bytes) without.
 #[derive(Debug, Default)]
 pub(crate) struct OpenMark {
     #[cfg(feature = "metrics")]

@@ -14,7 +14,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::counters::OpenMark;
 use super::registry::{Listed, Registered, TunnelRegistry};
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
@@ -27,10 +26,9 @@ use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 pub(crate) struct OpenTunnel {
     inner: Arc<Inner>,
     // Dropped before the lease: a listed tunnel always holds its lease.
-    _registered: Option<Registered>,
+    // It carries the tunnel's open mark too.
+    registered: Registered,
     lease: Lease,
-    // Zero bytes without the `metrics` feature.
-    mark: OpenMark,
 }
 
 impl OpenTunnel {
@@ -44,12 +42,12 @@ impl OpenTunnel {
         origin: u32,
     ) -> Self {
         let mark = inner.counters.tunnel_started(&listing.route, lease.addr());
-        let registered = listing.register(&lease, handle, origin);
+        let mut registered = listing.register(&lease, handle, origin);
+        registered.mark = mark;
         Self {
             inner,
-            _registered: Some(registered),
+            registered,
             lease,
-            mark,
         }
     }
 
@@ -69,7 +67,7 @@ impl Drop for OpenTunnel {
     fn drop(&mut self) {
         self.inner
             .counters
-            .tunnel_ended(self.lease.addr(), &self.mark);
+            .tunnel_ended(self.lease.addr(), &self.registered.mark);
         self.inner.tunnel_counted_out();
     }
 }
