@@ -38,13 +38,13 @@
 //!
 //! ```
 //! use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
-//! use wsproxy::{Proxy, Route};
+//! use wsproxy::{Proxy, Route, UpstreamGroup};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-//! let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse()?)].into_iter().collect();
+//! let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?)].into_iter().collect();
 //! let proxy = Proxy::builder()
-//!     .route(Route::new("/"), "chat", RoundRobin::new(set.clone()))
+//!     .route(Route::new("/", UpstreamGroup::new("chat", RoundRobin::new(set.clone()))))
 //!     .build()?;
 //! // Before each scrape: the upstreams up and down.
 //! wsproxy::metrics::record_upstreams("chat", &set, std::time::Instant::now());
@@ -370,7 +370,7 @@ fn close_code_slot(code: Option<u16>) -> usize {
 /// use wsproxy::balance::{Upstream, UpstreamSet};
 ///
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse()?)].into_iter().collect();
+/// let set: UpstreamSet = [Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?)].into_iter().collect();
 /// wsproxy::metrics::record_upstreams("chat", &set, Instant::now());
 /// # Ok(())
 /// # }
