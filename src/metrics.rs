@@ -1,4 +1,4 @@
-//! Figures for dashboards, recorded through the [`metrics`](::metrics)
+//! Figures for dashboards, recorded through the [`metrics`](https://docs.rs/metrics)
 //! facade (cargo feature `metrics`): the host installs the exporter it
 //! likes (Prometheus, StatsD, ...) and the proxy records into it.
 //!
