@@ -3,7 +3,7 @@
 //! reported exactly as [`Server`](crate::server::Server) counts a client
 //! connection that carries one request, so that every way in shows the same
 //! figures, the same `conn` span and the same
-//! [`ConnectionReport`](super::ConnectionReport) hook.
+//! [`ConnectionReport`] hook.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,8 +63,12 @@ pub(super) fn conn_span(peer: SocketAddr) -> tracing::Span {
 ///    the request), it counts the request [`Outcome::Abandoned`]; dropped
 ///    before `end`, it still calls the hook.
 ///
-/// Run the work under [`span`](Self::span) (`Instrument::instrument`) so
-/// that its events land in the connection's span.
+/// A WebSocket upgrade goes on, right after `begin`, with
+/// [`Proxy::connect_upgrade_with`], which takes the steps from 2 on and
+/// hands back a [`PendingUpgrade`](super::PendingUpgrade) that ends the
+/// exchange when its tunnel does. Run other work under
+/// [`span`](Self::span) (`Instrument::instrument`) so that its events land
+/// in the connection's span.
 #[derive(Debug)]
 pub(crate) struct Exchange {
     inner: Arc<Inner>,

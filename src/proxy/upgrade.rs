@@ -69,10 +69,24 @@ impl Proxy {
     ) -> Result<PendingUpgrade, UpgradeError> {
         // Counted, traced and reported as a connection that a Server
         // accepted and that carried this one request.
-        let mut exchange = Exchange::begin(self, peer);
+        let exchange = Exchange::begin(self, peer);
+        self.connect_upgrade_with(exchange, request, peer, listener.into())
+            .await
+    }
+
+    /// [`connect_upgrade`](Self::connect_upgrade) for a request whose
+    /// [`Exchange`] the caller began (the tower service, which looks at a
+    /// request before it knows it is an upgrade): counted there once.
+    pub(crate) async fn connect_upgrade_with(
+        &self,
+        mut exchange: Exchange,
+        request: Request<()>,
+        peer: SocketAddr,
+        listener: Listener,
+    ) -> Result<PendingUpgrade, UpgradeError> {
         let span = exchange.span().clone();
         let opened = self
-            .open_upgrade(request, peer, listener.into(), &mut exchange)
+            .open_upgrade(request, peer, listener, &mut exchange)
             .instrument(span)
             .await;
         match opened {

@@ -868,6 +868,44 @@ fn deadlines_or_off(timers: &mut Option<Pin<Box<Timers>>>) -> &mut Deadlines {
 mod tests {
     use super::*;
 
+    type Duplexed =
+        Tunnel<tokio::io::DuplexStream, tokio::io::DuplexStream, std::future::Pending<()>>;
+
+    /// Polls the tunnel once, as its task would on a wake-up.
+    async fn pump(relay: &mut Pin<Box<Duplexed>>) {
+        std::future::poll_fn(|cx| {
+            let _ = relay.as_mut().poll(cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_is_taken_at_64_kib_or_once_a_second_passed() {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut browser) = tokio::io::duplex(256 * 1024);
+        let (upstream, mut backend) = tokio::io::duplex(256 * 1024);
+        let config = TunnelConfig::new();
+        let mut relay = Box::pin(tunnel(client, upstream, &config, std::future::pending()));
+
+        browser.write_all(b"hello").await.unwrap();
+        pump(&mut relay).await;
+        assert_eq!(relay.as_mut().take_progress(), None);
+        browser.write_all(&[1; 70_000]).await.unwrap();
+        pump(&mut relay).await;
+        assert_eq!(relay.as_mut().take_progress(), Some((70_005, 0)));
+
+        backend.write_all(b"abc").await.unwrap();
+        pump(&mut relay).await;
+        assert_eq!(relay.as_mut().take_progress(), None);
+        assert_eq!(relay.untaken(), (0, 3));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Nothing new moved: the second passing is enough.
+        assert_eq!(relay.as_mut().take_progress(), Some((0, 3)));
+        assert_eq!(relay.untaken(), (0, 0));
+        assert_eq!(relay.as_mut().take_progress(), None);
+    }
+
     /// Every tunnel that tracks frames (the proxy's default) keeps this box
     /// while it idles, and every timed tunnel the timer block. Both sit just
     /// under an allocation size class: 40 bytes more in the timer block
