@@ -60,6 +60,12 @@ struct Sample {
 
 fn main() {
     let mut args = Args::parse();
+    // With `--features metrics`, a real recorder, so that the figures'
+    // cost is measured, not the no-op recorder's.
+    #[cfg(feature = "metrics")]
+    let _prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("metrics recorder");
     if !args.bench {
         args.secs = 0.2;
         args.rounds = 1;

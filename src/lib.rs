@@ -66,7 +66,9 @@
 //!   concurrency, graceful drain with Close 1001 spread over a window).
 //! - feature modules, integrations behind cargo features: `proxy_protocol`
 //!   (feature `proxy-protocol`: the PROXY protocol v1/v2 on a [`Server`]'s
-//!   listener and toward upstream groups).
+//!   listener and toward upstream groups);
+//!   `metrics` (feature `metrics`: the same figures through the `metrics`
+//!   facade, for Prometheus and other exporters).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -75,6 +77,8 @@ pub mod balance;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod proxy;
 #[cfg(feature = "proxy-protocol")]
 pub mod proxy_protocol;

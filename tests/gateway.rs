@@ -483,6 +483,17 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
     assert!(stderr.contains("not a size"), "{stderr}");
 }
 
+/// Without the `metrics` feature the admin listener is not built in:
+/// asking for it is a usage error, not a silent no-op. (With the feature,
+/// tests/metrics.rs scrapes it.)
+#[cfg(not(feature = "metrics"))]
+#[test]
+fn metrics_flag_without_the_feature_exits_2() {
+    let (status, stderr) = run_to_exit(&["--metrics", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--features metrics"), "{stderr}");
+}
+
 #[test]
 fn proxy_protocol_flags_that_cannot_work_exit_2() {
     // Without the feature the flags exist but say what is missing.

@@ -236,6 +236,13 @@ pub struct Args {
     /// upstream comes up (needs --rebalance-rate).
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_positive_duration, requires = "rebalance_rate")]
     pub rebalance_interval: Duration,
+
+    /// Admin listener (like nginx `stub_status` or HAProxy `stats uri` on
+    /// their own `listen`): Prometheus figures on /metrics, 200 on /healthz
+    /// while the process runs, and on /readyz 200 while accepting, 503 once
+    /// a drain has begun. Needs the gateway built with `--features metrics`.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A rebalance factor: a number of at least 1.

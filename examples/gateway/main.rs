@@ -12,8 +12,15 @@
 //! it accepts connections, drains gracefully on Ctrl-C or SIGTERM and exits
 //! 0; a bad flag exits 2. `--help` names the nginx directive behind each
 //! flag.
+//!
+//! Built with `--features metrics`, `--metrics ADDR` adds an admin
+//! listener (Prometheus `/metrics`, `/healthz`, `/readyz`) and prints a
+//! second line, `metrics on http://ADDR/metrics`; without the feature that
+//! flag exits 2.
 
 mod access_log;
+#[cfg(feature = "metrics")]
+mod admin;
 mod cli;
 mod demo;
 mod tls;
@@ -21,6 +28,7 @@ mod tls;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,6 +57,19 @@ fn main() -> ExitCode {
         Args::command()
             .error(ErrorKind::ValueValidation, msg)
             .exit()
+    };
+    #[cfg(not(feature = "metrics"))]
+    if args.metrics.is_some() {
+        usage("--metrics needs the gateway built with `--features metrics`".into());
+    }
+    // Before the proxy is built: it registers its metric handles then.
+    #[cfg(feature = "metrics")]
+    let prometheus = match args.metrics {
+        Some(_) => match admin::install() {
+            Ok(handle) => Some(handle),
+            Err(msg) => return fail(&msg),
+        },
+        None => None,
     };
     let demo = if args.upstream.is_empty() && args.route.is_empty() {
         match bind_demo() {
@@ -83,9 +104,30 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
+    #[cfg(feature = "metrics")]
+    let group_sets: Arc<Vec<(String, UpstreamSet)>> = Arc::new(
+        groups
+            .iter()
+            .map(|(set, group)| (group.name().to_owned(), set.clone()))
+            .collect(),
+    );
     let served = runtime.block_on(async {
         if let Some(listener) = demo {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
+        }
+        let draining = Arc::new(AtomicBool::new(false));
+        #[allow(unused_mut)]
+        let mut admin_addr = None;
+        #[cfg(feature = "metrics")]
+        if let (Some(addr), Some(prometheus)) = (args.metrics, prometheus) {
+            let listener = admin::bind(addr).await?;
+            admin_addr = Some(listener.local_addr()?);
+            let admin = admin::Admin {
+                prometheus,
+                groups: group_sets,
+                draining: draining.clone(),
+            };
+            tokio::spawn(admin.serve(listener));
         }
         for (set, group) in groups {
             // Checkers and rebalancers run until the process exits; the
@@ -115,7 +157,11 @@ fn main() -> ExitCode {
                 tokio::spawn(checker.run(std::future::pending()));
             }
         }
-        serve(&args, proxy, tls, access_log, drain_timeout, proxy_protocol).await
+        let admin = AdminNote {
+            addr: admin_addr,
+            draining,
+        };
+        serve(&args, proxy, tls, access_log, drain_timeout, proxy_protocol, admin).await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,6 +244,7 @@ async fn serve(
     access_log: Option<Arc<access_log::AccessLog>>,
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
+    admin: AdminNote,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -230,7 +277,13 @@ async fn serve(
     }
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let draining = admin.draining;
+    let shutdown = async move {
+        signal.await;
+        // /readyz answers 503 from here on.
+        draining.store(true, Ordering::Relaxed);
+    };
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
         let http = if ws == "wss" { "https" } else { "http" };
@@ -241,6 +294,9 @@ async fn serve(
         String::new()
     };
     println!("gateway: listening on {ws}://{local}{demo_note}");
+    if let Some(addr) = admin.addr {
+        println!("gateway: metrics on http://{addr}/metrics");
+    }
     let _ = std::io::stdout().flush();
 
     let report = match tls {
@@ -256,6 +312,13 @@ async fn serve(
         report.accepted, report.open_at_shutdown, report.closed, report.finished, report.cut
     );
     Ok(())
+}
+
+/// The admin listener's address, if `--metrics` started one, and the flag
+/// its `/readyz` reads.
+struct AdminNote {
+    addr: Option<SocketAddr>,
+    draining: Arc<AtomicBool>,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

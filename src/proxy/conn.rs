@@ -106,6 +106,8 @@ where
         drain,
         report: ConnectionReport::default(),
         linger: false,
+        began: Instant::now(),
+        websocket: false,
     };
     conn.run().instrument(span).await
 }
@@ -124,6 +126,11 @@ struct Conn<'a, S> {
     /// The client may still be sending what the proxy will not read (a
     /// refused request's body): close without resetting the answer away.
     linger: bool,
+    /// When the current request began: the connection's start for its
+    /// first, the first byte of a keep-alive request's head for the next.
+    began: Instant,
+    /// The current request is a WebSocket upgrade, not yet ended.
+    websocket: bool,
 }
 
 impl<S> Conn<'_, S>
@@ -135,6 +142,10 @@ where
             if self.report.requests > 0 && self.buf.is_empty() && !self.await_next_request().await {
                 break None;
             }
+            if self.report.requests > 0 {
+                self.began = Instant::now();
+            }
+            self.websocket = false;
             let limits = &self.inner.limits;
             // A server sets the first head's deadline at accept: the TLS
             // handshake and the head share one handshake timeout.
@@ -238,6 +249,12 @@ where
     fn finish(&mut self, outcome: Outcome) {
         self.report.outcome = Some(outcome);
         self.inner.counters.outcome(outcome);
+        if std::mem::take(&mut self.websocket) {
+            // After the 101 went out, for a tunnel: the handshake's time.
+            self.inner
+                .counters
+                .handshake_ended(outcome, self.began.elapsed());
+        }
         tracing::Span::current().record("outcome", field::debug(outcome));
     }
 
@@ -314,6 +331,7 @@ where
         let websocket = matches!(kind, RequestKind::WebSocket(_));
         if websocket {
             inner.counters.handshake();
+            self.websocket = true;
         }
         let client =
             inner

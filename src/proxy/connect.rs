@@ -108,6 +108,10 @@ pub(super) async fn connect(
                 break;
             }
         };
+        if !failed.is_empty() {
+            // nginx `proxy_next_upstream`: this pick follows a failed connect.
+            inner.counters.retry();
+        }
         let connecting = connect_addr(lease.addr());
         match timeout(inner.timeouts.connect, connecting).await {
             Ok(Ok(stream)) => {

@@ -1,12 +1,18 @@
 //! Cheap counters a host exports: plain atomics bumped once per event.
+//!
+//! With the `metrics` feature each method also records its figure through
+//! the facade ([`crate::metrics`]): one place per figure, so every way into
+//! the proxy is measured once and alike.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::StatusCode;
 
 use crate::balance::UpstreamAddr;
+use crate::tunnel::TunnelStats;
 
 /// How one request or connection ended, as counted in [`CountersSnapshot`] and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,6 +57,17 @@ pub(crate) struct Counters {
     /// close) under a short lock, never per byte; keyed by the address
     /// itself, so that only a snapshot formats it.
     tunnels_by_upstream: Mutex<HashMap<UpstreamAddr, u64>>,
+    /// The recorder's handles, registered when the proxy is built.
+    #[cfg(feature = "metrics")]
+    metrics: crate::metrics::Handles,
+}
+
+/// What an open tunnel keeps to be counted out: its gauge's slot (four
+/// bytes) with the `metrics` feature, nothing (zero bytes) without.
+#[derive(Debug, Default)]
+pub(crate) struct OpenMark {
+    #[cfg(feature = "metrics")]
+    gauge: crate::metrics::OpenGauge,
 }
 
 /// The statuses the proxy answers with itself, counted one by one.
@@ -59,17 +76,38 @@ const REJECT_STATUSES: [u16; 10] = [400, 403, 404, 408, 413, 426, 431, 500, 502,
 impl Counters {
     pub(crate) fn connection(&self) {
         self.connections.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.connection();
     }
 
     pub(crate) fn request(&self) {
         self.requests.fetch_add(1, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.request();
     }
 
     pub(crate) fn handshake(&self) {
         self.handshakes.fetch_add(1, Relaxed);
     }
 
-    pub(super) fn tunnel_started(&self, upstream: &UpstreamAddr) {
+    /// An upgrade request ended with `outcome`, `took` after it began:
+    /// `Tunneled` once its 101 went to the client.
+    pub(crate) fn handshake_ended(&self, outcome: Outcome, took: Duration) {
+        #[cfg(feature = "metrics")]
+        self.metrics.handshake_ended(outcome, took);
+        #[cfg(not(feature = "metrics"))]
+        let _ = (outcome, took);
+    }
+
+    /// A connect failed and another upstream is tried.
+    pub(crate) fn retry(&self) {
+        #[cfg(feature = "metrics")]
+        self.metrics.retry();
+    }
+
+    /// A tunnel opened on `route` to `upstream`; hand the mark back to
+    /// [`tunnel_ended`](Self::tunnel_ended).
+    pub(super) fn tunnel_started(&self, route: &Arc<str>, upstream: &UpstreamAddr) -> OpenMark {
         self.tunnels_active.fetch_add(1, Relaxed);
         self.tunnels_total.fetch_add(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
@@ -80,9 +118,19 @@ impl Counters {
                 }
             }
         }
+        #[cfg(not(feature = "metrics"))]
+        let _ = route;
+        OpenMark {
+            #[cfg(feature = "metrics")]
+            gauge: self.metrics.tunnel_started(route, upstream),
+        }
     }
 
-    pub(super) fn tunnel_ended(&self, upstream: &UpstreamAddr) {
+    pub(super) fn tunnel_ended(&self, upstream: &UpstreamAddr, mark: &OpenMark) {
+        #[cfg(feature = "metrics")]
+        self.metrics.tunnel_ended(&mark.gauge);
+        #[cfg(not(feature = "metrics"))]
+        let _ = mark;
         self.tunnels_active.fetch_sub(1, Relaxed);
         if let Ok(mut map) = self.tunnels_by_upstream.lock() {
             if let Some(n) = map.get_mut(upstream) {
@@ -102,9 +150,21 @@ impl Counters {
     pub(crate) fn bytes(&self, from_client: u64, from_upstream: u64) {
         self.bytes_from_client.fetch_add(from_client, Relaxed);
         self.bytes_from_upstream.fetch_add(from_upstream, Relaxed);
+        #[cfg(feature = "metrics")]
+        self.metrics.bytes(from_client, from_upstream);
+    }
+
+    /// A tunnel ended with `stats`: its lifetime and Close frames.
+    pub(super) fn tunnel_closed(&self, stats: &TunnelStats) {
+        #[cfg(feature = "metrics")]
+        self.metrics.tunnel_closed(stats);
+        #[cfg(not(feature = "metrics"))]
+        let _ = stats;
     }
 
     pub(crate) fn outcome(&self, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        self.metrics.outcome(outcome);
         let counter = match outcome {
             Outcome::Tunneled | Outcome::Preflight => return,
             Outcome::Proxied => &self.proxied,
@@ -218,9 +278,10 @@ mod tests {
         let b = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9002)));
         let a = UpstreamAddr::name("127.0.0.1", 9001);
         let a_socket = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
-        counters.tunnel_started(&b);
-        counters.tunnel_started(&a);
-        counters.tunnel_started(&a_socket);
+        let route: Arc<str> = Arc::from("chat");
+        let mark_b = counters.tunnel_started(&route, &b);
+        let mark_a = counters.tunnel_started(&route, &a);
+        let _mark_a_socket = counters.tunnel_started(&route, &a_socket);
         assert_eq!(
             counters.snapshot().tunnels_by_upstream,
             [
@@ -228,8 +289,8 @@ mod tests {
                 ("127.0.0.1:9002".to_owned(), 1)
             ]
         );
-        counters.tunnel_ended(&b);
-        counters.tunnel_ended(&a);
+        counters.tunnel_ended(&b, &mark_b);
+        counters.tunnel_ended(&a, &mark_a);
         let snapshot = counters.snapshot();
         assert_eq!(
             snapshot.tunnels_by_upstream,

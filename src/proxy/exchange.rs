@@ -77,6 +77,8 @@ pub(crate) struct Exchange {
     started: Instant,
     report: ConnectionReport,
     ended: bool,
+    /// The request is a WebSocket upgrade: its outcome is a handshake's too.
+    websocket: bool,
 }
 
 impl Exchange {
@@ -91,6 +93,7 @@ impl Exchange {
             started: Instant::now(),
             report: ConnectionReport::default(),
             ended: false,
+            websocket: false,
         }
     }
 
@@ -106,8 +109,9 @@ impl Exchange {
     }
 
     /// Counts a WebSocket upgrade request.
-    pub(crate) fn handshake(&self) {
+    pub(crate) fn handshake(&mut self) {
         self.inner.counters.handshake();
+        self.websocket = true;
     }
 
     /// The request was routed to `group`.
@@ -145,6 +149,11 @@ impl Exchange {
     pub(crate) fn finish(&mut self, outcome: Outcome, status: Option<StatusCode>) {
         if self.report.outcome.is_none() {
             self.inner.counters.outcome(outcome);
+            if self.websocket {
+                // `Tunneled` comes once the host sent the 101.
+                let took = self.started.elapsed();
+                self.inner.counters.handshake_ended(outcome, took);
+            }
         }
         if let Outcome::Rejected(status) = outcome {
             self.span.in_scope(|| tracing::debug!(%status, "rejected"));

@@ -26,18 +26,35 @@ use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 pub(crate) struct OpenTunnel {
     inner: Arc<Inner>,
     // Dropped before the lease: a listed tunnel always holds its lease.
-    _registered: Option<Registered>,
+    // It carries the tunnel's open mark too.
+    registered: Registered,
     lease: Lease,
 }
 
 impl OpenTunnel {
-    pub(crate) fn new(inner: Arc<Inner>, lease: Lease, registered: Option<Registered>) -> Self {
-        inner.counters.tunnel_started(lease.addr());
+    /// Lists the tunnel `handle` controls where `listing` says, as
+    /// `origin`'s, and counts it open.
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        lease: Lease,
+        listing: Listing,
+        handle: TunnelHandle,
+        origin: u32,
+    ) -> Self {
+        let mark = inner.counters.tunnel_started(&listing.route, lease.addr());
+        let mut registered = listing.register(&lease, handle, origin);
+        registered.mark = mark;
         Self {
             inner,
-            _registered: registered,
+            registered,
             lease,
         }
+    }
+
+    /// Accounts for a tunnel that ended with `stats`: its lifetime and
+    /// Close frames (its bytes go through [`bytes`](Self::bytes)).
+    pub(crate) fn closed(&self, stats: &TunnelStats) {
+        self.inner.counters.tunnel_closed(stats);
     }
 
     /// Adds bytes the tunnel moved to the totals.
@@ -48,7 +65,9 @@ impl OpenTunnel {
 
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
-        self.inner.counters.tunnel_ended(self.lease.addr());
+        self.inner
+            .counters
+            .tunnel_ended(self.lease.addr(), &self.registered.mark);
         self.inner.tunnel_counted_out();
     }
 }
@@ -58,6 +77,8 @@ impl Drop for OpenTunnel {
 #[derive(Debug)]
 pub(crate) struct Listing {
     registry: Arc<TunnelRegistry>,
+    /// The group's name: the route label of the tunnel's gauge.
+    route: Arc<str>,
     client: IpAddr,
     affinity: Option<Affinity>,
 }
@@ -68,6 +89,7 @@ impl Listing {
         let ctx = PickContext::new(client, request, Instant::now().into_std());
         Self {
             registry: group.tunnels.clone(),
+            route: group.name.clone(),
             client,
             affinity: group.balancer().affinity(&ctx),
         }
@@ -131,10 +153,10 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
-        let registered = listing.register(&lease, relay.handle(), origin);
+        let handle = relay.handle();
         Running {
             relay,
-            open: Some(OpenTunnel::new(inner, lease, Some(registered))),
+            open: Some(OpenTunnel::new(inner, lease, listing, handle, origin)),
             // Without a subscriber that wants it, the span is 40 bytes of
             // nothing in every idle tunnel.
             span: (!span.is_disabled()).then(|| Box::new(span)),
@@ -186,6 +208,7 @@ where
         if let Some(open) = this.open.take() {
             let (from_client, from_upstream) = this.relay.untaken();
             open.bytes(from_client, from_upstream);
+            open.closed(&stats);
         }
         if let Some(span) = this.span.as_deref() {
             span.record("from_client", stats.client_to_upstream);

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::counters::OpenMark;
 use crate::balance::{Affinity, UpstreamId};
 use crate::frame::CloseFrame;
 use crate::tunnel::TunnelHandle;
@@ -301,13 +302,22 @@ impl TunnelRegistry {
 pub(crate) struct Registered {
     registry: Arc<TunnelRegistry>,
     slot: u32,
+    /// The tunnel's open mark ([`OpenTunnel`](super::guard::OpenTunnel)
+    /// keeps it here): with the `metrics` feature four bytes, which this
+    /// struct's padding holds, so an idle tunnel's task does not grow.
+    pub(super) mark: OpenMark,
     id: u64,
 }
 
 impl Registered {
     pub(crate) fn new(registry: Arc<TunnelRegistry>, listed: Listed, handle: TunnelHandle) -> Self {
         let (slot, id) = registry.insert(listed, handle);
-        Self { registry, slot, id }
+        Self {
+            registry,
+            slot,
+            mark: OpenMark::default(),
+            id,
+        }
     }
 }
 
