@@ -21,11 +21,10 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -289,47 +288,6 @@ async fn allowed_underscores_still_never_twin_a_header_the_proxy_sets() {
         assert!(!head.contains(twin), "{twin} reached the upstream: {head}");
     }
     gw.shutdown().await;
-}
-
-/// The gateway example's binary (see tests/gateway.rs for why it is found
-/// this way); `cargo test` builds it before running the tests.
-fn gateway_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    let how = "run `cargo test` (it builds the examples first) or `cargo build --example gateway`";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = newest_mtime(&root.join("examples/gateway")).max(newest_mtime(&root.join("src")));
-    assert!(
-        built >= newest,
-        "{} is older than its sources: {how}",
-        bin.display()
-    );
-    bin
-}
-
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![dir.to_path_buf()];
-    // Bounded by the size of the source tree.
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(t);
-            }
-        }
-    }
-    newest
 }
 
 /// A gateway process, killed on drop.

@@ -49,61 +49,11 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{bounded, ws_upstream, WsUpstreamOptions, WAIT};
+use support::{bounded, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT};
 
 // ---------------------------------------------------------------------------
 // The binary
 // ---------------------------------------------------------------------------
-
-fn gateway_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    let how = "run `cargo test` (it builds the examples first) or `cargo build --example gateway`";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
-    let newest_source =
-        newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway")).max(
-            newest_mtime(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src")),
-        );
-    assert!(
-        built >= newest_source,
-        "{} is older than its sources: {how}",
-        bin.display()
-    );
-    bin
-}
-
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![dir.to_path_buf()];
-    // Bounded by the size of the source tree.
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            // Only what the build reads: a newer screenshot next to the
-            // sources does not make the binary stale.
-            let built_from = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("rs" | "html")
-            );
-            if path.is_dir() {
-                stack.push(path);
-            } else if !built_from {
-                continue;
-            } else if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-                newest = newest.max(t);
-            }
-        }
-    }
-    newest
-}
 
 /// A running gateway; killed on drop, so a failing test leaves no process.
 struct Gateway {

@@ -13,9 +13,8 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,50 +24,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{bounded, client_to, closed_port, echo, ws_upstream, WsUpstreamOptions, WAIT};
-
-fn gateway_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
-    let how = "run `cargo test --features metrics` (it builds the examples first) \
-               or `cargo build --features metrics --example gateway`";
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let newest = newest_mtime(&root.join("examples/gateway")).max(newest_mtime(&root.join("src")));
-    assert!(
-        built >= newest,
-        "{} is older than its sources: {how}",
-        bin.display()
-    );
-    bin
-}
-
-fn newest_mtime(dir: &Path) -> SystemTime {
-    let mut newest = SystemTime::UNIX_EPOCH;
-    let mut stack = vec![dir.to_path_buf()];
-    // Bounded by the size of the source tree.
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().and_then(|e| e.to_str()) == Some("rs") {
-                if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
-                    newest = newest.max(t);
-                }
-            }
-        }
-    }
-    newest
-}
+use support::{
+    bounded, client_to, closed_port, echo, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT,
+};
 
 /// A gateway with `--metrics`; killed on drop.
 struct Gateway {

@@ -161,7 +161,16 @@ fn main() -> ExitCode {
             addr: admin_addr,
             draining,
         };
-        serve(&args, proxy, tls, access_log, drain_timeout, proxy_protocol, admin).await
+        serve(
+            &args,
+            proxy,
+            tls,
+            access_log,
+            drain_timeout,
+            proxy_protocol,
+            admin,
+        )
+        .await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,

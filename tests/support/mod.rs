@@ -397,3 +397,59 @@ async fn hyper_handle(
         }
     }
 }
+
+/// The gateway example binary next to this test's executable (integration
+/// tests cannot depend on an example, so the built binary is run this way);
+/// `cargo test` builds it first, with the same features as the tests.
+///
+/// # Panics
+///
+/// When the binary is missing or older than its sources, with what to run.
+pub fn gateway_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("test executable lives in target/<profile>/deps")
+        .join("examples")
+        .join(format!("gateway{}", std::env::consts::EXE_SUFFIX));
+    let how = "run `cargo test` (it builds the examples first, with the same \
+               features) or `cargo build --example gateway`";
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} is missing: {how}", bin.display()));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest = newest_mtime(&root.join("examples/gateway")).max(newest_mtime(&root.join("src")));
+    assert!(
+        built >= newest,
+        "{} is older than its sources: {how}",
+        bin.display()
+    );
+    bin
+}
+
+/// The newest modification time of the build's inputs under `dir`.
+fn newest_mtime(dir: &std::path::Path) -> std::time::SystemTime {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    let mut stack = vec![dir.to_path_buf()];
+    // Bounded by the size of the source tree.
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            // Only what the build reads: a newer screenshot next to the
+            // sources does not make the binary stale.
+            let built_from = matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("rs" | "html")
+            );
+            if path.is_dir() {
+                stack.push(path);
+            } else if built_from {
+                if let Ok(t) = entry.metadata().and_then(|m| m.modified()) {
+                    newest = newest.max(t);
+                }
+            }
+        }
+    }
+    newest
+}
