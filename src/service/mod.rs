@@ -50,9 +50,42 @@
 //!
 //! # HTTP/2
 //!
-//! A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is answered
-//! 501 Not Implemented for now; plain HTTP/2 requests are proxied to the
-//! upstream over HTTP/1.1.
+//! A WebSocket over HTTP/2 (RFC 8441 extended CONNECT: method `CONNECT`
+//! with `:protocol websocket`, which hyper's HTTP/2 server hands over as the
+//! [`hyper::ext::Protocol`] extension once its builder has called
+//! `enable_connect_protocol()`) is bridged to the HTTP/1.1 upstream as
+//! HAProxy and Envoy do. The upstream sees a `GET` for the same path with
+//! `:authority` as `Host`, `Upgrade: websocket`, `Connection: Upgrade`,
+//! `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` the proxy makes
+//! itself, plus the client's other headers (subprotocols, extensions,
+//! `Origin`, cookies). The request takes the same steps as an HTTP/1.1
+//! upgrade, and the upstream's `Sec-WebSocket-Accept` is checked against
+//! the proxy's key, so a bad 101 never opens the stream. The client gets
+//! `200` with the upstream's subprotocol and extensions (no `Upgrade`,
+//! `Connection` or `Sec-WebSocket-Accept`), and the stream is tunnelled
+//! like an HTTP/1.1 upgrade: registry, counters, drain. An extended
+//! CONNECT for another protocol is answered 501, one without `:path` or
+//! `:authority` 400, and a CONNECT without `:protocol` 501. Plain HTTP/2
+//! requests are proxied to the upstream over HTTP/1.1.
+//!
+//! ```no_run
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use hyper_util::server::conn::auto;
+//! use hyper_util::service::TowerToHyperService;
+//!
+//! # async fn run(proxy: wsproxy::Proxy) -> Result<(), Box<dyn std::error::Error>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let (stream, peer) = listener.accept().await?;
+//! let service = proxy.service().client_addr(move |_| Some(peer));
+//! let mut builder = auto::Builder::new(TokioExecutor::new());
+//! // Without it hyper refuses `:protocol`, and browsers stay on HTTP/1.1.
+//! builder.http2().enable_connect_protocol();
+//! builder
+//!     .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -83,8 +116,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use base64::Engine as _;
+use bytes::Bytes;
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
     SEC_WEBSOCKET_VERSION, TE, TRANSFER_ENCODING, UPGRADE,
@@ -341,8 +374,12 @@ impl ProxyService {
                     // ones). Subprotocol and extensions stay: the client
                     // reads them from here.
                     *switch.status_mut() = StatusCode::OK;
-                    for name in [UPGRADE, SEC_WEBSOCKET_ACCEPT, CONTENT_LENGTH, TRANSFER_ENCODING]
-                    {
+                    for name in [
+                        UPGRADE,
+                        SEC_WEBSOCKET_ACCEPT,
+                        CONTENT_LENGTH,
+                        TRANSFER_ENCODING,
+                    ] {
                         switch.headers_mut().remove(name);
                     }
                     remove_connection_headers(switch.headers_mut());
@@ -524,7 +561,10 @@ fn bridge_extended_connect(mut parts: Parts) -> Result<Parts, (StatusCode, &'sta
         };
         parts.headers.insert(HOST, host);
     } else if !parts.headers.contains_key(HOST) {
-        return Err((StatusCode::BAD_REQUEST, "extended connect without :authority"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "extended connect without :authority",
+        ));
     }
     parts.uri = http::Uri::from(path);
     parts.method = Method::GET;
