@@ -73,7 +73,7 @@
 //! use hyper_util::server::conn::auto;
 //! use hyper_util::service::TowerToHyperService;
 //!
-//! # async fn run(proxy: wsproxy::Proxy) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(proxy: wsproxy::Proxy) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! let (stream, peer) = listener.accept().await?;
 //! let service = proxy.service().client_addr(move |_| Some(peer));
