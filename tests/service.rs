@@ -486,12 +486,12 @@ async fn server_and_the_axum_service_count_the_same_traffic_alike() {
 }
 
 #[tokio::test]
-async fn websocket_over_http2_is_501_and_clientaddr_is_read() {
+async fn plain_connect_over_http2_is_501_and_clientaddr_is_read() {
     use tower_service::Service as _;
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;
     let proxy = proxy_to("/", upstream.addr).build().unwrap();
-    // A hyper http2 server with `enable_connect_protocol` hands over an
-    // extended CONNECT (RFC 8441) like this.
+    // A CONNECT without `:protocol` asks for a TCP tunnel, which a reverse
+    // proxy does not open.
     let mut request = http::Request::connect("http://127.0.0.1/ws")
         .version(http::Version::HTTP_2)
         .body(http_body_util::Empty::<bytes::Bytes>::new())
@@ -569,4 +569,365 @@ async fn a_hyper_server_serves_the_service_through_tower_to_hyper_service() {
         ws.seen.lock().unwrap()[0].headers()["x-forwarded-for"],
         "127.0.0.1"
     );
+}
+
+// WebSocket over HTTP/2 (RFC 8441 extended CONNECT), bridged to HTTP/1.1
+// upstreams.
+
+/// A hyper-util `auto` host (HTTP/1.1 and HTTP/2 with
+/// `enable_connect_protocol`) serving the service, the client's address
+/// given per connection.
+async fn h2_host(proxy: &Proxy) -> SocketAddr {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = proxy.service().listener(addr, Scheme::Http);
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let service = service.clone().client_addr(move |_| Some(peer));
+            tokio::spawn(async move {
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder.http2().enable_connect_protocol();
+                let _ = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 client connection to `addr` (prior knowledge), once the
+/// server's SETTINGS allow extended CONNECT.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = bounded("connect", TcpStream::connect(addr)).await.unwrap();
+    let (send, conn) = bounded("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = bounded("h2 ready", send.ready()).await.unwrap();
+    // The server's SETTINGS come with the handshake; bounded wait for them.
+    for _ in 0..1000 {
+        if send.is_extended_connect_protocol_enabled() {
+            return send;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        send = bounded("h2 ready", send.ready()).await.unwrap();
+    }
+    panic!("server never enabled extended connect");
+}
+
+/// Sends an extended CONNECT for `path` with `headers`; the answer and,
+/// on a 200, the stream as a WebSocket client (no HTTP/1.1 handshake runs
+/// on it: RFC 8441 §5).
+async fn h2_connect(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (
+    http::Response<()>,
+    Option<tokio_tungstenite::WebSocketStream<H2Stream>>,
+) {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .extension(h2::ext::Protocol::from("websocket"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut ready = bounded("h2 ready", send.clone().ready()).await.unwrap();
+    let (answer, stream) = ready
+        .send_request(request.body(()).unwrap(), false)
+        .unwrap();
+    let answer = bounded("extended connect answer", answer).await.unwrap();
+    let (parts, recv) = answer.into_parts();
+    let ws = if parts.status == http::StatusCode::OK {
+        let io = H2Stream {
+            send: stream,
+            recv,
+            buf: bytes::Bytes::new(),
+        };
+        Some(tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, None).await)
+    } else {
+        None
+    };
+    (http::Response::from_parts(parts, ()), ws)
+}
+
+/// One HTTP/2 stream as a byte stream, for the WebSocket client.
+struct H2Stream {
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+    buf: bytes::Bytes,
+}
+
+fn io_error(e: h2::Error) -> std::io::Error {
+    std::io::Error::other(e)
+}
+
+impl tokio::io::AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        out: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        if self.buf.is_empty() {
+            match self.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
+                Poll::Ready(Some(Ok(data))) => {
+                    // Lets the server send more as this client reads.
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    self.buf = data;
+                }
+            }
+        }
+        let n = self.buf.len().min(out.remaining());
+        let chunk = self.buf.split_to(n);
+        out.put_slice(&chunk);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.send.reserve_capacity(buf.len());
+        let n = match self.send.capacity() {
+            0 => match self.send.poll_capacity(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(n))) => n,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
+                Poll::Ready(None) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
+                }
+            },
+            n => n,
+        };
+        let n = n.min(buf.len());
+        self.send
+            .send_data(bytes::Bytes::copy_from_slice(&buf[..n]), false)
+            .map_err(io_error)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        // END_STREAM on an empty DATA frame: the half-close of RFC 8441 §5.
+        let _ = self.send.send_data(bytes::Bytes::new(), true);
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn websocket_over_http2_is_bridged_to_an_http1_upstream() {
+    let upstream = ws_upstream(WsUpstreamOptions {
+        pick_protocol: true,
+        ..Default::default()
+    })
+    .await;
+    let proxy = proxy_to("/ws/", upstream.addr).build().unwrap();
+    let addr = h2_host(&proxy).await;
+    let mut send = h2_client(addr).await;
+    let headers = [
+        ("sec-websocket-protocol", "chat.v2, chat.v1"),
+        ("sec-websocket-extensions", "x-test; a=1"),
+        ("origin", "http://app.example"),
+        ("cookie", "session=1"),
+    ];
+    let (answer, ws) = h2_connect(&mut send, addr, "/ws/x?room=1", &headers).await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["sec-websocket-protocol"], "chat.v2");
+    for name in ["upgrade", "connection", "sec-websocket-accept"] {
+        assert!(!answer.headers().contains_key(name), "{name} in the 200");
+    }
+    let mut ws = ws.unwrap();
+
+    ws.send(Message::text("over h2")).await.unwrap();
+    let got = bounded("text echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(got, Message::text("over h2"));
+    let big: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let got = bounded("binary echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(got, Message::binary(big));
+
+    // The client closes; the upstream's Close comes back through the proxy.
+    ws.close(None).await.unwrap();
+    match bounded("close reply", ws.next()).await {
+        Some(Ok(Message::Close(_))) => {}
+        other => panic!("no close from the upstream: {other:?}"),
+    }
+
+    let seen = upstream.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let head = &seen[0];
+    assert_eq!(head.method(), "GET");
+    assert_eq!(head.uri().path(), "/ws/x");
+    assert_eq!(head.uri().query(), Some("room=1"));
+    let h = head.headers();
+    assert_eq!(h["host"], addr.to_string().as_str());
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["sec-websocket-version"], "13");
+    assert_eq!(h["sec-websocket-protocol"], "chat.v2, chat.v1");
+    assert_eq!(h["sec-websocket-extensions"], "x-test; a=1");
+    assert_eq!(h["origin"], "http://app.example");
+    assert_eq!(h["cookie"], "session=1");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    // The proxy's own key: 16 random bytes in base64.
+    assert_eq!(h["sec-websocket-key"].len(), 24);
+    let counters = proxy.counters();
+    assert_eq!(counters.handshakes, 1);
+    assert_eq!(counters.tunnels_total, 1);
+}
+
+#[tokio::test]
+async fn a_drain_closes_an_http2_websocket_with_1001() {
+    // The proxy's own Close reaches the client through the h2 stream.
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = h2_host(&proxy).await;
+    let mut send = h2_client(addr).await;
+    let (answer, ws) = h2_connect(&mut send, addr, "/chat", &[]).await;
+    assert_eq!(answer.status(), 200);
+    let mut ws = ws.unwrap();
+    ws.send(Message::text("before the drain")).await.unwrap();
+    let got = bounded("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(got, Message::text("before the drain"));
+    assert_eq!(proxy.tunnels().len(), 1);
+    let drained = proxy.drain(Duration::ZERO, Duration::from_secs(5));
+    let close = async {
+        match bounded("close", ws.next()).await {
+            Some(Ok(Message::Close(frame))) => {
+                // Reading on sends tungstenite's reply, which ends the
+                // tunnel before the drain's deadline.
+                while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+                frame.map(|f| u16::from(f.code))
+            }
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    let (code, report) = tokio::join!(close, bounded("drain", drained));
+    assert_eq!(code, Some(1001));
+    assert_eq!((report.closed, report.cut), (1, 0));
+}
+
+#[tokio::test]
+async fn two_websockets_share_one_http2_connection() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = h2_host(&proxy).await;
+    let mut send = h2_client(addr).await;
+    let (a, ws_a) = h2_connect(&mut send, addr, "/a", &[]).await;
+    let (b, ws_b) = h2_connect(&mut send, addr, "/b", &[]).await;
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let (mut ws_a, mut ws_b) = (ws_a.unwrap(), ws_b.unwrap());
+    // Interleaved: each stream gets its own echoes.
+    for i in 0..4 {
+        ws_a.send(Message::text(format!("a{i}"))).await.unwrap();
+        ws_b.send(Message::text(format!("b{i}"))).await.unwrap();
+        let got_b = bounded("echo b", ws_b.next()).await.unwrap().unwrap();
+        let got_a = bounded("echo a", ws_a.next()).await.unwrap().unwrap();
+        assert_eq!(got_a, Message::text(format!("a{i}")));
+        assert_eq!(got_b, Message::text(format!("b{i}")));
+    }
+    // Listed once they carried traffic (the tunnel task starts after the 200).
+    assert_eq!(proxy.tunnels().len(), 2);
+    let paths: Vec<String> = upstream
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.uri().path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/a", "/b"]);
+    assert_eq!(proxy.counters().tunnels_total, 2);
+}
+
+#[tokio::test]
+async fn a_bad_101_over_http2_never_opens_the_stream() {
+    // The accept a client's key would never produce.
+    let (bad, received) = raw_upstream(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_to("/", bad).build().unwrap();
+    let addr = h2_host(&proxy).await;
+    let mut send = h2_client(addr).await;
+    let (answer, ws) = h2_connect(&mut send, addr, "/ws", &[]).await;
+    assert_eq!(answer.status(), 502);
+    assert!(ws.is_none());
+    // It was the proxy's key the upstream got, and the answer was checked.
+    await_records(&received, 1).await;
+    let head = String::from_utf8_lossy(&received.lock().unwrap()[0]).into_owned();
+    assert!(head.starts_with("GET /ws HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("sec-websocket-key: "),
+        "{head}"
+    );
+    assert_eq!(proxy.counters().tunnels_total, 0);
+}
+
+#[tokio::test]
+async fn malformed_extended_connects_get_rfc_answers() {
+    use tower_service::Service as _;
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let peer = wsproxy::service::ClientAddr("127.0.0.1:50000".parse().unwrap());
+    let call = |uri: &'static str, protocol: &'static str| {
+        let mut service = proxy.service();
+        let mut request = http::Request::connect(uri)
+            .version(http::Version::HTTP_2)
+            .extension(hyper::ext::Protocol::from_static(protocol))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        request.extensions_mut().insert(peer);
+        async move { service.call(request).await.unwrap().status() }
+    };
+    // Another protocol over extended CONNECT is not ours to bridge.
+    assert_eq!(call("http://127.0.0.1/ws", "webtransport").await, 501);
+    // No :path (authority-form, as a plain CONNECT has).
+    assert_eq!(call("127.0.0.1:80", "websocket").await, 400);
+    assert!(upstream.seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn http2_websockets_are_refused_503_once_the_proxy_drains() {
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = proxy_to("/", upstream.addr).build().unwrap();
+    let addr = h2_host(&proxy).await;
+    let mut send = h2_client(addr).await;
+    let _ = bounded("drain", proxy.drain(Duration::ZERO, Duration::ZERO)).await;
+    let (answer, ws) = h2_connect(&mut send, addr, "/ws", &[]).await;
+    assert_eq!(answer.status(), 503);
+    assert!(ws.is_none());
 }

@@ -50,9 +50,42 @@
 //!
 //! # HTTP/2
 //!
-//! A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) is answered
-//! 501 Not Implemented for now; plain HTTP/2 requests are proxied to the
-//! upstream over HTTP/1.1.
+//! A WebSocket over HTTP/2 (RFC 8441 extended CONNECT: method `CONNECT`
+//! with `:protocol websocket`, which hyper's HTTP/2 server hands over as the
+//! [`hyper::ext::Protocol`] extension once its builder has called
+//! `enable_connect_protocol()`) is bridged to the HTTP/1.1 upstream as
+//! HAProxy and Envoy do. The upstream sees a `GET` for the same path with
+//! `:authority` as `Host`, `Upgrade: websocket`, `Connection: Upgrade`,
+//! `Sec-WebSocket-Version: 13` and a `Sec-WebSocket-Key` the proxy makes
+//! itself, plus the client's other headers (subprotocols, extensions,
+//! `Origin`, cookies). The request takes the same steps as an HTTP/1.1
+//! upgrade, and the upstream's `Sec-WebSocket-Accept` is checked against
+//! the proxy's key, so a bad 101 never opens the stream. The client gets
+//! `200` with the upstream's subprotocol and extensions (no `Upgrade`,
+//! `Connection` or `Sec-WebSocket-Accept`), and the stream is tunnelled
+//! like an HTTP/1.1 upgrade: registry, counters, drain. An extended
+//! CONNECT for another protocol is answered 501, one without `:path` or
+//! `:authority` 400, and a CONNECT without `:protocol` 501. Plain HTTP/2
+//! requests are proxied to the upstream over HTTP/1.1.
+//!
+//! ```no_run
+//! use hyper_util::rt::{TokioExecutor, TokioIo};
+//! use hyper_util::server::conn::auto;
+//! use hyper_util::service::TowerToHyperService;
+//!
+//! # async fn run(proxy: wsproxy::Proxy) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! let (stream, peer) = listener.accept().await?;
+//! let service = proxy.service().client_addr(move |_| Some(peer));
+//! let mut builder = auto::Builder::new(TokioExecutor::new());
+//! // Without it hyper refuses `:protocol`, and browsers stay on HTTP/1.1.
+//! builder.http2().enable_connect_protocol();
+//! builder
+//!     .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! ```no_run
 //! use std::net::SocketAddr;
@@ -83,8 +116,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{CONNECTION, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, TE, TRANSFER_ENCODING, UPGRADE,
+};
 use http::request::Parts;
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
@@ -268,17 +305,30 @@ impl ProxyService {
             let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
             return self.refuse(unknown, StatusCode::INTERNAL_SERVER_ERROR, message);
         };
+        let (parts, bridged) = if parts.method == Method::CONNECT
+            && parts.extensions.get::<hyper::ext::Protocol>().is_some()
+        {
+            match bridge_extended_connect(parts) {
+                Ok(parts) => (parts, true),
+                Err((status, message)) => return self.refuse(peer, status, message),
+            }
+        } else {
+            (parts, false)
+        };
         if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
-            let message = "websocket over http/2 (rfc 8441) is not proxied";
+            // A plain CONNECT asks for a TCP tunnel to its authority: this
+            // is a reverse proxy, not a forward one.
+            let message = "connect without :protocol is not proxied";
             return self.refuse(peer, StatusCode::NOT_IMPLEMENTED, message);
         }
-        if asks_websocket(&parts) {
+        if bridged || asks_websocket(&parts) {
             if proxy.is_draining() {
                 // A tunnel opened now would get its Close 1001 at once: the
                 // client is better off reconnecting to another instance.
                 return self.refuse(peer, StatusCode::SERVICE_UNAVAILABLE, "proxy is draining");
             }
-            self.upgrade(Request::from_parts(parts, ()), peer).await
+            self.upgrade(Request::from_parts(parts, ()), peer, bridged)
+                .await
         } else {
             self.plain(Request::from_parts(parts, body), peer).await
         }
@@ -295,8 +345,14 @@ impl ProxyService {
     }
 
     /// A WebSocket upgrade, through [`Proxy::connect_upgrade`]'s steps,
-    /// which count and trace it.
-    async fn upgrade(&self, mut head: Request<()>, peer: SocketAddr) -> Response<ProxyBody> {
+    /// which count and trace it. `bridged`: `head` was made from an HTTP/2
+    /// extended CONNECT, whose client gets a 200 instead of the 101.
+    async fn upgrade(
+        &self,
+        mut head: Request<()>,
+        peer: SocketAddr,
+        bridged: bool,
+    ) -> Response<ProxyBody> {
         // Taken before the head is handed on: resolves to the client's
         // stream once the host's server has sent the 101.
         let on_upgrade = hyper::upgrade::on(&mut head);
@@ -311,6 +367,23 @@ impl ProxyService {
                 let mut switch = Response::new(ProxyBody::empty());
                 *switch.status_mut() = pending.response().status();
                 *switch.headers_mut() = pending.response().headers().clone();
+                if bridged {
+                    // RFC 8441 §5: the stream opens with a 2xx, and the
+                    // HTTP/1.1 handshake headers have no meaning on it
+                    // (RFC 9113 §8.2.2 forbids the connection-specific
+                    // ones). Subprotocol and extensions stay: the client
+                    // reads them from here.
+                    *switch.status_mut() = StatusCode::OK;
+                    for name in [
+                        UPGRADE,
+                        SEC_WEBSOCKET_ACCEPT,
+                        CONTENT_LENGTH,
+                        TRANSFER_ENCODING,
+                    ] {
+                        switch.headers_mut().remove(name);
+                    }
+                    remove_connection_headers(switch.headers_mut());
+                }
                 // Bounded: a server that sent the 101 hands the connection
                 // over at once, or drops it when the client is gone (then
                 // the pending upgrade counts as abandoned).
@@ -454,6 +527,77 @@ fn original_uri(mut parts: Parts) -> Parts {
         parts.uri = uri.clone();
     }
     parts
+}
+
+/// The HTTP/1.1 upgrade request an HTTP/2 extended CONNECT (RFC 8441 §4,
+/// `:protocol websocket`) stands for, as HAProxy and Envoy bridge it: `GET`
+/// on the same path, `:authority` as `Host`, and the handshake headers
+/// HTTP/2 leaves out. The key is the proxy's own, so the upstream's
+/// `Sec-WebSocket-Accept` is checked against it like a client's. `Err` is
+/// the status and message for a malformed or foreign extended CONNECT.
+fn bridge_extended_connect(mut parts: Parts) -> Result<Parts, (StatusCode, &'static str)> {
+    let websocket = parts
+        .extensions
+        .get::<hyper::ext::Protocol>()
+        .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        // RFC 8441 §4 leaves other protocols to their own specs: not ours.
+        let message = "extended connect protocol is not websocket";
+        return Err((StatusCode::NOT_IMPLEMENTED, message));
+    }
+    // RFC 8441 §4: an extended CONNECT carries :scheme and :path; without
+    // them it is malformed (RFC 9113 §8.1.1).
+    let Some(path) = parts
+        .uri
+        .path_and_query()
+        .filter(|p| p.path().starts_with('/'))
+        .cloned()
+    else {
+        return Err((StatusCode::BAD_REQUEST, "extended connect without :path"));
+    };
+    if let Some(authority) = parts.uri.authority() {
+        let Ok(host) = HeaderValue::from_str(authority.as_str()) else {
+            return Err((StatusCode::BAD_REQUEST, "invalid :authority"));
+        };
+        parts.headers.insert(HOST, host);
+    } else if !parts.headers.contains_key(HOST) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "extended connect without :authority",
+        ));
+    }
+    parts.uri = http::Uri::from(path);
+    parts.method = Method::GET;
+    parts.version = Version::HTTP_11;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    remove_connection_headers(&mut parts.headers);
+    let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let key = base64::engine::general_purpose::STANDARD.encode(key);
+    let Ok(key) = HeaderValue::from_str(&key) else {
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, "websocket key"));
+    };
+    let headers = &mut parts.headers;
+    headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(SEC_WEBSOCKET_KEY, key);
+    // RFC 8441 §5 has the client send its version as over HTTP/1.1; one it
+    // left out is the only version there is, and a wrong one gets the
+    // parser's 426.
+    if !headers.contains_key(SEC_WEBSOCKET_VERSION) {
+        headers.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    }
+    Ok(parts)
+}
+
+/// Removes the headers RFC 9113 §8.2.2 calls connection-specific, which
+/// never cross between HTTP/1.1 and HTTP/2 as they are.
+fn remove_connection_headers(headers: &mut http::HeaderMap) {
+    for name in [CONNECTION, TE, UPGRADE, TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        headers.remove(name);
+    }
 }
 
 /// True when the request asks for a WebSocket (`Upgrade: websocket`); the
