@@ -45,7 +45,7 @@
 //! chunk; `deadline` says which timeout, ping or linger comes next from
 //! time stamps alone; `ping` and `parting` decide the pings and the polite
 //! close. `Tunnel::poll` copies, hands over what happened, and arms the one
-//! timer the deadlines ask for. `config` holds [`TunnelConfig`].
+//! timer the deadlines ask for (`timers`). `config` holds [`TunnelConfig`].
 //!
 //! # Memory
 //!
@@ -130,6 +130,7 @@ mod parting;
 mod ping;
 mod prefixed;
 mod stats;
+mod timers;
 mod transfer;
 
 use std::fmt;
@@ -145,7 +146,7 @@ use pin_project_lite::pin_project;
 use crate::frame::{masking_key, CloseFrame, FrameTracker, Role};
 use control::{Control, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 pub use config::TunnelConfig;
 pub use control::TunnelHandle;
@@ -157,7 +158,8 @@ use deadline::{Deadlines, Due, Timeouts};
 use hook::FrameHook;
 use parting::Parting;
 use ping::Pings;
-use transfer::{nanos_since, CopyError, Transfer, NEVER};
+use timers::{close_deadline_passed, deadlines_or_off, LazySleep, Timers};
+use transfer::{nanos_since, CopyError, Transfer};
 
 /// Size of the read buffer each poll borrows from its own stack. Large
 /// enough that a 64 KiB WebSocket message moves in one read and one write
@@ -271,55 +273,6 @@ enum Lifecycle {
     /// Shutting both sides down before reporting `end`.
     Closing,
     Finished,
-}
-
-pin_project! {
-    /// A timer created on first use, in place: `tokio::time::Sleep` needs
-    /// the runtime, which `tunnel` may be called without.
-    #[project = LazySleepProj]
-    #[derive(Debug)]
-    enum LazySleep {
-        Unarmed,
-        Armed {
-            #[pin]
-            sleep: Sleep,
-        },
-    }
-}
-
-impl LazySleep {
-    /// The armed timer, set to fire no later than `at`.
-    fn arm(mut self: Pin<&mut Self>, at: Instant) -> Option<Pin<&mut Sleep>> {
-        if let LazySleepProj::Unarmed = self.as_mut().project() {
-            self.as_mut().set(LazySleep::Armed {
-                sleep: tokio::time::sleep_until(at),
-            });
-        }
-        match self.project() {
-            LazySleepProj::Armed { mut sleep } => {
-                if sleep.deadline() > at {
-                    sleep.as_mut().reset(at);
-                }
-                Some(sleep)
-            }
-            // Armed just above; there is no way back to `Unarmed`.
-            LazySleepProj::Unarmed => None,
-        }
-    }
-}
-
-pin_project! {
-    /// Everything only timeouts need, boxed so that an untimed tunnel does
-    /// not carry it and a timed one keeps the task small: the sans-IO
-    /// deadlines and the one timer that waits for the next of them.
-    #[project = TimersProj]
-    #[derive(Debug)]
-    struct Timers {
-        deadlines: Deadlines,
-        // One timer for every timeout (see `poll_timers`).
-        #[pin]
-        sleep: LazySleep,
-    }
 }
 
 /// The frame hooks of both directions, with the polite-close and ping
@@ -813,33 +766,6 @@ where
     }
 }
 
-/// Whether the final shutdown of both sides should stop waiting: at once
-/// without a send timeout (the streams are dropped, hence closed, right
-/// after), else once the send timeout has passed, so that a peer that
-/// stopped reading cannot hold the tunnel open.
-fn close_deadline_passed(cx: &mut Context<'_>, timers: Option<&mut Pin<Box<Timers>>>) -> bool {
-    let Some(timers) = timers else { return true };
-    let t = timers.as_mut().project();
-    let send = t.deadlines.timeouts.send;
-    if send == NEVER {
-        return true;
-    }
-    let limit = Duration::from_nanos(send);
-    let Some(mut sleep) = Instant::now()
-        .checked_add(limit)
-        .and_then(|at| t.sleep.arm(at))
-    else {
-        return true;
-    };
-    if !t.deadlines.close_bounded {
-        t.deadlines.close_bounded = true;
-        if let Some(at) = Instant::now().checked_add(limit) {
-            sleep.as_mut().reset(at);
-        }
-    }
-    sleep.poll(cx).is_ready()
-}
-
 /// Names the side of a copy error in the direction reading from `from`.
 fn blame(e: CopyError, from: Side) -> TunnelError {
     match e {
@@ -850,18 +776,6 @@ fn blame(e: CopyError, from: Side) -> TunnelError {
         },
         CopyError::Frame(source) => TunnelError::Framing { side: from, source },
     }
-}
-
-/// The deadlines of a tunnel that had no timer until now: a closing
-/// handshake needs one for its linger.
-fn deadlines_or_off(timers: &mut Option<Pin<Box<Timers>>>) -> &mut Deadlines {
-    let timers = timers.get_or_insert_with(|| {
-        Box::pin(Timers {
-            deadlines: Deadlines::off(),
-            sleep: LazySleep::Unarmed,
-        })
-    });
-    timers.as_mut().project().deadlines
 }
 
 #[cfg(test)]
