@@ -1314,15 +1314,7 @@ async fn scripted_traffic(addr: SocketAddr, ended: &Ended) {
     // Closing TCP too ends the tunnel now, not one close linger later.
     drop(ws);
     for (path, status) in [("/nowhere", 404), ("/dead", 502)] {
-        let refused = bounded(
-            "a refused upgrade",
-            tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
-        )
-        .await;
-        let Err(tokio_tungstenite::tungstenite::Error::Http(answer)) = refused else {
-            panic!("{path}: {refused:?}");
-        };
-        assert_eq!(answer.status(), status);
+        assert_eq!(refused_upgrade(addr, path).await, status);
     }
     // The tunnel's report comes when it has ended on the proxy's side.
     bounded("three reports", async {

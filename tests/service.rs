@@ -432,15 +432,7 @@ async fn scripted_traffic(addr: SocketAddr, ended: &Ended) {
     let answer = raw_exchange(addr, get, b"hello from upstream\n").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for (path, status) in [("/nowhere", 404), ("/dead", 502)] {
-        let refused = bounded(
-            "a refused upgrade",
-            tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
-        )
-        .await;
-        let Err(tokio_tungstenite::tungstenite::Error::Http(answer)) = refused else {
-            panic!("{path}: {refused:?}");
-        };
-        assert_eq!(answer.status(), status);
+        assert_eq!(refused_upgrade(addr, path).await, status);
     }
     bounded("four reports", async {
         while ended.lock().unwrap().len() < 4 {

@@ -453,3 +453,20 @@ fn newest_mtime(dir: &std::path::Path) -> std::time::SystemTime {
     }
     newest
 }
+
+/// The status of an upgrade to `path` that the proxy is expected to refuse.
+///
+/// # Panics
+///
+/// When the upgrade succeeds or fails other than with an HTTP answer.
+pub async fn refused_upgrade(addr: SocketAddr, path: &str) -> u16 {
+    let refused = bounded(
+        "a refused upgrade",
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(answer)) = refused else {
+        panic!("{path}: {refused:?}");
+    };
+    answer.status().as_u16()
+}
