@@ -236,8 +236,8 @@ impl Counters {
 pub(crate) struct Shared {
     pub(crate) id: UpstreamId,
     pub(crate) addr: UpstreamAddr,
-    max_fails: u32,
-    fail_timeout: Duration,
+    pub(crate) max_fails: u32,
+    pub(crate) fail_timeout: Duration,
     /// Open leases on this upstream (nginx `peer->conns`).
     pub(crate) active: AtomicUsize,
     pub(crate) counters: Arc<Counters>,
