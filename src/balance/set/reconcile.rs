@@ -237,7 +237,10 @@ mod tests {
         let set: UpstreamSet = [up(1), up(2)].into_iter().collect();
         let lease = set.snapshot().primaries()[1].lease();
         set.reconcile(&[up(1)]);
-        assert_eq!(set.snapshot().get(lease.id()).map(Peer::is_draining), Some(true));
+        assert_eq!(
+            set.snapshot().get(lease.id()).map(Peer::is_draining),
+            Some(true)
+        );
 
         let done = set.reconcile(&[up(1), up(2).weight(2)]);
         assert_eq!(done.kept.len(), 2);
@@ -251,8 +254,14 @@ mod tests {
     fn changed_passive_health_settings_replace_the_upstream() {
         let set: UpstreamSet = [up(1)].into_iter().collect();
         let done = set.reconcile(&[up(1).max_fails(5).fail_timeout(Duration::from_secs(3))]);
-        assert_eq!((done.kept.len(), done.added.len(), done.removed.len()), (0, 1, 1));
-        assert_eq!(set.upstreams(), vec![up(1).max_fails(5).fail_timeout(Duration::from_secs(3))]);
+        assert_eq!(
+            (done.kept.len(), done.added.len(), done.removed.len()),
+            (0, 1, 1)
+        );
+        assert_eq!(
+            set.upstreams(),
+            vec![up(1).max_fails(5).fail_timeout(Duration::from_secs(3))]
+        );
     }
 
     #[test]
