@@ -18,7 +18,7 @@ use wsproxy::Probe;
 /// With no --upstream and no --route it starts a demo backend in-process
 /// (a chat page for browsers on /, WebSocket echo on /, a chat room on
 /// /chat) and proxies to it.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 pub struct Args {
     /// Address to accept clients on (nginx `listen`).
@@ -243,6 +243,23 @@ pub struct Args {
     /// a drain has begun. Needs the gateway built with `--features metrics`.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Take every setting from this TOML file, whose keys are these flags'
+    /// names (examples/gateway/gateway.toml shows them all); no other flag
+    /// may come with it. SIGHUP reloads it in place (nginx `-c` and
+    /// `nginx -s reload`).
+    #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
+    pub config: Option<PathBuf>,
+
+    /// Check a configuration file and exit: every error with its line and
+    /// column, exit 0 when valid and 2 otherwise (nginx `-t`).
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+
+    /// Also reload --config when the file's modification time changes
+    /// (looked at every second).
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
 }
 
 /// A rebalance factor: a number of at least 1.

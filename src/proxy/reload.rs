@@ -74,7 +74,31 @@ impl UpstreamGroup {
         B: Balancer + 'static,
         F: Fn(UpstreamSet) -> B + Send + Sync + 'static,
     {
-        let strategy: Strategy = Arc::new(move |set| Arc::new(strategy(set)) as Arc<dyn Balancer>);
+        Self::balanced_dyn(name, set, move |set| Arc::new(strategy(set)))
+    }
+
+    /// [`balanced`](Self::balanced) for a strategy chosen at run time (from
+    /// a configuration file, say): `strategy` returns the balancer as an
+    /// `Arc<dyn Balancer>`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use wsproxy::balance::{Balancer, LeastConn, RoundRobin, Upstream, UpstreamSet};
+    /// use wsproxy::proxy::UpstreamGroup;
+    ///
+    /// let least = true;
+    /// let set: UpstreamSet = [Upstream::new("127.0.0.1:9000".parse::<std::net::SocketAddr>()?)].into_iter().collect();
+    /// let group = UpstreamGroup::balanced_dyn("chat", set, move |set| -> Arc<dyn Balancer> {
+    ///     if least { Arc::new(LeastConn::new(set)) } else { Arc::new(RoundRobin::new(set)) }
+    /// });
+    /// assert!(group.upstreams().is_some());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn balanced_dyn<F>(name: impl Into<Arc<str>>, set: UpstreamSet, strategy: F) -> Self
+    where
+        F: Fn(UpstreamSet) -> Arc<dyn Balancer> + Send + Sync + 'static,
+    {
+        let strategy: Strategy = Arc::new(strategy);
         let mut group = Self::from_arc(name, strategy(set.clone()));
         group.upstreams = Some(set);
         group.strategy = Some(strategy);
