@@ -118,8 +118,11 @@ pub fn report(path: &Path, errors: &[Diagnostic]) {
 /// The other flags given with `--config`: a usage error, since a reload
 /// re-reads only the file and could not say which of two values holds.
 pub fn flags_beside_config(matches: &clap::ArgMatches) -> Vec<String> {
+    let command = Args::command();
     matches
         .ids()
+        // Arguments only: the derive also adds a group named `Args`.
+        .filter(|id| command.get_arguments().any(|a| a.get_id() == *id))
         .filter(|id| {
             matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
         })

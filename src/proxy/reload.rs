@@ -122,8 +122,8 @@ pub struct Reconfigured {
     pub kept: Vec<GroupChange>,
     /// Groups new to the routes.
     pub added: Vec<Arc<str>>,
-    /// Groups the new routes leave out: their upstreams drain, and their
-    /// open tunnels run on (still listed, drained and closed with the
+    /// Groups the new routes leave out: no new request reaches them, and
+    /// their open tunnels run on (still listed, drained and closed with the
     /// proxy's) until they end.
     pub removed: Vec<Arc<str>>,
 }
@@ -160,7 +160,7 @@ impl Proxy {
     /// upstreams by [`UpstreamSet::reconcile`] (kept upstreams keep their
     /// connection counts and passive health, removed ones drain), and gets
     /// `next`'s strategy built over it. A group `next` no longer routes to
-    /// drains its upstreams and stays listed (in [`groups`](Self::groups),
+    /// gets no new request and stays listed (in [`groups`](Self::groups),
     /// [`tunnels`](Self::tunnels), drains) while its tunnels run. The
     /// counters, the drain state and the
     /// [`on_connection_end`](super::ProxyBuilder::on_connection_end) hook
@@ -232,10 +232,9 @@ impl Proxy {
             if matched.contains(&Arc::as_ptr(&group.tunnels)) {
                 continue;
             }
-            if let Some(set) = &group.upstreams {
-                // No route leads there any more: drain every upstream.
-                set.reconcile(&[]);
-            }
+            // Its set is left as it is: no route of the new table leads
+            // there, but a request that loaded the old table a moment ago
+            // may still pick from it, and must find its upstreams.
             if !old.retired.iter().any(|r| r.name == group.name) {
                 report.removed.push(group.name.clone());
             }
