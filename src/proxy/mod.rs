@@ -78,6 +78,11 @@
 //!   end and their clients to come back, measure again. With affinity only
 //!   tunnels whose key now maps elsewhere move, so they do not come back to
 //!   the same upstream.
+//! - **Reconfiguring.** [`Proxy::reconfigure`] swaps routes, groups,
+//!   policy and timeouts in place (a configuration file's reload): requests
+//!   begun after it see the new configuration, open tunnels keep theirs,
+//!   and groups of the same name keep their sets (reconciled, removed
+//!   upstreams draining) and registries.
 //! - **Dead peers.** Tunnel pings
 //!   ([`TunnelConfig::ping`](crate::tunnel::TunnelConfig::ping)), kernel
 //!   keepalive on both sockets ([`ProxyBuilder::tcp_keepalive`]), and
