@@ -289,6 +289,9 @@ fn bind_demo() -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+// Each is one thing `main` prepared before the runtime; a struct for them
+// would only be unpacked here.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     args: &Args,
     proxy: Proxy,
