@@ -571,7 +571,7 @@ mod tests {
             r#"
 listen = "127.0.0.1:0"
 upstream = ["127.0.0.1:8010,weight=3", "127.0.0.1:8011"]
-balance = "least_conn"
+balance = "least-conn"
 proxy_redirect = "off"
 [timeouts]
 read = "2h"
