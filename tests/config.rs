@@ -484,10 +484,9 @@ async fn reload_under_load_drops_no_tunnel_and_fails_no_handshake() {
     let err = gateway.stderr();
     assert_eq!(err.matches("gateway: reloaded ").count(), 10, "{err}");
     assert!(!err.contains("refused"), "{err}");
-    assert!(
-        opened.load(Ordering::Relaxed) >= 10,
-        "too few new connections"
-    );
+    let opened = opened.load(Ordering::Relaxed);
+    eprintln!("{opened} new connections handshaked and echoed during 10 reloads");
+    assert!(opened >= 10, "too few new connections");
 
     within(Duration::from_secs(120), "1,000 echoes", async {
         for (i, ws) in tunnels.iter_mut().enumerate() {
