@@ -129,13 +129,6 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    #[cfg(feature = "metrics")]
-    let group_sets: Arc<Vec<(String, UpstreamSet)>> = Arc::new(
-        groups
-            .iter()
-            .map(|(set, group)| (group.name().to_owned(), set.clone()))
-            .collect(),
-    );
     let served = runtime.block_on(async {
         if let Some(listener) = demo {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
@@ -149,7 +142,7 @@ fn main() -> ExitCode {
             admin_addr = Some(listener.local_addr()?);
             let admin = admin::Admin {
                 prometheus,
-                groups: group_sets,
+                proxy: proxy.clone(),
                 draining: draining.clone(),
             };
             tokio::spawn(admin.serve(listener));
