@@ -74,6 +74,8 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod forward;
 pub mod frame;
 pub mod handshake;
