@@ -23,6 +23,7 @@ mod access_log;
 mod admin;
 mod cli;
 mod demo;
+mod dns;
 mod tls;
 
 use std::io::Write as _;
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
+    dns::check(&args).unwrap_or_else(|msg| usage(msg));
     let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
@@ -129,6 +131,8 @@ fn main() -> ExitCode {
             };
             tokio::spawn(admin.serve(listener));
         }
+        // Kept until the gateway stops.
+        let _discoveries = dns::start(&args, &groups).await?;
         for (set, group) in groups {
             // Checkers and rebalancers run until the process exits; the
             // drain does not wait for them.
@@ -402,7 +406,8 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
     // with the balancers, the groups their tunnel registries (cheap clones).
     let groups = std::cell::RefCell::new(Vec::new());
     let group = |name: &str, upstreams: &[Upstream]| {
-        let set: UpstreamSet = upstreams.iter().cloned().collect();
+        // DNS names are not addresses: dns.rs keeps the set current.
+        let set: UpstreamSet = dns::fixed(upstreams).collect();
         let checked = set.clone();
         let balancer: Arc<dyn Balancer> = match args.balance {
             Balance::RoundRobin => Arc::new(RoundRobin::new(set)),

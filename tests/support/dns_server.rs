@@ -33,6 +33,9 @@ pub struct Zone {
     pub ttl: u32,
     /// Answer every query with SERVFAIL.
     pub servfail: bool,
+    /// Rotate the records of each answer by one more each query, as DNS
+    /// servers do to spread clients (BIND's `rrset-order cyclic`).
+    pub rotate: bool,
 }
 
 impl Default for Zone {
@@ -42,6 +45,7 @@ impl Default for Zone {
             srv: HashMap::new(),
             ttl: 30,
             servfail: false,
+            rotate: false,
         }
     }
 }
@@ -73,8 +77,18 @@ impl DnsServer {
                 let Ok(query) = Message::from_vec(&buf[..n]) else {
                     continue;
                 };
-                q.fetch_add(1, Ordering::Relaxed);
-                let zone = z.lock().unwrap().clone();
+                let turn = q.fetch_add(1, Ordering::Relaxed);
+                let mut zone = z.lock().unwrap().clone();
+                if zone.rotate {
+                    for records in zone.srv.values_mut() {
+                        let n = records.len().max(1);
+                        records.rotate_left(turn as usize % n);
+                    }
+                    for ips in zone.hosts.values_mut() {
+                        let n = ips.len().max(1);
+                        ips.rotate_left(turn as usize % n);
+                    }
+                }
                 if let Ok(bytes) = answer(&query, &zone).to_vec() {
                     let _ = socket.send_to(&bytes, peer).await;
                 }
