@@ -463,3 +463,44 @@ async fn a_discovery_stops_when_its_handle_is_dropped_and_leaves_static_upstream
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(dns.queries(), asked);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_join_can_run_a_rebalance_that_moves_tunnels_to_the_newcomer() {
+    let (a, b) = (backend().await, backend().await);
+    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    zone.srv
+        .insert("_ws._tcp.chat.test".into(), vec![srv(a.port(), 1)]);
+    let dns = DnsServer::start(zone).await;
+    let set = UpstreamSet::new();
+    let (gw, group) = proxy(&set).await;
+    let rebalancer = wsproxy::proxy::Rebalancer::new(group, set.clone())
+        .rate(50)
+        .settle(Duration::from_millis(200));
+    let handle = discovery(&dns, DnsName::srv("_ws._tcp.chat.test"), &set)
+        .rebalance(rebalancer)
+        .spawn()
+        .unwrap();
+    lookups(&handle, 1).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..4 {
+        tunnels.push(open(&gw).await.0);
+    }
+    dns.change(|z| {
+        z.srv.insert(
+            "_ws._tcp.chat.test".into(),
+            vec![srv(a.port(), 1), srv(b.port(), 1)],
+        );
+    });
+    bounded("the join", handle.wait_for(|s| s.joined >= 2)).await;
+    // 4 tunnels on a, none on b: two are asked to reconnect (Close 1012).
+    let mut moved = 0;
+    for ws in &mut tunnels {
+        if let Ok(Some(Ok(Message::Close(Some(frame))))) =
+            tokio::time::timeout(Duration::from_secs(20), ws.next()).await
+        {
+            assert_eq!(u16::from(frame.code), 1012);
+            moved += 1;
+        }
+    }
+    assert_eq!(moved, 2);
+}
