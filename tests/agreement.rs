@@ -200,20 +200,17 @@ async fn agreement_through_a_join(strategy: Strategy) {
 
     let common = |extra: &[String]| -> Vec<String> {
         let mut args = strategy.flags();
-        args.extend(
-            [
-                "--resolver".to_string(),
-                dns.addr.to_string(),
-                "--resolve-min-ttl".into(),
-                "200ms".into(),
-                "--resolve-max-ttl".into(),
-                "1s".into(),
-                // Every key is a new connection: none may be refused.
-                "--max-connections".into(),
-                "1000".into(),
-            ]
-            .into_iter(),
-        );
+        args.extend([
+            "--resolver".to_string(),
+            dns.addr.to_string(),
+            "--resolve-min-ttl".into(),
+            "200ms".into(),
+            "--resolve-max-ttl".into(),
+            "1s".into(),
+            // Every key is a new connection: none may be refused.
+            "--max-connections".into(),
+            "1000".into(),
+        ]);
         args.extend(extra.iter().cloned());
         args
     };

@@ -280,12 +280,12 @@ async fn a_vanished_srv_target_drains_its_tunnels_untouched_until_they_end() {
         assert_eq!(say(ws, "later").await, *label);
     }
     assert_eq!(handle.stats().removed, 0);
-    assert_eq!(peers(&set).iter().count(), 2);
+    assert_eq!(peers(&set).len(), 2);
     for (mut ws, _) in tunnels {
         ws.close(None).await.unwrap();
     }
     bounded("the removal", handle.wait_for(|s| s.removed >= 1)).await;
-    assert_eq!(peers(&set).iter().count(), 1);
+    assert_eq!(peers(&set).len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -328,7 +328,7 @@ async fn the_drain_deadline_closes_leftover_tunnels_with_1001() {
     )
     .await;
     assert_eq!(stats.closed, 1);
-    assert_eq!(peers(&set).iter().count(), 1);
+    assert_eq!(peers(&set).len(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -450,7 +450,7 @@ async fn a_discovery_stops_when_its_handle_is_dropped_and_leaves_static_upstream
         .spawn()
         .unwrap();
     lookups(&handle, 1).await;
-    assert_eq!(peers(&set).iter().count(), 2);
+    assert_eq!(peers(&set).len(), 2);
     dns.change(|z| {
         z.hosts.insert("chat.test".into(), vec![LOCAL4]);
     });
