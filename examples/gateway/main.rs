@@ -24,6 +24,7 @@ mod admin;
 mod cli;
 mod config;
 mod demo;
+mod dns;
 mod reload;
 mod tls;
 
@@ -105,6 +106,7 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
+    dns::check(&args).unwrap_or_else(|msg| usage(msg));
     let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
@@ -147,6 +149,8 @@ fn main() -> ExitCode {
             };
             tokio::spawn(admin.serve(listener));
         }
+        // Kept until the gateway stops.
+        let _discoveries = dns::start(&args, &groups).await?;
         let tasks = start_group_tasks(&args, health.as_ref(), groups);
         let admin = AdminNote {
             addr: admin_addr,
@@ -469,7 +473,8 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
     let groups = std::cell::RefCell::new(Vec::new());
     let balance = args.balance;
     let group = |name: &str, upstreams: &[Upstream]| {
-        let set: UpstreamSet = upstreams.iter().cloned().collect();
+        // DNS names are not addresses: dns.rs keeps the set current.
+        let set: UpstreamSet = dns::fixed(upstreams).collect();
         let checked = set.clone();
         let key = key.clone();
         // A group that knows its set and strategy: a reload keeps the set
