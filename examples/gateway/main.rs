@@ -96,11 +96,13 @@ fn main() -> ExitCode {
         None => None,
     };
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = match runtime.enable_all().build() {
+    // The control runtime: signals, health checks, rebalancing, the admin
+    // listener and the demo backend. Connections are served thread-per-core
+    // by the server's own workers (see `serve`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -255,12 +257,6 @@ async fn serve(
     proxy_protocol: ProxyProtocolSetting,
     admin: AdminNote,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
-        })?;
-    let local = listener.local_addr()?;
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
@@ -284,6 +280,16 @@ async fn serve(
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
+    // Thread-per-core (nginx `worker_processes`): each worker accepts on its
+    // own SO_REUSEPORT listener and serves its connections on its thread.
+    let mut workers = server.per_core();
+    if let Some(n) = args.workers {
+        workers = workers.threads(usize::from(n));
+    }
+    let workers = workers.bind(args.listen).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
+    })?;
+    let local = workers.local_addr();
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
     let signal = shutdown_signal()?;
@@ -310,11 +316,11 @@ async fn serve(
 
     let report = match tls {
         Some(acceptor) => {
-            server
-                .serve_with(listener, move |tcp| acceptor.accept(tcp), shutdown)
+            workers
+                .serve_with(move |tcp| acceptor.accept(tcp), shutdown)
                 .await?
         }
-        None => server.serve(listener, shutdown).await?,
+        None => workers.serve(shutdown).await?,
     };
     eprintln!(
         "gateway: stopped: {} connections accepted, {} open at shutdown, {} sent Close 1001, {} finished, {} cut",
