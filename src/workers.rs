@@ -63,6 +63,10 @@
 //! `reuseport`: every worker may be woken for a connection that only one of
 //! them accepts, but each connection is still served on the thread that
 //! accepted it. [`BoundWorkers::reuse_port`] tells which way it went.
+//!
+//! As with nginx `reuseport`, another process of the same user that listens
+//! on the port with `SO_REUSEPORT` too is not refused: the kernel shares
+//! the connections with it.
 
 use std::future::Future;
 use std::io;
@@ -106,12 +110,13 @@ impl Server {
     ///
     /// ```no_run
     /// # use wsproxy::{Proxy, Server};
-    /// # fn run(proxy: Proxy) -> std::io::Result<()> {
-    /// let workers = Server::new(proxy).per_core().threads(2).bind("127.0.0.1:0".parse().unwrap())?;
+    /// # fn run(proxy: Proxy) -> Result<(), Box<dyn std::error::Error>> {
+    /// let workers = Server::new(proxy).per_core().threads(2).bind("127.0.0.1:0".parse()?)?;
     /// assert_eq!(workers.threads(), 2);
     /// # Ok(())
     /// # }
     /// ```
+    #[must_use = "Workers do nothing until bound and served"]
     pub fn per_core(self) -> Workers {
         let threads = thread::available_parallelism().map_or(1, usize::from);
         Workers {
@@ -124,6 +129,7 @@ impl Server {
 impl Workers {
     /// How many worker threads (nginx `worker_processes N`); at least 1.
     /// The default is the available parallelism.
+    #[must_use = "builder methods return the updated builder"]
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self
@@ -169,7 +175,7 @@ impl Workers {
                     tracing::debug!(error = %e, "a second SO_REUSEPORT listener failed, workers share one");
                     let first = listeners.swap_remove(0);
                     drop(listeners);
-                    return Ok(BoundWorkers::sharing(self, first, local)?);
+                    return BoundWorkers::sharing(self, first, local);
                 }
             }
         }

@@ -207,6 +207,14 @@ fn stream_type() -> socket2::Type {
     socket2::Type::STREAM
 }
 
+/// An upstream that reset must not raise SIGPIPE in a host that did not
+/// ignore it: std's and tokio's own writes pass the same flag (Apple
+/// platforms set `SO_NOSIGPIPE` on the socket instead).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: std::ffi::c_int = 0;
+
 /// Writes the request head to a freshly connected upstream: first straight
 /// to the socket, since tokio knows nothing of its readiness yet and would
 /// wait a turn of the reactor before its first write; then, for what that
@@ -225,7 +233,7 @@ pub(super) async fn write_head(
     // Bypassing tokio here is sound: tokio clears a readiness only when its
     // own I/O returns WouldBlock, so it will still wait for or use the
     // writability the reactor reports.
-    let sent = match socket2::SockRef::from(&*stream).send(head) {
+    let sent = match socket2::SockRef::from(&*stream).send_with_flags(head, SEND_FLAGS) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
