@@ -11,7 +11,7 @@
 # 127.0.0.1: echo backends on BASE+1 and BASE+2, HAProxy on BASE+12, the
 # gateway on BASE+13 (BASE=19100 by default, away from anchors.sh's 19001-19013).
 #
-#   BENCH=../shared/bench benches/syscalls.sh haproxy haproxy
+#   BENCH=/path/to/shared/bench benches/syscalls.sh haproxy haproxy
 #   benches/syscalls.sh target/release/examples/gateway after
 #   python3 benches/syscalls_table.py haproxy after
 set -uo pipefail
@@ -40,6 +40,7 @@ for p in $B1 $B2; do
     timeout 30 "$WSB" probe --url "ws://127.0.0.1:$p/" --timeout 15 >/dev/null || { echo "backend $p down"; exit 1; }
 done
 if [[ $T == haproxy ]]; then
+    [[ -f $BENCH/anchors/haproxy.cfg ]] || { echo "no $BENCH/anchors/haproxy.cfg: set BENCH"; exit 1; }
     PORT=$((BASE + 12))
     sed -e "s/19012/$PORT/; s/19001/$B1/; s/19002/$B2/; s#/tmp/wsproxy-anchors/haproxy.pid#$D/haproxy.pid#" \
         "$BENCH/anchors/haproxy.cfg" >"$D/haproxy.cfg"
