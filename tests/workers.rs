@@ -66,7 +66,11 @@ async fn two_workers(
             .serve_with(
                 move |tcp: tokio::net::TcpStream| {
                     if let Ok(peer) = tcp.peer_addr() {
-                        accepted.lock().unwrap().accepted.insert(peer, thread_name());
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .accepted
+                            .insert(peer, thread_name());
                     }
                     std::future::ready(Ok(tcp))
                 },

@@ -169,7 +169,11 @@ pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
 #[cfg(unix)]
 async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, Socket};
-    let socket = Socket::new(Domain::for_address(addr), stream_type(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        stream_type(),
+        Some(Protocol::TCP),
+    )?;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     socket.set_nonblocking(true)?;
     let in_progress = match socket.connect(&addr.into()) {
