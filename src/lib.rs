@@ -90,6 +90,7 @@ pub mod server;
 #[cfg(feature = "tower")]
 pub mod service;
 pub mod tunnel;
+pub mod workers;
 
 pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};

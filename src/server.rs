@@ -65,7 +65,7 @@ use crate::proxy::{
 pub struct Server {
     proxy: Proxy,
     scheme: Scheme,
-    max_connections: usize,
+    pub(crate) max_connections: usize,
     drain_timeout: Duration,
     drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,

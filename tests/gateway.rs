@@ -938,7 +938,17 @@ async fn sigterm_with_a_drain_window_closes_every_tunnel_with_1001_spread_over_i
     const WINDOW: Duration = Duration::from_secs(1);
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;
     let up = upstream.addr.to_string();
-    let mut gw = Gateway::start(&["--upstream", &up, "--drain-window", "1s", "--access-log"]).await;
+    // Two workers, each with its own listener: the drain reaches both.
+    let mut gw = Gateway::start(&[
+        "--upstream",
+        &up,
+        "--drain-window",
+        "1s",
+        "--access-log",
+        "--workers",
+        "2",
+    ])
+    .await;
 
     let first_echo = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));

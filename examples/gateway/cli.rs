@@ -136,7 +136,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Runtime worker threads (nginx `worker_processes`; default: one per core).
+    /// Worker threads, each accepting on its own SO_REUSEPORT listener and
+    /// serving its connections itself (nginx `worker_processes`; default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 

@@ -123,11 +123,13 @@ fn main() -> ExitCode {
         None => None,
     };
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = match runtime.enable_all().build() {
+    // The control runtime: signals, health checks, rebalancing, the admin
+    // listener and the demo backend. Connections are served thread-per-core
+    // by the server's own workers (see `serve`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -299,12 +301,6 @@ async fn serve(
     admin: AdminNote,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
-        })?;
-    let local = listener.local_addr()?;
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
@@ -328,6 +324,16 @@ async fn serve(
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
+    // Thread-per-core (nginx `worker_processes`): each worker accepts on its
+    // own SO_REUSEPORT listener and serves its connections on its thread.
+    let mut workers = server.clone().per_core();
+    if let Some(n) = args.workers {
+        workers = workers.threads(usize::from(n));
+    }
+    let workers = workers.bind(args.listen).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
+    })?;
+    let local = workers.local_addr();
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
     let signal = shutdown_signal()?;
@@ -373,7 +379,7 @@ async fn serve(
     }
     let _ = std::io::stdout().flush();
 
-    let report = reload::serve_listener(server, listener, tls, retire, shutdown).await?;
+    let report = reload::serve_listener(workers, tls, retire, shutdown).await?;
     eprintln!(
         "gateway: stopped: {} connections accepted, {} open at shutdown, {} sent Close 1001, {} finished, {} cut",
         report.accepted, report.open_at_shutdown, report.closed, report.finished, report.cut

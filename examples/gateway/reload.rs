@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use wsproxy::server::{DrainReport, Server};
+use wsproxy::workers::BoundWorkers;
 use wsproxy::Proxy;
 
 use crate::cli::Args;
@@ -59,11 +59,10 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
-/// Serves one listener, plain or TLS, until it is retired and shutdown
-/// drains it.
+/// Serves one address's workers, plain or TLS, until they are retired and
+/// shutdown drains them.
 pub async fn serve_listener(
-    server: Server,
-    listener: TcpListener,
+    workers: BoundWorkers,
     tls: Option<tokio_rustls::TlsAcceptor>,
     retire: Retire,
     shutdown: impl Future<Output = ()>,
@@ -71,18 +70,13 @@ pub async fn serve_listener(
     let retire = retire.wait();
     match tls {
         Some(acceptor) => {
-            server
-                .serve_retiring(listener, move |tcp| acceptor.accept(tcp), retire, shutdown)
+            workers
+                .serve_retiring(move |tcp| acceptor.accept(tcp), retire, shutdown)
                 .await
         }
         None => {
-            server
-                .serve_retiring(
-                    listener,
-                    |tcp| std::future::ready(Ok(tcp)),
-                    retire,
-                    shutdown,
-                )
+            workers
+                .serve_retiring(|tcp| std::future::ready(Ok(tcp)), retire, shutdown)
                 .await
         }
     }
@@ -238,8 +232,12 @@ impl Reloader {
     /// Serves `addr` and then retires the listener served so far; false if
     /// it cannot be bound (the old one serves on).
     async fn rebind(&mut self, addr: SocketAddr) -> bool {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(listener) => listener,
+        let mut workers = self.server.clone().per_core();
+        if let Some(n) = self.args.workers {
+            workers = workers.threads(usize::from(n));
+        }
+        let workers = match workers.bind(addr) {
+            Ok(workers) => workers,
             Err(e) => {
                 eprintln!(
                     "gateway: reload: cannot listen on {addr}: {e}; still on {}",
@@ -248,11 +246,10 @@ impl Reloader {
                 return false;
             }
         };
-        let local = listener.local_addr().unwrap_or(addr);
+        let local = workers.local_addr();
         let (retire, retired) = oneshot::channel();
         let serving = serve_listener(
-            self.server.clone(),
-            listener,
+            workers,
             self.tls.clone(),
             Retire(Some(retired)),
             stopped(self.stop.clone()),

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{authority_of, connect, proxy_header};
+use super::connect::{authority_of, connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -465,7 +465,7 @@ where
             &mut head_bytes,
         );
         handshake::write_request_head(&up.admitted.request, &mut head_bytes);
-        if write_all_timeout(&mut up.stream, &head_bytes, inner.timeouts.send)
+        if write_head(&mut up.stream, &head_bytes, inner.timeouts.send)
             .await
             .is_err()
         {

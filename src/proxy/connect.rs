@@ -154,8 +154,100 @@ pub(super) async fn connect(
 /// bounds the wait. Shared by requests and the health checks' TCP probe.
 pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
-        Some(sa) => TcpStream::connect(sa).await,
+        Some(sa) => connect_tcp(sa).await,
         None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
+    }
+}
+
+/// A non-blocking connect that returns as soon as the socket is connected,
+/// without waiting for the reactor to report it writable first: on loopback
+/// (and to any upstream answering within the connect call) the handshake is
+/// complete when `connect` returns, so one `getpeername` replaces a trip
+/// through the reactor and `getsockopt(SO_ERROR)`, and the request head can
+/// go out at once ([`write_head`]), as HAProxy sends it. Otherwise it waits
+/// for writability as tokio's own connect does.
+#[cfg(unix)]
+async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        stream_type(),
+        Some(Protocol::TCP),
+    )?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    socket.set_nonblocking(true)?;
+    let in_progress = match socket.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        Err(e) => return Err(e),
+    };
+    // A connect still in progress has no peer yet (ENOTCONN).
+    let connected = !in_progress || socket.peer_addr().is_ok();
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if !connected {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        // Writable without an error can still be a reset during the wait.
+        stream.peer_addr()?;
+    }
+    Ok(stream)
+}
+
+/// Elsewhere tokio's connect (a pending connect reports differently there).
+#[cfg(not(unix))]
+async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    TcpStream::connect(addr).await
+}
+
+/// A stream socket created non-blocking where the platform can, saving a
+/// `fcntl`.
+#[cfg(unix)]
+fn stream_type() -> socket2::Type {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket2::Type::STREAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    socket2::Type::STREAM
+}
+
+/// An upstream that reset must not raise SIGPIPE in a host that did not
+/// ignore it: std's and tokio's own writes pass the same flag (Apple
+/// platforms set `SO_NOSIGPIPE` on the socket instead).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: std::ffi::c_int = 0;
+
+/// Writes the request head to a freshly connected upstream: first straight
+/// to the socket, since tokio knows nothing of its readiness yet and would
+/// wait a turn of the reactor before its first write; then, for what that
+/// did not take (a full send buffer, a connect still in progress), through
+/// tokio within `limit` as [`write_all_timeout`](super::head_io) does.
+///
+/// # Errors
+///
+/// The socket's error, or `TimedOut` when the rest makes no progress for
+/// `limit`.
+pub(super) async fn write_head(
+    stream: &mut TcpStream,
+    head: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    // Bypassing tokio here is sound: tokio clears a readiness only when its
+    // own I/O returns WouldBlock, so it will still wait for or use the
+    // writability the reactor reports.
+    let sent = match socket2::SockRef::from(&*stream).send_with_flags(head, SEND_FLAGS) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        Err(e) => return Err(e),
+    };
+    match head.get(sent..) {
+        Some(rest) if !rest.is_empty() => {
+            super::head_io::write_all_timeout(stream, rest, limit).await
+        }
+        _ => Ok(()),
     }
 }
 
@@ -254,6 +346,32 @@ mod tests {
             .and_then(|s| s.downcast_ref::<io::Error>())
             .unwrap();
         assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn a_head_written_right_after_connect_arrives_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::from(listener.local_addr().unwrap());
+        let mut stream = connect_addr(&addr).await.unwrap();
+        // Larger than any socket buffer: the rest goes through tokio.
+        let head: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut accepted, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        write_head(&mut stream, &head, Duration::from_secs(10))
+            .await
+            .unwrap();
+        drop(stream);
+        let got = timeout(Duration::from_secs(10), reading)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == head, "{} of {} bytes", got.len(), head.len());
     }
 
     #[tokio::test]

@@ -153,6 +153,8 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
+        // The Running drops both streams when the tunnel ends.
+        relay.closes_on_end();
         let handle = relay.handle();
         Running {
             relay,
