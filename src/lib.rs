@@ -87,6 +87,8 @@ pub mod server;
 #[cfg(feature = "tower")]
 pub mod service;
 pub mod tunnel;
+#[cfg(feature = "rustls")]
+pub mod upstream_tls;
 
 pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};

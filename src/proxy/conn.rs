@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::stream::UpstreamStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
@@ -41,7 +41,7 @@ enum Next {
 
 /// The upstream half of a completed upgrade.
 struct Switched {
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     upstream_prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -64,7 +64,7 @@ struct Admitted {
 
 /// An admitted request with its upstream connection, rewritten for it.
 struct Connected {
-    stream: TcpStream,
+    stream: UpstreamStream,
     lease: Lease,
     /// Where its tunnel would be listed; an upgrade request's only.
     listing: Option<Listing>,
@@ -651,7 +651,7 @@ where
     /// (other than 101) to the client as they come.
     async fn read_answer(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         up_buf: &mut BytesMut,
         http10: bool,
     ) -> Result<Response<()>, StatusCode> {
@@ -696,7 +696,7 @@ where
     async fn switch(
         &mut self,
         response: Response<()>,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         upstream_prefix: Bytes,
         lease: Lease,
         listing: Listing,
@@ -724,7 +724,7 @@ where
         &mut self,
         mut response: Response<()>,
         method: &Method,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamStream,
         mut up_buf: BytesMut,
         keep_alive: bool,
         outcome: Outcome,

@@ -162,6 +162,7 @@ mod rebalance;
 mod reclaim;
 mod registry;
 mod relay;
+pub(crate) mod stream;
 mod upgrade;
 
 use std::fmt;
@@ -217,6 +218,9 @@ pub struct UpstreamGroup {
     tunnels: Arc<TunnelRegistry>,
     #[cfg(feature = "proxy-protocol")]
     send_proxy_v2: bool,
+    /// [`UpstreamGroup::tls`] (`crate::upstream_tls`).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<crate::upstream_tls::UpstreamTls>,
 }
 
 impl UpstreamGroup {
@@ -234,6 +238,8 @@ impl UpstreamGroup {
             tunnels: Arc::default(),
             #[cfg(feature = "proxy-protocol")]
             send_proxy_v2: false,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -297,6 +303,8 @@ impl fmt::Debug for UpstreamGroup {
             .field("tunnels", &self.tunnels.len());
         #[cfg(feature = "proxy-protocol")]
         d.field("send_proxy_v2", &self.send_proxy_v2);
+        #[cfg(feature = "rustls")]
+        d.field("tls", &self.tls);
         d.finish()
     }
 }

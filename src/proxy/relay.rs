@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use super::stream::UpstreamStream;
 use tokio::time::timeout;
 
 use super::head_io::{read_head_unbounded, write_all_timeout, READ_CHUNK};
@@ -134,7 +134,7 @@ pub(super) async fn send_body<S>(
     inner: &Inner,
     client: &mut S,
     client_buf: &mut BytesMut,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamStream,
     up_buf: &mut BytesMut,
     body: BodyKind,
 ) -> BodySent

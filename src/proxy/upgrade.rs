@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use super::stream::UpstreamStream;
 use tokio::time::Instant;
 
 use super::conn::to_origin_form;
@@ -220,7 +220,7 @@ impl Proxy {
 /// The upstream half of an upgrade that [`Proxy::open_upgrade`] completed.
 struct Opened {
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -236,7 +236,7 @@ struct Opened {
 pub struct PendingUpgrade {
     inner: Arc<Inner>,
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
