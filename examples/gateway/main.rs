@@ -24,6 +24,7 @@ mod admin;
 mod cli;
 mod demo;
 mod tls;
+mod upstream_tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -47,7 +48,7 @@ use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
+use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect, Transport};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -143,6 +144,7 @@ fn main() -> ExitCode {
             });
             if let Some(config) = &health {
                 let mut checker = HealthChecker::new(set, config.clone());
+                checker = upstream_tls::check(checker, &group);
                 if args.on_marked_down == Some(OnMarkedDown::Close) {
                     checker = checker.close_on_down(&group);
                 }
@@ -398,10 +400,11 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
     }
     let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
+    let tls = upstream_tls::setting(args)?;
     // Each group's set, for the health checker; the sets share their state
     // with the balancers, the groups their tunnel registries (cheap clones).
     let groups = std::cell::RefCell::new(Vec::new());
-    let group = |name: &str, upstreams: &[Upstream]| {
+    let group = |name: &str, upstreams: &[Upstream], transport: Transport| {
         let set: UpstreamSet = upstreams.iter().cloned().collect();
         let checked = set.clone();
         let balancer: Arc<dyn Balancer> = match args.balance {
@@ -412,6 +415,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
             Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
         };
         let group = UpstreamGroup::from_arc(name, balancer);
+        let group = upstream_tls::apply(group, transport, &tls);
         #[cfg(feature = "proxy-protocol")]
         let group = group.send_proxy_v2(args.send_proxy_v2);
         groups.borrow_mut().push((checked, group.clone()));
@@ -430,13 +434,16 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         builder = builder.tcp_keepalive(keepalive.resolve());
     }
     if let Some(addr) = demo {
-        builder = builder.route(Route::new("/", group("demo", &[Upstream::new(addr)])));
+        let demo = group("demo", &[Upstream::new(addr)], Transport::Plain);
+        builder = builder.route(Route::new("/", demo));
     }
     if !args.upstream.is_empty() {
-        builder = builder.route(Route::new("/", group("default", &args.upstream)));
+        let (upstreams, transport) = cli::one_transport(&args.upstream)?;
+        builder = builder.route(Route::new("/", group("default", &upstreams, transport)));
     }
     for spec in &args.route {
-        let mut route = Route::new(spec.prefix.clone(), group(&spec.name, &spec.upstreams));
+        let upstreams = group(&spec.name, &spec.upstreams, spec.transport);
+        let mut route = Route::new(spec.prefix.clone(), upstreams);
         if let Some(host) = &spec.host {
             route = route.host(host.clone());
         }
