@@ -68,7 +68,10 @@
 //!   (feature `proxy-protocol`: the PROXY protocol v1/v2 on a [`Server`]'s
 //!   listener and toward upstream groups);
 //!   `metrics` (feature `metrics`: the same figures through the `metrics`
-//!   facade, for Prometheus and other exporters).
+//!   facade, for Prometheus and other exporters);
+//!   `upstream_tls` (feature `rustls`: TLS toward upstream groups, nginx
+//!   `proxy_pass https://`). Unix-socket upstreams (`unix:/path`) need no
+//!   feature.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
