@@ -1,7 +1,7 @@
 //! TLS toward upstreams (feature `rustls`): nginx `proxy_pass https://…`
 //! and its `proxy_ssl_*` directives, with rustls on the ring provider.
 //!
-//! An [`UpstreamGroup`](crate::proxy::UpstreamGroup) given an
+//! An [`UpstreamGroup`] given an
 //! [`UpstreamTls`] reaches every one of its upstreams over TLS (as nginx's
 //! `proxy_pass https://group` does for all servers of the group): the TCP
 //! connect (or a Unix socket's, nginx `https://unix:/path`), then the TLS
@@ -256,11 +256,17 @@ impl UpstreamTlsBuilder {
                     source,
                 })?;
                 let roots = pem_roots(&pem, &path.display().to_string())?;
-                (Verify::CaCertificates, versions.with_root_certificates(roots))
+                (
+                    Verify::CaCertificates,
+                    versions.with_root_certificates(roots),
+                )
             }
             Trust::Pem(pem) => {
                 let roots = pem_roots(&pem, "the pem text")?;
-                (Verify::CaCertificates, versions.with_root_certificates(roots))
+                (
+                    Verify::CaCertificates,
+                    versions.with_root_certificates(roots),
+                )
             }
         };
         let mut config = builder.with_no_client_auth();

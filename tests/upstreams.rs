@@ -3,6 +3,8 @@
 //! CA made with rcgen, plain HTTPS, Unix-socket backends, health checks
 //! over both, a drain of a tunnel over TLS, and the gateway's flags.
 
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback type
+
 mod support;
 
 use std::io::{BufRead, BufReader};
@@ -78,11 +80,14 @@ enum Serve {
     Http,
 }
 
+/// The SNI and ALPN protocol of one completed TLS handshake.
+type Names = (Option<String>, Option<Vec<u8>>);
+
 /// What a backend saw.
 #[derive(Default)]
 struct Seen {
-    /// TLS connections: (SNI, ALPN) of each completed handshake.
-    tls: Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>,
+    /// TLS connections: the names of each completed handshake.
+    tls: Mutex<Vec<Names>>,
     /// The Host header of each request.
     hosts: Mutex<Vec<String>>,
     /// Connections accepted, handshake or not.
@@ -110,17 +115,17 @@ where
                 return;
             };
             while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Text(_) | Message::Binary(_) => {
-                        if ws.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
+                let reply = match msg {
+                    Message::Text(_) | Message::Binary(_) => msg,
                     Message::Close(_) => {
+                        // tungstenite queued the Close reply; send it.
                         let _ = ws.flush().await;
                         return;
                     }
-                    _ => {}
+                    _ => continue,
+                };
+                if ws.send(reply).await.is_err() {
+                    return;
                 }
             }
         }
@@ -205,10 +210,8 @@ impl SocketDir {
     fn new() -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!(
-            "wsproxy-upstreams-{}-{n}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("wsproxy-upstreams-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)

@@ -450,7 +450,9 @@ pub enum Transport {
 pub fn one_transport(list: &[(Upstream, Transport)]) -> Result<(Vec<Upstream>, Transport), String> {
     let transport = list.first().map_or(Transport::Plain, |(_, t)| *t);
     if list.iter().any(|(_, t)| *t != transport) {
-        return Err("tls:// and plain upstreams cannot share a group; give them separate --route".into());
+        return Err(
+            "tls:// and plain upstreams cannot share a group; give them separate --route".into(),
+        );
     }
     Ok((list.iter().map(|(u, _)| u.clone()).collect(), transport))
 }
@@ -546,7 +548,9 @@ fn parse_upstream_list(text: &str) -> Result<Vec<(Upstream, Transport)>, String>
 /// `ip:port`, `[v6]:port`, `host:port` or `unix:/PATH`.
 fn parse_addr(text: &str) -> Result<UpstreamAddr, String> {
     if text.starts_with("unix:") {
-        return text.parse().map_err(|e: wsproxy::balance::AddrParseError| e.to_string());
+        return text
+            .parse()
+            .map_err(|e: wsproxy::balance::AddrParseError| e.to_string());
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr.into());
@@ -723,7 +727,10 @@ mod tests {
             (&UpstreamAddr::unix("/run/app.sock"), Transport::Plain)
         );
         let route = parse_route("/=tls://a.test:443,tls://unix:/run/tls.sock").unwrap();
-        assert_eq!((route.upstreams.len(), route.transport), (2, Transport::Tls));
+        assert_eq!(
+            (route.upstreams.len(), route.transport),
+            (2, Transport::Tls)
+        );
         assert!(parse_route("/=tls://a.test:443,127.0.0.1:80").is_err());
         for bad in ["unix:", "tls://", "tls://nope"] {
             assert!(parse_upstream(bad).is_err(), "{bad:?}");

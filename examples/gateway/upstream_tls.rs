@@ -48,10 +48,13 @@ fn build(args: &Args) -> Result<Setting, String> {
         );
         builder = builder.danger_accept_invalid_certs(true);
     }
-    builder.build().map(Some).map_err(|e| match std::error::Error::source(&e) {
-        Some(source) => format!("--upstream-ca: {e}: {source}"),
-        None => format!("tls upstreams: {e}"),
-    })
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(source) => format!("--upstream-ca: {e}: {source}"),
+            None => format!("tls upstreams: {e}"),
+        })
 }
 
 #[cfg(not(feature = "rustls"))]

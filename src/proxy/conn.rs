@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use super::stream::UpstreamStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
@@ -19,6 +18,7 @@ use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
+use super::stream::UpstreamStream;
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};

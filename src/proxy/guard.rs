@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use http::Request;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
-use super::stream::UpstreamStream;
 use tokio::time::Instant;
 
 use super::registry::{Listed, Registered, TunnelRegistry};
+use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
 use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};

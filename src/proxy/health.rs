@@ -137,7 +137,7 @@ impl<P: Probe + ?Sized> Probe for Box<P> {
 
 /// A TCP connect that completes (HAProxy's default `check`); a host name is
 /// resolved at each check. A Unix socket upstream is connected to by its
-/// path; over TLS ([`HealthChecker::tls`]) the handshake must complete too,
+/// path; over TLS (`HealthChecker::tls`, feature `rustls`) the handshake must complete too,
 /// certificate verified (HAProxy `check-ssl`).
 ///
 /// ```
@@ -609,9 +609,7 @@ impl HealthChecker {
                     };
                     #[cfg(not(feature = "rustls"))]
                     let probing = probe.probe(&addr);
-                    let ok = tokio::time::timeout(limit, probing)
-                        .await
-                        .unwrap_or(false);
+                    let ok = tokio::time::timeout(limit, probing).await.unwrap_or(false);
                     (id, ok)
                 });
             }

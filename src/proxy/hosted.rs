@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use super::stream::UpstreamStream;
 
 use super::conn::to_origin_form;
 use super::connect::{authority_of, connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
+use super::stream::UpstreamStream;
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
