@@ -137,8 +137,8 @@ impl<P: Probe + ?Sized> Probe for Box<P> {
 
 /// A TCP connect that completes (HAProxy's default `check`); a host name is
 /// resolved at each check. A Unix socket upstream is connected to by its
-/// path; over TLS (`HealthChecker::tls`, feature `rustls`) the handshake must complete too,
-/// certificate verified (HAProxy `check-ssl`).
+/// path; over TLS (`HealthChecker::tls`, feature `rustls`) the handshake
+/// must complete too, certificate verified (HAProxy `check-ssl`).
 ///
 /// ```
 /// use wsproxy::proxy::{HealthCheck, TcpProbe};
