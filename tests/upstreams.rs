@@ -416,6 +416,29 @@ async fn a_drain_closes_a_tunnel_over_tls_with_1001() {
     assert_eq!((report.closed, report.cut), (1, 0), "{report:?}");
 }
 
+#[cfg(feature = "proxy-protocol")]
+#[test]
+fn a_proxy_header_over_tls_is_refused_when_the_proxy_is_built() {
+    let tls = UpstreamTls::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let set: UpstreamSet = [Upstream::new(UpstreamAddr::name("backend.test", 443))]
+        .into_iter()
+        .collect();
+    let group = UpstreamGroup::new("pp", RoundRobin::new(set))
+        .tls(tls)
+        .send_proxy_v2(true);
+    let err = Proxy::builder()
+        .route(Route::new("/", group))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, wsproxy::proxy::ProxyConfigError::ProxyHeaderOverTls(name) if name == "pp"),
+        "{err:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Health checks over TLS
 // ---------------------------------------------------------------------------
