@@ -39,7 +39,8 @@ pub enum ConnectError {
     #[error("no upstream to connect to")]
     Select(#[from] SelectError),
     /// A connect failed (refused, unreachable, a name that does not
-    /// resolve); the last one when several upstreams were tried.
+    /// resolve, a TLS handshake or certificate check that failed); the
+    /// last one when several upstreams were tried.
     #[error("connect to upstream {upstream} failed")]
     Io {
         /// The upstream whose connect failed.
