@@ -474,6 +474,17 @@ mod tests {
     }
 
     #[test]
+    fn the_default_verifies_against_the_system_roots() {
+        match UpstreamTls::builder().build() {
+            Ok(tls) => assert_eq!(tls.verify(), Verify::SystemRoots),
+            // A machine without a CA bundle says so rather than trusting
+            // nothing silently.
+            Err(UpstreamTlsError::NoSystemRoots) => {}
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
     fn names_come_from_the_upstream_address() {
         let ip = name_of(&"127.0.0.1:443".parse().unwrap()).unwrap();
         assert!(matches!(ip, ServerName::IpAddress(_)));
