@@ -27,6 +27,7 @@ mod demo;
 mod dns;
 mod reload;
 mod tls;
+mod upstream_tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
+use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect, Transport};
 
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
@@ -202,6 +203,7 @@ fn start_group_tasks(
             });
             if let Some(config) = health {
                 let mut checker = HealthChecker::new(set, config.clone());
+                checker = upstream_tls::check(checker, &group);
                 if args.on_marked_down == Some(OnMarkedDown::Close) {
                     checker = checker.close_on_down(&group);
                 }
@@ -474,11 +476,12 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
     }
     let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
+    let tls = upstream_tls::setting(args)?;
     // Each group's set, for the health checker; the sets share their state
     // with the balancers, the groups their tunnel registries (cheap clones).
     let groups = std::cell::RefCell::new(Vec::new());
     let balance = args.balance;
-    let group = |name: &str, upstreams: &[Upstream]| {
+    let group = |name: &str, upstreams: &[Upstream], transport: Transport| {
         // DNS names are not addresses: dns.rs keeps the set current.
         let set: UpstreamSet = dns::fixed(upstreams).collect();
         let checked = set.clone();
@@ -495,6 +498,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
             }
         };
         let group = UpstreamGroup::balanced_dyn(name, set, strategy);
+        let group = upstream_tls::apply(group, transport, &tls);
         #[cfg(feature = "proxy-protocol")]
         let group = group.send_proxy_v2(args.send_proxy_v2);
         groups.borrow_mut().push((checked, group.clone()));
@@ -513,13 +517,16 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         builder = builder.tcp_keepalive(keepalive.resolve());
     }
     if let Some(addr) = demo {
-        builder = builder.route(Route::new("/", group("demo", &[Upstream::new(addr)])));
+        let demo = group("demo", &[Upstream::new(addr)], Transport::Plain);
+        builder = builder.route(Route::new("/", demo));
     }
     if !args.upstream.is_empty() {
-        builder = builder.route(Route::new("/", group("default", &args.upstream)));
+        let (upstreams, transport) = cli::one_transport(&args.upstream)?;
+        builder = builder.route(Route::new("/", group("default", &upstreams, transport)));
     }
     for spec in &args.route {
-        let mut route = Route::new(spec.prefix.clone(), group(&spec.name, &spec.upstreams));
+        let upstreams = group(&spec.name, &spec.upstreams, spec.transport);
+        let mut route = Route::new(spec.prefix.clone(), upstreams);
         if let Some(host) = &spec.host {
             route = route.host(host.clone());
         }

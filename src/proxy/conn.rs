@@ -10,7 +10,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT, HOST};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
@@ -19,6 +18,7 @@ use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
+use super::stream::UpstreamStream;
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -41,7 +41,7 @@ enum Next {
 
 /// The upstream half of a completed upgrade.
 struct Switched {
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     upstream_prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -64,7 +64,7 @@ struct Admitted {
 
 /// An admitted request with its upstream connection, rewritten for it.
 struct Connected {
-    stream: TcpStream,
+    stream: UpstreamStream,
     lease: Lease,
     /// Where its tunnel would be listed; an upgrade request's only.
     listing: Option<Listing>,
@@ -658,7 +658,7 @@ where
     /// (other than 101) to the client as they come.
     async fn read_answer(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         up_buf: &mut BytesMut,
         http10: bool,
     ) -> Result<Response<()>, StatusCode> {
@@ -703,7 +703,7 @@ where
     async fn switch(
         &mut self,
         response: Response<()>,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         upstream_prefix: Bytes,
         lease: Lease,
         listing: Listing,
@@ -731,7 +731,7 @@ where
         &mut self,
         mut response: Response<()>,
         method: &Method,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamStream,
         mut up_buf: BytesMut,
         keep_alive: bool,
         outcome: Outcome,

@@ -1,5 +1,6 @@
 //! Connecting to upstreams: the pick-and-connect loop with retries a request
-//! goes through, and the one TCP connect it and the health checks share.
+//! goes through, and the one TCP connect it and the health checks share
+//! (the dial around it, Unix sockets and TLS, is in `stream.rs`).
 
 use std::io;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Lease, PickContext, SelectError, UpstreamAddr, UpstreamId};
 use crate::forward::Client;
@@ -37,7 +39,8 @@ pub enum ConnectError {
     #[error("no upstream to connect to")]
     Select(#[from] SelectError),
     /// A connect failed (refused, unreachable, a name that does not
-    /// resolve); the last one when several upstreams were tried.
+    /// resolve, a TLS handshake or certificate check that failed); the
+    /// last one when several upstreams were tried.
     #[error("connect to upstream {upstream} failed")]
     Io {
         /// The upstream whose connect failed.
@@ -92,7 +95,7 @@ pub(super) async fn connect(
     group: &UpstreamGroup,
     client: &Client,
     request: &Request<()>,
-) -> Result<(Lease, TcpStream), ConnectError> {
+) -> Result<(Lease, UpstreamStream), ConnectError> {
     let mut failed: Vec<UpstreamId> = Vec::new();
     // Only the failure path pays for these.
     let mut last_io: Option<(UpstreamAddr, io::Error)> = None;
@@ -112,18 +115,12 @@ pub(super) async fn connect(
             // nginx `proxy_next_upstream`: this pick follows a failed connect.
             inner.counters.retry();
         }
-        let connecting = connect_addr(lease.addr());
+        // The TCP (or Unix) connect, then a TLS group's handshake, under
+        // one timeout; TCP_NODELAY and keepalive are set in the dial.
+        let connecting = group.dial(inner.tcp_keepalive).connect(lease.addr());
         match timeout(inner.timeouts.connect, connecting).await {
             Ok(Ok(stream)) => {
                 lease.report_success();
-                // WebSocket messages are latency-sensitive and already
-                // batched by their senders.
-                let _ = stream.set_nodelay(true);
-                if let Some(keepalive) = inner.tcp_keepalive {
-                    if let Err(e) = keepalive.apply(&stream) {
-                        tracing::debug!(error = %e, "tcp keepalive refused");
-                    }
-                }
                 return Ok((lease, stream));
             }
             Ok(Err(e)) => {
@@ -151,7 +148,8 @@ pub(super) async fn connect(
 }
 
 /// Connects to `addr`, resolving a host name at connect time; the caller
-/// bounds the wait. Shared by requests and the health checks' TCP probe.
+/// bounds the wait. Shared by requests and the health checks' probes,
+/// through the dial (`stream.rs`), which sends a Unix socket path elsewhere.
 pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
         Some(sa) => connect_tcp(sa).await,
@@ -230,14 +228,18 @@ const SEND_FLAGS: std::ffi::c_int = 0;
 /// The socket's error, or `TimedOut` when the rest makes no progress for
 /// `limit`.
 pub(super) async fn write_head(
-    stream: &mut TcpStream,
+    stream: &mut UpstreamStream,
     head: &[u8],
     limit: Duration,
 ) -> io::Result<()> {
+    // A TLS or Unix upstream takes the head through tokio.
+    let UpstreamStream::Tcp(tcp) = stream else {
+        return super::head_io::write_all_timeout(stream, head, limit).await;
+    };
     // Bypassing tokio here is sound: tokio clears a readiness only when its
     // own I/O returns WouldBlock, so it will still wait for or use the
     // writability the reactor reports.
-    let sent = match socket2::SockRef::from(&*stream).send_with_flags(head, SEND_FLAGS) {
+    let sent = match socket2::SockRef::from(&*tcp).send_with_flags(head, SEND_FLAGS) {
         Ok(n) => n,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
         Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
@@ -283,8 +285,12 @@ pub(super) fn proxy_header(
 }
 
 /// The authority an upstream is addressed by in rewritten requests (the
-/// Host nginx sends for `proxy_pass http://$upstream_addr`).
+/// Host nginx sends for `proxy_pass http://$upstream_addr`); `localhost`
+/// for a Unix socket, as nginx sends for `proxy_pass http://unix:/path:`.
 pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
+    if addr.as_unix_path().is_some() {
+        return http::uri::Authority::from_static("localhost");
+    }
     // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
     addr.to_string()
         .parse()
@@ -311,10 +317,12 @@ mod tests {
         // A name no authority can hold falls back.
         let bad = UpstreamAddr::name("bad host", 1);
         assert_eq!(authority_of(&bad).as_str(), "upstream");
+        let unix = UpstreamAddr::unix("/run/app.sock");
+        assert_eq!(authority_of(&unix).as_str(), "localhost");
     }
 
     /// Tries `set` once per upstream for a plain request from loopback.
-    async fn connect_to(set: UpstreamSet) -> Result<(Lease, TcpStream), ConnectError> {
+    async fn connect_to(set: UpstreamSet) -> Result<(Lease, UpstreamStream), ConnectError> {
         let proxy = Proxy::builder()
             .upstream(RoundRobin::new(set))
             .build()
@@ -352,7 +360,7 @@ mod tests {
     async fn a_head_written_right_after_connect_arrives_whole() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = UpstreamAddr::from(listener.local_addr().unwrap());
-        let mut stream = connect_addr(&addr).await.unwrap();
+        let mut stream = UpstreamStream::Tcp(connect_addr(&addr).await.unwrap());
         // Larger than any socket buffer: the rest goes through tokio.
         let head: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
         let (mut accepted, _) = listener.accept().await.unwrap();

@@ -168,6 +168,7 @@ mod reclaim;
 mod registry;
 mod relay;
 mod reload;
+pub(crate) mod stream;
 mod upgrade;
 
 use std::fmt;
@@ -228,6 +229,9 @@ pub struct UpstreamGroup {
     strategy: Option<reload::Strategy>,
     #[cfg(feature = "proxy-protocol")]
     send_proxy_v2: bool,
+    /// [`UpstreamGroup::tls`] (`crate::upstream_tls`).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<crate::upstream_tls::UpstreamTls>,
 }
 
 impl UpstreamGroup {
@@ -247,6 +251,8 @@ impl UpstreamGroup {
             strategy: None,
             #[cfg(feature = "proxy-protocol")]
             send_proxy_v2: false,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -310,6 +316,8 @@ impl fmt::Debug for UpstreamGroup {
             .field("tunnels", &self.tunnels.len());
         #[cfg(feature = "proxy-protocol")]
         d.field("send_proxy_v2", &self.send_proxy_v2);
+        #[cfg(feature = "rustls")]
+        d.field("tls", &self.tls);
         d.finish()
     }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn::to_origin_form;
@@ -16,6 +15,7 @@ use super::connect::{authority_of, connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
+use super::stream::UpstreamStream;
 use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
@@ -220,7 +220,7 @@ impl Proxy {
 /// The upstream half of an upgrade that [`Proxy::open_upgrade`] completed.
 struct Opened {
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -236,7 +236,7 @@ struct Opened {
 pub struct PendingUpgrade {
     inner: Arc<Inner>,
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
