@@ -264,6 +264,21 @@ impl PendingUpgrade {
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
+        self.tunnel_as(client, 0, |_| {}).await
+    }
+
+    /// [`tunnel`](Self::tunnel), listed as a server's tunnel (`origin`,
+    /// which its drain closes and cuts), with `started` given the tunnel's
+    /// handle before it runs.
+    pub(crate) async fn tunnel_as<C>(
+        self,
+        client: C,
+        origin: u32,
+        started: impl FnOnce(crate::tunnel::TunnelHandle),
+    ) -> TunnelStats
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
         let Self {
             inner,
             response,
@@ -284,7 +299,9 @@ impl PendingUpgrade {
             listing,
             span: exchange.span().clone(),
         };
-        let stats = upgraded.run(0).await;
+        let mut running = upgraded.run(origin);
+        started(running.handle());
+        let stats = running.await;
         exchange.end_tunnel(stats)
     }
 }

@@ -19,6 +19,9 @@ use tokio_tungstenite::WebSocketStream;
 use wsproxy::server::{DrainReport, Server};
 use wsproxy::{Proxy, ProxyBuilder};
 
+pub mod h2_stream;
+pub use h2_stream::H2Stream;
+
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
