@@ -625,3 +625,28 @@ async fn max_connections_counts_an_h2_connection_until_its_tunnels_end() {
     bounded("first connection ends", driver).await.unwrap();
     bounded("second handshake", second).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_h2_connection_closes_at_the_keepalive_timeout_but_not_while_a_tunnel_runs() {
+    let (upstream, _ends) = echo_upstream().await;
+    let keepalive = Duration::from_millis(400);
+    let front = Front::start(proxy_to(upstream).keepalive_timeout(keepalive), |s| s).await;
+    let (send, driver) = front.h2().await;
+    let mut ws = connect_ws(&send, &front.authority(), "/long")
+        .await
+        .1
+        .unwrap();
+    // A tunnel quiet for longer than the keep-alive timeout keeps its
+    // connection: only a connection without streams is idle.
+    tokio::time::sleep(keepalive * 3).await;
+    echo(&mut ws, Message::text("still open")).await;
+    bounded("close", ws.close(None)).await.unwrap();
+    while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+    drop(ws);
+    // Now nothing is open: GOAWAY and close, with the client still holding
+    // its side (`send`).
+    let started = tokio::time::Instant::now();
+    bounded("idle close", driver).await.unwrap();
+    assert!(started.elapsed() >= keepalive / 2, "{:?}", started.elapsed());
+    drop(send);
+}

@@ -23,6 +23,10 @@
 //! - when the drain begins the connection gets a GOAWAY (RFC 9113 §6.8:
 //!   no new streams, the open ones run on), and it closes once its streams
 //!   have ended, or at the drain deadline;
+//! - a connection with no stream open for the
+//!   [keep-alive timeout](crate::proxy::Timeouts::keepalive) gets a GOAWAY
+//!   and closes, as an idle HTTP/1.1 keep-alive connection does (nginx
+//!   `keepalive_timeout` covers HTTP/2 connections too);
 //! - it holds one of the [`max_connections`](Server::max_connections)
 //!   slots until it and every tunnel on it have ended;
 //! - [`on_connection_end`](Server::on_connection_end) and the proxy's hook
@@ -34,13 +38,20 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{timeout_at, Instant};
+use tokio::sync::Notify;
+use tokio::time::{sleep, timeout_at, Instant};
 
 use super::{DrainReport, Server};
 use crate::proxy::{ConnectionHook, Drain, DrainPhase, Listener, PendingUpgrade, Proxy};
@@ -163,6 +174,8 @@ pub(crate) struct Front {
     /// The connection's slot and live-count token, shared by its tunnels:
     /// released when the connection and every tunnel on it have ended.
     keep: Option<Arc<dyn Any + Send + Sync>>,
+    /// The connection's open streams, tunnels included.
+    streams: Arc<Streams>,
 }
 
 impl Front {
@@ -180,6 +193,7 @@ impl Front {
             drain,
             on_end,
             keep: None,
+            streams: Arc::default(),
         }
     }
 
@@ -204,8 +218,10 @@ impl Front {
             origin,
             drain,
             keep,
+            streams,
             ..
         } = self;
+        let busy = streams.enter();
         // The cut at the drain deadline went through the registry without a
         // tunnel that was still opening: it ends at once.
         let started = |handle: crate::tunnel::TunnelHandle| {
@@ -214,7 +230,7 @@ impl Front {
             }
         };
         pending.tunnel_as(client, origin, started).await;
-        drop(keep);
+        drop((busy, keep));
     }
 }
 
@@ -255,10 +271,20 @@ pub(crate) async fn serve<S, K>(
     }
     let keep: Arc<dyn Any + Send + Sync> = Arc::new(keep);
     front.keep = Some(keep.clone());
+    let streams = front.streams.clone();
+    let idle_timeout = proxy.timeouts().keepalive;
     let service = proxy.service().front(front);
+    let counted = streams.clone();
     let service = hyper::service::service_fn(move |request| {
+        // Open from the request until hyper drops the answer's body: sent,
+        // or the stream reset.
+        let busy = counted.enter();
         let mut service = service.clone();
-        tower_service::Service::call(&mut service, request)
+        let answer = tower_service::Service::call(&mut service, request);
+        async move {
+            let answer = answer.await?;
+            Ok::<_, std::convert::Infallible>(answer.map(|body| Counted { body, busy }))
+        }
     });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     // SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3): without it
@@ -271,6 +297,10 @@ pub(crate) async fn serve<S, K>(
     let ended = tokio::select! {
         ended = connection.as_mut() => Some(ended),
         () = drain.clone().reached(DrainPhase::Draining) => None,
+        () = streams.idle_for(idle_timeout) => {
+            tracing::debug!(client = %peer, "idle http/2 connection closed");
+            None
+        }
     };
     if ended.is_none() {
         // GOAWAY: no new streams; the tunnels on the open ones get their
@@ -286,4 +316,81 @@ pub(crate) async fn serve<S, K>(
         tracing::debug!(client = %peer, error = %e, "http/2 connection ended");
     }
     drop(keep);
+}
+
+/// The streams open on one connection, for its keep-alive timeout.
+#[derive(Debug, Default)]
+struct Streams {
+    open: AtomicUsize,
+    changed: Notify,
+}
+
+/// One open stream; dropping it counts it out.
+#[derive(Debug)]
+struct Busy(Arc<Streams>);
+
+impl Streams {
+    fn enter(self: &Arc<Self>) -> Busy {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify_waiters();
+        Busy(self.clone())
+    }
+
+    /// Resolves once no stream has been open for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        // Bounded: each turn waits for a change or the timeout.
+        loop {
+            let changed = self.changed.notified();
+            if self.open.load(Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = sleep(timeout) => {
+                    if self.open.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                }
+                () = changed => {}
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        // Any change restarts the idle wait: idle counts from the last end.
+        self.0.changed.notify_waiters();
+    }
+}
+
+pin_project! {
+    /// An answer's body that keeps its stream counted open until hyper
+    /// drops it.
+    struct Counted<B> {
+        #[pin]
+        body: B,
+        busy: Busy,
+    }
+}
+
+impl<B: Body> Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
