@@ -179,9 +179,7 @@ impl Front {
 }
 
 fn proxy_to(addr: SocketAddr) -> ProxyBuilder {
-    Proxy::builder().upstream(RoundRobin::new(
-        [Upstream::new(addr)].into_iter().collect(),
-    ))
+    Proxy::builder().upstream(RoundRobin::new([Upstream::new(addr)].into_iter().collect()))
 }
 
 /// An extended CONNECT (`:protocol websocket`) for `path`: the answer and,
@@ -213,10 +211,7 @@ async fn connect_ws(
 async fn send_request(
     send: &h2::client::SendRequest<Bytes>,
     request: http::Request<()>,
-) -> (
-    StatusCode,
-    Option<(h2::SendStream<Bytes>, h2::RecvStream)>,
-) {
+) -> (StatusCode, Option<(h2::SendStream<Bytes>, h2::RecvStream)>) {
     let mut ready = bounded("h2 ready", send.clone().ready()).await.unwrap();
     let (answer, stream) = ready.send_request(request, false).unwrap();
     let answer = bounded("answer", answer).await.unwrap();
@@ -242,11 +237,12 @@ async fn echo_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
             tokio::spawn(async move {
                 let path = Arc::new(Mutex::new(String::new()));
                 let seen = path.clone();
-                let callback = move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                                     resp| {
-                    *seen.lock().unwrap() = req.uri().path().to_owned();
-                    Ok(resp)
-                };
+                let callback =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                        *seen.lock().unwrap() = req.uri().path().to_owned();
+                        Ok(resp)
+                    };
                 if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await {
                     while let Some(Ok(msg)) = ws.next().await {
                         if msg == Message::text("bye") {
@@ -324,6 +320,8 @@ async fn websocket_over_h2_echoes_large_messages_and_closes_from_the_client() {
     let ends = front.ends.lock().unwrap().clone();
     assert_eq!(ends.len(), 1, "{ends:?}");
     assert!(ends[0].2, "no tunnel in the report: {ends:?}");
+    // The status the client was sent: 200 on the stream, not the upstream's 101.
+    assert_eq!(ends[0].1, Some(200));
     assert_eq!(ends[0].0.ip(), front.addr.ip());
     let report = front.shutdown().await;
     assert_eq!(report.accepted, 1);
@@ -336,7 +334,9 @@ async fn the_upstream_s_close_reaches_the_h2_client() {
     let (send, _driver) = front.h2().await;
     let (_, ws) = connect_ws(&send, &front.authority(), "/bye").await;
     let mut ws = ws.unwrap();
-    bounded("send", ws.send(Message::text("bye"))).await.unwrap();
+    bounded("send", ws.send(Message::text("bye")))
+        .await
+        .unwrap();
     match bounded("close", ws.next()).await {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 1000);
@@ -444,7 +444,10 @@ async fn the_drain_sends_1001_to_h2_tunnels_and_goaway_to_their_connection() {
     let codes = futures_util::future::join_all(all.iter_mut().map(close_code)).await;
     assert_eq!(codes, [Some(1001); 3]);
     let report = bounded("drain", task).await.unwrap();
-    assert_eq!((report.open_at_shutdown, report.closed, report.cut), (1, 3, 0));
+    assert_eq!(
+        (report.open_at_shutdown, report.closed, report.cut),
+        (1, 3, 0)
+    );
     assert_eq!(proxy.tunnels().len(), 0);
     // GOAWAY came: no new stream opens, and the connection ends once its
     // streams have.
@@ -555,7 +558,10 @@ async fn a_plain_get_over_h2_is_proxied_over_http1() {
     await_records(&received, 1).await;
     let head = String::from_utf8_lossy(&received.lock().unwrap()[0]).to_ascii_lowercase();
     assert!(head.starts_with("get /page?x=1 http/1.1\r\n"), "{head}");
-    assert!(head.contains(&format!("host: {}\r\n", front.authority())), "{head}");
+    assert!(
+        head.contains(&format!("host: {}\r\n", front.authority())),
+        "{head}"
+    );
     assert!(head.contains("x-forwarded-proto: https\r\n"), "{head}");
     assert!(head.contains("cookie: a=1\r\n"), "{head}");
 }
@@ -647,6 +653,10 @@ async fn an_idle_h2_connection_closes_at_the_keepalive_timeout_but_not_while_a_t
     // its side (`send`).
     let started = tokio::time::Instant::now();
     bounded("idle close", driver).await.unwrap();
-    assert!(started.elapsed() >= keepalive / 2, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= keepalive / 2,
+        "{:?}",
+        started.elapsed()
+    );
     drop(send);
 }

@@ -85,7 +85,9 @@ fn main() -> ExitCode {
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
     let proxy_protocol = proxy_protocol(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
+        (Some(cert), Some(key)) => {
+            Some(tls::acceptor(cert, key, !args.no_h2).unwrap_or_else(|msg| usage(msg)))
+        }
         _ => None,
     };
     let access_log = match &args.access_log {
@@ -249,7 +251,7 @@ fn bind_demo() -> std::io::Result<std::net::TcpListener> {
 async fn serve(
     args: &Args,
     proxy: Proxy,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::Tls>,
     access_log: Option<Arc<access_log::AccessLog>>,
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
@@ -294,26 +296,26 @@ async fn serve(
         draining.store(true, Ordering::Relaxed);
     };
     let ws = if tls.is_some() { "wss" } else { "ws" };
+    let alpn = match &tls {
+        Some(tls) if tls.h2 => " (h2, http/1.1)",
+        _ => "",
+    };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
-        let http = if ws == "wss" { "https" } else { "http" };
+        let http = if tls.is_some() { "https" } else { "http" };
         format!(
             " (demo backend: echo on /, chat room on /chat; open {http}://{local}/ in a browser)"
         )
     } else {
         String::new()
     };
-    println!("gateway: listening on {ws}://{local}{demo_note}");
+    println!("gateway: listening on {ws}://{local}{alpn}{demo_note}");
     if let Some(addr) = admin.addr {
         println!("gateway: metrics on http://{addr}/metrics");
     }
     let _ = std::io::stdout().flush();
 
     let report = match tls {
-        Some(acceptor) => {
-            server
-                .serve_with(listener, move |tcp| acceptor.accept(tcp), shutdown)
-                .await?
-        }
+        Some(tls) => tls::serve(server, listener, tls, shutdown).await?,
         None => server.serve(listener, shutdown).await?,
     };
     eprintln!(

@@ -249,6 +249,12 @@ impl PendingUpgrade {
         &self.response
     }
 
+    /// The client was sent `status` instead of the 101 (`200` on an
+    /// HTTP/2 extended CONNECT, RFC 8441 §5): the report's status.
+    pub(crate) fn answered(&mut self, status: StatusCode) {
+        *self.response.status_mut() = status;
+    }
+
     /// Tunnels the client's upgraded stream to the upstream until either
     /// side ends, with the proxy's tunnel timeouts. Bytes the upstream sent
     /// right after its 101 go first.

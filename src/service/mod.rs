@@ -388,7 +388,7 @@ impl ProxyService {
             .connect_upgrade_with(exchange, head, peer, self.listener)
             .await;
         match opened {
-            Ok(pending) => {
+            Ok(mut pending) => {
                 let mut switch = Response::new(ProxyBody::empty());
                 *switch.status_mut() = pending.response().status();
                 *switch.headers_mut() = pending.response().headers().clone();
@@ -408,6 +408,8 @@ impl ProxyService {
                         switch.headers_mut().remove(name);
                     }
                     remove_connection_headers(switch.headers_mut());
+                    // The access log shows what the client got.
+                    pending.answered(StatusCode::OK);
                 }
                 // Bounded: a server that sent the 101 hands the connection
                 // over at once, or drops it when the client is gone (then
