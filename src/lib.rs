@@ -68,7 +68,9 @@
 //!   (feature `proxy-protocol`: the PROXY protocol v1/v2 on a [`Server`]'s
 //!   listener and toward upstream groups);
 //!   `metrics` (feature `metrics`: the same figures through the `metrics`
-//!   facade, for Prometheus and other exporters).
+//!   facade, for Prometheus and other exporters); `service` (feature
+//!   `tower`); HTTP/2 on a [`Server`]'s TLS connections (feature `h2`:
+//!   `Server::serve_negotiated`, RFC 8441 WebSockets).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]

@@ -22,7 +22,9 @@
 //! ```
 //!
 //! [`Server::serve_with`] serves the same way over any stream the accepted
-//! socket is turned into, such as TLS (`wss://`) with tokio-rustls, and
+//! socket is turned into, such as TLS (`wss://`) with tokio-rustls;
+//! `Server::serve_negotiated` (feature `h2`) serves HTTP/2 on those whose
+//! TLS ALPN picked `h2`, WebSockets over it included (RFC 8441); and
 //! [`Server::on_connection_end`] hands each finished connection's
 //! [`ConnectionReport`] to the host (an access log).
 //!

@@ -353,6 +353,8 @@ async fn twenty_four_websockets_run_at_once_on_one_h2_connection() {
     let (upstream, _ends) = echo_upstream().await;
     let front = Front::start(proxy_to(upstream), |s| s).await;
     let (send, _driver) = front.h2().await;
+    // nginx's `http2_max_concurrent_streams`, in the server's SETTINGS.
+    assert_eq!(send.current_max_send_streams(), 128);
     let authority = front.authority();
     let opened = (0..24).map(|i| {
         let send = send.clone();

@@ -1,37 +1,7 @@
 //! HTTP/2 on a [`Server`]'s connections (feature `h2`): the front door for
 //! browsers that negotiated `h2` over TLS, which then open their WebSockets
 //! on that connection too (RFC 8441), as HAProxy (since 2.4) and Envoy
-//! accept them.
-//!
-//! Each connection whose accept said [`Negotiated::H2`] is served by hyper's
-//! HTTP/2 server with `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1`, every stream
-//! going to the [`ProxyService`](crate::service::ProxyService) of the same
-//! [`Proxy`]: an extended CONNECT with `:protocol websocket` is bridged to
-//! an HTTP/1.1 upgrade with the proxy's own `Sec-WebSocket-Key` and a
-//! checked `Sec-WebSocket-Accept`, and answered `200`; a plain request is
-//! proxied over HTTP/1.1 (see the [service docs](crate::service) for the
-//! answers to malformed requests).
-//!
-//! What the HTTP/1.1 path gives a connection, an HTTP/2 one gets too:
-//!
-//! - the TLS handshake and the client's connection preface share the
-//!   [handshake timeout](crate::proxy::Timeouts::handshake) from the accept;
-//! - its tunnels run with the proxy's tunnel timeouts and frame tracking,
-//!   listed in the registry as this server's, so that its drain sends them
-//!   Close 1001 over the [drain window](Server::drain_window) and cuts them
-//!   at the deadline;
-//! - when the drain begins the connection gets a GOAWAY (RFC 9113 §6.8:
-//!   no new streams, the open ones run on), and it closes once its streams
-//!   have ended, or at the drain deadline;
-//! - a connection with no stream open for the
-//!   [keep-alive timeout](crate::proxy::Timeouts::keepalive) gets a GOAWAY
-//!   and closes, as an idle HTTP/1.1 keep-alive connection does (nginx
-//!   `keepalive_timeout` covers HTTP/2 connections too);
-//! - it holds one of the [`max_connections`](Server::max_connections)
-//!   slots until it and every tunnel on it have ended;
-//! - [`on_connection_end`](Server::on_connection_end) and the proxy's hook
-//!   get one report per stream, and the counters count each stream as one
-//!   connection with one request, as for the tower service.
+//! accept them. See [`Server::serve_negotiated`].
 
 use std::any::Any;
 use std::fmt;
@@ -60,6 +30,12 @@ use crate::tunnel::Prefixed;
 /// The client connection preface (RFC 9113 §3.4), read under the handshake
 /// timeout before hyper takes the connection.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams one connection may have open at once (nginx
+/// `http2_max_concurrent_streams 128`; hyper's own default is 200): each
+/// WebSocket among them holds an upstream connection, so this and
+/// [`Server::max_connections`] bound the tunnels together.
+const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// The protocol a connection's TLS handshake settled on (ALPN, RFC 7301):
 /// what [`Server::serve_negotiated`]'s accept returns with the stream.
@@ -96,9 +72,39 @@ impl Negotiated {
 impl Server {
     /// Like [`serve_with`](Self::serve_with), but `accept` also says which
     /// protocol the connection speaks: a connection whose TLS ALPN picked
-    /// `h2` is served as HTTP/2, WebSockets on it included (RFC 8441, see
-    /// the [`Negotiated`] docs' module); the others take the HTTP/1.1 path.
-    /// Feature `h2`.
+    /// `h2` is served as HTTP/2, WebSockets on it included (RFC 8441); the
+    /// others take the HTTP/1.1 path. Feature `h2`.
+    ///
+    /// Each connection whose accept said [`Negotiated::H2`] is served by hyper's
+    /// HTTP/2 server with `SETTINGS_ENABLE_CONNECT_PROTOCOL = 1`, every stream
+    /// going to the [`ProxyService`](crate::service::ProxyService) of the same
+    /// [`Proxy`]: an extended CONNECT with `:protocol websocket` is bridged to
+    /// an HTTP/1.1 upgrade with the proxy's own `Sec-WebSocket-Key` and a
+    /// checked `Sec-WebSocket-Accept`, and answered `200`; a plain request is
+    /// proxied over HTTP/1.1 (see the [service docs](crate::service) for the
+    /// answers to malformed requests).
+    ///
+    /// What the HTTP/1.1 path gives a connection, an HTTP/2 one gets too:
+    ///
+    /// - the TLS handshake and the client's connection preface share the
+    ///   [handshake timeout](crate::proxy::Timeouts::handshake) from the accept;
+    /// - its tunnels run with the proxy's tunnel timeouts and frame tracking,
+    ///   listed in the registry as this server's, so that its drain sends them
+    ///   Close 1001 over the [drain window](Server::drain_window) and cuts them
+    ///   at the deadline;
+    /// - when the drain begins the connection gets a GOAWAY (RFC 9113 §6.8:
+    ///   no new streams, the open ones run on), and it closes once its streams
+    ///   have ended, or at the drain deadline;
+    /// - a connection with no stream open for the
+    ///   [keep-alive timeout](crate::proxy::Timeouts::keepalive) gets a GOAWAY
+    ///   and closes, as an idle HTTP/1.1 keep-alive connection does (nginx
+    ///   `keepalive_timeout` covers HTTP/2 connections too);
+    /// - it holds one of the [`max_connections`](Server::max_connections)
+    ///   slots until it and every tunnel on it have ended, and carries at
+    ///   most 128 streams at once (nginx `http2_max_concurrent_streams`);
+    /// - [`on_connection_end`](Server::on_connection_end) and the proxy's hook
+    ///   get one report per stream, and the counters count each stream as one
+    ///   connection with one request, as for the tower service.
     ///
     /// The TLS configuration offers the protocols (rustls:
     /// `alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]`), and
@@ -290,7 +296,10 @@ pub(crate) async fn serve<S, K>(
     // SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3): without it
     // clients never send `:protocol`, and browsers keep their WebSockets
     // on HTTP/1.1 connections of their own.
-    builder.enable_connect_protocol().timer(TokioTimer::new());
+    builder
+        .enable_connect_protocol()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .timer(TokioTimer::new());
     let io = TokioIo::new(Prefixed::new(Bytes::from_static(PREFACE), stream));
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
