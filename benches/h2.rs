@@ -23,7 +23,6 @@
 //! cargo bench --features h2 --bench h2 -- --secs 3 --rounds 3
 //! ```
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

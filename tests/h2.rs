@@ -3,6 +3,7 @@
 //! WebSockets with RFC 8441 extended CONNECT, bridged to tokio-tungstenite
 //! upstreams over HTTP/1.1; plain requests over h2; a client that offers
 //! only http/1.1 on the same listener.
+#![allow(clippy::result_large_err)]
 
 mod support;
 
@@ -254,10 +255,8 @@ async fn echo_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
                             while let Some(Ok(_)) = ws.next().await {}
                             break;
                         }
-                        if msg.is_text() || msg.is_binary() {
-                            if ws.send(msg).await.is_err() {
-                                break;
-                            }
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
                         }
                     }
                 }

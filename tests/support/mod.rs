@@ -20,6 +20,7 @@ use wsproxy::server::{DrainReport, Server};
 use wsproxy::{Proxy, ProxyBuilder};
 
 pub mod h2_stream;
+#[allow(unused_imports)]
 pub use h2_stream::H2Stream;
 
 /// Every wait in these tests is bounded by this.
