@@ -251,6 +251,7 @@ impl PendingUpgrade {
 
     /// The client was sent `status` instead of the 101 (`200` on an
     /// HTTP/2 extended CONNECT, RFC 8441 §5): the report's status.
+    #[cfg(feature = "tower")]
     pub(crate) fn answered(&mut self, status: StatusCode) {
         *self.response.status_mut() = status;
     }
