@@ -336,6 +336,59 @@ impl BoundWorkers {
         R: Future<Output = ()>,
         F: Future<Output = ()>,
     {
+        let accept = move |tcp| {
+            let accepting = accept(tcp);
+            async move { Ok((accepting.await?, false)) }
+        };
+        self.serve_accepted(accept, retire, shutdown).await
+    }
+
+    /// Like [`serve_retiring`](Self::serve_retiring), with HTTP/2 on the
+    /// connections whose TLS ALPN picked `h2`, as in
+    /// [`Server::serve_negotiated`] (feature `h2`).
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    #[cfg(feature = "h2")]
+    pub async fn serve_negotiated<A, Fut, S, R, F>(
+        self,
+        accept: A,
+        retire: R,
+        shutdown: F,
+    ) -> io::Result<DrainReport>
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<(S, crate::server::Negotiated)>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: Future<Output = ()>,
+        F: Future<Output = ()>,
+    {
+        let accept = move |tcp| {
+            let accepting = accept(tcp);
+            async move {
+                let (stream, protocol) = accepting.await?;
+                Ok((stream, protocol == crate::server::Negotiated::H2))
+            }
+        };
+        self.serve_accepted(accept, retire, shutdown).await
+    }
+
+    /// The workers' serve; `accept` also says whether the stream speaks
+    /// HTTP/2.
+    async fn serve_accepted<A, Fut, S, R, F>(
+        self,
+        accept: A,
+        retire: R,
+        shutdown: F,
+    ) -> io::Result<DrainReport>
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<(S, bool)>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: Future<Output = ()>,
+        F: Future<Output = ()>,
+    {
         let accept = Arc::new(accept);
         // The retire signal crosses to every worker's thread.
         let (retiring, retired) = watch::channel(false);
@@ -369,7 +422,7 @@ impl BoundWorkers {
                                     let _ = retired.wait_for(|retire| *retire).await;
                                 };
                                 server
-                                    .serve_retiring(
+                                    .serve_accepted(
                                         listener,
                                         move |tcp| accept(tcp),
                                         retire,

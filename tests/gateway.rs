@@ -34,6 +34,11 @@ mod cli;
 #[path = "gateway/browser.rs"]
 mod browser;
 
+// The gateway's HTTP/2 front door (feature `h2`).
+#[cfg(feature = "h2")]
+#[path = "gateway/h2.rs"]
+mod h2;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -670,6 +675,7 @@ fn help_names_the_nginx_directive_of_each_flag() {
         "hash-balance-factor",
         "moves established connections",
         "client_max_body_size",
+        "http2 off",
     ] {
         assert!(help.contains(directive), "--help lacks {directive}");
     }

@@ -207,6 +207,12 @@ pub struct Args {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// With --tls-cert, offer only http/1.1 in ALPN, no HTTP/2 (nginx
+    /// `http2 off`). HTTP/2, WebSockets over it included (RFC 8441), is
+    /// offered when the gateway is built with feature `h2`.
+    #[arg(long, requires = "tls_cert")]
+    pub no_h2: bool,
+
     /// One line per connection: client, route, upstream, status, bytes each
     /// way, duration, how it ended and who sent a WebSocket Close with which
     /// code (nginx `access_log`; default off). Without

@@ -113,7 +113,9 @@ fn main() -> ExitCode {
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
     let proxy_protocol = proxy_protocol(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
+        (Some(cert), Some(key)) => {
+            Some(tls::acceptor(cert, key, !args.no_h2).unwrap_or_else(|msg| usage(msg)))
+        }
         _ => None,
     };
     let access_log = match &args.access_log {
@@ -296,7 +298,7 @@ fn bind_demo() -> std::io::Result<std::net::TcpListener> {
 async fn serve(
     args: &Args,
     proxy: Proxy,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::Tls>,
     access_log: Option<Arc<access_log::AccessLog>>,
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
@@ -367,15 +369,19 @@ async fn serve(
         None => (reload::Retire::never(), None),
     };
     let ws = if tls.is_some() { "wss" } else { "ws" };
+    let alpn = match &tls {
+        Some(tls) if tls.h2 => " (h2, http/1.1)",
+        _ => "",
+    };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
-        let http = if ws == "wss" { "https" } else { "http" };
+        let http = if tls.is_some() { "https" } else { "http" };
         format!(
             " (demo backend: echo on /, chat room on /chat; open {http}://{local}/ in a browser)"
         )
     } else {
         String::new()
     };
-    println!("gateway: listening on {ws}://{local}{demo_note}");
+    println!("gateway: listening on {ws}://{local}{alpn}{demo_note}");
     if let Some(addr) = admin.addr {
         println!("gateway: metrics on http://{addr}/metrics");
     }

@@ -63,17 +63,13 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 /// shutdown drains them.
 pub async fn serve_listener(
     workers: BoundWorkers,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Tls>,
     retire: Retire,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport> {
     let retire = retire.wait();
     match tls {
-        Some(acceptor) => {
-            workers
-                .serve_retiring(move |tcp| acceptor.accept(tcp), retire, shutdown)
-                .await
-        }
+        Some(tls) => crate::tls::serve(workers, tls, retire, shutdown).await,
         None => {
             workers
                 .serve_retiring(|tcp| std::future::ready(Ok(tcp)), retire, shutdown)
@@ -91,7 +87,7 @@ pub struct Reloader {
     /// The first listener's server, as configured: a rebound listener is
     /// served by a clone of it.
     server: Server,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Tls>,
     /// The address being served, as bound.
     local: SocketAddr,
     /// Health checkers and rebalancers of the groups in force.
@@ -115,7 +111,7 @@ impl Reloader {
         args: Args,
         proxy: Proxy,
         server: Server,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<crate::tls::Tls>,
         local: SocketAddr,
         tasks: Vec<JoinHandle<()>>,
         stop: watch::Receiver<bool>,

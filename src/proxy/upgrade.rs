@@ -249,6 +249,13 @@ impl PendingUpgrade {
         &self.response
     }
 
+    /// The client was sent `status` instead of the 101 (`200` on an
+    /// HTTP/2 extended CONNECT, RFC 8441 §5): the report's status.
+    #[cfg(feature = "tower")]
+    pub(crate) fn answered(&mut self, status: StatusCode) {
+        *self.response.status_mut() = status;
+    }
+
     /// Tunnels the client's upgraded stream to the upstream until either
     /// side ends, with the proxy's tunnel timeouts. Bytes the upstream sent
     /// right after its 101 go first.
@@ -261,6 +268,21 @@ impl PendingUpgrade {
     /// [`on_connection_end`](super::ProxyBuilder::on_connection_end) hook
     /// called when it ends.
     pub async fn tunnel<C>(self, client: C) -> TunnelStats
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.tunnel_as(client, 0, |_| {}).await
+    }
+
+    /// [`tunnel`](Self::tunnel), listed as a server's tunnel (`origin`,
+    /// which its drain closes and cuts), with `started` given the tunnel's
+    /// handle before it runs.
+    pub(crate) async fn tunnel_as<C>(
+        self,
+        client: C,
+        origin: u32,
+        started: impl FnOnce(crate::tunnel::TunnelHandle),
+    ) -> TunnelStats
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -284,7 +306,9 @@ impl PendingUpgrade {
             listing,
             span: exchange.span().clone(),
         };
-        let stats = upgraded.run(0).await;
+        let mut running = upgraded.run(origin);
+        started(running.handle());
+        let stats = running.await;
         exchange.end_tunnel(stats)
     }
 }
