@@ -67,6 +67,52 @@ pub fn check(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// Each group's DNS upstreams, for telling whether a reload changed them.
+pub fn templates(args: &Args) -> Vec<(String, Vec<Upstream>)> {
+    lists(args)
+        .into_iter()
+        .map(|(name, list)| {
+            let names = list.into_iter().filter(|u| dns_name(u).is_some());
+            (name.to_owned(), names.collect())
+        })
+        .collect()
+}
+
+/// Carries the addresses DNS discovered into a reload's new sets: the
+/// discoveries keep running over the kept sets (a reload reconciles a
+/// kept group's set against the new list, which would otherwise drain
+/// every address that came from DNS and leave the group empty until the
+/// next answer).
+pub fn carry(old: &wsproxy::Proxy, old_args: &Args, new_args: &Args, new: &crate::Groups) {
+    let old_lists = lists(old_args);
+    for (name, list) in lists(new_args) {
+        if !list.iter().any(|u| dns_name(u).is_some()) {
+            continue;
+        }
+        let Some((set, _)) = new.iter().find(|(_, g)| g.name() == name) else {
+            continue;
+        };
+        let Some(old_set) = old
+            .groups()
+            .into_iter()
+            .find(|g| g.name() == name)
+            .and_then(|g| g.upstreams().cloned())
+        else {
+            continue;
+        };
+        let listed: Vec<&UpstreamAddr> = old_lists
+            .iter()
+            .filter(|(n, _)| *n == name)
+            .flat_map(|(_, l)| l.iter().map(Upstream::addr))
+            .collect();
+        for upstream in old_set.upstreams() {
+            if !listed.contains(&upstream.addr()) {
+                set.add(upstream);
+            }
+        }
+    }
+}
+
 #[cfg(feature = "dns")]
 pub use with_feature::start;
 

@@ -180,8 +180,10 @@ impl Reloader {
         args.config.clone_from(&self.args.config);
         args.watch_config = self.args.watch_config;
         // Checked by `load` already; a failure here is one more refusal.
-        let built = crate::build_proxy(&args, None)
-            .and_then(|(next, _)| Ok((next, crate::health_config(&args)?)));
+        let built = crate::build_proxy(&args, None).and_then(|(next, groups)| {
+            crate::dns::carry(&self.proxy, &self.args, &args, &groups);
+            Ok((next, crate::health_config(&args)?))
+        });
         let (next, health) = match built {
             Ok(built) => built,
             Err(msg) => {
@@ -209,7 +211,12 @@ impl Reloader {
             // Kept, so that the next reload tries again.
             args.listen = self.args.listen;
         }
-        let fixed = needs_restart(&self.args, &args);
+        let mut fixed = needs_restart(&self.args, &args);
+        // The discoveries run on over the kept sets, with the names they
+        // were started with.
+        if crate::dns::templates(&self.args) != crate::dns::templates(&args) {
+            fixed.push("dns: and srv: upstreams");
+        }
         if !fixed.is_empty() {
             eprintln!(
                 "gateway: reload: {} changed; that takes effect after a restart",
