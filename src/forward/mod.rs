@@ -499,10 +499,16 @@ pub(crate) fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut v = Vec::with_capacity(46);
-    // Writing to a Vec cannot fail.
-    let _ = write!(v, "{ip}");
-    owned_value(v).unwrap_or(HeaderValue::from_static("unknown"))
+    // Formatted on the stack, then copied once into a value of its exact
+    // length: a `Vec` handed over would cost a second allocation for its
+    // shared header, its length being under its capacity.
+    let mut buf = [0u8; 48];
+    let mut out = &mut buf[..];
+    // The longest address (IPv4-mapped IPv6) has 45 characters, so this
+    // cannot fail.
+    let _ = write!(out, "{ip}");
+    let len = 48 - out.len();
+    HeaderValue::from_bytes(&buf[..len]).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// The origin-form of an absolute-form target (RFC 9112 §3.2.1): upstreams

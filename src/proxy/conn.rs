@@ -2,6 +2,7 @@
 //! (route, policy), connect, send it on, then relay the answer or switch to
 //! a tunnel; keep-alive until the connection closes or upgrades.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{authority_of, connect, proxy_header};
+use super::connect::{connect, proxy_header};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -338,8 +339,12 @@ where
                 .policy
                 .resolve_client(self.peer, request.headers(), self.listener.scheme);
 
+        // A path the route keeps is the target's own: no copy of it.
         let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Ok(hit) => match hit.path_and_query() {
+                Cow::Borrowed(_) => (hit.target().clone(), None),
+                Cow::Owned(path) => (hit.target().clone(), Some(path)),
+            },
             Err(e) => return Err(self.reject(e.status(), &e.to_string(), None).await),
         };
         tracing::Span::current().record("route", group.name());
@@ -372,7 +377,7 @@ where
         let http10 = request.version() == Version::HTTP_10;
         let expects_continue = body != BodyKind::Empty && expects_continue(&request);
         let method = request.method().clone();
-        if to_origin_form(&mut request, &path).is_err() {
+        if routed_origin_form(&mut request, path).is_err() {
             return Err(self
                 .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
                 .await);
@@ -411,7 +416,7 @@ where
         let listing = admitted
             .websocket
             .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
-        let authority = authority_of(lease.addr());
+        let authority = lease.authority().clone();
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
         let ctx = ForwardContext::new(
@@ -449,19 +454,27 @@ where
     /// `Expect: 100-continue` first.
     async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
         let inner = self.inner;
-        let mut head_bytes = BytesMut::new();
+        let body = up.admitted.body;
+        // One buffer serves the whole exchange: the request head goes out
+        // of it, the answer comes into it, the 101 goes out of it. Without
+        // a body or pipelined bytes, it is the rest of the client's buffer,
+        // whose room the request head did not use.
+        let mut up_buf = if body == BodyKind::Empty && self.buf.is_empty() {
+            std::mem::take(&mut self.buf)
+        } else {
+            BytesMut::with_capacity(READ_CHUNK)
+        };
         proxy_header(
             &up.admitted.group,
             &up.admitted.client,
             self.peer,
             self.listener.port,
-            &mut head_bytes,
+            &mut up_buf,
         );
-        handshake::write_request_head(&up.admitted.request, &mut head_bytes);
-        if write_all_timeout(&mut up.stream, &head_bytes, inner.timeouts.send)
-            .await
-            .is_err()
-        {
+        handshake::write_request_head(&up.admitted.request, &mut up_buf);
+        let written = write_all_timeout(&mut up.stream, &up_buf, inner.timeouts.send).await;
+        up_buf.clear();
+        if written.is_err() {
             up.lease.report_failure(Instant::now().into_std());
             return Err(self
                 .reject(StatusCode::BAD_GATEWAY, "upstream closed", None)
@@ -469,11 +482,10 @@ where
         }
 
         let mut sent = Sent {
-            up_buf: BytesMut::new(),
+            up_buf,
             early: None,
             body_cut: false,
         };
-        let body = up.admitted.body;
         if body == BodyKind::Empty {
             return Ok(sent);
         }
@@ -568,9 +580,7 @@ where
             (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
-                return self
-                    .switch(response, stream, detach(&mut up_buf), lease, listing)
-                    .await;
+                return self.switch(response, stream, up_buf, lease, listing).await;
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
@@ -692,16 +702,19 @@ where
         Err(StatusCode::BAD_GATEWAY)
     }
 
-    /// Sends the 101; the caller then tunnels.
+    /// Sends the 101 out of `up_buf`, the answer's buffer, once what the
+    /// upstream sent past its head is copied out for the tunnel; the caller
+    /// then tunnels.
     async fn switch(
         &mut self,
         response: Response<()>,
         upstream: TcpStream,
-        upstream_prefix: Bytes,
+        mut up_buf: BytesMut,
         lease: Lease,
         listing: Listing,
     ) -> Next {
-        let mut out = BytesMut::new();
+        let upstream_prefix = detach(&mut up_buf);
+        let mut out = up_buf;
         handshake::write_response_head(&response, &mut out);
         if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
             .await
@@ -781,6 +794,11 @@ where
                 self.report.body_from_upstream += n;
                 self.finish(outcome);
                 if keep_alive {
+                    // The next request's head reads into the room left,
+                    // as it would have with the buffer lent for this one.
+                    if self.buf.is_empty() && up_buf.is_empty() {
+                        self.buf = up_buf;
+                    }
                     Next::KeepAlive
                 } else {
                     Next::Close
@@ -825,6 +843,21 @@ fn expects_continue<B>(request: &Request<B>) -> bool {
         .headers()
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// [`to_origin_form`] with the path a route rewrote the target's to, or
+/// `None` for the target's own.
+fn routed_origin_form<B>(request: &mut Request<B>, path: Option<String>) -> Result<(), ()> {
+    match path {
+        Some(path) => to_origin_form(request, &path),
+        // Origin-form already, with the path it keeps: nothing to redo.
+        None if request.uri().authority().is_none() => Ok(()),
+        None => {
+            let uri = request.uri();
+            let path = uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned();
+            to_origin_form(request, &path)
+        }
+    }
 }
 
 /// Turns the target into origin-form for the upstream. An absolute-form

@@ -12,7 +12,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
 use super::conn::to_origin_form;
-use super::connect::{authority_of, connect, proxy_header};
+use super::connect::{connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
 use super::{Listener, Outcome, Proxy};
@@ -157,7 +157,7 @@ impl Proxy {
             peer,
             listener.scheme,
             listener.port,
-            authority_of(lease.addr()),
+            lease.authority().clone(),
         );
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         Ok(Hosted {

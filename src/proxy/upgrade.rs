@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::conn::to_origin_form;
-use super::connect::{authority_of, connect, proxy_header, ConnectError};
+use super::connect::{connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
@@ -153,7 +153,7 @@ impl Proxy {
             })?;
         exchange.upstream(lease.addr());
         let listing = Listing::new(&group, client.ip(), &request);
-        let authority = authority_of(lease.addr());
+        let authority = lease.authority().clone();
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
             .with_websocket(true);
         inner.policy.rewrite_request(&mut request, &client, &ctx);
