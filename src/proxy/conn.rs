@@ -425,7 +425,8 @@ where
             self.listener.port,
             authority,
         )
-        .with_websocket(admitted.websocket);
+        .with_websocket(admitted.websocket)
+        .with_checked_host();
         // The policy keeps Content-Length and Transfer-Encoding: a
         // Content-Length body goes through untouched, a chunked one (whose
         // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
@@ -497,14 +498,17 @@ where
             self.finish(Outcome::Abandoned);
             return Err(Next::Close);
         }
-        let sending = send_body(
+        // Boxed: a body's copy state (the re-framer's batch, two futures
+        // raced) would otherwise sit in every connection's future, a
+        // WebSocket's too, which never has a body, and be copied on spawn.
+        let sending = Box::pin(send_body(
             inner,
             &mut self.io,
             &mut self.buf,
             &mut up.stream,
             &mut sent.up_buf,
             body,
-        );
+        ));
         match sending.await {
             BodySent::Whole(n) => {
                 inner.counters.bytes(n, 0);
@@ -779,14 +783,16 @@ where
         // scanned for its end: the upstream is trusted more than the client
         // (the operator chose it), and the client's parser is not one the
         // proxy shields others from.
-        let copied = copy_body(
+        // Boxed, as the request body's copy is, to keep a plain answer's
+        // copy state out of every connection's future.
+        let copied = Box::pin(copy_body(
             &mut upstream,
             &mut self.io,
             &mut up_buf,
             BodyWalk::Scan(BodyScanner::new(body)),
             inner.timeouts.read,
             inner.timeouts.send,
-        )
+        ))
         .await;
         match copied {
             Ok(n) => {
