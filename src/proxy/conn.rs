@@ -339,12 +339,8 @@ where
                 .policy
                 .resolve_client(self.peer, request.headers(), self.listener.scheme);
 
-        // A path the route keeps is the target's own: no copy of it.
         let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => match hit.path_and_query() {
-                Cow::Borrowed(_) => (hit.target().clone(), None),
-                Cow::Owned(path) => (hit.target().clone(), Some(path)),
-            },
+            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
             Err(e) => return Err(self.reject(e.status(), &e.to_string(), None).await),
         };
         tracing::Span::current().record("route", group.name());
@@ -851,9 +847,18 @@ fn expects_continue<B>(request: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
+/// The path a route rewrote the target's to; `None` when it kept the
+/// target's own, which is then not copied.
+pub(super) fn rewritten_path(path_and_query: Cow<'_, str>) -> Option<String> {
+    match path_and_query {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(path) => Some(path),
+    }
+}
+
 /// [`to_origin_form`] with the path a route rewrote the target's to, or
 /// `None` for the target's own.
-fn routed_origin_form<B>(request: &mut Request<B>, path: Option<String>) -> Result<(), ()> {
+pub(super) fn routed_origin_form<B>(request: &mut Request<B>, path: Option<String>) -> Result<(), ()> {
     match path {
         Some(path) => to_origin_form(request, &path),
         // Origin-form already, with the path it keeps: nothing to redo.

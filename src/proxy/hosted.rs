@@ -11,7 +11,7 @@ use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
-use super::conn::to_origin_form;
+use super::conn::{rewritten_path, routed_origin_form};
 use super::connect::{connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
@@ -102,7 +102,7 @@ impl Proxy {
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);
         let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
             Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
         exchange.route(&group);
@@ -122,7 +122,7 @@ impl Proxy {
             exchange.finish(Outcome::Preflight, Some(preflight.status()));
             return Err(preflight.map(|()| Bytes::new()));
         }
-        if to_origin_form(&mut request, &path).is_err() {
+        if routed_origin_form(&mut request, path).is_err() {
             return Err(refuse(
                 exchange,
                 StatusCode::BAD_REQUEST,
@@ -158,7 +158,9 @@ impl Proxy {
             listener.scheme,
             listener.port,
             lease.authority().clone(),
-        );
+        )
+        // Its head went through `parse_request` above.
+        .with_checked_host();
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         Ok(Hosted {
             request,
