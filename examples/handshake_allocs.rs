@@ -84,10 +84,9 @@ fn record_size(size: usize) {
     }
     if TRACING.load(Ordering::Relaxed) {
         if let Ok(mut traces) = TRACES.lock() {
-            if !traces.contains_key(&size) {
-                let trace = std::backtrace::Backtrace::force_capture().to_string();
-                traces.insert(size, trace);
-            }
+            traces
+                .entry(size)
+                .or_insert_with(|| std::backtrace::Backtrace::force_capture().to_string());
         }
     }
     let _ = SIZES.try_with(|s| s.set(false));
@@ -117,7 +116,10 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if counting() {
             REALLOCS.fetch_add(1, Ordering::Relaxed);
-            BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Ordering::Relaxed);
+            BYTES.fetch_add(
+                new_size.saturating_sub(layout.size()) as u64,
+                Ordering::Relaxed,
+            );
         }
         System.realloc(ptr, layout, new_size)
     }
@@ -227,7 +229,7 @@ fn main() {
             for (size, trace) in traces.iter().rev() {
                 let frames: Vec<&str> = trace
                     .lines()
-                    .filter(|l| l.contains("wsproxy::") || l.contains("tokio::runtime::task::spawn") || l.contains("tokio::net"))
+                    .filter(|l| l.contains("wsproxy::") || l.contains("tokio::task::spawn") || l.contains("tokio::net"))
                     .take(6)
                     .collect();
                 println!("== {size}\n{}", frames.join("\n"));

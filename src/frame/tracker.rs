@@ -25,8 +25,9 @@ enum Stage {
 ///
 /// It never copies or unmasks a payload, except the at most 125 bytes of a
 /// Close frame, and it keeps about 40 bytes of state (plus a 128-byte block
-/// allocated when a Close frame with a reason arrives). See the [module docs](super) for
-/// an example and the rules it checks.
+/// allocated when a Close frame with a reason arrives; an empty or code-only
+/// one is kept inline). See the [module docs](super) for an example and the
+/// rules it checks.
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
     /// Bytes left in the payload, or the extended length read so far.
