@@ -2,13 +2,12 @@
 //! (route, policy), connect, send it on, then relay the answer or switch to
 //! a tunnel; keep-alive until the connection closes or upgrades.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, EXPECT, HOST};
+use http::header::{CONNECTION, EXPECT};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,6 +19,7 @@ use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
+use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -845,82 +845,4 @@ fn expects_continue<B>(request: &Request<B>) -> bool {
         .headers()
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// The path a route rewrote the target's to; `None` when it kept the
-/// target's own, which is then not copied.
-pub(super) fn rewritten_path(path_and_query: Cow<'_, str>) -> Option<String> {
-    match path_and_query {
-        Cow::Borrowed(_) => None,
-        Cow::Owned(path) => Some(path),
-    }
-}
-
-/// [`to_origin_form`] with the path a route rewrote the target's to, or
-/// `None` for the target's own.
-pub(super) fn routed_origin_form<B>(
-    request: &mut Request<B>,
-    path: Option<String>,
-) -> Result<(), ()> {
-    match path {
-        Some(path) => to_origin_form(request, &path),
-        // Origin-form already, with the path it keeps: nothing to redo.
-        None if request.uri().authority().is_none() => Ok(()),
-        None => {
-            let uri = request.uri();
-            let path = uri
-                .path_and_query()
-                .map_or("/", |pq| pq.as_str())
-                .to_owned();
-            to_origin_form(request, &path)
-        }
-    }
-}
-
-/// Turns the target into origin-form for the upstream. An absolute-form
-/// target's authority replaces Host (RFC 9112 §3.2.2), so that the upstream
-/// sees the host the route was chosen by.
-pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<(), ()> {
-    if let Some(authority) = request.uri().authority() {
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
-        request.headers_mut().insert(HOST, host);
-    }
-    *request.uri_mut() = path.parse().map_err(|_| ())?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(target: &str) -> Request<()> {
-        Request::get(target).header(HOST, "a").body(()).unwrap()
-    }
-
-    #[test]
-    fn a_kept_path_leaves_an_origin_form_target_as_it_came() {
-        let mut req = request("/chat?room=1");
-        routed_origin_form(&mut req, None).unwrap();
-        assert_eq!(req.uri(), "/chat?room=1");
-        assert_eq!(req.headers()[HOST], "a");
-    }
-
-    #[test]
-    fn a_rewritten_or_absolute_target_becomes_origin_form() {
-        let mut req = request("/chat/x?y");
-        routed_origin_form(&mut req, Some("/x?y".into())).unwrap();
-        assert_eq!(req.uri(), "/x?y");
-
-        // An absolute-form target's authority becomes the Host.
-        let mut req = request("http://b.test:8080/ws?z");
-        routed_origin_form(&mut req, None).unwrap();
-        assert_eq!(req.uri(), "/ws?z");
-        assert_eq!(req.headers()[HOST], "b.test:8080");
-    }
-
-    #[test]
-    fn only_a_rewritten_path_is_owned() {
-        assert_eq!(rewritten_path(Cow::Borrowed("/a")), None);
-        assert_eq!(rewritten_path(Cow::Owned("/b".into())), Some("/b".into()));
-    }
 }

@@ -11,10 +11,10 @@ use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use tokio::net::TcpStream;
 
-use super::conn::{rewritten_path, routed_origin_form};
 use super::connect::{connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
+use super::target::{rewritten_path, routed_origin_form};
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};

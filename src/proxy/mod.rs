@@ -162,6 +162,7 @@ mod rebalance;
 mod reclaim;
 mod registry;
 mod relay;
+mod target;
 mod upgrade;
 
 use std::fmt;

@@ -11,11 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{rewritten_path, routed_origin_form};
 use super::connect::{connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
+use super::target::{rewritten_path, routed_origin_form};
 use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
