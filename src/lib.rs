@@ -68,12 +68,15 @@
 //!   (feature `proxy-protocol`: the PROXY protocol v1/v2 on a [`Server`]'s
 //!   listener and toward upstream groups);
 //!   `metrics` (feature `metrics`: the same figures through the `metrics`
-//!   facade, for Prometheus and other exporters).
+//!   facade, for Prometheus and other exporters); `dns` (feature `dns`:
+//!   upstream groups kept current from A/AAAA or SRV records).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
+#[cfg(feature = "dns")]
+pub mod dns;
 pub mod forward;
 pub mod frame;
 pub mod handshake;

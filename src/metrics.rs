@@ -26,6 +26,8 @@
 //! | `wsproxy_open_tunnels` | gauge | `route`, `upstream` | tunnels open now; `sum by (route)` or `sum by (upstream)` for either view |
 //! | `wsproxy_tunnel_seconds` | histogram | | lifetime of each tunnel that ended (from its 101 to its end) |
 //! | `wsproxy_close_codes_total` | counter | `side` = `client` \| `upstream` \| `proxy`, `code` | Close frames seen at a tunnel's end: each peer's first Close (when [`TunnelConfig::track_frames`](crate::TunnelConfig::track_frames) is on) and the proxy's own (a drain's 1001). `code` is one of 1000-1003, 1005 (no code), 1007-1014, or `other` |
+//! | `wsproxy_dns_lookups_total` | counter | `name`, `outcome` = `ok` \| `empty` \| `failed` | lookups of a `wsproxy::dns::Discovery` (feature `dns`); `empty` and `failed` kept the last good set |
+//! | `wsproxy_dns_upstreams` | gauge | `name` | upstreams a discovery holds in its set, draining ones included (feature `dns`) |
 //! | `wsproxy_upstreams` | gauge | `group`, `state` = `up` \| `down` | upstreams of a group that take new connections, and those that don't; set by [`record_upstreams`] |
 //!
 //! # Install the recorder first

@@ -265,6 +265,33 @@ impl<T> RoutesBuilder<T> {
 }
 
 impl<T> Routes<T> {
+    /// The same table, each route leading to `f(target)` instead: how a
+    /// reconfigured proxy swaps in the groups it keeps without checking
+    /// the table again.
+    ///
+    /// ```
+    /// use wsproxy::route::{Route, Routes};
+    ///
+    /// let routes = Routes::builder().route(Route::new("/chat", 1)).build()?;
+    /// let named = routes.map(|n| format!("group {n}"));
+    /// assert_eq!(named.iter().next().map(|r| r.target().as_str()), Some("group 1"));
+    /// # Ok::<(), wsproxy::route::RouteConfigError>(())
+    /// ```
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> Routes<U> {
+        let routes = self
+            .routes
+            .iter()
+            .map(|r| Route {
+                host: r.host.clone(),
+                host_src: r.host_src.clone(),
+                prefix: r.prefix.clone(),
+                rewrite: r.rewrite.clone(),
+                target: f(&r.target),
+            })
+            .collect();
+        Routes { routes }
+    }
+
     /// Starts a route table.
     pub fn builder() -> RoutesBuilder<T> {
         RoutesBuilder::default()

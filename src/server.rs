@@ -263,6 +263,51 @@ impl Server {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: Future<Output = ()>,
     {
+        self.serve_retiring(listener, accept, std::future::pending(), shutdown)
+            .await
+    }
+
+    /// Like [`serve_with`](Self::serve_with), but when `retire` resolves
+    /// the listener is closed and nothing more is accepted, while the
+    /// connections already accepted run on, undisturbed, until `shutdown`
+    /// drains them as usual: how a host moves to a new address (bind the
+    /// new listener and serve it first, then retire the old one) without
+    /// refusing a connection or ending one.
+    ///
+    /// ```no_run
+    /// use wsproxy::{server::Server, Proxy};
+    ///
+    /// # async fn run(proxy: Proxy) -> std::io::Result<()> {
+    /// let (moved, retire) = tokio::sync::oneshot::channel::<()>();
+    /// let old = tokio::net::TcpListener::bind("127.0.0.1:8020").await?;
+    /// let serving = Server::new(proxy).serve_retiring(
+    ///     old,
+    ///     |tcp| std::future::ready(Ok(tcp)),
+    ///     async { let _ = retire.await; },
+    ///     async { let _ = tokio::signal::ctrl_c().await; },
+    /// );
+    /// # let _ = (moved, serving);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Self::serve).
+    pub async fn serve_retiring<A, Fut, S, R, F>(
+        self,
+        listener: TcpListener,
+        accept: A,
+        retire: R,
+        shutdown: F,
+    ) -> io::Result<DrainReport>
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<S>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: Future<Output = ()>,
+        F: Future<Output = ()>,
+    {
         let accept = Arc::new(accept);
         let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
@@ -275,11 +320,23 @@ impl Server {
         let origin = next_origin();
         let mut report = DrainReport::default();
         tokio::pin!(shutdown);
+        tokio::pin!(retire);
+        let mut listener = Some(listener);
         let reclaim = Arc::new(Reclaim::default());
         'accept: loop {
+            let Some(open) = &listener else {
+                // Retired: the socket is closed, what it accepted runs on.
+                (&mut shutdown).await;
+                break;
+            };
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
+                () = &mut retire => {
+                    tracing::info!(port, "listener retired");
+                    listener = None;
+                    continue;
+                }
+                accepted = open.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

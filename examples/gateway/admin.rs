@@ -16,7 +16,6 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use wsproxy::UpstreamSet;
 
 /// Handshakes take milliseconds; a slow upstream's, seconds.
 const HANDSHAKE_BUCKETS: &[f64] = &[
@@ -53,8 +52,9 @@ pub fn install() -> Result<PrometheusHandle, String> {
 #[derive(Clone)]
 pub struct Admin {
     pub prometheus: PrometheusHandle,
-    /// Each group's name and upstream set, for `wsproxy_upstreams`.
-    pub groups: Arc<Vec<(String, UpstreamSet)>>,
+    /// Its groups' upstream sets, for `wsproxy_upstreams`: read at each
+    /// scrape, so that they follow a reload.
+    pub proxy: wsproxy::Proxy,
     /// Set once the drain has begun.
     pub draining: Arc<AtomicBool>,
 }
@@ -96,8 +96,10 @@ impl Admin {
         match req.uri().path() {
             "/metrics" => {
                 let now = Instant::now();
-                for (name, set) in self.groups.iter() {
-                    wsproxy::metrics::record_upstreams(name, set, now);
+                for group in self.proxy.groups() {
+                    if let Some(set) = group.upstreams() {
+                        wsproxy::metrics::record_upstreams(group.name(), set, now);
+                    }
                 }
                 self.prometheus.run_upkeep();
                 let mut ok = Response::new(self.prometheus.render());

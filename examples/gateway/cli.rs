@@ -18,7 +18,7 @@ use wsproxy::Probe;
 /// With no --upstream and no --route it starts a demo backend in-process
 /// (a chat page for browsers on /, WebSocket echo on /, a chat room on
 /// /chat) and proxies to it.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "gateway", version, about, long_about)]
 pub struct Args {
     /// Address to accept clients on (nginx `listen`).
@@ -27,7 +27,9 @@ pub struct Args {
 
     /// An upstream server, repeatable (nginx `upstream { server ADDR weight=N; }`).
     /// Options after commas: weight=N, max_fails=N, fail_timeout=DUR, backup, down.
-    /// ADDR is ip:port or host:port.
+    /// ADDR is ip:port or host:port, or kept current from DNS (needs
+    /// `--features dns`): dns:NAME:PORT (A/AAAA; nginx `server NAME resolve`)
+    /// or srv:NAME (SRV ports and weights).
     #[arg(long, value_name = "ADDR[,weight=N]", value_parser = parse_upstream)]
     pub upstream: Vec<Upstream>,
 
@@ -237,12 +239,51 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_positive_duration, requires = "rebalance_rate")]
     pub rebalance_interval: Duration,
 
+    /// The DNS server that `dns:NAME:PORT` and `srv:NAME` upstreams are
+    /// resolved with (nginx `resolver ADDR`; default: /etc/resolv.conf's).
+    /// Needs the gateway built with `--features dns`.
+    #[arg(long, value_name = "ADDR")]
+    pub resolver: Option<SocketAddr>,
+
+    /// Re-resolve DNS upstreams no sooner than this after an answer,
+    /// whatever its TTL (a failed lookup is retried after it too).
+    #[arg(long, value_name = "DUR", default_value = "1s", value_parser = parse_positive_duration)]
+    pub resolve_min_ttl: Duration,
+
+    /// Re-resolve DNS upstreams no later than this after an answer,
+    /// whatever its TTL (nginx `resolver ... valid=` sets one fixed time).
+    #[arg(long, value_name = "DUR", default_value = "5m", value_parser = parse_positive_duration)]
+    pub resolve_max_ttl: Duration,
+
+    /// Tunnels to an address that left a DNS answer run on until they end;
+    /// with this, those still open after DUR are sent Close 1001 (like
+    /// HAProxy `on-marked-down shutdown-sessions`, but polite and late).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub resolve_drain_timeout: Option<Duration>,
+
     /// Admin listener (like nginx `stub_status` or HAProxy `stats uri` on
     /// their own `listen`): Prometheus figures on /metrics, 200 on /healthz
     /// while the process runs, and on /readyz 200 while accepting, 503 once
     /// a drain has begun. Needs the gateway built with `--features metrics`.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+
+    /// Take every setting from this TOML file, whose keys are these flags'
+    /// names (examples/gateway/gateway.toml shows them all); no other flag
+    /// may come with it. SIGHUP reloads it in place (nginx `-c` and
+    /// `nginx -s reload`).
+    #[arg(long, value_name = "FILE", conflicts_with = "check_config")]
+    pub config: Option<PathBuf>,
+
+    /// Check a configuration file and exit: every error with its line and
+    /// column, exit 0 when valid and 2 otherwise (nginx `-t`).
+    #[arg(long, value_name = "FILE")]
+    pub check_config: Option<PathBuf>,
+
+    /// Also reload --config when the file's modification time changes
+    /// (looked at every second).
+    #[arg(long, requires = "config")]
+    pub watch_config: bool,
 }
 
 /// A rebalance factor: a number of at least 1.
@@ -471,7 +512,12 @@ fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
             "weight" | "max_fails" | "fail_timeout" | "backup" | "down"
         );
         if !is_option {
-            list.push(Upstream::new(parse_addr(token)?));
+            // `dns:NAME:PORT` and `srv:NAME` (see dns.rs), else an address.
+            let upstream = match parse_dns_upstream(token)? {
+                Some(template) => template,
+                None => Upstream::new(parse_addr(token)?),
+            };
+            list.push(upstream);
             continue;
         }
         let last = list
@@ -499,6 +545,46 @@ fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
         return Err("no upstream address".into());
     }
     Ok(list)
+}
+
+/// `dns:NAME:PORT` (A/AAAA records, every address with PORT; nginx `server
+/// NAME:PORT resolve`) or `srv:NAME` (SRV records, e.g.
+/// `srv:_ws._tcp.backend.svc`, with their ports and weights; HAProxy
+/// `server-template` on an SRV name), kept current by the gateway's DNS
+/// discovery (dns.rs). Carried as an upstream named `dns:NAME` (port PORT)
+/// or `srv:NAME` (port 0) whose options (weight, max_fails, ...) every
+/// discovered address gets. `None` for anything else.
+pub fn parse_dns_upstream(token: &str) -> Result<Option<Upstream>, String> {
+    let valid = |name: &str| {
+        !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    };
+    if let Some(rest) = token.strip_prefix("dns:") {
+        let bad = || format!("`{token}` is not dns:NAME:PORT (example: dns:backend.svc:8080)");
+        let (name, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if !valid(name) || port == 0 {
+            return Err(bad());
+        }
+        return Ok(Some(Upstream::new(UpstreamAddr::name(
+            format!("dns:{name}"),
+            port,
+        ))));
+    }
+    if let Some(name) = token.strip_prefix("srv:") {
+        if !valid(name) {
+            return Err(format!(
+                "`{token}` is not srv:NAME (example: srv:_ws._tcp.backend.svc)"
+            ));
+        }
+        return Ok(Some(Upstream::new(UpstreamAddr::name(
+            format!("srv:{name}"),
+            0,
+        ))));
+    }
+    Ok(None)
 }
 
 /// `ip:port`, `[v6]:port` or `host:port`.
@@ -655,6 +741,32 @@ mod tests {
             "nope",
             "a b:1",
             "127.0.0.1:1,backup=1",
+        ] {
+            assert!(parse_upstream_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns_upstreams_carry_their_name_and_options() {
+        let list = parse_upstream_list(
+            "dns:chat.svc:8080,weight=2,127.0.0.1:1,srv:_ws._tcp.chat.svc,max_fails=3",
+        )
+        .unwrap();
+        assert_eq!(
+            list,
+            vec![
+                Upstream::new(UpstreamAddr::name("dns:chat.svc", 8080)).weight(2),
+                Upstream::new("127.0.0.1:1".parse::<SocketAddr>().unwrap()),
+                Upstream::new(UpstreamAddr::name("srv:_ws._tcp.chat.svc", 0)).max_fails(3),
+            ]
+        );
+        for bad in [
+            "dns:chat.svc",
+            "dns:chat.svc:0",
+            "dns::80",
+            "dns:a b:80",
+            "srv:",
+            "srv:a/b",
         ] {
             assert!(parse_upstream_list(bad).is_err(), "{bad:?}");
         }

@@ -22,7 +22,10 @@ mod access_log;
 #[cfg(feature = "metrics")]
 mod admin;
 mod cli;
+mod config;
 mod demo;
+mod dns;
+mod reload;
 mod tls;
 
 use std::io::Write as _;
@@ -33,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
+use clap::{CommandFactory, FromArgMatches};
 use tokio::sync::Notify;
 use wsproxy::balance::Rebalance;
 use wsproxy::balance::{
@@ -50,7 +53,8 @@ use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Whatever the flags say that cannot work is a usage error: exit 2
     // with clap's format, before anything is bound.
     let usage = |msg: String| -> ! {
@@ -58,6 +62,28 @@ fn main() -> ExitCode {
             .error(ErrorKind::ValueValidation, msg)
             .exit()
     };
+    if let Some(path) = &args.check_config {
+        return config::check(path);
+    }
+    if let Some(path) = args.config.clone() {
+        let beside = config::flags_beside_config(&matches);
+        if !beside.is_empty() {
+            usage(format!(
+                "--config takes every setting from the file: {} cannot come with it",
+                beside.join(", ")
+            ));
+        }
+        let watch = args.watch_config;
+        args = match config::load(&path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                config::report(&path, &errors);
+                return ExitCode::from(2);
+            }
+        };
+        args.config = Some(path);
+        args.watch_config = watch;
+    }
     #[cfg(not(feature = "metrics"))]
     if args.metrics.is_some() {
         usage("--metrics needs the gateway built with `--features metrics`".into());
@@ -80,6 +106,7 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
+    dns::check(&args).unwrap_or_else(|msg| usage(msg));
     let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
@@ -104,13 +131,6 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    #[cfg(feature = "metrics")]
-    let group_sets: Arc<Vec<(String, UpstreamSet)>> = Arc::new(
-        groups
-            .iter()
-            .map(|(set, group)| (group.name().to_owned(), set.clone()))
-            .collect(),
-    );
     let served = runtime.block_on(async {
         if let Some(listener) = demo {
             demo::start(tokio::net::TcpListener::from_std(listener)?);
@@ -124,39 +144,14 @@ fn main() -> ExitCode {
             admin_addr = Some(listener.local_addr()?);
             let admin = admin::Admin {
                 prometheus,
-                groups: group_sets,
+                proxy: proxy.clone(),
                 draining: draining.clone(),
             };
             tokio::spawn(admin.serve(listener));
         }
-        for (set, group) in groups {
-            // Checkers and rebalancers run until the process exits; the
-            // drain does not wait for them.
-            let rebalance = args.rebalance_rate.map(|rate| {
-                let wake = Arc::new(Notify::new());
-                let planner = Rebalance::new(args.rebalance_factor).unwrap_or_default();
-                let rebalancer = Rebalancer::new(group.clone(), set.clone())
-                    .planner(planner)
-                    .rate(rate);
-                tokio::spawn(rebalance(rebalancer, args.rebalance_interval, wake.clone()));
-                wake
-            });
-            if let Some(config) = &health {
-                let mut checker = HealthChecker::new(set, config.clone());
-                if args.on_marked_down == Some(OnMarkedDown::Close) {
-                    checker = checker.close_on_down(&group);
-                }
-                if let Some(wake) = rebalance {
-                    // An upstream that comes (back) up takes its share now.
-                    checker = checker.on_change(move |_, up| {
-                        if up {
-                            wake.notify_one();
-                        }
-                    });
-                }
-                tokio::spawn(checker.run(std::future::pending()));
-            }
-        }
+        // Kept until the gateway stops.
+        let _discoveries = dns::start(&args, &groups).await?;
+        let tasks = start_group_tasks(&args, health.as_ref(), groups);
         let admin = AdminNote {
             addr: admin_addr,
             draining,
@@ -169,6 +164,7 @@ fn main() -> ExitCode {
             drain_timeout,
             proxy_protocol,
             admin,
+            tasks,
         )
         .await
     });
@@ -176,6 +172,50 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }
+}
+
+/// Starts each group's health checker and rebalancer, as the flags ask.
+/// They run until the process exits (the drain does not wait for them) or
+/// a reload replaces them.
+fn start_group_tasks(
+    args: &Args,
+    health: Option<&HealthCheck>,
+    groups: Groups,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for (set, group) in groups {
+        {
+            let rebalance = args.rebalance_rate.map(|rate| {
+                let wake = Arc::new(Notify::new());
+                let planner = Rebalance::new(args.rebalance_factor).unwrap_or_default();
+                let rebalancer = Rebalancer::new(group.clone(), set.clone())
+                    .planner(planner)
+                    .rate(rate);
+                tasks.push(tokio::spawn(rebalance(
+                    rebalancer,
+                    args.rebalance_interval,
+                    wake.clone(),
+                )));
+                wake
+            });
+            if let Some(config) = health {
+                let mut checker = HealthChecker::new(set, config.clone());
+                if args.on_marked_down == Some(OnMarkedDown::Close) {
+                    checker = checker.close_on_down(&group);
+                }
+                if let Some(wake) = rebalance {
+                    // An upstream that comes (back) up takes its share now.
+                    checker = checker.on_change(move |_, up| {
+                        if up {
+                            wake.notify_one();
+                        }
+                    });
+                }
+                tasks.push(tokio::spawn(checker.run(std::future::pending())));
+            }
+        }
+    }
+    tasks
 }
 
 /// Rebalances one group every `every`, and when `wake` is notified, if its
@@ -246,6 +286,9 @@ fn bind_demo() -> std::io::Result<std::net::TcpListener> {
     Ok(listener)
 }
 
+// Each is one thing `main` prepared before the runtime; a struct for them
+// would only be unpacked here.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     args: &Args,
     proxy: Proxy,
@@ -254,6 +297,7 @@ async fn serve(
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
     admin: AdminNote,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -266,7 +310,7 @@ async fn serve(
     } else {
         Scheme::Http
     };
-    let mut server = Server::new(proxy)
+    let mut server = Server::new(proxy.clone())
         .scheme(scheme)
         .max_connections(args.max_connections as usize)
         .drain_timeout(drain_timeout);
@@ -288,10 +332,31 @@ async fn serve(
     // SIGTERM as soon as it reads the line must get a graceful stop.
     let signal = shutdown_signal()?;
     let draining = admin.draining;
-    let shutdown = async move {
+    // Every listener's server drains on the same signal (a reload may have
+    // started more than one).
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         signal.await;
         // /readyz answers 503 from here on.
         draining.store(true, Ordering::Relaxed);
+        let _ = stopping.send(true);
+    });
+    let shutdown = reload::stopped(stop.clone());
+    let (retire, reloading) = match &args.config {
+        Some(path) => {
+            let (reloader, retire) = reload::Reloader::new(
+                path.clone(),
+                args.clone(),
+                proxy.clone(),
+                server.clone(),
+                tls.clone(),
+                local,
+                tasks,
+                stop,
+            )?;
+            (retire, Some(tokio::spawn(reloader.run())))
+        }
+        None => (reload::Retire::never(), None),
     };
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
@@ -308,18 +373,23 @@ async fn serve(
     }
     let _ = std::io::stdout().flush();
 
-    let report = match tls {
-        Some(acceptor) => {
-            server
-                .serve_with(listener, move |tcp| acceptor.accept(tcp), shutdown)
-                .await?
-        }
-        None => server.serve(listener, shutdown).await?,
-    };
+    let report = reload::serve_listener(server, listener, tls, retire, shutdown).await?;
     eprintln!(
         "gateway: stopped: {} connections accepted, {} open at shutdown, {} sent Close 1001, {} finished, {} cut",
         report.accepted, report.open_at_shutdown, report.closed, report.finished, report.cut
     );
+    if let Some(reloading) = reloading {
+        // The servers of listeners a reload bound drain on the same signal.
+        let bound = drain_timeout.saturating_add(Duration::from_secs(10));
+        let _ = tokio::time::timeout(bound, async {
+            if let Ok(servers) = reloading.await {
+                for server in servers {
+                    let _ = server.await;
+                }
+            }
+        })
+        .await;
+    }
     Ok(())
 }
 
@@ -401,17 +471,24 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
     // Each group's set, for the health checker; the sets share their state
     // with the balancers, the groups their tunnel registries (cheap clones).
     let groups = std::cell::RefCell::new(Vec::new());
+    let balance = args.balance;
     let group = |name: &str, upstreams: &[Upstream]| {
-        let set: UpstreamSet = upstreams.iter().cloned().collect();
+        // DNS names are not addresses: dns.rs keeps the set current.
+        let set: UpstreamSet = dns::fixed(upstreams).collect();
         let checked = set.clone();
-        let balancer: Arc<dyn Balancer> = match args.balance {
-            Balance::RoundRobin => Arc::new(RoundRobin::new(set)),
-            Balance::IpHash => Arc::new(IpHash::new(set)),
-            Balance::ConsistentHash => Arc::new(ConsistentHash::new(set, key.clone())),
-            Balance::LeastConn => Arc::new(LeastConn::new(set)),
-            Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
+        let key = key.clone();
+        // A group that knows its set and strategy: a reload keeps the set
+        // (matched by the group's name) and builds the strategy over it.
+        let strategy = move |set: UpstreamSet| -> Arc<dyn Balancer> {
+            match balance {
+                Balance::RoundRobin => Arc::new(RoundRobin::new(set)),
+                Balance::IpHash => Arc::new(IpHash::new(set)),
+                Balance::ConsistentHash => Arc::new(ConsistentHash::new(set, key.clone())),
+                Balance::LeastConn => Arc::new(LeastConn::new(set)),
+                Balance::BoundedHash => Arc::new(BoundedLoad::new(set, key.clone())),
+            }
         };
-        let group = UpstreamGroup::from_arc(name, balancer);
+        let group = UpstreamGroup::balanced_dyn(name, set, strategy);
         #[cfg(feature = "proxy-protocol")]
         let group = group.send_proxy_v2(args.send_proxy_v2);
         groups.borrow_mut().push((checked, group.clone()));

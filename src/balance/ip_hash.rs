@@ -2,7 +2,8 @@
 
 use std::time::Instant;
 
-use super::set::State;
+use super::ring::canonical_order;
+use super::set::{LayoutCache, State};
 use super::{
     choose_tiers, Affinity, Balancer, Lease, Peer, PickContext, SelectError, UpstreamId,
     UpstreamSet,
@@ -21,6 +22,11 @@ use super::{
 /// is available, as with every strategy. Down upstreams keep their share of
 /// the weights, so marking one down moves only its clients (nginx advises
 /// `down` rather than removal for this reason).
+///
+/// Unlike nginx, which walks its `server` lines in the order written, the
+/// weights are walked in the upstreams' address order (then weight): two
+/// gateways given the same upstreams in any order, or built up by DNS
+/// answers in any order, place every client alike.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,12 +48,54 @@ use super::{
 #[derive(Debug)]
 pub struct IpHash {
     set: UpstreamSet,
+    orders: LayoutCache<[Order; 2]>,
 }
 
 impl IpHash {
     /// IP hash over `set`.
     pub fn new(set: UpstreamSet) -> Self {
-        Self { set }
+        Self {
+            set,
+            orders: LayoutCache::default(),
+        }
+    }
+}
+
+/// One tier's peers in address order, with running sums of their weights.
+#[derive(Debug, Default)]
+struct Order {
+    peers: Vec<usize>,
+    cumulative: Vec<u64>,
+}
+
+impl Order {
+    fn tiers(state: &State) -> [Order; 2] {
+        state.tiers().map(|peers| {
+            let names: Vec<String> = peers.iter().map(|p| p.addr().to_string()).collect();
+            let order = canonical_order(peers, &names);
+            let cumulative = order
+                .iter()
+                .scan(0u64, |sum, &i| {
+                    *sum += peers.get(i).map_or(0, |p| u64::from(p.weight));
+                    Some(*sum)
+                })
+                .collect();
+            Order {
+                peers: order,
+                cumulative,
+            }
+        })
+    }
+
+    /// The position (in address order) owning weight unit `x`, as
+    /// nginx's `w -= peer->weight` walk but by binary search.
+    fn by_weight(&self, x: u64) -> usize {
+        self.cumulative.partition_point(|&sum| sum <= x)
+    }
+
+    /// The peer index at position `at`.
+    fn peer(&self, at: usize) -> usize {
+        self.peers.get(at).copied().unwrap_or(usize::MAX)
     }
 }
 
@@ -63,32 +111,36 @@ impl IpHash {
     /// the peers `available` accepts: the one code path of
     /// [`pick`](Balancer::pick) and [`home`](Balancer::home).
     #[inline]
-    fn place(
-        state: &State,
+    fn place<'s>(
+        &self,
+        state: &'s State,
         affinity: Affinity,
         available: impl Fn(&Peer) -> bool,
-    ) -> Option<&Peer> {
+    ) -> Option<&'s Peer> {
         let (octets, len) = affinity.ip_key();
         let octets = octets.get(..len).unwrap_or_default();
-        choose_tiers(state, |tier, peers| {
-            let total = state.total_weight(tier);
-            if total == 0 {
-                return None;
-            }
-            let mut hash = SEED;
-            let mut chosen = 0;
-            for _ in 0..TRIES {
-                for &octet in octets {
-                    hash = (hash * MULTIPLIER + u64::from(octet)) % MODULUS;
+        self.orders.with(state, Order::tiers, |orders| {
+            choose_tiers(state, |tier, peers| {
+                let order = orders.get(tier)?;
+                let total = state.total_weight(tier);
+                if total == 0 {
+                    return None;
                 }
-                chosen = state.by_weight(tier, hash % total);
-                if peers.get(chosen).is_some_and(&available) {
-                    return Some(chosen);
+                let mut hash = SEED;
+                let mut chosen = 0;
+                for _ in 0..TRIES {
+                    for &octet in octets {
+                        hash = (hash * MULTIPLIER + u64::from(octet)) % MODULUS;
+                    }
+                    chosen = order.by_weight(hash % total);
+                    if peers.get(order.peer(chosen)).is_some_and(&available) {
+                        return Some(order.peer(chosen));
+                    }
                 }
-            }
-            (1..=peers.len())
-                .map(|step| (chosen + step) % peers.len())
-                .find(|&i| peers.get(i).is_some_and(&available))
+                (1..=peers.len())
+                    .map(|step| order.peer((chosen + step) % peers.len()))
+                    .find(|&i| peers.get(i).is_some_and(&available))
+            })
         })
     }
 }
@@ -97,7 +149,7 @@ impl Balancer for IpHash {
     fn pick(&self, ctx: &PickContext<'_>) -> Result<Lease, SelectError> {
         let state = self.set.load();
         let affinity = Affinity::from_ip(ctx.client());
-        Self::place(&state, affinity, |peer| peer.is_available(ctx))
+        self.place(&state, affinity, |peer| peer.is_available(ctx))
             .map(Peer::lease)
             .ok_or(SelectError::NoneAvailable)
     }
@@ -110,7 +162,8 @@ impl Balancer for IpHash {
 
     fn home(&self, affinity: Affinity, now: Instant) -> Option<UpstreamId> {
         let state = self.set.load();
-        Self::place(&state, affinity, |peer| peer.is_available_at(now)).map(Peer::id)
+        self.place(&state, affinity, |peer| peer.is_available_at(now))
+            .map(Peer::id)
     }
 }
 
@@ -187,6 +240,30 @@ mod tests {
         let failed = [ids[0], ids[1], ids[2]];
         let ctx = PickContext::new(IpAddr::from([1, 2, 3, 4]), &request, now).with_failed(&failed);
         assert_eq!(b.pick(&ctx).unwrap().id(), ids[3]);
+    }
+
+    /// Two gateways given the same upstreams in other orders (weights
+    /// included) place every client alike; nginx would not.
+    #[test]
+    fn any_order_of_the_same_upstreams_places_clients_alike() {
+        let list = [(9003, 1), (9000, 2), (9002, 1), (9001, 3), (9010, 1)];
+        let build = |order: &[usize]| {
+            let set = UpstreamSet::new();
+            for &i in order {
+                let (p, w) = list[i];
+                set.add(crate::balance::Upstream::new(addr(p)).weight(w));
+            }
+            IpHash::new(set)
+        };
+        let a = build(&[0, 1, 2, 3, 4]);
+        let b = build(&[4, 3, 2, 1, 0]);
+        let c = build(&[2, 0, 4, 1, 3]);
+        for x in 0..=255u8 {
+            let ip = IpAddr::from([10, x, 3, 1]);
+            let pa = pick(&a, ip);
+            assert_eq!(pa, pick(&b, ip), "{ip}");
+            assert_eq!(pa, pick(&c, ip), "{ip}");
+        }
     }
 
     #[test]

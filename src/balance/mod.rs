@@ -55,6 +55,34 @@
 //! changed; [`Rebalance`] is the sans-IO planner behind
 //! [`proxy::Rebalancer`](crate::proxy::Rebalancer).
 //!
+//! # Many gateways, one pool: where agreement ends
+//!
+//! Instances that share nothing agree on a key's upstream when the pick
+//! depends only on the key and the upstream list. [`ConsistentHash`] and
+//! [`IpHash`] are such: the ring hashes each upstream's printed address
+//! (and places points per unit of weight), `ip_hash` walks the weights in
+//! address order, never in the order the upstreams were given or added, so
+//! gateways given the same list in any order, started at any time, or fed
+//! by the same DNS name (`wsproxy::dns`, feature `dns`) send every key
+//! to the same upstream, and after the same join or leave move the same
+//! keys (tests/agreement.rs: three gateway processes, 1,000 keys, 100%).
+//! Passive health is each instance's own: while one instance sits an
+//! upstream out after failures, its keys go to their next ring choice there
+//! alone.
+//!
+//! Agreement ends where a pick reads local state. [`BoundedLoad`] spills a
+//! key past an upstream above its bound, and each instance counts only its
+//! own connections: with hot keys, instances spill different keys to
+//! different places (`examples/agreement_sim.rs`, in benches/README.md:
+//! 3 gateways, 2,000 chat rooms of Zipf sizes, 65% agreement against 100%
+//! for the plain ring). [`LeastConn`] and [`RandomTwo`] read each
+//! instance's own open connections and agree on nothing;
+//! [`RoundRobin`] neither. When every member of a key must meet on one
+//! upstream, use plain [`ConsistentHash`] (and [`Rebalance`] for the load),
+//! or pin each key to one gateway at the L4 balancer (hash on the same key
+//! there) so that one instance's counts decide, or keep the key → upstream
+//! map in a store the instances share.
+//!
 //! # Writing your own strategy
 //!
 //! A strategy reads a [`Snapshot`] of the set and chooses among the peers
@@ -120,7 +148,7 @@ pub use least_conn::{LeastConn, RandomTwo};
 pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceConfigError};
 pub use ring::{ConsistentHash, HashKey};
 pub use round_robin::RoundRobin;
-pub use set::{AvailablePeers, Peer, Snapshot, UpstreamSet};
+pub use set::{AvailablePeers, Peer, Reconciled, Snapshot, UpstreamSet};
 pub use upstream::{Lease, Upstream, UpstreamAddr, UpstreamId};
 
 /// Chooses the upstream for one proxied connection.

@@ -141,23 +141,35 @@ impl Ring {
         let wanted = peers.iter().fold(0u64, |sum, p| {
             sum.saturating_add(u64::from(p.weight) * u64::from(POINTS_PER_WEIGHT))
         });
-        let mut ring: Vec<(u64, u32)> = Vec::new();
+        // Points depend only on the address text and weight, never on the
+        // order the upstreams were added, so every gateway builds the same
+        // ring and a new upstream's points only take keys, never swap old
+        // ones. Two points that collide are ordered by the owners' names
+        // (their rank among the names), not their positions, for the same
+        // reason.
+        let names: Vec<String> = peers.iter().map(|p| p.addr().to_string()).collect();
+        let mut rank = vec![u32::MAX; peers.len()];
+        for (r, i) in canonical_order(peers, &names).into_iter().enumerate() {
+            if let Some(slot) = rank.get_mut(i) {
+                *slot = u32::try_from(r).unwrap_or(u32::MAX);
+            }
+        }
+        let mut ring: Vec<(u64, u32, u32)> = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
-            // Points depend only on the address text, never on the order the
-            // upstreams were added, so every gateway builds the same ring and
-            // a new upstream's points only take keys, never swap old ones.
-            let name = peer.addr().to_string();
+            let name = names.get(i).map_or("", String::as_str);
             let owner = u32::try_from(i).unwrap_or(u32::MAX);
+            let by_name = rank.get(i).copied().unwrap_or(u32::MAX);
             let mut count = u64::from(peer.weight) * u64::from(POINTS_PER_WEIGHT);
             if wanted > MAX_POINTS {
                 count = (count * MAX_POINTS / wanted).max(1);
             }
             for j in 0..count {
-                ring.push((xxh3_64_with_seed(name.as_bytes(), j), owner));
+                ring.push((xxh3_64_with_seed(name.as_bytes(), j), by_name, owner));
             }
         }
         ring.sort_unstable();
-        let (points, owners): (Vec<u64>, Vec<u32>) = ring.into_iter().unzip();
+        let (points, owners): (Vec<u64>, Vec<u32>) =
+            ring.into_iter().map(|(p, _, o)| (p, o)).unzip();
         // About one point per bucket.
         let bits = points.len().max(2).next_power_of_two().trailing_zeros();
         let shift = 64 - bits;
@@ -195,6 +207,24 @@ impl Ring {
         let (before, from) = self.owners.split_at(start.min(self.owners.len()));
         from.iter().chain(before).map(|&o| o as usize)
     }
+}
+
+/// Indices of `peers` sorted by printed address, then weight, then id:
+/// the order every gateway given the same upstream list agrees on, however
+/// the list was ordered or built. `names` are the peers' addresses.
+pub(crate) fn canonical_order(peers: &[Peer], names: &[String]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..peers.len()).collect();
+    order.sort_by(|&a, &b| {
+        let key = |i: usize| {
+            (
+                names.get(i),
+                peers.get(i).map(|p| p.weight),
+                peers.get(i).map(Peer::id),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    order
 }
 
 /// Rings for both tiers.
@@ -374,6 +404,48 @@ mod tests {
             }
         }
         assert!((60..320).contains(&moved), "{moved}");
+    }
+
+    /// Shuffled lists with weights, and the same upstream down in each:
+    /// the ring hashes printed addresses and weights, never ids or
+    /// positions, so the owners and the walk past a down one agree.
+    #[test]
+    fn shuffled_weighted_lists_place_keys_alike_even_past_a_down_upstream() {
+        let list = [(9004, 2), (9000, 1), (9003, 3), (9001, 1), (9002, 1)];
+        let build = |order: [usize; 5]| {
+            let set = UpstreamSet::new();
+            let ids: Vec<UpstreamId> = order
+                .iter()
+                .map(|&i| set.add(Upstream::new(addr(list[i].0)).weight(list[i].1)))
+                .collect();
+            // 9003 down everywhere.
+            let down = order.iter().position(|&i| i == 2).unwrap();
+            (
+                ConsistentHash::new(set.clone(), HashKey::Path),
+                set,
+                ids[down],
+            )
+        };
+        let rings = [
+            build([0, 1, 2, 3, 4]),
+            build([4, 3, 2, 1, 0]),
+            build([2, 4, 0, 3, 1]),
+        ];
+        let paths: Vec<String> = (0..1000).map(|i| format!("/key/{i}")).collect();
+        let picks =
+            |r: &ConsistentHash| -> Vec<u16> { paths.iter().map(|p| pick_path(r, p)).collect() };
+        let first = picks(&rings[0].0);
+        for (ring, _, _) in &rings[1..] {
+            assert_eq!(picks(ring), first);
+        }
+        for (_, set, down) in &rings {
+            set.set_down(*down, true);
+        }
+        let first = picks(&rings[0].0);
+        assert!(!first.contains(&3));
+        for (ring, _, _) in &rings[1..] {
+            assert_eq!(picks(ring), first);
+        }
     }
 
     #[test]

@@ -10,6 +10,9 @@ use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use super::upstream::{Counters, Lease, Shared, Upstream, UpstreamAddr, UpstreamId};
 use super::{PickContext, SelectError};
 
+mod reconcile;
+pub use reconcile::Reconciled;
+
 /// The upstreams a balancer chooses from, shared by cheap clones.
 ///
 /// Changes (add, remove, drain, down, weight) publish a new immutable

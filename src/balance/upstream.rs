@@ -252,8 +252,8 @@ pub(crate) struct Shared {
     /// `addr` as the authority rewritten requests name (`$proxy_host`),
     /// made once here rather than formatted and parsed for every request.
     authority: Authority,
-    max_fails: u32,
-    fail_timeout: Duration,
+    pub(crate) max_fails: u32,
+    pub(crate) fail_timeout: Duration,
     /// Open leases on this upstream (nginx `peer->conns`).
     pub(crate) active: AtomicUsize,
     pub(crate) counters: Arc<Counters>,

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::counters::Counters;
 use super::{
-    ConnectionHook, ConnectionReport, Inner, Proxy, TcpKeepalive, Timeouts, UpstreamGroup,
+    ConnectionHook, ConnectionReport, Inner, Live, Proxy, TcpKeepalive, Timeouts, UpstreamGroup,
     DEFAULT_LINGER,
 };
 use crate::balance::Balancer;
@@ -265,8 +264,9 @@ impl ProxyBuilder {
                 .track_frames(true)
         });
         Ok(Proxy {
-            inner: Arc::new(Inner {
-                routes: self.routes.build()?,
+            live: Arc::new(Live::new(Inner {
+                routes: Arc::new(self.routes.build()?),
+                retired: Vec::new(),
                 policy: self.policy,
                 limits: self.limits,
                 timeouts: t,
@@ -275,11 +275,11 @@ impl ProxyBuilder {
                 keepalive_requests: self.keepalive_requests.max(1),
                 tcp_keepalive: self.tcp_keepalive,
                 client_max_body_size: self.client_max_body_size,
-                counters: Counters::default(),
-                draining: AtomicBool::new(false),
-                no_tunnels: Notify::new(),
+                counters: Arc::default(),
+                draining: Arc::new(AtomicBool::new(false)),
+                no_tunnels: Arc::new(Notify::new()),
                 on_end: self.on_end,
-            }),
+            })),
         })
     }
 }

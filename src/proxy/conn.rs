@@ -20,7 +20,7 @@ use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::target::{rewritten_path, routed_origin_form};
-use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Outcome, UpstreamGroup};
+use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::body::{BodyKind, BodyScanner};
@@ -86,7 +86,7 @@ struct Sent {
 /// Serves requests until the connection closes or upgrades; an upgraded
 /// connection comes back to the caller to tunnel.
 pub(super) async fn serve<S>(
-    inner: &Arc<Inner>,
+    live: &Live,
     io: S,
     peer: SocketAddr,
     listener: Listener,
@@ -95,10 +95,12 @@ pub(super) async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let inner = live.load();
     inner.counters.connection();
     let span = conn_span(peer);
     let conn = Conn {
         inner,
+        live,
         io,
         span: span.clone(),
         buf: BytesMut::new(),
@@ -114,7 +116,10 @@ where
 }
 
 struct Conn<'a, S> {
-    inner: &'a Arc<Inner>,
+    /// The configuration of the current request: loaded once per request
+    /// from `live`, so that a reload applies from the next request on.
+    inner: Arc<Inner>,
+    live: &'a Live,
     io: S,
     span: tracing::Span,
     /// Client bytes read but not yet used: the rest of a head, a body's
@@ -145,6 +150,7 @@ where
             }
             if self.report.requests > 0 {
                 self.began = Instant::now();
+                self.inner = self.live.load();
             }
             self.websocket = false;
             let limits = &self.inner.limits;
@@ -326,7 +332,7 @@ where
     /// the proxy answers itself (refusals, CORS preflights) and hands back
     /// the rest, in origin-form.
     async fn admit(&mut self, head: handshake::RequestHead) -> Result<Admitted, Next> {
-        let inner = self.inner;
+        let inner = Arc::clone(&self.inner);
         let body = BodyKind::from(head.body_length());
         let (mut request, kind) = head.into_parts();
         let websocket = matches!(kind, RequestKind::WebSocket(_));
@@ -395,9 +401,10 @@ where
     /// Connects an upstream for an admitted request and rewrites the request
     /// for it (forwarding headers, Host, version, `Expect`).
     async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
-        let inner = self.inner;
+        let inner = Arc::clone(&self.inner);
         let request = &mut admitted.request;
-        let (lease, stream) = match connect(inner, &admitted.group, &admitted.client, request).await
+        let (lease, stream) = match connect(&inner, &admitted.group, &admitted.client, request)
+            .await
         {
             Ok(pair) => pair,
             Err(e) => {
@@ -450,7 +457,7 @@ where
     /// Sends the rewritten head, then the body if there is one, answering
     /// `Expect: 100-continue` first.
     async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
-        let inner = self.inner;
+        let inner = Arc::clone(&self.inner);
         let body = up.admitted.body;
         // One buffer serves the whole exchange: the request head goes out
         // of it, the answer comes into it, the 101 goes out of it. Without
@@ -498,7 +505,7 @@ where
         // raced) would otherwise sit in every connection's future, a
         // WebSocket's too, which never has a body, and be copied on spawn.
         let sending = Box::pin(send_body(
-            inner,
+            &inner,
             &mut self.io,
             &mut self.buf,
             &mut up.stream,
@@ -539,7 +546,7 @@ where
     /// Reads the upstream's answer (unless it came early) and either
     /// switches to a tunnel or relays it as a plain answer.
     async fn answer(&mut self, connected: Connected, sent: Sent) -> Next {
-        let inner = self.inner;
+        let inner = Arc::clone(&self.inner);
         let Connected {
             mut stream,
             lease,
@@ -742,7 +749,7 @@ where
         keep_alive: bool,
         outcome: Outcome,
     ) -> Next {
-        let inner = self.inner;
+        let inner = Arc::clone(&self.inner);
         let body = match BodyKind::of_response(method, response.status(), response.headers()) {
             Ok(kind) => kind,
             Err(_) => {

@@ -222,10 +222,10 @@ mod tests {
         let request = Request::get("/").body(()).unwrap();
         let peer = SocketAddr::from(([127, 0, 0, 1], 50000));
         let client = proxy
-            .inner
+            .inner()
             .policy
             .resolve_client(peer, request.headers(), Scheme::Http);
-        connect(&proxy.inner, &group, &client, &request).await
+        connect(&proxy.inner(), &group, &client, &request).await
     }
 
     #[tokio::test]

@@ -54,7 +54,8 @@ impl Proxy {
     /// ```
     pub async fn drain(&self, window: Duration, deadline: Duration) -> DrainReport {
         let deadline = Instant::now() + deadline;
-        self.inner.draining.store(true, Ordering::Relaxed);
+        let inner = self.inner();
+        inner.draining.store(true, Ordering::Relaxed);
         let mut report = DrainReport {
             open_at_shutdown: self.tunnels().len(),
             ..DrainReport::default()
@@ -62,7 +63,7 @@ impl Proxy {
         tracing::info!(open = report.open_at_shutdown, ?window, "proxy draining");
         let _ = timeout_at(deadline, async {
             tokio::select! {
-                () = self.inner.tunnels_ended() => {}
+                () = inner.tunnels_ended() => {}
                 () = close_spread(self, None, window, &mut report.closed) => {}
             }
         })
@@ -70,11 +71,11 @@ impl Proxy {
         // From the counters, not the registry: a tunnel that just ended
         // may still be listed for a moment.
         report.cut =
-            usize::try_from(self.inner.counters.snapshot_tunnels_active()).unwrap_or(usize::MAX);
+            usize::try_from(inner.counters.snapshot_tunnels_active()).unwrap_or(usize::MAX);
         report.finished = report.open_at_shutdown.saturating_sub(report.cut);
         if report.cut > 0 {
             self.cut_tunnels();
-            let _ = timeout(CUT_GRACE, self.inner.tunnels_ended()).await;
+            let _ = timeout(CUT_GRACE, inner.tunnels_ended()).await;
         }
         tracing::info!(?report, "proxy drained");
         report
@@ -90,7 +91,7 @@ impl Proxy {
     /// # }
     /// ```
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Relaxed)
+        self.inner().draining.load(Ordering::Relaxed)
     }
 }
 

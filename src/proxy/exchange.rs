@@ -83,7 +83,7 @@ pub(crate) struct Exchange {
 impl Exchange {
     /// A request from `peer` comes in: counts a connection.
     pub(crate) fn begin(proxy: &Proxy, peer: SocketAddr) -> Self {
-        let inner = proxy.inner.clone();
+        let inner = proxy.inner();
         inner.counters.connection();
         Self {
             inner,

@@ -43,7 +43,7 @@ impl HostedAnswer {
     /// Rewrites the upstream's answer head as the policy does for `Server`.
     pub(crate) fn rewrite(&self, proxy: &Proxy, response: &mut Response<()>) {
         proxy
-            .inner
+            .inner()
             .policy
             .rewrite_response(response, &self.client, &self.ctx);
     }
@@ -61,7 +61,7 @@ impl Proxy {
         listener: Listener,
         exchange: &mut Exchange,
     ) -> Result<Hosted, Response<Bytes>> {
-        let inner = &self.inner;
+        let inner = &self.inner();
         // An HTTP/2 request has no Host header and an absolute target; the
         // upstream connection is HTTP/1.1 either way.
         if request.version() != Version::HTTP_10 {

@@ -78,6 +78,11 @@
 //!   end and their clients to come back, measure again. With affinity only
 //!   tunnels whose key now maps elsewhere move, so they do not come back to
 //!   the same upstream.
+//! - **Reconfiguring.** [`Proxy::reconfigure`] swaps routes, groups,
+//!   policy and timeouts in place (a configuration file's reload): requests
+//!   begun after it see the new configuration, open tunnels keep theirs,
+//!   and groups of the same name keep their sets (reconciled, removed
+//!   upstreams draining) and registries.
 //! - **Dead peers.** Tunnel pings
 //!   ([`TunnelConfig::ping`](crate::tunnel::TunnelConfig::ping)), kernel
 //!   keepalive on both sockets ([`ProxyBuilder::tcp_keepalive`]), and
@@ -162,6 +167,7 @@ mod rebalance;
 mod reclaim;
 mod registry;
 mod relay;
+mod reload;
 mod target;
 mod upgrade;
 
@@ -203,6 +209,8 @@ pub(crate) use reclaim::Reclaim;
 #[cfg(test)]
 pub(crate) use registry::{Listed, Registered};
 pub use registry::{LiveTunnel, TunnelRegistry};
+pub(crate) use reload::Live;
+pub use reload::{GroupChange, Reconfigured};
 pub use upgrade::{PendingUpgrade, UpgradeError};
 
 use counters::Counters;
@@ -216,6 +224,9 @@ pub struct UpstreamGroup {
     name: Arc<str>,
     balancer: Arc<dyn Balancer>,
     tunnels: Arc<TunnelRegistry>,
+    /// The set and strategy of a [`balanced`](Self::balanced) group.
+    upstreams: Option<crate::balance::UpstreamSet>,
+    strategy: Option<reload::Strategy>,
     #[cfg(feature = "proxy-protocol")]
     send_proxy_v2: bool,
 }
@@ -233,6 +244,8 @@ impl UpstreamGroup {
             name: name.into(),
             balancer,
             tunnels: Arc::default(),
+            upstreams: None,
+            strategy: None,
             #[cfg(feature = "proxy-protocol")]
             send_proxy_v2: false,
         }
@@ -383,12 +396,17 @@ impl Default for Timeouts {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    inner: Arc<Inner>,
+    /// The configuration in force, swapped whole by
+    /// [`reconfigure`](Proxy::reconfigure).
+    live: Arc<Live>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    routes: Routes<UpstreamGroup>,
+    routes: Arc<Routes<UpstreamGroup>>,
+    /// Groups a reconfiguration took out of the routes while they still
+    /// had tunnels open: listed, so that drains and closes reach them.
+    retired: Vec<UpstreamGroup>,
     policy: ForwardPolicy,
     limits: Limits,
     timeouts: Timeouts,
@@ -398,11 +416,13 @@ pub(crate) struct Inner {
     tcp_keepalive: Option<TcpKeepalive>,
     /// nginx `client_max_body_size`; 0: no limit.
     client_max_body_size: u64,
-    counters: Counters,
+    /// Shared by every configuration of the proxy, as are `draining` and
+    /// `no_tunnels`: a reconfiguration carries them over.
+    counters: Arc<Counters>,
     /// Set by [`Proxy::drain`].
-    draining: AtomicBool,
+    draining: Arc<AtomicBool>,
     /// Woken when the last open tunnel ends.
-    no_tunnels: Notify,
+    no_tunnels: Arc<Notify>,
     /// [`ProxyBuilder::on_connection_end`].
     on_end: Option<ConnectionHook>,
 }
@@ -487,7 +507,7 @@ impl Proxy {
         let tunnel = std::sync::OnceLock::new();
         let serve = async {
             let drain = Drain::new(rx.clone());
-            let (mut report, upgraded) = conn::serve(&self.inner, io, peer, listener, drain).await;
+            let (mut report, upgraded) = conn::serve(&self.live, io, peer, listener, drain).await;
             if let Some(upgraded) = upgraded {
                 let mut running = upgraded.run(0);
                 let handle = tunnel.get_or_init(|| running.handle());
@@ -498,7 +518,7 @@ impl Proxy {
                 report.tunnel = Some(running.await);
             }
             report.duration = started.elapsed();
-            self.inner.report_end(peer, &report);
+            self.report_end(peer, &report);
             report
         };
         tokio::pin!(serve);
@@ -526,53 +546,56 @@ impl Proxy {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        conn::serve(&self.inner, io, peer, listener, drain).await
+        conn::serve(&self.live, io, peer, listener, drain).await
     }
 
     /// Hands a finished connection's report to the hook of
     /// [`ProxyBuilder::on_connection_end`], if any.
     pub(crate) fn report_end(&self, peer: SocketAddr, report: &ConnectionReport) {
-        self.inner.report_end(peer, report);
+        self.inner().report_end(peer, report);
     }
 
     /// Whether [`ProxyBuilder::on_connection_end`] set a hook.
     pub(crate) fn wants_reports(&self) -> bool {
-        self.inner.wants_reports()
+        self.inner().wants_reports()
     }
 
     /// A copy of the live counters.
     pub fn counters(&self) -> CountersSnapshot {
-        self.inner.counters.snapshot()
+        self.inner().counters.snapshot()
     }
 
-    /// The route table.
-    pub fn routes(&self) -> &Routes<UpstreamGroup> {
-        &self.inner.routes
+    /// The route table in force (a [`reconfigure`](Self::reconfigure)
+    /// replaces it; a table already handed out stays as it was).
+    pub fn routes(&self) -> Arc<Routes<UpstreamGroup>> {
+        Arc::clone(&self.inner().routes)
     }
 
     /// The timeouts it runs with.
     pub fn timeouts(&self) -> Timeouts {
-        self.inner.timeouts
+        self.inner().timeouts
     }
 
     /// The request body limit in bytes, 0 for none (nginx
     /// `client_max_body_size`); see [`ProxyBuilder::client_max_body_size`].
     pub fn client_max_body_size(&self) -> u64 {
-        self.inner.client_max_body_size
+        self.inner().client_max_body_size
     }
 
     /// The TCP keepalive it sets on its sockets, if any.
     pub fn tcp_keepalive(&self) -> Option<TcpKeepalive> {
-        self.inner.tcp_keepalive
+        self.inner().tcp_keepalive
     }
 
     /// Every distinct upstream group of the route table, in route order; a
     /// group several routes share (clones of one [`UpstreamGroup`]) comes
-    /// once.
+    /// once. Then the groups a [`reconfigure`](Self::reconfigure) took out
+    /// of the routes that still have tunnels open.
     pub fn groups(&self) -> Vec<UpstreamGroup> {
+        let inner = self.inner();
         let mut groups: Vec<UpstreamGroup> = Vec::new();
-        for route in self.inner.routes.iter() {
-            let group = route.target();
+        let routed = inner.routes.iter().map(|route| route.target());
+        for group in routed.chain(inner.retired.iter()) {
             if !groups
                 .iter()
                 .any(|g| Arc::ptr_eq(&g.tunnels, &group.tunnels))

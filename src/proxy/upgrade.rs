@@ -91,7 +91,7 @@ impl Proxy {
             .await;
         match opened {
             Ok(opened) => Ok(PendingUpgrade {
-                inner: self.inner.clone(),
+                inner: self.inner(),
                 response: opened.response,
                 upstream: opened.upstream,
                 prefix: opened.prefix,
@@ -121,7 +121,7 @@ impl Proxy {
         listener: Listener,
         exchange: &mut Exchange,
     ) -> Result<Opened, UpgradeError> {
-        let inner = &self.inner;
+        let inner = &self.inner();
         // The same checks as for a head read from a socket: the request
         // goes through the parser once more rather than a second rule set.
         let mut head = BytesMut::new();

@@ -1,0 +1,314 @@
+//! Live reload of `--config`: on SIGHUP, and with `--watch-config` when the
+//! file's modification time changes (looked at every second), the file is
+//! read and checked again.
+//!
+//! An invalid file changes nothing: every error is logged with its line,
+//! and the gateway runs on as it was. A valid one is applied in place by
+//! [`Proxy::reconfigure`]: routes, upstreams (added, reweighted, removed
+//! ones drained until their tunnels end), balancing, hash key, forwarding
+//! policy, timeouts, pings and body limits take effect from the next
+//! request, while every open connection and tunnel runs on where it is.
+//! Health checkers and rebalancers restart with the new settings over the
+//! kept upstream sets. A changed `listen` address is bound first, then the
+//! old listener stops accepting; the connections it accepted run on until
+//! they end or the gateway drains. What is fixed at start (workers,
+//! connection limit, drain settings, TLS, PROXY protocol, access log, admin
+//! listener) is logged as needing a restart.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use wsproxy::server::{DrainReport, Server};
+use wsproxy::Proxy;
+
+use crate::cli::Args;
+use crate::config;
+
+/// A listener's server task.
+type ServerTask = JoinHandle<io::Result<DrainReport>>;
+
+/// Tells a listener's server to stop accepting.
+pub struct Retire(Option<oneshot::Receiver<()>>);
+
+impl Retire {
+    /// For a listener no reload will move.
+    pub fn never() -> Self {
+        Self(None)
+    }
+
+    async fn wait(self) {
+        // A dropped sender (the reloader ended) retires nothing.
+        let retired = match self.0 {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        };
+        if !retired {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Resolves once the shutdown signal has come.
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// Serves one listener, plain or TLS, until it is retired and shutdown
+/// drains it.
+pub async fn serve_listener(
+    server: Server,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    retire: Retire,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<DrainReport> {
+    let retire = retire.wait();
+    match tls {
+        Some(acceptor) => {
+            server
+                .serve_retiring(listener, move |tcp| acceptor.accept(tcp), retire, shutdown)
+                .await
+        }
+        None => {
+            server
+                .serve_retiring(
+                    listener,
+                    |tcp| std::future::ready(Ok(tcp)),
+                    retire,
+                    shutdown,
+                )
+                .await
+        }
+    }
+}
+
+/// Watches for reload requests and applies them.
+pub struct Reloader {
+    path: PathBuf,
+    /// The settings in force.
+    args: Args,
+    proxy: Proxy,
+    /// The first listener's server, as configured: a rebound listener is
+    /// served by a clone of it.
+    server: Server,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The address being served, as bound.
+    local: SocketAddr,
+    /// Health checkers and rebalancers of the groups in force.
+    tasks: Vec<JoinHandle<()>>,
+    stop: watch::Receiver<bool>,
+    /// Retires the listener being served.
+    retire: Option<oneshot::Sender<()>>,
+    /// Servers of listeners bound by reloads, for the drain to wait on.
+    servers: Vec<ServerTask>,
+    hangup: tokio::signal::unix::Signal,
+    modified: Option<SystemTime>,
+}
+
+impl Reloader {
+    /// A reloader for the gateway `args` started; the [`Retire`] is for the
+    /// listener it serves. The SIGHUP handler is installed here, before the
+    /// gateway says it listens: SIGHUP's default would end the process.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        path: PathBuf,
+        args: Args,
+        proxy: Proxy,
+        server: Server,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        local: SocketAddr,
+        tasks: Vec<JoinHandle<()>>,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<(Self, Retire)> {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let (retire, retired) = oneshot::channel();
+        let modified = modified(&path);
+        let reloader = Self {
+            path,
+            args,
+            proxy,
+            server,
+            tls,
+            local,
+            tasks,
+            stop,
+            retire: Some(retire),
+            servers: Vec::new(),
+            hangup,
+            modified,
+        };
+        Ok((reloader, Retire(Some(retired))))
+    }
+
+    /// Reloads on request until shutdown; returns the servers of the
+    /// listeners reloads bound, for the drain to wait on.
+    pub async fn run(mut self) -> Vec<ServerTask> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = self.stop.clone();
+        let stopping = stopped(stop);
+        tokio::pin!(stopping);
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                Some(()) = self.hangup.recv() => self.reload("SIGHUP").await,
+                _ = tick.tick() => {
+                    // Upstreams a reload drained go once their tunnels end.
+                    self.proxy.remove_drained();
+                    if self.args.watch_config {
+                        let now = modified(&self.path);
+                        if now != self.modified {
+                            self.modified = now;
+                            self.reload("file changed").await;
+                        }
+                    }
+                }
+            }
+        }
+        self.servers
+    }
+
+    async fn reload(&mut self, why: &str) {
+        let shown = self.path.display().to_string();
+        let mut args = match config::load(&self.path) {
+            Ok(args) => args,
+            Err(errors) => {
+                eprintln!(
+                    "gateway: reload ({why}) refused, configuration unchanged: {shown} has {} error(s)",
+                    errors.len()
+                );
+                config::report(&self.path, &errors);
+                return;
+            }
+        };
+        args.config.clone_from(&self.args.config);
+        args.watch_config = self.args.watch_config;
+        // Checked by `load` already; a failure here is one more refusal.
+        let built = crate::build_proxy(&args, None)
+            .and_then(|(next, _)| Ok((next, crate::health_config(&args)?)));
+        let (next, health) = match built {
+            Ok(built) => built,
+            Err(msg) => {
+                eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
+                return;
+            }
+        };
+        let done = self.proxy.reconfigure(next);
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        // Routed groups only: a group a reload removed keeps its tunnels
+        // but gets no checks or rebalancing.
+        let mut groups: crate::Groups = Vec::new();
+        for route in self.proxy.routes().iter() {
+            let group = route.target();
+            if let Some(set) = group.upstreams() {
+                if !groups.iter().any(|(_, g)| g.name() == group.name()) {
+                    groups.push((set.clone(), group.clone()));
+                }
+            }
+        }
+        self.tasks = crate::start_group_tasks(&args, health.as_ref(), groups);
+        if args.listen != self.args.listen && !self.rebind(args.listen).await {
+            // Kept, so that the next reload tries again.
+            args.listen = self.args.listen;
+        }
+        let fixed = needs_restart(&self.args, &args);
+        if !fixed.is_empty() {
+            eprintln!(
+                "gateway: reload: {} changed; that takes effect after a restart",
+                fixed.join(", ")
+            );
+        }
+        eprintln!(
+            "gateway: reloaded {shown} ({why}): {} groups kept, {} added, {} removed",
+            done.kept.len(),
+            done.added.len(),
+            done.removed.len()
+        );
+        self.args = args;
+    }
+
+    /// Serves `addr` and then retires the listener served so far; false if
+    /// it cannot be bound (the old one serves on).
+    async fn rebind(&mut self, addr: SocketAddr) -> bool {
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!(
+                    "gateway: reload: cannot listen on {addr}: {e}; still on {}",
+                    self.local
+                );
+                return false;
+            }
+        };
+        let local = listener.local_addr().unwrap_or(addr);
+        let (retire, retired) = oneshot::channel();
+        let serving = serve_listener(
+            self.server.clone(),
+            listener,
+            self.tls.clone(),
+            Retire(Some(retired)),
+            stopped(self.stop.clone()),
+        );
+        self.servers.push(tokio::spawn(serving));
+        // Only now that the new one accepts does the old one stop.
+        if let Some(old) = self.retire.replace(retire) {
+            let _ = old.send(());
+        }
+        let ws = if self.tls.is_some() { "wss" } else { "ws" };
+        println!(
+            "gateway: listening on {ws}://{local} (moved from {})",
+            self.local
+        );
+        self.local = local;
+        true
+    }
+}
+
+/// The file's modification time, if it can be read.
+fn modified(path: &std::path::Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Settings a reload cannot change in place.
+fn needs_restart(old: &Args, new: &Args) -> Vec<&'static str> {
+    let same =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+    let mut changed = Vec::new();
+    for (name, a, b) in [
+        (
+            "workers",
+            &old.workers as &dyn std::fmt::Debug,
+            &new.workers as &dyn std::fmt::Debug,
+        ),
+        (
+            "max-connections",
+            &old.max_connections,
+            &new.max_connections,
+        ),
+        ("drain-timeout", &old.drain_timeout, &new.drain_timeout),
+        ("drain-window", &old.drain_window, &new.drain_window),
+        ("tls-cert", &old.tls_cert, &new.tls_cert),
+        ("tls-key", &old.tls_key, &new.tls_key),
+        ("access-log", &old.access_log, &new.access_log),
+        ("metrics", &old.metrics, &new.metrics),
+        ("proxy-protocol", &old.proxy_protocol, &new.proxy_protocol),
+        (
+            "proxy-protocol-from",
+            &old.proxy_protocol_from,
+            &new.proxy_protocol_from,
+        ),
+    ] {
+        if !same(a, b) {
+            changed.push(name);
+        }
+    }
+    changed
+}

@@ -1,0 +1,343 @@
+//! The discovery task: look up, apply the plan to the set, wait for the
+//! TTL while sweeping drained upstreams out.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::proto::rr::{RData, Record};
+use hickory_resolver::{ResolveError, TokioResolver};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
+
+use super::{reconcile, Answer, Discovery, DiscoveryStats, DnsName, Member, Plan, Target};
+use crate::balance::{UpstreamAddr, UpstreamId};
+use crate::frame::CloseFrame;
+
+/// How often draining upstreams are checked for their last tunnel's end:
+/// nothing notifies a lease's release, and a second's delay in removing a
+/// drained upstream costs nothing.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Targets of one SRV answer resolved at most: bounds the lookups an
+/// answer can cause.
+const MAX_SRV_TARGETS: usize = 64;
+
+/// An address this discovery added to the set.
+#[derive(Debug)]
+struct Tracked {
+    id: UpstreamId,
+    weight: u32,
+    /// When it left the answers, if it did.
+    draining_since: Option<Instant>,
+    /// Whether its leftover tunnels were sent Close 1001.
+    closed: bool,
+}
+
+pub(super) struct Task {
+    config: Discovery,
+    resolver: TokioResolver,
+    stats: watch::Sender<DiscoveryStats>,
+    members: HashMap<SocketAddr, Tracked>,
+    rebalancing: Option<JoinHandle<()>>,
+}
+
+impl Task {
+    pub(super) fn new(
+        config: Discovery,
+        resolver: TokioResolver,
+        stats: watch::Sender<DiscoveryStats>,
+    ) -> Self {
+        Self {
+            config,
+            resolver,
+            stats,
+            members: HashMap::new(),
+            rebalancing: None,
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let answer = self.lookup().await;
+            let wait = self.config.bounds.next_lookup(&answer);
+            self.apply(&answer, wait);
+            let next = Instant::now() + wait;
+            // Between lookups, drained upstreams leave and deadlines close.
+            loop {
+                let sweep = self
+                    .has_draining()
+                    .then(|| Instant::now() + SWEEP_EVERY)
+                    .map_or(next, |at| at.min(next));
+                sleep_until(sweep).await;
+                self.sweep();
+                if Instant::now() >= next {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn has_draining(&self) -> bool {
+        self.members.values().any(|m| m.draining_since.is_some())
+    }
+
+    /// The set's view of the addresses this discovery added; those removed
+    /// by someone else are forgotten.
+    fn current(&mut self) -> Vec<Member> {
+        let snapshot = self.config.set.snapshot();
+        self.members.retain(|_, m| snapshot.get(m.id).is_some());
+        self.members
+            .iter()
+            .map(|(&addr, m)| Member::new(addr, m.weight).draining(m.draining_since.is_some()))
+            .collect()
+    }
+
+    fn apply(&mut self, answer: &Answer, wait: Duration) {
+        let current = self.current();
+        let plan = reconcile(&current, answer);
+        let name = self.config.name.to_string();
+        let outcome = match answer {
+            Answer::Records { .. } if !plan.kept_last => "ok",
+            Answer::Failed => "failed",
+            _ => "empty",
+        };
+        if plan.kept_last {
+            tracing::warn!(
+                name,
+                outcome,
+                kept = current.len(),
+                retry = ?wait,
+                "dns: no usable answer; keeping the last good upstreams"
+            );
+        }
+        let now = Instant::now();
+        let joined = self.join(&plan);
+        for addr in &plan.leave {
+            if let Some(m) = self.members.get_mut(addr) {
+                if self.config.set.set_draining(m.id, true) {
+                    m.draining_since = Some(now);
+                    tracing::info!(name, %addr, "dns: upstream left the answer; draining");
+                }
+            }
+        }
+        for t in &plan.reweight {
+            if let Some(m) = self.members.get_mut(&t.addr) {
+                if self.config.set.set_weight(m.id, t.weight) {
+                    m.weight = t.weight;
+                }
+            }
+        }
+        if joined > 0 {
+            self.start_rebalance();
+        }
+        self.stats.send_modify(|s| {
+            s.lookups += 1;
+            if plan.kept_last {
+                s.failures += 1;
+            } else {
+                s.ttl = Some(wait);
+            }
+            s.joined += joined;
+            s.left += plan.leave.len() as u64;
+        });
+        self.publish_members();
+        #[cfg(feature = "metrics")]
+        ::metrics::counter!(super::LOOKUPS, "name" => name, "outcome" => outcome).increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = outcome;
+    }
+
+    /// Adds the plan's new addresses and takes back rejoining ones; how
+    /// many.
+    fn join(&mut self, plan: &Plan) -> u64 {
+        let mut joined = 0;
+        for t in &plan.join {
+            let mut upstream = self.config.template.clone();
+            upstream.addr = UpstreamAddr::Socket(t.addr);
+            upstream.weight = t.weight;
+            upstream.backup = upstream.backup || t.backup;
+            let id = self.config.set.add(upstream);
+            self.members.insert(
+                t.addr,
+                Tracked {
+                    id,
+                    weight: t.weight,
+                    draining_since: None,
+                    closed: false,
+                },
+            );
+            tracing::info!(name = %self.config.name, addr = %t.addr, weight = t.weight, "dns: upstream joined");
+            joined += 1;
+        }
+        for addr in &plan.rejoin {
+            if let Some(m) = self.members.get_mut(addr) {
+                if self.config.set.set_draining(m.id, false) {
+                    m.draining_since = None;
+                    m.closed = false;
+                    joined += 1;
+                }
+            }
+        }
+        joined
+    }
+
+    fn start_rebalance(&mut self) {
+        let Some(rebalancer) = &self.config.rebalance else {
+            return;
+        };
+        if self.rebalancing.as_ref().is_some_and(|r| !r.is_finished()) {
+            return;
+        }
+        let rebalancer = rebalancer.clone();
+        self.rebalancing = Some(tokio::spawn(async move {
+            let report = rebalancer.run().await;
+            tracing::info!(moved = report.moved, "dns: rebalanced after a join");
+        }));
+    }
+
+    /// Removes drained upstreams whose last connection ended, and closes
+    /// the leftovers of those past the deadline.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let snapshot = self.config.set.snapshot();
+        let going_away =
+            CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
+        let mut removed = 0u64;
+        let mut closed = 0u64;
+        let set = &self.config.set;
+        let close_after = &self.config.close_after;
+        self.members.retain(|addr, m| {
+            let Some(since) = m.draining_since else {
+                return true;
+            };
+            let active = snapshot.get(m.id).map_or(0, |p| p.active());
+            if active == 0 {
+                set.remove(m.id);
+                removed += 1;
+                tracing::info!(%addr, "dns: drained upstream removed");
+                return false;
+            }
+            if let Some((group, deadline)) = close_after {
+                if !m.closed && now.duration_since(since) >= *deadline {
+                    m.closed = true;
+                    let n = group.tunnels().close_upstream(m.id, &going_away);
+                    closed += n as u64;
+                    tracing::info!(%addr, tunnels = n, "dns: drain deadline; sent Close 1001");
+                }
+            }
+            true
+        });
+        if removed + closed > 0 {
+            self.stats.send_modify(|s| {
+                s.removed += removed;
+                s.closed += closed;
+            });
+            self.publish_members();
+        }
+    }
+
+    fn publish_members(&self) {
+        let members = self.members.len();
+        self.stats.send_modify(|s| s.members = members);
+        #[cfg(feature = "metrics")]
+        ::metrics::gauge!(super::DISCOVERED, "name" => self.config.name.to_string())
+            .set(members as f64);
+    }
+
+    async fn lookup(&self) -> Answer {
+        // The resolver keeps no cache (cache_size 0); cleared anyway so
+        // that the TTL read is the server's, never a cached remainder.
+        self.resolver.clear_cache();
+        let weight = self.config.template.weight;
+        let answer = match &self.config.name {
+            DnsName::Host { name, port } => match self.resolver.lookup_ip(&**name).await {
+                Ok(found) => {
+                    let records = found.as_lookup().records();
+                    let targets = found
+                        .iter()
+                        .map(|ip| Target::new(SocketAddr::new(ip, *port), weight))
+                        .collect();
+                    records_answer(targets, records)
+                }
+                Err(e) => failed(&self.config.name, &e),
+            },
+            DnsName::Srv { name } => self.lookup_srv(name).await,
+        };
+        tracing::debug!(name = %self.config.name, ?answer, "dns: answer");
+        answer
+    }
+
+    async fn lookup_srv(&self, name: &str) -> Answer {
+        let srv = match self.resolver.srv_lookup(name).await {
+            Ok(srv) => srv,
+            Err(e) => return failed(&self.config.name, &e),
+        };
+        let mut ttl = min_ttl(srv.as_lookup().records());
+        let lowest = srv.iter().map(|r| r.priority()).min().unwrap_or(0);
+        let mut targets = Vec::new();
+        let mut any_failed = false;
+        for record in srv.iter().take(MAX_SRV_TARGETS) {
+            let host = record.target();
+            // A target's addresses may come in the answer's additional
+            // section; the resolver keeps no cache, so ask for them.
+            let ips: Vec<IpAddr> = match self.resolver.lookup_ip(host.clone()).await {
+                Ok(found) => {
+                    ttl = ttl.min(min_ttl(found.as_lookup().records()));
+                    found.iter().collect()
+                }
+                Err(e) => {
+                    any_failed |= !e.is_no_records_found();
+                    tracing::warn!(target_name = %host, error = %e, "dns: SRV target did not resolve");
+                    continue;
+                }
+            };
+            for ip in ips {
+                targets.push(
+                    Target::new(
+                        SocketAddr::new(ip, record.port()),
+                        u32::from(record.weight()),
+                    )
+                    .backup(record.priority() > lowest),
+                );
+            }
+        }
+        match (targets.is_empty(), any_failed) {
+            (false, _) => Answer::Records { targets, ttl },
+            (true, true) => Answer::Failed,
+            (true, false) => Answer::Empty,
+        }
+    }
+}
+
+fn records_answer(targets: Vec<Target>, records: &[Record]) -> Answer {
+    if targets.is_empty() {
+        return Answer::Empty;
+    }
+    Answer::Records {
+        targets,
+        ttl: min_ttl(records),
+    }
+}
+
+/// The smallest TTL among the address and SRV records (a CNAME's own TTL
+/// aside: the addresses are what expire).
+fn min_ttl(records: &[Record]) -> Duration {
+    records
+        .iter()
+        .filter(|r| matches!(r.data(), RData::A(_) | RData::AAAA(_) | RData::SRV(_)))
+        .map(|r| Duration::from_secs(u64::from(r.ttl())))
+        .min()
+        .unwrap_or(Duration::ZERO)
+}
+
+fn failed(name: &DnsName, e: &ResolveError) -> Answer {
+    if e.is_no_records_found() {
+        tracing::warn!(%name, error = %e, "dns: no records");
+        Answer::Empty
+    } else {
+        tracing::warn!(%name, error = %e, "dns: lookup failed");
+        Answer::Failed
+    }
+}
