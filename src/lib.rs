@@ -69,7 +69,12 @@
 //!   listener and toward upstream groups);
 //!   `metrics` (feature `metrics`: the same figures through the `metrics`
 //!   facade, for Prometheus and other exporters); `dns` (feature `dns`:
-//!   upstream groups kept current from A/AAAA or SRV records).
+//!   upstream groups kept current from A/AAAA or SRV records);
+//!   `upstream_tls` (feature `rustls`: TLS toward upstream groups, nginx
+//!   `proxy_pass https://`; Unix-socket upstreams, `unix:/path`, need no
+//!   feature); `service` (feature `tower`); HTTP/2 on a [`Server`]'s TLS
+//!   connections (feature `h2`: `Server::serve_negotiated`, RFC 8441
+//!   WebSockets).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
@@ -90,6 +95,9 @@ pub mod server;
 #[cfg(feature = "tower")]
 pub mod service;
 pub mod tunnel;
+#[cfg(feature = "rustls")]
+pub mod upstream_tls;
+pub mod workers;
 
 pub use balance::{Balancer, Lease, PickContext, RoundRobin, SelectError, Upstream, UpstreamSet};
 pub use forward::{ForwardContext, ForwardError, ForwardPolicy, Scheme};

@@ -22,7 +22,9 @@
 //! ```
 //!
 //! [`Server::serve_with`] serves the same way over any stream the accepted
-//! socket is turned into, such as TLS (`wss://`) with tokio-rustls, and
+//! socket is turned into, such as TLS (`wss://`) with tokio-rustls;
+//! `Server::serve_negotiated` (feature `h2`) serves HTTP/2 on those whose
+//! TLS ALPN picked `h2`, WebSockets over it included (RFC 8441); and
 //! [`Server::on_connection_end`] hands each finished connection's
 //! [`ConnectionReport`] to the host (an access log).
 //!
@@ -53,6 +55,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::{sleep, timeout, timeout_at, Instant};
 
+#[cfg(feature = "h2")]
+mod h2;
+#[cfg(feature = "h2")]
+pub(crate) use h2::Front;
+#[cfg(feature = "h2")]
+pub use h2::Negotiated;
+
 use crate::forward::Scheme;
 use crate::proxy::{
     close_spread, ConnectionHook, ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim,
@@ -65,7 +74,7 @@ use crate::proxy::{
 pub struct Server {
     proxy: Proxy,
     scheme: Scheme,
-    max_connections: usize,
+    pub(crate) max_connections: usize,
     drain_timeout: Duration,
     drain_window: Option<Duration>,
     on_end: Option<ConnectionHook>,
@@ -308,6 +317,30 @@ impl Server {
         R: Future<Output = ()>,
         F: Future<Output = ()>,
     {
+        let accept = move |tcp| {
+            let accepting = accept(tcp);
+            async move { Ok((accepting.await?, false)) }
+        };
+        self.serve_accepted(listener, accept, retire, shutdown)
+            .await
+    }
+
+    /// The accept loop of [`serve_retiring`](Self::serve_retiring); `accept`
+    /// also says whether the stream speaks HTTP/2 (its TLS ALPN picked `h2`).
+    pub(crate) async fn serve_accepted<A, Fut, S, R, F>(
+        self,
+        listener: TcpListener,
+        accept: A,
+        retire: R,
+        shutdown: F,
+    ) -> io::Result<DrainReport>
+    where
+        A: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<(S, bool)>> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        R: Future<Output = ()>,
+        F: Future<Output = ()>,
+    {
         let accept = Arc::new(accept);
         let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
@@ -400,6 +433,8 @@ impl Server {
             });
             #[cfg(feature = "proxy-protocol")]
             let proxy_protocol = self.proxy_protocol.clone();
+            #[cfg(feature = "h2")]
+            let server_hook = self.on_end.clone();
             tokio::spawn(async move {
                 let started = Instant::now();
                 #[cfg_attr(not(feature = "proxy-protocol"), allow(unused_mut))]
@@ -416,7 +451,7 @@ impl Server {
                     };
                     Ok::<_, io::Error>((accept(stream).await?, peer))
                 };
-                let (stream, peer) = tokio::select! {
+                let ((stream, h2), peer) = tokio::select! {
                     accepted = timeout_at(head_deadline, accepting) => match accepted {
                         Ok(Ok(accepted)) => accepted,
                         Ok(Err(e)) => {
@@ -431,6 +466,14 @@ impl Server {
                     // Nothing was requested yet: nothing to drain.
                     () = drain.clone().reached(DrainPhase::Draining) => return,
                 };
+                #[cfg(feature = "h2")]
+                if h2 {
+                    let front = h2::Front::new(origin, peer, listener_info, drain, server_hook);
+                    h2::serve(proxy, stream, front, head_deadline, (permit, token)).await;
+                    return;
+                }
+                #[cfg(not(feature = "h2"))]
+                let _ = h2;
                 // At the drain deadline a connection still in a request is
                 // dropped (its sockets close); a tunnel is cut cleanly.
                 let cut = drain.clone().reached(DrainPhase::Cut);

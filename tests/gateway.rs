@@ -34,6 +34,11 @@ mod cli;
 #[path = "gateway/browser.rs"]
 mod browser;
 
+// The gateway's HTTP/2 front door (feature `h2`).
+#[cfg(feature = "h2")]
+#[path = "gateway/h2.rs"]
+mod h2;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -670,6 +675,7 @@ fn help_names_the_nginx_directive_of_each_flag() {
         "hash-balance-factor",
         "moves established connections",
         "client_max_body_size",
+        "http2 off",
     ] {
         assert!(help.contains(directive), "--help lacks {directive}");
     }
@@ -938,7 +944,17 @@ async fn sigterm_with_a_drain_window_closes_every_tunnel_with_1001_spread_over_i
     const WINDOW: Duration = Duration::from_secs(1);
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;
     let up = upstream.addr.to_string();
-    let mut gw = Gateway::start(&["--upstream", &up, "--drain-window", "1s", "--access-log"]).await;
+    // Two workers, each with its own listener: the drain reaches both.
+    let mut gw = Gateway::start(&[
+        "--upstream",
+        &up,
+        "--drain-window",
+        "1s",
+        "--access-log",
+        "--workers",
+        "2",
+    ])
+    .await;
 
     let first_echo = Arc::new(tokio::sync::Barrier::new(CLIENTS + 1));
     let signalled = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -219,8 +219,8 @@ async fn scrapes_follow_tunnels_bytes_rejects_and_close_codes() {
         }
         other => panic!("expected a 502, got {other:?}"),
     }
-    // The proxy counts its answer once written: the client can read the
-    // 502 and scrape before the gateway's task gets there.
+    // Counted on the worker thread just after it wrote the 502: a scrape
+    // served on the admin's thread may get there first.
     gateway
         .await_value("wsproxy_rejects_total{status=\"502\"}", |v| v == 1.0)
         .await;

@@ -645,99 +645,12 @@ async fn h2_connect(
     let answer = bounded("extended connect answer", answer).await.unwrap();
     let (parts, recv) = answer.into_parts();
     let ws = if parts.status == http::StatusCode::OK {
-        let io = H2Stream {
-            send: stream,
-            recv,
-            buf: bytes::Bytes::new(),
-        };
+        let io = H2Stream::new(stream, recv);
         Some(tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, None).await)
     } else {
         None
     };
     (http::Response::from_parts(parts, ()), ws)
-}
-
-/// One HTTP/2 stream as a byte stream, for the WebSocket client.
-struct H2Stream {
-    send: h2::SendStream<bytes::Bytes>,
-    recv: h2::RecvStream,
-    buf: bytes::Bytes,
-}
-
-fn io_error(e: h2::Error) -> std::io::Error {
-    std::io::Error::other(e)
-}
-
-impl tokio::io::AsyncRead for H2Stream {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        out: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        if self.buf.is_empty() {
-            match self.recv.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(Ok(())),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
-                Poll::Ready(Some(Ok(data))) => {
-                    // Lets the server send more as this client reads.
-                    let _ = self.recv.flow_control().release_capacity(data.len());
-                    self.buf = data;
-                }
-            }
-        }
-        let n = self.buf.len().min(out.remaining());
-        let chunk = self.buf.split_to(n);
-        out.put_slice(&chunk);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for H2Stream {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        use std::task::Poll;
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        self.send.reserve_capacity(buf.len());
-        let n = match self.send.capacity() {
-            0 => match self.send.poll_capacity(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(n))) => n,
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(io_error(e))),
-                Poll::Ready(None) => {
-                    return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()))
-                }
-            },
-            n => n,
-        };
-        let n = n.min(buf.len());
-        self.send
-            .send_data(bytes::Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(io_error)?;
-        Poll::Ready(Ok(n))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        // END_STREAM on an empty DATA frame: the half-close of RFC 8441 §5.
-        let _ = self.send.send_data(bytes::Bytes::new(), true);
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 #[tokio::test]

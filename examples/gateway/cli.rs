@@ -27,11 +27,29 @@ pub struct Args {
 
     /// An upstream server, repeatable (nginx `upstream { server ADDR weight=N; }`).
     /// Options after commas: weight=N, max_fails=N, fail_timeout=DUR, backup, down.
-    /// ADDR is ip:port or host:port, or kept current from DNS (needs
-    /// `--features dns`): dns:NAME:PORT (A/AAAA; nginx `server NAME resolve`)
-    /// or srv:NAME (SRV ports and weights).
+    /// ADDR is ip:port, host:port, unix:/PATH (nginx `server unix:/PATH`),
+    /// tls://host:port (nginx `proxy_pass https://`; every upstream of a
+    /// group or none; needs `--features rustls`), or kept current from DNS
+    /// (needs `--features dns`): dns:NAME:PORT (A/AAAA; nginx `server NAME
+    /// resolve`) or srv:NAME (SRV ports and weights).
     #[arg(long, value_name = "ADDR[,weight=N]", value_parser = parse_upstream)]
-    pub upstream: Vec<Upstream>,
+    pub upstream: Vec<(Upstream, Transport)>,
+
+    /// PEM CA certificates that tls:// upstreams are verified against,
+    /// instead of the system's roots (nginx `proxy_ssl_trusted_certificate`).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<PathBuf>,
+
+    /// The name tls:// upstreams are sent as SNI and verified for, instead
+    /// of each upstream's host (nginx `proxy_ssl_name`).
+    #[arg(long, value_name = "NAME")]
+    pub upstream_sni: Option<String>,
+
+    /// Accept any certificate from tls:// upstreams (nginx `proxy_ssl_verify
+    /// off`). For tests against throwaway certificates only: anyone on the
+    /// path can read and change the traffic.
+    #[arg(long, conflicts_with = "upstream_ca")]
+    pub upstream_insecure: bool,
 
     /// A location with its own upstream group, repeatable (nginx `server_name`
     /// and `location /PREFIX { proxy_pass http://group; }`):
@@ -136,7 +154,8 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 
-    /// Runtime worker threads (nginx `worker_processes`; default: one per core).
+    /// Worker threads, each accepting on its own SO_REUSEPORT listener and
+    /// serving its connections itself (nginx `worker_processes`; default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
 
@@ -187,6 +206,12 @@ pub struct Args {
     /// PEM private key for --tls-cert (nginx `ssl_certificate_key`).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+
+    /// With --tls-cert, offer only http/1.1 in ALPN, no HTTP/2 (nginx
+    /// `http2 off`). HTTP/2, WebSockets over it included (RFC 8441), is
+    /// offered when the gateway is built with feature `h2`.
+    #[arg(long, requires = "tls_cert")]
+    pub no_h2: bool,
 
     /// One line per connection: client, route, upstream, status, bytes each
     /// way, duration, how it ended and who sent a WebSocket Close with which
@@ -456,6 +481,28 @@ pub struct RouteSpec {
     /// What replaces the prefix upstream, if anything.
     pub replace: Option<String>,
     pub upstreams: Vec<Upstream>,
+    /// Whether its upstreams were written `tls://`.
+    pub transport: Transport,
+}
+
+/// How an upstream is reached, as its address was written: `tls://` or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Plain,
+    Tls,
+}
+
+/// The one transport of a group's upstreams: like nginx's `proxy_pass
+/// https://group`, TLS is a property of the whole group.
+pub fn one_transport(list: &[(Upstream, Transport)]) -> Result<(Vec<Upstream>, Transport), String> {
+    let transport = list.first().map_or(Transport::Plain, |(_, t)| *t);
+    if list.iter().any(|(_, t)| *t != transport) {
+        return Err(
+            "tls:// and plain upstreams cannot share a group; give them separate --route".into(),
+        );
+    }
+    Ok((list.iter().map(|(u, _)| u.clone()).collect(), transport))
 }
 
 /// nginx time syntax: `500ms`, `4s`, `2h`, `1m30s`, parsed by humantime,
@@ -489,9 +536,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 /// `ADDR[,weight=N][,max_fails=N][,fail_timeout=DUR][,backup][,down]`.
-pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
+pub fn parse_upstream(text: &str) -> Result<(Upstream, Transport), String> {
     let list = parse_upstream_list(text)?;
-    match <[Upstream; 1]>::try_from(list) {
+    match <[(Upstream, Transport); 1]>::try_from(list) {
         Ok([one]) => Ok(one),
         Err(_) => Err(format!(
             "`{text}` names several upstreams; repeat --upstream for each"
@@ -500,8 +547,8 @@ pub fn parse_upstream(text: &str) -> Result<Upstream, String> {
 }
 
 /// Upstreams separated by commas, each followed by its options.
-fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
-    let mut list: Vec<Upstream> = Vec::new();
+fn parse_upstream_list(text: &str) -> Result<Vec<(Upstream, Transport)>, String> {
+    let mut list: Vec<(Upstream, Transport)> = Vec::new();
     for token in text.split(',').map(str::trim) {
         let (key, value) = match token.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -513,14 +560,18 @@ fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
         );
         if !is_option {
             // `dns:NAME:PORT` and `srv:NAME` (see dns.rs), else an address.
-            let upstream = match parse_dns_upstream(token)? {
-                Some(template) => template,
-                None => Upstream::new(parse_addr(token)?),
+            if let Some(template) = parse_dns_upstream(token)? {
+                list.push((template, Transport::Plain));
+                continue;
+            }
+            let (addr, transport) = match token.strip_prefix("tls://") {
+                Some(rest) => (rest, Transport::Tls),
+                None => (token, Transport::Plain),
             };
-            list.push(upstream);
+            list.push((Upstream::new(parse_addr(addr)?), transport));
             continue;
         }
-        let last = list
+        let (last, transport) = list
             .pop()
             .ok_or_else(|| format!("`{token}` must follow an upstream address"))?;
         let number = || -> Result<u32, String> {
@@ -539,7 +590,7 @@ fn parse_upstream_list(text: &str) -> Result<Vec<Upstream>, String> {
             ("down", None) => last.down(true),
             _ => return Err(format!("`{token}`: {key} takes no value here")),
         };
-        list.push(updated);
+        list.push((updated, transport));
     }
     if list.is_empty() {
         return Err("no upstream address".into());
@@ -587,8 +638,13 @@ pub fn parse_dns_upstream(token: &str) -> Result<Option<Upstream>, String> {
     Ok(None)
 }
 
-/// `ip:port`, `[v6]:port` or `host:port`.
+/// `ip:port`, `[v6]:port`, `host:port` or `unix:/PATH`.
 fn parse_addr(text: &str) -> Result<UpstreamAddr, String> {
+    if text.starts_with("unix:") {
+        return text
+            .parse()
+            .map_err(|e: wsproxy::balance::AddrParseError| e.to_string());
+    }
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return Ok(addr.into());
     }
@@ -623,12 +679,14 @@ pub fn parse_route(text: &str) -> Result<RouteSpec, String> {
         Some((prefix, with)) => (prefix, Some(with.to_owned())),
         None => (&pattern[slash..], None),
     };
+    let (upstreams, transport) = one_transport(&parse_upstream_list(upstreams)?)?;
     Ok(RouteSpec {
         name: pattern.to_owned(),
         host: (!host.is_empty()).then(|| host.to_owned()),
         prefix: prefix.to_owned(),
         replace,
-        upstreams: parse_upstream_list(upstreams)?,
+        upstreams,
+        transport,
     })
 }
 
@@ -731,6 +789,9 @@ mod tests {
                 .backup(true),
             Upstream::new(UpstreamAddr::name("localhost", 9000)).down(true),
         ];
+        let plain: Vec<_> = list.iter().map(|(_, t)| *t).collect();
+        assert_eq!(plain, [Transport::Plain; 3]);
+        let list: Vec<_> = list.into_iter().map(|(u, _)| u).collect();
         assert_eq!(list, expected);
         expected.truncate(1);
         assert!(parse_upstream("127.0.0.1:8010,127.0.0.1:8011").is_err());
@@ -748,10 +809,13 @@ mod tests {
 
     #[test]
     fn dns_upstreams_carry_their_name_and_options() {
-        let list = parse_upstream_list(
+        let list: Vec<Upstream> = parse_upstream_list(
             "dns:chat.svc:8080,weight=2,127.0.0.1:1,srv:_ws._tcp.chat.svc,max_fails=3",
         )
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|(upstream, _)| upstream)
+        .collect();
         assert_eq!(
             list,
             vec![
@@ -769,6 +833,29 @@ mod tests {
             "srv:a/b",
         ] {
             assert!(parse_upstream_list(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tls_and_unix_upstreams_parse_and_do_not_mix() {
+        let (tls, transport) = parse_upstream("tls://backend.test:443,weight=2").unwrap();
+        assert_eq!(
+            (tls.addr(), transport),
+            (&UpstreamAddr::name("backend.test", 443), Transport::Tls)
+        );
+        let (unix, transport) = parse_upstream("unix:/run/app.sock,max_fails=2").unwrap();
+        assert_eq!(
+            (unix.addr(), transport),
+            (&UpstreamAddr::unix("/run/app.sock"), Transport::Plain)
+        );
+        let route = parse_route("/=tls://a.test:443,tls://unix:/run/tls.sock").unwrap();
+        assert_eq!(
+            (route.upstreams.len(), route.transport),
+            (2, Transport::Tls)
+        );
+        assert!(parse_route("/=tls://a.test:443,127.0.0.1:80").is_err());
+        for bad in ["unix:", "tls://", "tls://nope"] {
+            assert!(parse_upstream(bad).is_err(), "{bad:?}");
         }
     }
 

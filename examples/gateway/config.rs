@@ -465,7 +465,7 @@ impl<'a> Check<'a> {
                 }
             }
             if readable {
-                if let Err(msg) = crate::tls::acceptor(cert, key) {
+                if let Err(msg) = crate::tls::acceptor(cert, key, false) {
                     let span = self.span_of(&["tls-cert"]);
                     self.error(span, msg);
                 }

@@ -35,13 +35,14 @@ pub fn fixed(upstreams: &[Upstream]) -> impl Iterator<Item = Upstream> + '_ {
 
 /// Each group's name and upstream list as the flags give them, in the order
 /// main.rs builds the groups.
-fn lists(args: &Args) -> Vec<(&str, &[Upstream])> {
+fn lists(args: &Args) -> Vec<(&str, Vec<Upstream>)> {
     let mut lists = Vec::new();
     if !args.upstream.is_empty() {
-        lists.push(("default", args.upstream.as_slice()));
+        let list = args.upstream.iter().map(|(u, _)| u.clone()).collect();
+        lists.push(("default", list));
     }
     for spec in &args.route {
-        lists.push((spec.name.as_str(), spec.upstreams.as_slice()));
+        lists.push((spec.name.as_str(), spec.upstreams.clone()));
     }
     lists
 }
@@ -120,7 +121,7 @@ mod with_feature {
             let Some((set, group)) = groups.iter().find(|(_, g)| g.name() == group_name) else {
                 continue;
             };
-            for template in list {
+            for template in &list {
                 let Some((name, port)) = dns_name(template) else {
                     continue;
                 };

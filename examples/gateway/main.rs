@@ -27,6 +27,7 @@ mod demo;
 mod dns;
 mod reload;
 mod tls;
+mod upstream_tls;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -50,7 +51,7 @@ use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
+use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect, Transport};
 
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
@@ -112,7 +113,9 @@ fn main() -> ExitCode {
     let drain_timeout = drain_timeout(&args).unwrap_or_else(|msg| usage(msg));
     let proxy_protocol = proxy_protocol(&args).unwrap_or_else(|msg| usage(msg));
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key).unwrap_or_else(|msg| usage(msg))),
+        (Some(cert), Some(key)) => {
+            Some(tls::acceptor(cert, key, !args.no_h2).unwrap_or_else(|msg| usage(msg)))
+        }
         _ => None,
     };
     let access_log = match &args.access_log {
@@ -123,11 +126,13 @@ fn main() -> ExitCode {
         None => None,
     };
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
-        runtime.worker_threads(usize::from(workers));
-    }
-    let runtime = match runtime.enable_all().build() {
+    // The control runtime: signals, health checks, rebalancing, the admin
+    // listener and the demo backend. Connections are served thread-per-core
+    // by the server's own workers (see `serve`).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
@@ -200,6 +205,7 @@ fn start_group_tasks(
             });
             if let Some(config) = health {
                 let mut checker = HealthChecker::new(set, config.clone());
+                checker = upstream_tls::check(checker, &group);
                 if args.on_marked_down == Some(OnMarkedDown::Close) {
                     checker = checker.close_on_down(&group);
                 }
@@ -292,19 +298,13 @@ fn bind_demo() -> std::io::Result<std::net::TcpListener> {
 async fn serve(
     args: &Args,
     proxy: Proxy,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<tls::Tls>,
     access_log: Option<Arc<access_log::AccessLog>>,
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
     admin: AdminNote,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
-        })?;
-    let local = listener.local_addr()?;
     let scheme = if tls.is_some() {
         Scheme::Https
     } else {
@@ -328,6 +328,16 @@ async fn serve(
     if let Some(log) = access_log {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
+    // Thread-per-core (nginx `worker_processes`): each worker accepts on its
+    // own SO_REUSEPORT listener and serves its connections on its thread.
+    let mut workers = server.clone().per_core();
+    if let Some(n) = args.workers {
+        workers = workers.threads(usize::from(n));
+    }
+    let workers = workers.bind(args.listen).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
+    })?;
+    let local = workers.local_addr();
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
     let signal = shutdown_signal()?;
@@ -359,21 +369,25 @@ async fn serve(
         None => (reload::Retire::never(), None),
     };
     let ws = if tls.is_some() { "wss" } else { "ws" };
+    let alpn = match &tls {
+        Some(tls) if tls.h2 => " (h2, http/1.1)",
+        _ => "",
+    };
     let demo_note = if args.upstream.is_empty() && args.route.is_empty() {
-        let http = if ws == "wss" { "https" } else { "http" };
+        let http = if tls.is_some() { "https" } else { "http" };
         format!(
             " (demo backend: echo on /, chat room on /chat; open {http}://{local}/ in a browser)"
         )
     } else {
         String::new()
     };
-    println!("gateway: listening on {ws}://{local}{demo_note}");
+    println!("gateway: listening on {ws}://{local}{alpn}{demo_note}");
     if let Some(addr) = admin.addr {
         println!("gateway: metrics on http://{addr}/metrics");
     }
     let _ = std::io::stdout().flush();
 
-    let report = reload::serve_listener(server, listener, tls, retire, shutdown).await?;
+    let report = reload::serve_listener(workers, tls, retire, shutdown).await?;
     eprintln!(
         "gateway: stopped: {} connections accepted, {} open at shutdown, {} sent Close 1001, {} finished, {} cut",
         report.accepted, report.open_at_shutdown, report.closed, report.finished, report.cut
@@ -468,11 +482,12 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         return Err("--hash-key needs --balance consistent-hash or bounded-hash".into());
     }
     let key = args.hash_key.clone().unwrap_or(HashKey::RemoteAddr);
+    let tls = upstream_tls::setting(args)?;
     // Each group's set, for the health checker; the sets share their state
     // with the balancers, the groups their tunnel registries (cheap clones).
     let groups = std::cell::RefCell::new(Vec::new());
     let balance = args.balance;
-    let group = |name: &str, upstreams: &[Upstream]| {
+    let group = |name: &str, upstreams: &[Upstream], transport: Transport| {
         // DNS names are not addresses: dns.rs keeps the set current.
         let set: UpstreamSet = dns::fixed(upstreams).collect();
         let checked = set.clone();
@@ -489,6 +504,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
             }
         };
         let group = UpstreamGroup::balanced_dyn(name, set, strategy);
+        let group = upstream_tls::apply(group, transport, &tls);
         #[cfg(feature = "proxy-protocol")]
         let group = group.send_proxy_v2(args.send_proxy_v2);
         groups.borrow_mut().push((checked, group.clone()));
@@ -507,13 +523,16 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         builder = builder.tcp_keepalive(keepalive.resolve());
     }
     if let Some(addr) = demo {
-        builder = builder.route(Route::new("/", group("demo", &[Upstream::new(addr)])));
+        let demo = group("demo", &[Upstream::new(addr)], Transport::Plain);
+        builder = builder.route(Route::new("/", demo));
     }
     if !args.upstream.is_empty() {
-        builder = builder.route(Route::new("/", group("default", &args.upstream)));
+        let (upstreams, transport) = cli::one_transport(&args.upstream)?;
+        builder = builder.route(Route::new("/", group("default", &upstreams, transport)));
     }
     for spec in &args.route {
-        let mut route = Route::new(spec.prefix.clone(), group(&spec.name, &spec.upstreams));
+        let upstreams = group(&spec.name, &spec.upstreams, spec.transport);
+        let mut route = Route::new(spec.prefix.clone(), upstreams);
         if let Some(host) = &spec.host {
             route = route.host(host.clone());
         }

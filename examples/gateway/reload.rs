@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use wsproxy::server::{DrainReport, Server};
+use wsproxy::workers::BoundWorkers;
 use wsproxy::Proxy;
 
 use crate::cli::Args;
@@ -59,30 +59,20 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
-/// Serves one listener, plain or TLS, until it is retired and shutdown
-/// drains it.
+/// Serves one address's workers, plain or TLS, until they are retired and
+/// shutdown drains them.
 pub async fn serve_listener(
-    server: Server,
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    workers: BoundWorkers,
+    tls: Option<crate::tls::Tls>,
     retire: Retire,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<DrainReport> {
     let retire = retire.wait();
     match tls {
-        Some(acceptor) => {
-            server
-                .serve_retiring(listener, move |tcp| acceptor.accept(tcp), retire, shutdown)
-                .await
-        }
+        Some(tls) => crate::tls::serve(workers, tls, retire, shutdown).await,
         None => {
-            server
-                .serve_retiring(
-                    listener,
-                    |tcp| std::future::ready(Ok(tcp)),
-                    retire,
-                    shutdown,
-                )
+            workers
+                .serve_retiring(|tcp| std::future::ready(Ok(tcp)), retire, shutdown)
                 .await
         }
     }
@@ -97,7 +87,7 @@ pub struct Reloader {
     /// The first listener's server, as configured: a rebound listener is
     /// served by a clone of it.
     server: Server,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::tls::Tls>,
     /// The address being served, as bound.
     local: SocketAddr,
     /// Health checkers and rebalancers of the groups in force.
@@ -121,7 +111,7 @@ impl Reloader {
         args: Args,
         proxy: Proxy,
         server: Server,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<crate::tls::Tls>,
         local: SocketAddr,
         tasks: Vec<JoinHandle<()>>,
         stop: watch::Receiver<bool>,
@@ -238,8 +228,12 @@ impl Reloader {
     /// Serves `addr` and then retires the listener served so far; false if
     /// it cannot be bound (the old one serves on).
     async fn rebind(&mut self, addr: SocketAddr) -> bool {
-        let listener = match TcpListener::bind(addr).await {
-            Ok(listener) => listener,
+        let mut workers = self.server.clone().per_core();
+        if let Some(n) = self.args.workers {
+            workers = workers.threads(usize::from(n));
+        }
+        let workers = match workers.bind(addr) {
+            Ok(workers) => workers,
             Err(e) => {
                 eprintln!(
                     "gateway: reload: cannot listen on {addr}: {e}; still on {}",
@@ -248,11 +242,10 @@ impl Reloader {
                 return false;
             }
         };
-        let local = listener.local_addr().unwrap_or(addr);
+        let local = workers.local_addr();
         let (retire, retired) = oneshot::channel();
         let serving = serve_listener(
-            self.server.clone(),
-            listener,
+            workers,
             self.tls.clone(),
             Retire(Some(retired)),
             stopped(self.stop.clone()),

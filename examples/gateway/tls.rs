@@ -1,7 +1,9 @@
 //! `--tls-cert`/`--tls-key`: a rustls server configuration for `wss://`
 //! termination (nginx `listen 443 ssl`, `ssl_certificate`,
-//! `ssl_certificate_key`).
+//! `ssl_certificate_key`), offering HTTP/2 as well when the gateway is
+//! built with feature `h2` and `--no-h2` is not given (nginx `http2 on`).
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -9,9 +11,20 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
+use wsproxy::server::DrainReport;
+use wsproxy::workers::BoundWorkers;
+
+/// The TLS acceptor and whether its ALPN offers `h2`.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub h2: bool,
+}
 
 /// Reads the PEM files and builds the acceptor, with the ring provider.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+/// `h2`: offer HTTP/2 in ALPN before http/1.1 (only with feature `h2`,
+/// which serves it).
+pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
@@ -25,7 +38,44 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
         .map_err(|e| format!("invalid certificate or key: {e}"))?;
-    // WebSockets are HTTP/1.1 upgrades (RFC 6455): never offer h2.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    // WebSockets over HTTP/2 are RFC 8441 extended CONNECTs, which only the
+    // `h2` feature's front door serves: without it, never offer h2, or a
+    // browser would pick it and find no WebSocket there.
+    let h2 = h2 && cfg!(feature = "h2");
+    config.alpn_protocols = if h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(Tls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        h2,
+    })
+}
+
+/// Serves `workers` over TLS until retired: HTTP/2 on connections whose
+/// ALPN picked `h2`, HTTP/1.1 on the others.
+pub async fn serve(
+    workers: BoundWorkers,
+    tls: Tls,
+    retire: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<DrainReport> {
+    let acceptor = tls.acceptor;
+    #[cfg(feature = "h2")]
+    if tls.h2 {
+        use wsproxy::server::Negotiated;
+        let accept = move |tcp| {
+            let accepting = acceptor.accept(tcp);
+            async move {
+                let stream = accepting.await?;
+                let protocol = Negotiated::from_alpn(stream.get_ref().1.alpn_protocol());
+                Ok((stream, protocol))
+            }
+        };
+        return workers.serve_negotiated(accept, retire, shutdown).await;
+    }
+    workers
+        .serve_retiring(move |tcp| acceptor.accept(tcp), retire, shutdown)
+        .await
 }

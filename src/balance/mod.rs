@@ -149,7 +149,7 @@ pub use rebalance::{LoadSpread, Placed, Plan, Rebalance, RebalanceConfigError};
 pub use ring::{ConsistentHash, HashKey};
 pub use round_robin::RoundRobin;
 pub use set::{AvailablePeers, Peer, Reconciled, Snapshot, UpstreamSet};
-pub use upstream::{Lease, Upstream, UpstreamAddr, UpstreamId};
+pub use upstream::{AddrParseError, Lease, Upstream, UpstreamAddr, UpstreamId};
 
 /// Chooses the upstream for one proxied connection.
 ///

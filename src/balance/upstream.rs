@@ -3,14 +3,21 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
-/// Where an upstream listens: a socket address, or a host name and port that
-/// the caller resolves when it connects.
+/// Where an upstream listens: a socket address, a host name and port that
+/// the caller resolves when it connects, or a Unix socket path (nginx
+/// `server unix:/run/app.sock`).
+///
+/// It parses from and prints as `ip:port`, `[ipv6]:port`, `host:port` or
+/// `unix:/path`; the printed form is also what a consistent hash ring
+/// places the upstream by.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,6 +28,9 @@ use http::uri::Authority;
 /// assert_eq!(ip.to_string(), "127.0.0.1:8080");
 /// let name = UpstreamAddr::name("localhost", 8080);
 /// assert_eq!((&*name.host(), name.port()), ("localhost", 8080));
+/// let unix: UpstreamAddr = "unix:/run/app.sock".parse()?;
+/// assert_eq!(unix.as_unix_path(), Some(std::path::Path::new("/run/app.sock")));
+/// assert_eq!(unix.to_string(), "unix:/run/app.sock");
 /// # Ok(())
 /// # }
 /// ```
@@ -37,6 +47,10 @@ pub enum UpstreamAddr {
         /// TCP port.
         port: u16,
     },
+    /// A Unix domain socket path (nginx `unix:/path`). The shell connects
+    /// to it on Unix targets only; elsewhere the connect fails with
+    /// [`io::ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported).
+    Unix(Arc<Path>),
 }
 
 impl UpstreamAddr {
@@ -48,37 +62,100 @@ impl UpstreamAddr {
         }
     }
 
+    /// A Unix domain socket path (nginx `server unix:/run/app.sock`).
+    pub fn unix(path: impl AsRef<Path>) -> Self {
+        Self::Unix(Arc::from(path.as_ref()))
+    }
+
     /// The socket address, when this is one.
     pub fn as_socket_addr(&self) -> Option<SocketAddr> {
         match self {
             Self::Socket(addr) => Some(*addr),
-            Self::Name { .. } => None,
+            Self::Name { .. } | Self::Unix(_) => None,
         }
     }
 
-    /// The TCP port.
+    /// The Unix socket path, when this is one.
+    pub fn as_unix_path(&self) -> Option<&Path> {
+        match self {
+            Self::Unix(path) => Some(path),
+            Self::Socket(_) | Self::Name { .. } => None,
+        }
+    }
+
+    /// The TCP port; 0 for a Unix socket, which has none.
     pub fn port(&self) -> u16 {
         match self {
             Self::Socket(addr) => addr.port(),
             Self::Name { port, .. } => *port,
+            Self::Unix(_) => 0,
         }
     }
 
     /// The host part without the port (an IP literal for a socket address
-    /// is not bracketed). Allocates only for a socket address; use
-    /// [`as_socket_addr`](Self::as_socket_addr) on the hot path.
+    /// is not bracketed); `localhost` for a Unix socket, the Host nginx
+    /// sends for `proxy_pass http://unix:/path:`. Allocates only for a
+    /// socket address; use [`as_socket_addr`](Self::as_socket_addr) on the
+    /// hot path.
     pub fn host(&self) -> std::borrow::Cow<'_, str> {
         match self {
             Self::Socket(addr) => addr.ip().to_string().into(),
             Self::Name { host, .. } => std::borrow::Cow::Borrowed(host),
+            Self::Unix(_) => std::borrow::Cow::Borrowed("localhost"),
         }
+    }
+}
+
+/// Why a text is not an [`UpstreamAddr`].
+///
+/// ```
+/// use wsproxy::balance::UpstreamAddr;
+///
+/// let err = "no-port".parse::<UpstreamAddr>().unwrap_err();
+/// assert!(err.to_string().contains("no-port"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not an upstream address (ip:port, [ipv6]:port, host:port or unix:/path)")]
+pub struct AddrParseError(String);
+
+impl FromStr for UpstreamAddr {
+    type Err = AddrParseError;
+
+    /// `ip:port`, `[ipv6]:port`, `host:port` (letters, digits, `-` and `.`)
+    /// or `unix:PATH` with a non-empty path.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || AddrParseError(text.to_owned());
+        if let Some(path) = text.strip_prefix("unix:") {
+            return if path.is_empty() {
+                Err(bad())
+            } else {
+                Ok(Self::unix(path))
+            };
+        }
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(addr.into());
+        }
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let host_ok = !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !host_ok {
+            return Err(bad());
+        }
+        Ok(Self::name(host, port))
     }
 }
 
 impl UpstreamAddr {
     /// The address as a URI authority; a name no authority can hold
-    /// becomes `upstream`.
+    /// becomes `upstream`, a Unix socket `localhost` (nginx's `Host` for
+    /// `proxy_pass http://unix:/path:`).
     pub(crate) fn authority(&self) -> Authority {
+        if self.as_unix_path().is_some() {
+            return Authority::from_static("localhost");
+        }
         // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
         self.to_string()
             .parse()
@@ -93,12 +170,14 @@ impl From<SocketAddr> for UpstreamAddr {
 }
 
 impl fmt::Display for UpstreamAddr {
-    /// `ip:port`, `[ipv6]:port` or `host:port`: also the name a consistent
-    /// hash ring places the upstream by, so every gateway agrees.
+    /// `ip:port`, `[ipv6]:port`, `host:port` or `unix:/path`: also the
+    /// name a consistent hash ring places the upstream by, so every gateway
+    /// agrees.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Socket(addr) => addr.fmt(f),
             Self::Name { host, port } => write!(f, "{host}:{port}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
         }
     }
 }
@@ -536,6 +615,27 @@ mod tests {
             "localhost:81"
         );
         assert_eq!(UpstreamAddr::name("localhost", 81).as_socket_addr(), None);
+    }
+
+    #[test]
+    fn addresses_parse_back_from_their_printed_form() {
+        for text in [
+            "127.0.0.1:80",
+            "[::1]:443",
+            "backend.internal:8080",
+            "unix:/run/app.sock",
+            "unix:relative.sock",
+        ] {
+            let addr: UpstreamAddr = text.parse().unwrap();
+            assert_eq!(addr.to_string(), text);
+        }
+        let unix = UpstreamAddr::unix("/run/app.sock");
+        assert_eq!("unix:/run/app.sock".parse(), Ok(unix.clone()));
+        assert_eq!((unix.port(), &*unix.host()), (0, "localhost"));
+        assert_eq!(unix.as_socket_addr(), None);
+        for bad in ["unix:", "no-port", "a b:1", ":80", "host:99999", ""] {
+            assert!(bad.parse::<UpstreamAddr>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

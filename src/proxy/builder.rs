@@ -263,9 +263,19 @@ impl ProxyBuilder {
                 .linger_timeout(DEFAULT_LINGER)
                 .track_frames(true)
         });
+        let routes = self.routes.build()?;
+        #[cfg(all(feature = "rustls", feature = "proxy-protocol"))]
+        if let Some(route) = routes
+            .iter()
+            .find(|r| r.target().sends_proxy_v2() && r.target().upstream_tls().is_some())
+        {
+            return Err(ProxyConfigError::ProxyHeaderOverTls(
+                route.target().name().to_owned(),
+            ));
+        }
         Ok(Proxy {
             live: Arc::new(Live::new(Inner {
-                routes: Arc::new(self.routes.build()?),
+                routes: Arc::new(routes),
                 retired: Vec::new(),
                 policy: self.policy,
                 limits: self.limits,
@@ -297,4 +307,10 @@ pub enum ProxyConfigError {
     /// A timeout is zero.
     #[error("{0} timeout must be greater than zero")]
     ZeroTimeout(&'static str),
+    /// A group both sends a PROXY header and reaches its upstreams over
+    /// TLS: the header would go inside the TLS session, where HAProxy's
+    /// `send-proxy-v2` with `ssl` sends it in clear before the handshake,
+    /// and upstreams expect it (features `proxy-protocol` and `rustls`).
+    #[error("group {0:?} cannot send a proxy protocol header over tls")]
+    ProxyHeaderOverTls(String),
 }

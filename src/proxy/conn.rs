@@ -10,15 +10,15 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{connect, proxy_header};
+use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
+use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
 use crate::balance::Lease;
@@ -42,7 +42,7 @@ enum Next {
 
 /// The upstream half of a completed upgrade.
 struct Switched {
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     upstream_prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -65,7 +65,7 @@ struct Admitted {
 
 /// An admitted request with its upstream connection, rewritten for it.
 struct Connected {
-    stream: TcpStream,
+    stream: UpstreamStream,
     lease: Lease,
     /// Where its tunnel would be listed; an upgrade request's only.
     listing: Option<Listing>,
@@ -476,7 +476,7 @@ where
             &mut up_buf,
         );
         handshake::write_request_head(&up.admitted.request, &mut up_buf);
-        let written = write_all_timeout(&mut up.stream, &up_buf, inner.timeouts.send).await;
+        let written = write_head(&mut up.stream, &up_buf, inner.timeouts.send).await;
         up_buf.clear();
         if written.is_err() {
             up.lease.report_failure(Instant::now().into_std());
@@ -668,7 +668,7 @@ where
     /// (other than 101) to the client as they come.
     async fn read_answer(
         &mut self,
-        upstream: &mut TcpStream,
+        upstream: &mut UpstreamStream,
         up_buf: &mut BytesMut,
         http10: bool,
     ) -> Result<Response<()>, StatusCode> {
@@ -715,7 +715,7 @@ where
     async fn switch(
         &mut self,
         response: Response<()>,
-        upstream: TcpStream,
+        upstream: UpstreamStream,
         mut up_buf: BytesMut,
         lease: Lease,
         listing: Listing,
@@ -744,7 +744,7 @@ where
         &mut self,
         mut response: Response<()>,
         method: &Method,
-        mut upstream: TcpStream,
+        mut upstream: UpstreamStream,
         mut up_buf: BytesMut,
         keep_alive: bool,
         outcome: Outcome,

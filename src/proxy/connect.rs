@@ -1,5 +1,6 @@
 //! Connecting to upstreams: the pick-and-connect loop with retries a request
-//! goes through, and the one TCP connect it and the health checks share.
+//! goes through, and the one TCP connect it and the health checks share
+//! (the dial around it, Unix sockets and TLS, is in `stream.rs`).
 
 use std::io;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use http::{Request, StatusCode};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
+use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Lease, PickContext, SelectError, UpstreamAddr, UpstreamId};
 use crate::forward::Client;
@@ -37,7 +39,8 @@ pub enum ConnectError {
     #[error("no upstream to connect to")]
     Select(#[from] SelectError),
     /// A connect failed (refused, unreachable, a name that does not
-    /// resolve); the last one when several upstreams were tried.
+    /// resolve, a TLS handshake or certificate check that failed); the
+    /// last one when several upstreams were tried.
     #[error("connect to upstream {upstream} failed")]
     Io {
         /// The upstream whose connect failed.
@@ -92,7 +95,7 @@ pub(super) async fn connect(
     group: &UpstreamGroup,
     client: &Client,
     request: &Request<()>,
-) -> Result<(Lease, TcpStream), ConnectError> {
+) -> Result<(Lease, UpstreamStream), ConnectError> {
     let mut failed: Vec<UpstreamId> = Vec::new();
     // Only the failure path pays for these.
     let mut last_io: Option<(UpstreamAddr, io::Error)> = None;
@@ -112,18 +115,12 @@ pub(super) async fn connect(
             // nginx `proxy_next_upstream`: this pick follows a failed connect.
             inner.counters.retry();
         }
-        let connecting = connect_addr(lease.addr());
+        // The TCP (or Unix) connect, then a TLS group's handshake, under
+        // one timeout; TCP_NODELAY and keepalive are set in the dial.
+        let connecting = group.dial(inner.tcp_keepalive).connect(lease.addr());
         match timeout(inner.timeouts.connect, connecting).await {
             Ok(Ok(stream)) => {
                 lease.report_success();
-                // WebSocket messages are latency-sensitive and already
-                // batched by their senders.
-                let _ = stream.set_nodelay(true);
-                if let Some(keepalive) = inner.tcp_keepalive {
-                    if let Err(e) = keepalive.apply(&stream) {
-                        tracing::debug!(error = %e, "tcp keepalive refused");
-                    }
-                }
                 return Ok((lease, stream));
             }
             Ok(Err(e)) => {
@@ -151,11 +148,108 @@ pub(super) async fn connect(
 }
 
 /// Connects to `addr`, resolving a host name at connect time; the caller
-/// bounds the wait. Shared by requests and the health checks' TCP probe.
+/// bounds the wait. Shared by requests and the health checks' probes,
+/// through the dial (`stream.rs`), which sends a Unix socket path elsewhere.
 pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
-        Some(sa) => TcpStream::connect(sa).await,
+        Some(sa) => connect_tcp(sa).await,
         None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
+    }
+}
+
+/// A non-blocking connect that returns as soon as the socket is connected,
+/// without waiting for the reactor to report it writable first: on loopback
+/// (and to any upstream answering within the connect call) the handshake is
+/// complete when `connect` returns, so one `getpeername` replaces a trip
+/// through the reactor and `getsockopt(SO_ERROR)`, and the request head can
+/// go out at once ([`write_head`]), as HAProxy sends it. Otherwise it waits
+/// for writability as tokio's own connect does.
+#[cfg(unix)]
+async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        stream_type(),
+        Some(Protocol::TCP),
+    )?;
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    socket.set_nonblocking(true)?;
+    let in_progress = match socket.connect(&addr.into()) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
+        Err(e) => return Err(e),
+    };
+    // A connect still in progress has no peer yet (ENOTCONN).
+    let connected = !in_progress || socket.peer_addr().is_ok();
+    let stream = TcpStream::from_std(std::net::TcpStream::from(socket))?;
+    if !connected {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        // Writable without an error can still be a reset during the wait.
+        stream.peer_addr()?;
+    }
+    Ok(stream)
+}
+
+/// Elsewhere tokio's connect (a pending connect reports differently there).
+#[cfg(not(unix))]
+async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
+    TcpStream::connect(addr).await
+}
+
+/// A stream socket created non-blocking where the platform can, saving a
+/// `fcntl`.
+#[cfg(unix)]
+fn stream_type() -> socket2::Type {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    return socket2::Type::STREAM.nonblocking();
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    socket2::Type::STREAM
+}
+
+/// An upstream that reset must not raise SIGPIPE in a host that did not
+/// ignore it: std's and tokio's own writes pass the same flag (Apple
+/// platforms set `SO_NOSIGPIPE` on the socket instead).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const SEND_FLAGS: std::ffi::c_int = libc::MSG_NOSIGNAL;
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+const SEND_FLAGS: std::ffi::c_int = 0;
+
+/// Writes the request head to a freshly connected upstream: first straight
+/// to the socket, since tokio knows nothing of its readiness yet and would
+/// wait a turn of the reactor before its first write; then, for what that
+/// did not take (a full send buffer, a connect still in progress), through
+/// tokio within `limit` as [`write_all_timeout`](super::head_io) does.
+///
+/// # Errors
+///
+/// The socket's error, or `TimedOut` when the rest makes no progress for
+/// `limit`.
+pub(super) async fn write_head(
+    stream: &mut UpstreamStream,
+    head: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
+    // A TLS or Unix upstream takes the head through tokio.
+    let UpstreamStream::Tcp(tcp) = stream else {
+        return super::head_io::write_all_timeout(stream, head, limit).await;
+    };
+    // Bypassing tokio here is sound: tokio clears a readiness only when its
+    // own I/O returns WouldBlock, so it will still wait for or use the
+    // writability the reactor reports.
+    let sent = match socket2::SockRef::from(&*tcp).send_with_flags(head, SEND_FLAGS) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        Err(e) => return Err(e),
+    };
+    match head.get(sent..) {
+        Some(rest) if !rest.is_empty() => {
+            super::head_io::write_all_timeout(stream, rest, limit).await
+        }
+        _ => Ok(()),
     }
 }
 
@@ -190,6 +284,14 @@ pub(super) fn proxy_header(
 ) {
 }
 
+/// The authority an upstream is addressed by in rewritten requests (the
+/// Host nginx sends for `proxy_pass http://$upstream_addr`); `localhost`
+/// for a Unix socket, as nginx sends for `proxy_pass http://unix:/path:`.
+/// A lease carries it ready-made ([`Lease::authority`]).
+pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
+    addr.authority()
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -210,10 +312,12 @@ mod tests {
         // A name no authority can hold falls back.
         let bad = UpstreamAddr::name("bad host", 1);
         assert_eq!(bad.authority().as_str(), "upstream");
+        let unix = UpstreamAddr::unix("/run/app.sock");
+        assert_eq!(authority_of(&unix).as_str(), "localhost");
     }
 
     /// Tries `set` once per upstream for a plain request from loopback.
-    async fn connect_to(set: UpstreamSet) -> Result<(Lease, TcpStream), ConnectError> {
+    async fn connect_to(set: UpstreamSet) -> Result<(Lease, UpstreamStream), ConnectError> {
         let proxy = Proxy::builder()
             .upstream(RoundRobin::new(set))
             .build()
@@ -245,6 +349,32 @@ mod tests {
             .and_then(|s| s.downcast_ref::<io::Error>())
             .unwrap();
         assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[tokio::test]
+    async fn a_head_written_right_after_connect_arrives_whole() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::from(listener.local_addr().unwrap());
+        let mut stream = UpstreamStream::Tcp(connect_addr(&addr).await.unwrap());
+        // Larger than any socket buffer: the rest goes through tokio.
+        let head: Vec<u8> = (0..8 << 20).map(|i| (i % 251) as u8).collect();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut accepted, &mut got)
+                .await
+                .unwrap();
+            got
+        });
+        write_head(&mut stream, &head, Duration::from_secs(10))
+            .await
+            .unwrap();
+        drop(stream);
+        let got = timeout(Duration::from_secs(10), reading)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == head, "{} of {} bytes", got.len(), head.len());
     }
 
     #[tokio::test]

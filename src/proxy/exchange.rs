@@ -78,6 +78,8 @@ pub(crate) struct Exchange {
     ended: bool,
     /// The request is a WebSocket upgrade: its outcome is a handshake's too.
     websocket: bool,
+    /// A server's own hook, called after the proxy's (an HTTP/2 front door).
+    also: Option<super::ConnectionHook>,
 }
 
 impl Exchange {
@@ -93,7 +95,18 @@ impl Exchange {
             report: ConnectionReport::default(),
             ended: false,
             websocket: false,
+            also: None,
         }
+    }
+
+    /// Calls `hook` too at the end, after the proxy's own: the
+    /// [`Server`](crate::server::Server) hook of the connection the request
+    /// came on.
+    // Only the HTTP/2 front door (feature `h2`) sets one.
+    #[allow(dead_code)]
+    pub(crate) fn also_report_to(mut self, hook: Option<super::ConnectionHook>) -> Self {
+        self.also = hook;
+        self
     }
 
     /// The connection's `conn` span.
@@ -199,6 +212,9 @@ impl Exchange {
         }
         self.report.duration = self.started.elapsed();
         self.inner.report_end(self.peer, &self.report);
+        if let Some(hook) = &self.also {
+            (hook.0)(self.peer, &self.report);
+        }
     }
 }
 

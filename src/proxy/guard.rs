@@ -11,10 +11,10 @@ use std::task::{Context, Poll};
 use http::Request;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::registry::{Listed, Registered, TunnelRegistry};
+use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
 use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
@@ -116,7 +116,7 @@ impl Listing {
 pub(crate) struct Upgraded<S> {
     pub(super) inner: Arc<Inner>,
     pub(super) client: Prefixed<S>,
-    pub(super) upstream: Prefixed<TcpStream>,
+    pub(super) upstream: Prefixed<UpstreamStream>,
     pub(super) lease: Lease,
     pub(super) listing: Listing,
     pub(super) span: tracing::Span,
@@ -153,6 +153,8 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
+        // The Running drops both streams when the tunnel ends.
+        relay.closes_on_end();
         let handle = relay.handle();
         Running {
             relay,
@@ -169,7 +171,7 @@ pin_project! {
     /// A running tunnel; see [`Upgraded::run`].
     pub(crate) struct Running<S, K> {
         #[pin]
-        relay: Tunnel<Prefixed<S>, Prefixed<TcpStream>, std::future::Pending<()>>,
+        relay: Tunnel<Prefixed<S>, Prefixed<UpstreamStream>, std::future::Pending<()>>,
         // Dropped when the tunnel ends, or with the future if it is
         // cancelled: either way the tunnel is counted out.
         open: Option<OpenTunnel>,

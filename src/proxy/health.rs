@@ -15,6 +15,10 @@
 //! shutdown-sessions`: the open tunnels of an upstream marked down are closed
 //! with WebSocket Close 1001, so their clients reconnect to a live one.
 //! [`HealthChecker::on_change`] tells the host of every mark.
+//!
+//! Probes reach Unix socket upstreams (`unix:/path`) by their path, and,
+//! given the group's TLS configuration (`HealthChecker::tls`, feature
+//! `rustls`), TLS upstreams through a TLS handshake first.
 
 use std::fmt;
 use std::future::Future;
@@ -26,12 +30,12 @@ use base64::Engine as _;
 use bytes::BytesMut;
 use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
 use http::{HeaderValue, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::connect::connect_addr;
+use super::connect::authority_of;
+use super::stream::Dial;
 use super::{TunnelRegistry, UpstreamGroup};
 use crate::balance::health::{
     HealthState, Transition, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
@@ -85,11 +89,34 @@ pub type ProbeFuture<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 pub trait Probe: fmt::Debug + Send + Sync {
     /// Checks `upstream` once: `true` when it is healthy.
     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a>;
+
+    /// Checks `upstream` once over TLS configured by `tls`, as a checker
+    /// given [`HealthChecker::tls`] does. [`TcpProbe`] and
+    /// [`WebSocketProbe`] complete a TLS handshake first; by default, the
+    /// plain [`probe`](Self::probe). Feature `rustls`.
+    #[cfg(feature = "rustls")]
+    fn probe_tls<'a>(
+        &'a self,
+        upstream: &'a UpstreamAddr,
+        tls: &'a crate::upstream_tls::UpstreamTls,
+    ) -> ProbeFuture<'a> {
+        let _ = tls;
+        self.probe(upstream)
+    }
 }
 
 impl<P: Probe + ?Sized> Probe for Arc<P> {
     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
         (**self).probe(upstream)
+    }
+
+    #[cfg(feature = "rustls")]
+    fn probe_tls<'a>(
+        &'a self,
+        upstream: &'a UpstreamAddr,
+        tls: &'a crate::upstream_tls::UpstreamTls,
+    ) -> ProbeFuture<'a> {
+        (**self).probe_tls(upstream, tls)
     }
 }
 
@@ -97,10 +124,21 @@ impl<P: Probe + ?Sized> Probe for Box<P> {
     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
         (**self).probe(upstream)
     }
+
+    #[cfg(feature = "rustls")]
+    fn probe_tls<'a>(
+        &'a self,
+        upstream: &'a UpstreamAddr,
+        tls: &'a crate::upstream_tls::UpstreamTls,
+    ) -> ProbeFuture<'a> {
+        (**self).probe_tls(upstream, tls)
+    }
 }
 
 /// A TCP connect that completes (HAProxy's default `check`); a host name is
-/// resolved at each check.
+/// resolved at each check. A Unix socket upstream is connected to by its
+/// path; over TLS (`HealthChecker::tls`, feature `rustls`) the handshake
+/// must complete too, certificate verified (HAProxy `check-ssl`).
 ///
 /// ```
 /// use wsproxy::proxy::{HealthCheck, TcpProbe};
@@ -113,7 +151,22 @@ pub struct TcpProbe;
 
 impl Probe for TcpProbe {
     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
-        Box::pin(async move { connect_addr(upstream).await.is_ok() })
+        Box::pin(async move { Dial::default().connect(upstream).await.is_ok() })
+    }
+
+    #[cfg(feature = "rustls")]
+    fn probe_tls<'a>(
+        &'a self,
+        upstream: &'a UpstreamAddr,
+        tls: &'a crate::upstream_tls::UpstreamTls,
+    ) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let dial = Dial {
+                tls: Some(tls),
+                ..Dial::default()
+            };
+            dial.connect(upstream).await.is_ok()
+        })
     }
 }
 
@@ -182,22 +235,40 @@ impl WebSocketProbe {
     }
 }
 
+impl WebSocketProbe {
+    /// Connects as `dial` says and does the handshake.
+    async fn check(&self, upstream: &UpstreamAddr, dial: Dial<'_>) -> bool {
+        let Ok(stream) = dial.connect(upstream).await else {
+            return false;
+        };
+        websocket(
+            stream,
+            upstream,
+            &self.path,
+            self.host.as_deref(),
+            &self.limits,
+        )
+        .await
+        .unwrap_or(false)
+    }
+}
+
 impl Probe for WebSocketProbe {
     fn probe<'a>(&'a self, upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
-        Box::pin(async move {
-            let Ok(stream) = connect_addr(upstream).await else {
-                return false;
-            };
-            websocket(
-                stream,
-                upstream,
-                &self.path,
-                self.host.as_deref(),
-                &self.limits,
-            )
-            .await
-            .unwrap_or(false)
-        })
+        Box::pin(self.check(upstream, Dial::default()))
+    }
+
+    #[cfg(feature = "rustls")]
+    fn probe_tls<'a>(
+        &'a self,
+        upstream: &'a UpstreamAddr,
+        tls: &'a crate::upstream_tls::UpstreamTls,
+    ) -> ProbeFuture<'a> {
+        let dial = Dial {
+            tls: Some(tls),
+            ..Dial::default()
+        };
+        Box::pin(self.check(upstream, dial))
     }
 }
 
@@ -417,6 +488,9 @@ pub struct HealthChecker {
     config: HealthCheck,
     hooks: Vec<Box<ChangeHook>>,
     close_on_down: Vec<Arc<TunnelRegistry>>,
+    /// `HealthChecker::tls` (`crate::upstream_tls`).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<crate::upstream_tls::UpstreamTls>,
 }
 
 /// What [`HealthChecker::on_change`] calls: the upstream and whether it is
@@ -425,12 +499,14 @@ type ChangeHook = dyn Fn(UpstreamId, bool) + Send + Sync;
 
 impl fmt::Debug for HealthChecker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthChecker")
-            .field("set", &self.set)
+        let mut d = f.debug_struct("HealthChecker");
+        d.field("set", &self.set)
             .field("config", &self.config)
             .field("hooks", &self.hooks.len())
-            .field("close_on_down", &self.close_on_down.len())
-            .finish()
+            .field("close_on_down", &self.close_on_down.len());
+        #[cfg(feature = "rustls")]
+        d.field("tls", &self.tls);
+        d.finish()
     }
 }
 
@@ -443,6 +519,8 @@ impl HealthChecker {
             config,
             hooks: Vec::new(),
             close_on_down: Vec::new(),
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -521,10 +599,17 @@ impl HealthChecker {
                 let addr = peer.addr().clone();
                 let probe = Arc::clone(&config.probe);
                 let limit = config.timeout();
+                #[cfg(feature = "rustls")]
+                let tls = self.tls.clone();
                 running.spawn(async move {
-                    let ok = tokio::time::timeout(limit, probe.probe(&addr))
-                        .await
-                        .unwrap_or(false);
+                    #[cfg(feature = "rustls")]
+                    let probing = match &tls {
+                        Some(tls) => probe.probe_tls(&addr, tls),
+                        None => probe.probe(&addr),
+                    };
+                    #[cfg(not(feature = "rustls"))]
+                    let probing = probe.probe(&addr);
+                    let ok = tokio::time::timeout(limit, probing).await.unwrap_or(false);
                     (id, ok)
                 });
             }
@@ -574,16 +659,20 @@ impl HealthChecker {
 }
 
 /// A WebSocket upgrade that must be answered by a valid 101, then a Close.
-async fn websocket(
-    mut stream: TcpStream,
+async fn websocket<S>(
+    mut stream: S,
     addr: &UpstreamAddr,
     path: &str,
     host: Option<&str>,
     limits: &Limits,
-) -> Option<bool> {
+) -> Option<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let key: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
     let key = base64::engine::general_purpose::STANDARD.encode(key);
-    let host = host.map_or_else(|| addr.to_string(), str::to_owned);
+    // `localhost` for a Unix socket, whose path is no Host.
+    let host = host.map_or_else(|| authority_of(addr).to_string(), str::to_owned);
     let request = Request::get(path)
         .header(HOST, host)
         .header(UPGRADE, "websocket")

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
-use tokio::net::TcpStream;
 
 use super::connect::{connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
+use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
@@ -26,7 +26,7 @@ use crate::handshake::{self, RequestBodyError, RequestKind};
 pub(crate) struct Hosted {
     /// In origin-form, rewritten by the policy.
     pub(crate) request: Request<()>,
-    pub(crate) upstream: TcpStream,
+    pub(crate) upstream: UpstreamStream,
     /// Held until the answer's body ends: `least_conn` counts it in flight.
     pub(crate) lease: Lease,
     pub(crate) answer: HostedAnswer,

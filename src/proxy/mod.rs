@@ -168,6 +168,7 @@ mod reclaim;
 mod registry;
 mod relay;
 mod reload;
+pub(crate) mod stream;
 mod target;
 mod upgrade;
 
@@ -229,6 +230,9 @@ pub struct UpstreamGroup {
     strategy: Option<reload::Strategy>,
     #[cfg(feature = "proxy-protocol")]
     send_proxy_v2: bool,
+    /// [`UpstreamGroup::tls`] (`crate::upstream_tls`).
+    #[cfg(feature = "rustls")]
+    pub(crate) tls: Option<crate::upstream_tls::UpstreamTls>,
 }
 
 impl UpstreamGroup {
@@ -248,6 +252,8 @@ impl UpstreamGroup {
             strategy: None,
             #[cfg(feature = "proxy-protocol")]
             send_proxy_v2: false,
+            #[cfg(feature = "rustls")]
+            tls: None,
         }
     }
 
@@ -311,6 +317,8 @@ impl fmt::Debug for UpstreamGroup {
             .field("tunnels", &self.tunnels.len());
         #[cfg(feature = "proxy-protocol")]
         d.field("send_proxy_v2", &self.send_proxy_v2);
+        #[cfg(feature = "rustls")]
+        d.field("tls", &self.tls);
         d.finish()
     }
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use http::Response;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::head_io::{read_head_unbounded, write_all_timeout, READ_CHUNK};
+use super::stream::UpstreamStream;
 use super::Inner;
 use crate::handshake::body::{BodyError, BodyKind, BodyScanner};
 use crate::handshake::{self, ChunkedReframer, HeadScanner, RequestBodyError};
@@ -134,7 +134,7 @@ pub(super) async fn send_body<S>(
     inner: &Inner,
     client: &mut S,
     client_buf: &mut BytesMut,
-    upstream: &mut TcpStream,
+    upstream: &mut UpstreamStream,
     up_buf: &mut BytesMut,
     body: BodyKind,
 ) -> BodySent

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::connect::{connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
+use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
@@ -223,7 +223,7 @@ impl Proxy {
 /// The upstream half of an upgrade that [`Proxy::open_upgrade`] completed.
 struct Opened {
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -239,7 +239,7 @@ struct Opened {
 pub struct PendingUpgrade {
     inner: Arc<Inner>,
     response: Response<()>,
-    upstream: TcpStream,
+    upstream: UpstreamStream,
     prefix: Bytes,
     lease: Lease,
     listing: Listing,
@@ -250,6 +250,13 @@ impl PendingUpgrade {
     /// The rewritten 101 answer to send to the client.
     pub fn response(&self) -> &Response<()> {
         &self.response
+    }
+
+    /// The client was sent `status` instead of the 101 (`200` on an
+    /// HTTP/2 extended CONNECT, RFC 8441 §5): the report's status.
+    #[cfg(feature = "tower")]
+    pub(crate) fn answered(&mut self, status: StatusCode) {
+        *self.response.status_mut() = status;
     }
 
     /// Tunnels the client's upgraded stream to the upstream until either
@@ -264,6 +271,21 @@ impl PendingUpgrade {
     /// [`on_connection_end`](super::ProxyBuilder::on_connection_end) hook
     /// called when it ends.
     pub async fn tunnel<C>(self, client: C) -> TunnelStats
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.tunnel_as(client, 0, |_| {}).await
+    }
+
+    /// [`tunnel`](Self::tunnel), listed as a server's tunnel (`origin`,
+    /// which its drain closes and cuts), with `started` given the tunnel's
+    /// handle before it runs.
+    pub(crate) async fn tunnel_as<C>(
+        self,
+        client: C,
+        origin: u32,
+        started: impl FnOnce(crate::tunnel::TunnelHandle),
+    ) -> TunnelStats
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
@@ -287,7 +309,9 @@ impl PendingUpgrade {
             listing,
             span: exchange.span().clone(),
         };
-        let stats = upgraded.run(0).await;
+        let mut running = upgraded.run(origin);
+        started(running.handle());
+        let stats = running.await;
         exchange.end_tunnel(stats)
     }
 }

@@ -179,6 +179,10 @@ pub struct ProxyService {
     proxy: Proxy,
     listener: Listener,
     client_addr: Option<Arc<ClientAddrFn>>,
+    /// Set when a [`Server`](crate::server::Server) serves HTTP/2 through
+    /// this service: its tunnels are the server's.
+    #[cfg(feature = "h2")]
+    front: Option<crate::server::Front>,
 }
 
 impl Proxy {
@@ -221,7 +225,28 @@ impl ProxyService {
             proxy,
             listener: Listener::from(Scheme::Http),
             client_addr: None,
+            #[cfg(feature = "h2")]
+            front: None,
         }
+    }
+
+    /// The service of one HTTP/2 connection a server accepted.
+    #[cfg(feature = "h2")]
+    pub(crate) fn front(mut self, front: crate::server::Front) -> Self {
+        self.listener = front.listener();
+        let peer = front.peer();
+        self.client_addr = Some(Arc::new(move |_| Some(peer)));
+        self.front = Some(front);
+        self
+    }
+
+    /// Begins one request's accounting, reported to the server's hook too
+    /// when a server's HTTP/2 front door took it.
+    fn begin(&self, peer: SocketAddr) -> Exchange {
+        let exchange = Exchange::begin(&self.proxy, peer);
+        #[cfg(feature = "h2")]
+        let exchange = exchange.also_report_to(self.front.as_ref().and_then(|f| f.on_end()));
+        exchange
     }
 
     /// The address the host listens on and its scheme (`Https` behind TLS
@@ -337,7 +362,7 @@ impl ProxyService {
     /// Refuses a request before the proxy's own steps, counted as one
     /// connection with one refused request.
     fn refuse(&self, peer: SocketAddr, status: StatusCode, message: &str) -> Response<ProxyBody> {
-        let mut exchange = Exchange::begin(&self.proxy, peer);
+        let mut exchange = self.begin(peer);
         exchange.request();
         let refused = answer(refuse(&mut exchange, status, message));
         exchange.end();
@@ -357,13 +382,13 @@ impl ProxyService {
         // stream once the host's server has sent the 101.
         let on_upgrade = hyper::upgrade::on(&mut head);
         // Begun here as the plain path's is, so that both ways count alike.
-        let exchange = Exchange::begin(&self.proxy, peer);
+        let exchange = self.begin(peer);
         let opened = self
             .proxy
             .connect_upgrade_with(exchange, head, peer, self.listener)
             .await;
         match opened {
-            Ok(pending) => {
+            Ok(mut pending) => {
                 let mut switch = Response::new(ProxyBody::empty());
                 *switch.status_mut() = pending.response().status();
                 *switch.headers_mut() = pending.response().headers().clone();
@@ -383,15 +408,25 @@ impl ProxyService {
                         switch.headers_mut().remove(name);
                     }
                     remove_connection_headers(switch.headers_mut());
+                    // The access log shows what the client got.
+                    pending.answered(StatusCode::OK);
                 }
                 // Bounded: a server that sent the 101 hands the connection
                 // over at once, or drops it when the client is gone (then
                 // the pending upgrade counts as abandoned).
                 let wait = self.proxy.timeouts().send;
+                #[cfg(feature = "h2")]
+                let front = self.front.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(wait, on_upgrade).await {
                         Ok(Ok(upgraded)) => {
-                            pending.tunnel(TokioIo::new(upgraded)).await;
+                            let client = TokioIo::new(upgraded);
+                            #[cfg(feature = "h2")]
+                            if let Some(front) = front {
+                                front.tunnel(pending, client).await;
+                                return;
+                            }
+                            pending.tunnel(client).await;
                         }
                         Ok(Err(e)) => tracing::debug!(error = %e, "upgrade not handed over"),
                         Err(_) => tracing::debug!("upgrade not handed over in time"),
@@ -419,7 +454,7 @@ impl ProxyService {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let mut exchange = Exchange::begin(&self.proxy, peer);
+        let mut exchange = self.begin(peer);
         let span = exchange.span().clone();
         match self
             .exchange(request, peer, &mut exchange)

@@ -382,6 +382,17 @@ impl<C, U, F> Tunnel<C, U, F> {
             && self.insert_frames(Side::Upstream, &toward_upstream)
     }
 
+    /// For a tunnel whose streams are dropped as soon as it ends (the
+    /// proxy's own): the direction that ends last skips its writer's
+    /// shutdown, since closing the socket sends the same FIN. A host that
+    /// keeps its streams after the tunnel (`&mut` streams) needs the
+    /// shutdown, so [`tunnel`] does not do this by default.
+    pub(crate) fn closes_on_end(&mut self) {
+        // Kept in the directions' padding: the tunnel future stays as small.
+        self.c2u.set_closes_on_end();
+        self.u2c.set_closes_on_end();
+    }
+
     /// A handle the host keeps to close this tunnel politely or cut it later,
     /// from anywhere (see [`TunnelHandle`]). Call it before the tunnel is
     /// pinned or spawned; every call returns a handle on the same tunnel.
@@ -587,6 +598,12 @@ where
         let mut deadlines = self.timers.as_mut().map(|t| t.as_mut().project().deadlines);
 
         let clock = deadlines.as_mut().map(|d| (&mut d.c2u, started));
+        // Once one direction is done, the other ends the tunnel when it is:
+        // both sockets are then closed, and a close after EOF both ways sends
+        // the FIN a shutdown would have (HAProxy shuts down only the first).
+        if self.u2c.is_done() {
+            self.c2u.skip_shutdown();
+        }
         let hook = self.frames.as_deref_mut().map(|f| &mut f.c2u);
         let copied = self
             .c2u
@@ -601,6 +618,9 @@ where
             }
         }
         let clock = deadlines.as_mut().map(|d| (&mut d.u2c, started));
+        if self.c2u.is_done() {
+            self.u2c.skip_shutdown();
+        }
         let hook = self.frames.as_deref_mut().map(|f| &mut f.u2c);
         let copied = self
             .u2c

@@ -56,6 +56,21 @@ enum State {
     Done,
 }
 
+/// How a direction's writer ends once its reader sent EOF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Shut down (`shutdown(SHUT_WR)`): the peer sees EOF now, whatever the
+    /// caller does with the stream afterwards.
+    Shutdown,
+    /// As `Shutdown` until told to skip: the tunnel closes its streams when
+    /// it ends.
+    ClosedOnEnd,
+    /// Not shut down: the other direction is done, so the tunnel ends with
+    /// this one and closing the socket sends the FIN (both reads reached
+    /// EOF, so the close sends no RST).
+    Skip,
+}
+
 /// Bytes the writer did not accept yet. Lives only while the writer is slow.
 #[derive(Debug)]
 struct Spill {
@@ -135,6 +150,8 @@ pub(crate) struct Transfer {
     state: State,
     read_done: bool,
     need_flush: bool,
+    /// How the writer ends after EOF; one byte, in what was padding.
+    ending: Ending,
     /// The low 32 bits of `bytes` when a host last took the progress
     /// (`Tunnel::take_progress`): in the padding, so the direction stays
     /// 24 bytes. A poll moves at most `CHUNKS_PER_POLL` reads, far below
@@ -150,6 +167,7 @@ impl Transfer {
             state: State::Copying,
             read_done: false,
             need_flush: false,
+            ending: Ending::Shutdown,
             taken: 0,
             bytes: 0,
         }
@@ -173,6 +191,21 @@ impl Transfer {
     /// Marks every byte written so far as taken.
     pub(crate) fn take(&mut self) {
         self.taken = self.bytes as u32;
+    }
+
+    /// Ends without shutting the writer down once everything is written
+    /// and flushed, if the tunnel closes its streams when it ends: called
+    /// once the other direction is done.
+    pub(crate) fn skip_shutdown(&mut self) {
+        if self.ending == Ending::ClosedOnEnd {
+            self.ending = Ending::Skip;
+        }
+    }
+
+    /// Lets [`skip_shutdown`](Self::skip_shutdown) take effect: the
+    /// tunnel's streams are closed as soon as it ends.
+    pub(crate) fn set_closes_on_end(&mut self) {
+        self.ending = Ending::ClosedOnEnd;
     }
 
     /// Whether the reader sent EOF.
@@ -226,6 +259,11 @@ impl Transfer {
                                 return Poll::Pending;
                             }
                         }
+                    }
+                    if self.ending == Ending::Skip {
+                        self.state = State::Done;
+                        progressed(&mut clock);
+                        continue;
                     }
                     match Pin::new(&mut *writer).poll_shutdown(cx) {
                         Poll::Ready(Ok(())) => {
@@ -428,6 +466,61 @@ mod tests {
             }
         }
         Poll::Pending
+    }
+
+    /// A writer that counts its shutdowns.
+    #[derive(Default)]
+    struct Counting {
+        out: Vec<u8>,
+        shutdowns: u32,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.out.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.shutdowns += 1;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Copies `hello` then EOF; the writer's shutdown count.
+    fn shutdowns_after_eof(setup: impl FnOnce(&mut Transfer)) -> u32 {
+        let mut transfer = Transfer::new();
+        setup(&mut transfer);
+        let mut reader: &[u8] = b"hello";
+        let mut writer = Counting::default();
+        let mut buf = [MaybeUninit::<u8>::uninit(); 64];
+        let waker = Arc::new(Noop).into();
+        let mut cx = Context::from_waker(&waker);
+        let done = transfer.poll_copy(&mut cx, &mut reader, &mut writer, &mut buf, None, None);
+        assert!(matches!(done, Poll::Ready(Ok(()))));
+        assert!(transfer.is_done());
+        assert_eq!(writer.out, b"hello");
+        writer.shutdowns
+    }
+
+    #[test]
+    fn the_writer_is_shut_down_after_eof_unless_the_tunnel_closes_it_anyway() {
+        assert_eq!(shutdowns_after_eof(|_| {}), 1);
+        // Asked to skip, but the streams outlive the tunnel: shut down.
+        assert_eq!(shutdowns_after_eof(Transfer::skip_shutdown), 1);
+        assert_eq!(shutdowns_after_eof(Transfer::set_closes_on_end), 1);
+        // The other direction is done and the tunnel closes its streams.
+        let skipped = shutdowns_after_eof(|t| {
+            t.set_closes_on_end();
+            t.skip_shutdown();
+        });
+        assert_eq!(skipped, 0);
     }
 
     proptest! {

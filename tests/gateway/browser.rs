@@ -103,6 +103,11 @@ type Failure = Value;
 
 impl Browser {
     async fn launch(chromium: &Path) -> Self {
+        Self::launch_with(chromium, &[]).await
+    }
+
+    /// [`launch`](Self::launch) with `extra` flags.
+    async fn launch_with(chromium: &Path, extra: &[&str]) -> Self {
         let nanos = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -130,8 +135,9 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
                 "--hide-scrollbars",
-                "about:blank",
             ])
+            .args(extra)
+            .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the log file"))
             .stderr(log)
@@ -422,4 +428,57 @@ async fn two_browser_pages_chat_through_the_gateway() {
         eprintln!("screenshot: {} bytes in {path:?}", png.len());
     }
     browser.close().await;
+}
+
+/// Chromium opens its WebSocket over HTTP/2 (RFC 8441) on the connection
+/// that loaded the page, once the gateway offers `h2` in ALPN and sends
+/// `SETTINGS_ENABLE_CONNECT_PROTOCOL`.
+#[cfg(feature = "h2")]
+#[tokio::test]
+async fn chromium_opens_its_websocket_over_h2_on_the_page_s_connection() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let (cert, key, dir) = super::h2::certificate_files("browser");
+    let mut gw = Gateway::start(&["--tls-cert", &cert, "--tls-key", &key, "--access-log"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(gw.banner.contains("(h2, http/1.1)"), "{}", gw.banner);
+    let url = format!("https://{}/", gw.addr);
+    // The certificate is self-signed; the test trusts it this way.
+    let mut browser = Browser::launch_with(&chromium, &["--ignore-certificate-errors"]).await;
+    let page = browser.open(&url).await;
+    let is_name = |v: &Value| v.as_str().is_some_and(|s| s.starts_with("guest-"));
+    browser
+        .wait_until(&page, "the page's name", MY_NAME, is_name)
+        .await;
+    let protocol = browser
+        .eval(
+            &page,
+            "performance.getEntriesByType('navigation')[0].nextHopProtocol",
+        )
+        .await
+        .expect("the page's protocol");
+    assert_eq!(protocol, json!("h2"), "the page did not load over h2");
+    browser.close().await;
+
+    // One line per stream once it ends: the page's GET, then the tunnel,
+    // answered 200 (an HTTP/1.1 upgrade would log 101) from the same
+    // client connection.
+    let mut lines = Vec::new();
+    let tunnel = within(BROWSER_WAIT, "the tunnel's access log line", async {
+        loop {
+            let line = gw.next_line().await.expect("an access log line");
+            if line.contains("outcome=tunneled") {
+                return line;
+            }
+            lines.push(line);
+        }
+    })
+    .await;
+    assert!(tunnel.contains("status=200"), "{tunnel}");
+    let page_line = lines
+        .iter()
+        .find(|l| l.contains("outcome=proxied"))
+        .unwrap_or_else(|| panic!("no line for the page: {lines:?}"));
+    assert_eq!(field(page_line, "client"), field(&tunnel, "client"));
 }

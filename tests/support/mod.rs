@@ -19,6 +19,10 @@ use tokio_tungstenite::WebSocketStream;
 use wsproxy::server::{DrainReport, Server};
 use wsproxy::{Proxy, ProxyBuilder};
 
+pub mod h2_stream;
+#[allow(unused_imports)]
+pub use h2_stream::H2Stream;
+
 /// Every wait in these tests is bounded by this.
 pub const WAIT: Duration = Duration::from_secs(10);
 
