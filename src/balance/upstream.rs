@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use http::uri::Authority;
+
 /// Where an upstream listens: a socket address, a host name and port that
 /// the caller resolves when it connects, or a Unix socket path (nginx
 /// `server unix:/run/app.sock`).
@@ -143,6 +145,21 @@ impl FromStr for UpstreamAddr {
             return Err(bad());
         }
         Ok(Self::name(host, port))
+    }
+}
+
+impl UpstreamAddr {
+    /// The address as a URI authority; a name no authority can hold
+    /// becomes `upstream`, a Unix socket `localhost` (nginx's `Host` for
+    /// `proxy_pass http://unix:/path:`).
+    pub(crate) fn authority(&self) -> Authority {
+        if self.as_unix_path().is_some() {
+            return Authority::from_static("localhost");
+        }
+        // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
+        self.to_string()
+            .parse()
+            .unwrap_or_else(|_| Authority::from_static("upstream"))
     }
 }
 
@@ -311,6 +328,9 @@ impl Counters {
 pub(crate) struct Shared {
     pub(crate) id: UpstreamId,
     pub(crate) addr: UpstreamAddr,
+    /// `addr` as the authority rewritten requests name (`$proxy_host`),
+    /// made once here rather than formatted and parsed for every request.
+    authority: Authority,
     pub(crate) max_fails: u32,
     pub(crate) fail_timeout: Duration,
     /// Open leases on this upstream (nginx `peer->conns`).
@@ -326,6 +346,7 @@ impl Shared {
         Self {
             id,
             addr: upstream.addr.clone(),
+            authority: upstream.addr.authority(),
             max_fails: upstream.max_fails,
             fail_timeout: upstream.fail_timeout,
             active: AtomicUsize::new(0),
@@ -453,6 +474,28 @@ impl Lease {
     #[inline]
     pub fn addr(&self) -> &UpstreamAddr {
         &self.shared.addr
+    }
+
+    /// The upstream's address as a URI authority (`ip:port`, `[ipv6]:port`
+    /// or `host:port`): the `Host` nginx sends for `proxy_pass
+    /// http://$upstream_addr`, made once per upstream, not per request.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::{net::SocketAddr, time::Instant};
+    /// use wsproxy::balance::{Balancer, PickContext, RoundRobin, Upstream, UpstreamSet};
+    ///
+    /// let set: UpstreamSet = [Upstream::new("[::1]:9001".parse::<SocketAddr>()?)].into_iter().collect();
+    /// let request = http::Request::get("/").body(())?;
+    /// let ctx = PickContext::new("127.0.0.1".parse()?, &request, Instant::now());
+    /// let lease = RoundRobin::new(set).pick(&ctx)?;
+    /// assert_eq!(lease.authority().as_str(), "[::1]:9001");
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[inline]
+    pub fn authority(&self) -> &Authority {
+        &self.shared.authority
     }
 
     /// The connect (or the handshake) failed at `now`: counts towards

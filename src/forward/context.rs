@@ -141,6 +141,9 @@ pub struct ForwardContext {
     listener_port: u16,
     upstream: Authority,
     websocket: bool,
+    /// The request's `Host` passed the handshake's own check
+    /// (`parse_request`), so the rewrite need not parse it again.
+    host_checked: bool,
 }
 
 impl ForwardContext {
@@ -159,6 +162,7 @@ impl ForwardContext {
             listener_port,
             upstream,
             websocket: false,
+            host_checked: false,
         }
     }
 
@@ -167,6 +171,20 @@ impl ForwardContext {
     pub fn with_websocket(mut self, websocket: bool) -> Self {
         self.websocket = websocket;
         self
+    }
+
+    /// Marks the request's `Host` as checked by
+    /// [`parse_request`](crate::handshake::parse_request): its head came
+    /// from the wire, not from a host's hand.
+    #[must_use]
+    pub(crate) fn with_checked_host(mut self) -> Self {
+        self.host_checked = true;
+        self
+    }
+
+    /// Whether [`with_checked_host`](Self::with_checked_host) was set.
+    pub(crate) fn host_checked(&self) -> bool {
+        self.host_checked
     }
 
     /// The TCP peer the proxy accepted.

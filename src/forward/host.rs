@@ -99,9 +99,10 @@ fn as_sent<B>(req: &Request<B>, ctx: &ForwardContext) -> HeaderValue {
     if req.uri().authority().is_none() {
         // The common case: the parsed `Host` header, already checked by the
         // handshake (RFC 9112 §3.2), forwarded without a copy. Checked again
-        // here for hand-built requests (hyper's, for `connect_upgrade`).
+        // here for hand-built requests (hyper's, for `connect_upgrade`):
+        // the check parses a copy.
         if let Some(v) = req.headers().get(header::HOST) {
-            if v.to_str().is_ok_and(valid_host) {
+            if ctx.host_checked() || v.to_str().is_ok_and(valid_host) {
                 return v.clone();
             }
         }

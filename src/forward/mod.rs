@@ -499,10 +499,33 @@ pub(crate) fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
 }
 
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    let mut v = Vec::with_capacity(46);
-    // Writing to a Vec cannot fail.
-    let _ = write!(v, "{ip}");
-    owned_value(v).unwrap_or(HeaderValue::from_static("unknown"))
+    // Formatted on the stack and moved into one shared block: the value is
+    // cloned into `X-Forwarded-For` (and `X-Real-IP`), and a `Vec` or a
+    // copied slice would allocate again, for its shared header, on the
+    // first clone or at once.
+    let mut text = IpText {
+        buf: [0; 46],
+        len: 0,
+    };
+    let mut out = &mut text.buf[..];
+    // The longest address (IPv4-mapped IPv6) has 45 characters, so this
+    // cannot fail.
+    let _ = write!(out, "{ip}");
+    text.len = 46 - out.len();
+    HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+        .unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// An address's text, owned by the `Bytes` of its header value.
+struct IpText {
+    buf: [u8; 46],
+    len: usize,
+}
+
+impl AsRef<[u8]> for IpText {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len.min(46)]
+    }
 }
 
 /// The origin-form of an absolute-form target (RFC 9112 §3.2.1): upstreams

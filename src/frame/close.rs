@@ -136,7 +136,14 @@ impl CloseCapture {
     }
 
     pub(crate) fn to_frame(&self) -> CloseFrame {
-        let payload = &self.bytes[..usize::from(self.len)];
+        CloseFrame::from_payload(&self.bytes[..usize::from(self.len)])
+    }
+}
+
+impl CloseFrame {
+    /// The frame of a captured (unmasked) Close payload; a reason that is
+    /// not UTF-8 is kept lossily.
+    pub(crate) fn from_payload(payload: &[u8]) -> Self {
         match payload {
             [hi, lo, reason @ ..] => CloseFrame {
                 code: Some(u16::from_be_bytes([*hi, *lo])),

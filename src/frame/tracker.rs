@@ -25,14 +25,19 @@ enum Stage {
 ///
 /// It never copies or unmasks a payload, except the at most 125 bytes of a
 /// Close frame, and it keeps about 40 bytes of state (plus a 128-byte block
-/// allocated when a Close frame arrives). See the [module docs](super) for
-/// an example and the rules it checks.
+/// allocated when a Close frame with a reason arrives; an empty or code-only
+/// one is kept inline). See the [module docs](super) for an example and the
+/// rules it checks.
 #[derive(Debug, Clone)]
 pub struct FrameTracker {
     /// Bytes left in the payload, or the extended length read so far.
     remaining: u64,
     messages: u64,
+    /// The first Close frame's payload when it is longer than a code.
     close: Option<Box<CloseCapture>>,
+    /// The first Close frame's payload when it is empty or a bare code, as
+    /// most are: kept in the padding of this struct, with no box.
+    short_close: ShortClose,
     mask: [u8; 4],
     stage: Stage,
     /// First header byte of the current frame: FIN, RSV1-3, opcode.
@@ -51,6 +56,7 @@ impl FrameTracker {
             remaining: 0,
             messages: 0,
             close: None,
+            short_close: ShortClose::OFF,
             mask: [0; 4],
             stage: Stage::Head,
             head: 0,
@@ -121,6 +127,9 @@ impl FrameTracker {
     /// The code and reason of the first Close frame, once it has been read
     /// whole.
     pub fn close(&self) -> Option<CloseFrame> {
+        if self.short_close.state == Capture::Done {
+            return Some(self.short_close.to_frame());
+        }
         self.close
             .as_deref()
             .filter(|c| c.done)
@@ -129,7 +138,7 @@ impl FrameTracker {
 
     /// Whether a whole Close frame has been read (no copy of it made).
     pub(crate) fn close_seen(&self) -> bool {
-        self.close.as_deref().is_some_and(|c| c.done)
+        self.short_close.state == Capture::Done || self.close.as_deref().is_some_and(|c| c.done)
     }
 
     /// The error the stream broke framing with, if it did.
@@ -153,6 +162,8 @@ impl FrameTracker {
                         let mask = self.masked.then_some(self.mask);
                         if let Some(capture) = self.close.as_deref_mut() {
                             capture.push(&bytes[at..at + n], mask);
+                        } else {
+                            self.short_close.push(&bytes[at..at + n], mask);
                         }
                     }
                     at += n;
@@ -334,8 +345,12 @@ impl FrameTracker {
             if self.remaining == 1 {
                 return Err(FrameError::CloseTooShort);
             }
-            if self.close.is_none() {
-                self.close = Some(Box::new(CloseCapture::new()));
+            if self.close.is_none() && self.short_close.state == Capture::Off {
+                if self.remaining <= 2 {
+                    self.short_close.state = Capture::Reading;
+                } else {
+                    self.close = Some(Box::new(CloseCapture::new()));
+                }
             }
         }
         if self.remaining == 0 {
@@ -351,6 +366,8 @@ impl FrameTracker {
             opcode::CLOSE => {
                 if let Some(capture) = self.close.as_deref_mut() {
                     capture.done = true;
+                } else if self.short_close.state == Capture::Reading {
+                    self.short_close.state = Capture::Done;
                 }
             }
             // The final frame of a message: a data frame without anything
@@ -369,7 +386,53 @@ impl FrameTracker {
 
     /// Whether the payload being read is the first Close frame's.
     fn capturing(&self) -> bool {
-        self.head & 0x0f == opcode::CLOSE && self.close.as_deref().is_some_and(|c| !c.done)
+        self.head & 0x0f == opcode::CLOSE
+            && (self.short_close.state == Capture::Reading
+                || self.close.as_deref().is_some_and(|c| !c.done))
+    }
+}
+
+/// Where the capture of a short Close payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// No Close frame seen yet, or one too long for [`ShortClose`].
+    Off,
+    Reading,
+    Done,
+}
+
+/// The payload of an empty or code-only Close frame (two bytes at most).
+#[derive(Debug, Clone, Copy)]
+struct ShortClose {
+    bytes: [u8; 2],
+    len: u8,
+    state: Capture,
+}
+
+impl ShortClose {
+    const OFF: Self = Self {
+        bytes: [0; 2],
+        len: 0,
+        state: Capture::Off,
+    };
+
+    /// Appends payload bytes, unmasking them by their offset in the payload.
+    fn push(&mut self, data: &[u8], mask: Option<[u8; 4]>) {
+        for &b in data {
+            let at = usize::from(self.len);
+            let Some(slot) = self.bytes.get_mut(at) else {
+                return;
+            };
+            *slot = match mask {
+                Some(key) => b ^ key[at % 4],
+                None => b,
+            };
+            self.len += 1;
+        }
+    }
+
+    fn to_frame(self) -> CloseFrame {
+        CloseFrame::from_payload(self.bytes.get(..usize::from(self.len)).unwrap_or(&[]))
     }
 }
 
@@ -392,6 +455,25 @@ mod tests {
         assert_eq!(close.reason(), "going away");
         assert_eq!(t.boundary(), Some(Boundary::Message));
         assert_eq!(t.messages(), 0);
+    }
+
+    #[test]
+    fn a_code_only_close_is_captured_without_a_box() {
+        let mut t = FrameTracker::new(Role::Client);
+        let wire = frame(Role::Client, 0x88, b"\x03\xe8");
+        // Byte by byte, so the mask offset must follow the payload offset.
+        for b in &wire {
+            assert!(!t.close_seen());
+            t.observe(std::slice::from_ref(b)).unwrap();
+        }
+        assert!(t.close_seen());
+        assert_eq!(t.close().unwrap().code(), Some(1000));
+        assert_eq!(t.close().unwrap().reason(), "");
+        // A later, longer Close is not captured over the first.
+        t.observe(&frame(Role::Client, 0x88, b"\x03\xe9going away"))
+            .unwrap();
+        assert_eq!(t.close().unwrap().code(), Some(1000));
+        assert!(t.close.is_none(), "no box for a two-byte payload");
     }
 
     #[test]

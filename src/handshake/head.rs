@@ -73,30 +73,79 @@ pub(super) fn offset(head: &[u8], part: &[u8]) -> Result<Range<usize>, HeadError
     }
 }
 
+/// Fields up to this count are kept inline, in the parse's own frame: a
+/// browser's handshake has about 15, and a `Vec` for them would be one
+/// allocation per head.
+const FIELDS_INLINE: usize = 32;
+
+/// The parsed fields in arrival order: the first [`FIELDS_INLINE`] in an
+/// array, the rest (rare) in a `Vec`.
+pub(super) struct Fields {
+    inline: [Field; FIELDS_INLINE],
+    len: usize,
+    spill: Vec<Field>,
+}
+
+impl Fields {
+    fn new() -> Self {
+        // A placeholder for the unused slots; never read past `len`.
+        const EMPTY: Field = (http::header::HOST, 0..0);
+        Self {
+            inline: [const { EMPTY }; FIELDS_INLINE],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, field: Field) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = field;
+                self.len += 1;
+            }
+            None => self.spill.push(field),
+        }
+    }
+
+    /// How many fields there are.
+    pub(super) fn len(&self) -> usize {
+        self.len + self.spill.len()
+    }
+
+    /// The fields in arrival order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Field> {
+        self.inline[..self.len].iter().chain(&self.spill)
+    }
+
+    /// The fields in arrival order, by value.
+    fn into_iter(self) -> impl Iterator<Item = Field> {
+        let Self { inline, len, spill } = self;
+        inline.into_iter().take(len).chain(spill)
+    }
+}
+
 /// Names and value positions of the parsed headers.
-pub(super) fn fields(
-    head: &[u8],
-    headers: &[httparse::Header<'_>],
-) -> Result<Vec<Field>, HeadError> {
-    let mut fields = Vec::with_capacity(headers.len());
+pub(super) fn fields(head: &[u8], headers: &[httparse::Header<'_>]) -> Result<Fields, HeadError> {
+    let mut fields = Fields::new();
+    let mut last: Option<&str> = None;
     for header in headers {
         let name =
             HeaderName::from_bytes(header.name.as_bytes()).map_err(|_| HeadError::HeaderName {
-                after: fields
-                    .last()
-                    .map(|(name, _): &Field| name.as_str().to_owned()),
+                // As its `HeaderName` would print: lowercase.
+                after: last.map(str::to_ascii_lowercase),
             })?;
         fields.push((name, offset(head, header.value)?));
+        last = Some(header.name);
     }
     Ok(fields)
 }
 
 /// Builds the header map, each value a slice of the frozen `head`.
-pub(super) fn header_map(head: &Bytes, fields: Vec<Field>) -> Result<HeaderMap, HeadError> {
+pub(super) fn header_map(head: &Bytes, fields: Fields) -> Result<HeaderMap, HeadError> {
     // Room for the headers a proxy adds (Host, X-Real-IP, X-Forwarded-*,
     // Forwarded, Connection, Upgrade) so the rewrite does not regrow it.
     let mut map = HeaderMap::with_capacity(fields.len() + 8);
-    for (name, range) in fields {
+    for (name, range) in fields.into_iter() {
         let value = HeaderValue::from_maybe_shared(head.slice(range.clone())).map_err(|_| {
             // httparse and `http` accept the same value bytes; this only
             // names the byte should they ever differ.

@@ -10,7 +10,7 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
 use super::framing::{BodyLength, Framing};
-use super::head::{self, Field};
+use super::head;
 use super::syntax::{check_line_ends, list_has};
 use super::upgrade::accept_key;
 use super::{HandshakeError, HeadError, Limits, Status};
@@ -175,7 +175,7 @@ struct Raw {
     method: Method,
     target: Range<usize>,
     version: Version,
-    fields: Vec<Field>,
+    fields: head::Fields,
 }
 
 fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, HeadError> {
@@ -236,7 +236,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
     // need no lookups in the map.
     let mut known = Known::default();
     let mut framing = Framing::default();
-    for (name, range) in &raw.fields {
+    for (name, range) in raw.fields.iter() {
         known.observe(name, range, &head[range.clone()]);
         framing.observe(name, &head[range.clone()]);
     }

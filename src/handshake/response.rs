@@ -47,7 +47,7 @@ struct Raw {
     len: usize,
     status: StatusCode,
     version: Version,
-    fields: Vec<head::Field>,
+    fields: head::Fields,
 }
 
 fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, HeadError> {
@@ -87,7 +87,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<Response<()>>, Hea
     *response.status_mut() = raw.status;
     *response.version_mut() = raw.version;
     let mut framing = Framing::default();
-    for (name, range) in &raw.fields {
+    for (name, range) in raw.fields.iter() {
         framing.observe(name, &head[range.clone()]);
     }
     framing.check_response()?;

@@ -20,10 +20,18 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 /// ```
 pub fn accept_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(&accept_bytes(key)).into_owned()
+}
+
+/// [`accept_key`] on the stack: base64 of a 20-byte digest is 28 bytes.
+pub(super) fn accept_bytes(key: &[u8]) -> [u8; 28] {
     let mut sha1 = sha1_smol::Sha1::new();
     sha1.update(key);
     sha1.update(GUID);
-    base64::engine::general_purpose::STANDARD.encode(sha1.digest().bytes())
+    let mut out = [0u8; 28];
+    // 20 bytes always encode to exactly 28.
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha1.digest().bytes(), &mut out);
+    out
 }
 
 /// Checks a 101 against the upgrade it answers (RFC 6455 §4.1, the checks
@@ -47,7 +55,8 @@ pub(super) fn check_switch<B>(
         (Some(accept), None) => accept,
         _ => return Err(SwitchError::MissingAccept),
     };
-    if accept.as_bytes() != upgrade.expected_accept().as_bytes() {
+    // Compared on the stack: a `String` per handshake for 28 bytes.
+    if accept.as_bytes() != accept_bytes(upgrade.key().as_bytes()) {
         return Err(SwitchError::AcceptMismatch);
     }
     Ok(())

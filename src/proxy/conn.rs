@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, EXPECT, HOST};
+use http::header::{CONNECTION, EXPECT};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{authority_of, connect, proxy_header, write_head};
+use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::stream::UpstreamStream;
+use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -345,7 +346,7 @@ where
                 .resolve_client(self.peer, request.headers(), self.listener.scheme);
 
         let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
             Err(e) => return Err(self.reject(e.status(), &e.to_string(), None).await),
         };
         tracing::Span::current().record("route", group.name());
@@ -378,7 +379,7 @@ where
         let http10 = request.version() == Version::HTTP_10;
         let expects_continue = body != BodyKind::Empty && expects_continue(&request);
         let method = request.method().clone();
-        if to_origin_form(&mut request, &path).is_err() {
+        if routed_origin_form(&mut request, path).is_err() {
             return Err(self
                 .reject(StatusCode::BAD_REQUEST, "invalid request path", None)
                 .await);
@@ -418,7 +419,7 @@ where
         let listing = admitted
             .websocket
             .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
-        let authority = authority_of(lease.addr());
+        let authority = lease.authority().clone();
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());
         let ctx = ForwardContext::new(
@@ -427,7 +428,8 @@ where
             self.listener.port,
             authority,
         )
-        .with_websocket(admitted.websocket);
+        .with_websocket(admitted.websocket)
+        .with_checked_host();
         // The policy keeps Content-Length and Transfer-Encoding: a
         // Content-Length body goes through untouched, a chunked one (whose
         // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
@@ -456,19 +458,27 @@ where
     /// `Expect: 100-continue` first.
     async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
         let inner = Arc::clone(&self.inner);
-        let mut head_bytes = BytesMut::new();
+        let body = up.admitted.body;
+        // One buffer serves the whole exchange: the request head goes out
+        // of it, the answer comes into it, the 101 goes out of it. Without
+        // a body or pipelined bytes, it is the rest of the client's buffer,
+        // whose room the request head did not use.
+        let mut up_buf = if body == BodyKind::Empty && self.buf.is_empty() {
+            std::mem::take(&mut self.buf)
+        } else {
+            BytesMut::with_capacity(READ_CHUNK)
+        };
         proxy_header(
             &up.admitted.group,
             &up.admitted.client,
             self.peer,
             self.listener.port,
-            &mut head_bytes,
+            &mut up_buf,
         );
-        handshake::write_request_head(&up.admitted.request, &mut head_bytes);
-        if write_head(&mut up.stream, &head_bytes, inner.timeouts.send)
-            .await
-            .is_err()
-        {
+        handshake::write_request_head(&up.admitted.request, &mut up_buf);
+        let written = write_head(&mut up.stream, &up_buf, inner.timeouts.send).await;
+        up_buf.clear();
+        if written.is_err() {
             up.lease.report_failure(Instant::now().into_std());
             return Err(self
                 .reject(StatusCode::BAD_GATEWAY, "upstream closed", None)
@@ -476,11 +486,10 @@ where
         }
 
         let mut sent = Sent {
-            up_buf: BytesMut::new(),
+            up_buf,
             early: None,
             body_cut: false,
         };
-        let body = up.admitted.body;
         if body == BodyKind::Empty {
             return Ok(sent);
         }
@@ -492,14 +501,17 @@ where
             self.finish(Outcome::Abandoned);
             return Err(Next::Close);
         }
-        let sending = send_body(
+        // Boxed: a body's copy state (the re-framer's batch, two futures
+        // raced) would otherwise sit in every connection's future, a
+        // WebSocket's too, which never has a body, and be copied on spawn.
+        let sending = Box::pin(send_body(
             &inner,
             &mut self.io,
             &mut self.buf,
             &mut up.stream,
             &mut sent.up_buf,
             body,
-        );
+        ));
         match sending.await {
             BodySent::Whole(n) => {
                 inner.counters.bytes(n, 0);
@@ -575,9 +587,7 @@ where
             (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
-                return self
-                    .switch(response, stream, detach(&mut up_buf), lease, listing)
-                    .await;
+                return self.switch(response, stream, up_buf, lease, listing).await;
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
@@ -699,16 +709,19 @@ where
         Err(StatusCode::BAD_GATEWAY)
     }
 
-    /// Sends the 101; the caller then tunnels.
+    /// Sends the 101 out of `up_buf`, the answer's buffer, once what the
+    /// upstream sent past its head is copied out for the tunnel; the caller
+    /// then tunnels.
     async fn switch(
         &mut self,
         response: Response<()>,
         upstream: UpstreamStream,
-        upstream_prefix: Bytes,
+        mut up_buf: BytesMut,
         lease: Lease,
         listing: Listing,
     ) -> Next {
-        let mut out = BytesMut::new();
+        let upstream_prefix = detach(&mut up_buf);
+        let mut out = up_buf;
         handshake::write_response_head(&response, &mut out);
         if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
             .await
@@ -773,14 +786,16 @@ where
         // scanned for its end: the upstream is trusted more than the client
         // (the operator chose it), and the client's parser is not one the
         // proxy shields others from.
-        let copied = copy_body(
+        // Boxed, as the request body's copy is, to keep a plain answer's
+        // copy state out of every connection's future.
+        let copied = Box::pin(copy_body(
             &mut upstream,
             &mut self.io,
             &mut up_buf,
             BodyWalk::Scan(BodyScanner::new(body)),
             inner.timeouts.read,
             inner.timeouts.send,
-        )
+        ))
         .await;
         match copied {
             Ok(n) => {
@@ -788,6 +803,11 @@ where
                 self.report.body_from_upstream += n;
                 self.finish(outcome);
                 if keep_alive {
+                    // The next request's head reads into the room left,
+                    // as it would have with the buffer lent for this one.
+                    if self.buf.is_empty() && up_buf.is_empty() {
+                        self.buf = up_buf;
+                    }
                     Next::KeepAlive
                 } else {
                     Next::Close
@@ -832,16 +852,4 @@ fn expects_continue<B>(request: &Request<B>) -> bool {
         .headers()
         .get(EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-}
-
-/// Turns the target into origin-form for the upstream. An absolute-form
-/// target's authority replaces Host (RFC 9112 §3.2.2), so that the upstream
-/// sees the host the route was chosen by.
-pub(super) fn to_origin_form<B>(request: &mut Request<B>, path: &str) -> Result<(), ()> {
-    if let Some(authority) = request.uri().authority() {
-        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| ())?;
-        request.headers_mut().insert(HOST, host);
-    }
-    *request.uri_mut() = path.parse().map_err(|_| ())?;
-    Ok(())
 }

@@ -287,14 +287,9 @@ pub(super) fn proxy_header(
 /// The authority an upstream is addressed by in rewritten requests (the
 /// Host nginx sends for `proxy_pass http://$upstream_addr`); `localhost`
 /// for a Unix socket, as nginx sends for `proxy_pass http://unix:/path:`.
+/// A lease carries it ready-made ([`Lease::authority`]).
 pub(super) fn authority_of(addr: &UpstreamAddr) -> http::uri::Authority {
-    if addr.as_unix_path().is_some() {
-        return http::uri::Authority::from_static("localhost");
-    }
-    // The address prints as `ip:port`, `[ipv6]:port` or `host:port`.
-    addr.to_string()
-        .parse()
-        .unwrap_or_else(|_| http::uri::Authority::from_static("upstream"))
+    addr.authority()
 }
 
 #[cfg(test)]
@@ -311,12 +306,12 @@ mod tests {
         let v4 = UpstreamAddr::from(SocketAddr::from(([127, 0, 0, 1], 9001)));
         let v6 = UpstreamAddr::from(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 9002)));
         let name = UpstreamAddr::name("localhost", 9003);
-        assert_eq!(authority_of(&v4).as_str(), "127.0.0.1:9001");
-        assert_eq!(authority_of(&v6).as_str(), "[::1]:9002");
-        assert_eq!(authority_of(&name).as_str(), "localhost:9003");
+        assert_eq!(v4.authority().as_str(), "127.0.0.1:9001");
+        assert_eq!(v6.authority().as_str(), "[::1]:9002");
+        assert_eq!(name.authority().as_str(), "localhost:9003");
         // A name no authority can hold falls back.
         let bad = UpstreamAddr::name("bad host", 1);
-        assert_eq!(authority_of(&bad).as_str(), "upstream");
+        assert_eq!(bad.authority().as_str(), "upstream");
         let unix = UpstreamAddr::unix("/run/app.sock");
         assert_eq!(authority_of(&unix).as_str(), "localhost");
     }

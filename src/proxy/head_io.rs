@@ -14,6 +14,11 @@ use crate::handshake::{HandshakeError, HeadScanner, Status};
 /// Room reserved in a read buffer before each read.
 pub(super) const READ_CHUNK: usize = 8 * 1024;
 
+/// A head is read into the room a buffer already has while there is at
+/// least this much: the tail of the client's buffer left by its head then
+/// takes the upstream's answer too, with no second buffer allocated.
+const MIN_ROOM: usize = 2 * 1024;
+
 /// Why a head could not be read.
 pub(super) enum HeadRead<E> {
     /// The peer closed; `partial` when it had sent part of a head.
@@ -81,7 +86,9 @@ where
                 Status::Partial => {}
             }
         }
-        buf.reserve(READ_CHUNK);
+        if buf.capacity() - buf.len() < MIN_ROOM {
+            buf.reserve(READ_CHUNK);
+        }
         match io.read_buf(buf).await {
             Ok(0) => {
                 return Err(HeadRead::Eof {

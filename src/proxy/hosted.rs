@@ -10,11 +10,11 @@ use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 
-use super::conn::to_origin_form;
-use super::connect::{authority_of, connect, proxy_header};
+use super::connect::{connect, proxy_header};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
 use super::stream::UpstreamStream;
+use super::target::{rewritten_path, routed_origin_form};
 use super::{Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
@@ -102,7 +102,7 @@ impl Proxy {
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);
         let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), hit.path_and_query().into_owned()),
+            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
             Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
         exchange.route(&group);
@@ -122,7 +122,7 @@ impl Proxy {
             exchange.finish(Outcome::Preflight, Some(preflight.status()));
             return Err(preflight.map(|()| Bytes::new()));
         }
-        if to_origin_form(&mut request, &path).is_err() {
+        if routed_origin_form(&mut request, path).is_err() {
             return Err(refuse(
                 exchange,
                 StatusCode::BAD_REQUEST,
@@ -157,8 +157,10 @@ impl Proxy {
             peer,
             listener.scheme,
             listener.port,
-            authority_of(lease.addr()),
-        );
+            lease.authority().clone(),
+        )
+        // Its head went through `parse_request` above.
+        .with_checked_host();
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         Ok(Hosted {
             request,

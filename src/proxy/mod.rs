@@ -169,6 +169,7 @@ mod registry;
 mod relay;
 mod reload;
 pub(crate) mod stream;
+mod target;
 mod upgrade;
 
 use std::fmt;

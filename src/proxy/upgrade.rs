@@ -10,12 +10,12 @@ use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::conn::to_origin_form;
-use super::connect::{authority_of, connect, proxy_header, ConnectError};
+use super::connect::{connect, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
-use super::head_io::{detach, read_head, write_all_timeout, HeadRead};
+use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::stream::UpstreamStream;
+use super::target::{rewritten_path, routed_origin_form};
 use super::{Inner, Listener, Outcome, Proxy};
 use crate::balance::Lease;
 use crate::forward::{ForwardContext, ForwardError};
@@ -141,11 +141,11 @@ impl Proxy {
             .resolve_client(peer, request.headers(), listener.scheme);
         let (group, path) = {
             let hit = inner.routes.find_for(&request)?;
-            (hit.target().clone(), hit.path_and_query().into_owned())
+            (hit.target().clone(), rewritten_path(hit.path_and_query()))
         };
         exchange.route(&group);
         inner.policy.check(&request, true)?;
-        to_origin_form(&mut request, &path).map_err(|()| UpgradeError::NotUpgrade)?;
+        routed_origin_form(&mut request, path).map_err(|()| UpgradeError::NotUpgrade)?;
         let (lease, mut upstream) = connect(inner, &group, &client, &request)
             .await
             .inspect_err(|e| {
@@ -153,22 +153,25 @@ impl Proxy {
             })?;
         exchange.upstream(lease.addr());
         let listing = Listing::new(&group, client.ip(), &request);
-        let authority = authority_of(lease.addr());
+        let authority = lease.authority().clone();
+        // Its head went through `parse_request` above.
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
-            .with_websocket(true);
+            .with_websocket(true)
+            .with_checked_host();
         inner.policy.rewrite_request(&mut request, &client, &ctx);
 
         let failed = |status| {
             lease.report_failure(Instant::now().into_std());
             UpgradeError::Unreachable(status)
         };
-        let mut out = BytesMut::new();
-        proxy_header(&group, &client, peer, listener.port, &mut out);
-        handshake::write_request_head(&request, &mut out);
-        write_all_timeout(&mut upstream, &out, inner.timeouts.send)
-            .await
-            .map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
-        let mut buf = BytesMut::new();
+        // One buffer: the request head goes out of it, the answer comes
+        // into it.
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        proxy_header(&group, &client, peer, listener.port, &mut buf);
+        handshake::write_request_head(&request, &mut buf);
+        let written = write_all_timeout(&mut upstream, &buf, inner.timeouts.send).await;
+        buf.clear();
+        written.map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
         let limits = &inner.limits;
         // Interim answers (103 Early Hints) are skipped; bounded like the
         // proxy's own loop.
