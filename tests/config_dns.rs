@@ -313,6 +313,28 @@ async fn reloads_keep_dns_upstreams_and_their_discovery() {
         let (_, name) = open(addr, "/").await;
         assert_eq!(name, "a");
     }
+    echoes(&mut on_dns, "after b joined").await;
+    echoes(&mut on_srv, "after b joined").await;
+
+    // a's port leaves the SRV answer while `on_srv` is open on it: a
+    // drains, and a reload must not bring it back (only the addresses DNS
+    // still serves are carried) nor cut its tunnel.
+    dns.change(|z| {
+        z.srv.insert(SRV_NAME.into(), vec![srv(b.port())]);
+    });
+    within(Duration::from_secs(10), "a drained from /srv", async {
+        let mut in_a_row = 0;
+        while in_a_row < 4 {
+            let (_, name) = open(addr, "/srv/x").await;
+            in_a_row = if name == "b" { in_a_row + 1 } else { 0 };
+        }
+    })
+    .await;
+    gateway.reload(&config(dns.addr, a.port(), 7)).await;
+    for _ in 0..6 {
+        let (_, name) = open(addr, "/srv/x").await;
+        assert_eq!(name, "b", "a reload brought back an address DNS dropped");
+    }
+    echoes(&mut on_srv, "draining, not dropped").await;
     echoes(&mut on_dns, "at the end").await;
-    echoes(&mut on_srv, "at the end").await;
 }
