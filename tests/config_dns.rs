@@ -1,0 +1,340 @@
+//! Live reloads of a gateway whose groups come from DNS (feature `dns`):
+//! a gateway process started with `--config` naming `dns:NAME:PORT` and
+//! `srv:NAME` upstreams, resolved by the in-process DNS server of
+//! tests/support/dns_server.rs, reloaded with SIGHUP while real
+//! tokio-tungstenite tunnels run and new ones keep arriving.
+//!
+//! The gateway is a separate process on the real clock, so the DNS TTLs
+//! are kept short (`resolve-max-ttl`) and every wait is bounded.
+
+#[path = "support/dns_server.rs"]
+mod dns_server;
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use dns_server::{DnsServer, SrvRecord, Zone};
+use support::{bounded, gateway_bin, within, ws_upstream, WsUpstreamOptions, WAIT};
+
+type Ws = WebSocketStream<TcpStream>;
+
+const SRV_NAME: &str = "_ws._tcp.chat.test";
+
+/// A gateway process started with `--config`; killed on drop.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Gateway {
+    async fn start(config: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsproxy-config-dns-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let banner = tokio::time::timeout(WAIT, lines.recv())
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no banner; stderr: {}", stderr.lock().unwrap()));
+        let addr = banner
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {banner:?}"));
+        Self {
+            child,
+            addr,
+            stderr,
+            dir,
+            config: path,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    fn reloads(&self) -> usize {
+        self.stderr().matches("gateway: reloaded ").count()
+    }
+
+    /// Writes `config`, sends SIGHUP and waits for the reload's log line.
+    async fn reload(&self, config: &str) {
+        let before = self.reloads();
+        std::fs::write(&self.config, config).unwrap();
+        let sent = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success());
+        bounded("the reload's log line", async {
+            while self.reloads() <= before {
+                assert!(
+                    !self.stderr().contains("refused"),
+                    "reload refused: {}",
+                    self.stderr()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Opens a tunnel through the gateway; returns it with the name the
+/// upstream announced. Panics on a refused handshake (a 502 from an
+/// emptied group).
+async fn open(addr: SocketAddr, path: &str) -> (Ws, String) {
+    let stream = bounded("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let url = format!("ws://{addr}{path}");
+    let (mut ws, response) = bounded("handshake", tokio_tungstenite::client_async(url, stream))
+        .await
+        .unwrap_or_else(|e| panic!("handshake to {path}: {e}"));
+    assert_eq!(response.status(), 101);
+    let name = match bounded("announce", ws.next()).await {
+        Some(Ok(Message::Text(name))) => name.to_string(),
+        other => panic!("no announce: {other:?}"),
+    };
+    (ws, name)
+}
+
+async fn echoes(ws: &mut Ws, text: &str) {
+    bounded("send", ws.send(Message::text(text))).await.unwrap();
+    match bounded("echo", ws.next()).await {
+        Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), text),
+        other => panic!("no echo of {text:?}: {other:?}"),
+    }
+}
+
+async fn named_upstream(name: &'static str) -> SocketAddr {
+    ws_upstream(WsUpstreamOptions {
+        announce: Some(name),
+        ..WsUpstreamOptions::default()
+    })
+    .await
+    .addr
+}
+
+fn srv(port: u16) -> SrvRecord {
+    SrvRecord {
+        priority: 10,
+        weight: 1,
+        port,
+        target: "chat.test".into(),
+    }
+}
+
+/// `/` goes to `dns:chat.test:PORT`, `/srv` to `srv:_ws._tcp.chat.test`;
+/// `connect` is the harmless setting the reloads change.
+fn config(dns: SocketAddr, port: u16, connect: u32) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+upstream = ["dns:chat.test:{port}"]
+resolver = "{dns}"
+resolve-min-ttl = "100ms"
+resolve-max-ttl = "200ms"
+[timeouts]
+connect = "{connect}s"
+[[route]]
+prefix = "/srv"
+upstreams = ["srv:{SRV_NAME}"]
+"#
+    )
+}
+
+/// Reloads keep the addresses DNS discovered: no handshake fails during
+/// or after them, open tunnels run on, and the discoveries keep running
+/// over the kept sets (a new SRV target gets connections afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_keep_dns_upstreams_and_their_discovery() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let mut zone = Zone {
+        ttl: 1,
+        ..Zone::default()
+    };
+    zone.hosts
+        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    zone.srv.insert(SRV_NAME.into(), vec![srv(a.port())]);
+    let dns = DnsServer::start(zone).await;
+    let gateway = Gateway::start(&config(dns.addr, a.port(), 5)).await;
+    let addr = gateway.addr;
+    // Both names answered before the banner (stderr is read by a thread of
+    // its own, so its lines may come a moment later).
+    bounded("the first answers' log lines", async {
+        while !(gateway.stderr().contains("dns chat.test") && gateway.stderr().contains(SRV_NAME)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        !gateway.stderr().contains("no address yet"),
+        "{}",
+        gateway.stderr()
+    );
+
+    let (mut on_dns, name) = open(addr, "/").await;
+    assert_eq!(name, "a");
+    echoes(&mut on_dns, "before the reloads").await;
+    let (mut on_srv, name) = open(addr, "/srv/x").await;
+    assert_eq!(name, "a");
+
+    // New connections all along: each opens, echoes and closes; a failed
+    // handshake panics its task.
+    let stop = Arc::new(AtomicBool::new(false));
+    let opened = Arc::new(AtomicUsize::new(0));
+    let mut churn = Vec::new();
+    for i in 0..2 {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        churn.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let path = if (n + i) % 2 == 0 { "/" } else { "/srv/x" };
+                let (mut ws, name) = open(addr, path).await;
+                assert_eq!(name, "a", "{path}");
+                echoes(&mut ws, &format!("churn {i} {n}")).await;
+                let _ = bounded("close", ws.close(None)).await;
+                opened.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+    // Reloads spaced out over several re-resolutions (200 ms each).
+    for round in 0..6 {
+        gateway
+            .reload(&config(dns.addr, a.port(), 5 + round % 2))
+            .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // A while after the last one too: the discoveries' next answers must
+    // find the sets they keep current.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in churn {
+        bounded("churn", task)
+            .await
+            .expect("no churn connection failed");
+    }
+    let opened = opened.load(Ordering::Relaxed);
+    eprintln!("{opened} new connections handshaked and echoed during 6 reloads");
+    assert!(opened >= 10, "too few new connections: {opened}");
+    let err = gateway.stderr();
+    assert_eq!(err.matches("gateway: reloaded ").count(), 6, "{err}");
+    assert!(!err.contains("take effect after a restart"), "{err}");
+    echoes(&mut on_dns, "after the reloads").await;
+    echoes(&mut on_srv, "after the reloads").await;
+
+    // The SRV answer gains b's port: the discovery, still running over the
+    // kept set, brings b in.
+    dns.change(|z| {
+        z.srv
+            .insert(SRV_NAME.into(), vec![srv(a.port()), srv(b.port())]);
+    });
+    let queries = dns.queries();
+    within(Duration::from_secs(10), "b reached through /srv", async {
+        loop {
+            let (mut ws, name) = open(addr, "/srv/x").await;
+            echoes(&mut ws, "which one").await;
+            let _ = bounded("close", ws.close(None)).await;
+            if name == "b" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(dns.queries() > queries);
+    // `/` is A records on a's port: still a only.
+    for _ in 0..4 {
+        let (_, name) = open(addr, "/").await;
+        assert_eq!(name, "a");
+    }
+    echoes(&mut on_dns, "after b joined").await;
+    echoes(&mut on_srv, "after b joined").await;
+
+    // a's port leaves the SRV answer while `on_srv` is open on it: a
+    // drains, and a reload must not bring it back (only the addresses DNS
+    // still serves are carried) nor cut its tunnel.
+    dns.change(|z| {
+        z.srv.insert(SRV_NAME.into(), vec![srv(b.port())]);
+    });
+    within(Duration::from_secs(10), "a drained from /srv", async {
+        let mut in_a_row = 0;
+        while in_a_row < 4 {
+            let (_, name) = open(addr, "/srv/x").await;
+            in_a_row = if name == "b" { in_a_row + 1 } else { 0 };
+        }
+    })
+    .await;
+    gateway.reload(&config(dns.addr, a.port(), 7)).await;
+    for _ in 0..6 {
+        let (_, name) = open(addr, "/srv/x").await;
+        assert_eq!(name, "b", "a reload brought back an address DNS dropped");
+    }
+    echoes(&mut on_srv, "draining, not dropped").await;
+    echoes(&mut on_dns, "at the end").await;
+}
