@@ -2,166 +2,21 @@
 //! reloads (SIGHUP, `--watch-config`) of a gateway process carrying real
 //! tokio-tungstenite tunnels to echo upstreams on loopback.
 
+#[path = "support/config_gateway.rs"]
+mod config_gateway;
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
-use support::{bounded, closed_port, gateway_bin, within, ws_upstream, WsUpstreamOptions, WAIT};
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// A gateway process started with `--config`; killed on drop.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    lines: mpsc::UnboundedReceiver<String>,
-    stderr: Arc<Mutex<String>>,
-    _dir: TempDir,
-    config: PathBuf,
-}
-
-impl Gateway {
-    async fn start(config: &str, extra: &[&str]) -> Self {
-        let dir = TempDir::new();
-        let path = dir.0.join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(gateway_bin())
-            .arg("--config")
-            .arg(&path)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let mut gateway = Self {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            lines,
-            stderr,
-            _dir: dir,
-            config: path,
-        };
-        let banner = gateway
-            .next_line()
-            .await
-            .unwrap_or_else(|| panic!("no banner; stderr: {}", gateway.stderr.lock().unwrap()));
-        gateway.addr = banner_addr(&banner);
-        gateway
-    }
-
-    async fn next_line(&mut self) -> Option<String> {
-        tokio::time::timeout(WAIT, self.lines.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Writes `config` and sends SIGHUP; waits until the gateway has
-    /// logged one more reload (`reloaded`) or refusal (`refused`).
-    async fn reload(&self, config: &str) {
-        let before = self.outcomes();
-        std::fs::write(&self.config, config).unwrap();
-        let sent = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        self.await_outcomes(before + 1).await;
-    }
-
-    fn outcomes(&self) -> usize {
-        let err = self.stderr();
-        err.matches("gateway: reloaded ").count()
-            + err.matches(" refused, configuration unchanged").count()
-    }
-
-    async fn await_outcomes(&self, n: usize) {
-        bounded("the reload's log line", async {
-            while self.outcomes() < n {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsproxy-config-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn banner_addr(line: &str) -> SocketAddr {
-    line.split("://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
+use config_gateway::{banner_addr, echoes, named_upstream, open, Gateway, TempDir, Ws};
+use support::{bounded, closed_port, gateway_bin, within, WAIT};
 
 fn wait_bounded(child: &mut Child) -> ExitStatus {
     let deadline = Instant::now() + WAIT;
@@ -198,41 +53,6 @@ fn run(args: &[&std::ffi::OsStr]) -> (ExitStatus, String, String) {
         .read_to_string(&mut err)
         .unwrap();
     (status, out, err)
-}
-
-/// Opens a tunnel through the gateway; returns it with the name the
-/// upstream announced.
-async fn open(addr: SocketAddr, path: &str) -> (Ws, String) {
-    let stream = bounded("tcp connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let url = format!("ws://{addr}{path}");
-    let (mut ws, response) = bounded("handshake", tokio_tungstenite::client_async(url, stream))
-        .await
-        .expect("handshake");
-    assert_eq!(response.status(), 101);
-    let name = match bounded("announce", ws.next()).await {
-        Some(Ok(Message::Text(name))) => name.to_string(),
-        other => panic!("no announce: {other:?}"),
-    };
-    (ws, name)
-}
-
-async fn echoes(ws: &mut Ws, text: &str) {
-    bounded("send", ws.send(Message::text(text))).await.unwrap();
-    match bounded("echo", ws.next()).await {
-        Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), text),
-        other => panic!("no echo of {text:?}: {other:?}"),
-    }
-}
-
-async fn named_upstream(name: &'static str) -> SocketAddr {
-    ws_upstream(WsUpstreamOptions {
-        announce: Some(name),
-        ..WsUpstreamOptions::default()
-    })
-    .await
-    .addr
 }
 
 fn example_config() -> PathBuf {

@@ -7,177 +7,22 @@
 //! The gateway is a separate process on the real clock, so the DNS TTLs
 //! are kept short (`resolve-max-ttl`) and every wait is bounded.
 
+#[path = "support/config_gateway.rs"]
+mod config_gateway;
 #[path = "support/dns_server.rs"]
 mod dns_server;
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
-
+use config_gateway::{echoes, named_upstream, open, Gateway};
 use dns_server::{DnsServer, SrvRecord, Zone};
-use support::{bounded, gateway_bin, within, ws_upstream, WsUpstreamOptions, WAIT};
-
-type Ws = WebSocketStream<TcpStream>;
+use support::{bounded, within};
 
 const SRV_NAME: &str = "_ws._tcp.chat.test";
-
-/// A gateway process started with `--config`; killed on drop.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    dir: PathBuf,
-    config: PathBuf,
-}
-
-impl Gateway {
-    async fn start(config: &str) -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "wsproxy-config-dns-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.toml");
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(gateway_bin())
-            .arg("--config")
-            .arg(&path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let banner = tokio::time::timeout(WAIT, lines.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("no banner; stderr: {}", stderr.lock().unwrap()));
-        let addr = banner
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {banner:?}"));
-        Self {
-            child,
-            addr,
-            stderr,
-            dir,
-            config: path,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn reloads(&self) -> usize {
-        self.stderr().matches("gateway: reloaded ").count()
-    }
-
-    /// Writes `config`, sends SIGHUP and waits for the reload's log line.
-    async fn reload(&self, config: &str) {
-        let before = self.reloads();
-        std::fs::write(&self.config, config).unwrap();
-        let sent = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(sent.success());
-        bounded("the reload's log line", async {
-            while self.reloads() <= before {
-                assert!(
-                    !self.stderr().contains("refused"),
-                    "reload refused: {}",
-                    self.stderr()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Opens a tunnel through the gateway; returns it with the name the
-/// upstream announced. Panics on a refused handshake (a 502 from an
-/// emptied group).
-async fn open(addr: SocketAddr, path: &str) -> (Ws, String) {
-    let stream = bounded("tcp connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let url = format!("ws://{addr}{path}");
-    let (mut ws, response) = bounded("handshake", tokio_tungstenite::client_async(url, stream))
-        .await
-        .unwrap_or_else(|e| panic!("handshake to {path}: {e}"));
-    assert_eq!(response.status(), 101);
-    let name = match bounded("announce", ws.next()).await {
-        Some(Ok(Message::Text(name))) => name.to_string(),
-        other => panic!("no announce: {other:?}"),
-    };
-    (ws, name)
-}
-
-async fn echoes(ws: &mut Ws, text: &str) {
-    bounded("send", ws.send(Message::text(text))).await.unwrap();
-    match bounded("echo", ws.next()).await {
-        Some(Ok(Message::Text(got))) => assert_eq!(got.as_str(), text),
-        other => panic!("no echo of {text:?}: {other:?}"),
-    }
-}
-
-async fn named_upstream(name: &'static str) -> SocketAddr {
-    ws_upstream(WsUpstreamOptions {
-        announce: Some(name),
-        ..WsUpstreamOptions::default()
-    })
-    .await
-    .addr
-}
 
 fn srv(port: u16) -> SrvRecord {
     SrvRecord {
@@ -221,7 +66,7 @@ async fn reloads_keep_dns_upstreams_and_their_discovery() {
         .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     zone.srv.insert(SRV_NAME.into(), vec![srv(a.port())]);
     let dns = DnsServer::start(zone).await;
-    let gateway = Gateway::start(&config(dns.addr, a.port(), 5)).await;
+    let gateway = Gateway::start(&config(dns.addr, a.port(), 5), &[]).await;
     let addr = gateway.addr;
     // Both names answered before the banner (stderr is read by a thread of
     // its own, so its lines may come a moment later).
