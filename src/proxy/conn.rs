@@ -280,9 +280,11 @@ where
         let mut out = BytesMut::new();
         handshake::write_response_head(&answer, &mut out);
         out.extend_from_slice(answer.body());
-        let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
+        // Counted before the write: a client that reads the answer and then
+        // asks the metrics must find it counted.
         self.report.status = Some(status);
         self.finish(Outcome::Rejected(status));
+        let _ = write_all_timeout(&mut self.io, &out, self.inner.timeouts.send).await;
         self.linger = true;
         Next::Close
     }
