@@ -110,6 +110,9 @@ impl Gateway {
 
     pub fn outcomes(&self) -> usize {
         let err = self.stderr();
+        // Whole lines only: stderr is unbuffered, so a line can arrive in
+        // pieces and a test would read the rest of it too early.
+        let err = &err[..err.rfind('\n').map_or(0, |end| end + 1)];
         err.matches("gateway: reloaded ").count()
             + err.matches(" refused, configuration unchanged").count()
     }
