@@ -26,6 +26,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "support/echo.rs"]
+mod echo;
+
+use echo::{start_echo_backend, thread_cpu_ns};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -235,35 +239,6 @@ fn start_proxy_thread(acceptor: TlsAcceptor) -> (AddrChannel, Arc<AtomicU64>) {
         });
     });
     ((to_proxy, from_proxy), cpu)
-}
-
-/// CPU time of the calling thread, from schedstat (nanoseconds).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-async fn start_echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_binary() || msg.is_text()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// A fresh h2 connection over TLS, once extended CONNECT is allowed.

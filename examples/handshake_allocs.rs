@@ -19,6 +19,10 @@
 //! cargo run --release --example handshake_allocs -- --handshakes 2000
 //! ```
 
+#[path = "../benches/support/echo.rs"]
+mod echo;
+
+use echo::start_echo_backend;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -254,25 +258,4 @@ async fn handshake(url: &str) -> bool {
     tokio::time::timeout(Duration::from_secs(10), run)
         .await
         .unwrap_or(false)
-}
-
-async fn start_echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_binary() || msg.is_text()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
