@@ -128,7 +128,7 @@ impl Server {
 
 impl Workers {
     /// How many worker threads (nginx `worker_processes N`); at least 1.
-    /// The default is the available parallelism.
+    /// The default is the available parallelism (`worker_processes auto`).
     #[must_use = "builder methods return the updated builder"]
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
@@ -267,7 +267,11 @@ impl BoundWorkers {
     /// does and reports the sum.
     ///
     /// This future only waits: it runs on any runtime (or `block_on`), and
-    /// the connections are served on the worker threads.
+    /// the connections are served on the worker threads. With one worker
+    /// and a current-thread tokio runtime calling, there is no thread to
+    /// start: the caller's thread is the worker, so a process serving this
+    /// way keeps a single thread (the kernel then takes no reference on a
+    /// socket's file for each syscall, and glibc's malloc skips its locks).
     ///
     /// # Errors
     ///
@@ -389,6 +393,21 @@ impl BoundWorkers {
         R: Future<Output = ()>,
         F: Future<Output = ()>,
     {
+        if self.listeners.len() == 1 && on_current_thread_runtime() {
+            // One worker, and the caller's runtime is already one thread:
+            // serve here rather than start a second thread. A process whose
+            // sockets all live on one thread keeps its fd table unshared,
+            // so the kernel takes no reference on the file in every socket
+            // syscall (`fdget`), and glibc's malloc skips its arena locks.
+            if let Some(listener) = self.listeners.into_iter().next() {
+                let listener = TcpListener::from_std(listener)?;
+                return self
+                    .server
+                    .serve_accepted(listener, accept, retire, shutdown)
+                    .await;
+            }
+            return Ok(DrainReport::default());
+        }
         let accept = Arc::new(accept);
         // The retire signal crosses to every worker's thread.
         let (retiring, retired) = watch::channel(false);
@@ -483,6 +502,13 @@ impl BoundWorkers {
             None => Ok(report),
         }
     }
+}
+
+/// Whether this is called on a current-thread tokio runtime (where one
+/// worker can be the caller's own thread).
+fn on_current_thread_runtime() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread)
 }
 
 /// Adds one worker's report to the sum.

@@ -28,6 +28,9 @@ mod access_log;
 #[allow(dead_code)]
 #[path = "../examples/gateway/cli.rs"]
 mod cli;
+#[allow(dead_code)]
+#[path = "../examples/gateway/upstream_spec.rs"]
+mod upstream_spec;
 
 // The demo page in headless Chromium; a module of this test, not a test
 // of its own, so that it starts the gateway the way the tests here do.

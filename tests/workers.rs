@@ -39,6 +39,19 @@ async fn two_workers(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<DrainReport>,
 ) {
+    workers(2, server).await
+}
+
+/// `n` workers, as [`two_workers`].
+async fn workers(
+    n: usize,
+    server: impl FnOnce(Server) -> Server,
+) -> (
+    SocketAddr,
+    Arc<Mutex<Threads>>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<DrainReport>,
+) {
     let up = ws_upstream(WsUpstreamOptions::default()).await;
     let set: UpstreamSet = [Upstream::new(up.addr)].into_iter().collect();
     let proxy = Proxy::builder()
@@ -52,10 +65,10 @@ async fn two_workers(
             ended.lock().unwrap().ended.insert(client, thread_name());
         })
         .per_core()
-        .threads(2)
+        .threads(n)
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
-    assert_eq!(workers.threads(), 2);
+    assert_eq!(workers.threads(), n);
     #[cfg(target_os = "linux")]
     assert!(workers.reuse_port(), "Linux has SO_REUSEPORT");
     let addr = workers.local_addr();
@@ -112,6 +125,47 @@ async fn several_workers_serve_connections_on_one_port_each_on_the_thread_that_a
     // The kernel hashes each connection to one listener: 64 connections all
     // on one of two workers would be a 1 in 2^63 chance.
     assert_eq!(used, ["wsproxy-worker-0", "wsproxy-worker-1"]);
+}
+
+/// Echoes through `addr` from `clients` clients one after another, then
+/// stops the serve and returns the names of the threads their connections
+/// ended on.
+async fn serve_clients(
+    addr: SocketAddr,
+    clients: usize,
+    threads: &Mutex<Threads>,
+    stop: oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<DrainReport>,
+) -> Vec<String> {
+    for c in 0..clients {
+        let mut ws = client(addr).await;
+        echo(&mut ws, format!("hello {c}")).await;
+        bounded("close", ws.close(None)).await.unwrap();
+        while let Some(Ok(_)) = bounded("end", futures_util::StreamExt::next(&mut ws)).await {}
+    }
+    let _ = stop.send(());
+    let report = bounded("workers to stop", serving).await.unwrap();
+    assert_eq!(report.accepted, clients as u64, "{report:?}");
+    let mut used: Vec<String> = threads.lock().unwrap().ended.values().cloned().collect();
+    assert_eq!(used.len(), clients);
+    used.sort();
+    used.dedup();
+    used
+}
+
+#[tokio::test]
+async fn one_worker_on_a_current_thread_runtime_serves_on_the_callers_thread() {
+    let (addr, threads, stop, serving) = workers(1, |s| s).await;
+    let used = serve_clients(addr, 8, &threads, stop, serving).await;
+    // No thread was started: the test's own thread served every connection.
+    assert_eq!(used, [thread_name()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_on_a_multi_thread_runtime_gets_its_own_thread() {
+    let (addr, threads, stop, serving) = workers(1, |s| s).await;
+    let used = serve_clients(addr, 8, &threads, stop, serving).await;
+    assert_eq!(used, ["wsproxy-worker-0"]);
 }
 
 #[tokio::test]

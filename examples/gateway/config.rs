@@ -39,7 +39,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::cli::{self, Args};
+use crate::cli::Args;
 
 /// Flags that say where the configuration comes from, not what it is.
 const NOT_IN_FILE: &[&str] = &["config", "check-config", "watch-config", "help", "version"];
@@ -359,7 +359,11 @@ impl<'a> Check<'a> {
                 ("upstreams", _) => match value.get_ref() {
                     DeValue::Array(list) if !list.is_empty() => {
                         for item in list {
-                            match item.get_ref().as_str().map(cli::parse_upstream) {
+                            match item
+                                .get_ref()
+                                .as_str()
+                                .map(crate::upstream_spec::parse_upstream)
+                            {
                                 Some(Ok(_)) => {
                                     upstreams.push(item.get_ref().as_str().unwrap_or_default())
                                 }
@@ -590,7 +594,7 @@ upstreams = ["127.0.0.1:9000"]
         assert_eq!(args.upstream.len(), 2);
         assert_eq!(args.read_timeout, std::time::Duration::from_secs(7_200));
         assert_eq!(args.connect_timeout, std::time::Duration::from_secs(2));
-        assert_eq!(args.balance, cli::Balance::LeastConn);
+        assert_eq!(args.balance, crate::cli::Balance::LeastConn);
         let route = &args.route[0];
         assert_eq!(
             (

@@ -27,6 +27,7 @@ mod demo;
 mod dns;
 mod reload;
 mod tls;
+mod upstream_spec;
 mod upstream_tls;
 
 use std::io::Write as _;
@@ -51,7 +52,8 @@ use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
 use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect, Transport};
+use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
+use upstream_spec::Transport;
 
 fn main() -> ExitCode {
     let matches = Args::command().get_matches();
@@ -330,13 +332,13 @@ async fn serve(
     }
     // Thread-per-core (nginx `worker_processes`): each worker accepts on its
     // own SO_REUSEPORT listener and serves its connections on its thread.
-    let mut workers = server.clone().per_core();
-    if let Some(n) = args.workers {
-        workers = workers.threads(usize::from(n));
-    }
-    let workers = workers.bind(args.listen).map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
-    })?;
+    let workers = args
+        .workers
+        .apply(server.clone().per_core())
+        .bind(args.listen)
+        .map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", args.listen))
+        })?;
     let local = workers.local_addr();
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
@@ -527,7 +529,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         builder = builder.route(Route::new("/", demo));
     }
     if !args.upstream.is_empty() {
-        let (upstreams, transport) = cli::one_transport(&args.upstream)?;
+        let (upstreams, transport) = upstream_spec::one_transport(&args.upstream)?;
         builder = builder.route(Route::new("/", group("default", &upstreams, transport)));
     }
     for spec in &args.route {

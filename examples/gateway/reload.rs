@@ -235,11 +235,12 @@ impl Reloader {
     /// Serves `addr` and then retires the listener served so far; false if
     /// it cannot be bound (the old one serves on).
     async fn rebind(&mut self, addr: SocketAddr) -> bool {
-        let mut workers = self.server.clone().per_core();
-        if let Some(n) = self.args.workers {
-            workers = workers.threads(usize::from(n));
-        }
-        let workers = match workers.bind(addr) {
+        let workers = match self
+            .args
+            .workers
+            .apply(self.server.clone().per_core())
+            .bind(addr)
+        {
             Ok(workers) => workers,
             Err(e) => {
                 eprintln!(

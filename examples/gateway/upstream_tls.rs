@@ -5,7 +5,8 @@
 
 use wsproxy::{HealthChecker, UpstreamGroup};
 
-use crate::cli::{Args, Transport};
+use crate::cli::Args;
+use crate::upstream_spec::Transport;
 
 /// The TLS configuration every tls:// group shares, built once.
 #[cfg(feature = "rustls")]
