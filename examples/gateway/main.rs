@@ -18,6 +18,11 @@
 //! second line, `metrics on http://ADDR/metrics`; without the feature that
 //! flag exits 2.
 
+/// See the Cargo.toml note on `mimalloc`: less idle memory per WebSocket
+/// and cheaper handshakes than glibc's malloc (benches/README.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod access_log;
 #[cfg(feature = "metrics")]
 mod admin;
