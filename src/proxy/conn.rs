@@ -2,6 +2,7 @@
 //! (route, policy), connect, send it on, then relay the answer or switch to
 //! a tunnel; keep-alive until the connection closes or upgrades.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,15 +86,19 @@ struct Sent {
 
 /// Serves requests until the connection closes or upgrades; an upgraded
 /// connection comes back to the caller to tunnel.
-pub(super) async fn serve<S>(
-    live: &Live,
+///
+/// The connection counts as opened when this is called. Not an `async fn`:
+/// a wrapper future around `run`'s would be as large (several KiB) and
+/// copied once more when first polled, on every connection.
+pub(super) fn serve<'a, S>(
+    live: &'a Live,
     io: S,
     peer: SocketAddr,
     listener: Listener,
     drain: Drain,
-) -> (ConnectionReport, Option<Upgraded<S>>)
+) -> impl Future<Output = (ConnectionReport, Option<Upgraded<S>>)> + Send + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
 {
     let inner = live.load();
     inner.counters.connection();
@@ -112,7 +117,7 @@ where
         began: Instant::now(),
         websocket: false,
     };
-    conn.run().instrument(span).await
+    conn.run().instrument(span)
 }
 
 struct Conn<'a, S> {

@@ -544,17 +544,19 @@ impl Proxy {
 
     /// Serves until the connection closes or upgrades, handing an upgraded
     /// connection back so that the server runs its tunnel as its own task.
-    pub(crate) async fn serve_until_upgrade<S>(
-        &self,
+    pub(crate) fn serve_until_upgrade<'a, S>(
+        &'a self,
         io: S,
         peer: SocketAddr,
         listener: Listener,
         drain: Drain,
-    ) -> (ConnectionReport, Option<guard::Upgraded<S>>)
+    ) -> impl Future<Output = (ConnectionReport, Option<guard::Upgraded<S>>)> + Send + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'a,
     {
-        conn::serve(&self.live, io, peer, listener, drain).await
+        // Not an `async fn`: each layer of one would hold the whole
+        // connection's future and copy it once more when first awaited.
+        conn::serve(&self.live, io, peer, listener, drain)
     }
 
     /// Hands a finished connection's report to the hook of
