@@ -196,7 +196,6 @@ pub use counters::{CountersSnapshot, Outcome};
 pub(crate) use drain::{close_spread, CUT_GRACE};
 #[allow(unused_imports)] // for the tower service
 pub(crate) use exchange::Exchange;
-#[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
     HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
