@@ -157,6 +157,10 @@ struct Args {
     /// (`Server::per_core`, the gateway's layout) instead of this runtime.
     #[arg(long)]
     workers: Option<usize>,
+    /// Connects in flight at once (100: wsbench's idle test; 1 shows what
+    /// is left between the blocks without concurrent handshakes).
+    #[arg(long, default_value_t = 100)]
+    connecting: usize,
     /// Seconds to hold the idle tunnels before measuring.
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
@@ -171,7 +175,7 @@ fn main() -> io::Result<()> {
         .enable_all()
         .build()?;
     match args.peer {
-        Some(proxy) => rt.block_on(peer(proxy, args.conns, args.mode)),
+        Some(proxy) => rt.block_on(peer(proxy, args.conns, args.connecting, args.mode)),
         None => rt.block_on(proxy(&args)),
     }
 }
@@ -219,6 +223,8 @@ async fn proxy(args: &Args) -> io::Result<()> {
             &addr.to_string(),
             "--conns",
             &args.conns.to_string(),
+            "--connecting",
+            &args.connecting.to_string(),
             "--mode",
             if args.mode == Mode::Server {
                 "server"
@@ -479,7 +485,7 @@ async fn serve_hold(
 }
 
 /// The second process: echo backends and clients.
-async fn peer(proxy: SocketAddr, conns: usize, mode: Mode) -> io::Result<()> {
+async fn peer(proxy: SocketAddr, conns: usize, connecting: usize, mode: Mode) -> io::Result<()> {
     let backend = TcpListener::bind("127.0.0.2:0").await?;
     println!("backend {}", backend.local_addr()?);
     // The proxy says where to connect once its server listens.
@@ -488,7 +494,7 @@ async fn peer(proxy: SocketAddr, conns: usize, mode: Mode) -> io::Result<()> {
     stdin.read_line(&mut line)?;
     let proxy: SocketAddr = line.trim().parse().unwrap_or(proxy);
     if mode == Mode::Server {
-        return peer_websockets(proxy, backend, conns).await;
+        return peer_websockets(proxy, backend, conns, connecting).await;
     }
     tokio::spawn(async move {
         while let Ok((mut s, _)) = backend.accept().await {
@@ -503,8 +509,7 @@ async fn peer(proxy: SocketAddr, conns: usize, mode: Mode) -> io::Result<()> {
         }
     });
 
-    // 100 connects in flight, as wsbench's idle test.
-    let gate = Arc::new(Semaphore::new(100));
+    let gate = Arc::new(Semaphore::new(connecting));
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         let gate = gate.clone();
@@ -539,7 +544,12 @@ async fn hold<T>(held: Vec<T>) -> io::Result<()> {
 
 /// The peer of `--mode server`: a WebSocket echo backend and WebSocket
 /// clients that each upgrade through the proxy, echo one message and idle.
-async fn peer_websockets(proxy: SocketAddr, backend: TcpListener, conns: usize) -> io::Result<()> {
+async fn peer_websockets(
+    proxy: SocketAddr,
+    backend: TcpListener,
+    conns: usize,
+    connecting: usize,
+) -> io::Result<()> {
     tokio::spawn(async move {
         while let Ok((s, _)) = backend.accept().await {
             tokio::spawn(async move {
@@ -555,7 +565,7 @@ async fn peer_websockets(proxy: SocketAddr, backend: TcpListener, conns: usize) 
         }
     });
     let url = format!("ws://{proxy}/");
-    let gate = Arc::new(Semaphore::new(100));
+    let gate = Arc::new(Semaphore::new(connecting));
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         let gate = gate.clone();
