@@ -624,13 +624,15 @@ mod tests {
     /// The idle-memory budget (README: under 2 KiB per idle WebSocket,
     /// measured by the anchors): every byte of the connection's task stays
     /// allocated while its tunnel idles, the handshake's box aside (freed
-    /// when the tunnel starts, whatever its type). Raise these only
-    /// knowingly.
+    /// when the tunnel starts, whatever its type). tokio rounds a task cell
+    /// (this plus its 96 bytes of header and trailer) up to 128 bytes: at
+    /// 416 the cell is exactly 512, one byte more makes it 640. Raise this
+    /// only knowingly.
     #[test]
     fn an_idle_tunnel_task_stays_within_its_budget() {
         type Task = Connection<TcpStream, std::future::Ready<Next<TcpStream>>>;
         let size = std::mem::size_of::<Task>();
         println!("connection task {size} bytes");
-        assert!(size <= 272, "connection task grew to {size} bytes");
+        assert!(size <= 416, "connection task grew to {size} bytes");
     }
 }
