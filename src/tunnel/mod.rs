@@ -570,8 +570,7 @@ where
             match control.poll_request(cx) {
                 Request::Cut => return Some(TunnelEnd::Shutdown),
                 Request::Close if *self.lifecycle == Lifecycle::Running => {
-                    let (Some(frames), Some(close)) =
-                        (self.frames.as_mut(), control.close_frame())
+                    let (Some(frames), Some(close)) = (self.frames.as_mut(), control.close_frame())
                     else {
                         return Some(TunnelEnd::Shutdown);
                     };
