@@ -542,7 +542,8 @@ impl Proxy {
     }
 
     /// Serves until the connection closes or upgrades, handing an upgraded
-    /// connection back so that the server runs its tunnel as its own task.
+    /// connection back so that the server runs its tunnel in place of the
+    /// handshake's state.
     pub(crate) async fn serve_until_upgrade<S>(
         &self,
         io: S,
