@@ -9,24 +9,119 @@
 //! before it goes idle. The proxy runs on a `current_thread` runtime, like
 //! `bench/naive-proxy`.
 //!
+//! `--mode server` measures the whole proxy instead: `Server` + `Proxy` at
+//! their defaults (frames tracked, upstream read and send timeouts, the
+//! gateway's tunnel settings), real WebSocket upgrades from
+//! tokio-tungstenite clients to a tokio-tungstenite echo backend, on this
+//! runtime or on `--workers N` per-core workers as the gateway runs.
+//!
+//! A counting allocator also reports the heap blocks each idle tunnel
+//! holds, by size, and what glibc's malloc adds to each (its 8-byte chunk
+//! header and 16-byte rounding, 32 bytes at least).
+//!
 //! ```sh
 //! cargo run --release --example idle_tunnels -- --conns 9900 --mode tunnel
 //! cargo run --release --example idle_tunnels -- --conns 9900 --mode copy
+//! cargo run --release --example idle_tunnels -- --conns 9900 --mode server --workers 2
 //! ```
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io::{self, BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+use wsproxy::server::Server;
 use wsproxy::tunnel::{tunnel, TunnelConfig};
+use wsproxy::Proxy;
+
+/// Live heap blocks by requested size (the last slot gathers the larger
+/// ones), so that the blocks an idle tunnel holds can be read off as the
+/// difference between two snapshots.
+const SIZE_SLOTS: usize = 16_384;
+static LIVE: [AtomicI64; SIZE_SLOTS] = [const { AtomicI64::new(0) }; SIZE_SLOTS];
+static LIVE_LARGE_BYTES: AtomicI64 = AtomicI64::new(0);
+
+struct Counting;
+
+fn count(size: usize, delta: i64) {
+    LIVE[size.min(SIZE_SLOTS - 1)].fetch_add(delta, Ordering::Relaxed);
+    if size >= SIZE_SLOTS - 1 {
+        LIVE_LARGE_BYTES.fetch_add(delta * size as i64, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded to `System` with the caller's arguments;
+// the counting touches only atomics.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size(), 1);
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size(), 1);
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(layout.size(), -1);
+        count(new_size, 1);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count(layout.size(), -1);
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn live_blocks() -> Vec<i64> {
+    LIVE.iter().map(|n| n.load(Ordering::Relaxed)).collect()
+}
+
+/// glibc malloc's chunk for a request of `size` on 64-bit: an 8-byte
+/// header, rounded up to 16, at least 32.
+fn chunk(size: usize) -> usize {
+    ((size + 8 + 15) & !15).max(32)
+}
+
+/// Prints the blocks held per tunnel between two snapshots, by size.
+fn print_blocks(before: &[i64], after: &[i64], large_bytes: i64, n: usize) {
+    let n = n.max(1) as f64;
+    let (mut asked, mut held) = (0.0, 0.0);
+    println!("live heap blocks per idle tunnel (bytes asked: blocks, malloc chunk):");
+    for size in (0..SIZE_SLOTS).rev() {
+        let blocks = (after[size] - before[size]) as f64 / n;
+        if size == SIZE_SLOTS - 1 {
+            asked += large_bytes as f64 / n;
+            held += large_bytes as f64 / n;
+            if blocks.abs() >= 0.01 {
+                println!("  >= {size}: {blocks:.2} ({:.0} B)", large_bytes as f64 / n);
+            }
+            continue;
+        }
+        asked += blocks * size as f64;
+        held += blocks * chunk(size) as f64;
+        if blocks.abs() >= 0.05 {
+            println!("  {size:>6}: {blocks:.2} (chunk {})", chunk(size));
+        }
+    }
+    println!("heap per idle tunnel: {asked:.0} B asked, {held:.0} B in malloc chunks");
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
@@ -38,6 +133,9 @@ enum Mode {
     /// No relay: the task just holds both sockets (after relaying the first
     /// message with `tunnel`). The floor any tokio relay pays per connection.
     Hold,
+    /// `Server` + `Proxy` at their defaults with real WebSocket upgrades,
+    /// the gateway's path.
+    Server,
 }
 
 #[derive(Debug, Parser)]
@@ -55,6 +153,14 @@ struct Args {
     /// Run the tunnel without any timeout (no timer per tunnel).
     #[arg(long)]
     no_timeouts: bool,
+    /// With `--mode server`: serve on this many per-core workers
+    /// (`Server::per_core`, the gateway's layout) instead of this runtime.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Connects in flight at once (100: wsbench's idle test; 1 shows what
+    /// is left between the blocks without concurrent handshakes).
+    #[arg(long, default_value_t = 100)]
+    connecting: usize,
     /// Seconds to hold the idle tunnels before measuring.
     #[arg(long, default_value_t = 1.0)]
     hold: f64,
@@ -69,7 +175,7 @@ fn main() -> io::Result<()> {
         .enable_all()
         .build()?;
     match args.peer {
-        Some(proxy) => rt.block_on(peer(proxy, args.conns)),
+        Some(proxy) => rt.block_on(peer(proxy, args.conns, args.connecting, args.mode)),
         None => rt.block_on(proxy(&args)),
     }
 }
@@ -84,6 +190,30 @@ fn rss_bytes() -> io::Result<u64> {
         .ok_or_else(|| io::Error::other("no VmRSS in /proc/self/status"))
 }
 
+/// Resident bytes of the main heap (`[heap]`, where glibc's main arena
+/// grows) and of everything else, from `/proc/self/smaps`.
+fn rss_split() -> io::Result<(u64, u64)> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    let (mut heap, mut other, mut in_heap) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(kb) = line.strip_prefix("Rss:") {
+            let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            if in_heap {
+                heap += kb * 1024;
+            } else {
+                other += kb * 1024;
+            }
+        } else if !line
+            .split_whitespace()
+            .next()
+            .is_some_and(|k| k.ends_with(':'))
+        {
+            in_heap = line.ends_with("[heap]");
+        }
+    }
+    Ok((heap, other))
+}
+
 async fn proxy(args: &Args) -> io::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -93,6 +223,14 @@ async fn proxy(args: &Args) -> io::Result<()> {
             &addr.to_string(),
             "--conns",
             &args.conns.to_string(),
+            "--connecting",
+            &args.connecting.to_string(),
+            "--mode",
+            if args.mode == Mode::Server {
+                "server"
+            } else {
+                "tunnel"
+            },
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -115,7 +253,28 @@ async fn proxy(args: &Args) -> io::Result<()> {
         .and_then(|l| l.strip_prefix("backend ").and_then(|a| a.parse().ok()))
         .ok_or_else(|| io::Error::other("peer did not report its backend"))?;
 
+    let served = match args.mode {
+        Mode::Server => Some(start_server(backend, args.workers).await?),
+        _ => None,
+    };
+    let listener = match &served {
+        // The server accepts on its own listener: tell the peer where.
+        Some((addr, _)) => {
+            println!("proxy {addr}");
+            None
+        }
+        None => Some(listener),
+    };
+    let proxy_addr = served.as_ref().map_or(addr, |(a, _)| *a);
+    let Some(stdin) = child.stdin.as_mut() else {
+        return Err(io::Error::other("no child stdin"));
+    };
+    std::io::Write::write_all(stdin, format!("{proxy_addr}\n").as_bytes())?;
+
     let before = rss_bytes()?;
+    let split_before = rss_split()?;
+    let blocks_before = live_blocks();
+    let large_before = LIVE_LARGE_BYTES.load(Ordering::Relaxed);
     let live = Arc::new(AtomicUsize::new(0));
     let mode = args.mode;
     // Shared by every connection, as a host application shares its config.
@@ -130,6 +289,9 @@ async fn proxy(args: &Args) -> io::Result<()> {
     let accept_live = live.clone();
     let accept = tokio::spawn(async move {
         let mut printed = false;
+        let Some(listener) = listener else {
+            return;
+        };
         while let Ok((client, _)) = listener.accept().await {
             let live = accept_live.clone();
             match mode {
@@ -143,6 +305,7 @@ async fn proxy(args: &Args) -> io::Result<()> {
                 Mode::Hold => {
                     spawn_sized(&mut printed, serve_hold(client, backend, spawn_relay, live))
                 }
+                Mode::Server => {}
             }
         }
     });
@@ -153,7 +316,13 @@ async fn proxy(args: &Args) -> io::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs_f64(args.hold)).await;
     let held = rss_bytes()?;
-    let n = live.load(Ordering::Relaxed);
+    let split_held = rss_split()?;
+    let blocks_held = live_blocks();
+    let large_held = LIVE_LARGE_BYTES.load(Ordering::Relaxed);
+    let n = match &served {
+        Some((_, proxy)) => proxy.counters().tunnels_active as usize,
+        None => live.load(Ordering::Relaxed),
+    };
     let growth = held.saturating_sub(before);
     println!(
         "mode {:?}{}{}: {n} idle tunnels, RSS before {:.1} MiB, held {:.1} MiB, growth {} B per tunnel",
@@ -164,10 +333,64 @@ async fn proxy(args: &Args) -> io::Result<()> {
         held as f64 / 1048576.0,
         growth / n.max(1) as u64
     );
+    println!(
+        "RSS growth per tunnel: {} B in [heap], {} B elsewhere",
+        split_held.0.saturating_sub(split_before.0) / n.max(1) as u64,
+        split_held.1.saturating_sub(split_before.1) / n.max(1) as u64,
+    );
+    print_blocks(&blocks_before, &blocks_held, large_held - large_before, n);
+    // What of the growth is whole free pages inside the heap: glibc hands
+    // them back on `malloc_trim`, which nothing calls in a running proxy.
+    // SAFETY: glibc's `malloc_trim` takes a pad size and touches only the
+    // allocator's own state.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        unsafe { malloc_trim(0) };
+        let trimmed = rss_split()?;
+        println!(
+            "after malloc_trim(0): {} B per tunnel in [heap]",
+            trimmed.0.saturating_sub(split_before.0) / n.max(1) as u64
+        );
+    }
     accept.abort();
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())
+}
+
+/// Serves `backend` through a default `Server` + `Proxy`, here or on
+/// `workers` per-core threads; the listener's address and the proxy.
+async fn start_server(
+    backend: SocketAddr,
+    workers: Option<usize>,
+) -> io::Result<(SocketAddr, Proxy)> {
+    let set: UpstreamSet = [Upstream::new(backend)].into_iter().collect();
+    let proxy = Proxy::builder()
+        .upstream(RoundRobin::new(set))
+        .build()
+        .map_err(io::Error::other)?;
+    let server = Server::new(proxy.clone()).max_connections(20_000);
+    let addr = match workers {
+        Some(n) => {
+            let bound = server
+                .per_core()
+                .threads(n)
+                .bind("127.0.0.1:0".parse().map_err(io::Error::other)?)?;
+            let addr = bound.local_addr();
+            tokio::spawn(bound.serve(std::future::pending()));
+            addr
+        }
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            tokio::spawn(server.serve(listener, std::future::pending()));
+            addr
+        }
+    };
+    Ok((addr, proxy))
 }
 
 /// Spawns one connection's task, printing the size of the first one.
@@ -262,9 +485,17 @@ async fn serve_hold(
 }
 
 /// The second process: echo backends and clients.
-async fn peer(proxy: SocketAddr, conns: usize) -> io::Result<()> {
+async fn peer(proxy: SocketAddr, conns: usize, connecting: usize, mode: Mode) -> io::Result<()> {
     let backend = TcpListener::bind("127.0.0.2:0").await?;
     println!("backend {}", backend.local_addr()?);
+    // The proxy says where to connect once its server listens.
+    let mut stdin = BufReader::new(std::io::stdin());
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    let proxy: SocketAddr = line.trim().parse().unwrap_or(proxy);
+    if mode == Mode::Server {
+        return peer_websockets(proxy, backend, conns, connecting).await;
+    }
     tokio::spawn(async move {
         while let Ok((mut s, _)) = backend.accept().await {
             tokio::spawn(async move {
@@ -278,8 +509,7 @@ async fn peer(proxy: SocketAddr, conns: usize) -> io::Result<()> {
         }
     });
 
-    // 100 connects in flight, as wsbench's idle test.
-    let gate = Arc::new(Semaphore::new(100));
+    let gate = Arc::new(Semaphore::new(connecting));
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         let gate = gate.clone();
@@ -301,9 +531,63 @@ async fn peer(proxy: SocketAddr, conns: usize) -> io::Result<()> {
         held.push(t.await.map_err(io::Error::other)??);
     }
     println!("ready");
-    // Hold until the proxy closes our stdin.
+    hold(held).await
+}
+
+/// Holds `held` until the proxy closes our stdin.
+async fn hold<T>(held: Vec<T>) -> io::Result<()> {
     let mut sink = Vec::new();
     tokio::io::stdin().read_to_end(&mut sink).await?;
     drop(held);
     Ok(())
+}
+
+/// The peer of `--mode server`: a WebSocket echo backend and WebSocket
+/// clients that each upgrade through the proxy, echo one message and idle.
+async fn peer_websockets(
+    proxy: SocketAddr,
+    backend: TcpListener,
+    conns: usize,
+    connecting: usize,
+) -> io::Result<()> {
+    tokio::spawn(async move {
+        while let Ok((s, _)) = backend.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let url = format!("ws://{proxy}/");
+    let gate = Arc::new(Semaphore::new(connecting));
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let gate = gate.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire().await.ok();
+            let (mut ws, _) = tokio_tungstenite::connect_async(&url)
+                .await
+                .map_err(io::Error::other)?;
+            ws.send(Message::text("hello"))
+                .await
+                .map_err(io::Error::other)?;
+            match ws.next().await {
+                Some(Ok(m)) if m.is_text() => Ok::<_, io::Error>(ws),
+                other => Err(io::Error::other(format!("bad echo {other:?}"))),
+            }
+        }));
+    }
+    let mut held = Vec::with_capacity(conns);
+    for t in tasks {
+        held.push(t.await.map_err(io::Error::other)??);
+    }
+    println!("ready");
+    hold(held).await
 }

@@ -34,7 +34,7 @@
 //! tunnel. Here the kernel spreads connections over the workers' listeners
 //! (`SO_REUSEPORT` hashes each connection to one of them), and a connection,
 //! its upstream connect, its handshake and its tunnel all run on the thread
-//! that accepted it, in its one task and the tunnel's.
+//! that accepted it, in one task.
 //!
 //! Embedding hosts need none of this: [`Server::serve`] and
 //! [`Server::serve_with`] keep running on whatever runtime the host has.

@@ -111,8 +111,8 @@ impl Listing {
 }
 
 /// A connection whose upgrade completed, ready to tunnel. It owns only what
-/// the tunnel needs, so a server can run it as its own small task and let the
-/// connection's larger handshake state go (the idle-memory budget).
+/// the tunnel needs, so a server can keep it in place of the connection's
+/// larger handshake state and let that go (the idle-memory budget).
 pub(crate) struct Upgraded<S> {
     pub(super) inner: Arc<Inner>,
     pub(super) client: Prefixed<S>,

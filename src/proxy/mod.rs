@@ -196,7 +196,6 @@ pub use counters::{CountersSnapshot, Outcome};
 pub(crate) use drain::{close_spread, CUT_GRACE};
 #[allow(unused_imports)] // for the tower service
 pub(crate) use exchange::Exchange;
-#[cfg(test)]
 pub(crate) use guard::Running;
 pub use health::{
     HealthCheck, HealthCheckBuilder, HealthChecker, HealthConfigError, Probe, ProbeFuture,
@@ -543,7 +542,8 @@ impl Proxy {
     }
 
     /// Serves until the connection closes or upgrades, handing an upgraded
-    /// connection back so that the server runs its tunnel as its own task.
+    /// connection back so that the server runs its tunnel in place of the
+    /// handshake's state.
     pub(crate) fn serve_until_upgrade<'a, S>(
         &'a self,
         io: S,

@@ -42,7 +42,7 @@ pub(crate) struct FrameHook {
     /// has sent nothing since.
     pub(crate) ping_sent: Nanos,
     /// Messages forwarded before the dropping began (32 bits, saturating:
-    /// the frame box stays small for every idle tunnel).
+    /// the frame state stays small for every idle tunnel).
     kept_messages: u32,
 }
 

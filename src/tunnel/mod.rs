@@ -238,13 +238,11 @@ where
         shutdown,
         c2u: Transfer::new(),
         u2c: Transfer::new(),
-        frames: config.track_frames.then(|| {
-            Box::new(Frames {
-                c2u: FrameHook::new(FrameTracker::new(Role::Client)),
-                u2c: FrameHook::new(FrameTracker::new(Role::Server)),
-                parting: Parting::new(config),
-                pings,
-            })
+        frames: config.track_frames.then(|| Frames {
+            c2u: FrameHook::new(FrameTracker::new(Role::Client)),
+            u2c: FrameHook::new(FrameTracker::new(Role::Server)),
+            parting: Parting::new(config),
+            pings,
         }),
         control: None,
         started: Instant::now(),
@@ -276,8 +274,11 @@ enum Lifecycle {
 }
 
 /// The frame hooks of both directions, with the polite-close and ping
-/// state, boxed so that a tunnel that does not track frames carries one
-/// null pointer for them.
+/// state. Kept in the tunnel, not boxed: every proxied tunnel tracks
+/// frames (the proxy's default), and a separate block cost an allocator
+/// call per handshake and 32 bytes of malloc chunk per idle tunnel, where
+/// the task cell, which tokio rounds up to 128 bytes, had room for it
+/// (see `benches/README.md`).
 #[derive(Debug)]
 struct Frames {
     c2u: FrameHook,
@@ -341,7 +342,7 @@ impl<C, U, F> Tunnel<C, U, F> {
     /// sent, and neither are frames waiting behind a frame that never ends.
     pub fn insert_frames(self: Pin<&mut Self>, side: Side, frames: &[u8]) -> bool {
         let this = self.project();
-        let Some(tracked) = this.frames.as_deref_mut() else {
+        let Some(tracked) = this.frames.as_mut() else {
             return false;
         };
         tracked.toward(side).insert(frames);
@@ -437,7 +438,7 @@ impl<C, U, F> Tunnel<C, U, F> {
     /// [`insert_close`](Self::insert_close) still wait for a boundary toward
     /// `side`.
     pub fn has_pending_frames(&self, side: Side) -> bool {
-        self.frames.as_deref().is_some_and(|f| match side {
+        self.frames.as_ref().is_some_and(|f| match side {
             Side::Upstream => f.c2u.has_insert(),
             Side::Client => f.u2c.has_insert(),
         })
@@ -457,7 +458,7 @@ pin_project! {
         shutdown: F,
         c2u: Transfer,
         u2c: Transfer,
-        frames: Option<Box<Frames>>,
+        frames: Option<Frames>,
         // Shared with the host's `TunnelHandle`s, once one was asked for.
         control: Option<Arc<Control>>,
         started: Instant,
@@ -554,7 +555,7 @@ where
     /// then the decisions.
     fn pump(&mut self, cx: &mut Context<'_>) -> Step {
         let end = self.poll_requests(cx);
-        if let Some(frames) = self.frames.as_deref_mut() {
+        if let Some(frames) = self.frames.as_mut() {
             let started = *self.started;
             frames.ping_waits(|| nanos_since(started));
         }
@@ -569,8 +570,7 @@ where
             match control.poll_request(cx) {
                 Request::Cut => return Some(TunnelEnd::Shutdown),
                 Request::Close if *self.lifecycle == Lifecycle::Running => {
-                    let (Some(frames), Some(close)) =
-                        (self.frames.as_deref_mut(), control.close_frame())
+                    let (Some(frames), Some(close)) = (self.frames.as_mut(), control.close_frame())
                     else {
                         return Some(TunnelEnd::Shutdown);
                     };
@@ -604,7 +604,7 @@ where
         if self.u2c.is_done() {
             self.c2u.skip_shutdown();
         }
-        let hook = self.frames.as_deref_mut().map(|f| &mut f.c2u);
+        let hook = self.frames.as_mut().map(|f| &mut f.c2u);
         let copied = self
             .c2u
             .poll_copy(cx, self.client, self.upstream, &mut buf, clock, hook);
@@ -621,7 +621,7 @@ where
         if self.c2u.is_done() {
             self.u2c.skip_shutdown();
         }
-        let hook = self.frames.as_deref_mut().map(|f| &mut f.u2c);
+        let hook = self.frames.as_mut().map(|f| &mut f.u2c);
         let copied = self
             .u2c
             .poll_copy(cx, self.upstream, self.client, &mut buf, clock, hook);
@@ -650,7 +650,7 @@ where
         // (else the peers were closing already).
         let proxy_parting = self
             .frames
-            .as_deref()
+            .as_ref()
             .is_some_and(|f| f.parting.proxy_closing);
         match end {
             // The peers ending their streams is how a polite close is meant
@@ -660,13 +660,13 @@ where
             None => {}
         }
         let (c2u, u2c) = (self.c2u.flow(), self.u2c.flow());
-        if proxy_parting && self.frames.as_deref().is_some_and(|f| f.parted(c2u, u2c)) {
+        if proxy_parting && self.frames.as_ref().is_some_and(|f| f.parted(c2u, u2c)) {
             return Step::End(self.closed());
         }
         // The peers' own closing handshake is over, but they may keep TCP
         // open: wait one linger for their FIN, then close it (RFC 6455
         // §7.1.1). A wait already under way keeps its end.
-        if let Some(frames) = self.frames.as_deref() {
+        if let Some(frames) = self.frames.as_ref() {
             if frames.closes_exchanged(c2u, u2c) {
                 let linger = frames.parting.linger();
                 let now = nanos_since(*self.started);
@@ -686,7 +686,7 @@ where
             Due::Parted => {
                 let linger = self
                     .frames
-                    .as_deref_mut()
+                    .as_mut()
                     .and_then(|f| f.give_up_on_client().then_some(f.parting.linger()));
                 let Some(linger) = linger else {
                     // The host's polite close, or the peers' own handshake.
@@ -701,7 +701,7 @@ where
                 Step::Again
             }
             Due::Ping(side) => {
-                if let Some(frames) = self.frames.as_deref_mut() {
+                if let Some(frames) = self.frames.as_mut() {
                     frames.ping(side, nanos_since(*self.started));
                 }
                 Step::Again
@@ -717,7 +717,7 @@ where
     /// stalls, a side sends EOF).
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Option<Due> {
         let timers = self.timers.as_mut()?;
-        let frames = self.frames.as_deref();
+        let frames = self.frames.as_ref();
         // A closing handshake, the proxy's or the peers', takes no pings.
         let quiet = *self.lifecycle == Lifecycle::Parting || frames.is_some_and(Frames::closing);
         let pings = frames.and_then(|f| f.ping_state(quiet));
@@ -781,7 +781,7 @@ where
             duration: self.started.elapsed(),
             first_eof: *self.first_eof,
             end,
-            frames: self.frames.as_deref().map(Frames::stats),
+            frames: self.frames.as_ref().map(Frames::stats),
         }
     }
 }
@@ -840,15 +840,16 @@ mod tests {
         assert_eq!(relay.as_mut().take_progress(), None);
     }
 
-    /// Every tunnel that tracks frames (the proxy's default) keeps this box
-    /// while it idles, and every timed tunnel the timer block. Both sit just
-    /// under an allocation size class: 40 bytes more in the timer block
-    /// measured 260 bytes more per idle tunnel (`examples/idle_tunnels`).
-    /// Raise these only knowingly.
+    /// Every tunnel that tracks frames (the proxy's default) carries the
+    /// frame state while it idles, and every timed tunnel the timer block.
+    /// Both sit just under a size step: the frame state fills the server's
+    /// task cell up to tokio's next 128 bytes (`server::tests`), and 40
+    /// bytes more in the timer block measured 260 bytes more per idle
+    /// tunnel (`examples/idle_tunnels`). Raise these only knowingly.
     #[test]
     fn the_frame_box_and_the_timer_block_stay_small() {
         let frames = std::mem::size_of::<Frames>();
-        assert!(frames <= 152, "frame box grew to {frames} bytes");
+        assert!(frames <= 152, "frame state grew to {frames} bytes");
         let timers = std::mem::size_of::<Timers>();
         assert!(timers <= 232, "timer block grew to {timers} bytes");
     }

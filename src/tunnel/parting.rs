@@ -7,7 +7,7 @@ use super::transfer::{Flow, Nanos};
 use super::{mask_toward, Frames, Side, TunnelConfig};
 use crate::frame::CloseFrame;
 
-/// The polite-close part of the frame box.
+/// The polite-close part of the frame state.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Parting {
     /// [`TunnelConfig::close_linger`] in milliseconds: four bytes here
@@ -103,7 +103,7 @@ impl Frames {
 
 #[cfg(test)]
 mod tests {
-    //! Polite-close decisions on a frame box fed by hand: no sockets.
+    //! Polite-close decisions on a frame state fed by hand: no sockets.
 
     use super::*;
     use std::time::Duration;

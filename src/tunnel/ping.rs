@@ -9,7 +9,7 @@ use super::{mask_toward, Frames, TunnelConfig};
 use crate::frame::ping_frame;
 
 /// Ping settings, in nanoseconds ([`NEVER`] when off). Pings need a
-/// tracker, so they live in the frame box rather than in every timed
+/// tracker, so they live in the frame state rather than in every timed
 /// tunnel's timer block, which stays in a smaller allocation.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Pings {
