@@ -86,6 +86,48 @@ pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
     }
 }
 
+/// Whether [`strip`] removes a field named `name` (any case) from a head
+/// whose `Connection` values are `connection`: the same rule, for a writer
+/// that skips fields instead of removing them from a map.
+pub(crate) fn is_stripped<'v>(
+    name: &[u8],
+    keep: Keep,
+    mut connection: impl Iterator<Item = &'v [u8]>,
+) -> bool {
+    let from = match keep {
+        Keep::Nothing => 0,
+        Keep::Upgrade => UPGRADE_PAIR,
+    };
+    let named = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str().as_bytes());
+    if REMOVED[from..].iter().any(named) {
+        return true;
+    }
+    // A kept `Upgrade` or `Connection` named in `Connection` stays, as do
+    // the protected fields.
+    if REMOVED[..from].iter().any(named)
+        || [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST]
+            .iter()
+            .any(named)
+    {
+        return false;
+    }
+    connection.any(|value| lists(value, name))
+}
+
+/// Whether a `Connection` value names `name`, read as [`strip`] reads it
+/// (values that are not visible ASCII are skipped, as `to_str` fails).
+fn lists(value: &[u8], name: &[u8]) -> bool {
+    if !value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+        return false;
+    }
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    value.split(',').map(str::trim).any(|token| {
+        !token.eq_ignore_ascii_case("close") && token.as_bytes().eq_ignore_ascii_case(name)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

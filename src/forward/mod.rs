@@ -118,6 +118,7 @@ mod origin;
 mod redirect;
 mod trusted;
 mod underscore;
+mod write;
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};

@@ -100,6 +100,7 @@ mod proptests;
 mod request;
 mod response;
 mod scan;
+mod switch;
 mod syntax;
 mod upgrade;
 mod write;
@@ -113,6 +114,7 @@ pub(crate) use request::{is_host_and_port, normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
 pub use scan::HeadScanner;
+pub use switch::{parse_upgrade_answer, SwitchingHead, UpgradeAnswer};
 pub use upgrade::accept_key;
 pub use write::{error_response, write_request_head, write_response_head};
 
