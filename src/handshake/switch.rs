@@ -46,6 +46,17 @@ pub enum UpgradeAnswer {
     Other(Response<()>),
 }
 
+impl UpgradeAnswer {
+    /// The answer as `http` types, whichever it is (a `HeaderMap` is built
+    /// for a [`Switched`](Self::Switched) one).
+    pub fn into_response(self) -> Response<()> {
+        match self {
+            Self::Switched(head) => head.to_response(),
+            Self::Other(response) => response,
+        }
+    }
+}
+
 impl SwitchingHead {
     /// The head's bytes as the upstream sent them, status line to blank
     /// line.

@@ -582,27 +582,21 @@ where
             },
         };
 
-        // The 101 is written in a statement of its own, with no await in
-        // it: the head is then not kept in the connection's future.
-        let written = match answer {
-            UpgradeAnswer::Switched(head) => Ok(switching(up_buf, |out| {
-                inner.policy.write_switching_head(&head, &client, &ctx, out);
-            })),
-            UpgradeAnswer::Other(response) => Err((response, up_buf)),
-        };
-        let (response, up_buf, listing) = match (written, listing) {
-            (Err((response, up_buf)), listing) => (response, up_buf, listing),
-            (Ok((out, prefix)), Some(listing)) => {
+        if let (UpgradeAnswer::Switched(head), Some(_)) = (&answer, &listing) {
+            let (out, prefix) = switching(std::mem::take(&mut up_buf), |out| {
+                inner.policy.write_switching_head(head, &client, &ctx, out);
+            });
+            // Dropped whole, and the listing taken whole, before the
+            // await: neither is then kept in the connection's future.
+            drop(answer);
+            if let Some(listing) = listing {
                 return self.switch(out, prefix, stream, lease, listing).await;
             }
-            // Unreachable: a 101 is Switched only for a WebSocket request,
-            // which always has its listing.
-            (Ok(_), None) => {
-                return self
-                    .reject(StatusCode::BAD_GATEWAY, "upstream sent an invalid 101", None)
-                    .await;
-            }
-        };
+            return Next::Close;
+        }
+        // Any other answer; a 101 is Switched only for a WebSocket request,
+        // which always has its listing.
+        let response = answer.into_response();
         match (handshake::classify_response(&kind, &response), listing) {
             (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
