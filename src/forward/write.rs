@@ -90,6 +90,8 @@ impl ForwardPolicy {
 
         let drop_forwarded = self.forwarded || !client.is_peer_trusted();
         let connection = headers.get_all(header::CONNECTION);
+        let listed = hop::Listed::new(|| connection.iter().map(HeaderValue::as_bytes));
+        let edited = !self.request_edits.is_empty();
         for (name, value) in headers {
             let set_here = name == header::HOST
                 || name == X_REAL_IP
@@ -98,13 +100,9 @@ impl ForwardPolicy {
                 || (name == header::FORWARDED && drop_forwarded)
                 || (name == header::EXPECT && ctx.drops_expect());
             if set_here
-                || hop::is_stripped(
-                    name.as_str().as_bytes(),
-                    Keep::Nothing,
-                    connection.iter().map(HeaderValue::as_bytes),
-                )
+                || listed.strips(name.as_str().as_bytes(), Keep::Nothing)
                 || underscore::is_dropped(name, self.underscores, &self.request_edits)
-                || (!self.request_edits.is_empty() && self.request_edits.last_for(name).is_some())
+                || (edited && self.request_edits.last_for(name).is_some())
             {
                 continue;
             }
@@ -221,18 +219,22 @@ impl ForwardPolicy {
         }
         dst.reserve(head.as_bytes().len() + 2);
         dst.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-        let connection = || {
+        let listed = hop::Listed::new(|| {
             head.fields()
                 .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
                 .map(|(_, value)| value)
-        };
+        });
         for (name, value) in head.fields() {
-            if hop::is_stripped(name, Keep::Upgrade, connection()) {
+            if listed.strips(name, Keep::Upgrade) {
                 continue;
             }
             // `HeaderName` lowercases names; so does this, to send what
             // the `HeaderMap` path sent.
-            dst.extend(name.iter().map(u8::to_ascii_lowercase));
+            let start = dst.len();
+            dst.put_slice(name);
+            if let Some(written) = dst.get_mut(start..) {
+                written.make_ascii_lowercase();
+            }
             dst.put_slice(b": ");
             dst.put_slice(value);
             dst.put_slice(b"\r\n");

@@ -285,13 +285,24 @@ impl SwitchChecks {
 /// A name `HeaderName::from_bytes` takes: an RFC 9110 token, as httparse
 /// also requires, within `http`'s length limit.
 fn is_field_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.len() < 1 << 16 && name.iter().all(|&b| is_tchar(b))
+    !name.is_empty() && name.len() < 1 << 16 && name.iter().all(|&b| TCHAR[usize::from(b)])
 }
 
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+/// RFC 9110 §5.6.2 `tchar`, as a table: one load per byte.
+static TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// A value `HeaderValue::from_maybe_shared` takes: no control bytes but
 /// horizontal tab.
