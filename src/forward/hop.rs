@@ -146,6 +146,29 @@ where
     }
 }
 
+impl<'v, F, I> Listed<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = &'v [u8]>,
+{
+    /// [`strips`](Self::strips) for a request's field (no field is kept):
+    /// the hop-by-hop names compared as `HeaderName`s, which for the
+    /// standard ones is one integer compare, not a string compare each.
+    pub(crate) fn strips_name(&self, name: &HeaderName) -> bool {
+        if REMOVED.contains(name) {
+            return true;
+        }
+        self.any
+            && !PROTECTED.contains(name)
+            && (self.values)().any(|value| {
+                tokens(value).any(|t| {
+                    !t.eq_ignore_ascii_case("close")
+                        && t.as_bytes().eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
+            })
+    }
+}
+
 /// The tokens of a `Connection` value as [`strip`] reads them: none when
 /// the value is not visible ASCII (`to_str` fails).
 fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {

@@ -10,14 +10,12 @@
 //! may differ (RFC 9110 §5.3 gives it no meaning), each name's values keep
 //! theirs. A differential test holds the two paths together.
 
-use std::net::IpAddr;
-
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::Request;
 
 use super::hop::{self, Keep};
-use super::{forwarded, origin_form, underscore, Client, ForwardContext, ForwardPolicy};
+use super::{forwarded, origin_form, underscore, Client, ForwardContext, ForwardPolicy, IpText};
 use super::{XForwardedFor, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REAL_IP};
 use crate::handshake::{write_response_head, SwitchingHead};
 
@@ -100,7 +98,7 @@ impl ForwardPolicy {
                 || (name == header::FORWARDED && drop_forwarded)
                 || (name == header::EXPECT && ctx.drops_expect());
             if set_here
-                || listed.strips(name.as_str().as_bytes(), Keep::Nothing)
+                || listed.strips_name(name)
                 || underscore::is_dropped(name, self.underscores, &self.request_edits)
                 || (edited && self.request_edits.last_for(name).is_some())
             {
@@ -138,7 +136,11 @@ impl ForwardPolicy {
                     }
                 }
                 let peer = ctx.peer().ip().to_canonical();
-                dst.put_slice(IpText::of(peer).as_bytes());
+                if peer == client.ip() {
+                    dst.put_slice(real_ip.as_bytes());
+                } else {
+                    dst.put_slice(IpText::of(peer).as_bytes());
+                }
             }
             dst.put_slice(b"\r\n");
         }
@@ -263,31 +265,27 @@ fn put_field(dst: &mut BytesMut, name: &[u8], value: &[u8]) {
     dst.put_slice(b"\r\n");
 }
 
-/// An address's text, formatted on the stack.
-struct IpText {
-    buf: [u8; 46],
-    len: usize,
-}
-
-impl IpText {
-    fn of(ip: IpAddr) -> Self {
-        use std::io::Write as _;
-        let mut text = Self {
-            buf: [0; 46],
-            len: 0,
-        };
-        let mut out = &mut text.buf[..];
-        // The longest address (IPv4-mapped IPv6) has 45 characters, so this
-        // cannot fail.
-        let _ = write!(out, "{ip}");
-        text.len = 46 - out.len();
-        text
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len.min(46)]
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ip_text_tests {
+    use super::IpText;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn ipv4_by_hand_matches_display_for_every_octet() {
+        for octet in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 9, 255),
+                Ipv4Addr::new(10, octet, 100, 1),
+                Ipv4Addr::new(255, 99, octet, octet),
+            ] {
+                let text = IpText::of(IpAddr::V4(ip));
+                assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
+            }
+        }
+        let v6: IpAddr = "2001:db8::ffff:1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(IpText::of(v6).as_bytes(), b"2001:db8::ffff:1");
+    }
+}

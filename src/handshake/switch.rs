@@ -15,22 +15,35 @@ use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Version};
 
 use super::head;
 use super::request::WebSocketUpgrade;
-use super::syntax::{check_line_ends, list_has, trim_ows};
+use super::syntax::{check_line_ends, list_has};
 use super::upgrade::accept_bytes;
 use super::{parse_response, HandshakeError, Limits, Status};
+
+/// Fields a [`SwitchingHead`] holds; a 101 with more (rare: they carry
+/// three to six) is read by the full parser instead.
+const MAX_FIELDS: usize = 8;
+
+/// Where a field's name and value sit in the head: start and length.
+#[derive(Debug, Clone, Copy, Default)]
+struct Span {
+    name: (u16, u16),
+    value: (u16, u16),
+}
 
 /// A 101 that completes a WebSocket upgrade (RFC 6455 §4.1 checks passed),
 /// held as the bytes it arrived in: made by [`parse_upgrade_answer`].
 ///
 /// Its fields come back with [`fields`](Self::fields) as sent (names in
 /// the upstream's case); [`to_response`](Self::to_response) builds the
-/// `http` form when a caller needs one. Small on purpose (the head's
-/// `Bytes` and its version): it passes through the connection's future,
-/// where a field table would cost every connection its size.
+/// `http` form when a caller needs one. Small on purpose, the size of a
+/// `Response`: it passes through the connection's future, where a larger
+/// field table would cost every connection its size.
 #[derive(Debug, Clone)]
 pub struct SwitchingHead {
     head: Bytes,
     version: Version,
+    len: u8,
+    spans: [Span; MAX_FIELDS],
 }
 
 /// What an upstream answered a WebSocket upgrade request with.
@@ -72,21 +85,26 @@ impl SwitchingHead {
     /// The header fields in arrival order: name as sent, value without
     /// surrounding whitespace.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + Clone {
-        FieldLines::after_status_line(&self.head)
+        let head: &[u8] = &self.head;
+        self.spans[..usize::from(self.len).min(MAX_FIELDS)]
+            .iter()
+            .map(move |span| (slice(head, span.name), slice(head, span.value)))
     }
 
     /// The answer as `http` types: status 101, the fields in arrival order.
     /// Builds a `HeaderMap`, which the fast path exists to avoid: for
     /// callers that must hand the answer on as a `Response`.
     pub fn to_response(&self) -> Response<()> {
-        let mut map = HeaderMap::with_capacity(self.fields().count());
-        for (name, value) in self.fields() {
-            // Both were checked as `http` checks them when the head was
-            // read, so nothing is skipped here.
-            let name = HeaderName::from_bytes(name);
-            let value = head::offset(&self.head, value)
-                .ok()
-                .map(|range| HeaderValue::from_maybe_shared(self.head.slice(range)));
+        let mut map = HeaderMap::with_capacity(usize::from(self.len));
+        for span in &self.spans[..usize::from(self.len).min(MAX_FIELDS)] {
+            // Both were checked by httparse, which takes exactly the bytes
+            // `http` takes, so nothing is skipped here.
+            let name = HeaderName::from_bytes(slice(&self.head, span.name));
+            let (start, len) = (usize::from(span.value.0), usize::from(span.value.1));
+            let value = self
+                .head
+                .get(start..start + len)
+                .map(|_| HeaderValue::from_maybe_shared(self.head.slice(start..start + len)));
             if let (Ok(name), Some(Ok(value))) = (name, value) {
                 map.append(name, value);
             }
@@ -99,35 +117,19 @@ impl SwitchingHead {
     }
 }
 
-/// The fields of a head read line by line: `name: value` up to the blank
-/// line. Only used on heads where it was checked to agree with httparse.
-#[derive(Debug, Clone)]
-struct FieldLines<'h> {
-    rest: &'h [u8],
+fn slice(head: &[u8], (start, len): (u16, u16)) -> &[u8] {
+    let start = usize::from(start);
+    head.get(start..start + usize::from(len))
+        .unwrap_or_default()
 }
 
-impl<'h> FieldLines<'h> {
-    fn after_status_line(head: &'h [u8]) -> Self {
-        let rest = match head.iter().position(|&b| b == b'\n') {
-            Some(end) => head.get(end + 1..).unwrap_or_default(),
-            None => &[],
-        };
-        Self { rest }
-    }
-}
-
-impl<'h> Iterator for FieldLines<'h> {
-    type Item = (&'h [u8], &'h [u8]);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let end = self.rest.iter().position(|&b| b == b'\n')?;
-        let line = self.rest.get(..end)?;
-        self.rest = self.rest.get(end + 1..).unwrap_or_default();
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let colon = line.iter().position(|&b| b == b':')?;
-        let (name, value) = line.split_at(colon);
-        Some((name, trim_ows(value.get(1..).unwrap_or_default())))
-    }
+/// The position of `part`, a sub-slice httparse returned, within `head`.
+fn span(head: &[u8], part: &[u8]) -> Option<(u16, u16)> {
+    let range = head::offset(head, part).ok()?;
+    Some((
+        u16::try_from(range.start).ok()?,
+        u16::try_from(range.len()).ok()?,
+    ))
 }
 
 /// Reads the upstream's answer to the WebSocket upgrade `upgrade` from the
@@ -206,35 +208,39 @@ fn switching(buf: &mut BytesMut, limits: &Limits, upgrade: &WebSocketUpgrade) ->
                     return None;
                 }
                 let version = head::version(response.version?);
+                // httparse takes exactly the bytes `http` takes (tokens for
+                // names; tab, visible ASCII and obs-text for values), so the
+                // fields need no second look here.
+                if response.headers.len() > MAX_FIELDS {
+                    return None;
+                }
+                let mut spans = [Span::default(); MAX_FIELDS];
                 let mut checks = SwitchChecks::default();
-                // The line reader that gives the fields back later must see
-                // exactly what httparse saw, or this head is not for it.
-                let mut lines = FieldLines::after_status_line(bytes);
-                for header in response.headers.iter() {
+                for (slot, header) in spans.iter_mut().zip(response.headers.iter()) {
                     let name = header.name.as_bytes();
-                    let (line_name, line_value) = lines.next()?;
-                    let same = std::ptr::eq(line_name, name)
-                        && (std::ptr::eq(line_value, header.value)
-                            || (line_value.is_empty() && header.value.is_empty()));
-                    if !same
-                        || !is_field_name(name)
-                        || !is_field_value(header.value)
-                        || !checks.observe(name, header.value, upgrade)
-                    {
+                    if !checks.observe(name, header.value, upgrade) {
                         return None;
                     }
+                    *slot = Span {
+                        name: span(bytes, name)?,
+                        value: span(bytes, header.value)?,
+                    };
                 }
-                let complete = lines.next().is_none();
-                (complete && checks.passed()).then_some(Some((len, version)))
+                let fields = u8::try_from(response.headers.len()).ok()?;
+                checks
+                    .passed()
+                    .then_some(Some((len, (fields, version, spans))))
             }
             Ok(httparse::Status::Partial) => Some(None),
             Err(_) => None,
         }
     });
     match parsed {
-        Some(Some((len, version))) => Fast::Switched(SwitchingHead {
+        Some(Some((len, (fields, version, spans)))) => Fast::Switched(SwitchingHead {
             head: buf.split_to(len).freeze(),
             version,
+            len: fields,
+            spans,
         }),
         Some(None) if buf.len() < limits.max_head_bytes => Fast::Partial,
         // At the limit (431) or anything refused: the full parser answers.
@@ -280,34 +286,6 @@ impl SwitchChecks {
             && self.accepts == 1
             && self.accept_matches
     }
-}
-
-/// A name `HeaderName::from_bytes` takes: an RFC 9110 token, as httparse
-/// also requires, within `http`'s length limit.
-fn is_field_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.len() < 1 << 16 && name.iter().all(|&b| TCHAR[usize::from(b)])
-}
-
-/// RFC 9110 §5.6.2 `tchar`, as a table: one load per byte.
-static TCHAR: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
-            );
-        b += 1;
-    }
-    table
-};
-
-/// A value `HeaderValue::from_maybe_shared` takes: no control bytes but
-/// horizontal tab.
-fn is_field_value(value: &[u8]) -> bool {
-    value.iter().all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
 }
 
 #[cfg(test)]

@@ -62,6 +62,9 @@ fn table() -> Vec<(String, bool)> {
             format!("HTTP/1.1 101 OK\r\nConnection: upgrade\r\nConnection: x-a\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {ACCEPT}\r\nX-A: 1\r\n\r\n"),
             true,
         ),
+        (ok101("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n"), true),
+        // Over the eight fields a `SwitchingHead` holds: the full parser.
+        (ok101("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\n"), false),
         // Refused by the checks: the full parser decides and names why.
         (ok101("Upgrade: websocket\r\n"), false),
         (ok101(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")), false),
