@@ -234,7 +234,8 @@ fn handshake(c: &mut Criterion) {
                 unreachable!("the benchmark input is a valid 101")
             };
             out.clear();
-            conn.policy.write_switching_head(&head, &client, &ctx, &mut out);
+            conn.policy
+                .write_switching_head(&head, &client, &ctx, &mut out);
             out.len()
         })
     });

@@ -71,13 +71,16 @@ impl HeaderEdits {
     /// The values set, once per name (the last edit of each name that sets
     /// it), in configuration order.
     pub(crate) fn final_sets(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
-        self.edits.iter().enumerate().filter_map(|(i, (name, value))| {
-            let later = self.edits.get(i + 1..).unwrap_or_default();
-            match value {
-                Some(v) if !later.iter().any(|(n, _)| n == name) => Some((name, v)),
-                _ => None,
-            }
-        })
+        self.edits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, value))| {
+                let later = self.edits.get(i + 1..).unwrap_or_default();
+                match value {
+                    Some(v) if !later.iter().any(|(n, _)| n == name) => Some((name, v)),
+                    _ => None,
+                }
+            })
     }
 
     /// Whether no edit is configured.

@@ -87,7 +87,11 @@ pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
 }
 
 /// The fields [`strip`] keeps even when `Connection` names them.
-static PROTECTED: [HeaderName; 3] = [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::HOST];
+static PROTECTED: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+];
 
 fn named_in(names: &[HeaderName], name: &[u8]) -> bool {
     names
@@ -172,7 +176,9 @@ where
 /// The tokens of a `Connection` value as [`strip`] reads them: none when
 /// the value is not visible ASCII (`to_str` fails).
 fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
-    let visible = value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    let visible = value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
     let text = if visible {
         std::str::from_utf8(value).unwrap_or_default()
     } else {

@@ -25,6 +25,12 @@
 //! 3. (the caller picks an upstream) [`ForwardPolicy::rewrite_request`];
 //! 4. [`ForwardPolicy::rewrite_response`] on the upstream's answer.
 //!
+//! A caller that only sends the rewritten heads on as bytes, as the proxy
+//! does, writes them with [`ForwardPolicy::write_request_head`] and (for a
+//! 101 read by [`parse_upgrade_answer`](crate::handshake::parse_upgrade_answer))
+//! [`ForwardPolicy::write_switching_head`] instead: the same fields, no
+//! `HeaderMap` edited or built.
+//!
 //! # nginx directives
 //!
 //! [`ForwardPolicy::builder`] changes the defaults and refuses bad settings

@@ -285,7 +285,9 @@ mod ip_text_tests {
                 assert_eq!(text.as_bytes(), ip.to_string().as_bytes());
             }
         }
-        let v6: IpAddr = "2001:db8::ffff:1".parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let v6: IpAddr = "2001:db8::ffff:1"
+            .parse()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(IpText::of(v6).as_bytes(), b"2001:db8::ffff:1");
     }
 }

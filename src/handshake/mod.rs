@@ -64,6 +64,9 @@
 //!   16 bytes, and version 13 (another version gets 426 with
 //!   `Sec-WebSocket-Version: 13`). Other upgrades (`h2c`, `TLS/1.0`) are
 //!   plain HTTP and never tunneled.
+//! - [`parse_upgrade_answer`] reads the answer to an upgrade and makes the
+//!   same checks on a 101 without building a `HeaderMap` (a
+//!   [`SwitchingHead`]); anything else it hands to [`parse_response`].
 //! - [`classify_response`] opens a tunnel only for a 101 with
 //!   `Upgrade: websocket`, `Connection: upgrade` and the
 //!   `Sec-WebSocket-Accept` that matches the client's key ([`accept_key`]).

@@ -571,7 +571,10 @@ where
         } = sent;
         let answer = match early {
             Some(response) => UpgradeAnswer::Other(response),
-            None => match self.read_answer(&mut stream, &mut up_buf, http10, &kind).await {
+            None => match self
+                .read_answer(&mut stream, &mut up_buf, http10, &kind)
+                .await
+            {
                 Ok(answer) => answer,
                 Err(status) => {
                     lease.report_failure(Instant::now().into_std());
@@ -695,7 +698,9 @@ where
         let parse = |b: &mut BytesMut| match kind {
             RequestKind::WebSocket(upgrade) => handshake::parse_upgrade_answer(b, limits, upgrade),
             _ => Ok(match handshake::parse_response(b, limits)? {
-                handshake::Status::Complete(r) => handshake::Status::Complete(UpgradeAnswer::Other(r)),
+                handshake::Status::Complete(r) => {
+                    handshake::Status::Complete(UpgradeAnswer::Other(r))
+                }
                 handshake::Status::Partial => handshake::Status::Partial,
             }),
         };

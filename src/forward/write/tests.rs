@@ -27,7 +27,10 @@ struct Head {
 /// (stable, so each name's values keep their order).
 fn normalized(bytes: &[u8]) -> Head {
     let text = bytes.strip_suffix(b"\r\n\r\n").unwrap_or_else(|| {
-        panic!("no blank line at the end: {:?}", String::from_utf8_lossy(bytes))
+        panic!(
+            "no blank line at the end: {:?}",
+            String::from_utf8_lossy(bytes)
+        )
     });
     let mut lines = text.split(|&b| b == b'\n');
     let start = lines.next().unwrap_or_default();
@@ -135,11 +138,13 @@ fn policies() -> Vec<ForwardPolicy> {
             .remove_request_header("x-tag")
             .set_request_header("Expect", "later")
             .set_request_header("x_proxy", "underscored"),
-        b().underscores_in_headers(true).set_request_header("X-Proxy", "p"),
+        b().underscores_in_headers(true)
+            .set_request_header("X-Proxy", "p"),
         b().underscores_in_headers(true)
             .forwarded(true)
             .set_request_header("Host", "edit.example"),
-        b().cors(Cors::any_origin()).allow_origin("https://chat.example"),
+        b().cors(Cors::any_origin())
+            .allow_origin("https://chat.example"),
     ];
     built.into_iter().map(|p| p.build().unwrap()).collect()
 }
@@ -165,11 +170,16 @@ fn the_request_writer_sends_what_the_header_map_path_sends() {
                 for scheme in [Scheme::Http, Scheme::Https] {
                     for (http10, expect) in [(false, false), (true, false), (false, true)] {
                         let client = policy.resolve_client(peer, req.headers(), scheme);
-                        let ctx = ForwardContext::new(peer, scheme, 8443, "10.9.0.1:9000".parse().unwrap())
-                            .with_websocket(websocket)
-                            .with_checked_host()
-                            .with_http10(http10)
-                            .without_expect(expect);
+                        let ctx = ForwardContext::new(
+                            peer,
+                            scheme,
+                            8443,
+                            "10.9.0.1:9000".parse().unwrap(),
+                        )
+                        .with_websocket(websocket)
+                        .with_checked_host()
+                        .with_http10(http10)
+                        .without_expect(expect);
 
                         // What the proxy did before: edit a copy, then write it.
                         let mut edited = req.clone();
