@@ -166,7 +166,7 @@ fn span(head: &[u8], part: &[u8]) -> Option<(u16, u16)> {
 /// let Status::Complete(UpgradeAnswer::Switched(head)) = parse_upgrade_answer(&mut buf, &limits, upgrade)?
 /// else { unreachable!() };
 /// assert_eq!(head.fields().nth(2), Some((&b"Sec-WebSocket-Accept"[..], &b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="[..])));
-/// assert_eq!(&buf[..], b"\x81\x00"); // for the tunnel
+/// assert_eq!(&buf[..], "\u{81}\u{0}".as_bytes()); // for the tunnel
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn parse_upgrade_answer(
