@@ -38,6 +38,31 @@ struct Span {
 /// `http` form when a caller needs one. Small on purpose, the size of a
 /// `Response`: it passes through the connection's future, where a larger
 /// field table would cost every connection its size.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use wsproxy::handshake::{parse_request, parse_upgrade_answer, Limits, Status, UpgradeAnswer};
+///
+/// let limits = Limits::default();
+/// let mut buf = BytesMut::from(concat!(
+///     "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+///     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+/// ));
+/// let Status::Complete(request) = parse_request(&mut buf, &limits)? else { unreachable!() };
+/// let mut buf = BytesMut::from(concat!(
+///     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+///     "Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Served-By:  a \r\n\r\n",
+/// ));
+/// let upgrade = request.websocket().ok_or("not an upgrade")?;
+/// let Status::Complete(UpgradeAnswer::Switched(head)) = parse_upgrade_answer(&mut buf, &limits, upgrade)?
+/// else { unreachable!() };
+/// assert_eq!(head.fields().last(), Some((&b"X-Served-By"[..], &b"a"[..])));
+/// assert_eq!(head.version(), http::Version::HTTP_11);
+/// let response = head.to_response();
+/// assert_eq!(response.status(), 101);
+/// assert_eq!(response.headers()["x-served-by"], "a");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct SwitchingHead {
     head: Bytes,
