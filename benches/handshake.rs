@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use http::uri::Authority;
 use wsproxy::forward::{ForwardContext, ForwardPolicy, Scheme};
 use wsproxy::handshake::{
-    classify_response, parse_request, parse_response, write_request_head, HeadScanner, Limits,
-    RequestKind, ResponseKind, Status,
+    classify_response, parse_request, parse_response, parse_upgrade_answer, write_request_head,
+    write_response_head, HeadScanner, Limits, RequestKind, ResponseKind, Status, UpgradeAnswer,
 };
 
 /// Chrome's upgrade request: 12 header fields, about 500 bytes.
@@ -68,6 +68,31 @@ fn proxy_request_head(
     out.clear();
     write_request_head(&request, out);
     black_box(&kind);
+    out.len()
+}
+
+/// [`proxy_request_head`] as the proxy does it now: the rewritten head
+/// written straight from the parsed one, with no `HeaderMap` edits.
+fn proxy_request_head_direct(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    conn: &Conn,
+    out: &mut BytesMut,
+) -> usize {
+    let Ok(Status::Complete(head)) = parse_request(buf, limits) else {
+        unreachable!("the benchmark input is a valid, complete head")
+    };
+    let websocket = matches!(head.kind(), RequestKind::WebSocket(_));
+    let request = head.request();
+    let client = conn
+        .policy
+        .resolve_client(conn.peer, request.headers(), Scheme::Http);
+    let _ = conn.policy.check(request, websocket);
+    let ctx = ForwardContext::new(conn.peer, Scheme::Http, 80, conn.upstream.clone())
+        .with_websocket(websocket);
+    out.clear();
+    conn.policy.write_request_head(request, &client, &ctx, out);
+    black_box(head.kind());
     out.len()
 }
 
@@ -150,6 +175,13 @@ fn handshake(c: &mut Criterion) {
             proxy_request_head(&mut buf, &limits, &conn, &mut out)
         })
     });
+    group.bench_function("parse_classify_write_direct", |b| {
+        b.iter(|| {
+            buf.clear();
+            buf.extend_from_slice(black_box(BROWSER_HANDSHAKE));
+            proxy_request_head_direct(&mut buf, &limits, &conn, &mut out)
+        })
+    });
 
     // The upstream side of the same handshake: parse the 101 and check it.
     let Ok(Status::Complete(request)) =
@@ -165,6 +197,46 @@ fn handshake(c: &mut Criterion) {
                 unreachable!("the benchmark input is a valid, complete head")
             };
             classify_response(request.kind(), &response) == Ok(ResponseKind::Switched)
+        })
+    });
+
+    // The whole 101 leg: read and check it, then write the client's 101;
+    // through a `HeaderMap` (before), and over the borrowed head (now).
+    let client = conn
+        .policy
+        .resolve_client(conn.peer, request.request().headers(), Scheme::Http);
+    let ctx = ForwardContext::new(conn.peer, Scheme::Http, 80, conn.upstream.clone())
+        .with_websocket(true);
+    group.bench_function("upstream_101_parse_check_rewrite_write", |b| {
+        b.iter(|| {
+            buf.clear();
+            buf.extend_from_slice(black_box(UPSTREAM_101));
+            let Ok(Status::Complete(mut response)) = parse_response(&mut buf, &limits) else {
+                unreachable!("the benchmark input is a valid, complete head")
+            };
+            let _ = classify_response(request.kind(), &response);
+            conn.policy.rewrite_response(&mut response, &client, &ctx);
+            out.clear();
+            write_response_head(&response, &mut out);
+            out.len()
+        })
+    });
+    let Some(upgrade) = request.websocket() else {
+        unreachable!("the benchmark input is an upgrade")
+    };
+    group.bench_function("upstream_101_fast_check_write", |b| {
+        b.iter(|| {
+            buf.clear();
+            buf.extend_from_slice(black_box(UPSTREAM_101));
+            let Ok(Status::Complete(UpgradeAnswer::Switched(head))) =
+                parse_upgrade_answer(&mut buf, &limits, upgrade)
+            else {
+                unreachable!("the benchmark input is a valid 101")
+            };
+            out.clear();
+            conn.policy
+                .write_switching_head(&head, &client, &ctx, &mut out);
+            out.len()
         })
     });
     group.finish();

@@ -144,6 +144,10 @@ pub struct ForwardContext {
     /// The request's `Host` passed the handshake's own check
     /// (`parse_request`), so the rewrite need not parse it again.
     host_checked: bool,
+    /// The upstream gets an HTTP/1.0 request line (the client's was 1.0).
+    http10: bool,
+    /// `Expect` is not sent on: the proxy answers `100-continue` itself.
+    drop_expect: bool,
 }
 
 impl ForwardContext {
@@ -163,6 +167,8 @@ impl ForwardContext {
             upstream,
             websocket: false,
             host_checked: false,
+            http10: false,
+            drop_expect: false,
         }
     }
 
@@ -183,6 +189,32 @@ impl ForwardContext {
     }
 
     /// Whether [`with_checked_host`](Self::with_checked_host) was set.
+    /// [`ForwardPolicy::write_request_head`](super::ForwardPolicy::write_request_head)
+    /// writes an HTTP/1.0 request line: an upstream never answers a 1.0
+    /// request chunked, the one framing a 1.0 client cannot read.
+    #[must_use]
+    pub(crate) fn with_http10(mut self, http10: bool) -> Self {
+        self.http10 = http10;
+        self
+    }
+
+    /// [`ForwardPolicy::write_request_head`](super::ForwardPolicy::write_request_head)
+    /// leaves `Expect` out, whatever the configured headers say: the proxy
+    /// answers `100-continue` itself, as nginx does.
+    #[must_use]
+    pub(crate) fn without_expect(mut self, drop: bool) -> Self {
+        self.drop_expect = drop;
+        self
+    }
+
+    pub(crate) fn http10(&self) -> bool {
+        self.http10
+    }
+
+    pub(crate) fn drops_expect(&self) -> bool {
+        self.drop_expect
+    }
+
     pub(crate) fn host_checked(&self) -> bool {
         self.host_checked
     }

@@ -57,6 +57,37 @@ impl HeaderEdits {
             .map(|(name, _)| name)
     }
 
+    /// What the edits leave for `name` once all have applied: `None` when
+    /// none names it, `Some(None)` when the last removes it, `Some(value)`
+    /// when the last sets it.
+    pub(crate) fn last_for(&self, name: &HeaderName) -> Option<Option<&HeaderValue>> {
+        self.edits
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_ref())
+    }
+
+    /// The values set, once per name (the last edit of each name that sets
+    /// it), in configuration order.
+    pub(crate) fn final_sets(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.edits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (name, value))| {
+                let later = self.edits.get(i + 1..).unwrap_or_default();
+                match value {
+                    Some(v) if !later.iter().any(|(n, _)| n == name) => Some((name, v)),
+                    _ => None,
+                }
+            })
+    }
+
+    /// Whether no edit is configured.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.edits.is_empty()
+    }
+
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for (name, value) in &self.edits {
             match value {

@@ -86,6 +86,107 @@ pub(crate) fn strip(headers: &mut HeaderMap, keep: Keep) {
     }
 }
 
+/// The fields [`strip`] keeps even when `Connection` names them.
+static PROTECTED: [HeaderName; 3] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+];
+
+fn named_in(names: &[HeaderName], name: &[u8]) -> bool {
+    names
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
+}
+
+/// The `Connection` values of one head, read once: whether they name any
+/// field beyond the hop-by-hop set (`Connection: Upgrade` and
+/// `keep-alive` do not), so that most heads check no field against them.
+pub(crate) struct Listed<F> {
+    values: F,
+    any: bool,
+}
+
+impl<'v, F, I> Listed<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = &'v [u8]>,
+{
+    /// `values` gives the head's `Connection` values each time it is called.
+    pub(crate) fn new(values: F) -> Self {
+        let any = values().any(|value| {
+            tokens(value).any(|token| {
+                let t = token.as_bytes();
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !named_in(&REMOVED, t)
+                    && !named_in(&PROTECTED, t)
+            })
+        });
+        Self { values, any }
+    }
+
+    /// Whether [`strip`] removes a field named `name` (any case), keeping
+    /// `Upgrade` and `Connection` with [`Keep::Upgrade`]: the same rule, for
+    /// a writer that skips fields instead of removing them from a map.
+    pub(crate) fn strips(&self, name: &[u8], keep: Keep) -> bool {
+        let from = match keep {
+            Keep::Nothing => 0,
+            Keep::Upgrade => UPGRADE_PAIR,
+        };
+        if named_in(&REMOVED[from..], name) {
+            return true;
+        }
+        // A kept `Upgrade` or `Connection` named in `Connection` stays, as
+        // do the protected fields.
+        self.any
+            && !named_in(&REMOVED[..from], name)
+            && !named_in(&PROTECTED, name)
+            && (self.values)().any(|value| {
+                tokens(value).any(|t| {
+                    !t.eq_ignore_ascii_case("close") && t.as_bytes().eq_ignore_ascii_case(name)
+                })
+            })
+    }
+}
+
+impl<'v, F, I> Listed<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = &'v [u8]>,
+{
+    /// [`strips`](Self::strips) for a request's field (no field is kept):
+    /// the hop-by-hop names compared as `HeaderName`s, which for the
+    /// standard ones is one integer compare, not a string compare each.
+    pub(crate) fn strips_name(&self, name: &HeaderName) -> bool {
+        if REMOVED.contains(name) {
+            return true;
+        }
+        self.any
+            && !PROTECTED.contains(name)
+            && (self.values)().any(|value| {
+                tokens(value).any(|t| {
+                    !t.eq_ignore_ascii_case("close")
+                        && t.as_bytes().eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
+            })
+    }
+}
+
+/// The tokens of a `Connection` value as [`strip`] reads them: none when
+/// the value is not visible ASCII (`to_str` fails).
+fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    let visible = value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+    let text = if visible {
+        std::str::from_utf8(value).unwrap_or_default()
+    } else {
+        ""
+    };
+    text.split(',').map(str::trim)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

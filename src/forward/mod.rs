@@ -25,6 +25,12 @@
 //! 3. (the caller picks an upstream) [`ForwardPolicy::rewrite_request`];
 //! 4. [`ForwardPolicy::rewrite_response`] on the upstream's answer.
 //!
+//! A caller that only sends the rewritten heads on as bytes, as the proxy
+//! does, writes them with [`ForwardPolicy::write_request_head`] and (for a
+//! 101 read by [`parse_upgrade_answer`](crate::handshake::parse_upgrade_answer))
+//! [`ForwardPolicy::write_switching_head`] instead: the same fields, no
+//! `HeaderMap` edited or built.
+//!
 //! # nginx directives
 //!
 //! [`ForwardPolicy::builder`] changes the defaults and refuses bad settings
@@ -118,6 +124,7 @@ mod origin;
 mod redirect;
 mod trusted;
 mod underscore;
+mod write;
 
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -503,28 +510,63 @@ fn ip_value(ip: IpAddr) -> HeaderValue {
     // cloned into `X-Forwarded-For` (and `X-Real-IP`), and a `Vec` or a
     // copied slice would allocate again, for its shared header, on the
     // first clone or at once.
-    let mut text = IpText {
-        buf: [0; 46],
-        len: 0,
-    };
-    let mut out = &mut text.buf[..];
-    // The longest address (IPv4-mapped IPv6) has 45 characters, so this
-    // cannot fail.
-    let _ = write!(out, "{ip}");
-    text.len = 46 - out.len();
-    HeaderValue::from_maybe_shared(Bytes::from_owner(text))
+    HeaderValue::from_maybe_shared(Bytes::from_owner(IpText::of(ip)))
         .unwrap_or(HeaderValue::from_static("unknown"))
 }
 
-/// An address's text, owned by the `Bytes` of its header value.
-struct IpText {
+/// An address's text, formatted on the stack (and owned by the `Bytes` of
+/// its header value on the `HeaderMap` path).
+pub(crate) struct IpText {
     buf: [u8; 46],
     len: usize,
 }
 
+impl IpText {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 46],
+            len: 0,
+        };
+        if let IpAddr::V4(v4) = ip {
+            // By hand: `Display` goes through the formatting machinery,
+            // about twenty times the instructions for four numbers.
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push(b'.');
+                }
+                if octet >= 100 {
+                    text.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    text.push(b'0' + octet / 10 % 10);
+                }
+                text.push(b'0' + octet % 10);
+            }
+            return text;
+        }
+        let mut out = &mut text.buf[..];
+        // The longest address (IPv4-mapped IPv6) has 45 characters, so this
+        // cannot fail.
+        let _ = write!(out, "{ip}");
+        text.len = 46 - out.len();
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len.min(46)]
+    }
+}
+
 impl AsRef<[u8]> for IpText {
     fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len.min(46)]
+        self.as_bytes()
     }
 }
 

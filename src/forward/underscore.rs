@@ -44,6 +44,15 @@ pub(crate) fn strip(headers: &mut HeaderMap, allow: bool, edits: &HeaderEdits) {
     }
 }
 
+/// Whether [`strip`] removes a field named `name` (lowercase): the same
+/// rule, for a writer that skips fields instead of removing them.
+pub(crate) fn is_dropped(name: &HeaderName, allow: bool, edits: &HeaderEdits) -> bool {
+    name.as_str().contains('_')
+        && (!allow
+            || PROXY_SET.iter().any(|set| is_twin(name, set))
+            || edits.set_names().any(|set| is_twin(name, set)))
+}
+
 /// Whether `name` reads as `set` once `_` and `-` are the same (names are
 /// lowercase already). A configured name with its own underscore is its own
 /// twin and is kept: the configured value replaces it afterwards.

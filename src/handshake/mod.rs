@@ -64,6 +64,9 @@
 //!   16 bytes, and version 13 (another version gets 426 with
 //!   `Sec-WebSocket-Version: 13`). Other upgrades (`h2c`, `TLS/1.0`) are
 //!   plain HTTP and never tunneled.
+//! - [`parse_upgrade_answer`] reads the answer to an upgrade and makes the
+//!   same checks on a 101 without building a `HeaderMap` (a
+//!   [`SwitchingHead`]); anything else it hands to [`parse_response`].
 //! - [`classify_response`] opens a tunnel only for a 101 with
 //!   `Upgrade: websocket`, `Connection: upgrade` and the
 //!   `Sec-WebSocket-Accept` that matches the client's key ([`accept_key`]).
@@ -100,6 +103,7 @@ mod proptests;
 mod request;
 mod response;
 mod scan;
+mod switch;
 mod syntax;
 mod upgrade;
 mod write;
@@ -113,6 +117,7 @@ pub(crate) use request::{is_host_and_port, normalize_host, request_host};
 pub use request::{parse_request, RequestHead, RequestKind, WebSocketUpgrade};
 pub use response::{classify_response, parse_response, ResponseKind};
 pub use scan::HeadScanner;
+pub use switch::{parse_upgrade_answer, SwitchingHead, UpgradeAnswer};
 pub use upgrade::accept_key;
 pub use write::{error_response, write_request_head, write_response_head};
 

@@ -25,7 +25,9 @@ use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome,
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::body::{BodyKind, BodyScanner};
-use crate::handshake::{self, HeadScanner, RequestBodyError, RequestKind, ResponseKind};
+use crate::handshake::{
+    self, HeadScanner, RequestBodyError, RequestKind, ResponseKind, UpgradeAnswer,
+};
 use crate::tunnel::Prefixed;
 
 /// How long, and how much, a refused client's input is drained before the
@@ -407,9 +409,9 @@ where
 
     /// Connects an upstream for an admitted request and rewrites the request
     /// for it (forwarding headers, Host, version, `Expect`).
-    async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
+    async fn connect_upstream(&mut self, admitted: Admitted) -> Result<Connected, Next> {
         let inner = Arc::clone(&self.inner);
-        let request = &mut admitted.request;
+        let request = &admitted.request;
         let (lease, stream) = match connect(&inner, &admitted.group, &admitted.client, request)
             .await
         {
@@ -436,22 +438,12 @@ where
             authority,
         )
         .with_websocket(admitted.websocket)
-        .with_checked_host();
-        // The policy keeps Content-Length and Transfer-Encoding: a
-        // Content-Length body goes through untouched, a chunked one (whose
-        // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
-        inner
-            .policy
-            .rewrite_request(request, &admitted.client, &ctx);
-        if admitted.http10 {
-            // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
-            // §6.1), and chunked is the one framing a 1.0 client cannot read.
-            *request.version_mut() = Version::HTTP_10;
-        }
-        if admitted.expects_continue {
-            // The proxy answers the expectation itself, as nginx does.
-            request.headers_mut().remove(EXPECT);
-        }
+        .with_checked_host()
+        // An upstream never answers an HTTP/1.0 request chunked (RFC 9112
+        // §6.1), and chunked is the one framing a 1.0 client cannot read.
+        .with_http10(admitted.http10)
+        // The proxy answers the expectation itself, as nginx does.
+        .without_expect(admitted.expects_continue);
         Ok(Connected {
             stream,
             lease,
@@ -482,7 +474,14 @@ where
             self.listener.port,
             &mut up_buf,
         );
-        handshake::write_request_head(&up.admitted.request, &mut up_buf);
+        // The policy keeps Content-Length and Transfer-Encoding: a
+        // Content-Length body goes through untouched, a chunked one (whose
+        // Transfer-Encoding is exactly `chunked`) re-framed by the proxy.
+        // Written from the parsed head, which is left as it came.
+        let admitted = &up.admitted;
+        inner
+            .policy
+            .write_request_head(&admitted.request, &admitted.client, &up.ctx, &mut up_buf);
         let written = write_head(&mut up.stream, &up_buf, inner.timeouts.send).await;
         up_buf.clear();
         if written.is_err() {
@@ -575,10 +574,13 @@ where
             early,
             body_cut,
         } = sent;
-        let response = match early {
-            Some(response) => response,
-            None => match self.read_answer(&mut stream, &mut up_buf, http10).await {
-                Ok(response) => response,
+        let answer = match early {
+            Some(response) => UpgradeAnswer::Other(response),
+            None => match self
+                .read_answer(&mut stream, &mut up_buf, http10, &kind)
+                .await
+            {
+                Ok(answer) => answer,
                 Err(status) => {
                     lease.report_failure(Instant::now().into_std());
                     return self
@@ -588,13 +590,29 @@ where
             },
         };
 
-        // A 101 classifies as Switched only for a WebSocket request, which
-        // always has its listing.
+        if let (UpgradeAnswer::Switched(head), Some(_)) = (&answer, &listing) {
+            let (out, prefix) = switching(std::mem::take(&mut up_buf), |out| {
+                inner.policy.write_switching_head(head, &client, &ctx, out);
+            });
+            // Dropped whole, and the listing taken whole, before the
+            // await: neither is then kept in the connection's future.
+            drop(answer);
+            if let Some(listing) = listing {
+                return self.switch(out, prefix, stream, lease, listing).await;
+            }
+            return Next::Close;
+        }
+        // Any other answer; a 101 is Switched only for a WebSocket request,
+        // which always has its listing.
+        let response = answer.into_response();
         match (handshake::classify_response(&kind, &response), listing) {
             (Ok(ResponseKind::Switched), Some(listing)) => {
                 let mut response = response;
                 inner.policy.rewrite_response(&mut response, &client, &ctx);
-                return self.switch(response, stream, up_buf, lease, listing).await;
+                let (out, prefix) = switching(up_buf, |out| {
+                    handshake::write_response_head(&response, out);
+                });
+                return self.switch(out, prefix, stream, lease, listing).await;
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
@@ -678,8 +696,19 @@ where
         upstream: &mut UpstreamStream,
         up_buf: &mut BytesMut,
         http10: bool,
-    ) -> Result<Response<()>, StatusCode> {
+        kind: &RequestKind,
+    ) -> Result<UpgradeAnswer, StatusCode> {
         let limits = &self.inner.limits;
+        // An upgrade's 101 is checked and kept without a `HeaderMap`.
+        let parse = |b: &mut BytesMut| match kind {
+            RequestKind::WebSocket(upgrade) => handshake::parse_upgrade_answer(b, limits, upgrade),
+            _ => Ok(match handshake::parse_response(b, limits)? {
+                handshake::Status::Complete(r) => {
+                    handshake::Status::Complete(UpgradeAnswer::Other(r))
+                }
+                handshake::Status::Partial => handshake::Status::Partial,
+            }),
+        };
         // Bounded: a 1xx flood is still limited by the read timeout per head
         // and by this count.
         for _ in 0..8 {
@@ -689,11 +718,14 @@ where
                 up_buf,
                 deadline,
                 HeadScanner::response(*limits),
-                |b| handshake::parse_response(b, limits),
-            )
-            .await;
-            let response = match head {
-                Ok(response) => response,
+                parse,
+            );
+            // Matched as a temporary, whose storage ends with the
+            // statement: a 101's head is then not kept across the interim
+            // answer's write below.
+            let response = match head.await {
+                Ok(UpgradeAnswer::Other(response)) => response,
+                Ok(switched) => return Ok(switched),
                 Err(HeadRead::Timeout) => return Err(StatusCode::GATEWAY_TIMEOUT),
                 Err(_) => return Err(StatusCode::BAD_GATEWAY),
             };
@@ -711,25 +743,20 @@ where
                     .map_err(|_| StatusCode::BAD_GATEWAY)?;
                 continue;
             }
-            return Ok(response);
+            return Ok(UpgradeAnswer::Other(response));
         }
         Err(StatusCode::BAD_GATEWAY)
     }
 
-    /// Sends the 101 out of `up_buf`, the answer's buffer, once what the
-    /// upstream sent past its head is copied out for the tunnel; the caller
-    /// then tunnels.
+    /// Sends the 101 `out` (see [`switching`]); the caller then tunnels.
     async fn switch(
         &mut self,
-        response: Response<()>,
+        out: BytesMut,
+        upstream_prefix: Bytes,
         upstream: UpstreamStream,
-        mut up_buf: BytesMut,
         lease: Lease,
         listing: Listing,
     ) -> Next {
-        let upstream_prefix = detach(&mut up_buf);
-        let mut out = up_buf;
-        handshake::write_response_head(&response, &mut out);
         if write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
             .await
             .is_err()
@@ -737,7 +764,7 @@ where
             self.finish(Outcome::Abandoned);
             return Next::Close;
         }
-        self.report.status = Some(response.status());
+        self.report.status = Some(StatusCode::SWITCHING_PROTOCOLS);
         Next::Tunnel(Switched {
             upstream,
             upstream_prefix,
@@ -831,6 +858,14 @@ where
             }
         }
     }
+}
+
+/// The 101 written out of `up_buf`, the answer's buffer, once what the
+/// upstream sent past its head is copied out for the tunnel (the second).
+fn switching(mut up_buf: BytesMut, write_head: impl FnOnce(&mut BytesMut)) -> (BytesMut, Bytes) {
+    let upstream_prefix = detach(&mut up_buf);
+    write_head(&mut up_buf);
+    (up_buf, upstream_prefix)
 }
 
 /// True when the client allows another request on this connection.

@@ -158,7 +158,6 @@ impl Proxy {
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
             .with_websocket(true)
             .with_checked_host();
-        inner.policy.rewrite_request(&mut request, &client, &ctx);
 
         let failed = |status| {
             lease.report_failure(Instant::now().into_std());
@@ -168,7 +167,12 @@ impl Proxy {
         // into it.
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         proxy_header(&group, &client, peer, listener.port, &mut buf);
-        handshake::write_request_head(&request, &mut buf);
+        // The rewritten head straight from the parsed one, as `Server`
+        // writes it. The 101 below still becomes a `Response`: the host
+        // sends it with its own server, through `PendingUpgrade::response`.
+        inner
+            .policy
+            .write_request_head(&request, &client, &ctx, &mut buf);
         let written = write_all_timeout(&mut upstream, &buf, inner.timeouts.send).await;
         buf.clear();
         written.map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
