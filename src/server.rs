@@ -477,6 +477,9 @@ impl Server {
                 let phase = drain.clone();
                 let served = proxy.serve_until_upgrade(stream, peer, listener_info, drain);
                 let (report, upgraded) = tokio::select! {
+                    // The connection first: a counted connection gets its
+                    // outcome even when the cut came before its first poll.
+                    biased;
                     served = served => served,
                     () = cut => return Next::Done,
                 };

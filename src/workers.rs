@@ -92,6 +92,7 @@ const BACKLOG: i32 = 1024;
 pub struct Workers {
     server: Server,
     threads: usize,
+    on_caller_thread: bool,
 }
 
 /// Listeners bound for each worker, ready to [`serve`](Self::serve).
@@ -102,6 +103,7 @@ pub struct BoundWorkers {
     listeners: Vec<std::net::TcpListener>,
     local: SocketAddr,
     reuse_port: bool,
+    on_caller_thread: bool,
 }
 
 impl Server {
@@ -122,6 +124,7 @@ impl Server {
         Workers {
             server: self,
             threads,
+            on_caller_thread: false,
         }
     }
 }
@@ -132,6 +135,41 @@ impl Workers {
     #[must_use = "builder methods return the updated builder"]
     pub fn threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
+        self
+    }
+
+    /// With one worker, serve on the thread that polls the serve future
+    /// instead of starting one, when that thread runs a current-thread
+    /// tokio runtime (otherwise this changes nothing). Off by default.
+    ///
+    /// A process that serves this way can keep a single thread, and then
+    /// the kernel takes no reference on a socket's file in every socket
+    /// syscall (`fdget` on an unshared fd table) and glibc's malloc skips
+    /// its locks: the gateway's `--workers 1`. What the caller then
+    /// provides is what a worker thread otherwise brings: its runtime needs
+    /// IO and time enabled, must be driven (not polled from another
+    /// executor), and sees the connections' tasks; a panic in the accept
+    /// loop reaches the caller instead of becoming an error; and dropping
+    /// the serve future stops accepting without the drain (connections
+    /// already accepted run on) — resolve `shutdown` to drain.
+    ///
+    /// ```
+    /// # use wsproxy::balance::{RoundRobin, UpstreamSet};
+    /// # use wsproxy::{Proxy, Server};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let proxy = Proxy::builder().upstream(RoundRobin::new(UpstreamSet::default())).build()?;
+    /// let workers = Server::new(proxy)
+    ///     .per_core()
+    ///     .threads(1)
+    ///     .on_caller_thread(true)
+    ///     .bind("127.0.0.1:0".parse()?)?;
+    /// assert_eq!(workers.threads(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use = "builder methods return the updated builder"]
+    pub fn on_caller_thread(mut self, yes: bool) -> Self {
+        self.on_caller_thread = yes;
         self
     }
 
@@ -184,6 +222,7 @@ impl Workers {
             listeners,
             local,
             reuse_port: true,
+            on_caller_thread: self.on_caller_thread,
         })
     }
 }
@@ -243,6 +282,7 @@ impl BoundWorkers {
             listeners,
             local,
             reuse_port: false,
+            on_caller_thread: workers.on_caller_thread,
         })
     }
 
@@ -267,11 +307,8 @@ impl BoundWorkers {
     /// does and reports the sum.
     ///
     /// This future only waits: it runs on any runtime (or `block_on`), and
-    /// the connections are served on the worker threads. With one worker
-    /// and a current-thread tokio runtime calling, there is no thread to
-    /// start: the caller's thread is the worker, so a process serving this
-    /// way keeps a single thread (the kernel then takes no reference on a
-    /// socket's file for each syscall, and glibc's malloc skips its locks).
+    /// the connections are served on the worker threads (unless
+    /// [`Workers::on_caller_thread`] put the one worker on the caller's).
     ///
     /// # Errors
     ///
@@ -393,12 +430,8 @@ impl BoundWorkers {
         R: Future<Output = ()>,
         F: Future<Output = ()>,
     {
-        if self.listeners.len() == 1 && on_current_thread_runtime() {
-            // One worker, and the caller's runtime is already one thread:
-            // serve here rather than start a second thread. A process whose
-            // sockets all live on one thread keeps its fd table unshared,
-            // so the kernel takes no reference on the file in every socket
-            // syscall (`fdget`), and glibc's malloc skips its arena locks.
+        if self.on_caller_thread && self.listeners.len() == 1 && on_current_thread_runtime() {
+            // See `Workers::on_caller_thread`.
             if let Some(listener) = self.listeners.into_iter().next() {
                 let listener = TcpListener::from_std(listener)?;
                 return self

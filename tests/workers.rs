@@ -39,12 +39,14 @@ async fn two_workers(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<DrainReport>,
 ) {
-    workers(2, server).await
+    workers(2, false, server).await
 }
 
-/// `n` workers, as [`two_workers`].
+/// `n` workers, as [`two_workers`]; `on_caller` for
+/// `Workers::on_caller_thread`.
 async fn workers(
     n: usize,
+    on_caller: bool,
     server: impl FnOnce(Server) -> Server,
 ) -> (
     SocketAddr,
@@ -66,6 +68,7 @@ async fn workers(
         })
         .per_core()
         .threads(n)
+        .on_caller_thread(on_caller)
         .bind("127.0.0.1:0".parse().unwrap())
         .unwrap();
     assert_eq!(workers.threads(), n);
@@ -154,16 +157,23 @@ async fn serve_clients(
 }
 
 #[tokio::test]
-async fn one_worker_on_a_current_thread_runtime_serves_on_the_callers_thread() {
-    let (addr, threads, stop, serving) = workers(1, |s| s).await;
+async fn one_worker_on_the_callers_thread_serves_there() {
+    let (addr, threads, stop, serving) = workers(1, true, |s| s).await;
     let used = serve_clients(addr, 8, &threads, stop, serving).await;
     // No thread was started: the test's own thread served every connection.
     assert_eq!(used, [thread_name()]);
 }
 
+#[tokio::test]
+async fn one_worker_gets_its_own_thread_unless_asked() {
+    let (addr, threads, stop, serving) = workers(1, false, |s| s).await;
+    let used = serve_clients(addr, 8, &threads, stop, serving).await;
+    assert_eq!(used, ["wsproxy-worker-0"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_worker_on_a_multi_thread_runtime_gets_its_own_thread() {
-    let (addr, threads, stop, serving) = workers(1, |s| s).await;
+async fn one_worker_on_the_callers_thread_needs_a_current_thread_runtime() {
+    let (addr, threads, stop, serving) = workers(1, true, |s| s).await;
     let used = serve_clients(addr, 8, &threads, stop, serving).await;
     assert_eq!(used, ["wsproxy-worker-0"]);
 }

@@ -481,8 +481,11 @@ pub enum WorkerCount {
 }
 
 impl WorkerCount {
-    /// Sets the count on `workers` (`auto` keeps its default, the cores).
+    /// Sets the count on `workers` (`auto` keeps its default, the cores);
+    /// one worker serves on the main thread, whose control runtime is a
+    /// current-thread one, so the process keeps a single thread.
     pub fn apply(self, workers: wsproxy::workers::Workers) -> wsproxy::workers::Workers {
+        let workers = workers.on_caller_thread(true);
         match self {
             WorkerCount::Auto => workers,
             WorkerCount::Threads(n) => workers.threads(usize::from(n)),

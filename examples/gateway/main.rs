@@ -336,7 +336,8 @@ async fn serve(
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
     // Thread-per-core (nginx `worker_processes`): each worker accepts on its
-    // own SO_REUSEPORT listener and serves its connections on its thread.
+    // own SO_REUSEPORT listener and serves its connections on its thread;
+    // one worker (the default) is the main thread itself.
     let workers = args
         .workers
         .apply(server.clone().per_core())

@@ -99,31 +99,40 @@ fn named_in(names: &[HeaderName], name: &[u8]) -> bool {
         .any(|n| name.eq_ignore_ascii_case(n.as_str().as_bytes()))
 }
 
-/// The `Connection` values of one head, read once: whether they name any
-/// field beyond the hop-by-hop set (`Connection: Upgrade` and
-/// `keep-alive` do not), so that most heads check no field against them.
-pub(crate) struct Listed<F> {
-    values: F,
-    any: bool,
+/// The `Connection` values of one head, read once: the fields they name
+/// beyond the hop-by-hop set (`Connection: Upgrade` and `keep-alive` name
+/// none), sorted, so that most heads check no field against them and a
+/// head listing many checks each field in O(log n), not by rescanning
+/// every value for every field.
+pub(crate) struct Listed<'v> {
+    /// Sorted by [`cmp_ignore_case`]; allocated only when a value names a
+    /// field beyond the hop-by-hop set.
+    names: Vec<&'v str>,
 }
 
-impl<'v, F, I> Listed<F>
-where
-    F: Fn() -> I,
-    I: Iterator<Item = &'v [u8]>,
-{
-    /// `values` gives the head's `Connection` values each time it is called.
-    pub(crate) fn new(values: F) -> Self {
-        let any = values().any(|value| {
-            tokens(value).any(|token| {
+impl<'v> Listed<'v> {
+    /// `values` are the head's `Connection` values.
+    pub(crate) fn new(values: impl Iterator<Item = &'v [u8]>) -> Self {
+        let mut names: Vec<&'v str> = values
+            .flat_map(tokens)
+            .filter(|token| {
                 let t = token.as_bytes();
                 !t.is_empty()
                     && !t.eq_ignore_ascii_case(b"close")
                     && !named_in(&REMOVED, t)
                     && !named_in(&PROTECTED, t)
             })
-        });
-        Self { values, any }
+            .collect();
+        names.sort_unstable_by(|a, b| cmp_ignore_case(a.as_bytes(), b.as_bytes()));
+        Self { names }
+    }
+
+    fn lists(&self, name: &[u8]) -> bool {
+        !self.names.is_empty()
+            && self
+                .names
+                .binary_search_by(|t| cmp_ignore_case(t.as_bytes(), name))
+                .is_ok()
     }
 
     /// Whether [`strip`] removes a field named `name` (any case), keeping
@@ -138,39 +147,23 @@ where
             return true;
         }
         // A kept `Upgrade` or `Connection` named in `Connection` stays, as
-        // do the protected fields.
-        self.any
-            && !named_in(&REMOVED[..from], name)
-            && !named_in(&PROTECTED, name)
-            && (self.values)().any(|value| {
-                tokens(value).any(|t| {
-                    !t.eq_ignore_ascii_case("close") && t.as_bytes().eq_ignore_ascii_case(name)
-                })
-            })
+        // do the protected fields (never among `names`).
+        !named_in(&REMOVED[..from], name) && self.lists(name)
     }
-}
 
-impl<'v, F, I> Listed<F>
-where
-    F: Fn() -> I,
-    I: Iterator<Item = &'v [u8]>,
-{
     /// [`strips`](Self::strips) for a request's field (no field is kept):
     /// the hop-by-hop names compared as `HeaderName`s, which for the
     /// standard ones is one integer compare, not a string compare each.
     pub(crate) fn strips_name(&self, name: &HeaderName) -> bool {
-        if REMOVED.contains(name) {
-            return true;
-        }
-        self.any
-            && !PROTECTED.contains(name)
-            && (self.values)().any(|value| {
-                tokens(value).any(|t| {
-                    !t.eq_ignore_ascii_case("close")
-                        && t.as_bytes().eq_ignore_ascii_case(name.as_str().as_bytes())
-                })
-            })
+        REMOVED.contains(name) || self.lists(name.as_str().as_bytes())
     }
+}
+
+/// Byte order of the ASCII-lowercased strings.
+fn cmp_ignore_case(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.iter()
+        .map(u8::to_ascii_lowercase)
+        .cmp(b.iter().map(u8::to_ascii_lowercase))
 }
 
 /// The tokens of a `Connection` value as [`strip`] reads them: none when
@@ -191,6 +184,35 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn listed_names_are_found_in_any_case_among_many() {
+        let value = (0..300)
+            .map(|i| format!("X-Opt-{i}"))
+            .chain(["close".into(), "Keep-Alive".into(), "Host".into()])
+            .collect::<Vec<_>>()
+            .join(", ");
+        let values = [value.as_bytes(), b"  x-Late ,"];
+        let listed = Listed::new(values.iter().copied());
+        for name in [
+            "x-opt-0",
+            "X-OPT-299",
+            "x-opt-150",
+            "x-late",
+            "keep-alive",
+            "te",
+        ] {
+            assert!(listed.strips(name.as_bytes(), Keep::Nothing), "{name}");
+        }
+        // Protected, `close`, unlisted and empty names stay.
+        for name in ["host", "close", "x-opt-300", "x-opt", "content-length"] {
+            assert!(!listed.strips(name.as_bytes(), Keep::Nothing), "{name}");
+        }
+        let none = Listed::new([b"Upgrade".as_slice()].into_iter());
+        assert!(!none.strips(b"x-opt-0", Keep::Nothing));
+        assert!(none.strips(b"upgrade", Keep::Nothing));
+        assert!(!none.strips(b"upgrade", Keep::Upgrade));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -88,7 +88,7 @@ impl ForwardPolicy {
 
         let drop_forwarded = self.forwarded || !client.is_peer_trusted();
         let connection = headers.get_all(header::CONNECTION);
-        let listed = hop::Listed::new(|| connection.iter().map(HeaderValue::as_bytes));
+        let listed = hop::Listed::new(connection.iter().map(HeaderValue::as_bytes));
         let edited = !self.request_edits.is_empty();
         for (name, value) in headers {
             let set_here = name == header::HOST
@@ -221,11 +221,11 @@ impl ForwardPolicy {
         }
         dst.reserve(head.as_bytes().len() + 2);
         dst.put_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
-        let listed = hop::Listed::new(|| {
+        let listed = hop::Listed::new(
             head.fields()
                 .filter(|(name, _)| name.eq_ignore_ascii_case(b"connection"))
-                .map(|(_, value)| value)
-        });
+                .map(|(_, value)| value),
+        );
         for (name, value) in head.fields() {
             if listed.strips(name, Keep::Upgrade) {
                 continue;
