@@ -104,27 +104,12 @@ async fn workers(
 async fn several_workers_serve_connections_on_one_port_each_on_the_thread_that_accepted_it() {
     const CLIENTS: usize = 64;
     let (addr, threads, stop, serving) = two_workers(|s| s).await;
-    for c in 0..CLIENTS {
-        let mut ws = client(addr).await;
-        echo(&mut ws, format!("hello {c}")).await;
-        bounded("close", ws.close(None)).await.unwrap();
-        // Reading on sees the proxy's end of the closing handshake.
-        while let Some(Ok(_)) = bounded("end", futures_util::StreamExt::next(&mut ws)).await {}
-    }
-    let _ = stop.send(());
-    let report = bounded("workers to stop", serving).await.unwrap();
-    assert_eq!(report.accepted, CLIENTS as u64, "{report:?}");
-    assert_eq!(report.cut, 0, "{report:?}");
-
+    let used = serve_clients(addr, CLIENTS, &threads, stop, serving).await;
     let threads = threads.lock().unwrap();
-    assert_eq!(threads.ended.len(), CLIENTS);
     for (client, ended) in &threads.ended {
         // Accept, connect, handshake and tunnel: all on one thread.
         assert_eq!(threads.accepted.get(client), Some(ended), "{client}");
     }
-    let mut used: Vec<&String> = threads.ended.values().collect();
-    used.sort();
-    used.dedup();
     // The kernel hashes each connection to one listener: 64 connections all
     // on one of two workers would be a 1 in 2^63 chance.
     assert_eq!(used, ["wsproxy-worker-0", "wsproxy-worker-1"]);
@@ -144,11 +129,13 @@ async fn serve_clients(
         let mut ws = client(addr).await;
         echo(&mut ws, format!("hello {c}")).await;
         bounded("close", ws.close(None)).await.unwrap();
+        // Reading on sees the proxy's end of the closing handshake.
         while let Some(Ok(_)) = bounded("end", futures_util::StreamExt::next(&mut ws)).await {}
     }
     let _ = stop.send(());
     let report = bounded("workers to stop", serving).await.unwrap();
     assert_eq!(report.accepted, clients as u64, "{report:?}");
+    assert_eq!(report.cut, 0, "{report:?}");
     let mut used: Vec<String> = threads.lock().unwrap().ended.values().cloned().collect();
     assert_eq!(used.len(), clients);
     used.sort();
