@@ -19,7 +19,7 @@
 //! flag exits 2.
 
 /// See the Cargo.toml note on `mimalloc`: less idle memory per WebSocket
-/// and cheaper handshakes than glibc's malloc (benches/README.md).
+/// than with glibc's malloc (figures in benches/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
