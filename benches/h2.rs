@@ -39,17 +39,15 @@ use bytes::Bytes;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore, ServerConfig};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
 use wsproxy::forward::Scheme;
 use wsproxy::server::{Negotiated, Server};
-use wsproxy::Proxy;
 
 use support::H2Stream;
 
@@ -209,12 +207,7 @@ fn start_proxy_thread(acceptor: TlsAcceptor) -> (AddrChannel, Arc<AtomicU64>) {
             .expect("proxy runtime");
         rt.block_on(async move {
             let backend = from_client.recv().expect("backend address");
-            let set: UpstreamSet = [Upstream::new(backend)].into_iter().collect();
-            let proxy = Proxy::builder()
-                .upstream(RoundRobin::new(set))
-                .build()
-                .expect("proxy");
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let (proxy, listener) = echo::proxy_to(backend).await;
             to_client
                 .send(listener.local_addr().expect("addr"))
                 .expect("client thread alive");

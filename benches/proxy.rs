@@ -22,11 +22,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
 use wsproxy::server::Server;
-use wsproxy::Proxy;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -149,12 +146,7 @@ fn start_proxy_thread() -> (AddrChannel, Arc<AtomicU64>) {
             .expect("proxy runtime");
         rt.block_on(async move {
             let backend = from_client.recv().expect("backend address");
-            let set: UpstreamSet = [Upstream::new(backend)].into_iter().collect();
-            let proxy = Proxy::builder()
-                .upstream(RoundRobin::new(set))
-                .build()
-                .expect("proxy");
-            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let (proxy, listener) = echo::proxy_to(backend).await;
             to_client
                 .send(listener.local_addr().expect("addr"))
                 .expect("client thread alive");

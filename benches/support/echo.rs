@@ -1,6 +1,6 @@
 //! What the in-repo load benches share: a tokio-tungstenite echo backend
-//! on loopback, and the calling thread's CPU time (benches/proxy.rs,
-//! benches/h2.rs, examples/handshake_allocs.rs).
+//! on loopback, the proxy in front of it, and the calling thread's CPU
+//! time (benches/proxy.rs, benches/h2.rs, examples/handshake_allocs.rs).
 
 #![allow(dead_code)]
 
@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
+use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
+use wsproxy::Proxy;
 
 /// CPU time of the calling thread, from schedstat (nanoseconds).
 pub fn thread_cpu_ns() -> u64 {
@@ -37,4 +39,16 @@ pub async fn start_echo_backend() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A `Proxy` at its defaults with `backend` as its one upstream, and a
+/// listener on 127.0.0.1 for it.
+pub async fn proxy_to(backend: SocketAddr) -> (Proxy, TcpListener) {
+    let set: UpstreamSet = [Upstream::new(backend)].into_iter().collect();
+    let proxy = Proxy::builder()
+        .upstream(RoundRobin::new(set))
+        .build()
+        .expect("proxy");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    (proxy, listener)
 }
