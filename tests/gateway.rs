@@ -42,7 +42,7 @@ mod browser;
 #[path = "gateway/h2.rs"]
 mod h2;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -57,7 +57,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use support::{bounded, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT};
+use support::{bounded, child_output, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT};
 
 // ---------------------------------------------------------------------------
 // The binary
@@ -85,30 +85,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (lines, stderr) = child_output(&mut child);
         let mut gateway = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -2,7 +2,6 @@
 //! and the WebSocket helpers the config tests share (tests/config.rs,
 //! tests/config_dns.rs).
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::support::{bounded, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT};
+use crate::support::{bounded, child_output, gateway_bin, ws_upstream, WsUpstreamOptions, WAIT};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -44,30 +43,7 @@ impl Gateway {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn gateway");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    return;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let (lines, stderr) = child_output(&mut child);
         let mut gateway = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),

@@ -402,6 +402,47 @@ async fn hyper_handle(
     }
 }
 
+/// A spawned child's stdout, line by line as it comes, and its stderr,
+/// gathered whole (a line can arrive in pieces there), each read by a
+/// thread of its own so that neither pipe fills and blocks the child.
+///
+/// # Panics
+///
+/// When the child was spawned without both pipes.
+pub fn child_output(
+    child: &mut std::process::Child,
+) -> (
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    Arc<Mutex<String>>,
+) {
+    use std::io::{BufRead, Read};
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (lines, stderr)
+}
+
 /// The gateway example binary next to this test's executable (integration
 /// tests cannot depend on an example, so the built binary is run this way);
 /// `cargo test` builds it first, with the same features as the tests.
