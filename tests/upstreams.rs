@@ -42,6 +42,16 @@ struct Pki {
     server: Arc<ServerConfig>,
 }
 
+/// TLS to an upstream verified against `pki`'s CA under the name
+/// `backend.test`.
+fn trusting_backend_test(pki: &Pki) -> UpstreamTls {
+    UpstreamTls::builder()
+        .ca_pem(&pki.ca_pem)
+        .server_name("backend.test")
+        .build()
+        .unwrap()
+}
+
 /// A fresh CA and a leaf for `names` (DNS names or IP addresses).
 fn pki(names: &[&str]) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -275,11 +285,7 @@ async fn post(addr: SocketAddr, body: &str) -> String {
 async fn wss_backend_behind_a_private_ca_echoes_with_the_configured_sni() {
     let pki = pki(&["backend.test"]);
     let (addr, seen) = tls_backend(pki.server.clone(), Serve::WebSocket).await;
-    let tls = UpstreamTls::builder()
-        .ca_pem(&pki.ca_pem)
-        .server_name("backend.test")
-        .build()
-        .unwrap();
+    let tls = trusting_backend_test(&pki);
     // Reached by IP address: the certificate names only backend.test, so
     // it verifies only because the configured name is used.
     let gw = Gateway::start(proxy_to(addr.into(), Some(tls), HostMode::ClientAsSent)).await;
@@ -329,11 +335,7 @@ async fn a_certificate_from_another_ca_is_refused_with_502_and_nothing_tunneled(
     let backend = pki(&["backend.test"]);
     let other = pki(&["backend.test"]);
     let (addr, seen) = tls_backend(backend.server.clone(), Serve::WebSocket).await;
-    let tls = UpstreamTls::builder()
-        .ca_pem(&other.ca_pem)
-        .server_name("backend.test")
-        .build()
-        .unwrap();
+    let tls = trusting_backend_test(&other);
     let gw = Gateway::start(proxy_to(addr.into(), Some(tls), HostMode::ClientAsSent)).await;
     assert_eq!(refused_upgrade(gw.addr, "/").await, 502);
     // The TCP connect happened, the TLS handshake did not, and no request
@@ -380,11 +382,7 @@ async fn insecure_mode_accepts_any_certificate() {
 async fn plain_requests_with_a_body_go_over_tls() {
     let pki = pki(&["backend.test"]);
     let (addr, seen) = tls_backend(pki.server.clone(), Serve::Http).await;
-    let tls = UpstreamTls::builder()
-        .ca_pem(&pki.ca_pem)
-        .server_name("backend.test")
-        .build()
-        .unwrap();
+    let tls = trusting_backend_test(&pki);
     let gw = Gateway::start(proxy_to(addr.into(), Some(tls), HostMode::ClientAsSent)).await;
     let answer = post(gw.addr, "hello over https").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -397,11 +395,7 @@ async fn plain_requests_with_a_body_go_over_tls() {
 async fn a_drain_closes_a_tunnel_over_tls_with_1001() {
     let pki = pki(&["backend.test"]);
     let (addr, _) = tls_backend(pki.server.clone(), Serve::WebSocket).await;
-    let tls = UpstreamTls::builder()
-        .ca_pem(&pki.ca_pem)
-        .server_name("backend.test")
-        .build()
-        .unwrap();
+    let tls = trusting_backend_test(&pki);
     let builder = proxy_to(addr.into(), Some(tls), HostMode::ClientAsSent);
     let gw = Gateway::start_with(builder, |s| {
         s.drain_window(Duration::from_millis(50))
@@ -485,11 +479,7 @@ async fn health_checks_over_tls_mark_a_wrong_certificate_down() {
     let set: UpstreamSet = [Upstream::new(good_addr), Upstream::new(bad_addr)]
         .into_iter()
         .collect();
-    let tls = UpstreamTls::builder()
-        .ca_pem(&good.ca_pem)
-        .server_name("backend.test")
-        .build()
-        .unwrap();
+    let tls = trusting_backend_test(&good);
     // Both accept TCP: only the TLS handshake tells them apart.
     checked(&set, TcpProbe, tls.clone(), &[false, true]).await;
     let ws = WebSocketProbe::new("/health").unwrap();
