@@ -59,6 +59,7 @@ use tokio::time::{sleep, timeout, timeout_at, Instant};
 mod connection;
 #[cfg(feature = "h2")]
 mod h2;
+mod inherit;
 #[cfg(feature = "h2")]
 pub(crate) use h2::Front;
 #[cfg(feature = "h2")]
@@ -347,6 +348,7 @@ impl Server {
         let accept = Arc::new(accept);
         let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
+        let inherited = inherit::prepare(&listener);
         let listener_info = Listener::new(self.scheme, port);
         let (phase, rx) = watch::channel(DrainPhase::Running);
         let slots = Arc::new(Semaphore::new(self.max_connections));
@@ -410,7 +412,7 @@ impl Server {
             // the first request head together, as the one deadline nginx's
             // `client_header_timeout` is.
             let head_deadline = Instant::now() + handshake_timeout;
-            let _ = stream.set_nodelay(true);
+            inherited.apply(&stream);
             if let Some(keepalive) = self.proxy.tcp_keepalive() {
                 if let Err(e) = keepalive.apply(&stream) {
                     tracing::debug!(client = %peer, error = %e, "tcp keepalive refused");

@@ -147,13 +147,21 @@ pub(super) async fn connect(
     })
 }
 
-/// Connects to `addr`, resolving a host name at connect time; the caller
-/// bounds the wait. Shared by requests and the health checks' probes,
-/// through the dial (`stream.rs`), which sends a Unix socket path elsewhere.
+/// Connects to `addr`, resolving a host name at connect time, with
+/// `TCP_NODELAY` set; the caller bounds the wait. Shared by requests and the
+/// health checks' probes, through the dial (`stream.rs`), which sends a Unix
+/// socket path elsewhere.
+///
+/// WebSocket messages are latency-sensitive and already batched by their
+/// senders, and a TLS handshake's flights would wait on Nagle.
 pub(crate) async fn connect_addr(addr: &UpstreamAddr) -> io::Result<TcpStream> {
     match addr.as_socket_addr() {
         Some(sa) => connect_tcp(sa).await,
-        None => TcpStream::connect((addr.host().as_ref(), addr.port())).await,
+        None => {
+            let stream = TcpStream::connect((addr.host().as_ref(), addr.port())).await?;
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
     }
 }
 
@@ -174,6 +182,8 @@ async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
     )?;
     #[cfg(not(any(target_os = "linux", target_os = "android")))]
     socket.set_nonblocking(true)?;
+    let _ = socket.set_tcp_nodelay(true);
+    delay_first_ack(&socket);
     let in_progress = match socket.connect(&addr.into()) {
         Ok(()) => false,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => true,
@@ -196,7 +206,23 @@ async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
 /// Elsewhere tokio's connect (a pending connect reports differently there).
 #[cfg(not(unix))]
 async fn connect_tcp(addr: std::net::SocketAddr) -> io::Result<TcpStream> {
-    TcpStream::connect(addr).await
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Delays the ACKs of a fresh upstream connection (`TCP_QUICKACK` off, as
+/// HAProxy's `option tcp-smart-connect`): the ACK of the SYN-ACK then rides
+/// on the request head, which follows at once, and the ACK of the 101 on
+/// the first frame the client sends, two packets fewer per WebSocket. The
+/// kernel leaves this mode by itself once a delayed ACK finds nothing to
+/// ride on, so an established tunnel acknowledges as any connection does.
+#[cfg(unix)]
+fn delay_first_ack(socket: &socket2::Socket) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket.set_tcp_quickack(false);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
 }
 
 /// A stream socket created non-blocking where the platform can, saving a
@@ -375,6 +401,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(got == head, "{} of {} bytes", got.len(), head.len());
+    }
+
+    #[tokio::test]
+    async fn an_upstream_socket_has_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = UpstreamAddr::from(listener.local_addr().unwrap());
+        let stream = connect_addr(&addr).await.unwrap();
+        assert!(stream.nodelay().unwrap());
     }
 
     #[tokio::test]

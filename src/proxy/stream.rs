@@ -64,10 +64,6 @@ impl Dial<'_> {
             Some(path) => connect_unix(path).await?,
             None => {
                 let stream = connect_addr(addr).await?;
-                // WebSocket messages are latency-sensitive and already
-                // batched by their senders; set before a TLS handshake,
-                // whose flights would wait on Nagle otherwise.
-                let _ = stream.set_nodelay(true);
                 if let Some(keepalive) = self.keepalive {
                     if let Err(e) = keepalive.apply(&stream) {
                         tracing::debug!(error = %e, "tcp keepalive refused");
