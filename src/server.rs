@@ -69,7 +69,7 @@ use self::connection::{Connection, Ending, Hooks, Next};
 use crate::forward::Scheme;
 use crate::proxy::{
     close_spread, ConnectionHook, ConnectionReport, Drain, DrainPhase, Listener, Proxy, Reclaim,
-    CUT_GRACE,
+    Sockets, CUT_GRACE,
 };
 
 /// Serves a listener through a [`Proxy`].
@@ -488,12 +488,13 @@ impl Server {
                 // The report stays only for a hook.
                 match (upgraded, hooks) {
                     (Some(upgraded), None) => {
-                        let mut running = upgraded.run_holding((permit, token), origin);
+                        let mut running =
+                            upgraded.run_holding::<_, Sockets>((permit, token), origin);
                         cut_if_late(&phase, running.handle());
                         Next::Tunnel(running)
                     }
                     (Some(upgraded), Some(hooks)) => {
-                        let mut running = upgraded.run(origin);
+                        let mut running = upgraded.run::<Sockets>(origin);
                         cut_if_late(&phase, running.handle());
                         let ending = Ending {
                             report,

@@ -3,6 +3,7 @@
 //! holding its lease until dropped, even when a host cancels its future.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,7 +18,7 @@ use super::registry::{Listed, Registered, TunnelRegistry};
 use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
-use crate::tunnel::{tunnel, Prefixed, Tunnel, TunnelHandle, TunnelStats};
+use crate::tunnel::{tunnel, LastWrite, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
 /// One open tunnel, its registry entry and its lease: counted as open and
 /// listed until dropped, so that a tunnel whose future is cancelled (a
@@ -129,7 +130,7 @@ where
     /// The tunnel, ready to run until it ends and account for it, listed
     /// as `origin`'s (a [`Server`](crate::server::Server)'s own tunnels;
     /// 0 for none).
-    pub(crate) fn run(self, origin: u32) -> Running<S, ()> {
+    pub(crate) fn run<L>(self, origin: u32) -> Running<S, (), L> {
         self.run_holding((), origin)
     }
 
@@ -143,7 +144,10 @@ where
     /// The tunnel ends early through its handle in the group's registry
     /// (a server's drain closes or cuts it there), so it holds no drain
     /// receiver of its own.
-    pub(crate) fn run_holding<K>(self, keep: K, origin: u32) -> Running<S, K> {
+    ///
+    /// `L` writes each direction's last bytes: `Sockets` where the client
+    /// stream's type is `'static` (a server's own), else `Plain`.
+    pub(crate) fn run_holding<K, L>(self, keep: K, origin: u32) -> Running<S, K, L> {
         let Self {
             inner,
             client,
@@ -163,13 +167,14 @@ where
             // nothing in every idle tunnel.
             span: (!span.is_disabled()).then(|| Box::new(span)),
             keep: Some(keep),
+            last: PhantomData,
         }
     }
 }
 
 pin_project! {
     /// A running tunnel; see [`Upgraded::run`].
-    pub(crate) struct Running<S, K> {
+    pub(crate) struct Running<S, K, L> {
         #[pin]
         relay: Tunnel<Prefixed<S>, Prefixed<UpstreamStream>, std::future::Pending<()>>,
         // Dropped when the tunnel ends, or with the future if it is
@@ -177,25 +182,27 @@ pin_project! {
         open: Option<OpenTunnel>,
         span: Option<Box<tracing::Span>>,
         keep: Option<K>,
+        last: PhantomData<fn() -> L>,
     }
 }
 
-impl<S, K> Running<S, K> {
+impl<S, K, L> Running<S, K, L> {
     /// The handle of the tunnel, before it is polled.
     pub(crate) fn handle(&mut self) -> TunnelHandle {
         self.relay.handle()
     }
 }
 
-impl<S, K> Future for Running<S, K>
+impl<S, K, L> Future for Running<S, K, L>
 where
     S: AsyncRead + AsyncWrite + Unpin,
+    L: LastWrite<Prefixed<S>> + LastWrite<Prefixed<UpstreamStream>>,
 {
     type Output = TunnelStats;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
         let mut this = self.project();
-        let polled = this.relay.as_mut().poll(cx);
+        let polled = this.relay.as_mut().poll_with::<L>(cx);
         let Poll::Ready(stats) = polled else {
             // Bytes reach the counters while the tunnel runs, every 64 KiB
             // or second of traffic, not only at its end: a dashboard of a

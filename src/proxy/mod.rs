@@ -163,6 +163,8 @@ mod health;
 #[cfg(feature = "tower")]
 mod hosted;
 mod keepalive;
+mod last_segment;
+pub(crate) use last_segment::Sockets;
 mod rebalance;
 mod reclaim;
 mod registry;
@@ -516,7 +518,7 @@ impl Proxy {
             let drain = Drain::new(rx.clone());
             let (mut report, upgraded) = conn::serve(&self.live, io, peer, listener, drain).await;
             if let Some(upgraded) = upgraded {
-                let mut running = upgraded.run(0);
+                let mut running = upgraded.run::<crate::tunnel::Plain>(0);
                 let handle = tunnel.get_or_init(|| running.handle());
                 // Shutdown came while the upgrade completed.
                 if *rx.borrow() == DrainPhase::Cut {

@@ -313,7 +313,7 @@ impl PendingUpgrade {
             listing,
             span: exchange.span().clone(),
         };
-        let mut running = upgraded.run(origin);
+        let mut running = upgraded.run::<crate::tunnel::Plain>(origin);
         started(running.handle());
         let stats = running.await;
         exchange.end_tunnel(stats)

@@ -18,7 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use super::Token;
-use crate::proxy::{ConnectionHook, ConnectionReport, Proxy, Running};
+use crate::proxy::{ConnectionHook, ConnectionReport, Proxy, Running, Sockets};
 
 /// What a connection holds until it ends: its slot and its place in the
 /// server's count.
@@ -29,9 +29,9 @@ pub(super) enum Next<S> {
     /// Nothing to tunnel: the connection has ended.
     Done,
     /// A tunnel with nobody waiting for its report.
-    Tunnel(Running<S, Keep>),
+    Tunnel(Running<S, Keep, Sockets>),
     /// A tunnel whose report a hook waits for.
-    Reported(Running<S, ()>, Box<Ending>),
+    Reported(Running<S, (), Sockets>, Box<Ending>),
 }
 
 /// What a reported connection keeps for its hook while its tunnel runs,
@@ -67,8 +67,8 @@ pin_project! {
     #[project = ConnectionProj]
     pub(super) enum Connection<S, H> {
         Handshake { handshake: Pin<Box<H>> },
-        Tunnel { #[pin] running: Running<S, Keep> },
-        Reported { #[pin] running: Running<S, ()>, ending: Option<Box<Ending>> },
+        Tunnel { #[pin] running: Running<S, Keep, Sockets> },
+        Reported { #[pin] running: Running<S, (), Sockets>, ending: Option<Box<Ending>> },
         Done,
     }
 }
@@ -87,7 +87,7 @@ where
 
 impl<S, H> Future for Connection<S, H>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
     H: Future<Output = Next<S>>,
 {
     type Output = ();

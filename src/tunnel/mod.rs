@@ -126,6 +126,7 @@ mod control;
 mod deadline;
 mod error;
 mod hook;
+mod last_write;
 mod parting;
 mod ping;
 mod prefixed;
@@ -156,6 +157,7 @@ pub use stats::{FrameStats, Side, Timeout, TunnelEnd, TunnelStats};
 
 use deadline::{Deadlines, Due, Timeouts};
 use hook::FrameHook;
+pub(crate) use last_write::{LastWrite, Plain};
 use parting::Parting;
 use ping::Pings;
 use timers::{close_deadline_passed, deadlines_or_off, LazySleep, Timers};
@@ -500,6 +502,22 @@ where
     /// Only pumps: copies, hands what happened to the sans-IO decisions
     /// (`deadline`, `parting`, `ping`), and arms the timer they ask for.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats> {
+        self.poll_with::<Plain>(cx)
+    }
+}
+
+impl<C, U, F> Tunnel<C, U, F>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    /// [`poll`](Future::poll), with `L` writing each direction's last bytes
+    /// before its shutdown: the proxy's own streams know their sockets.
+    pub(crate) fn poll_with<L>(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelStats>
+    where
+        L: LastWrite<C> + LastWrite<U>,
+    {
         let mut this = self.project();
         // Each `Again` queued a ping (whose deadline is then later) or
         // extended a polite close once: the loop comes to a `Pending` or an
@@ -507,7 +525,7 @@ where
         loop {
             match *this.lifecycle {
                 Lifecycle::Running | Lifecycle::Parting => {
-                    let end = match this.pump(cx) {
+                    let end = match this.pump::<L>(cx) {
                         Step::End(end) => end,
                         Step::Again => continue,
                         Step::Pending => return Poll::Pending,
@@ -553,13 +571,13 @@ where
 {
     /// One round of a running tunnel: the host's requests, both copies,
     /// then the decisions.
-    fn pump(&mut self, cx: &mut Context<'_>) -> Step {
+    fn pump<L: LastWrite<C> + LastWrite<U>>(&mut self, cx: &mut Context<'_>) -> Step {
         let end = self.poll_requests(cx);
         if let Some(frames) = self.frames.as_mut() {
             let started = *self.started;
             frames.ping_waits(|| nanos_since(started));
         }
-        let end = end.or_else(|| self.copy(cx));
+        let end = end.or_else(|| self.copy::<L>(cx));
         self.decide(cx, end)
     }
 
@@ -591,7 +609,7 @@ where
     }
 
     /// Copies in both directions; returns why the tunnel ended, if it did.
-    fn copy(&mut self, cx: &mut Context<'_>) -> Option<TunnelEnd> {
+    fn copy<L: LastWrite<C> + LastWrite<U>>(&mut self, cx: &mut Context<'_>) -> Option<TunnelEnd> {
         // Lives for this poll only: an idle tunnel holds no copy buffer.
         let mut buf = [MaybeUninit::<u8>::uninit(); STACK_BUF];
         let started = *self.started;
@@ -605,9 +623,9 @@ where
             self.c2u.skip_shutdown();
         }
         let hook = self.frames.as_mut().map(|f| &mut f.c2u);
-        let copied = self
-            .c2u
-            .poll_copy(cx, self.client, self.upstream, &mut buf, clock, hook);
+        let copied =
+            self.c2u
+                .poll_copy::<_, _, L>(cx, self.client, self.upstream, &mut buf, clock, hook);
         if let Poll::Ready(Err(e)) = copied {
             return Some(TunnelEnd::Error(blame(e, Side::Client)));
         }
@@ -622,9 +640,9 @@ where
             self.u2c.skip_shutdown();
         }
         let hook = self.frames.as_mut().map(|f| &mut f.u2c);
-        let copied = self
-            .u2c
-            .poll_copy(cx, self.upstream, self.client, &mut buf, clock, hook);
+        let copied =
+            self.u2c
+                .poll_copy::<_, _, L>(cx, self.upstream, self.client, &mut buf, clock, hook);
         if let Poll::Ready(Err(e)) = copied {
             return Some(TunnelEnd::Error(blame(e, Side::Upstream)));
         }

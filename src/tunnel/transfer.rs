@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::hook::{Chunk, FrameHook};
+use super::last_write::LastWrite;
 use crate::frame::FrameError;
 
 /// A time stamp: nanoseconds since the tunnel started. Eight bytes instead
@@ -76,6 +77,15 @@ enum Ending {
 struct Spill {
     buf: Box<[u8]>,
     pos: usize,
+    /// The reader's error that came right after these bytes: reported once
+    /// they are written.
+    then: Option<io::Error>,
+}
+
+impl Spill {
+    fn new(buf: Box<[u8]>, then: Option<io::Error>) -> Box<Self> {
+        Box::new(Self { buf, pos: 0, then })
+    }
 }
 
 /// When a direction last read and since when its writer stalls; kept only by
@@ -232,7 +242,7 @@ impl Transfer {
     ///
     /// `buf` is scratch space for this call only: nothing in it is expected
     /// to survive the call.
-    pub(crate) fn poll_copy<R, W>(
+    pub(crate) fn poll_copy<R, W, L>(
         &mut self,
         cx: &mut Context<'_>,
         reader: &mut R,
@@ -244,6 +254,7 @@ impl Transfer {
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
+        L: LastWrite<W>,
     {
         let mut chunks = 0;
         loop {
@@ -302,18 +313,19 @@ impl Transfer {
                     }
                 }
                 // Free it now: an idle direction holds no buffer.
+                let then = spill.then.take();
                 self.spill = None;
                 self.need_flush = true;
+                if let Some(e) = then {
+                    return Poll::Ready(Err(CopyError::Read(e)));
+                }
             }
 
             // Everything observed is written now, so the tracker's position
             // is the peer's: queued frames that fit go out before more is read.
             if let Some(hook) = frames.as_deref_mut() {
                 if let Some(insert) = hook.take_fitting(self.read_done) {
-                    self.spill = Some(Box::new(Spill {
-                        buf: insert,
-                        pos: 0,
-                    }));
+                    self.spill = Some(Spill::new(insert, None));
                     continue;
                 }
             }
@@ -344,11 +356,25 @@ impl Transfer {
                     return Poll::Pending;
                 }
             }
-            let data = rb.filled();
-            if data.is_empty() {
+            if rb.filled().is_empty() {
                 self.read_done = true;
                 continue;
             }
+            // A short read may have left the EOF behind it: look once more,
+            // so that the last bytes go out with the shutdown (`LastWrite`).
+            // For a tokio socket this costs no syscall unless the reactor
+            // saw the peer's FIN: a short read clears its readiness.
+            let mut then = None;
+            if rb.remaining() > 0 {
+                let read = rb.filled().len();
+                match Pin::new(&mut *reader).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) if rb.filled().len() == read => self.read_done = true,
+                    Poll::Ready(Ok(())) | Poll::Pending => {}
+                    // Reported once the bytes before it are written.
+                    Poll::Ready(Err(e)) => then = Some(e),
+                }
+            }
+            let data = rb.filled();
             chunks += 1;
             if let Some((stamps, started)) = &mut clock {
                 if stamps.track_reads {
@@ -358,18 +384,28 @@ impl Transfer {
             if let Some(hook) = frames.as_deref_mut() {
                 match hook.on_chunk(data) {
                     Ok(Chunk::Pass) => {}
-                    Ok(Chunk::Drop) => continue,
+                    Ok(Chunk::Drop) => match then {
+                        Some(e) => return Poll::Ready(Err(CopyError::Read(e))),
+                        None => continue,
+                    },
                     Ok(Chunk::Replace(buf)) => {
-                        self.spill = Some(Box::new(Spill { buf, pos: 0 }));
+                        self.spill = Some(Spill::new(buf, then));
                         continue;
                     }
                     Err(e) => return Poll::Ready(Err(CopyError::Frame(e))),
                 }
             }
 
+            let last = self.read_done;
             let mut off = 0;
             while off < data.len() {
-                match Pin::new(&mut *writer).poll_write(cx, &data[off..]) {
+                let rest = &data[off..];
+                let written = if last {
+                    L::poll_write_last(writer, cx, rest)
+                } else {
+                    Pin::new(&mut *writer).poll_write(cx, rest)
+                };
+                match written {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Err(CopyError::Write(write_zero()))),
                     Poll::Ready(Ok(n)) => {
                         off += n;
@@ -380,16 +416,16 @@ impl Transfer {
                     Poll::Pending => {
                         // The caller's buffer does not outlive this call:
                         // keep the unwritten rest until the writer is ready.
-                        self.spill = Some(Box::new(Spill {
-                            buf: Box::from(&data[off..]),
-                            pos: 0,
-                        }));
+                        self.spill = Some(Spill::new(Box::from(&data[off..]), then));
                         stalled(&mut clock);
                         return Poll::Pending;
                     }
                 }
             }
             self.need_flush = true;
+            if let Some(e) = then {
+                return Poll::Ready(Err(CopyError::Read(e)));
+            }
         }
     }
 }
@@ -408,6 +444,7 @@ mod tests {
     use super::*;
     use crate::frame::proptests::{build, item};
     use crate::frame::{Boundary, CloseFrame, FrameTracker, Role};
+    use crate::tunnel::Plain;
 
     /// Reads `data`, but is pending at `pause` until `resumed`.
     struct Paused {
@@ -457,7 +494,14 @@ mod tests {
         // Bounded: each pending round but the pause copied a full budget of
         // chunks, at least one byte each.
         for _ in 0..=reader.data.len() + 2 {
-            match transfer.poll_copy(&mut cx, reader, out, &mut buf, None, Some(framing)) {
+            match transfer.poll_copy::<_, _, Plain>(
+                &mut cx,
+                reader,
+                out,
+                &mut buf,
+                None,
+                Some(framing),
+            ) {
                 Poll::Pending if !reader.resumed && reader.pos == reader.pause => {
                     return Poll::Pending;
                 }
@@ -473,6 +517,106 @@ mod tests {
     struct Counting {
         out: Vec<u8>,
         shutdowns: u32,
+        /// What went through `LastWrite`, and whether it was before a shutdown.
+        last: Vec<u8>,
+        last_before_shutdown: bool,
+        /// Writes refused (pending) before any is taken.
+        refuse: u32,
+    }
+
+    /// Records the last bytes apart, as a socket would send them with the FIN.
+    struct Marking;
+
+    impl LastWrite<Counting> for Marking {
+        fn poll_write_last(
+            writer: &mut Counting,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let written = Pin::new(&mut *writer).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = written {
+                writer.last.extend_from_slice(&buf[..n]);
+                writer.last_before_shutdown = writer.shutdowns == 0;
+            }
+            written
+        }
+    }
+
+    /// Reads its steps in order: bytes, an error, then EOF.
+    struct Script(std::collections::VecDeque<io::Result<&'static [u8]>>);
+
+    impl AsyncRead for Script {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.pop_front() {
+                Some(Ok(bytes)) => buf.put_slice(bytes),
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => {}
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn script(steps: Vec<io::Result<&'static [u8]>>) -> Script {
+        Script(steps.into_iter().collect())
+    }
+
+    /// Polls one copy of `reader` into `writer` to its end (bounded).
+    fn run(reader: &mut Script, writer: &mut Counting) -> Result<(), CopyError> {
+        let mut transfer = Transfer::new();
+        let mut buf = [MaybeUninit::<u8>::uninit(); 64];
+        let waker = Arc::new(Noop).into();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..8 {
+            let polled =
+                transfer.poll_copy::<_, _, Marking>(&mut cx, reader, writer, &mut buf, None, None);
+            if let Poll::Ready(done) = polled {
+                return done;
+            }
+        }
+        panic!("the copy did not end");
+    }
+
+    #[test]
+    fn bytes_the_eof_follows_in_one_read_go_out_as_the_last_write() {
+        let mut reader = script(vec![Ok(b"close")]);
+        let mut writer = Counting::default();
+        run(&mut reader, &mut writer).unwrap();
+        assert_eq!(writer.out, b"close");
+        assert_eq!(writer.last, b"close");
+        assert!(writer.last_before_shutdown);
+        assert_eq!(writer.shutdowns, 1);
+
+        // The lookahead joins what follows; the EOF after that comes alone.
+        let mut reader = script(vec![Ok(b"hello"), Ok(b"close")]);
+        let mut writer = Counting::default();
+        run(&mut reader, &mut writer).unwrap();
+        assert_eq!(writer.out, b"helloclose");
+        assert!(writer.last.is_empty());
+        assert_eq!(writer.shutdowns, 1);
+    }
+
+    #[test]
+    fn a_read_error_behind_bytes_is_reported_after_they_are_written() {
+        let reset = || io::Error::from(io::ErrorKind::ConnectionReset);
+        for refuse in [0, 2] {
+            let mut reader = script(vec![Ok(b"hello"), Err(reset())]);
+            let mut writer = Counting {
+                refuse,
+                ..Counting::default()
+            };
+            let err = run(&mut reader, &mut writer).unwrap_err();
+            assert!(
+                matches!(&err, CopyError::Read(e) if e.kind() == io::ErrorKind::ConnectionReset),
+                "{err:?}"
+            );
+            assert_eq!(writer.out, b"hello", "refused {refuse} writes first");
+            assert!(writer.last.is_empty());
+            assert_eq!(writer.shutdowns, 0);
+        }
     }
 
     impl AsyncWrite for Counting {
@@ -481,6 +625,10 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
+            if self.refuse > 0 {
+                self.refuse -= 1;
+                return Poll::Pending;
+            }
             self.out.extend_from_slice(buf);
             Poll::Ready(Ok(buf.len()))
         }
@@ -502,7 +650,14 @@ mod tests {
         let mut buf = [MaybeUninit::<u8>::uninit(); 64];
         let waker = Arc::new(Noop).into();
         let mut cx = Context::from_waker(&waker);
-        let done = transfer.poll_copy(&mut cx, &mut reader, &mut writer, &mut buf, None, None);
+        let done = transfer.poll_copy::<_, _, Plain>(
+            &mut cx,
+            &mut reader,
+            &mut writer,
+            &mut buf,
+            None,
+            None,
+        );
         assert!(matches!(done, Poll::Ready(Ok(()))));
         assert!(transfer.is_done());
         assert_eq!(writer.out, b"hello");

@@ -1,0 +1,71 @@
+//! The proxy's own streams write a direction's last bytes with `MSG_MORE`,
+//! so that the shutdown right after sends them and the FIN in one TCP
+//! segment: the closing frame a peer sends with its FIN reaches the other
+//! peer as one segment too, not two, as HAProxy forwards it.
+//!
+//! The tunnel is generic over its streams; which of them is a TCP socket
+//! is known here, where the types are the server's: a client stream that
+//! is a bare `TcpStream`, and the plain TCP upstream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use tokio::net::TcpStream;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use super::stream::UpstreamStream;
+use crate::tunnel::{LastWrite, Prefixed};
+
+/// The [`LastWrite`] of a proxied tunnel's streams.
+#[derive(Debug)]
+pub(crate) struct Sockets;
+
+impl<S: AsyncWrite + Unpin + 'static> LastWrite<Prefixed<S>> for Sockets {
+    fn poll_write_last(
+        writer: &mut Prefixed<S>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if let Some(tcp) = tcp_of(writer.get_mut()) {
+            return poll_send_more(tcp, cx, buf);
+        }
+        Pin::new(writer).poll_write(cx, buf)
+    }
+}
+
+/// The TCP socket a stream is, if it is one.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn tcp_of(stream: &mut dyn std::any::Any) -> Option<&TcpStream> {
+    if let Some(tcp) = stream.downcast_ref::<TcpStream>() {
+        return Some(tcp);
+    }
+    match stream.downcast_ref::<UpstreamStream>() {
+        Some(UpstreamStream::Tcp(tcp)) => Some(tcp),
+        _ => None,
+    }
+}
+
+/// `send(MSG_MORE)`: the kernel holds the bytes for what follows, here the
+/// shutdown's FIN or the close's (either sends them at once).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn poll_send_more(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    use tokio::io::Interest;
+    const FLAGS: std::ffi::c_int = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+    // As tokio's own write: wait for writability, try, and on WouldBlock
+    // (which clears the readiness) wait again, until the reactor says
+    // pending.
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        let sent = tcp.try_io(Interest::WRITABLE, || {
+            socket2::SockRef::from(tcp).send_with_flags(buf, FLAGS)
+        });
+        match sent {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            sent => return Poll::Ready(sent),
+        }
+    }
+}
