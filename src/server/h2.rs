@@ -102,6 +102,9 @@ impl Server {
     /// - it holds one of the [`max_connections`](Server::max_connections)
     ///   slots until it and every tunnel on it have ended, and carries at
     ///   most 128 streams at once (nginx `http2_max_concurrent_streams`);
+    ///   while no stream is open on it, it is idle like a keep-alive
+    ///   connection between requests, and when the server runs out of slots
+    ///   the longest idle one gets a GOAWAY and closes to make room;
     /// - [`on_connection_end`](Server::on_connection_end) and the proxy's hook
     ///   get one report per stream, and the counters count each stream as one
     ///   connection with one request, as for the tower service.
@@ -397,9 +400,7 @@ impl Streams {
             }
         }
     }
-}
 
-impl Streams {
     /// Counts the connection idle with the server's
     /// [`Reclaim`](crate::proxy::Reclaim) exactly while no stream is open,
     /// as an HTTP/1.1 connection is between requests (nginx counts an
