@@ -151,8 +151,11 @@ impl Server {
     /// `worker_connections`). At least 1. When all are taken, the one
     /// connection accepted next closes the longest idle keep-alive
     /// connection to take its slot, as nginx reuses idle connections
-    /// (`ngx_drain_connections`); without an idle one it waits for a
-    /// connection to end, and the next ones wait in the listen backlog.
+    /// (`ngx_drain_connections`); an HTTP/2 connection (feature `h2`) is
+    /// idle while no stream is open on it, and closes with a GOAWAY. A
+    /// connection with a tunnel is never taken. Without an idle one it
+    /// waits for a connection to end, and the next ones wait in the listen
+    /// backlog.
     #[must_use = "builder methods return the updated builder"]
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max.max(1);

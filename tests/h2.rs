@@ -154,14 +154,26 @@ impl Front {
     /// An h2 client over TLS (ALPN `h2`), once the server's SETTINGS
     /// allow extended CONNECT, and the task driving its connection.
     async fn h2(&self) -> (h2::client::SendRequest<Bytes>, JoinHandle<()>) {
+        let (send, driver) = self.h2_watched().await;
+        let driver = tokio::spawn(async move {
+            let _ = driver.await;
+        });
+        (send, driver)
+    }
+
+    /// As [`h2`](Self::h2), the driver ending with how the connection did.
+    async fn h2_watched(
+        &self,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        JoinHandle<Result<(), h2::Error>>,
+    ) {
         let tls = self.tls(&[b"h2"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
         let (send, conn) = bounded("h2 handshake", h2::client::handshake(tls))
             .await
             .unwrap();
-        let driver = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let driver = tokio::spawn(conn);
         let mut send = bounded("h2 ready", send.ready()).await.unwrap();
         // The server's SETTINGS come right after the handshake.
         for _ in 0..1000 {
@@ -660,4 +672,112 @@ async fn an_idle_h2_connection_closes_at_the_keepalive_timeout_but_not_while_a_t
         started.elapsed()
     );
     drop(send);
+}
+
+// ---------------------------------------------------------------------------
+// Out of connection slots
+// ---------------------------------------------------------------------------
+
+/// How `send`'s connection ended: the GOAWAY's reason, if one came.
+async fn goaway_reason(send: h2::client::SendRequest<Bytes>) -> Option<h2::Reason> {
+    match bounded("h2 ready", send.ready()).await {
+        Ok(_) => panic!("the connection still takes streams"),
+        Err(e) => e.is_go_away().then(|| e.reason()).flatten(),
+    }
+}
+
+#[tokio::test]
+async fn out_of_slots_the_longest_idle_h2_connection_makes_room_with_a_goaway() {
+    let (upstream, _ends) = echo_upstream().await;
+    let front = Front::start(proxy_to(upstream), |s| s.max_connections(3)).await;
+    let authority = front.authority();
+    let mut idle = Vec::new();
+    for i in 0..3 {
+        let (send, driver) = front.h2_watched().await;
+        // One has served a WebSocket already: idle again once it ended.
+        if i == 0 {
+            let mut ws = connect_ws(&send, &authority, "/done").await.1.unwrap();
+            echo(&mut ws, Message::text("before")).await;
+            bounded("close", ws.close(None)).await.unwrap();
+            while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+        }
+        idle.push((send, driver));
+    }
+    // Every slot is held by an idle h2 connection: a fourth client gets
+    // the slot of the longest idle one.
+    let (send, _driver) = front.h2().await;
+    let mut ws = connect_ws(&send, &authority, "/new").await.1.unwrap();
+    echo(&mut ws, Message::text("served")).await;
+    let (first, driver) = idle.remove(0);
+    // A clean close after GOAWAY(NO_ERROR), not a reset.
+    bounded("reclaimed connection ends", driver)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(goaway_reason(first).await, Some(h2::Reason::NO_ERROR));
+    // Only the one: the others still open streams.
+    for (i, (send, driver)) in idle.iter().enumerate() {
+        assert!(!driver.is_finished(), "idle connection {i} closed too");
+        let (status, ws) = connect_ws(send, &authority, "/still").await;
+        assert_eq!(status, 200);
+        echo(&mut ws.unwrap(), Message::text("still")).await;
+    }
+}
+
+#[tokio::test]
+async fn out_of_slots_h2_connections_with_open_websockets_are_never_reclaimed() {
+    let (upstream, mut ends) = echo_upstream().await;
+    let front = Front::start(proxy_to(upstream), |s| s.max_connections(2)).await;
+    let authority = front.authority();
+    let mut busy = Vec::new();
+    for i in 0..2 {
+        let (send, driver) = front.h2_watched().await;
+        let mut ws = connect_ws(&send, &authority, &format!("/t{i}"))
+            .await
+            .1
+            .unwrap();
+        echo(&mut ws, Message::text("open")).await;
+        busy.push((send, driver, ws));
+    }
+    // No connection idles: a third client's TLS handshake waits.
+    let tcp = TcpStream::connect(front.addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut third = Box::pin(front.tls.connector(&[b"h2"]).connect(name, tcp));
+    let waited = tokio::time::timeout(Duration::from_millis(500), &mut third).await;
+    assert!(waited.is_err(), "a third connection was served");
+    for (i, (send, driver, ws)) in busy.iter_mut().enumerate() {
+        assert!(!driver.is_finished(), "connection {i} was closed");
+        echo(ws, Message::text("still open")).await;
+        // No GOAWAY came either: the connection still takes streams.
+        let (status, more) = connect_ws(send, &authority, "/more").await;
+        assert_eq!(status, 200, "connection {i} refused a stream");
+        let mut more = more.unwrap();
+        echo(&mut more, Message::text("more")).await;
+        bounded("close", more.close(None)).await.unwrap();
+        while let Some(Ok(_)) = bounded("end", more.next()).await {}
+        assert_eq!(
+            bounded("upstream ends", ends.recv()).await.as_deref(),
+            Some("/more")
+        );
+    }
+    assert!(ends.try_recv().is_err(), "an upstream tunnel ended");
+    // Once the first tunnel ends its connection idles, and is the one
+    // to make room: GOAWAY, while the second tunnel runs on.
+    let (first, driver, mut ws) = busy.remove(0);
+    bounded("close", ws.close(None)).await.unwrap();
+    while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+    drop(ws);
+    bounded("third handshake", third).await.unwrap();
+    bounded("idle connection ends", driver)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(goaway_reason(first).await, Some(h2::Reason::NO_ERROR));
+    let (_, driver, ws) = &mut busy[0];
+    assert!(!driver.is_finished());
+    echo(ws, Message::text("second still open")).await;
+    assert_eq!(
+        bounded("first upstream ends", ends.recv()).await.as_deref(),
+        Some("/t0")
+    );
 }

@@ -771,6 +771,15 @@ impl Drain {
         }
     }
 
+    /// Hands a reclaim this connection took but cannot answer (it is busy
+    /// again) on to the longest idle other one.
+    #[cfg(feature = "h2")]
+    pub(crate) fn pass_on_reclaim(&self) {
+        if let Some(reclaim) = &self.reclaim {
+            reclaim.close_oldest();
+        }
+    }
+
     pub(crate) fn phase(&self) -> DrainPhase {
         *self.rx.borrow()
     }

@@ -1,7 +1,8 @@
 //! Idle keep-alive connections a server closes when it runs out of
 //! connection slots, oldest first (nginx `ngx_drain_connections`, which
 //! reuses idle keep-alive connections when `worker_connections` runs
-//! short).
+//! short): HTTP/1.1 ones between requests, HTTP/2 ones while no stream is
+//! open on them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

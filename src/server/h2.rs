@@ -102,6 +102,9 @@ impl Server {
     /// - it holds one of the [`max_connections`](Server::max_connections)
     ///   slots until it and every tunnel on it have ended, and carries at
     ///   most 128 streams at once (nginx `http2_max_concurrent_streams`);
+    ///   while no stream is open on it, it is idle like a keep-alive
+    ///   connection between requests, and when the server runs out of slots
+    ///   the longest idle one gets a GOAWAY and closes to make room;
     /// - [`on_connection_end`](Server::on_connection_end) and the proxy's hook
     ///   get one report per stream, and the counters count each stream as one
     ///   connection with one request, as for the tower service.
@@ -183,6 +186,9 @@ pub(crate) struct Front {
     keep: Option<Arc<dyn Any + Send + Sync>>,
     /// The connection's open streams, tunnels included.
     streams: Arc<Streams>,
+    /// The stream of a WebSocket being handed over to its tunnel (see
+    /// [`opening`](Self::opening)).
+    opening: Option<Arc<Busy>>,
 }
 
 impl Front {
@@ -201,6 +207,18 @@ impl Front {
             on_end,
             keep: None,
             streams: Arc::default(),
+            opening: None,
+        }
+    }
+
+    /// A copy for the tunnel of a WebSocket stream, counting that stream
+    /// open from now on. hyper drops the stream's answer before the tunnel
+    /// starts, on another task: without this the connection would look
+    /// idle in between, and could be reclaimed with a WebSocket opening.
+    pub(crate) fn opening(&self) -> Self {
+        Self {
+            opening: Some(Arc::new(self.streams.enter())),
+            ..self.clone()
         }
     }
 
@@ -226,9 +244,11 @@ impl Front {
             drain,
             keep,
             streams,
+            opening,
             ..
         } = self;
         let busy = streams.enter();
+        drop(opening);
         // The cut at the drain deadline went through the registry without a
         // tunnel that was still opening: it ends at once.
         let started = |handle: crate::tunnel::TunnelHandle| {
@@ -305,10 +325,17 @@ pub(crate) async fn serve<S, K>(
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let ended = tokio::select! {
+        // The connection first: a stream whose HEADERS it has read is
+        // counted open before a reclaim is looked at.
+        biased;
         ended = connection.as_mut() => Some(ended),
         () = drain.clone().reached(DrainPhase::Draining) => None,
         () = streams.idle_for(idle_timeout) => {
             tracing::debug!(client = %peer, "idle http/2 connection closed");
+            None
+        }
+        () = streams.reclaimed(&drain) => {
+            tracing::debug!(client = %peer, "idle http/2 connection reclaimed");
             None
         }
     };
@@ -316,11 +343,18 @@ pub(crate) async fn serve<S, K>(
         // GOAWAY: no new streams; the tunnels on the open ones get their
         // Close 1001 from the server's drain, spread over its window.
         connection.as_mut().graceful_shutdown();
+        // h2 closes after the PING that follows its first GOAWAY comes
+        // back (RFC 9113 §6.8): a client that never answers would keep
+        // the slot a reclaim freed it for.
+        let linger = proxy.timeouts().send;
         tokio::select! {
             _ = connection.as_mut() => {}
             // At the deadline the tunnels are cut through the registry;
             // the connection closes with them.
             () = drain.reached(DrainPhase::Cut) => {}
+            () = streams.idle_for(linger) => {
+                tracing::debug!(client = %peer, "http/2 client silent after GOAWAY");
+            }
         }
     } else if let Some(Err(e)) = ended {
         tracing::debug!(client = %peer, error = %e, "http/2 connection ended");
@@ -328,7 +362,8 @@ pub(crate) async fn serve<S, K>(
     drop(keep);
 }
 
-/// The streams open on one connection, for its keep-alive timeout.
+/// The streams open on one connection, for its keep-alive timeout and the
+/// server's reclaim of idle connections.
 #[derive(Debug, Default)]
 struct Streams {
     open: AtomicUsize,
@@ -362,6 +397,37 @@ impl Streams {
                     }
                 }
                 () = changed => {}
+            }
+        }
+    }
+
+    /// Counts the connection idle with the server's
+    /// [`Reclaim`](crate::proxy::Reclaim) exactly while no stream is open,
+    /// as an HTTP/1.1 connection is between requests (nginx counts an
+    /// HTTP/2 connection reusable while it processes no stream); resolves
+    /// when the server reclaims it with none open.
+    async fn reclaimed(&self, drain: &Drain) {
+        // Bounded: each turn waits for a change of the open streams or for
+        // the server's request.
+        loop {
+            let changed = self.changed.notified();
+            if self.open.load(Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                // A stream opened: dropping the wait counts it out.
+                () = changed => {}
+                () = drain.reclaimed() => {
+                    if self.open.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                    // A stream opened as the request came: the request goes
+                    // to the next idle connection, or the server would
+                    // wait while one idles.
+                    drain.pass_on_reclaim();
+                }
             }
         }
     }

@@ -416,7 +416,7 @@ impl ProxyService {
                 // the pending upgrade counts as abandoned).
                 let wait = self.proxy.timeouts().send;
                 #[cfg(feature = "h2")]
-                let front = self.front.clone();
+                let front = self.front.as_ref().map(crate::server::Front::opening);
                 tokio::spawn(async move {
                     match tokio::time::timeout(wait, on_upgrade).await {
                         Ok(Ok(upgraded)) => {
