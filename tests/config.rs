@@ -342,6 +342,8 @@ impl Checked {
             while let Ok((stream, _)) = listener.accept().await {
                 let (failing, checks) = (flag.clone(), count.clone());
                 tokio::spawn(async move {
+                    // tungstenite's callback type, not ours.
+                    #[allow(clippy::result_large_err)]
                     let answer = |request: &Request, response: Response| {
                         if request.uri().path() == "/healthz" {
                             checks.fetch_add(1, Ordering::Relaxed);

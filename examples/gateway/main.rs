@@ -337,7 +337,7 @@ async fn serve(
         // The servers of listeners a reload bound drain on the same signal.
         let bound = drain_timeout.saturating_add(Duration::from_secs(10));
         let _ = tokio::time::timeout(bound, async {
-            if let Ok(servers) = reloading.await {
+            if let Ok((servers, _background)) = reloading.await {
                 for server in servers {
                     let _ = server.await;
                 }

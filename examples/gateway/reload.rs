@@ -139,8 +139,9 @@ impl Reloader {
     }
 
     /// Reloads on request until shutdown; returns the servers of the
-    /// listeners reloads bound, for the drain to wait on.
-    pub async fn run(mut self) -> Vec<ServerTask> {
+    /// listeners reloads bound, for the drain to wait on, and the groups'
+    /// background work, which runs on while they drain.
+    pub async fn run(mut self) -> (Vec<ServerTask>, Background) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = self.stop.clone();
@@ -163,7 +164,7 @@ impl Reloader {
                 }
             }
         }
-        self.servers
+        (self.servers, self.background)
     }
 
     async fn reload(&mut self, why: &str) {
