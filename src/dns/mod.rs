@@ -241,8 +241,9 @@ impl Discovery {
 
     /// Starts resolving on the current tokio runtime: the first lookup at
     /// once. The task stops when the handle is dropped (or
-    /// [`stop`](DiscoveryHandle::stop)ped); the upstreams it added stay in
-    /// the set.
+    /// [`stop`](DiscoveryHandle::stop)ped), and the upstreams it added stay
+    /// in the set; a [`retire`](DiscoveryHandle::retire)d one drains them
+    /// first.
     ///
     /// # Errors
     ///
