@@ -206,8 +206,9 @@ impl Reloader {
             eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
             return;
         }
-        // No await from here to the swap: what the discoveries hold now is
-        // what is carried.
+        // No await from here to the swap, and the discoveries run on this
+        // same single-threaded control runtime: what they hold now is what
+        // is carried.
         crate::dns::carry(&self.proxy, &self.args, &args, &groups);
         let done = self.proxy.reconfigure(next);
         // Routed groups only: a group a reload removed keeps its tunnels
