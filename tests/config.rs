@@ -7,13 +7,14 @@ mod config_gateway;
 mod support;
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use config_gateway::{banner_addr, echoes, named_upstream, open, Gateway, TempDir, Ws};
 use support::{bounded, closed_port, gateway_bin, within, WAIT};
@@ -314,4 +315,220 @@ async fn reload_under_load_drops_no_tunnel_and_fails_no_handshake() {
         }
     })
     .await;
+}
+
+/// A WebSocket upstream that announces `name` and echoes, but answers 503
+/// to every handshake while `failing` is set: it fails `ws:` health checks
+/// (and the clients sent to it) while accepting TCP connections all along.
+/// `checks` counts the health checks it received.
+struct Checked {
+    addr: SocketAddr,
+    failing: Arc<AtomicBool>,
+    checks: Arc<AtomicUsize>,
+}
+
+impl Checked {
+    async fn start(name: &'static str) -> Self {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+        use tokio_tungstenite::tungstenite::Message;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let failing = Arc::new(AtomicBool::new(true));
+        let checks = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (failing.clone(), checks.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (failing, checks) = (flag.clone(), count.clone());
+                tokio::spawn(async move {
+                    // tungstenite's callback type, not ours.
+                    #[allow(clippy::result_large_err)]
+                    let answer = |request: &Request, response: Response| {
+                        if request.uri().path() == "/healthz" {
+                            checks.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if !failing.load(Ordering::Relaxed) {
+                            return Ok(response);
+                        }
+                        let mut refused = ErrorResponse::new(Some("failing".into()));
+                        *refused.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                        Err(refused)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, answer).await
+                    else {
+                        return;
+                    };
+                    if ws.send(Message::text(name)).await.is_err() {
+                        return;
+                    }
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_close() {
+                            let _ = ws.flush().await;
+                            return;
+                        }
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            failing,
+            checks,
+        }
+    }
+
+    fn checks(&self) -> usize {
+        self.checks.load(Ordering::Relaxed)
+    }
+}
+
+/// The upstream a new tunnel to `/` reaches, or `None` when its handshake
+/// is refused.
+async fn reached(addr: SocketAddr) -> Option<String> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stream = bounded("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let url = format!("ws://{addr}/");
+    let (mut ws, _) = bounded("handshake", tokio_tungstenite::client_async(url, stream))
+        .await
+        .ok()?;
+    match bounded("announce", ws.next()).await {
+        Some(Ok(Message::Text(name))) => Some(name.to_string()),
+        other => panic!("no announce: {other:?}"),
+    }
+}
+
+/// Waits until `n` new tunnels in a row reach `name`.
+async fn only(addr: SocketAddr, name: &str, n: usize) {
+    bounded(&format!("{n} tunnels in a row to {name}"), async {
+        let mut in_a_row = 0;
+        while in_a_row < n {
+            in_a_row = match reached(addr).await {
+                Some(got) if got == name => in_a_row + 1,
+                _ => 0,
+            };
+        }
+    })
+    .await;
+}
+
+/// Waits until a new tunnel reaches `name`.
+async fn back(addr: SocketAddr, name: &str) {
+    bounded(&format!("{name} back after passing its checks"), async {
+        while reached(addr).await.as_deref() != Some(name) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// Waits until `upstream` has been checked `n` times.
+async fn checked_times(upstream: &Checked, n: usize) {
+    bounded(&format!("{n} checks"), async {
+        while upstream.checks() < n {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// `a` (passive accounting off, so that only its checks take it out) and
+/// `b` by default, `other` on `/other`, all checked with WebSocket
+/// handshakes every `interval` ms; `connect` is a setting the checks do not
+/// read.
+fn checked(
+    a: SocketAddr,
+    b: SocketAddr,
+    other: Option<SocketAddr>,
+    connect: u32,
+    interval: u32,
+) -> String {
+    let route = other.map_or(String::new(), |c| {
+        format!("[[route]]\nprefix = \"/other\"\nupstreams = [\"{c}\"]\n")
+    });
+    format!(
+        r#"listen = "127.0.0.1:0"
+upstream = ["{a},max_fails=0", "{b}"]
+{route}[timeouts]
+connect = "{connect}s"
+[health]
+check = "ws:/healthz"
+interval = "{interval}ms"
+rise = 2
+fall = 2
+"#
+    )
+}
+
+/// A reload that leaves a group's health checks alone keeps them running:
+/// no upstream is checked again at once (a new checker would check every
+/// one as it starts), the upstream they took out stays out, and comes back
+/// once it passes; a group the reload removes is no longer checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrelated_reload_keeps_the_health_checks_running() {
+    let a = Checked::start("a").await;
+    let b = named_upstream("b").await;
+    let other = Checked::start("other").await;
+    let gateway = Gateway::start(&checked(a.addr, b, Some(other.addr), 5, 1000), &[]).await;
+    checked_times(&a, 1).await;
+    checked_times(&other, 1).await;
+
+    gateway.reload(&checked(a.addr, b, None, 6, 1000)).await;
+    let reloaded = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Unless a second has passed since the first check (a slow machine),
+    // a restarted checker would have checked a again by now.
+    if reloaded.elapsed() < Duration::from_millis(700) {
+        assert_eq!(a.checks(), 1, "the reload restarted the checks");
+    }
+    // a fails its second check too (fall 2): taken out, every tunnel
+    // reaches b.
+    only(gateway.addr, "b", 6).await;
+    let other_checks = other.checks();
+    a.failing.store(false, Ordering::Relaxed);
+    back(gateway.addr, "a").await;
+    assert_eq!(
+        other.checks(),
+        other_checks,
+        "the removed group is still checked"
+    );
+}
+
+/// A reload that changes the health checks starts new ones, which take
+/// over the old ones' marks: the upstream they took out stays out (a
+/// fresh count would take it for up, and never bring it back once it
+/// passes), and comes back once it passes the new checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_health_checks_take_over_the_marks_of_the_old_ones() {
+    let a = Checked::start("a").await;
+    let b = named_upstream("b").await;
+    let gateway = Gateway::start(&checked(a.addr, b, None, 5, 500), &[]).await;
+    only(gateway.addr, "b", 6).await;
+    let before = a.checks();
+
+    gateway.reload(&checked(a.addr, b, None, 5, 400)).await;
+    assert!(
+        gateway.stderr().contains("new health checks"),
+        "{}",
+        gateway.stderr()
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            reached(gateway.addr).await.as_deref(),
+            Some("b"),
+            "new checks put an upstream the old ones took out back"
+        );
+    }
+    // The new checker checks at once, and a still fails; it passes from
+    // here on.
+    checked_times(&a, before + 1).await;
+    a.failing.store(false, Ordering::Relaxed);
+    back(gateway.addr, "a").await;
 }

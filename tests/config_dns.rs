@@ -183,3 +183,165 @@ async fn reloads_keep_dns_upstreams_and_their_discovery() {
     echoes(&mut on_srv, "draining, not dropped").await;
     echoes(&mut on_dns, "at the end").await;
 }
+
+/// `/` to `a`; `/dns` to `upstreams`, if any; DNS from `dns`, re-resolved
+/// every 200 ms at most.
+fn with_dns_route(dns: SocketAddr, a: SocketAddr, upstreams: Option<&str>) -> String {
+    let route = upstreams.map_or(String::new(), |list| {
+        format!("[[route]]\nprefix = \"/dns\"\nupstreams = [\"{list}\"]\n")
+    });
+    format!(
+        r#"listen = "127.0.0.1:0"
+upstream = ["{a}"]
+resolver = "{dns}"
+resolve-min-ttl = "100ms"
+resolve-max-ttl = "200ms"
+{route}"#
+    )
+}
+
+/// A reload that adds a `dns:` route starts its discovery before the route
+/// is in force (its first tunnel connects), one that renames the DNS
+/// upstream starts the new name and drains the old one's addresses (their
+/// tunnels run on), and one that drops it stops the lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_start_replace_and_stop_dns_discoveries() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let c = named_upstream("c").await;
+    let mut zone = Zone {
+        ttl: 1,
+        ..Zone::default()
+    };
+    for name in ["chat.test", "other.test"] {
+        zone.hosts
+            .insert(name.into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    }
+    let dns = DnsServer::start(zone).await;
+    let gateway = Gateway::start(&with_dns_route(dns.addr, a, None), &[]).await;
+    let addr = gateway.addr;
+    assert_eq!(dns.queries(), 0);
+
+    let on_chat = format!("dns:chat.test:{}", b.port());
+    gateway
+        .reload(&with_dns_route(dns.addr, a, Some(&on_chat)))
+        .await;
+    // At once: no tunnel may meet an empty group.
+    let (mut on_b, name) = open(addr, "/dns/x").await;
+    assert_eq!(name, "b");
+    echoes(&mut on_b, "through the added route").await;
+
+    let on_other = format!("dns:other.test:{}", c.port());
+    gateway
+        .reload(&with_dns_route(dns.addr, a, Some(&on_other)))
+        .await;
+    let err = gateway.stderr();
+    assert!(
+        err.contains(&format!("dns chat.test:{} of /dns stopped", b.port())),
+        "{err}"
+    );
+    let (mut on_c, name) = open(addr, "/dns/x").await;
+    assert_eq!(name, "c");
+    // Well past several re-resolutions: chat.test's address drains and
+    // stays out.
+    for _ in 0..6 {
+        let (_, name) = open(addr, "/dns/x").await;
+        assert_eq!(name, "c", "a renamed DNS upstream still gets tunnels");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echoes(&mut on_b, "draining, not dropped").await;
+
+    gateway
+        .reload(&with_dns_route(dns.addr, a, Some(&a.to_string())))
+        .await;
+    let (_, name) = open(addr, "/dns/x").await;
+    assert_eq!(name, "a");
+    // A lookup under way may still land; none may start after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = dns.queries();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        dns.queries(),
+        asked,
+        "a dropped DNS upstream is still resolved"
+    );
+    echoes(&mut on_c, "draining, not dropped").await;
+    echoes(&mut on_b, "at the end").await;
+}
+
+/// `/` to `dns:chat.test:PORT` with `options`; an extra route when
+/// `extra`, and `connect` seconds: what the reloads change.
+fn steady(
+    dns: SocketAddr,
+    port: u16,
+    options: &str,
+    extra: Option<SocketAddr>,
+    connect: u32,
+) -> String {
+    let route = extra.map_or(String::new(), |b| {
+        format!("[[route]]\nprefix = \"/extra\"\nupstreams = [\"{b}\"]\n")
+    });
+    format!(
+        r#"listen = "127.0.0.1:0"
+upstream = ["dns:chat.test:{port}{options}"]
+resolver = "{dns}"
+resolve-max-ttl = "60s"
+{route}[timeouts]
+connect = "{connect}s"
+"#
+    )
+}
+
+/// Reloads that leave a DNS upstream as it was leave its discovery alone:
+/// no new lookup, the same upstreams. One that changes its options
+/// replaces it, without a moment with no upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_dns_upstream_keeps_its_discovery_through_reloads() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let mut zone = Zone {
+        ttl: 30,
+        ..Zone::default()
+    };
+    zone.hosts
+        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let dns = DnsServer::start(zone).await;
+    let gateway = Gateway::start(&steady(dns.addr, a.port(), "", None, 5), &[]).await;
+    let addr = gateway.addr;
+    let (mut held, name) = open(addr, "/").await;
+    assert_eq!(name, "a");
+    let asked = dns.queries();
+    assert!(asked > 0);
+
+    for round in 0..4 {
+        let extra = (round % 2 == 0).then_some(b);
+        gateway
+            .reload(&steady(dns.addr, a.port(), "", extra, 6 + round))
+            .await;
+        let (_, name) = open(addr, "/").await;
+        assert_eq!(name, "a");
+    }
+    assert_eq!(
+        dns.queries(),
+        asked,
+        "a reload looked an unchanged name up again"
+    );
+    assert!(
+        !gateway.stderr().contains("stopped"),
+        "{}",
+        gateway.stderr()
+    );
+
+    gateway
+        .reload(&steady(dns.addr, a.port(), ",max_fails=2", None, 5))
+        .await;
+    let (_, name) = open(addr, "/").await;
+    assert_eq!(name, "a");
+    assert!(dns.queries() > asked);
+    let err = gateway.stderr();
+    assert!(
+        err.contains(&format!("dns chat.test:{} of default stopped", a.port())),
+        "{err}"
+    );
+    echoes(&mut held, "on the replaced discovery's upstream").await;
+}

@@ -504,3 +504,59 @@ async fn a_join_can_run_a_rebalance_that_moves_tunnels_to_the_newcomer() {
     }
     assert_eq!(moved, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retired_discovery_stops_resolving_and_drains_what_it_added() {
+    let (a, b, fixed) = (backend().await, backend().await, backend().await);
+    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    zone.srv.insert(
+        "_ws._tcp.chat.test".into(),
+        vec![srv(a.port(), 1), srv(b.port(), 1)],
+    );
+    let dns = DnsServer::start(zone).await;
+    let set = UpstreamSet::new();
+    set.add(Upstream::new(fixed));
+    let (gw, _group) = proxy(&set).await;
+    let handle = discovery(&dns, DnsName::srv("_ws._tcp.chat.test"), &set)
+        .spawn()
+        .unwrap();
+    lookups(&handle, 1).await;
+    assert_eq!(peers(&set).len(), 3);
+    // A tunnel on one of the discovered two.
+    let (mut held, label) = loop {
+        let (ws, label) = open(&gw).await;
+        if label != fixed.port().to_string() {
+            break (ws, label);
+        }
+    };
+
+    let asked = dns.queries();
+    let drained = handle.retire();
+    // The idle one leaves at once, the held one drains.
+    bounded("the idle one's removal", async {
+        while peers(&set).len() > 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let draining: Vec<u16> = peers(&set)
+        .iter()
+        .filter(|p| p.is_draining())
+        .filter_map(|p| p.addr().as_socket_addr().map(|a| a.port()))
+        .collect();
+    assert_eq!(draining, [label.parse::<u16>().unwrap()]);
+    // New tunnels reach the static upstream only; the held one runs on.
+    assert_eq!(reached(&gw, 4).await, vec![fixed.port().to_string(); 4]);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(say(&mut held, "still here").await, label);
+    assert_eq!(dns.queries(), asked, "a retired discovery looked up again");
+
+    held.close(None).await.unwrap();
+    let last = within(Duration::from_secs(10), "the retired task's end", drained).await;
+    assert_eq!((last.left, last.removed, last.members), (2, 2, 0));
+    let left: Vec<Option<SocketAddr>> = peers(&set)
+        .iter()
+        .map(|p| p.addr().as_socket_addr())
+        .collect();
+    assert_eq!(left, [Some(fixed)]);
+}

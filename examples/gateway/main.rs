@@ -26,6 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod access_log;
 #[cfg(feature = "metrics")]
 mod admin;
+mod background;
 mod cli;
 mod config;
 mod demo;
@@ -44,20 +45,17 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, FromArgMatches};
-use tokio::sync::Notify;
-use wsproxy::balance::Rebalance;
 use wsproxy::balance::{
     Balancer, BoundedLoad, ConsistentHash, HashKey, IpHash, LeastConn, RoundRobin, Upstream,
     UpstreamSet,
 };
 use wsproxy::forward::{ForwardPolicy, HostMode, Scheme};
-use wsproxy::proxy::Rebalancer;
 use wsproxy::route::Route;
 use wsproxy::server::Server;
 use wsproxy::tunnel::TunnelConfig;
-use wsproxy::{HealthCheck, HealthChecker, Proxy, UpstreamGroup};
+use wsproxy::{HealthCheck, Proxy, UpstreamGroup};
 
-use cli::{Args, Balance, OnMarkedDown, OnOff, Redirect};
+use cli::{Args, Balance, OnOff, Redirect};
 use upstream_spec::Transport;
 
 fn main() -> ExitCode {
@@ -161,9 +159,7 @@ fn main() -> ExitCode {
             };
             tokio::spawn(admin.serve(listener));
         }
-        // Kept until the gateway stops.
-        let _discoveries = dns::start(&args, &groups).await?;
-        let tasks = start_group_tasks(&args, health.as_ref(), groups);
+        let background = background::Background::start(&args, health.as_ref(), groups).await?;
         let admin = AdminNote {
             addr: admin_addr,
             draining,
@@ -176,78 +172,13 @@ fn main() -> ExitCode {
             drain_timeout,
             proxy_protocol,
             admin,
-            tasks,
+            background,
         )
         .await
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
-    }
-}
-
-/// Starts each group's health checker and rebalancer, as the flags ask.
-/// They run until the process exits (the drain does not wait for them) or
-/// a reload replaces them.
-fn start_group_tasks(
-    args: &Args,
-    health: Option<&HealthCheck>,
-    groups: Groups,
-) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for (set, group) in groups {
-        {
-            let rebalance = args.rebalance_rate.map(|rate| {
-                let wake = Arc::new(Notify::new());
-                let planner = Rebalance::new(args.rebalance_factor).unwrap_or_default();
-                let rebalancer = Rebalancer::new(group.clone(), set.clone())
-                    .planner(planner)
-                    .rate(rate);
-                tasks.push(tokio::spawn(rebalance(
-                    rebalancer,
-                    args.rebalance_interval,
-                    wake.clone(),
-                )));
-                wake
-            });
-            if let Some(config) = health {
-                let mut checker = HealthChecker::new(set, config.clone());
-                checker = upstream_tls::check(checker, &group);
-                if args.on_marked_down == Some(OnMarkedDown::Close) {
-                    checker = checker.close_on_down(&group);
-                }
-                if let Some(wake) = rebalance {
-                    // An upstream that comes (back) up takes its share now.
-                    checker = checker.on_change(move |_, up| {
-                        if up {
-                            wake.notify_one();
-                        }
-                    });
-                }
-                tasks.push(tokio::spawn(checker.run(std::future::pending())));
-            }
-        }
-    }
-    tasks
-}
-
-/// Rebalances one group every `every`, and when `wake` is notified, if its
-/// most loaded upstream holds more than the factor allows.
-async fn rebalance(rebalancer: Rebalancer, every: Duration, wake: Arc<Notify>) {
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = wake.notified() => {}
-        }
-        let report = rebalancer.run().await;
-        if report.moved > 0 {
-            eprintln!(
-                "gateway: rebalanced: max/mean {:.2} -> {:.2}, {} tunnels moved",
-                report.before.ratio(),
-                report.after.ratio(),
-                report.moved
-            );
-        }
     }
 }
 
@@ -310,7 +241,7 @@ async fn serve(
     drain_timeout: Duration,
     proxy_protocol: ProxyProtocolSetting,
     admin: AdminNote,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    background: background::Background,
 ) -> std::io::Result<()> {
     let scheme = if tls.is_some() {
         Scheme::Https
@@ -360,7 +291,9 @@ async fn serve(
         let _ = stopping.send(true);
     });
     let shutdown = reload::stopped(stop.clone());
-    let (retire, reloading) = match &args.config {
+    // Without a reloader to own them, the groups' tasks and discoveries
+    // are kept here until the gateway stops.
+    let (retire, reloading, _background) = match &args.config {
         Some(path) => {
             let (reloader, retire) = reload::Reloader::new(
                 path.clone(),
@@ -369,12 +302,12 @@ async fn serve(
                 server.clone(),
                 tls.clone(),
                 local,
-                tasks,
+                background,
                 stop,
             )?;
-            (retire, Some(tokio::spawn(reloader.run())))
+            (retire, Some(tokio::spawn(reloader.run())), None)
         }
-        None => (reload::Retire::never(), None),
+        None => (reload::Retire::never(), None, Some(background)),
     };
     let ws = if tls.is_some() { "wss" } else { "ws" };
     let alpn = match &tls {
@@ -404,7 +337,7 @@ async fn serve(
         // The servers of listeners a reload bound drain on the same signal.
         let bound = drain_timeout.saturating_add(Duration::from_secs(10));
         let _ = tokio::time::timeout(bound, async {
-            if let Ok(servers) = reloading.await {
+            if let Ok((servers, _background)) = reloading.await {
                 for server in servers {
                     let _ = server.await;
                 }

@@ -8,8 +8,9 @@
 //! ones drained until their tunnels end), balancing, hash key, forwarding
 //! policy, timeouts, pings and body limits take effect from the next
 //! request, while every open connection and tunnel runs on where it is.
-//! Health checkers and rebalancers restart with the new settings over the
-//! kept upstream sets. A changed `listen` address is bound first, then the
+//! Health checkers, rebalancers and DNS discoveries run on where their
+//! settings did not change, and start or stop with their groups and names
+//! (see background.rs). A changed `listen` address is bound first, then the
 //! old listener stops accepting; the connections it accepted run on until
 //! they end or the gateway drains. What is fixed at start (workers,
 //! connection limit, drain settings, TLS, PROXY protocol, access log, admin
@@ -25,8 +26,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use wsproxy::server::{DrainReport, Server};
 use wsproxy::workers::BoundWorkers;
-use wsproxy::Proxy;
+use wsproxy::{Proxy, UpstreamGroup};
 
+use crate::background::Background;
 use crate::cli::Args;
 use crate::config;
 
@@ -90,8 +92,8 @@ pub struct Reloader {
     tls: Option<crate::tls::Tls>,
     /// The address being served, as bound.
     local: SocketAddr,
-    /// Health checkers and rebalancers of the groups in force.
-    tasks: Vec<JoinHandle<()>>,
+    /// Health checkers, rebalancers and discoveries of the groups in force.
+    background: Background,
     stop: watch::Receiver<bool>,
     /// Retires the listener being served.
     retire: Option<oneshot::Sender<()>>,
@@ -113,7 +115,7 @@ impl Reloader {
         server: Server,
         tls: Option<crate::tls::Tls>,
         local: SocketAddr,
-        tasks: Vec<JoinHandle<()>>,
+        background: Background,
         stop: watch::Receiver<bool>,
     ) -> io::Result<(Self, Retire)> {
         let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -126,7 +128,7 @@ impl Reloader {
             server,
             tls,
             local,
-            tasks,
+            background,
             stop,
             retire: Some(retire),
             servers: Vec::new(),
@@ -137,8 +139,9 @@ impl Reloader {
     }
 
     /// Reloads on request until shutdown; returns the servers of the
-    /// listeners reloads bound, for the drain to wait on.
-    pub async fn run(mut self) -> Vec<ServerTask> {
+    /// listeners reloads bound, for the drain to wait on, and the groups'
+    /// background work, which runs on while they drain.
+    pub async fn run(mut self) -> (Vec<ServerTask>, Background) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = self.stop.clone();
@@ -161,7 +164,7 @@ impl Reloader {
                 }
             }
         }
-        self.servers
+        (self.servers, self.background)
     }
 
     async fn reload(&mut self, why: &str) {
@@ -179,44 +182,61 @@ impl Reloader {
         };
         args.config.clone_from(&self.args.config);
         args.watch_config = self.args.watch_config;
-        // Checked by `load` already; a failure here is one more refusal.
-        let built = crate::build_proxy(&args, None).and_then(|(next, groups)| {
-            crate::dns::carry(&self.proxy, &self.args, &args, &groups);
-            Ok((next, crate::health_config(&args)?))
-        });
-        let (next, health) = match built {
+        // Checked by `load` already (but for DNS upstreams in a gateway
+        // built without them); a failure here is one more refusal.
+        let built = crate::dns::check(&args)
+            .and_then(|()| crate::build_proxy(&args, None))
+            .and_then(|(next, groups)| Ok((next, groups, crate::health_config(&args)?)));
+        let (next, groups, health) = match built {
             Ok(built) => built,
             Err(msg) => {
                 eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
                 return;
             }
         };
-        let done = self.proxy.reconfigure(next);
-        for task in self.tasks.drain(..) {
-            task.abort();
+        // A group the swap adds is put in force as built: its discoveries
+        // answer first, so that it serves from its first request.
+        let known: Vec<UpstreamGroup> = self.proxy.groups();
+        let added: crate::Groups = groups
+            .iter()
+            .filter(|(_, g)| !known.iter().any(|k| k.name() == g.name()))
+            .cloned()
+            .collect();
+        if let Err(msg) = self.background.before_swap(&args, &added).await {
+            eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
+            return;
         }
+        // No await from here to the swap, and the discoveries run on this
+        // same single-threaded control runtime: what they hold now is what
+        // is carried.
+        crate::dns::carry(&self.proxy, &self.args, &args, &groups);
+        let done = self.proxy.reconfigure(next);
         // Routed groups only: a group a reload removed keeps its tunnels
         // but gets no checks or rebalancing.
-        let mut groups: crate::Groups = Vec::new();
+        let mut in_force: crate::Groups = Vec::new();
         for route in self.proxy.routes().iter() {
             let group = route.target();
             if let Some(set) = group.upstreams() {
-                if !groups.iter().any(|(_, g)| g.name() == group.name()) {
-                    groups.push((set.clone(), group.clone()));
+                if !in_force.iter().any(|(_, g)| g.name() == group.name()) {
+                    in_force.push((set.clone(), group.clone()));
                 }
             }
         }
-        self.tasks = crate::start_group_tasks(&args, health.as_ref(), groups);
+        let replaced = self
+            .background
+            .after_swap(&args, health.as_ref(), in_force)
+            .await;
+        if !replaced.is_empty() {
+            eprintln!(
+                "gateway: reload: new health checks and rebalancing for {}",
+                replaced.join(", ")
+            );
+        }
         if args.listen != self.args.listen && !self.rebind(args.listen).await {
             // Kept, so that the next reload tries again.
             args.listen = self.args.listen;
         }
-        let mut fixed = needs_restart(&self.args, &args);
-        // The discoveries run on over the kept sets, with the names they
-        // were started with.
-        if crate::dns::templates(&self.args) != crate::dns::templates(&args) {
-            fixed.push("dns: and srv: upstreams");
-        }
+        let fixed = needs_restart(&self.args, &args);
         if !fixed.is_empty() {
             eprintln!(
                 "gateway: reload: {} changed; that takes effect after a restart",

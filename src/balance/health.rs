@@ -162,6 +162,42 @@ impl HealthState {
         Some(if ok { Transition::Up } else { Transition::Down })
     }
 
+    /// Takes `id` as down without checking it, its streak reset: an upstream
+    /// found marked down by an earlier run of the checks (one stopped
+    /// without lifting its marks, or an aborted one) stays out until `rise`
+    /// checks in a row pass, as if these checks had marked it. Returns
+    /// whether its state changed (`false` for an unknown id or one already
+    /// down).
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use wsproxy::balance::health::{HealthState, Transition};
+    /// use wsproxy::balance::{Upstream, UpstreamSet};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let set = UpstreamSet::new();
+    /// let id = set.add(Upstream::new("127.0.0.1:9001".parse::<std::net::SocketAddr>()?));
+    /// let mut state = HealthState::new(Duration::from_secs(2), 2, 3);
+    /// let now = Instant::now();
+    /// state.sync([id], now);
+    /// assert!(state.mark_down(id));
+    /// assert_eq!(state.is_up(id), Some(false));
+    /// let due = state.poll_due(now).ok_or("due at once")?;
+    /// assert_eq!(state.handle_result(due, true, now), None); // one pass of `rise` 2
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn mark_down(&mut self, id: UpstreamId) -> bool {
+        match self.entries.get_mut(&id) {
+            Some(entry) if entry.up => {
+                entry.up = false;
+                entry.streak = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Whether `id` is up by its checks; `None` for an unknown id.
     pub fn is_up(&self, id: UpstreamId) -> Option<bool> {
         self.entries.get(&id).map(|e| e.up)
@@ -263,6 +299,19 @@ mod tests {
         assert_eq!(s.handle_result(ids[0], false, t1), None);
         assert_eq!(s.handle_result(ids[1], false, t1), None);
         assert_eq!(s.down().count(), 0);
+    }
+
+    #[test]
+    fn an_upstream_marked_down_needs_rise_passes_to_come_back() {
+        let (mut s, id, _) = one(2, 3);
+        assert!(s.mark_down(id));
+        assert!(!s.mark_down(id));
+        assert_eq!(s.down().collect::<Vec<_>>(), [id]);
+        assert_eq!(check(&mut s, id, true).1, None);
+        assert_eq!(check(&mut s, id, false).1, None);
+        assert_eq!(check(&mut s, id, true).1, None);
+        assert_eq!(check(&mut s, id, true).1, Some(Transition::Up));
+        assert!(!HealthState::new(INTER, 2, 3).mark_down(id));
     }
 
     #[test]

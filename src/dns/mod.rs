@@ -241,8 +241,9 @@ impl Discovery {
 
     /// Starts resolving on the current tokio runtime: the first lookup at
     /// once. The task stops when the handle is dropped (or
-    /// [`stop`](DiscoveryHandle::stop)ped); the upstreams it added stay in
-    /// the set.
+    /// [`stop`](DiscoveryHandle::stop)ped), and the upstreams it added stay
+    /// in the set; a [`retire`](DiscoveryHandle::retire)d one drains them
+    /// first.
     ///
     /// # Errors
     ///
@@ -253,8 +254,13 @@ impl Discovery {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| DnsError::NoRuntime)?;
         let resolver = self.resolver()?;
         let (tx, rx) = watch::channel(DiscoveryStats::default());
-        let task = runtime.spawn(task::Task::new(self, resolver, tx).run());
-        Ok(DiscoveryHandle { stats: rx, task })
+        let (retire, retired) = watch::channel(false);
+        let task = runtime.spawn(task::Task::new(self, resolver, tx).run(retired));
+        Ok(DiscoveryHandle {
+            stats: rx,
+            task,
+            retire,
+        })
     }
 
     fn resolver(&self) -> Result<TokioResolver, DnsError> {
@@ -312,11 +318,13 @@ pub struct DiscoveryStats {
 }
 
 /// A running [`Discovery`]: its figures, and the task, stopped when this is
-/// dropped.
+/// dropped (or [retired](Self::retire)).
 #[derive(Debug)]
 pub struct DiscoveryHandle {
     stats: watch::Receiver<DiscoveryStats>,
     task: JoinHandle<()>,
+    /// Set once by `retire`: the task drains and ends by itself.
+    retire: watch::Sender<bool>,
 }
 
 impl DiscoveryHandle {
@@ -341,12 +349,45 @@ impl DiscoveryHandle {
         seen.unwrap_or_else(|_| *rx.borrow())
     }
 
-    /// Stops the task (as dropping the handle does).
+    /// Stops the task (as dropping the handle does); the upstreams it
+    /// added stay in the set, serving.
     pub fn stop(self) {}
+
+    /// Stops resolving and drains every upstream this discovery added, as
+    /// an answer that named none of them would: no new picks, their tunnels
+    /// run on, each leaves the set once its last tunnel ends (or, past the
+    /// [deadline](Discovery::close_after), its tunnels are sent Close
+    /// 1001). For a name the configuration no longer lists, where
+    /// [`stop`](Self::stop) would leave its upstreams serving.
+    ///
+    /// The task runs on until the last of them has left the set, whether or
+    /// not the returned future is awaited; it resolves then, with the last
+    /// figures (bound it with `tokio::time::timeout`).
+    ///
+    /// ```no_run
+    /// # async fn f(handle: wsproxy::dns::DiscoveryHandle) {
+    /// let drained = handle.retire();
+    /// let last = tokio::time::timeout(std::time::Duration::from_secs(60), drained).await;
+    /// # let _ = last;
+    /// # }
+    /// ```
+    pub fn retire(self) -> impl std::future::Future<Output = DiscoveryStats> + Send + 'static {
+        self.retire.send_replace(true);
+        let mut stats = self.stats.clone();
+        // Dropping `self` now leaves the task running: see `Drop`.
+        async move {
+            // The task drops its sender when it ends.
+            while stats.changed().await.is_ok() {}
+            let last = *stats.borrow();
+            last
+        }
+    }
 }
 
 impl Drop for DiscoveryHandle {
     fn drop(&mut self) {
-        self.task.abort();
+        if !*self.retire.borrow() {
+            self.task.abort();
+        }
     }
 }

@@ -9,7 +9,7 @@ use hickory_resolver::proto::rr::{RData, Record};
 use hickory_resolver::{ResolveError, TokioResolver};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use super::{reconcile, Answer, Discovery, DiscoveryStats, DnsName, Member, Plan, Target};
 use crate::balance::{UpstreamAddr, UpstreamId};
@@ -58,24 +58,69 @@ impl Task {
         }
     }
 
-    pub(super) async fn run(mut self) {
-        loop {
-            let answer = self.lookup().await;
-            let wait = self.config.bounds.next_lookup(&answer);
-            self.apply(&answer, wait);
-            let next = Instant::now() + wait;
-            // Between lookups, drained upstreams leave and deadlines close.
-            loop {
-                let sweep = self
-                    .has_draining()
-                    .then(|| Instant::now() + SWEEP_EVERY)
-                    .map_or(next, |at| at.min(next));
-                sleep_until(sweep).await;
-                self.sweep();
-                if Instant::now() >= next {
-                    break;
-                }
+    /// Resolves until `retire` turns true, then drains what it added and
+    /// ends once that has left the set.
+    pub(super) async fn run(mut self, mut retire: watch::Receiver<bool>) {
+        let retired = async move {
+            // A dropped sender is a dropped handle, which aborts this task.
+            if retire.wait_for(|r| *r).await.is_err() {
+                std::future::pending::<()>().await;
             }
+        };
+        tokio::pin!(retired);
+        loop {
+            // Cancelled only at an await: between lookups, or with a lookup
+            // in flight, never halfway through applying an answer.
+            tokio::select! {
+                biased;
+                () = &mut retired => break,
+                () = self.resolve_and_wait() => {}
+            }
+        }
+        self.drain_all().await;
+    }
+
+    /// One lookup, then the wait for the next one, sweeping meanwhile.
+    async fn resolve_and_wait(&mut self) {
+        let answer = self.lookup().await;
+        let wait = self.config.bounds.next_lookup(&answer);
+        self.apply(&answer, wait);
+        let next = Instant::now() + wait;
+        // Between lookups, drained upstreams leave and deadlines close.
+        loop {
+            let sweep = self
+                .has_draining()
+                .then(|| Instant::now() + SWEEP_EVERY)
+                .map_or(next, |at| at.min(next));
+            sleep_until(sweep).await;
+            self.sweep();
+            if Instant::now() >= next {
+                break;
+            }
+        }
+    }
+
+    /// Drains every upstream this discovery holds, as an answer naming none
+    /// of them would, and sweeps until the last has left the set.
+    async fn drain_all(&mut self) {
+        let now = Instant::now();
+        self.current();
+        let mut left = 0u64;
+        for (addr, m) in &mut self.members {
+            if m.draining_since.is_none() && self.config.set.set_draining(m.id, true) {
+                m.draining_since = Some(now);
+                left += 1;
+                tracing::info!(name = %self.config.name, %addr, "dns: discovery retired; draining");
+            }
+        }
+        self.stats.send_modify(|s| s.left += left);
+        self.publish_members();
+        loop {
+            self.sweep();
+            if self.members.is_empty() {
+                break;
+            }
+            sleep(SWEEP_EVERY).await;
         }
     }
 

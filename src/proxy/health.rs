@@ -571,7 +571,10 @@ impl HealthChecker {
     /// added later are checked from the next wake-up (at most one interval
     /// later); removed ones are forgotten. On shutdown the running checks
     /// are cancelled and the marks it made are lifted, so a stopped checker
-    /// never leaves an upstream out of rotation for good.
+    /// never leaves an upstream out of rotation for good. Upstreams it finds
+    /// already marked down by checks (those of a checker that was aborted,
+    /// as a host replacing its checker with one of new settings may do)
+    /// start down: they come back after `rise` passing checks.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let config = &self.config;
         let mut state = HealthState::new(config.interval, config.rise, config.fall);
@@ -585,6 +588,13 @@ impl HealthChecker {
             let snapshot = self.set.snapshot();
             if synced != Some(snapshot.generation()) {
                 state.sync(snapshot.iter().map(|p| p.id()), now.into_std());
+                // Marks this checker did not make (an earlier checker's,
+                // aborted before it could lift them) are taken over: such
+                // an upstream comes back after `rise` passes, where a
+                // fresh count would see it up and never lift the mark.
+                for peer in snapshot.iter().filter(|p| p.is_check_down()) {
+                    state.mark_down(peer.id());
+                }
                 synced = Some(snapshot.generation());
             }
             while running.len() < config.concurrency {
@@ -778,6 +788,46 @@ mod tests {
         assert_eq!(handles(&group), [true, true]);
         task.abort();
         drop((early, late));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_checker_takes_over_the_marks_an_aborted_one_left() {
+        use crate::balance::Upstream;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// Passes every check, counting them.
+        #[derive(Debug)]
+        struct Passes(Arc<AtomicUsize>);
+        impl Probe for Passes {
+            fn probe<'a>(&'a self, _: &'a UpstreamAddr) -> ProbeFuture<'a> {
+                self.0.fetch_add(1, Ordering::Relaxed);
+                Box::pin(std::future::ready(true))
+            }
+        }
+
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 9));
+        let set: UpstreamSet = [Upstream::new(addr)].into_iter().collect();
+        let id = set.snapshot().iter().next().map(|p| p.id()).unwrap();
+        // As a checker aborted (not stopped) after marking it down left it.
+        set.set_check_down(id, true);
+        let checks = Arc::new(AtomicUsize::new(0));
+        let config = HealthCheck::builder()
+            .probe(Passes(Arc::clone(&checks)))
+            .interval(Duration::from_secs(1))
+            .rise(2)
+            .build()
+            .unwrap();
+        let task =
+            tokio::spawn(HealthChecker::new(set.clone(), config).run(std::future::pending()));
+        let down = || set.snapshot().get(id).is_some_and(|p| p.is_check_down());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // One pass of `rise` 2: still out.
+        assert_eq!(checks.load(Ordering::Relaxed), 1);
+        assert!(down());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(checks.load(Ordering::Relaxed), 2);
+        assert!(!down(), "the second pass brings it back");
+        task.abort();
     }
 
     #[test]
