@@ -64,6 +64,7 @@ mod inherit;
 pub(crate) use h2::Front;
 #[cfg(feature = "h2")]
 pub use h2::Negotiated;
+pub(crate) use inherit::before_listen;
 
 use self::connection::{Connection, Ending, Hooks, Next};
 use crate::forward::Scheme;

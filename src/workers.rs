@@ -243,6 +243,8 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListene
     if reuse_port {
         set_reuse_port(&socket)?;
     }
+    // Before `listen`: every connection it queues inherits these.
+    crate::server::before_listen(&socket);
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;

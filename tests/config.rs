@@ -532,3 +532,28 @@ async fn changed_health_checks_take_over_the_marks_of_the_old_ones() {
     a.failing.store(false, Ordering::Relaxed);
     back(gateway.addr, "a").await;
 }
+
+/// A reload that turns health checks off lifts their marks, as checks
+/// that stop do: the upstream they took out serves again (no checker is
+/// left to bring it back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_health_checks_off_brings_back_what_they_took_out() {
+    let a = Checked::start("a").await;
+    let b = named_upstream("b").await;
+    let gateway = Gateway::start(&checked(a.addr, b, None, 5, 500), &[]).await;
+    only(gateway.addr, "b", 6).await;
+
+    let unchecked = format!(
+        "listen = \"127.0.0.1:0\"\nupstream = [\"{},max_fails=0\", \"{b}\"]\n[timeouts]\nconnect = \"5s\"\n",
+        a.addr
+    );
+    gateway.reload(&unchecked).await;
+    assert!(
+        gateway.stderr().contains("gateway: reloaded "),
+        "{}",
+        gateway.stderr()
+    );
+    // Healthy only now, with no checker left to see it.
+    a.failing.store(false, Ordering::Relaxed);
+    back(gateway.addr, "a").await;
+}

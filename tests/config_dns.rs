@@ -345,3 +345,75 @@ async fn an_unchanged_dns_upstream_keeps_its_discovery_through_reloads() {
     );
     echoes(&mut held, "on the replaced discovery's upstream").await;
 }
+
+/// A reload that renames a DNS upstream to a name with no address yet
+/// keeps the old name's discovery and addresses, so the group never goes
+/// empty; once the new name has addresses, the next reload retires the
+/// old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_dns_upstream_drains_only_once_its_successor_has_addresses() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let c = named_upstream("c").await;
+    let mut zone = Zone {
+        ttl: 1,
+        ..Zone::default()
+    };
+    zone.hosts
+        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let dns = DnsServer::start(zone).await;
+    let on_chat = format!("dns:chat.test:{}", b.port());
+    let gateway = Gateway::start(&with_dns_route(dns.addr, a, Some(&on_chat)), &[]).await;
+    let addr = gateway.addr;
+    let (_, name) = open(addr, "/dns/x").await;
+    assert_eq!(name, "b");
+
+    // other.test has no address yet.
+    let renamed = with_dns_route(dns.addr, a, Some(&format!("dns:other.test:{}", c.port())));
+    gateway.reload(&renamed).await;
+    bounded("the old name kept", async {
+        while !gateway
+            .stderr()
+            .contains("runs on until the names replacing it")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    for _ in 0..6 {
+        let (_, name) = open(addr, "/dns/x").await;
+        assert_eq!(name, "b", "the group lost its old addresses");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    dns.change(|zone| {
+        zone.hosts
+            .insert("other.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    });
+    bounded("the new name serving", async {
+        while open(addr, "/dns/x").await.1 != "c" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    gateway.reload(&renamed).await;
+    bounded("the old name retired", async {
+        let stopped = format!("dns chat.test:{} of /dns stopped", b.port());
+        while !gateway.stderr().contains(&stopped) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The retired task drains b's address as it runs next.
+    bounded("6 tunnels in a row to c", async {
+        let mut in_a_row = 0;
+        while in_a_row < 6 {
+            in_a_row = if open(addr, "/dns/x").await.1 == "c" {
+                in_a_row + 1
+            } else {
+                0
+            };
+        }
+    })
+    .await;
+}

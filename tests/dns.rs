@@ -523,12 +523,15 @@ async fn a_retired_discovery_stops_resolving_and_drains_what_it_added() {
     lookups(&handle, 1).await;
     assert_eq!(peers(&set).len(), 3);
     // A tunnel on one of the discovered two.
-    let (mut held, label) = loop {
+    let mut found = None;
+    for _ in 0..30 {
         let (ws, label) = open(&gw).await;
         if label != fixed.port().to_string() {
-            break (ws, label);
+            found = Some((ws, label));
+            break;
         }
-    };
+    }
+    let (mut held, label) = found.expect("30 tunnels, none on a discovered upstream");
 
     let asked = dns.queries();
     let drained = handle.retire();

@@ -700,6 +700,14 @@ async fn out_of_slots_the_longest_idle_h2_connection_makes_room_with_a_goaway() 
             echo(&mut ws, Message::text("before")).await;
             bounded("close", ws.close(None)).await.unwrap();
             while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+            // Its stream is counted out as its tunnel leaves the registry:
+            // only then is it idle, and it must be the longest idle.
+            bounded("tunnel ended", async {
+                while !front.proxy.tunnels().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
         }
         idle.push((send, driver));
     }

@@ -237,6 +237,105 @@ async fn first_frames_sent_with_either_head_arrive() {
     gw.shutdown().await;
 }
 
+/// A frame of `len` bytes of `seed`'s pattern: masked (a client's) or not.
+fn big_frame(opcode: u8, len: usize, seed: u8, masked: bool) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let mut f = vec![0x80 | opcode, if masked { 0x80 | 127 } else { 127 }];
+    f.extend_from_slice(&(len as u64).to_be_bytes());
+    if !masked {
+        f.extend_from_slice(&payload);
+        return f;
+    }
+    let mask = [0x5a, 0x17, 0xc3, 0x08];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Each peer sends a large message and its Close, and shuts its socket
+/// down right behind them, so that the proxy reads the last bytes and the
+/// EOF together and sends them on as one (`MSG_MORE`, then the shutdown):
+/// every byte arrives, in order, and then the EOF, both ways, also when
+/// the receiver is slow to read and the last write cannot go out whole.
+#[tokio::test]
+async fn last_bytes_that_come_with_the_eof_arrive_whole_both_ways() {
+    const LEN: usize = 600 * 1024;
+    let down = [big_frame(0x2, LEN, 1, false), vec![0x88, 2, 0x03, 0xe8]].concat();
+    let up = [
+        big_frame(0x2, LEN, 2, true),
+        masked_frame(0x8, &[0x03, 0xe8]),
+    ]
+    .concat();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let sent_down = down.clone();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_until(&mut s, b"\r\n\r\n").await;
+        assert!(
+            head.ends_with(b"\r\n\r\n"),
+            "the client's first bytes came early"
+        );
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        s.write_all(&[answer.as_bytes(), &sent_down].concat())
+            .await
+            .unwrap();
+        s.shutdown().await.unwrap();
+        read_to_end(&mut s).await
+    });
+    let gw = Gateway::start(round_robin(&[up_addr])).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(upgrade_head("/", "").as_bytes())
+        .await
+        .unwrap();
+    let head = read_until(&mut client, b"\r\n\r\n").await;
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&head)
+    );
+    let (mut from_proxy, mut to_proxy) = client.into_split();
+    let sending = tokio::spawn(async move {
+        to_proxy.write_all(&up).await.unwrap();
+        to_proxy.shutdown().await.unwrap();
+        to_proxy
+    });
+    // Read only once the upstream's bytes are all on their way: the
+    // proxy's last write toward the client finds its buffers full.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut got = head[head.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..].to_vec();
+    bounded("EOF from the proxy", from_proxy.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(
+        got == down,
+        "the client got {} of {} bytes, or others",
+        got.len(),
+        down.len()
+    );
+    let at_upstream = bounded("upstream", upstream).await.unwrap();
+    let up = [
+        big_frame(0x2, LEN, 2, true),
+        masked_frame(0x8, &[0x03, 0xe8]),
+    ]
+    .concat();
+    assert!(
+        at_upstream == up,
+        "the upstream got {} of {} bytes, or others",
+        at_upstream.len(),
+        up.len()
+    );
+    drop(bounded("client sent", sending).await.unwrap());
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn routes_by_host_and_prefix_with_stripping() {
     let a = ws_upstream(WsUpstreamOptions::default()).await;

@@ -46,6 +46,8 @@ struct GroupTasks {
     /// What the tasks were built from; a reload compares it.
     settings: String,
     tasks: Vec<JoinHandle<()>>,
+    /// The set the checker marks, when there is one.
+    checked: Option<UpstreamSet>,
 }
 
 impl Drop for GroupTasks {
@@ -111,9 +113,22 @@ impl Background {
             .filter(|t| wanted.iter().any(|(n, _)| *n == t.name))
             .map(|t| t.name.clone())
             .collect();
+        // With checks turned off no checker takes the marks over: lifted
+        // here, as a checker that stops lifts its own, or the upstreams
+        // they took out would stay out for good.
+        let unchecked: Vec<UpstreamSet> = match health {
+            Some(_) => Vec::new(),
+            None => gone.iter().filter_map(|t| t.checked.clone()).collect(),
+        };
         // Aborted before their successors start, so that two checkers
-        // never mark the same set.
+        // never mark the same set (the control runtime has one thread: an
+        // aborted task never runs again).
         drop(gone);
+        for set in unchecked {
+            for peer in set.snapshot().iter().filter(|p| p.is_check_down()) {
+                set.set_check_down(peer.id(), false);
+            }
+        }
         self.groups = kept;
         for (set, group) in in_force {
             if !self.groups.iter().any(|t| t.name == group.name()) {
@@ -134,6 +149,7 @@ impl GroupTasks {
         group: UpstreamGroup,
     ) -> Self {
         let mut tasks = Vec::new();
+        let checked = health.map(|_| set.clone());
         let rebalance = args.rebalance_rate.map(|rate| {
             let wake = Arc::new(Notify::new());
             let planner = Rebalance::new(args.rebalance_factor).unwrap_or_default();
@@ -167,6 +183,7 @@ impl GroupTasks {
             name: group.name().to_owned(),
             settings: settings(args, &group),
             tasks,
+            checked,
         }
     }
 }

@@ -284,11 +284,30 @@ mod with_feature {
         /// tunnels run on, `--resolve-drain-timeout` applies).
         pub fn retire_unlisted(&mut self, args: &Args) {
             let wanted: Vec<Key> = wanted(args).into_iter().map(|(key, _, _)| key).collect();
-            let (kept, gone): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.0)
+            let (mut kept, gone): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.0)
                 .into_iter()
                 .partition(|r| wanted.contains(&r.key));
-            self.0 = kept;
-            for Running { key, name, handle } in gone {
+            // A replaced name (its group still lists DNS upstreams) drains
+            // only once one of the group's discoveries has addresses: a
+            // successor that failed to start or has not answered yet would
+            // leave the group with none. The next reload looks again.
+            let serving: Vec<String> = kept
+                .iter()
+                .filter(|r| r.handle.stats().members > 0)
+                .map(|r| r.key.group.clone())
+                .collect();
+            let mut waiting = Vec::new();
+            for running in gone {
+                let group = &running.key.group;
+                if wanted.iter().any(|k| k.group == *group) && !serving.contains(group) {
+                    eprintln!(
+                        "gateway: reload: dns {} of {group} runs on until the names replacing it have addresses",
+                        running.name
+                    );
+                    waiting.push(running);
+                    continue;
+                }
+                let Running { key, name, handle } = running;
                 eprintln!(
                     "gateway: reload: dns {name} of {} stopped; its {} upstreams drain",
                     key.group,
@@ -297,6 +316,8 @@ mod with_feature {
                 // The task drains them and ends by itself.
                 drop(handle.retire());
             }
+            kept.extend(waiting);
+            self.0 = kept;
         }
     }
 

@@ -324,6 +324,7 @@ pub(crate) async fn serve<S, K>(
     let io = TokioIo::new(Prefixed::new(Bytes::from_static(PREFACE), stream));
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
+    let mut reclaimed = false;
     let ended = tokio::select! {
         // The connection first: a stream whose HEADERS it has read is
         // counted open before a reclaim is looked at.
@@ -336,6 +337,7 @@ pub(crate) async fn serve<S, K>(
         }
         () = streams.reclaimed(&drain) => {
             tracing::debug!(client = %peer, "idle http/2 connection reclaimed");
+            reclaimed = true;
             None
         }
     };
@@ -347,8 +349,21 @@ pub(crate) async fn serve<S, K>(
         // back (RFC 9113 §6.8): a client that never answers would keep
         // the slot a reclaim freed it for.
         let linger = proxy.timeouts().send;
+        // Streams the client opened before it read the GOAWAY are still
+        // served, and a WebSocket among them holds the slot the reclaim
+        // was to free for as long as it runs: the request goes on to the
+        // next idle connection.
+        let (opened, passing) = (streams.clone(), drain.clone());
+        let passed_on = async move {
+            if reclaimed {
+                opened.opened().await;
+                passing.pass_on_reclaim();
+            }
+            std::future::pending::<()>().await;
+        };
         tokio::select! {
             _ = connection.as_mut() => {}
+            () = passed_on => {}
             // At the deadline the tunnels are cut through the registry;
             // the connection closes with them.
             () = drain.reached(DrainPhase::Cut) => {}
@@ -379,6 +394,18 @@ impl Streams {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.changed.notify_waiters();
         Busy(self.clone())
+    }
+
+    /// Resolves once a stream is open.
+    async fn opened(&self) {
+        // Bounded: each turn waits for a change of the open streams.
+        loop {
+            let changed = self.changed.notified();
+            if self.open.load(Ordering::Acquire) > 0 {
+                return;
+            }
+            changed.await;
+        }
     }
 
     /// Resolves once no stream has been open for `timeout`.
