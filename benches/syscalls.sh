@@ -16,45 +16,12 @@
 #   python3 benches/syscalls_table.py haproxy after
 set -uo pipefail
 T=$1; LABEL=$2
-BASE=${BASE:-19100}
-BENCH=${BENCH:-../shared/bench}
 OUT=${OUT:-/tmp/wsproxy-syscalls}
-WSB=${WSB:-/tmp/wsbench-target/release/wsbench}
 DUR=${DUR:-8}
 D=$OUT/$LABEL; mkdir -p "$D"
-B1=$((BASE + 1)); B2=$((BASE + 2))
-PIDS=()
-cleanup() {
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null; done
-    sleep 0.5
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null; done
-}
-trap cleanup EXIT
-ulimit -n "$(ulimit -Hn)"
-for p in $B1 $B2; do
-    "$WSB" echo-server --listen "127.0.0.1:$p" --threads 1 >"$D/echo-$p.log" 2>&1 &
-    PIDS+=($!)
-done
-for p in $B1 $B2; do
-    timeout 30 "$WSB" probe --url "ws://127.0.0.1:$p/" --timeout 15 >/dev/null || { echo "backend $p down"; exit 1; }
-done
-if [[ $T == haproxy ]]; then
-    [[ -f $BENCH/anchors/haproxy.cfg ]] || { echo "no $BENCH/anchors/haproxy.cfg: set BENCH"; exit 1; }
-    PORT=$((BASE + 12))
-    sed -e "s/19012/$PORT/; s/19001/$B1/; s/19002/$B2/; s#/tmp/wsproxy-anchors/haproxy.pid#$D/haproxy.pid#" \
-        "$BENCH/anchors/haproxy.cfg" >"$D/haproxy.cfg"
-    haproxy -db -f "$D/haproxy.cfg" >"$D/proxy.log" 2>&1 &
-    PID=$!
-else
-    PORT=$((BASE + 13))
-    "$T" --listen "127.0.0.1:$PORT" --upstream "127.0.0.1:$B1" --upstream "127.0.0.1:$B2" \
-        ${GW_ARGS:-} >"$D/proxy.log" 2>&1 &
-    PID=$!
-fi
-PIDS+=($PID)
-URL=ws://127.0.0.1:$PORT/
-timeout 30 "$WSB" probe --url "$URL" --timeout 20 >/dev/null || { echo "proxy down"; cat "$D/proxy.log"; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/targets.sh"
+start_backends "$D"
+start_proxy "$T" "$D" "$D/proxy.log"
 
 load() {
     case $1 in
