@@ -33,6 +33,19 @@ fn srv(port: u16) -> SrvRecord {
     }
 }
 
+/// A zone answering 127.0.0.1 for each of `names`, with `ttl`.
+fn local_zone(names: &[&str], ttl: u32) -> Zone {
+    let mut zone = Zone {
+        ttl,
+        ..Zone::default()
+    };
+    for name in names {
+        zone.hosts
+            .insert((*name).into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    }
+    zone
+}
+
 /// `/` goes to `dns:chat.test:PORT`, `/srv` to `srv:_ws._tcp.chat.test`;
 /// `connect` is the harmless setting the reloads change.
 fn config(dns: SocketAddr, port: u16, connect: u32) -> String {
@@ -58,12 +71,7 @@ upstreams = ["srv:{SRV_NAME}"]
 async fn reloads_keep_dns_upstreams_and_their_discovery() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let mut zone = Zone {
-        ttl: 1,
-        ..Zone::default()
-    };
-    zone.hosts
-        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+    let mut zone = local_zone(&["chat.test"], 1);
     zone.srv.insert(SRV_NAME.into(), vec![srv(a.port())]);
     let dns = DnsServer::start(zone).await;
     let gateway = Gateway::start(&config(dns.addr, a.port(), 5), &[]).await;
@@ -209,15 +217,7 @@ async fn reloads_start_replace_and_stop_dns_discoveries() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let mut zone = Zone {
-        ttl: 1,
-        ..Zone::default()
-    };
-    for name in ["chat.test", "other.test"] {
-        zone.hosts
-            .insert(name.into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    }
-    let dns = DnsServer::start(zone).await;
+    let dns = DnsServer::start(local_zone(&["chat.test", "other.test"], 1)).await;
     let gateway = Gateway::start(&with_dns_route(dns.addr, a, None), &[]).await;
     let addr = gateway.addr;
     assert_eq!(dns.queries(), 0);
@@ -299,13 +299,7 @@ connect = "{connect}s"
 async fn an_unchanged_dns_upstream_keeps_its_discovery_through_reloads() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let mut zone = Zone {
-        ttl: 30,
-        ..Zone::default()
-    };
-    zone.hosts
-        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    let dns = DnsServer::start(zone).await;
+    let dns = DnsServer::start(local_zone(&["chat.test"], 30)).await;
     let gateway = Gateway::start(&steady(dns.addr, a.port(), "", None, 5), &[]).await;
     let addr = gateway.addr;
     let (mut held, name) = open(addr, "/").await;
@@ -355,13 +349,7 @@ async fn a_renamed_dns_upstream_drains_only_once_its_successor_has_addresses() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let mut zone = Zone {
-        ttl: 1,
-        ..Zone::default()
-    };
-    zone.hosts
-        .insert("chat.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    let dns = DnsServer::start(zone).await;
+    let dns = DnsServer::start(local_zone(&["chat.test"], 1)).await;
     let on_chat = format!("dns:chat.test:{}", b.port());
     let gateway = Gateway::start(&with_dns_route(dns.addr, a, Some(&on_chat)), &[]).await;
     let addr = gateway.addr;
