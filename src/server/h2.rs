@@ -20,6 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::{sleep, timeout_at, Instant};
 
@@ -396,27 +397,31 @@ impl Streams {
         Busy(self.clone())
     }
 
-    /// Resolves once a stream is open.
-    async fn opened(&self) {
+    /// Waits until the number of open streams satisfies `ready`; returns
+    /// the wait for the next change, taken before the number was read, so
+    /// that a change right after the read is not missed.
+    async fn until(&self, ready: impl Fn(usize) -> bool) -> Notified<'_> {
         // Bounded: each turn waits for a change of the open streams.
         loop {
             let changed = self.changed.notified();
-            if self.open.load(Ordering::Acquire) > 0 {
-                return;
+            if ready(self.open.load(Ordering::Acquire)) {
+                return changed;
             }
             changed.await;
         }
+    }
+
+    /// Resolves once a stream is open.
+    async fn opened(&self) {
+        // The wait for the next change is not needed: dropped.
+        drop(self.until(|open| open > 0).await);
     }
 
     /// Resolves once no stream has been open for `timeout`.
     async fn idle_for(&self, timeout: Duration) {
         // Bounded: each turn waits for a change or the timeout.
         loop {
-            let changed = self.changed.notified();
-            if self.open.load(Ordering::Acquire) > 0 {
-                changed.await;
-                continue;
-            }
+            let changed = self.until(|open| open == 0).await;
             tokio::select! {
                 () = sleep(timeout) => {
                     if self.open.load(Ordering::Acquire) == 0 {
@@ -437,11 +442,7 @@ impl Streams {
         // Bounded: each turn waits for a change of the open streams or for
         // the server's request.
         loop {
-            let changed = self.changed.notified();
-            if self.open.load(Ordering::Acquire) > 0 {
-                changed.await;
-                continue;
-            }
+            let changed = self.until(|open| open == 0).await;
             tokio::select! {
                 biased;
                 // A stream opened: dropping the wait counts it out.
