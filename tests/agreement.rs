@@ -188,12 +188,9 @@ async fn agreement_through_a_join(strategy: Strategy) {
         target: "backend.test".into(),
     };
     let mut zone = Zone {
-        ttl: 1,
         rotate: true,
-        ..Zone::default()
+        ..Zone::with_hosts(&["backend.test"], &[IpAddr::from([127, 0, 0, 1])], 1)
     };
-    zone.hosts
-        .insert("backend.test".into(), vec![IpAddr::from([127, 0, 0, 1])]);
     zone.srv
         .insert("_ws._tcp.pool.test".into(), vec![srv(b), srv(c), srv(a)]);
     let dns = DnsServer::start(zone).await;

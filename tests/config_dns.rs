@@ -23,6 +23,7 @@ use dns_server::{DnsServer, SrvRecord, Zone};
 use support::{bounded, within};
 
 const SRV_NAME: &str = "_ws._tcp.chat.test";
+const LOCAL4: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn srv(port: u16) -> SrvRecord {
     SrvRecord {
@@ -31,19 +32,6 @@ fn srv(port: u16) -> SrvRecord {
         port,
         target: "chat.test".into(),
     }
-}
-
-/// A zone answering 127.0.0.1 for each of `names`, with `ttl`.
-fn local_zone(names: &[&str], ttl: u32) -> Zone {
-    let mut zone = Zone {
-        ttl,
-        ..Zone::default()
-    };
-    for name in names {
-        zone.hosts
-            .insert((*name).into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-    }
-    zone
 }
 
 /// `/` goes to `dns:chat.test:PORT`, `/srv` to `srv:_ws._tcp.chat.test`;
@@ -71,7 +59,7 @@ upstreams = ["srv:{SRV_NAME}"]
 async fn reloads_keep_dns_upstreams_and_their_discovery() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let mut zone = local_zone(&["chat.test"], 1);
+    let mut zone = Zone::with_hosts(&["chat.test"], &[LOCAL4], 1);
     zone.srv.insert(SRV_NAME.into(), vec![srv(a.port())]);
     let dns = DnsServer::start(zone).await;
     let gateway = Gateway::start(&config(dns.addr, a.port(), 5), &[]).await;
@@ -217,7 +205,7 @@ async fn reloads_start_replace_and_stop_dns_discoveries() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let dns = DnsServer::start(local_zone(&["chat.test", "other.test"], 1)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test", "other.test"], &[LOCAL4], 1)).await;
     let gateway = Gateway::start(&with_dns_route(dns.addr, a, None), &[]).await;
     let addr = gateway.addr;
     assert_eq!(dns.queries(), 0);
@@ -299,7 +287,7 @@ connect = "{connect}s"
 async fn an_unchanged_dns_upstream_keeps_its_discovery_through_reloads() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let dns = DnsServer::start(local_zone(&["chat.test"], 30)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4], 30)).await;
     let gateway = Gateway::start(&steady(dns.addr, a.port(), "", None, 5), &[]).await;
     let addr = gateway.addr;
     let (mut held, name) = open(addr, "/").await;
@@ -349,7 +337,7 @@ async fn a_renamed_dns_upstream_drains_only_once_its_successor_has_addresses() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let dns = DnsServer::start(local_zone(&["chat.test"], 1)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4], 1)).await;
     let on_chat = format!("dns:chat.test:{}", b.port());
     let gateway = Gateway::start(&with_dns_route(dns.addr, a, Some(&on_chat)), &[]).await;
     let addr = gateway.addr;
@@ -375,8 +363,7 @@ async fn a_renamed_dns_upstream_drains_only_once_its_successor_has_addresses() {
     }
 
     dns.change(|zone| {
-        zone.hosts
-            .insert("other.test".into(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
+        zone.hosts.insert("other.test".into(), vec![LOCAL4]);
     });
     bounded("the new name serving", async {
         while open(addr, "/dns/x").await.1 != "c" {

@@ -144,19 +144,10 @@ fn srv(port: u16, weight: u16) -> SrvRecord {
     }
 }
 
-fn zone_with(name: &str, ips: &[IpAddr], ttl: u32) -> Zone {
-    let mut zone = Zone {
-        ttl,
-        ..Zone::default()
-    };
-    zone.hosts.insert(name.into(), ips.to_vec());
-    zone
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_and_aaaa_answers_join_and_leave_while_tunnels_run() {
     let port = backend_pair().await;
-    let dns = DnsServer::start(zone_with("chat.test", &[LOCAL4], 1)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4], 1)).await;
     let set = UpstreamSet::new();
     let (gw, _group) = proxy(&set).await;
     let handle = discovery(&dns, DnsName::host("chat.test", port), &set)
@@ -204,7 +195,7 @@ async fn a_and_aaaa_answers_join_and_leave_while_tunnels_run() {
 #[tokio::test(start_paused = true)]
 async fn srv_records_bring_their_ports_weights_and_priorities() {
     let (a, b, c) = (backend().await, backend().await, backend().await);
-    let mut zone = zone_with("backend.test", &[LOCAL4], 30);
+    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 30);
     let mut backup = srv(c.port(), 1);
     backup.priority = 20;
     zone.srv.insert(
@@ -243,7 +234,7 @@ async fn srv_records_bring_their_ports_weights_and_priorities() {
 #[tokio::test(start_paused = true)]
 async fn a_vanished_srv_target_drains_its_tunnels_untouched_until_they_end() {
     let (a, b) = (backend().await, backend().await);
-    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 1);
     zone.srv.insert(
         "_ws._tcp.chat.test".into(),
         vec![srv(a.port(), 1), srv(b.port(), 1)],
@@ -291,7 +282,7 @@ async fn a_vanished_srv_target_drains_its_tunnels_untouched_until_they_end() {
 #[tokio::test(start_paused = true)]
 async fn the_drain_deadline_closes_leftover_tunnels_with_1001() {
     let (a, b) = (backend().await, backend().await);
-    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 1);
     zone.srv
         .insert("_ws._tcp.chat.test".into(), vec![srv(b.port(), 1)]);
     let dns = DnsServer::start(zone).await;
@@ -334,7 +325,7 @@ async fn the_drain_deadline_closes_leftover_tunnels_with_1001() {
 #[tokio::test(start_paused = true)]
 async fn the_ttl_is_honoured_within_the_bounds() {
     let port = backend_pair().await;
-    let dns = DnsServer::start(zone_with("chat.test", &[LOCAL4], 30)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4], 30)).await;
     let set = UpstreamSet::new();
     let handle = Discovery::new(DnsName::host("chat.test", port), set.clone())
         .nameserver(dns.addr)
@@ -400,7 +391,7 @@ async fn the_ttl_is_honoured_within_the_bounds() {
 #[tokio::test(start_paused = true)]
 async fn servfail_and_empty_answers_keep_the_last_set() {
     let port = backend_pair().await;
-    let dns = DnsServer::start(zone_with("chat.test", &[LOCAL4, LOCAL6], 1)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4, LOCAL6], 1)).await;
     let set = UpstreamSet::new();
     let (gw, _group) = proxy(&set).await;
     let handle = discovery(&dns, DnsName::host("chat.test", port), &set)
@@ -443,7 +434,7 @@ async fn servfail_and_empty_answers_keep_the_last_set() {
 #[tokio::test(start_paused = true)]
 async fn a_discovery_stops_when_its_handle_is_dropped_and_leaves_static_upstreams_alone() {
     let port = backend_pair().await;
-    let dns = DnsServer::start(zone_with("chat.test", &[LOCAL6], 1)).await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL6], 1)).await;
     let set = UpstreamSet::new();
     let fixed = set.add(Upstream::new(SocketAddr::new(LOCAL4, port)));
     let handle = discovery(&dns, DnsName::host("chat.test", port), &set)
@@ -467,7 +458,7 @@ async fn a_discovery_stops_when_its_handle_is_dropped_and_leaves_static_upstream
 #[tokio::test(start_paused = true)]
 async fn a_join_can_run_a_rebalance_that_moves_tunnels_to_the_newcomer() {
     let (a, b) = (backend().await, backend().await);
-    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 1);
     zone.srv
         .insert("_ws._tcp.chat.test".into(), vec![srv(a.port(), 1)]);
     let dns = DnsServer::start(zone).await;
@@ -508,7 +499,7 @@ async fn a_join_can_run_a_rebalance_that_moves_tunnels_to_the_newcomer() {
 #[tokio::test(start_paused = true)]
 async fn a_retired_discovery_stops_resolving_and_drains_what_it_added() {
     let (a, b, fixed) = (backend().await, backend().await, backend().await);
-    let mut zone = zone_with("backend.test", &[LOCAL4], 1);
+    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 1);
     zone.srv.insert(
         "_ws._tcp.chat.test".into(),
         vec![srv(a.port(), 1), srv(b.port(), 1)],

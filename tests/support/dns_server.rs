@@ -1,7 +1,7 @@
 //! A real DNS server on loopback UDP, in-process: hickory-proto parses each
 //! query and builds each answer (no hand-made DNS code); the zone is plain
-//! data the test changes while the server runs. Included by tests/dns.rs
-//! and tests/agreement.rs with `#[path]`.
+//! data the test changes while the server runs. Included by tests/dns.rs,
+//! tests/config_dns.rs and tests/agreement.rs with `#[path]`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -46,6 +46,18 @@ impl Default for Zone {
             ttl: 30,
             servfail: false,
             rotate: false,
+        }
+    }
+}
+
+impl Zone {
+    /// A zone answering `ips` for each of `names`, every record with `ttl`.
+    pub fn with_hosts(names: &[&str], ips: &[IpAddr], ttl: u32) -> Self {
+        let hosts = names.iter().map(|n| ((*n).to_owned(), ips.to_vec()));
+        Self {
+            hosts: hosts.collect(),
+            ttl,
+            ..Self::default()
         }
     }
 }
