@@ -69,3 +69,44 @@ fn poll_send_more(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
         }
     }
 }
+
+#[cfg(all(test, any(target_os = "linux", target_os = "android")))]
+mod tests {
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The server's client stream and the plain upstream are found as TCP
+    /// sockets (were they not, every last write would silently be a plain
+    /// one), and bytes sent with `MSG_MORE` arrive once the shutdown
+    /// follows.
+    #[tokio::test]
+    async fn the_proxys_tcp_streams_send_their_last_bytes_with_the_fin() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (connected, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let mut client = Prefixed::new(Bytes::new(), accepted.unwrap().0);
+        let mut upstream = Prefixed::new(Bytes::new(), UpstreamStream::Tcp(connected.unwrap()));
+        assert!(tcp_of(client.get_mut()).is_some());
+        assert!(tcp_of(upstream.get_mut()).is_some());
+        let (mut other, _) = tokio::io::duplex(64);
+        assert!(tcp_of(&mut other).is_none());
+
+        let sent =
+            std::future::poll_fn(|cx| Sockets::poll_write_last(&mut client, cx, b"bye")).await;
+        assert_eq!(sent.unwrap(), 3);
+        client.shutdown().await.unwrap();
+        let UpstreamStream::Tcp(peer) = upstream.get_mut() else {
+            unreachable!()
+        };
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            peer.read_to_end(&mut got),
+        );
+        read.await.unwrap().unwrap();
+        assert_eq!(got, b"bye");
+    }
+}
