@@ -772,6 +772,38 @@ async fn a_silent_peer_is_pinged_and_then_timed_out() {
     );
 }
 
+/// The client is not read while the upstream does not read what it sent:
+/// its silence, and a pong it may have sent, prove nothing then. The send
+/// timeout ends the tunnel, blaming the upstream, not a ping timeout the
+/// client.
+#[tokio::test(start_paused = true)]
+async fn a_side_not_read_during_a_stall_is_not_timed_out_by_pings() {
+    let config = TunnelConfig::new()
+        .track_frames(true)
+        .ping(Duration::from_secs(1), Duration::from_secs(1))
+        .send_timeout(Duration::from_secs(10));
+    let (mut browser, _backend, _, task) = spawned(&config);
+    let started = tokio::time::Instant::now();
+    // One masked 60,000-byte message, far more than the pipes hold; the
+    // backend never reads.
+    let key = [1, 2, 3, 4];
+    let mut frame = vec![0x82, 0x80 | 126, 0xea, 0x60];
+    frame.extend_from_slice(&key);
+    frame.extend((0..60_000usize).map(|i| (i as u8) ^ key[i % 4]));
+    let writing = tokio::spawn(async move {
+        let _ = browser.write_all(&frame).await;
+        browser
+    });
+    let stats = bounded(task).await.unwrap();
+    assert!(
+        matches!(stats.end, TunnelEnd::Timeout(Timeout::Send(Side::Upstream))),
+        "{:?}",
+        stats.end
+    );
+    assert!(started.elapsed() >= Duration::from_secs(10));
+    writing.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn peers_that_answer_pings_keep_the_tunnel() {
     let config = TunnelConfig::new()

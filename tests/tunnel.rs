@@ -407,6 +407,31 @@ async fn send_timeout_fires_when_the_upstream_stops_reading() {
     assert_closed(&mut browser).await;
 }
 
+/// A buffering writer (TLS, `BufWriter`) takes bytes it cannot send yet and
+/// makes the flush wait instead: once that flush is through, nothing is
+/// stalled, and traffic the other way must not meet a send timeout.
+#[tokio::test(start_paused = true)]
+async fn a_flush_that_waited_once_is_not_a_stall() {
+    let config = TunnelConfig::new().send_timeout(Duration::from_secs(1));
+    let (client, mut browser) = duplex(4096);
+    let (upstream, mut backend) = duplex(64);
+    let upstream = tokio::io::BufWriter::new(upstream);
+    let task = tokio::spawn(async move { tunnel(client, upstream, &config, pending()).await });
+    // 100 bytes fit the writer's buffer, not the pipe: the flush waits
+    // until the backend reads.
+    browser.write_all(&[5u8; 100]).await.unwrap();
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(read_exact_bounded(&mut backend, 100).await, [5u8; 100]);
+    // Now only the backend talks, for three send timeouts.
+    for i in 0..15u8 {
+        backend.write_all(&[i; 10]).await.unwrap();
+        assert_eq!(read_exact_bounded(&mut browser, 10).await, [i; 10]);
+        sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!task.is_finished(), "ended: {:?}", task.await.unwrap().end);
+    task.abort();
+}
+
 #[tokio::test(start_paused = true)]
 async fn send_timeout_fires_when_the_client_stops_reading() {
     let config = TunnelConfig::new().send_timeout(Duration::from_secs(5));

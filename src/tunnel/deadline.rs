@@ -104,9 +104,10 @@ impl Deadlines {
         let client_read = timeouts.client_read != NEVER;
         let upstream_read = timeouts.upstream_read != NEVER;
         Self {
-            // Stalls matter to the send timeout, and suspend a read timeout.
-            c2u: Stamps::new(idle || client_read, send || client_read),
-            u2c: Stamps::new(idle || upstream_read, send || upstream_read),
+            // Stalls matter to the send timeout, and suspend a read timeout
+            // or a ping's.
+            c2u: Stamps::new(idle || client_read, send || client_read || pings),
+            u2c: Stamps::new(idle || upstream_read, send || upstream_read || pings),
             timeouts,
             first_eof_at: NEVER,
             parted_by: NEVER,
@@ -199,7 +200,9 @@ impl Deadlines {
             (Side::Client, c2u, u2c, &self.c2u),
             (Side::Upstream, u2c, c2u, &self.u2c),
         ] {
-            if from.read_done || toward.done {
+            // As with the read timeouts: a side not read while the write of
+            // its bytes stalls may have answered already, unseen.
+            if from.read_done || toward.done || stamps.stalled_since().is_some() {
                 continue;
             }
             let (from, limit, due) = pings.deadline(side, stamps.last_read);

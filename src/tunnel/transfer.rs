@@ -348,7 +348,13 @@ impl Transfer {
                     // buffering writer does not sit on bytes the peer waits for.
                     if self.need_flush {
                         match Pin::new(&mut *writer).poll_flush(cx) {
-                            Poll::Ready(Ok(())) => self.need_flush = false,
+                            Poll::Ready(Ok(())) => {
+                                self.need_flush = false;
+                                // Ends a stall an earlier pending flush began:
+                                // otherwise it would run on until the next
+                                // write and fire the send timeout.
+                                progressed(&mut clock);
+                            }
                             Poll::Ready(Err(e)) => return Poll::Ready(Err(CopyError::Write(e))),
                             Poll::Pending => stalled(&mut clock),
                         }
