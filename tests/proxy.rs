@@ -486,6 +486,99 @@ async fn a_down_upstream_is_skipped_and_all_down_is_502() {
     gw.shutdown().await;
 }
 
+/// nginx `max_fails=2`: an upstream that accepts connections and drops them
+/// unanswered is out after its second failure. A connect that succeeds is no
+/// success for passive health; only an answer is.
+#[tokio::test]
+async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
+    let good = ws_upstream(WsUpstreamOptions::default()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bad = listener.local_addr().unwrap();
+    let dropper = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let set: UpstreamSet = [bad, good.addr]
+        .into_iter()
+        .map(|a| {
+            Upstream::new(a)
+                .max_fails(2)
+                .fail_timeout(Duration::from_secs(600))
+        })
+        .collect();
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set))).await;
+    let mut refused = 0;
+    for _ in 0..10 {
+        match bounded("an upgrade", tokio_tungstenite::connect_async(gw.url("/"))).await {
+            Ok((mut ws, _)) => {
+                ws.send(Message::text("ok")).await.unwrap();
+                assert_eq!(next_data(&mut ws).await, Message::text("ok"));
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(refused, 2, "the bad upstream kept its turn");
+    dropper.abort();
+    gw.shutdown().await;
+}
+
+/// A client that resets while the upstream sends an interim answer (103)
+/// fails to take it: that is the client's doing, not the upstream's, which
+/// stays available (nginx never counts a client's error against a peer).
+#[tokio::test]
+async fn a_client_gone_during_an_interim_answer_does_not_fail_the_upstream() {
+    let good = ws_upstream(WsUpstreamOptions::default()).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hinting = listener.local_addr().unwrap();
+    let (go, go_rx) = oneshot::channel::<()>();
+    let (ended, ended_rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        let _ = go_rx.await;
+        for _ in 0..2 {
+            let hint = b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>\r\n\r\n";
+            if s.write_all(hint).await.is_err() {
+                break;
+            }
+        }
+        // The proxy closes its side once it gave up on the client.
+        let _ = read_to_end(&mut s).await;
+        let _ = ended.send(());
+    });
+    let set = UpstreamSet::new();
+    let id = set.add(Upstream::new(hinting));
+    set.add(Upstream::new(good.addr));
+    let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set.clone()))).await;
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(upgrade_head("/", "").as_bytes())
+        .await
+        .unwrap();
+    // The upstream has the request: the client resets.
+    bounded("the request upstream", async {
+        while set.snapshot().get(id).unwrap().active() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    client.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(client);
+    go.send(()).unwrap();
+    bounded("the proxy to let go of the upstream", ended_rx)
+        .await
+        .unwrap();
+    let request = http::Request::get("/").body(()).unwrap();
+    let ctx = wsproxy::balance::PickContext::new(
+        "127.0.0.1".parse().unwrap(),
+        &request,
+        std::time::Instant::now(),
+    );
+    assert!(set.snapshot().get(id).unwrap().is_available(&ctx));
+    gw.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn silent_upstream_gets_504_at_the_read_timeout() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -568,7 +568,7 @@ mod tests {
                 .map(|_| bal.pick(&ctx(&request, later)).unwrap())
                 .find(|l| l.id() == bad)
                 .unwrap_or_else(|| panic!("{bal:?} never came back to {bad}"));
-            back.report_success();
+            back.report_success(later);
             assert!(ids.contains(&bad));
         }
     }

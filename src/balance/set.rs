@@ -676,7 +676,7 @@ mod tests {
         }
         assert_eq!(counters.total.load(Ordering::Relaxed), 1);
         lease.report_failure(now);
-        lease.report_success();
+        lease.report_success(now);
         drop(lease);
         assert_eq!(counters.total.load(Ordering::Relaxed), 0);
         let kept = ids.iter().find(|&&id| id != gone).copied().unwrap();

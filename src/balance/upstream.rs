@@ -400,14 +400,22 @@ impl Shared {
         self.fails.store(health.fails, Ordering::Relaxed);
     }
 
-    fn report_success(&self) {
-        if self.fails.load(Ordering::Relaxed) == 0 {
+    fn report_success(&self, now: Instant) {
+        // Failures short of max_fails are not cleared by a success: they
+        // expire fail_timeout after the first (`report_failure`), so an
+        // upstream that fails every other request still trips, as in nginx.
+        if self.max_fails == 0 || self.fails.load(Ordering::Relaxed) < self.max_fails {
             return;
         }
         let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if health.fails >= self.max_fails {
-            self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
+        // Only the answer to a pick made once the sit-out was over (nginx's
+        // probe) lifts the mark: a request that was already under way when
+        // the upstream tripped proves nothing of it now.
+        let sat_out = health.down_until.map_or(true, |until| now >= until);
+        if health.fails < self.max_fails || !sat_out {
+            return;
         }
+        self.counters.tripped.fetch_sub(1, Ordering::Relaxed);
         *health = Health::default();
         self.fails.store(0, Ordering::Relaxed);
     }
@@ -510,10 +518,19 @@ impl Lease {
         self.shared.report_failure(now);
     }
 
-    /// The connect succeeded: clears the failure count, as nginx does when a
-    /// peer it was probing answers.
-    pub fn report_success(&self) {
-        self.shared.report_success();
+    /// The upstream answered at `now` (its answer head came and parsed):
+    /// lifts a failure mark once its `fail_timeout` is over, as nginx does
+    /// when the peer it lets through to probe answers.
+    ///
+    /// A success does not clear failures short of `max_fails`: they expire
+    /// `fail_timeout` after the first, so an upstream that connects but then
+    /// fails every other request still trips. Nor does it lift a mark while
+    /// the upstream sits out, which a request started before the failures
+    /// could otherwise do. Report it for the answer, not the connect: an
+    /// upstream that accepts connections and never answers is the one
+    /// passive health has to catch.
+    pub fn report_success(&self, now: Instant) {
+        self.shared.report_success(now);
     }
 }
 
@@ -564,7 +581,10 @@ mod tests {
         lease.report_failure(t0 + Duration::from_secs(13));
         assert!(!s.is_healthy(t0 + Duration::from_secs(13)));
         assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 1);
-        lease.report_success();
+        // Not while it sits out again; once it did, a success clears it.
+        lease.report_success(t0 + Duration::from_secs(14));
+        assert!(!s.is_healthy(t0 + Duration::from_secs(14)));
+        lease.report_success(t0 + Duration::from_secs(23));
         assert!(s.is_healthy(t0 + Duration::from_secs(13)));
         assert_eq!(s.counters.tripped.load(Ordering::Relaxed), 0);
     }
@@ -579,6 +599,19 @@ mod tests {
         assert!(s.is_healthy(t0 + Duration::from_secs(11)));
         lease.report_failure(t0 + Duration::from_secs(12));
         assert!(!s.is_healthy(t0 + Duration::from_secs(12)));
+    }
+
+    /// An upstream that connects and then fails every other request trips:
+    /// the successes between do not wipe the count.
+    #[test]
+    fn successes_do_not_clear_failures_short_of_max_fails() {
+        let t0 = super::super::testutil::epoch();
+        let s = shared(2, Duration::from_secs(10));
+        let lease = Lease::new(&s);
+        lease.report_failure(t0);
+        lease.report_success(t0 + Duration::from_secs(1));
+        lease.report_failure(t0 + Duration::from_secs(2));
+        assert!(!s.is_healthy(t0 + Duration::from_secs(2)));
     }
 
     #[test]

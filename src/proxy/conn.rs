@@ -76,6 +76,14 @@ struct Connected {
     admitted: Admitted,
 }
 
+/// Why no final answer head came.
+enum NoAnswer {
+    /// The upstream's fault (a passive-health failure): answer with this.
+    Upstream(StatusCode),
+    /// Relaying an interim answer to the client failed.
+    ClientGone,
+}
+
 /// What sending the request left for reading its answer.
 struct Sent {
     /// Upstream bytes read so far: an early answer's body, or nothing.
@@ -581,14 +589,20 @@ where
                 .await
             {
                 Ok(answer) => answer,
-                Err(status) => {
+                Err(NoAnswer::Upstream(status)) => {
                     lease.report_failure(Instant::now().into_std());
                     return self
                         .reject(status, "upstream sent no valid answer", None)
                         .await;
                 }
+                // The client's failure is not held against the upstream.
+                Err(NoAnswer::ClientGone) => {
+                    self.finish(Outcome::Abandoned);
+                    return Next::Close;
+                }
             },
         };
+        lease.report_success(Instant::now().into_std());
 
         if let (UpgradeAnswer::Switched(head), Some(_)) = (&answer, &listing) {
             let (out, prefix) = switching(std::mem::take(&mut up_buf), |out| {
@@ -697,7 +711,7 @@ where
         up_buf: &mut BytesMut,
         http10: bool,
         kind: &RequestKind,
-    ) -> Result<UpgradeAnswer, StatusCode> {
+    ) -> Result<UpgradeAnswer, NoAnswer> {
         let limits = &self.inner.limits;
         // An upgrade's 101 is checked and kept without a `HeaderMap`.
         let parse = |b: &mut BytesMut| match kind {
@@ -726,8 +740,10 @@ where
             let response = match head.await {
                 Ok(UpgradeAnswer::Other(response)) => response,
                 Ok(switched) => return Ok(switched),
-                Err(HeadRead::Timeout) => return Err(StatusCode::GATEWAY_TIMEOUT),
-                Err(_) => return Err(StatusCode::BAD_GATEWAY),
+                Err(HeadRead::Timeout) => {
+                    return Err(NoAnswer::Upstream(StatusCode::GATEWAY_TIMEOUT))
+                }
+                Err(_) => return Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY)),
             };
             let status = response.status();
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -740,12 +756,12 @@ where
                 handshake::write_response_head(&response, &mut out);
                 write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
                     .await
-                    .map_err(|_| StatusCode::BAD_GATEWAY)?;
+                    .map_err(|_| NoAnswer::ClientGone)?;
                 continue;
             }
             return Ok(UpgradeAnswer::Other(response));
         }
-        Err(StatusCode::BAD_GATEWAY)
+        Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY))
     }
 
     /// Sends the 101 `out` (see [`switching`]); the caller then tunnels.

@@ -119,10 +119,9 @@ pub(super) async fn connect(
         // one timeout; TCP_NODELAY and keepalive are set in the dial.
         let connecting = group.dial(inner.tcp_keepalive).connect(lease.addr());
         match timeout(inner.timeouts.connect, connecting).await {
-            Ok(Ok(stream)) => {
-                lease.report_success();
-                return Ok((lease, stream));
-            }
+            // Not a success for passive health yet: that takes an answer
+            // (an upstream can accept connections and never answer).
+            Ok(Ok(stream)) => return Ok((lease, stream)),
             Ok(Err(e)) => {
                 tracing::warn!(upstream = ?lease.addr(), error = %e, "connect failed");
                 last_io = Some((lease.addr().clone(), e));

@@ -143,8 +143,12 @@
 //! invalid_header`): a refused or timed out connect, a failed write of the
 //! request head, and an answer head that times out, is cut short or cannot
 //! be parsed. These say the upstream is unreachable or not answering.
+//! The answer head is the success (a connect alone is not: an upstream can
+//! accept connections and never answer), and it lifts a mark only once the
+//! upstream has sat out its `fail_timeout`, as nginx's probe does.
 //! Nothing that happens after the answer head counts (a slow body, an idle
-//! tunnel), and neither does an invalid 101: the upstream answered, and the
+//! tunnel), nor does a client that fails to take an interim answer, nor an
+//! invalid 101: the upstream answered, and the
 //! client's own request decides whether a 101 fits it. A timeout reading
 //! the answer head counts although a client can pick a slow path, as in
 //! nginx; two rules keep one client from locking everyone out that way: the

@@ -194,6 +194,7 @@ impl Proxy {
                 HeadRead::Timeout => failed(StatusCode::GATEWAY_TIMEOUT),
                 _ => failed(StatusCode::BAD_GATEWAY),
             })?;
+            lease.report_success(Instant::now().into_std());
             match handshake::classify_response(&kind, &head) {
                 Ok(ResponseKind::Informational) => continue,
                 Ok(ResponseKind::Switched) => {

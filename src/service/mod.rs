@@ -523,7 +523,10 @@ impl ProxyService {
             }
         };
         let response = match answered {
-            Ok(response) => response,
+            Ok(response) => {
+                lease.report_success(std::time::Instant::now());
+                response
+            }
             Err(_) if state.too_large() => {
                 let limit = proxy.client_max_body_size();
                 let e = RequestBodyError::TooLarge { limit };
