@@ -563,7 +563,7 @@ async fn a_client_gone_during_an_interim_answer_does_not_fail_the_upstream() {
         }
     })
     .await;
-    client.set_linger(Some(Duration::ZERO)).unwrap();
+    client.set_zero_linger().unwrap();
     drop(client);
     go.send(()).unwrap();
     bounded("the proxy to let go of the upstream", ended_rx)
