@@ -1588,6 +1588,28 @@ async fn bytes_reach(proxy: &Proxy, n: u64) {
     .await;
 }
 
+/// An upgrade request with a body is 400 on both paths, never forwarded: the
+/// upstream would read the client's first frames as that body.
+#[tokio::test]
+async fn an_upgrade_with_a_body_is_400_through_server_and_an_embedding_host() {
+    // Answers 500 to whatever reaches it: a 400 is the proxy's own.
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 500 Unexpected\r\ncontent-length: 0\r\n\r\n").await;
+    let proxy = round_robin(&[upstream]).build().unwrap();
+    let gw = Gateway::start(round_robin(&[upstream])).await;
+    let host = hyper_host(proxy.clone()).await;
+    for addr in [gw.addr, host] {
+        let mut request = upgrade_head("/", "Content-Length: 4\r\n").into_bytes();
+        request.extend_from_slice(b"abcd");
+        // The head only: a host may keep the connection open after it.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&request).await.unwrap();
+        let answer = read_until(&mut s, b"\r\n\r\n").await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{addr}: {answer}");
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn bytes_reach_the_counters_every_64_kib_while_a_tunnel_runs() {
     let up = ws_upstream(WsUpstreamOptions::default()).await;

@@ -148,6 +148,12 @@ pub enum HeadError {
     /// Several Content-Length values that differ (RFC 9112 §6.3).
     #[error("differing content-length values")]
     DifferingContentLength,
+    /// A request Content-Length repeated, as a second field or a list
+    /// (`5, 5`), even with equal values: refused with 400 as nginx does,
+    /// since the value would reach the upstream as the client wrote it and
+    /// servers disagree on reading it (request smuggling).
+    #[error("duplicate content-length header")]
+    DuplicateContentLength,
     /// A Content-Length value that is not a decimal number.
     #[error("invalid content-length")]
     InvalidContentLength,

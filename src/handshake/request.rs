@@ -576,10 +576,16 @@ mod tests {
             400,
             "transfer-encoding in an http/1.0 request",
         );
-        let head = complete(&format!(
-            "{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n"
-        ));
-        assert_eq!(head.body_length(), BodyLength::Fixed(5));
+        refused(
+            &format!("{h}Content-Length: 5\r\nContent-Length: 5\r\n\r\n"),
+            400,
+            "duplicate content-length header",
+        );
+        refused(
+            &format!("{h}Content-Length: 5, 5\r\n\r\n"),
+            400,
+            "duplicate content-length header",
+        );
         let head = complete(&format!("{h}Transfer-Encoding: Chunked\r\n\r\n"));
         assert_eq!(head.body_length(), BodyLength::Chunked);
         refused(

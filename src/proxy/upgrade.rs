@@ -131,6 +131,11 @@ impl Proxy {
             return Err(UpgradeError::NotUpgrade);
         };
         exchange.request();
+        // Bytes after an upgrade request are the tunnel's: a body would be
+        // read by the upstream as its start (as `Server` refuses it).
+        if head.body_length() != handshake::BodyLength::Fixed(0) {
+            return Err(UpgradeError::HasBody);
+        }
         let (mut request, kind) = head.into_parts();
         if !matches!(kind, RequestKind::WebSocket(_)) {
             return Err(UpgradeError::NotUpgrade);
@@ -331,6 +336,10 @@ pub enum UpgradeError {
     /// The request breaks the WebSocket handshake rules.
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
+    /// The upgrade request announces a body (Content-Length or
+    /// Transfer-Encoding): 400, as `Server` answers it.
+    #[error("websocket upgrade request has a body")]
+    HasBody,
     /// No route for the request.
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -354,7 +363,7 @@ impl UpgradeError {
     /// The status to answer the client with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotUpgrade => StatusCode::BAD_REQUEST,
+            Self::NotUpgrade | Self::HasBody => StatusCode::BAD_REQUEST,
             Self::Handshake(e) => e.status(),
             Self::Route(e) => e.status(),
             Self::Forward(e) => e.status(),
