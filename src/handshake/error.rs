@@ -232,4 +232,13 @@ pub enum SwitchError {
     /// Sec-WebSocket-Accept is not base64(SHA-1(key + GUID)).
     #[error("sec-websocket-accept does not match the key")]
     AcceptMismatch,
+    /// Sec-WebSocket-Protocol is not one of the subprotocols the client
+    /// offered, is a list, or is repeated (RFC 6455 §4.1: the client fails
+    /// the connection).
+    #[error("sec-websocket-protocol was not offered by the client")]
+    Protocol,
+    /// Sec-WebSocket-Extensions names an extension the client did not
+    /// offer (RFC 6455 §4.1: the client fails the connection).
+    #[error("sec-websocket-extensions names an extension the client did not offer")]
+    Extension,
 }

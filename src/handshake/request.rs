@@ -5,7 +5,10 @@ use std::ops::Range;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, HOST, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE};
+use http::header::{
+    CONNECTION, HOST, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
 use http::uri::Authority;
 use http::{HeaderName, HeaderValue, Method, Request, Uri, Version};
 
@@ -43,12 +46,30 @@ pub enum RequestKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebSocketUpgrade {
     key: HeaderValue,
+    /// Sec-WebSocket-Protocol as offered (fields joined), if any: a 101
+    /// may pick one of them only.
+    protocols: Option<HeaderValue>,
+    /// Sec-WebSocket-Extensions as offered (fields joined), if any: a 101
+    /// may name only these.
+    extensions: Option<HeaderValue>,
 }
 
 impl WebSocketUpgrade {
     /// The client's Sec-WebSocket-Key: base64 of 16 bytes.
     pub fn key(&self) -> &HeaderValue {
         &self.key
+    }
+
+    /// The subprotocols the client offered (Sec-WebSocket-Protocol, its
+    /// fields joined with `, `), if it offered any.
+    pub fn protocols(&self) -> Option<&HeaderValue> {
+        self.protocols.as_ref()
+    }
+
+    /// The extensions the client offered (Sec-WebSocket-Extensions, its
+    /// fields joined with `, `), if it offered any.
+    pub fn extensions(&self) -> Option<&HeaderValue> {
+        self.extensions.as_ref()
     }
 
     /// The Sec-WebSocket-Accept a completing 101 must carry.
@@ -242,7 +263,7 @@ fn read(buf: &mut BytesMut, limits: &Limits) -> Result<Status<RequestHead>, Head
     }
     check_host(&known, &head, raw.version)?;
     let body = framing.request_body(raw.version)?;
-    let kind = classify(&known, &head, request.method(), raw.version)?;
+    let kind = classify(&known, &head, &raw.fields, request.method(), raw.version)?;
     *request.headers_mut() = head::header_map(&head, raw.fields)?;
     Ok(Status::Complete(RequestHead {
         request,
@@ -352,10 +373,27 @@ pub(crate) fn is_host_and_port(authority: &Authority) -> bool {
     !host.is_empty() && port_ok && !authority.as_str().contains('@')
 }
 
+/// The value of the `name` fields, joined with `, ` when there are several
+/// (RFC 9110 §5.3); a single field is a slice of the head, no copy.
+fn offered(head: &Bytes, fields: &head::Fields, name: &HeaderName) -> Option<HeaderValue> {
+    let mut ranges = fields.iter().filter(|(n, _)| n == name).map(|(_, r)| r);
+    let first = ranges.next()?.clone();
+    let Some(second) = ranges.next() else {
+        return HeaderValue::from_maybe_shared(head.slice(first)).ok();
+    };
+    let mut joined = head[first].to_vec();
+    for range in std::iter::once(second).chain(ranges) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(&head[range.clone()]);
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
 /// RFC 6455 §4.2.1, for a request whose Upgrade header lists `websocket`.
 fn classify(
     known: &Known,
     head: &Bytes,
+    fields: &head::Fields,
     method: &Method,
     version: Version,
 ) -> Result<RequestKind, HeadError> {
@@ -380,7 +418,11 @@ fn classify(
         _ => return Err(HeadError::InvalidWebSocketKey),
     };
     if known.versions == 1 && known.version_13 {
-        Ok(RequestKind::WebSocket(WebSocketUpgrade { key }))
+        Ok(RequestKind::WebSocket(WebSocketUpgrade {
+            key,
+            protocols: offered(head, fields, &SEC_WEBSOCKET_PROTOCOL),
+            extensions: offered(head, fields, &SEC_WEBSOCKET_EXTENSIONS),
+        }))
     } else {
         Err(HeadError::UnsupportedWebSocketVersion)
     }

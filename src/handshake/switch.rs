@@ -282,6 +282,10 @@ struct SwitchChecks {
     connection_upgrade: bool,
     accepts: usize,
     accept_matches: bool,
+    /// A Sec-WebSocket-Protocol or Sec-WebSocket-Extensions the client did
+    /// not offer, or a repeated protocol: the full check names the error.
+    not_offered: bool,
+    protocols: usize,
 }
 
 impl SwitchChecks {
@@ -296,6 +300,11 @@ impl SwitchChecks {
         } else if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
             self.accepts += 1;
             self.accept_matches = value == accept_bytes(upgrade.key().as_bytes());
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+            self.protocols += 1;
+            self.not_offered |= !upgrade.offers_protocol(value);
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-extensions") {
+            self.not_offered |= !upgrade.offers_extensions(value);
         } else if name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"transfer-encoding")
         {
@@ -310,6 +319,8 @@ impl SwitchChecks {
             && self.connection_upgrade
             && self.accepts == 1
             && self.accept_matches
+            && self.protocols <= 1
+            && !self.not_offered
     }
 }
 

@@ -1,11 +1,13 @@
 //! Whether an upstream's 101 completes the WebSocket upgrade it answers.
 
 use base64::Engine as _;
-use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use http::header::{
+    CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL, UPGRADE,
+};
 use http::{Response, StatusCode};
 
 use super::request::WebSocketUpgrade;
-use super::syntax::has_token;
+use super::syntax::{has_token, trim_ows};
 use super::SwitchError;
 
 /// RFC 6455 §1.3: the GUID appended to the key before hashing.
@@ -59,5 +61,61 @@ pub(super) fn check_switch<B>(
     if accept.as_bytes() != accept_bytes(upgrade.key().as_bytes()) {
         return Err(SwitchError::AcceptMismatch);
     }
+    let mut protocols = headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter();
+    match (protocols.next(), protocols.next()) {
+        (None, _) => {}
+        (Some(chosen), None) if upgrade.offers_protocol(chosen.as_bytes()) => {}
+        _ => return Err(SwitchError::Protocol),
+    }
+    if !headers
+        .get_all(SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .all(|v| upgrade.offers_extensions(v.as_bytes()))
+    {
+        return Err(SwitchError::Extension);
+    }
     Ok(())
+}
+
+impl WebSocketUpgrade {
+    /// Whether `chosen`, a 101's Sec-WebSocket-Protocol, is one subprotocol
+    /// the client offered (tokens, compared exactly).
+    pub(super) fn offers_protocol(&self, chosen: &[u8]) -> bool {
+        let chosen = trim_ows(chosen);
+        !chosen.is_empty()
+            && !chosen.contains(&b',')
+            && self.protocols().is_some_and(|offered| {
+                offered
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|p| trim_ows(p) == chosen)
+            })
+    }
+
+    /// Whether every extension a 101's Sec-WebSocket-Extensions `value`
+    /// names is one the client offered (names compared case-insensitively;
+    /// the parameters are the extension's business).
+    pub(super) fn offers_extensions(&self, value: &[u8]) -> bool {
+        extension_names(value).all(|name| {
+            self.extensions().is_some_and(|offered| {
+                extension_names(offered.as_bytes()).any(|o| o.eq_ignore_ascii_case(name))
+            })
+        })
+    }
+}
+
+/// The extension names of a Sec-WebSocket-Extensions value (RFC 6455 §9.1:
+/// `name *(";" param)` items, comma-separated; a comma inside a quoted
+/// parameter value separates nothing).
+fn extension_names(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut quoted = false;
+    value
+        .split(move |&b| {
+            if b == b'"' {
+                quoted = !quoted;
+            }
+            b == b',' && !quoted
+        })
+        .map(|item| trim_ows(item.split(|&b| b == b';').next().unwrap_or_default()))
+        .filter(|name| !name.is_empty())
 }

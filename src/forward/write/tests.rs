@@ -259,7 +259,8 @@ fn switching_heads() -> Vec<String> {
 #[test]
 fn the_switching_writer_sends_what_the_header_map_path_sends() {
     let request = parsed(&format!(
-        "GET /chat HTTP/1.1\r\nHost: chat.example:8443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}\r\n"
+        "GET /chat HTTP/1.1\r\nHost: chat.example:8443\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n{KEY}\r\n"
     ))
     .unwrap();
     let upgrade = request.websocket().unwrap();
@@ -303,7 +304,8 @@ fn the_switching_writer_sends_what_the_header_map_path_sends() {
 #[test]
 fn a_plain_101_goes_out_byte_for_byte_as_before() {
     let request = parsed(&format!(
-        "GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{KEY}\r\n"
+        "GET /chat HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Protocol: chat\r\n{KEY}\r\n"
     ))
     .unwrap();
     let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

@@ -10,7 +10,9 @@ fn upgrade_request() -> RequestHead {
     let mut buf = BytesMut::from(concat!(
         "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n",
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
-        "Sec-WebSocket-Version: 13\r\n\r\n",
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n",
+        "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        "Sec-WebSocket-Extensions: x-note; v=\"a,b\"\r\n\r\n",
     ));
     match parse_request(&mut buf, &Limits::default()) {
         Ok(Status::Complete(head)) => head,
@@ -65,7 +67,13 @@ fn table() -> Vec<(String, bool)> {
         (ok101("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n"), true),
         // Over the eight fields a `SwitchingHead` holds: the full parser.
         (ok101("A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\nF: 6\r\n"), false),
+        (ok101("Sec-WebSocket-Protocol: superchat\r\n"), true),
+        (ok101("Sec-WebSocket-Extensions: X-Note\r\n"), true),
         // Refused by the checks: the full parser decides and names why.
+        (ok101("Sec-WebSocket-Protocol: other\r\n"), false),
+        (ok101("Sec-WebSocket-Protocol: chat, superchat\r\n"), false),
+        (ok101("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: chat\r\n"), false),
+        (ok101("Sec-WebSocket-Extensions: permessage-deflate, x-other\r\n"), false),
         (ok101("Upgrade: websocket\r\n"), false),
         (ok101(&format!("Sec-WebSocket-Accept: {ACCEPT}\r\n")), false),
         (ok101("Content-Length: 0\r\n"), false),
@@ -243,4 +251,83 @@ fn random_bytes_never_panic_and_agree_with_the_full_parser() {
             (x, y) => panic!("{bytes:?}: {x:?} against {y:?}"),
         }
     }
+}
+
+/// RFC 6455 §4.1: a 101 may pick one subprotocol the client offered and
+/// name only extensions it offered; anything else the client would fail, so
+/// the proxy refuses it (502) before any tunnel opens.
+#[test]
+fn a_101_may_choose_only_what_the_client_offered() {
+    let offered = upgrade_request();
+    let mut bare = BytesMut::from(concat!(
+        "GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n",
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    ));
+    let Ok(Status::Complete(bare)) = parse_request(&mut bare, &Limits::default()) else {
+        panic!("not a request")
+    };
+    let check = |request: &RequestHead, extra: &str| {
+        let mut buf = BytesMut::from(ok101(extra).as_bytes());
+        let Ok(Status::Complete(response)) = parse_response(&mut buf, &Limits::default()) else {
+            panic!("{extra:?}")
+        };
+        classify_response(request.kind(), &response).map_err(|e| e.to_string())
+    };
+    let protocol = Err(
+        "invalid upstream 101 response: sec-websocket-protocol was not offered by the client"
+            .to_owned(),
+    );
+    let extension =
+        Err("invalid upstream 101 response: sec-websocket-extensions names an extension the client did not offer".to_owned());
+    for (request, extra, expected) in [
+        (
+            &offered,
+            "Sec-WebSocket-Protocol: chat\r\n",
+            Ok(ResponseKind::Switched),
+        ),
+        (
+            &offered,
+            "Sec-WebSocket-Protocol: Chat\r\n",
+            protocol.clone(),
+        ),
+        (
+            &offered,
+            "Sec-WebSocket-Protocol: chat, superchat\r\n",
+            protocol.clone(),
+        ),
+        (&bare, "Sec-WebSocket-Protocol: chat\r\n", protocol.clone()),
+        (
+            &offered,
+            "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n",
+            Ok(ResponseKind::Switched),
+        ),
+        // A comma inside a quoted parameter separates nothing.
+        (
+            &offered,
+            "Sec-WebSocket-Extensions: x-note; v=\"c,d\"\r\n",
+            Ok(ResponseKind::Switched),
+        ),
+        (
+            &offered,
+            "Sec-WebSocket-Extensions: x-other\r\n",
+            extension.clone(),
+        ),
+        (
+            &bare,
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n",
+            extension.clone(),
+        ),
+        (&bare, "", Ok(ResponseKind::Switched)),
+    ] {
+        assert_eq!(check(request, extra), expected, "{extra:?}");
+    }
+    let Some(upgrade) = offered.websocket() else {
+        panic!("not an upgrade")
+    };
+    assert_eq!(upgrade.protocols().unwrap(), "chat, superchat");
+    assert_eq!(
+        upgrade.extensions().unwrap(),
+        "permessage-deflate; client_max_window_bits, x-note; v=\"a,b\""
+    );
 }
