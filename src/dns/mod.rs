@@ -233,7 +233,8 @@ impl Discovery {
 
     /// Run `rebalancer` after an answer adds addresses, so that the new
     /// upstreams take their share of the open tunnels (see
-    /// [`Rebalancer`]); one run at a time.
+    /// [`Rebalancer`]); one run at a time per group, whichever rebalancer
+    /// starts it (see [`Rebalancer::run`]).
     pub fn rebalance(mut self, rebalancer: Rebalancer) -> Self {
         self.rebalance = Some(rebalancer);
         self
