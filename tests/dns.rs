@@ -280,6 +280,53 @@ async fn a_vanished_srv_target_drains_its_tunnels_untouched_until_they_end() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_srv_target_whose_lookup_fails_keeps_its_addresses() {
+    let (a, b) = (backend().await, backend().await);
+    let mut zone = Zone::with_hosts(&["a.test", "b.test"], &[LOCAL4], 1);
+    let on = |port, target: &str| SrvRecord {
+        target: target.into(),
+        ..srv(port, 1)
+    };
+    zone.srv.insert(
+        "_ws._tcp.chat.test".into(),
+        vec![on(a.port(), "a.test"), on(b.port(), "b.test")],
+    );
+    let dns = DnsServer::start(zone).await;
+    let set = UpstreamSet::new();
+    let (gw, _group) = proxy(&set).await;
+    let handle = discovery(&dns, DnsName::srv("_ws._tcp.chat.test"), &set)
+        .spawn()
+        .unwrap();
+    lookups(&handle, 1).await;
+    let b_label = b.port().to_string();
+    let mut tunnels = [open(&gw).await, open(&gw).await];
+    let (on_b, _) = tunnels.iter_mut().find(|(_, l)| *l == b_label).unwrap();
+
+    // The SRV answer and a.test still resolve; b.test's lookup fails.
+    dns.change(|z| {
+        z.servfail_for.insert("b.test".into());
+    });
+    let stats = bounded("lookups", handle.wait_for(|s| s.lookups >= 3)).await;
+    assert_eq!((stats.members, stats.left), (2, 0));
+    assert!(peers(&set).iter().all(|p| !p.is_draining()));
+    let mut labels = reached(&gw, 2).await;
+    labels.sort();
+    let mut both = [a.port().to_string(), b_label.clone()];
+    both.sort();
+    assert_eq!(labels, both);
+    assert_eq!(say(on_b, "still there").await, b_label);
+
+    // b.test gone for good (NXDOMAIN): now it leaves.
+    dns.change(|z| {
+        z.servfail_for.clear();
+        z.hosts.remove("b.test");
+    });
+    bounded("the leave", handle.wait_for(|s| s.left >= 1)).await;
+    let a_label = a.port().to_string();
+    assert!(reached(&gw, 2).await.iter().all(|l| *l == a_label));
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_drain_deadline_closes_leftover_tunnels_with_1001() {
     let (a, b) = (backend().await, backend().await);
     let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 1);

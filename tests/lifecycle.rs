@@ -239,6 +239,54 @@ async fn third_upstream_joins(
     report
 }
 
+/// A periodic rebalancer and one a DNS join starts can run at once on one
+/// group: the second must not plan the surplus the first is shedding.
+#[tokio::test(start_paused = true)]
+async fn two_rebalancers_of_one_group_move_no_more_than_one_run_needs() {
+    const CLIENTS: usize = 10;
+    let (a, _) = recording_upstream().await;
+    let (b, _) = recording_upstream().await;
+    let set: UpstreamSet = [Upstream::new(a)].into_iter().collect();
+    let group = UpstreamGroup::new("chat", LeastConn::new(set.clone()));
+    let gw = Gateway::start(Proxy::builder().route(Route::new("/", group.clone()))).await;
+
+    let (go, went) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let path = format!("/?id={c}");
+        let mut ws = client_to(gw.addr, &path).await;
+        echo(&mut ws, format!("hello {c}")).await;
+        let task = rebalanced_client(gw.addr, path, c, ws, went.clone(), stopped.clone());
+        clients.push(tokio::spawn(task));
+    }
+    let joined = set.add(Upstream::new(b));
+    let periodic = Rebalancer::new(group.clone(), set.clone()).rate(10);
+    let after_join = periodic.clone();
+
+    go.send(true).unwrap();
+    let (first, second) = within(Duration::from_secs(600), "both rebalances", async {
+        tokio::join!(periodic.run(), after_join.run())
+    })
+    .await;
+    // 10 over 2 at factor 1.25: a cap of 6, so one run closes 4.
+    assert_eq!(first.needed, 4, "{first:?}");
+    assert_eq!(first.moved + second.moved, 4, "{first:?} {second:?}");
+    let counts = group.tunnels().count_by_upstream();
+    assert_eq!(counts.get(&joined).copied(), Some(4));
+
+    stop.send(true).unwrap();
+    let mut closed = 0;
+    for c in clients {
+        if let Some(code) = bounded("a client", c).await.unwrap() {
+            assert_eq!(code, 1012);
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 4);
+    gw.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_servers_drain_closes_only_its_own_tunnels() {
     let (up, _) = recording_upstream().await;

@@ -47,7 +47,9 @@
 //! the most loaded of 10 upstreams then carries about 1.07× the mean instead
 //! of about 1.1×. A new upstream takes about its share of the keys and no
 //! key moves between two old upstreams
-//! (`cargo run --release --example balance_report` prints both).
+//! (`cargo run --release --example balance_report` prints both), except
+//! when the join takes the total weight across 4,096 × 2^k, where the ring
+//! is scaled down (see [`ConsistentHash`]).
 //!
 //! Long-lived connections are placed once, so a strategy that can say where
 //! a connection's key belongs now ([`Balancer::affinity`],

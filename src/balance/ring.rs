@@ -112,9 +112,27 @@ fn query<'r>(request: &'r http::Request<()>, name: &str) -> Option<&'r str> {
 /// Each point costs 12 bytes: 60 KiB for 10 upstreams of weight 1.
 pub(crate) const POINTS_PER_WEIGHT: u32 = 512;
 
-/// The most points one ring holds (~25 MiB); past it, weights are scaled
-/// down together so that huge weights cannot exhaust memory.
+/// The most points one ring holds (~25 MiB), reached at a total weight of
+/// 4,096: past it, every count is halved once per doubling of the total
+/// weight (see [`scale_shift`]), so that huge weights (SRV allows 65,535
+/// each) cannot exhaust memory.
 const MAX_POINTS: u64 = 1 << 21;
+
+/// The shift that brings a tier wanting `wanted` points under
+/// [`MAX_POINTS`]: the smallest `k` with `wanted <= MAX_POINTS << k`.
+///
+/// A power of two rather than the exact ratio, so that an upstream's count
+/// (`weight × 512 >> k`) depends on the others only through `k`, which
+/// changes when the total weight crosses 4,096 × 2^j, not on every join or
+/// leave: with the exact ratio every change of membership rescaled every
+/// upstream's points and moved keys between two old upstreams.
+fn scale_shift(wanted: u64) -> u32 {
+    wanted
+        .div_ceil(MAX_POINTS)
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
+}
 
 /// A ketama ring for one tier: sorted points and, beside them, the index of
 /// the peer owning each, plus a bucket index on the top bits of the hash
@@ -154,15 +172,15 @@ impl Ring {
                 *slot = u32::try_from(r).unwrap_or(u32::MAX);
             }
         }
+        let shift = scale_shift(wanted);
         let mut ring: Vec<(u64, u32, u32)> = Vec::new();
         for (i, peer) in peers.iter().enumerate() {
             let name = names.get(i).map_or("", String::as_str);
             let owner = u32::try_from(i).unwrap_or(u32::MAX);
             let by_name = rank.get(i).copied().unwrap_or(u32::MAX);
-            let mut count = u64::from(peer.weight) * u64::from(POINTS_PER_WEIGHT);
-            if wanted > MAX_POINTS {
-                count = (count * MAX_POINTS / wanted).max(1);
-            }
+            // Point `j` is the same hash at every scale, so a coarser ring
+            // keeps a prefix of each upstream's points.
+            let count = ((u64::from(peer.weight) * u64::from(POINTS_PER_WEIGHT)) >> shift).max(1);
             for j in 0..count {
                 ring.push((xxh3_64_with_seed(name.as_bytes(), j), by_name, owner));
             }
@@ -281,10 +299,21 @@ pub(crate) fn any_load(_tier: usize) -> impl Fn(&Peer) -> bool {
 
 /// Consistent hashing on a ketama ring (nginx `hash $key consistent`).
 ///
-/// Each upstream owns 160 × weight points (nginx's count) on a 64-bit
-/// ring; a key goes to the owner of the first point at or after its hash,
-/// and walks on clockwise past unavailable ones. Adding an upstream moves
-/// only the keys it takes; removing one moves only its keys.
+/// Each upstream owns 512 × weight points on a 64-bit ring (nginx places
+/// 160; see [`balance`](crate::balance#cost-and-balance)); a key goes to the
+/// owner of the first point at or after its hash, and walks on clockwise
+/// past unavailable ones. Adding an upstream moves only the keys it takes;
+/// removing one moves only its keys.
+///
+/// The limit: 512 points per unit of weight fit while a tier's (the
+/// primaries' or the backups') total weight is at most 4,096, which is
+/// 2^21 points (~25 MiB). Above that each upstream holds
+/// `512 × weight >> k` points (at least one), `k` the smallest with a total
+/// weight at most 4,096 × 2^k, which keeps the ring at 2^21 points or
+/// fewer, plus one for each upstream whose share rounds down to none. A
+/// join or leave that takes the total weight from at most 4,096 × 2^j to
+/// above it, or back (4,096, 8,192, 16,384, ...), changes `k` and then also
+/// moves keys between old upstreams; any other keeps the promise above.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -404,6 +433,27 @@ mod tests {
             }
         }
         assert!((60..320).contains(&moved), "{moved}");
+    }
+
+    /// Above 4,096 units of weight the ring is scaled down; a join that
+    /// keeps the scale still moves keys only to the newcomer.
+    #[test]
+    fn adding_a_node_above_the_point_cap_moves_keys_only_to_it() {
+        let (set, _) = set_of(&[500; 10]);
+        let b = ConsistentHash::new(set.clone(), HashKey::Path);
+        let paths: Vec<String> = (0..2000).map(|i| format!("/k/{i}")).collect();
+        let before: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
+        set.add(Upstream::new(addr(9010)).weight(500));
+        let after: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
+        let mut moved = 0;
+        for (&x, &y) in before.iter().zip(&after) {
+            if x != y {
+                assert_eq!(y, 10, "a key moved between two old upstreams");
+                moved += 1;
+            }
+        }
+        // Its share is 2000 / 11, about 182.
+        assert!((120..250).contains(&moved), "{moved}");
     }
 
     /// Shuffled lists with weights, and the same upstream down in each:

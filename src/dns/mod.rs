@@ -18,8 +18,14 @@
 //! are sent Close 1001 (going away). A failed, SERVFAIL or empty answer keeps
 //! the last good set, logs a warning and counts in
 //! [`DiscoveryStats::failures`] (and `wsproxy_dns_lookups_total{outcome}`
-//! with feature `metrics`): a DNS outage never empties a group. Upstreams
-//! added to the set by other means are never touched.
+//! with feature `metrics`): a DNS outage never empties a group. Likewise an
+//! SRV target whose own address lookup fails (SERVFAIL, a timeout) while
+//! the rest of the answer resolves keeps the addresses it had in the last
+//! good answer, and the next lookup comes as soon as after a failure; a
+//! target whose name has no address (NXDOMAIN, NODATA) leaves. Of more than
+//! 64 SRV records, 64 are resolved: the lowest priorities, then the highest
+//! weights, then by target name and port, whatever order they came in.
+//! Upstreams added to the set by other means are never touched.
 //!
 //! The rules themselves (what an answer changes, how a TTL is clamped) are
 //! the pure [`reconcile`] and [`TtlBounds`], usable without a resolver.
@@ -233,7 +239,8 @@ impl Discovery {
 
     /// Run `rebalancer` after an answer adds addresses, so that the new
     /// upstreams take their share of the open tunnels (see
-    /// [`Rebalancer`]); one run at a time.
+    /// [`Rebalancer`]); one run at a time per group, whichever rebalancer
+    /// starts it (see [`Rebalancer::run`]).
     pub fn rebalance(mut self, rebalancer: Rebalancer) -> Self {
         self.rebalance = Some(rebalancer);
         self

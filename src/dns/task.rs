@@ -1,11 +1,15 @@
 //! The discovery task: look up, apply the plan to the set, wait for the
 //! TTL while sweeping drained upstreams out.
 
+use std::cmp::Reverse;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::proto::rr::{RData, Record};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::rdata::SRV;
+use hickory_resolver::proto::rr::{Name, RData, Record};
+use hickory_resolver::proto::{ProtoError, ProtoErrorKind};
 use hickory_resolver::{ResolveError, TokioResolver};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -40,6 +44,9 @@ pub(super) struct Task {
     resolver: TokioResolver,
     stats: watch::Sender<DiscoveryStats>,
     members: HashMap<SocketAddr, Tracked>,
+    /// Each SRV target's addresses as its last lookup that answered gave
+    /// them.
+    srv_addrs: HashMap<Name, Vec<IpAddr>>,
     rebalancing: Option<JoinHandle<()>>,
 }
 
@@ -54,6 +61,7 @@ impl Task {
             resolver,
             stats,
             members: HashMap::new(),
+            srv_addrs: HashMap::new(),
             rebalancing: None,
         }
     }
@@ -291,7 +299,7 @@ impl Task {
             .set(members as f64);
     }
 
-    async fn lookup(&self) -> Answer {
+    async fn lookup(&mut self) -> Answer {
         // The resolver keeps no cache (cache_size 0); cleared anyway so
         // that the TTL read is the server's, never a cached remainder.
         self.resolver.clear_cache();
@@ -308,22 +316,31 @@ impl Task {
                 }
                 Err(e) => failed(&self.config.name, &e),
             },
-            DnsName::Srv { name } => self.lookup_srv(name).await,
+            DnsName::Srv { name } => {
+                let (answer, addrs) = self.lookup_srv(name).await;
+                if let Some(addrs) = addrs {
+                    self.srv_addrs = addrs;
+                }
+                answer
+            }
         };
         tracing::debug!(name = %self.config.name, ?answer, "dns: answer");
         answer
     }
 
-    async fn lookup_srv(&self, name: &str) -> Answer {
+    /// The SRV answer, and each target's addresses to remember (`None`
+    /// when the SRV lookup itself failed).
+    async fn lookup_srv(&self, name: &str) -> (Answer, Option<HashMap<Name, Vec<IpAddr>>>) {
         let srv = match self.resolver.srv_lookup(name).await {
             Ok(srv) => srv,
-            Err(e) => return failed(&self.config.name, &e),
+            Err(e) => return (failed(&self.config.name, &e), None),
         };
         let mut ttl = min_ttl(srv.as_lookup().records());
         let lowest = srv.iter().map(|r| r.priority()).min().unwrap_or(0);
         let mut targets = Vec::new();
+        let mut addrs = HashMap::new();
         let mut any_failed = false;
-        for record in srv.iter().take(MAX_SRV_TARGETS) {
+        for record in first_targets(srv.iter()) {
             let host = record.target();
             // A target's addresses may come in the answer's additional
             // section; the resolver keeps no cache, so ask for them.
@@ -332,13 +349,23 @@ impl Task {
                     ttl = ttl.min(min_ttl(found.as_lookup().records()));
                     found.iter().collect()
                 }
-                Err(e) => {
-                    any_failed |= !e.is_no_records_found();
-                    tracing::warn!(target_name = %host, error = %e, "dns: SRV target did not resolve");
+                // The server says the name has none (NXDOMAIN, NODATA), so
+                // its addresses are really gone.
+                Err(e) if is_negative(&e) => {
+                    tracing::warn!(target_name = %host, error = %e, "dns: SRV target has no address");
                     continue;
                 }
+                // No answer says nothing about the target: as for a failed
+                // answer, it keeps its last good addresses, so that its
+                // tunnels are not drained over a SERVFAIL or a timeout.
+                Err(e) => {
+                    any_failed = true;
+                    let kept = self.srv_addrs.get(host).cloned().unwrap_or_default();
+                    tracing::warn!(target_name = %host, error = %e, kept = kept.len(), "dns: SRV target did not resolve; keeping its last addresses");
+                    kept
+                }
             };
-            for ip in ips {
+            for &ip in &ips {
                 targets.push(
                     Target::new(
                         SocketAddr::new(ip, record.port()),
@@ -347,13 +374,40 @@ impl Task {
                     .backup(record.priority() > lowest),
                 );
             }
+            if !ips.is_empty() {
+                addrs.insert(host.clone(), ips);
+            }
         }
-        match (targets.is_empty(), any_failed) {
+        if any_failed {
+            // Kept addresses may be stale: ask again as soon as after a
+            // failed answer.
+            ttl = Duration::ZERO;
+        }
+        let answer = match (targets.is_empty(), any_failed) {
             (false, _) => Answer::Records { targets, ttl },
             (true, true) => Answer::Failed,
             (true, false) => Answer::Empty,
-        }
+        };
+        (answer, Some(addrs))
     }
+}
+
+/// The SRV records whose targets are resolved: at most
+/// [`MAX_SRV_TARGETS`], sorted before the cut so that with more records
+/// the same ones are kept whatever order the server sends them in (servers
+/// rotate them), and membership does not flap with it.
+fn first_targets<'a>(records: impl Iterator<Item = &'a SRV>) -> Vec<&'a SRV> {
+    let mut records: Vec<&SRV> = records.collect();
+    records.sort_by(|a, b| {
+        (a.priority(), Reverse(a.weight()), a.target(), a.port()).cmp(&(
+            b.priority(),
+            Reverse(b.weight()),
+            b.target(),
+            b.port(),
+        ))
+    });
+    records.truncate(MAX_SRV_TARGETS);
+    records
 }
 
 fn records_answer(targets: Vec<Target>, records: &[Record]) -> Answer {
@@ -377,12 +431,58 @@ fn min_ttl(records: &[Record]) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
+/// Whether the name server answered that the name has no such record
+/// (NXDOMAIN, or NOERROR without one). hickory reports SERVFAIL, REFUSED
+/// and the other failure codes as "no records found" too, though they say
+/// nothing about the records.
+fn is_negative(e: &ResolveError) -> bool {
+    matches!(
+        e.proto().map(ProtoError::kind),
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+            ..
+        })
+    )
+}
+
 fn failed(name: &DnsName, e: &ResolveError) -> Answer {
-    if e.is_no_records_found() {
+    if is_negative(e) {
         tracing::warn!(%name, error = %e, "dns: no records");
         Answer::Empty
     } else {
         tracing::warn!(%name, error = %e, "dns: lookup failed");
         Answer::Failed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_srv_targets_kept_do_not_depend_on_record_order() {
+        let records: Vec<SRV> = (0..80u16)
+            .map(|i| {
+                let target = Name::from_ascii(format!("t{}.test.", i % 40)).unwrap();
+                SRV::new(10 + i % 2, i % 7, 8000 + i, target)
+            })
+            .collect();
+        let kept = |records: &[SRV]| -> Vec<SRV> {
+            first_targets(records.iter()).into_iter().cloned().collect()
+        };
+        let first = kept(&records);
+        assert_eq!(first.len(), MAX_SRV_TARGETS);
+        // The 40 of priority 10 first, heaviest first.
+        assert!(first[..40].iter().all(|r| r.priority() == 10));
+        assert!(first[..40]
+            .windows(2)
+            .all(|w| w[0].weight() >= w[1].weight()));
+        let mut rotated = records.clone();
+        for _ in 0..5 {
+            rotated.rotate_left(17);
+            assert_eq!(kept(&rotated), first);
+        }
+        rotated.reverse();
+        assert_eq!(kept(&rotated), first);
     }
 }

@@ -152,7 +152,34 @@ impl Rebalancer {
     /// (the settle time), then measures again. It stops when the closed
     /// clients have not all come back by then (a next plan would chase the
     /// smaller total), and after 8 rounds at most.
+    ///
+    /// One run at a time per group: a run that finds another under way on
+    /// the same tunnels (a clone of this rebalancer, another one built on
+    /// the group or a clone of it, or on the group a
+    /// [`Proxy::reconfigure`](crate::Proxy::reconfigure) kept) closes
+    /// nothing and returns at once, with no rounds and `needed` 0.
     pub async fn run(&self) -> RebalanceReport {
+        // Two runs at once both plan the surplus before the other's closed
+        // clients have landed, and together close more than it. The second
+        // skips rather than waits: the run under way measures and plans
+        // again after every round, so the join or drift that asked for the
+        // second is taken in there, from loads its own closes have settled
+        // into; one queued behind it would plan again at once, even when
+        // the first stopped because closed clients had not come back.
+        let Some(_running) = self.group.tunnels().start_rebalance() else {
+            let spread = self.spread();
+            tracing::debug!(
+                group = self.group.name(),
+                "rebalance skipped: another run is under way"
+            );
+            return RebalanceReport {
+                before: spread,
+                after: spread,
+                moved: 0,
+                needed: 0,
+                rounds: 0,
+            };
+        };
         let (snapshot, tunnels, placed) = self.placement();
         let before = LoadSpread::of(&snapshot, &placed);
         let first = self.planner.plan(&snapshot, &placed, usize::MAX);

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -72,6 +73,19 @@ impl LiveTunnel {
 #[derive(Debug, Default)]
 pub struct TunnelRegistry {
     inner: Mutex<Entries>,
+    /// A [`Rebalancer`](super::Rebalancer) run is moving these tunnels.
+    rebalancing: AtomicBool,
+}
+
+/// A rebalance run under way on a registry's tunnels; dropped when the run
+/// ends or its future is dropped (an aborted task), so the next may start.
+#[derive(Debug)]
+pub(crate) struct RebalanceRun<'r>(&'r AtomicBool);
+
+impl Drop for RebalanceRun<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +227,15 @@ impl TunnelRegistry {
             }
             entries.free.push(slot);
         }
+    }
+
+    /// Marks a rebalance of these tunnels as under way until the returned
+    /// guard drops; `None` when one already is.
+    pub(crate) fn start_rebalance(&self) -> Option<RebalanceRun<'_>> {
+        self.rebalancing
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+            .then_some(RebalanceRun(&self.rebalancing))
     }
 
     /// Open tunnels.

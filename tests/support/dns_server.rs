@@ -4,7 +4,7 @@
 //! tests/config_dns.rs and tests/agreement.rs with `#[path]`.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,8 @@ pub struct Zone {
     pub ttl: u32,
     /// Answer every query with SERVFAIL.
     pub servfail: bool,
+    /// Answer queries for these names with SERVFAIL, the others as usual.
+    pub servfail_for: HashSet<String>,
     /// Rotate the records of each answer by one more each query, as DNS
     /// servers do to spread clients (BIND's `rrset-order cyclic`).
     pub rotate: bool,
@@ -45,6 +47,7 @@ impl Default for Zone {
             srv: HashMap::new(),
             ttl: 30,
             servfail: false,
+            servfail_for: HashSet::new(),
             rotate: false,
         }
     }
@@ -140,7 +143,8 @@ fn answer(query: &Message, zone: &Zone) -> Message {
     for q in query.queries() {
         m.add_query(q.clone());
     }
-    if zone.servfail {
+    let failing = |q: &hickory_proto::op::Query| zone.servfail_for.contains(&key(q.name()));
+    if zone.servfail || query.queries().iter().any(failing) {
         m.set_response_code(ResponseCode::ServFail);
         return m;
     }
