@@ -103,12 +103,14 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
     host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
-/// The scheme a trusted front proxy reports. A list (`https, http`) is read
-/// from the left, the hop closest to the client; anything but `http` or
-/// `https` is ignored.
+/// The scheme a trusted front proxy reports. Of a list (`https, http`) or
+/// several fields the last entry counts: the one the trusted peer itself
+/// wrote. Entries before it may be the client's own, passed on by a front
+/// proxy that appends, as a forged `X-Forwarded-For` entry would be.
+/// Anything but `http` or `https` is ignored.
 fn forwarded_proto(headers: &HeaderMap) -> Option<Scheme> {
-    let value = headers.get(X_FORWARDED_PROTO)?.to_str().ok()?;
-    Scheme::parse(value.split(',').next()?)
+    let value = headers.get_all(X_FORWARDED_PROTO).iter().next_back()?;
+    Scheme::parse(value.to_str().ok()?.rsplit(',').next()?)
 }
 
 #[cfg(test)]
@@ -228,12 +230,19 @@ mod tests {
     }
 
     #[test]
-    fn trusted_peer_proto_is_believed_leftmost_first() {
+    fn trusted_peer_proto_is_its_own_last_entry() {
         let t = trusted(&["10.0.0.0/8"]);
         let mut h = HeaderMap::new();
+        // A client's forged `https`, then what the front proxy appended.
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("HTTPS, http"));
+        let (_, proto, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Https);
+        assert_eq!(proto, Scheme::Http);
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http, HTTPS"));
         let (_, proto, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Http);
         assert_eq!(proto, Scheme::Https);
+        h.append(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let (_, proto, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Https);
+        assert_eq!(proto, Scheme::Http);
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("gopher"));
         let (_, proto, _) = t.resolve(ip("10.0.0.1"), &h, Scheme::Http);
         assert_eq!(proto, Scheme::Http);
