@@ -765,6 +765,45 @@ async fn non_101_answers_are_relayed_and_smuggled_bytes_are_parsed_as_requests()
     }
 }
 
+/// An embedding host relays the upstream's refusal as `Server` does: its
+/// status, the headers a client acts on, and its body (chunked decoded).
+#[tokio::test]
+async fn an_embedded_upgrade_relays_the_upstreams_refusal_whole() {
+    let refusals: [(&[u8], &str, &str, &str); 2] = [
+        (
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"chat\"\r\n\
+              Transfer-Encoding: chunked\r\n\r\n6\r\nlog in\r\n4\r\n ok?\r\n0\r\n\r\n",
+            "HTTP/1.1 401",
+            "www-authenticate: Bearer realm=\"chat\"",
+            "log in ok?",
+        ),
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: /login\r\nContent-Length: 5\r\n\r\nmoved",
+            "HTTP/1.1 302",
+            "location: /login",
+            "moved",
+        ),
+    ];
+    for (answer, status, header, body) in refusals {
+        let (upstream, _) = raw_upstream(answer).await;
+        let host = hyper_host(round_robin(&[upstream]).build().unwrap()).await;
+        let mut s = TcpStream::connect(host).await.unwrap();
+        s.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
+        // The refusal closes the connection: read it all.
+        let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+        let (head, got) = reply.split_once("\r\n\r\n").expect("a whole head");
+        assert!(head.starts_with(status), "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(head.contains(&header.to_ascii_lowercase()), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(!head.contains("transfer-encoding"), "{head}");
+        assert_eq!(got, body);
+    }
+}
+
 #[tokio::test]
 async fn h2c_upgrade_is_not_tunneled() {
     let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;

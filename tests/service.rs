@@ -292,6 +292,25 @@ async fn errors_are_responses_with_their_status() {
     assert_eq!(counters.rejected_with(http::StatusCode::BAD_GATEWAY), 2);
 }
 
+/// The upstream's refusal of an upgrade reaches the client through the
+/// tower service whole, as through `Server`: status, WWW-Authenticate, body.
+#[tokio::test]
+async fn an_upgrade_refusal_is_relayed_with_its_headers_and_body() {
+    let (upstream, _) = raw_upstream(
+        b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Length: 6\r\n\r\nlog in",
+    )
+    .await;
+    let proxy = proxy_to("/", upstream).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/chat")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    assert_eq!(response.body().as_deref(), Some(&b"log in"[..]));
+}
+
 #[tokio::test]
 async fn without_a_client_address_the_answer_is_500() {
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;

@@ -217,7 +217,7 @@ pub(crate) use registry::{Listed, Registered};
 pub use registry::{LiveTunnel, TunnelRegistry};
 pub(crate) use reload::Live;
 pub use reload::{GroupChange, Reconfigured};
-pub use upgrade::{PendingUpgrade, UpgradeError};
+pub use upgrade::{PendingUpgrade, UpgradeError, MAX_REFUSAL_BODY};
 
 use counters::Counters;
 

@@ -51,6 +51,10 @@ impl Proxy {
     ///         let stats = pending.tunnel(client_io).await;
     ///         println!("{} bytes up", stats.client_to_upstream);
     ///     }
+    ///     // The upstream's own refusal (a 401, a redirect): relay it whole.
+    ///     Err(wsproxy::UpgradeError::NotSwitched(refusal)) => {
+    ///         println!("relay {} with {} body bytes", refusal.status(), refusal.body().len());
+    ///     }
     ///     Err(e) => println!("answer {}", e.status()),
     /// }
     /// # Ok(())
@@ -60,7 +64,8 @@ impl Proxy {
     /// # Errors
     ///
     /// [`UpgradeError`], whose [`status`](UpgradeError::status) is the answer
-    /// to give the client.
+    /// to give the client; [`UpgradeError::NotSwitched`] carries the
+    /// upstream's own answer to relay.
     pub async fn connect_upgrade(
         &self,
         request: Request<()>,
@@ -206,7 +211,15 @@ impl Proxy {
                     response = Some(head);
                     break;
                 }
-                Ok(_) => return Err(UpgradeError::NotSwitched(head.status())),
+                Ok(_) => {
+                    // Relayed as `Server` relays it: a 401's
+                    // WWW-Authenticate, a 302's Location, a Retry-After
+                    // reach the client.
+                    let mut head = head;
+                    inner.policy.rewrite_response(&mut head, &client, &ctx);
+                    let body = refusal_body(&mut upstream, &mut buf, &head, deadline).await;
+                    return Err(UpgradeError::NotSwitched(Box::new(refusal(head, body))));
+                }
                 // An invalid 101 is not held against the upstream: the
                 // client's own request decides whether it fits (see
                 // "Passive health" in the module docs).
@@ -354,9 +367,99 @@ pub enum UpgradeError {
     /// did not complete the upgrade (502 or 504).
     #[error("upstream unreachable, silent or invalid ({0})")]
     Unreachable(StatusCode),
-    /// The upstream answered without switching protocols.
-    #[error("upstream answered {0} instead of 101")]
-    NotSwitched(StatusCode),
+    /// The upstream answered without switching protocols: its answer,
+    /// rewritten as `Server` relays it (hop-by-hop fields stripped,
+    /// `proxy_redirect`, CORS), with its body (up to
+    /// [`MAX_REFUSAL_BODY`] bytes, else none). A host sends it to the
+    /// client as it is.
+    #[error("upstream answered {} instead of 101", .0.status())]
+    NotSwitched(Box<Response<Bytes>>),
+}
+
+/// The most of a refusal's body [`UpgradeError::NotSwitched`] carries: an
+/// error page or a login redirect's. A longer one is left out (the head is
+/// still relayed), as is one that does not arrive whole within the read
+/// timeout.
+pub const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// A refusal with its body; the body's framing is the host's server's to
+/// write, so the upstream's is dropped.
+fn refusal(head: Response<()>, body: Option<Bytes>) -> Response<Bytes> {
+    let mut response = head.map(|()| body.unwrap_or_default());
+    let headers = response.headers_mut();
+    headers.remove(http::header::CONTENT_LENGTH);
+    headers.remove(http::header::TRANSFER_ENCODING);
+    response
+}
+
+/// Reads the body of a refusal `head` (the bytes after its head start in
+/// `buf`), whole, decoded from chunked, by `deadline`: `None` when it is
+/// longer than [`MAX_REFUSAL_BODY`], malformed, cut short or late.
+async fn refusal_body(
+    upstream: &mut UpstreamStream,
+    buf: &mut BytesMut,
+    head: &Response<()>,
+    deadline: Instant,
+) -> Option<Bytes> {
+    use bytes::Buf;
+    use tokio::io::AsyncReadExt;
+    let kind =
+        handshake::body::BodyKind::of_response(&http::Method::GET, head.status(), head.headers())
+            .ok()?;
+    let reading = async {
+        let mut chunked = handshake::ChunkedReframer::new(MAX_REFUSAL_BODY as u64);
+        let mut decoded = BytesMut::new();
+        loop {
+            match kind {
+                handshake::body::BodyKind::Empty => return Some(Bytes::new()),
+                handshake::body::BodyKind::Length(n) => {
+                    let n = usize::try_from(n).ok().filter(|&n| n <= MAX_REFUSAL_BODY)?;
+                    if buf.len() >= n {
+                        return Some(buf.split_to(n).freeze());
+                    }
+                }
+                handshake::body::BodyKind::Chunked => {
+                    while !buf.is_empty() {
+                        let step = chunked.reframe(buf).ok()?;
+                        decoded.extend_from_slice(buf.get(step.data.clone())?);
+                        let (consumed, done) = (step.consumed, step.done);
+                        buf.advance(consumed);
+                        if done {
+                            return Some(decoded.freeze());
+                        }
+                        if consumed == 0 {
+                            break;
+                        }
+                    }
+                }
+                _ => {
+                    if buf.len() > MAX_REFUSAL_BODY {
+                        return None;
+                    }
+                }
+            }
+            if buf.capacity() - buf.len() < 1024 {
+                buf.reserve(READ_CHUNK);
+            }
+            if upstream.read_buf(buf).await.ok()? == 0 {
+                // The end of a body delimited by the close; any other cut
+                // short.
+                let until_close = !matches!(
+                    kind,
+                    handshake::body::BodyKind::Length(_) | handshake::body::BodyKind::Chunked
+                );
+                return until_close.then(|| buf.split().freeze());
+            }
+        }
+    };
+    let body = tokio::time::timeout_at(deadline, reading)
+        .await
+        .ok()
+        .flatten();
+    if body.is_none() {
+        tracing::debug!(status = %head.status(), "refusal relayed without its body");
+    }
+    body
 }
 
 impl UpgradeError {
@@ -368,7 +471,8 @@ impl UpgradeError {
             Self::Route(e) => e.status(),
             Self::Forward(e) => e.status(),
             Self::Connect(e) => e.status(),
-            Self::Unreachable(status) | Self::NotSwitched(status) => *status,
+            Self::Unreachable(status) => *status,
+            Self::NotSwitched(response) => response.status(),
         }
     }
 }

@@ -132,7 +132,7 @@ use body::{Download, Upload, UploadState};
 
 use crate::forward::Scheme;
 use crate::handshake::{error_response, RequestBodyError};
-use crate::proxy::{refuse, Exchange, Listener, Outcome};
+use crate::proxy::{refuse, Exchange, Listener, Outcome, UpgradeError};
 use crate::Proxy;
 
 /// The client's address, as a request extension a host inserts when it
@@ -434,6 +434,8 @@ impl ProxyService {
                 });
                 switch
             }
+            // The upstream's own answer, relayed as `Server` relays it.
+            Err(UpgradeError::NotSwitched(response)) => answer(*response),
             Err(e) => {
                 let status = e.status();
                 let mut refused = answer(error_response(status, &e.to_string()));

@@ -394,6 +394,10 @@ async fn hyper_handle(
             });
             Ok(switch)
         }
+        // The upstream's own refusal, relayed whole.
+        Err(wsproxy::UpgradeError::NotSwitched(refusal)) => {
+            Ok(refusal.map(|body| String::from_utf8_lossy(&body).into_owned()))
+        }
         Err(e) => {
             let mut refused = http::Response::new(format!("{e}\n"));
             *refused.status_mut() = e.status();
