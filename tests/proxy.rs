@@ -1348,6 +1348,45 @@ async fn a_cancelled_serve_still_counts_its_tunnel_out() {
     assert!(counters.tunnels_by_upstream.is_empty());
 }
 
+/// A host that lends its stream (`&mut TcpStream`) keeps it after the
+/// tunnel: the client must get its FIN from the tunnel's shutdown, not wait
+/// for the host to drop the socket.
+#[tokio::test]
+async fn a_borrowed_client_stream_is_shut_down_when_its_tunnel_ends() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[up.addr]).build().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = tokio::spawn(async move {
+        let (mut stream, peer) = listener.accept().await.unwrap();
+        let report = proxy.serve(&mut stream, peer, wsproxy::Scheme::Http).await;
+        // Held long after the call returned.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(stream);
+        report
+    });
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
+    let head = read_until(&mut c, b"\r\n\r\n").await;
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    // The client closes (1000) and half-closes; the upstream answers the
+    // Close and closes: the tunnel ends with the upstream's direction last.
+    c.write_all(&masked_frame(0x8, &[0x03, 0xe8]))
+        .await
+        .unwrap();
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    within(
+        Duration::from_secs(5),
+        "the FIN while the host holds the stream",
+        c.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rest, [0x88, 0x02, 0x03, 0xe8], "the upstream's Close");
+    host.abort();
+}
+
 #[tokio::test]
 async fn the_connection_report_counts_plain_body_bytes() {
     let (addr, _) =

@@ -130,7 +130,10 @@ where
     /// The tunnel, ready to run until it ends and account for it, listed
     /// as `origin`'s (a [`Server`](crate::server::Server)'s own tunnels;
     /// 0 for none).
-    pub(crate) fn run<L>(self, origin: u32) -> Running<S, (), L> {
+    pub(crate) fn run<L>(self, origin: u32) -> Running<S, (), L>
+    where
+        L: LastWrite<Prefixed<S>> + LastWrite<Prefixed<UpstreamStream>>,
+    {
         self.run_holding((), origin)
     }
 
@@ -147,7 +150,10 @@ where
     ///
     /// `L` writes each direction's last bytes: `Sockets` where the client
     /// stream's type is `'static` (a server's own), else `Plain`.
-    pub(crate) fn run_holding<K, L>(self, keep: K, origin: u32) -> Running<S, K, L> {
+    pub(crate) fn run_holding<K, L>(self, keep: K, origin: u32) -> Running<S, K, L>
+    where
+        L: LastWrite<Prefixed<S>> + LastWrite<Prefixed<UpstreamStream>>,
+    {
         let Self {
             inner,
             client,
@@ -157,8 +163,9 @@ where
             span,
         } = self;
         let mut relay = tunnel(client, upstream, &inner.tunnel, std::future::pending());
-        // The Running drops both streams when the tunnel ends.
-        relay.closes_on_end();
+        // The Running drops both streams when the tunnel ends: those whose
+        // drop closes the socket skip the last shutdown.
+        relay.closes_on_end::<L>();
         let handle = relay.handle();
         Running {
             relay,

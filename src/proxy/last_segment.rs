@@ -15,7 +15,6 @@ use tokio::io::AsyncWrite;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use tokio::net::TcpStream;
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
 use super::stream::UpstreamStream;
 use crate::tunnel::{LastWrite, Prefixed};
 
@@ -34,6 +33,15 @@ impl<S: AsyncWrite + Unpin + 'static> LastWrite<Prefixed<S>> for Sockets {
             return poll_send_more(tcp, cx, buf);
         }
         Pin::new(writer).poll_write(cx, buf)
+    }
+
+    fn closes_on_drop(writer: &Prefixed<S>) -> bool {
+        let stream: &dyn std::any::Any = writer.get_ref();
+        stream.is::<tokio::net::TcpStream>()
+            || matches!(
+                stream.downcast_ref::<UpstreamStream>(),
+                Some(UpstreamStream::Tcp(_))
+            )
     }
 }
 
@@ -93,6 +101,11 @@ mod tests {
         assert!(tcp_of(upstream.get_mut()).is_some());
         let (mut other, _) = tokio::io::duplex(64);
         assert!(tcp_of(&mut other).is_none());
+        // Only the sockets the tunnel owns skip their last shutdown.
+        assert!(<Sockets as LastWrite<_>>::closes_on_drop(&client));
+        assert!(<Sockets as LastWrite<_>>::closes_on_drop(&upstream));
+        let other = Prefixed::new(Bytes::new(), other);
+        assert!(!<Sockets as LastWrite<_>>::closes_on_drop(&other));
 
         let sent =
             std::future::poll_fn(|cx| Sockets::poll_write_last(&mut client, cx, b"bye")).await;

@@ -18,6 +18,15 @@ pub(crate) trait LastWrite<W: ?Sized> {
     /// As `poll_write`, for the last bytes before the writer is shut down.
     fn poll_write_last(writer: &mut W, cx: &mut Context<'_>, buf: &[u8])
         -> Poll<io::Result<usize>>;
+
+    /// Whether dropping `writer` closes its connection the way its shutdown
+    /// would (a socket the tunnel owns: the close sends the FIN), so that a
+    /// direction ending last may skip the shutdown. Not for a borrowed
+    /// stream, whose connection outlives the tunnel, nor for TLS (the
+    /// shutdown sends close_notify) or an HTTP/2 stream (END_STREAM).
+    fn closes_on_drop(_writer: &W) -> bool {
+        false
+    }
 }
 
 /// Any writer: a plain write.

@@ -390,10 +390,17 @@ impl<C, U, F> Tunnel<C, U, F> {
     /// shutdown, since closing the socket sends the same FIN. A host that
     /// keeps its streams after the tunnel (`&mut` streams) needs the
     /// shutdown, so [`tunnel`] does not do this by default.
-    pub(crate) fn closes_on_end(&mut self) {
+    ///
+    /// Only where `L` says dropping the writer closes its connection: a
+    /// borrowed stream, TLS or an HTTP/2 stream gets its shutdown.
+    pub(crate) fn closes_on_end<L: LastWrite<C> + LastWrite<U>>(&mut self) {
         // Kept in the directions' padding: the tunnel future stays as small.
-        self.c2u.set_closes_on_end();
-        self.u2c.set_closes_on_end();
+        if <L as LastWrite<U>>::closes_on_drop(&self.upstream) {
+            self.c2u.set_closes_on_end();
+        }
+        if <L as LastWrite<C>>::closes_on_drop(&self.client) {
+            self.u2c.set_closes_on_end();
+        }
     }
 
     /// A handle the host keeps to close this tunnel politely or cut it later,
