@@ -447,26 +447,28 @@ async fn send_timeout_fires_when_the_client_stops_reading() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn linger_timeout_bounds_the_direction_left_after_half_close() {
+async fn linger_timeout_ends_the_direction_left_after_half_close_once_silent() {
     let config = TunnelConfig::new()
         .linger_timeout(Duration::from_secs(10))
         .idle_timeout(Duration::from_secs(60));
     let (mut browser, mut backend, task) = duplex_tunnel(1024, config);
     browser.shutdown().await.unwrap();
     assert_closed(&mut backend).await;
-    let start = Instant::now();
-    // Traffic in the remaining direction does not postpone the linger.
-    for _ in 0..3 {
-        sleep(Duration::from_secs(3)).await;
+    // Traffic in the remaining direction postpones the linger, as HAProxy's
+    // `client-fin` is an inactivity timeout: 24 s of it, past two lingers.
+    for _ in 0..4 {
+        sleep(Duration::from_secs(6)).await;
         backend.write_all(b"x").await.unwrap();
         assert_eq!(read_exact_bounded(&mut browser, 1).await, b"x");
     }
-    still_running_after(Duration::from_millis(900), &task).await;
+    let silent = Instant::now();
+    still_running_after(Duration::from_millis(9_900), &task).await;
     let stats = bounded(task).await.unwrap();
     ended_by(&stats, Timeout::Linger);
     assert_eq!(stats.first_eof, Some(Side::Client));
-    let elapsed = start.elapsed();
+    let elapsed = silent.elapsed();
     assert!(elapsed >= Duration::from_secs(10) && elapsed < Duration::from_secs(11));
+    assert_eq!(stats.upstream_to_client, 4);
     assert_closed(&mut browser).await;
 }
 

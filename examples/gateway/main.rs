@@ -409,8 +409,9 @@ fn tunnel_config(args: &Args) -> TunnelConfig {
         .ping(args.ping_interval, args.ping_timeout)
 }
 
-/// Once one side of a tunnel sent EOF, how long the other may still send:
-/// the proxy's default, so a WebSocket closing handshake can complete.
+/// Once one side of a tunnel sent EOF, how long the other may stay silent
+/// (an inactivity timeout, HAProxy `client-fin`): the proxy's default, so a
+/// WebSocket closing handshake can complete.
 const HALF_CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 /// Each group's upstream set (for its health checker) and the group.

@@ -145,8 +145,9 @@ impl ProxyBuilder {
     /// The tunnel's timeouts. By default they follow the proxy's: the
     /// upstream side's read timeout is the read timeout and the send timeout
     /// is the send timeout, as in nginx's upgraded connections; after one
-    /// side closes, the other has 5 s to finish (nginx closes both at once;
-    /// the linger lets a WebSocket closing handshake complete). WebSocket
+    /// side closes, the other may go on while it moves, and ends after 5 s
+    /// of silence (nginx closes both at once; the linger lets a WebSocket
+    /// closing handshake complete). WebSocket
     /// frames are tracked, so that tunnels can be closed politely (drain,
     /// rebalance) and their reports carry the peers' Close codes.
     #[must_use = "builder methods return the updated builder"]

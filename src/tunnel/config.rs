@@ -41,8 +41,10 @@ pub struct TunnelConfig {
     /// for this long ends the tunnel: the peer stopped reading (nginx
     /// `proxy_send_timeout`). Also bounds the final shutdown of both sides.
     pub send_timeout: Option<Duration>,
-    /// Once one side sent EOF, how long the other direction may still run
-    /// (HAProxy `timeout client-fin` / `timeout server-fin`).
+    /// Once one side sent EOF, how long the other direction may stay silent
+    /// before the tunnel ends (HAProxy `timeout client-fin` / `timeout
+    /// server-fin`, inactivity timeouts as these are): it runs as long as
+    /// it moves.
     pub linger_timeout: Option<Duration>,
     /// The longest a tunnel may live, traffic or not.
     pub max_lifetime: Option<Duration>,

@@ -87,7 +87,8 @@ pub(super) struct Deadlines {
     pub(super) c2u: Stamps,
     /// Reads and stalls of the upstream-to-client direction.
     pub(super) u2c: Stamps,
-    /// When the first side sent EOF (the linger timeout counts from there).
+    /// When the first side sent EOF (the linger timeout counts the other
+    /// direction's silence from there).
     pub(super) first_eof_at: Nanos,
     /// When a closing handshake stops waiting for the peers.
     pub(super) parted_by: Nanos,
@@ -99,7 +100,8 @@ impl Deadlines {
     /// The deadlines of a tunnel with `timeouts`; `pings` tells whether
     /// pings are due after a side's silence, which needs its reads stamped.
     pub(super) fn new(timeouts: Timeouts, pings: bool) -> Self {
-        let idle = timeouts.idle != NEVER || pings;
+        // The linger measures the silence of the direction left.
+        let idle = timeouts.idle != NEVER || timeouts.linger != NEVER || pings;
         let send = timeouts.send != NEVER;
         let client_read = timeouts.client_read != NEVER;
         let upstream_read = timeouts.upstream_read != NEVER;
@@ -191,7 +193,18 @@ impl Deadlines {
         if let Some(since) = self.u2c.stalled_since() {
             consider(since, limits.send, Due::End(Timeout::Send(Side::Client)));
         }
-        consider(self.first_eof_at, limits.linger, Due::End(Timeout::Linger));
+        // An inactivity timeout, as HAProxy's `client-fin`/`server-fin`: the
+        // direction left may run as long as it moves, and ends once it has
+        // been silent for the linger (its silence counting from the first
+        // EOF at the earliest).
+        if self.first_eof_at != NEVER {
+            let left = if c2u.read_done { &self.u2c } else { &self.c2u };
+            consider(
+                self.first_eof_at.max(left.last_read),
+                limits.linger,
+                Due::End(Timeout::Linger),
+            );
+        }
         consider(self.parted_by, 0, Due::Parted);
         let Some(pings) = pings else {
             return best;
@@ -287,14 +300,25 @@ mod tests {
     }
 
     #[test]
-    fn the_linger_counts_from_the_first_eof_only() {
+    fn the_linger_counts_the_silence_after_the_first_eof() {
         let mut d = deadlines(config().linger_timeout(Duration::from_secs(4)));
         assert_eq!(d.next(open(), open(), None), None);
+        d.c2u.last_read = secs(6);
         d.first_eof(secs(7));
         d.first_eof(secs(9));
+        let client_eof = Flow {
+            read_done: true,
+            ..open()
+        };
         assert_eq!(
-            d.next(open(), open(), None),
+            d.next(client_eof, open(), None),
             Some((secs(11), Due::End(Timeout::Linger)))
+        );
+        // The upstream's direction is left: its reads postpone the end.
+        d.u2c.last_read = secs(10);
+        assert_eq!(
+            d.next(client_eof, open(), None),
+            Some((secs(14), Due::End(Timeout::Linger)))
         );
     }
 

@@ -28,7 +28,7 @@
 //! | [`idle_timeout`](TunnelConfig::idle_timeout) | HAProxy `timeout tunnel`: no bytes either way |
 //! | [`client_read_timeout`](TunnelConfig::client_read_timeout), [`upstream_read_timeout`](TunnelConfig::upstream_read_timeout) | nginx `proxy_read_timeout`, per side |
 //! | [`send_timeout`](TunnelConfig::send_timeout) | nginx `proxy_send_timeout`: a write that makes no progress |
-//! | [`linger_timeout`](TunnelConfig::linger_timeout) | HAProxy `timeout client-fin` / `server-fin`: after one side's EOF |
+//! | [`linger_timeout`](TunnelConfig::linger_timeout) | HAProxy `timeout client-fin` / `server-fin`: the other direction's silence after one side's EOF |
 //! | [`max_lifetime`](TunnelConfig::max_lifetime) | none: an upper bound on the tunnel's age |
 //! | [`close_linger`](TunnelConfig::close_linger) | nginx `lingering_timeout`: waiting for Close replies (5 s) |
 //! | [`ping`](TunnelConfig::ping) | HAProxy/Envoy WebSocket keepalive pings |
