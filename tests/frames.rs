@@ -486,6 +486,34 @@ async fn close_goes_between_fragments_and_a_data_frame_waits_for_the_message_end
     assert_eq!(check.boundary(), Some(Boundary::Frame));
 }
 
+/// A ping and a data frame queued together inside a fragmented message:
+/// the ping goes at the next frame boundary, the data frame only once the
+/// message ended (a data frame between fragments breaks RFC 6455 §5.4).
+#[tokio::test]
+async fn a_data_frame_queued_behind_a_ping_still_waits_for_the_message_end() {
+    let (mut browser, mut backend, mut relay) = tracked_pair();
+    let first = unmasked(0x01, b"frag");
+    let last = unmasked(0x80, b"ment");
+    let ping = unmasked(0x89, b"");
+    let data = unmasked(0x82, b"proxy");
+    backend.write_all(&first).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert_eq!(take(&mut browser, first.len()).await, first);
+
+    let queued = [ping.clone(), data.clone()].concat();
+    assert!(relay.as_mut().insert_frames(Side::Client, &queued));
+    assert!(poll_once(&mut relay).await.is_none());
+    assert_eq!(take(&mut browser, ping.len()).await, ping);
+    assert!(relay.has_pending_frames(Side::Client));
+    nothing_more(&mut browser).await;
+
+    backend.write_all(&last).await.unwrap();
+    assert!(poll_once(&mut relay).await.is_none());
+    assert!(!relay.has_pending_frames(Side::Client));
+    let got = take(&mut browser, last.len() + data.len()).await;
+    assert_eq!(got, [last, data].concat());
+}
+
 #[tokio::test]
 async fn untracked_tunnel_cannot_insert_frames() {
     let (client, _browser) = duplex(64);

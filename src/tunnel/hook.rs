@@ -114,8 +114,9 @@ impl FrameHook {
                 return None;
             }
         }
-        if self.insert_fits() {
-            self.take_insert()
+        let fitting = self.fitting();
+        if fitting > 0 {
+            self.take_insert(fitting)
         } else {
             None
         }
@@ -147,13 +148,21 @@ impl FrameHook {
         self.insert.is_some() && !self.defer_to_eof
     }
 
-    /// Marks the queued frames as gone out.
-    fn take_insert(&mut self) -> Option<Box<[u8]>> {
-        let insert = self.insert.take();
-        if insert.is_some() && self.discard_after_insert {
+    /// Takes the first `len` queued bytes (whole frames, see
+    /// [`fitting`](Self::fitting)) as gone out.
+    fn take_insert(&mut self, len: usize) -> Option<Box<[u8]>> {
+        let queued = self.insert.as_mut()?;
+        let taken = if len < queued.len() {
+            let rest = queued.split_off(len);
+            std::mem::replace(&mut **queued, rest)
+        } else {
+            *self.insert.take()?
+        };
+        // The polite Close goes last: what follows is dropped once it went.
+        if self.insert.is_none() && self.discard_after_insert {
             self.start_discarding();
         }
-        insert.map(|frames| frames.into_boxed_slice())
+        Some(taken.into_boxed_slice())
     }
 
     /// Queues whole frames for the next boundary where they may go, after
@@ -170,18 +179,18 @@ impl FrameHook {
         self.insert.is_some()
     }
 
-    /// Whether the queued frames may go at the tracker's position: control
-    /// frames at any boundary, data frames only between messages (RFC 6455
-    /// §5.4).
-    fn insert_fits(&self) -> bool {
+    /// How many queued bytes may go at the tracker's position: all of them
+    /// between messages; between the fragments of one, only the control
+    /// frames at the head of the queue, since a data frame there would
+    /// interleave with the message (RFC 6455 §5.4). 0: none.
+    fn fitting(&self) -> usize {
         let Some(insert) = &self.insert else {
-            return false;
+            return 0;
         };
-        let control = insert.first().is_some_and(|b| b & 0x08 != 0);
         match self.tracker.boundary() {
-            Some(Boundary::Message) => true,
-            Some(Boundary::Frame) => control,
-            _ => false,
+            Some(Boundary::Message) => insert.len(),
+            Some(Boundary::Frame) => leading_control_frames(insert),
+            _ => 0,
         }
     }
 
@@ -214,19 +223,23 @@ impl FrameHook {
 /// within it, returns the chunk with them spliced in there.
 fn insert_in_chunk(framing: &mut FrameHook, data: &[u8]) -> Result<Option<Box<[u8]>>, FrameError> {
     let mut at = 0;
-    let mut fits = framing.insert_fits();
-    while !fits && at < data.len() {
+    let mut fits = framing.fitting();
+    while fits == 0 && at < data.len() {
         at += framing.tracker.observe_to_boundary(&data[at..])?;
         if framing.supersede() {
             // The peer's Close just went by: it goes out, nothing after it.
             framing.tracker.observe(&data[at..])?;
             return Ok(Some(data[..at].into()));
         }
-        fits = framing.insert_fits();
+        fits = framing.fitting();
     }
     // Taken before the rest is observed, so that a polite close counts only
     // the messages before it as forwarded.
-    let insert = if fits { framing.take_insert() } else { None };
+    let insert = if fits > 0 {
+        framing.take_insert(fits)
+    } else {
+        None
+    };
     // The rest of the chunk, after the boundary, is observed too: the
     // tracker always ends up having seen the whole chunk.
     framing.tracker.observe(&data[at..])?;
@@ -239,4 +252,25 @@ fn insert_in_chunk(framing: &mut FrameHook, data: &[u8]) -> Result<Option<Box<[u
         &data[at..]
     };
     Ok(Some([&data[..at], &insert[..], rest].concat().into()))
+}
+
+/// The length of the control frames that open `frames` (whole frames, as
+/// queued): what may go between the fragments of a message.
+fn leading_control_frames(frames: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(&[b0, b1]) = frames.get(at..at + 2) {
+        // A control frame's payload is at most 125 bytes (RFC 6455 §5.5), so
+        // its length is in the second byte.
+        let len = usize::from(b1 & 0x7f);
+        if b0 & 0x08 == 0 || len > 125 {
+            break;
+        }
+        let key = if b1 & 0x80 != 0 { 4 } else { 0 };
+        let end = at + 2 + key + len;
+        if end > frames.len() {
+            break;
+        }
+        at = end;
+    }
+    at
 }
