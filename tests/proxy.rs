@@ -237,6 +237,74 @@ async fn first_frames_sent_with_either_head_arrive() {
     gw.shutdown().await;
 }
 
+/// nginx `proxy_ignore_client_abort off`: a client that leaves while the
+/// upstream thinks frees the upstream connection at once, not one read
+/// timeout (an hour here) later; bytes it sent while waiting are kept for
+/// the tunnel, in order.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_frees_the_upstream_and_early_frames_wait() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = listener.local_addr().unwrap();
+    let (go, go_rx) = oneshot::channel::<()>();
+    let (seen, seen_rx) = oneshot::channel::<()>();
+    let upstream = tokio::spawn(async move {
+        // First: a request whose client leaves; the proxy must hang up.
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        let mut rest = Vec::new();
+        within(
+            Duration::from_secs(5),
+            "the proxy to hang up",
+            s.read_to_end(&mut rest),
+        )
+        .await
+        .unwrap();
+        // Then: a client that sends a frame while the answer is pending.
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        let _ = seen.send(());
+        let _ = go_rx.await;
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(KEY.as_bytes());
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {accept}\r\n\r\n"
+        );
+        s.write_all(answer.as_bytes()).await.unwrap();
+        let mut frame = [0u8; 8];
+        within(
+            Duration::from_secs(5),
+            "the early frame",
+            s.read_exact(&mut frame),
+        )
+        .await
+        .unwrap();
+        frame
+    });
+    let gw = Gateway::start(round_robin(&[up_addr]).read_timeout(Duration::from_secs(3600))).await;
+    let mut leaving = TcpStream::connect(gw.addr).await.unwrap();
+    leaving
+        .write_all(upgrade_head("/", "").as_bytes())
+        .await
+        .unwrap();
+    drop(leaving);
+
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(upgrade_head("/", "").as_bytes())
+        .await
+        .unwrap();
+    // After the head went upstream: the frame waits in the proxy.
+    bounded("the head upstream", seen_rx).await.unwrap();
+    let frame = masked_frame(0x2, b"hi");
+    client.write_all(&frame).await.unwrap();
+    go.send(()).unwrap();
+    let got = read_until(&mut client, b"\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+    assert_eq!(bounded("upstream", upstream).await.unwrap(), &frame[..]);
+    assert_eq!(gw.proxy.counters().abandoned, 1);
+    gw.shutdown().await;
+}
+
 /// A frame of `len` bytes of `seed`'s pattern: masked (a client's) or not.
 fn big_frame(opcode: u8, len: usize, seed: u8, masked: bool) -> Vec<u8> {
     let payload: Vec<u8> = (0..len)

@@ -17,7 +17,7 @@ use tracing::{field, Instrument};
 use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
-use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
+use super::head_io::{client_gone, detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
@@ -80,7 +80,8 @@ struct Connected {
 enum NoAnswer {
     /// The upstream's fault (a passive-health failure): answer with this.
     Upstream(StatusCode),
-    /// Relaying an interim answer to the client failed.
+    /// The client closed before the answer came, or relaying an interim
+    /// answer to it failed.
     ClientGone,
 }
 
@@ -734,10 +735,19 @@ where
                 HeadScanner::response(*limits),
                 parse,
             );
+            // The client may leave meanwhile (nginx
+            // `proxy_ignore_client_abort off`): the upstream is let go.
+            let answered = tokio::select! {
+                biased;
+                answered = head => answered,
+                () = client_gone(&mut self.io, &mut self.buf, limits.max_head_bytes) => {
+                    return Err(NoAnswer::ClientGone);
+                }
+            };
             // Matched as a temporary, whose storage ends with the
             // statement: a 101's head is then not kept across the interim
             // answer's write below.
-            let response = match head.await {
+            let response = match answered {
                 Ok(UpgradeAnswer::Other(response)) => response,
                 Ok(switched) => return Ok(switched),
                 Err(HeadRead::Timeout) => {

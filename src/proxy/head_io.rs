@@ -101,6 +101,39 @@ where
     }
 }
 
+/// Resolves once the client has closed its connection (or it failed), for
+/// racing against the wait for the upstream's answer: nginx ends such a
+/// request (499) rather than keep the upstream busy for nobody. What the
+/// client sends meanwhile (pipelined requests, early WebSocket frames) is
+/// kept in `buf`, up to `limit` bytes; past that it is no longer read, and
+/// TCP holds the client back.
+pub(super) fn client_gone<'a, R>(
+    io: &'a mut R,
+    buf: &'a mut BytesMut,
+    limit: usize,
+) -> impl std::future::Future<Output = ()> + 'a
+where
+    R: AsyncRead + Unpin,
+{
+    std::future::poll_fn(move |cx| loop {
+        if buf.len() >= limit {
+            return std::task::Poll::Pending;
+        }
+        // On the stack for this poll only: the connection's future, and
+        // every request's allocations, stay as they were.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+        let mut read = tokio::io::ReadBuf::uninit(&mut chunk);
+        match std::pin::Pin::new(&mut *io).poll_read(cx, &mut read) {
+            std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                return std::task::Poll::Ready(())
+            }
+            std::task::Poll::Ready(Ok(())) => buf.extend_from_slice(read.filled()),
+            std::task::Poll::Ready(Err(_)) => return std::task::Poll::Ready(()),
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+        }
+    })
+}
+
 /// Writes all of `bytes` unless a write makes no progress for `limit`
 /// (nginx `send_timeout`), which fails as `TimedOut`.
 pub(super) async fn write_all_timeout<W>(
