@@ -591,6 +591,39 @@ async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
     gw.shutdown().await;
 }
 
+/// An interim answer (103 Early Hints) reaches the client before the final
+/// one, without its hop-by-hop fields.
+#[tokio::test]
+async fn an_interim_answer_is_relayed_without_hop_by_hop_fields() {
+    let (upstream, _) = raw_upstream(
+        b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\nConnection: x-secret\r\n\
+          X-Secret: s\r\nKeep-Alive: timeout=5\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )
+    .await;
+    let gw = Gateway::start(round_robin(&[upstream])).await;
+    let reply = raw_exchange(
+        gw.addr,
+        b"GET /page HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (interim, rest) = reply.split_once("\r\n\r\n").expect("an interim head");
+    assert!(interim.starts_with("HTTP/1.1 103"), "{reply}");
+    let interim = interim.to_ascii_lowercase();
+    assert!(
+        interim.contains("link: </app.css>; rel=preload"),
+        "{interim}"
+    );
+    for gone in ["x-secret", "keep-alive", "connection"] {
+        assert!(!interim.contains(gone), "{gone} relayed: {interim}");
+    }
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("ok"),
+        "{rest}"
+    );
+    gw.shutdown().await;
+}
+
 /// A client that resets while the upstream sends an interim answer (103)
 /// fails to take it: that is the client's doing, not the upstream's, which
 /// stays available (nginx never counts a client's error against a peer).

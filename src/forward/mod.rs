@@ -501,6 +501,12 @@ impl ForwardPolicy {
 }
 
 /// A header value over bytes built here, without copying them again.
+/// Strips an interim (1xx) answer's hop-by-hop fields before it is relayed:
+/// it gets no other rewrite (no CORS, no redirect), as nginx relays 103.
+pub(crate) fn strip_interim(headers: &mut http::HeaderMap) {
+    hop::strip(headers, hop::Keep::Nothing);
+}
+
 pub(crate) fn owned_value(bytes: Vec<u8>) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(Bytes::from(bytes)).ok()
 }

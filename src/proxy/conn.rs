@@ -762,6 +762,8 @@ where
                 if http10 {
                     continue;
                 }
+                let mut response = response;
+                crate::forward::strip_interim(response.headers_mut());
                 let mut out = BytesMut::new();
                 handshake::write_response_head(&response, &mut out);
                 write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
