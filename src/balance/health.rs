@@ -162,6 +162,17 @@ impl HealthState {
         Some(if ok { Transition::Up } else { Transition::Down })
     }
 
+    /// Records that `id`'s check, finished at `now`, proved nothing either
+    /// way (the prober itself could not open a socket: out of file
+    /// descriptors or ports) and schedules the next one `interval` later,
+    /// its streak as it was.
+    pub fn handle_inconclusive(&mut self, id: UpstreamId, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&id) {
+            entry.in_flight = false;
+            entry.due = now.checked_add(self.interval).unwrap_or(now);
+        }
+    }
+
     /// Takes `id` as down without checking it, its streak reset: an upstream
     /// found marked down by an earlier run of the checks (one stopped
     /// without lifting its marks, or an aborted one) stays out until `rise`

@@ -3,6 +3,7 @@
 //! (the dial around it, Unix sockets and TLS, is in `stream.rs`).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
@@ -49,6 +50,17 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    /// The proxy itself could not open a socket (out of file descriptors,
+    /// buffers or local ports): 500, as nginx answers a failed `socket()`.
+    /// Not held against the upstream, and no other one is tried.
+    #[error("no socket for a connect to upstream {upstream}")]
+    Local {
+        /// The upstream the connect was for.
+        upstream: UpstreamAddr,
+        /// The socket's error.
+        #[source]
+        source: io::Error,
+    },
     /// Every connect tried timed out.
     #[error("connect to upstream {upstream} timed out after {timeout:?}")]
     TimedOut {
@@ -66,6 +78,7 @@ impl ConnectError {
         match self {
             Self::Select(e) => e.status(),
             Self::Io { .. } => StatusCode::BAD_GATEWAY,
+            Self::Local { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::TimedOut { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -122,6 +135,13 @@ pub(super) async fn connect(
             // Not a success for passive health yet: that takes an answer
             // (an upstream can accept connections and never answer).
             Ok(Ok(stream)) => return Ok((lease, stream)),
+            Ok(Err(e)) if is_local(&e) => {
+                tracing::error!(upstream = ?lease.addr(), error = %e, "no socket for an upstream connect");
+                return Err(ConnectError::Local {
+                    upstream: lease.addr().clone(),
+                    source: e,
+                });
+            }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = ?lease.addr(), error = %e, "connect failed");
                 last_io = Some((lease.addr().clone(), e));
@@ -144,6 +164,36 @@ pub(super) async fn connect(
         },
         (None, None) => ConnectError::Select(refused),
     })
+}
+
+/// Connects that failed for want of local resources, since start: a health
+/// check that fails while this moves proved nothing of its upstream.
+static LOCAL_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// How many connects have failed for want of local resources so far.
+pub(crate) fn local_failures() -> u64 {
+    LOCAL_FAILURES.load(Ordering::Relaxed)
+}
+
+/// Whether a connect's error is the proxy's own lack of resources (file
+/// descriptors, socket buffers, memory, local ports) rather than anything
+/// the upstream did.
+pub(crate) fn is_local(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    return matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    );
+    #[cfg(not(unix))]
+    return e.kind() == io::ErrorKind::OutOfMemory;
+}
+
+/// Counts `e` in [`local_failures`] if it [`is_local`]: every dial, a
+/// request's or a health check's, goes through here.
+pub(crate) fn note_local(e: &io::Error) {
+    if is_local(e) {
+        LOCAL_FAILURES.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Connects to `addr`, resolving a host name at connect time, with

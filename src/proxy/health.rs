@@ -578,7 +578,9 @@ impl HealthChecker {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let config = &self.config;
         let mut state = HealthState::new(config.interval, config.rise, config.fall);
-        let mut running: JoinSet<(UpstreamId, bool)> = JoinSet::new();
+        // A check that failed while the process could not open sockets
+        // (`local_failures` moved) says nothing of the upstream.
+        let mut running: JoinSet<(UpstreamId, bool, bool)> = JoinSet::new();
         // Every change of the set bumps its generation: an unchanged one
         // holds the same upstreams, and the sync's sort can be skipped.
         let mut synced = None;
@@ -612,6 +614,7 @@ impl HealthChecker {
                 #[cfg(feature = "rustls")]
                 let tls = self.tls.clone();
                 running.spawn(async move {
+                    let before = super::connect::local_failures();
                     #[cfg(feature = "rustls")]
                     let probing = match &tls {
                         Some(tls) => probe.probe_tls(&addr, tls),
@@ -620,7 +623,7 @@ impl HealthChecker {
                     #[cfg(not(feature = "rustls"))]
                     let probing = probe.probe(&addr);
                     let ok = tokio::time::timeout(limit, probing).await.unwrap_or(false);
-                    (id, ok)
+                    (id, ok, super::connect::local_failures() != before)
                 });
             }
             drop(snapshot);
@@ -637,10 +640,15 @@ impl HealthChecker {
                 Some(joined) = running.join_next(), if !running.is_empty() => {
                     // Check tasks neither panic nor get aborted while running;
                     // a JoinError would leave that upstream unchecked.
-                    let (id, ok) = match joined {
+                    let (id, ok, local_failure) = match joined {
                         Ok(result) => result,
                         Err(_) => continue,
                     };
+                    if !ok && local_failure {
+                        tracing::warn!(upstream = %id, "health check inconclusive: the proxy is out of sockets");
+                        state.handle_inconclusive(id, Instant::now().into_std());
+                        continue;
+                    }
                     match state.handle_result(id, ok, Instant::now().into_std()) {
                         Some(Transition::Down) => {
                             tracing::warn!(upstream = %id, "health check marked upstream down");

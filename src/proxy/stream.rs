@@ -60,6 +60,12 @@ impl Dial<'_> {
     /// whole of it, as nginx's `proxy_connect_timeout` bounds the connect
     /// and the SSL handshake together.
     pub(crate) async fn connect(self, addr: &UpstreamAddr) -> io::Result<UpstreamStream> {
+        self.open(addr)
+            .await
+            .inspect_err(super::connect::note_local)
+    }
+
+    async fn open(self, addr: &UpstreamAddr) -> io::Result<UpstreamStream> {
         let plain = match addr.as_unix_path() {
             Some(path) => connect_unix(path).await?,
             None => {
