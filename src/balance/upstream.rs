@@ -434,7 +434,8 @@ impl Drop for Shared {
 /// One connection's hold on an upstream.
 ///
 /// Keep it as long as the proxied connection lives: dropping it releases the
-/// in-flight count. Report the connect outcome on it for passive health.
+/// in-flight count. Report on it for passive health: a failed connect or
+/// answer, or the answer that came.
 /// Valid even after its upstream was removed from the set.
 ///
 /// ```

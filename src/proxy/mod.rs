@@ -350,7 +350,8 @@ impl fmt::Debug for ConnectionHook {
     }
 }
 
-/// How long a half-closed tunnel may run by default.
+/// How long the direction left of a half-closed tunnel may stay silent by
+/// default.
 const DEFAULT_LINGER: Duration = Duration::from_secs(5);
 
 /// The proxy's timeouts; defaults mirror nginx except where noted.

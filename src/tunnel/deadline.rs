@@ -100,8 +100,7 @@ impl Deadlines {
     /// The deadlines of a tunnel with `timeouts`; `pings` tells whether
     /// pings are due after a side's silence, which needs its reads stamped.
     pub(super) fn new(timeouts: Timeouts, pings: bool) -> Self {
-        // The linger measures the silence of the direction left.
-        let idle = timeouts.idle != NEVER || timeouts.linger != NEVER || pings;
+        let idle = timeouts.idle != NEVER || pings;
         let send = timeouts.send != NEVER;
         let client_read = timeouts.client_read != NEVER;
         let upstream_read = timeouts.upstream_read != NEVER;
@@ -127,6 +126,12 @@ impl Deadlines {
     pub(super) fn first_eof(&mut self, now: Nanos) {
         if self.first_eof_at == NEVER {
             self.first_eof_at = now;
+            // The linger measures the silence of the direction left, from
+            // now on only: no clock read per chunk before an EOF.
+            if self.timeouts.linger != NEVER {
+                self.c2u.track_reads = true;
+                self.u2c.track_reads = true;
+            }
         }
     }
 
@@ -197,7 +202,9 @@ impl Deadlines {
         // direction left may run as long as it moves, and ends once it has
         // been silent for the linger (its silence counting from the first
         // EOF at the earliest).
-        if self.first_eof_at != NEVER {
+        // Once both sides sent EOF nothing is left to read: what remains is
+        // writing and the shutdowns, bounded by the send timeout.
+        if self.first_eof_at != NEVER && !(c2u.read_done && u2c.read_done) {
             let left = if c2u.read_done { &self.u2c } else { &self.c2u };
             consider(
                 self.first_eof_at.max(left.last_read),
@@ -214,8 +221,12 @@ impl Deadlines {
             (Side::Upstream, u2c, c2u, &self.u2c),
         ] {
             // As with the read timeouts: a side not read while the write of
-            // its bytes stalls may have answered already, unseen.
-            if from.read_done || toward.done || stamps.stalled_since().is_some() {
+            // its bytes stalls may have answered already, unseen; the send
+            // timeout ends that tunnel.
+            // Without a send timeout nothing else would end such a tunnel:
+            // the ping's does.
+            let unread = stamps.stalled_since().is_some() && limits.send != NEVER;
+            if from.read_done || toward.done || unread {
                 continue;
             }
             let (from, limit, due) = pings.deadline(side, stamps.last_read);
@@ -320,6 +331,17 @@ mod tests {
             d.next(client_eof, open(), None),
             Some((secs(14), Due::End(Timeout::Linger)))
         );
+        // Both sent EOF: nothing left to linger for.
+        assert_eq!(d.next(client_eof, client_eof, None), None);
+    }
+
+    /// The linger's clock reads start at the first EOF, not before.
+    #[test]
+    fn reads_are_stamped_for_the_linger_only_after_the_first_eof() {
+        let mut d = deadlines(config().linger_timeout(Duration::from_secs(4)));
+        assert!(!d.c2u.track_reads && !d.u2c.track_reads);
+        d.first_eof(secs(1));
+        assert!(d.c2u.track_reads && d.u2c.track_reads);
     }
 
     #[test]
@@ -395,6 +417,39 @@ mod tests {
         };
         assert_eq!(d.next(shut, open(), Some(state)), None);
         assert_eq!(d.next(open(), open(), None), None);
+    }
+
+    /// A side not read during a stall is not timed out by pings when a
+    /// send timeout will end the tunnel; without one, the ping timeout
+    /// still does.
+    #[test]
+    fn a_stall_suspends_pings_only_under_a_send_timeout() {
+        for send in [Some(Duration::from_secs(60)), None] {
+            let config = config()
+                .track_frames(true)
+                .ping(Duration::from_secs(30), Duration::from_secs(10))
+                .send_timeout(send);
+            let pings = Pings::new(&config);
+            let mut d = deadlines(config);
+            let state = PingState {
+                pings,
+                client_pinged: secs(30),
+                upstream_pinged: NEVER,
+            };
+            d.u2c.last_read = secs(100);
+            d.c2u.stalled_since = secs(31);
+            let next = d.next(open(), open(), Some(state));
+            match send {
+                Some(_) => assert_eq!(
+                    next,
+                    Some((secs(91), Due::End(Timeout::Send(Side::Upstream))))
+                ),
+                None => assert_eq!(
+                    next,
+                    Some((secs(40), Due::End(Timeout::Ping(Side::Client))))
+                ),
+            }
+        }
     }
 
     #[test]
