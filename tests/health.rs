@@ -85,6 +85,45 @@ async fn tungstenite_server() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>
     (addr, handshakes, closes)
 }
 
+/// A tokio-tungstenite server that requires a PROXY v2 header first (nginx
+/// `listen ... proxy_protocol`: a connection without one is dropped) and
+/// names subprotocol `chat` in every 101, offered or not. Counts the
+/// handshakes it completed.
+async fn proxy_v2_chat_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    const SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&handshakes);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut header = [0u8; 16];
+                if stream.read_exact(&mut header).await.is_err() || !header.starts_with(SIGNATURE) {
+                    return;
+                }
+                let mut rest = vec![0u8; usize::from(u16::from_be_bytes([header[14], header[15]]))];
+                if stream.read_exact(&mut rest).await.is_err() {
+                    return;
+                }
+                let chat = |_: &_, mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                    response
+                        .headers_mut()
+                        .insert("sec-websocket-protocol", "chat".parse().unwrap());
+                    Ok(response)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, chat).await else {
+                    return;
+                };
+                counted.fetch_add(1, Ordering::SeqCst);
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
 struct Running {
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
@@ -208,6 +247,36 @@ async fn websocket_check_marks_down_a_101_with_a_wrong_accept_and_a_silent_upstr
     until_check_down(&set, silent_id, true).await;
     running.stop().await;
     held.abort();
+}
+
+/// HAProxy `check-send-proxy`: upstreams that require the PROXY protocol
+/// are checked with a v2 header first (LOCAL), else every check fails. A
+/// 101 naming a subprotocol the probe did not offer still passes: the
+/// backend serves its real clients, which offer it.
+#[tokio::test(start_paused = true)]
+async fn a_websocket_check_can_open_with_proxy_v2_and_takes_an_unoffered_subprotocol() {
+    let (addr, handshakes) = proxy_v2_chat_server().await;
+    let (with, without) = (UpstreamSet::new(), UpstreamSet::new());
+    let with_id = with.add(Upstream::new(addr));
+    let without_id = without.add(Upstream::new(addr));
+    let config = |probe: WebSocketProbe| {
+        HealthCheck::builder()
+            .probe(probe)
+            .interval(INTER)
+            .timeout(Duration::from_secs(1))
+            .fall(1)
+    };
+    let a = start(
+        &with,
+        config(WebSocketProbe::new("/").unwrap().with_proxy_v2()),
+    );
+    let b = start(&without, config(WebSocketProbe::new("/").unwrap()));
+    until_check_down(&without, without_id, true).await;
+    sleep(INTER * 5).await;
+    assert!(!check_down(&with, with_id));
+    assert!(handshakes.load(Ordering::SeqCst) >= 5);
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]

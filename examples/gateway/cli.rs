@@ -227,7 +227,7 @@ pub struct Args {
     /// `health_check`): `tcp` (a connect) or `ws:/PATH` (a real WebSocket
     /// handshake). Off by default; passive checks (max_fails) always run.
     #[arg(long, value_name = "tcp|ws:/PATH", value_parser = parse_health_check)]
-    pub health_check: Option<Arc<dyn Probe>>,
+    pub health_check: Option<HealthCheckArg>,
 
     /// Time between two checks of an upstream (HAProxy `inter`).
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
@@ -325,12 +325,33 @@ pub fn parse_factor(text: &str) -> Result<f64, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `--health-check`: which probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheckArg {
+    /// A TCP connect.
+    Tcp,
+    /// A WebSocket handshake.
+    WebSocket(WebSocketProbe),
+}
+
+impl HealthCheckArg {
+    /// The probe; a WebSocket one opens with a PROXY v2 header when the
+    /// upstreams expect one (`--send-proxy-v2`), as HAProxy's checks do.
+    pub fn probe(&self, send_proxy_v2: bool) -> Arc<dyn Probe> {
+        match self {
+            Self::Tcp => Arc::new(TcpProbe),
+            Self::WebSocket(probe) if send_proxy_v2 => Arc::new(probe.clone().with_proxy_v2()),
+            Self::WebSocket(probe) => Arc::new(probe.clone()),
+        }
+    }
+}
+
 /// `tcp` or `ws:/PATH`.
-pub fn parse_health_check(text: &str) -> Result<Arc<dyn Probe>, String> {
+pub fn parse_health_check(text: &str) -> Result<HealthCheckArg, String> {
     match text.split_once(':') {
-        None if text == "tcp" => Ok(Arc::new(TcpProbe)),
+        None if text == "tcp" => Ok(HealthCheckArg::Tcp),
         Some(("ws", path)) if path.starts_with('/') => WebSocketProbe::new(path)
-            .map(|probe| Arc::new(probe) as Arc<dyn Probe>)
+            .map(HealthCheckArg::WebSocket)
             .map_err(|e| e.to_string()),
         _ => Err(format!(
             "`{text}` is not a health check (tcp, or ws:/PATH for a WebSocket handshake)"

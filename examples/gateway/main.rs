@@ -489,11 +489,11 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
 
 /// The health-check configuration `--health-check` asks for, if any.
 fn health_config(args: &Args) -> Result<Option<HealthCheck>, String> {
-    let Some(check) = args.health_check.clone() else {
+    let Some(check) = &args.health_check else {
         return Ok(None);
     };
     HealthCheck::builder()
-        .probe(check)
+        .probe(check.probe(args.send_proxy_v2))
         .interval(args.health_interval)
         .rise(args.health_rise)
         .fall(args.health_fall)

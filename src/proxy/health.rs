@@ -43,8 +43,8 @@ use crate::balance::health::{
 use crate::balance::{UpstreamAddr, UpstreamId, UpstreamSet};
 use crate::frame::{masking_key, CloseFrame};
 use crate::handshake::{
-    classify_response, parse_request, parse_response, write_request_head, HeadScanner, Limits,
-    ResponseKind, Status,
+    classify_response, parse_request, parse_response, write_request_head, HandshakeError,
+    HeadScanner, Limits, ResponseKind, Status, SwitchError,
 };
 
 /// Checks running at once, by default: enough for a large group, few
@@ -186,7 +186,14 @@ pub struct WebSocketProbe {
     path: String,
     host: Option<String>,
     limits: Limits,
+    proxy_v2: bool,
 }
+
+/// A PROXY protocol v2 header with the LOCAL command: the connection is the
+/// proxy's own (a health check), no client addresses follow.
+const PROXY_V2_LOCAL: [u8; 16] = [
+    0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x20, 0x00, 0x00, 0x00,
+];
 
 impl WebSocketProbe {
     /// A handshake to `path` (origin-form, e.g. `/health`), with the
@@ -206,7 +213,19 @@ impl WebSocketProbe {
             path,
             host: None,
             limits: Limits::default(),
+            proxy_v2: false,
         })
+    }
+
+    /// Opens each check with a PROXY protocol v2 header (the LOCAL
+    /// command: a connection of the proxy's own), for upstreams that
+    /// require one before the request, as a group with
+    /// [`send_proxy_v2`](crate::proxy::UpstreamGroup::send_proxy_v2) has
+    /// (HAProxy `check-send-proxy`, implied there by `send-proxy-v2`).
+    #[must_use]
+    pub fn with_proxy_v2(mut self) -> Self {
+        self.proxy_v2 = true;
+        self
     }
 
     /// Sends `host` as the Host header instead of the upstream's address.
@@ -241,12 +260,14 @@ impl WebSocketProbe {
         let Ok(stream) = dial.connect(upstream).await else {
             return false;
         };
+        let preface: &[u8] = if self.proxy_v2 { &PROXY_V2_LOCAL } else { &[] };
         websocket(
             stream,
             upstream,
             &self.path,
             self.host.as_deref(),
             &self.limits,
+            preface,
         )
         .await
         .unwrap_or(false)
@@ -683,6 +704,7 @@ async fn websocket<S>(
     path: &str,
     host: Option<&str>,
     limits: &Limits,
+    preface: &[u8],
 ) -> Option<bool>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -706,7 +728,9 @@ where
     let Ok(Status::Complete(sent)) = parse_request(&mut head.clone(), limits) else {
         return None;
     };
-    stream.write_all(&head).await.ok()?;
+    let mut out = BytesMut::from(preface);
+    out.extend_from_slice(&head);
+    stream.write_all(&out).await.ok()?;
     let mut buf = BytesMut::with_capacity(1024);
     // The scanner looks at each byte once; parsing waits for the blank line,
     // so a head that trickles in is not re-parsed on every read.
@@ -721,9 +745,15 @@ where
             return Some(false);
         }
     };
+    // A subprotocol or extension the probe did not offer still completes
+    // the upgrade (the key, Upgrade and Connection were checked first):
+    // such a backend serves its real clients, which offer them.
     let switched = matches!(
         classify_response(sent.kind(), &response),
         Ok(ResponseKind::Switched)
+            | Err(HandshakeError::Switch(
+                SwitchError::Protocol | SwitchError::Extension
+            ))
     );
     if switched {
         // RFC 6455 §5.5.1: a masked Close 1000 (client frames are masked,
