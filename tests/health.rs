@@ -107,6 +107,8 @@ async fn proxy_v2_chat_server() -> (SocketAddr, Arc<AtomicUsize>) {
                 if stream.read_exact(&mut rest).await.is_err() {
                     return;
                 }
+                // tungstenite's handshake callback type.
+                #[allow(clippy::result_large_err)]
                 let chat = |_: &_, mut response: tokio_tungstenite::tungstenite::handshake::server::Response| {
                     response
                         .headers_mut()
