@@ -422,6 +422,44 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
 /// asking for it is a usage error, not a silent no-op. (With the feature,
 /// tests/metrics.rs scrapes it.)
 #[cfg(not(feature = "metrics"))]
+/// nginx warns when `worker_connections` exceed the open file limit; so does
+/// the gateway, naming what would fit, and starts anyway.
+#[tokio::test]
+async fn max_connections_over_the_open_file_limit_is_warned_about() {
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -n 1024 && exec \"$0\" \"$@\""])
+        .arg(gateway_bin())
+        .args(["--listen", "127.0.0.1:0", "--max-connections", "10000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gateway");
+    let (mut lines, stderr) = child_output(&mut child);
+    let banner = tokio::time::timeout(WAIT, lines.recv())
+        .await
+        .ok()
+        .flatten();
+    assert!(
+        banner.is_some_and(|line| line.contains("listening on")),
+        "{}",
+        stderr.lock().unwrap()
+    );
+    let expected = "over the open file limit of 1024";
+    bounded("the warning", async {
+        while !stderr.lock().unwrap().contains(expected) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(stderr
+        .lock()
+        .unwrap()
+        .contains("lower --max-connections to 462"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn metrics_flag_without_the_feature_exits_2() {
     let (status, stderr) = run_to_exit(&["--metrics", "127.0.0.1:0"]);

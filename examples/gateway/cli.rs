@@ -151,8 +151,11 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = OnOff::Off)]
     pub underscores_in_headers: OnOff,
 
-    /// Connections served at once (nginx `worker_connections`); when all are
-    /// taken, the longest idle keep-alive connection is closed for a new one.
+    /// Client connections served at once, all workers together (nginx
+    /// `worker_connections` times `worker_processes`); when all are taken,
+    /// the longest idle keep-alive connection is closed for a new one. Each
+    /// proxied one holds two file descriptors: a start-up warning says when
+    /// the open file limit (`ulimit -n`) is too low for it, as nginx's does.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
 

@@ -112,6 +112,9 @@ fn main() -> ExitCode {
         None
     };
     let demo_addr = demo.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(warning) = descriptor_budget(args.max_connections, open_file_limit()) {
+        eprintln!("gateway: {warning}");
+    }
     dns::check(&args).unwrap_or_else(|msg| usage(msg));
     let (proxy, groups) = build_proxy(&args, demo_addr).unwrap_or_else(|msg| usage(msg));
     let health = health_config(&args).unwrap_or_else(|msg| usage(msg));
@@ -485,6 +488,41 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
     }
     let proxy = builder.build().map_err(|e| with_source(&e))?;
     Ok((proxy, groups.into_inner()))
+}
+
+/// Descriptors a gateway keeps beside its connections: listeners, the
+/// runtimes, health checks, DNS, logs.
+const DESCRIPTOR_RESERVE: u64 = 100;
+
+/// nginx's warning when `worker_connections` exceed the open file limit:
+/// each proxied connection holds two descriptors (the client's socket and
+/// the upstream's), and an HTTP/2 client connection up to one per stream
+/// more. Past the limit, connects fail with 500 (the upstreams are not
+/// blamed) and accepts wait.
+fn descriptor_budget(max_connections: u32, limit: Option<u64>) -> Option<String> {
+    let limit = limit?;
+    let needed = u64::from(max_connections) * 2 + DESCRIPTOR_RESERVE;
+    (needed > limit).then(|| {
+        format!(
+            "--max-connections {max_connections} may need {needed} file descriptors (a client \
+             and an upstream socket each, plus {DESCRIPTOR_RESERVE}), over the open file limit \
+             of {limit}: raise it (ulimit -n) or lower --max-connections to {}",
+            limit.saturating_sub(DESCRIPTOR_RESERVE) / 2
+        )
+    })
+}
+
+/// The soft limit on open files (`ulimit -n`), where the system tells it
+/// without unsafe code (Linux's `/proc/self/limits`); `None` when unlimited
+/// or unknown.
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The health-check configuration `--health-check` asks for, if any.
