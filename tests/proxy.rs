@@ -905,6 +905,33 @@ async fn an_embedded_upgrade_relays_the_upstreams_refusal_whole() {
     }
 }
 
+/// A refusal whose body stalls is relayed after a short wait without it,
+/// not held for the read timeout (an hour here).
+#[tokio::test(start_paused = true)]
+async fn an_embedded_refusal_whose_body_stalls_goes_out_without_it() {
+    let (upstream, _) =
+        raw_upstream(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 100\r\n\r\npartial").await;
+    let proxy = round_robin(&[upstream])
+        .read_timeout(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let host = hyper_host(proxy).await;
+    let started = tokio::time::Instant::now();
+    let mut s = TcpStream::connect(host).await.unwrap();
+    s.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert!(
+        reply.to_ascii_lowercase().contains("content-length: 0"),
+        "{reply}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn h2c_upgrade_is_not_tunneled() {
     let (addr, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;

@@ -378,9 +378,13 @@ pub enum UpgradeError {
 
 /// The most of a refusal's body [`UpgradeError::NotSwitched`] carries: an
 /// error page or a login redirect's. A longer one is left out (the head is
-/// still relayed), as is one that does not arrive whole within the read
-/// timeout.
+/// still relayed), as is one that does not arrive whole within 5 s of its
+/// head (or the read timeout, if shorter).
 pub const MAX_REFUSAL_BODY: usize = 64 * 1024;
+
+/// How long a refusal's body may take after its head: the refusal is not
+/// held up for long by an upstream that stalls in its body.
+const REFUSAL_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A refusal with its body; the body's framing is the host's server's to
 /// write, so the upstream's is dropped.
@@ -452,6 +456,7 @@ async fn refusal_body(
             }
         }
     };
+    let deadline = deadline.min(Instant::now() + REFUSAL_BODY_WAIT);
     let body = tokio::time::timeout_at(deadline, reading)
         .await
         .ok()
