@@ -287,6 +287,53 @@ async fn two_rebalancers_of_one_group_move_no_more_than_one_run_needs() {
     gw.shutdown().await;
 }
 
+/// A rebalance asked for while one runs is not lost: the run under way plans
+/// once more when its rounds are over, even when it stopped early because
+/// the clients it closed did not come back.
+#[tokio::test(start_paused = true)]
+async fn a_rebalance_asked_for_during_a_run_is_taken_up_when_it_ends() {
+    const CLIENTS: usize = 10;
+    let (a, _) = recording_upstream().await;
+    let (b, _) = recording_upstream().await;
+    let (c, _) = recording_upstream().await;
+    let set: UpstreamSet = [Upstream::new(a)].into_iter().collect();
+    let group = UpstreamGroup::new("chat", LeastConn::new(set.clone()));
+    let gw = Gateway::start(Proxy::builder().route(Route::new("/", group.clone()))).await;
+    // Clients that answer a Close and never come back.
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut ws = client_to(gw.addr, &format!("/?id={i}")).await;
+        echo(&mut ws, format!("hello {i}")).await;
+        clients.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = within(Duration::from_secs(600), "a close", ws.next()).await {}
+        }));
+    }
+    set.add(Upstream::new(b));
+    let first = Rebalancer::new(group.clone(), set.clone()).rate(10);
+    let second = first.clone();
+    let running = tokio::spawn(async move { first.run().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    set.add(Upstream::new(c));
+    let skipped = second.run().await;
+    assert_eq!(skipped.rounds, 0, "{skipped:?}");
+    let report = within(Duration::from_secs(600), "the run", running)
+        .await
+        .unwrap();
+    // 10 over two: 4 closed, who do not return, so the rounds stop; the
+    // pass for the join then spreads the 6 left over three.
+    assert!(report.rounds >= 2, "{report:?}");
+    assert!(report.moved > 4, "{report:?}");
+    assert!(
+        group.tunnels().len() <= 10 - report.moved,
+        "{report:?} {}",
+        group.tunnels().len()
+    );
+    for client in clients {
+        client.abort();
+    }
+    gw.shutdown().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_servers_drain_closes_only_its_own_tunnels() {
     let (up, _) = recording_upstream().await;

@@ -22,6 +22,9 @@ use crate::tunnel::TunnelHandle;
 /// short only when clients reconnect unevenly or loads change meanwhile.
 const MAX_ROUNDS: u32 = 8;
 
+/// Extra passes one run makes for runs asked for while it went.
+const MAX_PASSES: u32 = 2;
+
 /// Moves tunnels off the most loaded upstreams of one [`UpstreamGroup`].
 ///
 /// ```
@@ -157,7 +160,9 @@ impl Rebalancer {
     /// the same tunnels (a clone of this rebalancer, another one built on
     /// the group or a clone of it, or on the group a
     /// [`Proxy::reconfigure`](crate::Proxy::reconfigure) kept) closes
-    /// nothing and returns at once, with no rounds and `needed` 0.
+    /// nothing and returns at once, with no rounds and `needed` 0; the run
+    /// under way then plans once more when its rounds are over (at most
+    /// twice in all), and its report counts those passes too.
     pub async fn run(&self) -> RebalanceReport {
         // Two runs at once both plan the surplus before the other's closed
         // clients have landed, and together close more than it. The second
@@ -166,11 +171,12 @@ impl Rebalancer {
         // second is taken in there, from loads its own closes have settled
         // into; one queued behind it would plan again at once, even when
         // the first stopped because closed clients had not come back.
-        let Some(_running) = self.group.tunnels().start_rebalance() else {
+        let registry = self.group.tunnels();
+        let Some(running) = registry.start_rebalance() else {
             let spread = self.spread();
             tracing::debug!(
                 group = self.group.name(),
-                "rebalance skipped: another run is under way"
+                "rebalance skipped: another run is under way, and will plan once more"
             );
             return RebalanceReport {
                 before: spread,
@@ -180,6 +186,27 @@ impl Rebalancer {
                 rounds: 0,
             };
         };
+        let mut report = self.rounds().await;
+        // A skipped ask (a join while this ran) gets one more plan from the
+        // loads as they are now: this run may have stopped early (clients
+        // not back), before it saw what the ask was for. Bounded: each pass
+        // answers the asks made before it began.
+        for _ in 0..MAX_PASSES {
+            if !registry.take_rebalance_wanted() {
+                break;
+            }
+            let again = self.rounds().await;
+            report.after = again.after;
+            report.moved += again.moved;
+            report.needed += again.needed;
+            report.rounds += again.rounds;
+        }
+        drop(running);
+        report
+    }
+
+    /// The rounds of one [`run`](Self::run), under its guard.
+    async fn rounds(&self) -> RebalanceReport {
         let (snapshot, tunnels, placed) = self.placement();
         let before = LoadSpread::of(&snapshot, &placed);
         let first = self.planner.plan(&snapshot, &placed, usize::MAX);

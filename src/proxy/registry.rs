@@ -75,6 +75,9 @@ pub struct TunnelRegistry {
     inner: Mutex<Entries>,
     /// A [`Rebalancer`](super::Rebalancer) run is moving these tunnels.
     rebalancing: AtomicBool,
+    /// A run was asked for while one went, and skipped: the one under way
+    /// plans once more before it ends.
+    rebalance_wanted: AtomicBool,
 }
 
 /// A rebalance run under way on a registry's tunnels; dropped when the run
@@ -231,11 +234,23 @@ impl TunnelRegistry {
 
     /// Marks a rebalance of these tunnels as under way until the returned
     /// guard drops; `None` when one already is.
+    /// When one is, the ask is noted for it ([`take_rebalance_wanted`]).
+    ///
+    /// [`take_rebalance_wanted`]: Self::take_rebalance_wanted
     pub(crate) fn start_rebalance(&self) -> Option<RebalanceRun<'_>> {
-        self.rebalancing
+        let started = self
+            .rebalancing
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-            .then_some(RebalanceRun(&self.rebalancing))
+            .is_ok();
+        // A run starting now plans from the loads as they are: earlier asks
+        // are answered by it.
+        self.rebalance_wanted.store(!started, Ordering::Release);
+        started.then_some(RebalanceRun(&self.rebalancing))
+    }
+
+    /// Whether a run was asked for (and skipped) since the last call.
+    pub(crate) fn take_rebalance_wanted(&self) -> bool {
+        self.rebalance_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Open tunnels.
