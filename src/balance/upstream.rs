@@ -400,7 +400,7 @@ impl Shared {
         self.fails.store(health.fails, Ordering::Relaxed);
     }
 
-    fn report_success(&self, now: Instant) {
+    fn report_success(&self, picked: Instant) {
         // Failures short of max_fails are not cleared by a success: they
         // expire fail_timeout after the first (`report_failure`), so an
         // upstream that fails every other request still trips, as in nginx.
@@ -411,7 +411,7 @@ impl Shared {
         // Only the answer to a pick made once the sit-out was over (nginx's
         // probe) lifts the mark: a request that was already under way when
         // the upstream tripped proves nothing of it now.
-        let sat_out = health.down_until.map_or(true, |until| now >= until);
+        let sat_out = health.down_until.map_or(true, |until| picked >= until);
         if health.fails < self.max_fails || !sat_out {
             return;
         }
@@ -519,19 +519,20 @@ impl Lease {
         self.shared.report_failure(now);
     }
 
-    /// The upstream answered at `now` (its answer head came and parsed):
-    /// lifts a failure mark once its `fail_timeout` is over, as nginx does
-    /// when the peer it lets through to probe answers.
+    /// The upstream answered (its answer head came and parsed) a request
+    /// picked at `picked` (or begun then): lifts a failure mark if the pick
+    /// came after the mark's `fail_timeout`, as nginx does when the peer it
+    /// lets through to probe answers.
     ///
     /// A success does not clear failures short of `max_fails`: they expire
     /// `fail_timeout` after the first, so an upstream that connects but then
-    /// fails every other request still trips. Nor does it lift a mark while
-    /// the upstream sits out, which a request started before the failures
-    /// could otherwise do. Report it for the answer, not the connect: an
+    /// fails every other request still trips. Nor does the answer to a
+    /// request picked before or during the sit-out lift the mark, however
+    /// late it comes. Report it for the answer, not the connect: an
     /// upstream that accepts connections and never answers is the one
     /// passive health has to catch.
-    pub fn report_success(&self, now: Instant) {
-        self.shared.report_success(now);
+    pub fn report_success(&self, picked: Instant) {
+        self.shared.report_success(picked);
     }
 }
 

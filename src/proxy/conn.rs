@@ -603,7 +603,9 @@ where
                 }
             },
         };
-        lease.report_success(Instant::now().into_std());
+        // The request began before its pick: a success lifts a mark only
+        // for a request begun after the sit-out.
+        lease.report_success(self.began.into_std());
 
         if let (UpgradeAnswer::Switched(head), Some(_)) = (&answer, &listing) {
             let (out, prefix) = switching(std::mem::take(&mut up_buf), |out| {

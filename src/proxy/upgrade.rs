@@ -156,6 +156,7 @@ impl Proxy {
         exchange.route(&group);
         inner.policy.check(&request, true)?;
         routed_origin_form(&mut request, path).map_err(|()| UpgradeError::NotUpgrade)?;
+        let picked = Instant::now().into_std();
         let (lease, mut upstream) = connect(inner, &group, &client, &request)
             .await
             .inspect_err(|e| {
@@ -204,7 +205,7 @@ impl Proxy {
                 HeadRead::Timeout => failed(StatusCode::GATEWAY_TIMEOUT),
                 _ => failed(StatusCode::BAD_GATEWAY),
             })?;
-            lease.report_success(Instant::now().into_std());
+            lease.report_success(picked);
             match handshake::classify_response(&kind, &head) {
                 Ok(ResponseKind::Informational) => continue,
                 Ok(ResponseKind::Switched) => {

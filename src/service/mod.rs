@@ -487,6 +487,7 @@ impl ProxyService {
         let proxy = &self.proxy;
         let (parts, body) = request.into_parts();
         let head = Request::from_parts(parts, ());
+        let picked = std::time::Instant::now();
         let hosted = proxy
             .admit_hosted(head, peer, self.listener, exchange)
             .await?;
@@ -526,7 +527,7 @@ impl ProxyService {
         };
         let response = match answered {
             Ok(response) => {
-                lease.report_success(std::time::Instant::now());
+                lease.report_success(picked);
                 response
             }
             Err(_) if state.too_large() => {
