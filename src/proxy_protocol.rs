@@ -224,6 +224,20 @@ pub fn parse(buf: &[u8]) -> Result<Status<ProxyHeader>, ProxyHeaderError> {
         if V2_FIXED_LEN + declared > MAX_HEADER_LEN {
             return Err(ProxyHeaderError::TooLarge);
         }
+        // LOCAL (version 2, command 0): the spec has the receiver ignore
+        // the family and the address block whatever they say, as HAProxy
+        // does; the parser below would check them first.
+        if buf[12] == 0x20 {
+            let len = V2_FIXED_LEN + declared;
+            if buf.len() < len {
+                return Ok(Status::Partial);
+            }
+            return Ok(Status::Complete(ProxyHeader {
+                len,
+                source: None,
+                destination: None,
+            }));
+        }
     }
     // TLVs are skipped, not copied: nothing here reads them.
     let config = ParseConfig {
@@ -436,6 +450,13 @@ mod tests {
         );
         with[12] = 0x20;
         assert_eq!(complete(&with).source(), None);
+        // LOCAL with a family but an address block too short for it (or
+        // none): the family is ignored too, as HAProxy ignores it.
+        let short = b"\r\n\r\n\0\r\nQUIT\n\x20\x11\x00\x00";
+        assert_eq!((complete(short).len(), complete(short).source()), (16, None));
+        let odd = b"\r\n\r\n\0\r\nQUIT\n\x20\x21\x00\x02ab";
+        assert_eq!(complete(odd).len(), 18);
+        assert!(matches!(parse(&odd[..17]), Ok(Status::Partial)));
         assert_eq!(complete(b"PROXY UNKNOWN\r\n").source(), None);
     }
 
