@@ -453,7 +453,10 @@ mod tests {
         // LOCAL with a family but an address block too short for it (or
         // none): the family is ignored too, as HAProxy ignores it.
         let short = b"\r\n\r\n\0\r\nQUIT\n\x20\x11\x00\x00";
-        assert_eq!((complete(short).len(), complete(short).source()), (16, None));
+        assert_eq!(
+            (complete(short).len(), complete(short).source()),
+            (16, None)
+        );
         let odd = b"\r\n\r\n\0\r\nQUIT\n\x20\x21\x00\x02ab";
         assert_eq!(complete(odd).len(), 18);
         assert!(matches!(parse(&odd[..17]), Ok(Status::Partial)));

@@ -397,6 +397,71 @@ async fn twenty_four_websockets_run_at_once_on_one_h2_connection() {
     assert_eq!(report.accepted, 1);
 }
 
+/// An upstream that echoes, except on `/stall`, where it completes the
+/// handshake and then never reads.
+async fn stalling_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let stall = Arc::new(Mutex::new(false));
+                let seen = stall.clone();
+                let callback =
+                    move |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          resp| {
+                        *seen.lock().unwrap() = req.uri().path() == "/stall";
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                if *stall.lock().unwrap() {
+                    // Held, never read, until the test ends.
+                    std::future::pending::<()>().await;
+                }
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A WebSocket whose upstream stopped reading takes no more than its own
+/// stream's window of the connection: the others on it keep flowing, not
+/// frozen until the send timeout (60 s).
+#[tokio::test]
+async fn a_stalled_websocket_does_not_freeze_the_others_on_its_h2_connection() {
+    let front = Front::start(proxy_to(stalling_upstream().await), |s| s).await;
+    let (send, _driver) = front.h2().await;
+    let authority = front.authority();
+    let (status, stalled) = connect_ws(&send, &authority, "/stall").await;
+    assert_eq!(status, 200);
+    let (status, other) = connect_ws(&send, &authority, "/echo").await;
+    assert_eq!(status, 200);
+    let (mut stalled, mut other) = (stalled.unwrap(), other.unwrap());
+    echo(&mut other, Message::text("before")).await;
+    // Far more than the upstream's socket buffers and any window hold.
+    let pushing = tokio::spawn(async move {
+        let _ = stalled.send(Message::binary(vec![7u8; 16 << 20])).await;
+        stalled
+    });
+    // Time for the push to fill what it can (it never finishes).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!pushing.is_finished(), "the stalled upstream took 16 MiB");
+    within(
+        Duration::from_secs(5),
+        "an echo beside the stalled stream",
+        echo(&mut other, Message::text("after")),
+    )
+    .await;
+    pushing.abort();
+}
+
 #[tokio::test]
 async fn a_reset_stream_closes_its_upstream_and_spares_the_others() {
     let (upstream, mut ends) = echo_upstream().await;

@@ -32,6 +32,18 @@ use crate::tunnel::Prefixed;
 /// timeout before hyper takes the connection.
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Receive window of one stream (hyper's default is 1 MiB, its whole
+/// connection's): what a tunnel whose upstream stopped reading may leave
+/// unread. A sixteenth of the connection's window, so that one stalled
+/// WebSocket cannot freeze the others sharing its connection until the
+/// send timeout, as nginx and HAProxy keep a connection's window well above
+/// a stream's.
+const STREAM_WINDOW: u32 = 128 * 1024;
+
+/// Receive window of a connection: the most one client's streams may leave
+/// unread in all, about what one TCP socket's buffer holds.
+const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
 /// Streams one connection may have open at once (nginx
 /// `http2_max_concurrent_streams 128`; hyper's own default is 200): each
 /// WebSocket among them holds an upstream connection, so this and
@@ -321,6 +333,8 @@ pub(crate) async fn serve<S, K>(
     builder
         .enable_connect_protocol()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .timer(TokioTimer::new());
     let io = TokioIo::new(Prefixed::new(Bytes::from_static(PREFACE), stream));
     let connection = builder.serve_connection(io, service);
