@@ -101,6 +101,26 @@ async fn shutdown_closes_a_thousand_tunnels_with_1001_spread_over_the_window() {
         );
     }
 }
+
+/// `n` clients, each with a tunnel open and echoing, run as
+/// [`rebalanced_client`]: what each was closed with, if it was.
+async fn rebalanced_clients(
+    addr: SocketAddr,
+    n: usize,
+    go: &watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Option<u16>>> {
+    let mut clients = Vec::new();
+    for c in 0..n {
+        let path = format!("/?id={c}");
+        let mut ws = client_to(addr, &path).await;
+        echo(&mut ws, format!("hello {c}")).await;
+        let task = rebalanced_client(addr, path, c, ws, go.clone(), stop.clone());
+        clients.push(tokio::spawn(task));
+    }
+    clients
+}
+
 /// One client of the rebalance test: sends `mid {c}` once `go` is set, then
 /// reads until the proxy closes it (reconnects, and proves the new tunnel
 /// with an echo) or until `stop`. Returns the Close code it got, if any.
@@ -180,14 +200,7 @@ async fn third_upstream_joins(
 
     let (go, went) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let path = format!("/?id={c}");
-        let mut ws = client_to(gw.addr, &path).await;
-        echo(&mut ws, format!("hello {c}")).await;
-        let task = rebalanced_client(gw.addr, path, c, ws, went.clone(), stopped.clone());
-        clients.push(tokio::spawn(task));
-    }
+    let clients = rebalanced_clients(gw.addr, CLIENTS, &went, &stopped).await;
     // Scale-out: the third upstream joins.
     let third = set.add(Upstream::new(upstreams[2].0));
     let rebalancer = Rebalancer::new(group.clone(), set.clone()).rate(500);
@@ -252,14 +265,7 @@ async fn two_rebalancers_of_one_group_move_no_more_than_one_run_needs() {
 
     let (go, went) = watch::channel(false);
     let (stop, stopped) = watch::channel(false);
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
-        let path = format!("/?id={c}");
-        let mut ws = client_to(gw.addr, &path).await;
-        echo(&mut ws, format!("hello {c}")).await;
-        let task = rebalanced_client(gw.addr, path, c, ws, went.clone(), stopped.clone());
-        clients.push(tokio::spawn(task));
-    }
+    let clients = rebalanced_clients(gw.addr, CLIENTS, &went, &stopped).await;
     let joined = set.add(Upstream::new(b));
     let periodic = Rebalancer::new(group.clone(), set.clone()).rate(10);
     let after_join = periodic.clone();

@@ -417,13 +417,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn adding_a_node_moves_keys_only_to_it() {
-        let (set, _) = set_of(&[1; 10]);
+    /// Ten upstreams of `weight`, then an eleventh joins: the keys of 2,000
+    /// that moved, each checked to have moved to it.
+    fn keys_moved_by_a_join(weight: u32) -> usize {
+        let (set, _) = set_of(&[weight; 10]);
         let b = ConsistentHash::new(set.clone(), HashKey::Path);
         let paths: Vec<String> = (0..2000).map(|i| format!("/k/{i}")).collect();
         let before: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
-        set.add(Upstream::new(addr(9010)));
+        set.add(Upstream::new(addr(9010)).weight(weight));
         let after: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
         let mut moved = 0;
         for (&x, &y) in before.iter().zip(&after) {
@@ -432,6 +433,12 @@ mod tests {
                 moved += 1;
             }
         }
+        moved
+    }
+
+    #[test]
+    fn adding_a_node_moves_keys_only_to_it() {
+        let moved = keys_moved_by_a_join(1);
         assert!((60..320).contains(&moved), "{moved}");
     }
 
@@ -439,19 +446,7 @@ mod tests {
     /// keeps the scale still moves keys only to the newcomer.
     #[test]
     fn adding_a_node_above_the_point_cap_moves_keys_only_to_it() {
-        let (set, _) = set_of(&[500; 10]);
-        let b = ConsistentHash::new(set.clone(), HashKey::Path);
-        let paths: Vec<String> = (0..2000).map(|i| format!("/k/{i}")).collect();
-        let before: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
-        set.add(Upstream::new(addr(9010)).weight(500));
-        let after: Vec<u16> = paths.iter().map(|p| pick_path(&b, p)).collect();
-        let mut moved = 0;
-        for (&x, &y) in before.iter().zip(&after) {
-            if x != y {
-                assert_eq!(y, 10, "a key moved between two old upstreams");
-                moved += 1;
-            }
-        }
+        let moved = keys_moved_by_a_join(500);
         // Its share is 2000 / 11, about 182.
         assert!((120..250).contains(&moved), "{moved}");
     }
