@@ -624,9 +624,11 @@ async fn an_interim_answer_is_relayed_without_hop_by_hop_fields() {
     gw.shutdown().await;
 }
 
-/// A client that resets while the upstream sends an interim answer (103)
-/// fails to take it: that is the client's doing, not the upstream's, which
-/// stays available (nginx never counts a client's error against a peer).
+/// A client that resets while the upstream sends interim answers (103):
+/// that is the client's doing, not the upstream's, which stays available
+/// (nginx never counts a client's error against a peer). The proxy sees it
+/// through its watch on the client or through the failed write of a 103,
+/// whichever comes first; both end the request as the client's.
 #[tokio::test]
 async fn a_client_gone_during_an_interim_answer_does_not_fail_the_upstream() {
     let good = ws_upstream(WsUpstreamOptions::default()).await;
