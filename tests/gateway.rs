@@ -418,10 +418,6 @@ fn bad_flags_exit_2_with_a_message_naming_the_problem() {
     assert!(stderr.contains("not a size"), "{stderr}");
 }
 
-/// Without the `metrics` feature the admin listener is not built in:
-/// asking for it is a usage error, not a silent no-op. (With the feature,
-/// tests/metrics.rs scrapes it.)
-#[cfg(not(feature = "metrics"))]
 /// nginx warns when `worker_connections` exceed the open file limit; so does
 /// the gateway, naming what would fit, and starts anyway.
 #[tokio::test]
@@ -460,6 +456,10 @@ async fn max_connections_over_the_open_file_limit_is_warned_about() {
     let _ = child.wait();
 }
 
+/// Without the `metrics` feature the admin listener is not built in:
+/// asking for it is a usage error, not a silent no-op. (With the feature,
+/// tests/metrics.rs scrapes it.)
+#[cfg(not(feature = "metrics"))]
 #[test]
 fn metrics_flag_without_the_feature_exits_2() {
     let (status, stderr) = run_to_exit(&["--metrics", "127.0.0.1:0"]);
