@@ -346,6 +346,24 @@ async fn http_get(addr: SocketAddr, method: &str, path: &str) -> (String, String
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
+/// nginx `keepalive_timeout`: an idle keep-alive client connection is
+/// closed after it (1 s here, against the default 75 s).
+#[tokio::test]
+async fn keepalive_timeout_closes_an_idle_client_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start(&["--keepalive-timeout", "1s"]).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .expect("the connection was kept past its keepalive timeout")
+        .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn demo_backend_answers_a_plain_get_with_the_chat_page() {
     let gw = Gateway::start(&[]).await;

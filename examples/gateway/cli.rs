@@ -90,6 +90,11 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// How long an idle client connection waits for its next request (nginx
+    /// `keepalive_timeout`).
+    #[arg(long, value_name = "DUR", default_value = "75s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
     /// The largest request body forwarded (nginx `client_max_body_size`):
     /// bytes, or with k, m or g (`512k`, `1m`, `1g`); 0 for no limit. A
     /// larger Content-Length, or chunk sizes adding up to more, get 413.

@@ -462,6 +462,7 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         .read_timeout(args.read_timeout)
         .send_timeout(args.send_timeout)
         .handshake_timeout(args.handshake_timeout)
+        .keepalive_timeout(args.keepalive_timeout)
         .client_max_body_size(args.client_max_body_size)
         .tunnel(tunnel_config(args));
     if let Some(keepalive) = args.so_keepalive {
@@ -490,8 +491,8 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
     Ok((proxy, groups.into_inner()))
 }
 
-/// Descriptors a gateway keeps beside its connections: listeners, the
-/// runtimes, health checks, DNS, logs.
+/// Descriptors a gateway keeps beside its connections (listeners, the
+/// runtimes, health checks, DNS, logs), left out of the value it suggests.
 const DESCRIPTOR_RESERVE: u64 = 100;
 
 /// nginx's warning when `worker_connections` exceed the open file limit:
@@ -501,12 +502,15 @@ const DESCRIPTOR_RESERVE: u64 = 100;
 /// blamed) and accepts wait.
 fn descriptor_budget(max_connections: u32, limit: Option<u64>) -> Option<String> {
     let limit = limit?;
-    let needed = u64::from(max_connections) * 2 + DESCRIPTOR_RESERVE;
+    // The connections' own descriptors alone, as nginx compares: at the
+    // limit itself the last few connects get 500, which is no reason to
+    // warn at every start of a default gateway on a 20,000-file system.
+    let needed = u64::from(max_connections) * 2;
     (needed > limit).then(|| {
         format!(
             "--max-connections {max_connections} may need {needed} file descriptors (a client \
-             and an upstream socket each, plus {DESCRIPTOR_RESERVE}), over the open file limit \
-             of {limit}: raise it (ulimit -n) or lower --max-connections to {}",
+             and an upstream socket each), over the open file limit of {limit}: raise it \
+             (ulimit -n) or lower --max-connections to {}",
             limit.saturating_sub(DESCRIPTOR_RESERVE) / 2
         )
     })
