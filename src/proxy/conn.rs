@@ -17,7 +17,7 @@ use tracing::{field, Instrument};
 use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
-use super::head_io::{client_gone, detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
+use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
 use super::relay::{copy_body, send_body, BodyCopyError, BodySent, BodyWalk};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
@@ -29,6 +29,10 @@ use crate::handshake::{
     self, HeadScanner, RequestBodyError, RequestKind, ResponseKind, UpgradeAnswer,
 };
 use crate::tunnel::Prefixed;
+
+mod answer;
+
+use answer::NoAnswer;
 
 /// How long, and how much, a refused client's input is drained before the
 /// connection closes (nginx `lingering_time` is 30 s; `lingering_timeout` 5 s).
@@ -74,15 +78,6 @@ struct Connected {
     listing: Option<Listing>,
     ctx: ForwardContext,
     admitted: Admitted,
-}
-
-/// Why no final answer head came.
-enum NoAnswer {
-    /// The upstream's fault (a passive-health failure): answer with this.
-    Upstream(StatusCode),
-    /// The client closed before the answer came, or relaying an interim
-    /// answer to it failed.
-    ClientGone,
 }
 
 /// What sending the request left for reading its answer.
@@ -704,78 +699,6 @@ where
         } else {
             Next::Close
         }
-    }
-
-    /// Reads the upstream's final answer head, relaying interim 1xx answers
-    /// (other than 101) to the client as they come.
-    async fn read_answer(
-        &mut self,
-        upstream: &mut UpstreamStream,
-        up_buf: &mut BytesMut,
-        http10: bool,
-        kind: &RequestKind,
-    ) -> Result<UpgradeAnswer, NoAnswer> {
-        let limits = &self.inner.limits;
-        // An upgrade's 101 is checked and kept without a `HeaderMap`.
-        let parse = |b: &mut BytesMut| match kind {
-            RequestKind::WebSocket(upgrade) => handshake::parse_upgrade_answer(b, limits, upgrade),
-            _ => Ok(match handshake::parse_response(b, limits)? {
-                handshake::Status::Complete(r) => {
-                    handshake::Status::Complete(UpgradeAnswer::Other(r))
-                }
-                handshake::Status::Partial => handshake::Status::Partial,
-            }),
-        };
-        // Bounded: a 1xx flood is still limited by the read timeout per head
-        // and by this count.
-        for _ in 0..8 {
-            let deadline = Instant::now() + self.inner.timeouts.read;
-            let head = read_head(
-                upstream,
-                up_buf,
-                deadline,
-                HeadScanner::response(*limits),
-                parse,
-            );
-            // The client may leave meanwhile (nginx
-            // `proxy_ignore_client_abort off`): the upstream is let go.
-            let answered = tokio::select! {
-                biased;
-                answered = head => answered,
-                () = client_gone(&mut self.io, &mut self.buf, limits.max_head_bytes) => {
-                    return Err(NoAnswer::ClientGone);
-                }
-            };
-            // Matched as a temporary, whose storage ends with the
-            // statement: a 101's head is then not kept across the interim
-            // answer's write below.
-            let response = match answered {
-                Ok(UpgradeAnswer::Other(response)) => response,
-                Ok(switched) => return Ok(switched),
-                Err(HeadRead::Timeout) => {
-                    return Err(NoAnswer::Upstream(StatusCode::GATEWAY_TIMEOUT))
-                }
-                Err(_) => return Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY)),
-            };
-            let status = response.status();
-            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-                // HTTP/1.0 clients cannot take interim answers (RFC 9110
-                // §15.2).
-                if http10 {
-                    continue;
-                }
-                let mut response = response;
-                crate::forward::strip_interim(response.headers_mut());
-                let mut out = BytesMut::new();
-                handshake::write_response_head(&response, &mut out);
-                write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
-                    .await
-                    .map_err(|_| NoAnswer::ClientGone)?;
-                continue;
-            }
-            return Ok(UpgradeAnswer::Other(response));
-        }
-        Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY))
     }
 
     /// Sends the 101 `out` (see [`switching`]); the caller then tunnels.

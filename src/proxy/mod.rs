@@ -168,6 +168,7 @@ mod health;
 mod hosted;
 mod keepalive;
 mod last_segment;
+mod probe;
 pub(crate) use last_segment::Sockets;
 mod rebalance;
 mod reclaim;

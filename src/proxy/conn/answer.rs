@@ -1,0 +1,99 @@
+//! Reading the upstream's answer head for the request loop: interim 1xx
+//! answers relayed as they come, and the client watched meanwhile, so that
+//! one that leaves frees the upstream (nginx's 499).
+
+use bytes::BytesMut;
+use http::StatusCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use super::super::head_io::{client_gone, read_head, write_all_timeout, HeadRead};
+use super::super::stream::UpstreamStream;
+use super::Conn;
+use crate::handshake::{self, HeadScanner, RequestKind, UpgradeAnswer};
+
+/// Why no final answer head came.
+pub(super) enum NoAnswer {
+    /// The upstream's fault (a passive-health failure): answer with this.
+    Upstream(StatusCode),
+    /// The client closed before the answer came, or relaying an interim
+    /// answer to it failed.
+    ClientGone,
+}
+
+impl<S> Conn<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Reads the upstream's final answer head, relaying interim 1xx answers
+    /// (other than 101) to the client as they come.
+    pub(super) async fn read_answer(
+        &mut self,
+        upstream: &mut UpstreamStream,
+        up_buf: &mut BytesMut,
+        http10: bool,
+        kind: &RequestKind,
+    ) -> Result<UpgradeAnswer, NoAnswer> {
+        let limits = &self.inner.limits;
+        // An upgrade's 101 is checked and kept without a `HeaderMap`.
+        let parse = |b: &mut BytesMut| match kind {
+            RequestKind::WebSocket(upgrade) => handshake::parse_upgrade_answer(b, limits, upgrade),
+            _ => Ok(match handshake::parse_response(b, limits)? {
+                handshake::Status::Complete(r) => {
+                    handshake::Status::Complete(UpgradeAnswer::Other(r))
+                }
+                handshake::Status::Partial => handshake::Status::Partial,
+            }),
+        };
+        // Bounded: a 1xx flood is still limited by the read timeout per head
+        // and by this count.
+        for _ in 0..8 {
+            let deadline = Instant::now() + self.inner.timeouts.read;
+            let head = read_head(
+                upstream,
+                up_buf,
+                deadline,
+                HeadScanner::response(*limits),
+                parse,
+            );
+            // The client may leave meanwhile (nginx
+            // `proxy_ignore_client_abort off`): the upstream is let go.
+            let answered = tokio::select! {
+                biased;
+                answered = head => answered,
+                () = client_gone(&mut self.io, &mut self.buf, limits.max_head_bytes) => {
+                    return Err(NoAnswer::ClientGone);
+                }
+            };
+            // Matched as a temporary, whose storage ends with the
+            // statement: a 101's head is then not kept across the interim
+            // answer's write below.
+            let response = match answered {
+                Ok(UpgradeAnswer::Other(response)) => response,
+                Ok(switched) => return Ok(switched),
+                Err(HeadRead::Timeout) => {
+                    return Err(NoAnswer::Upstream(StatusCode::GATEWAY_TIMEOUT))
+                }
+                Err(_) => return Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY)),
+            };
+            let status = response.status();
+            if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                // HTTP/1.0 clients cannot take interim answers (RFC 9110
+                // §15.2).
+                if http10 {
+                    continue;
+                }
+                let mut response = response;
+                crate::forward::strip_interim(response.headers_mut());
+                let mut out = BytesMut::new();
+                handshake::write_response_head(&response, &mut out);
+                write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
+                    .await
+                    .map_err(|_| NoAnswer::ClientGone)?;
+                continue;
+            }
+            return Ok(UpgradeAnswer::Other(response));
+        }
+        Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY))
+    }
+}
