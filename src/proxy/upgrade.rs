@@ -407,23 +407,22 @@ async fn refusal_body(
     deadline: Instant,
 ) -> Option<Bytes> {
     use bytes::Buf;
+    use handshake::body::BodyKind;
     use tokio::io::AsyncReadExt;
-    let kind =
-        handshake::body::BodyKind::of_response(&http::Method::GET, head.status(), head.headers())
-            .ok()?;
+    let kind = BodyKind::of_response(&http::Method::GET, head.status(), head.headers()).ok()?;
     let reading = async {
         let mut chunked = handshake::ChunkedReframer::new(MAX_REFUSAL_BODY as u64);
         let mut decoded = BytesMut::new();
         loop {
             match kind {
-                handshake::body::BodyKind::Empty => return Some(Bytes::new()),
-                handshake::body::BodyKind::Length(n) => {
+                BodyKind::Empty => return Some(Bytes::new()),
+                BodyKind::Length(n) => {
                     let n = usize::try_from(n).ok().filter(|&n| n <= MAX_REFUSAL_BODY)?;
                     if buf.len() >= n {
                         return Some(buf.split_to(n).freeze());
                     }
                 }
-                handshake::body::BodyKind::Chunked => {
+                BodyKind::Chunked => {
                     while !buf.is_empty() {
                         let step = chunked.reframe(buf).ok()?;
                         decoded.extend_from_slice(buf.get(step.data.clone())?);
@@ -449,10 +448,7 @@ async fn refusal_body(
             if upstream.read_buf(buf).await.ok()? == 0 {
                 // The end of a body delimited by the close; any other cut
                 // short.
-                let until_close = !matches!(
-                    kind,
-                    handshake::body::BodyKind::Length(_) | handshake::body::BodyKind::Chunked
-                );
+                let until_close = !matches!(kind, BodyKind::Length(_) | BodyKind::Chunked);
                 return until_close.then(|| buf.split().freeze());
             }
         }
