@@ -739,6 +739,24 @@ async fn an_idle_h2_connection_closes_at_the_keepalive_timeout_but_not_while_a_t
     drop(send);
 }
 
+/// `keepalive_timeout 0`: the connection closes once its only stream ends.
+#[tokio::test]
+async fn with_keepalive_off_an_h2_connection_closes_after_its_last_stream() {
+    let (upstream, _ends) = echo_upstream().await;
+    let front = Front::start(proxy_to(upstream).keepalive_timeout(Duration::ZERO), |s| s).await;
+    let (send, driver) = front.h2().await;
+    let mut ws = connect_ws(&send, &front.authority(), "/once")
+        .await
+        .1
+        .unwrap();
+    echo(&mut ws, Message::text("one")).await;
+    bounded("close", ws.close(None)).await.unwrap();
+    while let Some(Ok(_)) = bounded("end", ws.next()).await {}
+    drop(ws);
+    bounded("close at once", driver).await.unwrap();
+    drop(send);
+}
+
 // ---------------------------------------------------------------------------
 // Out of connection slots
 // ---------------------------------------------------------------------------

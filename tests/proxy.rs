@@ -1378,6 +1378,20 @@ async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
     gw.shutdown().await;
 }
 
+/// nginx `keepalive_timeout 0`: keep-alive off, one answer per connection.
+#[tokio::test]
+async fn a_zero_keepalive_timeout_closes_after_each_answer() {
+    let (addr, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr]).keepalive_timeout(Duration::ZERO)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let one = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(&[&one[..], one].concat()).await.unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).to_ascii_lowercase();
+    assert_eq!(reply.matches("http/1.1 200").count(), 1, "{reply}");
+    assert_eq!(reply.matches("connection: close").count(), 1, "{reply}");
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn keepalive_requests_caps_a_connection() {
     let (addr, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;

@@ -91,7 +91,7 @@ pub struct Args {
     pub handshake_timeout: Duration,
 
     /// How long an idle client connection waits for its next request (nginx
-    /// `keepalive_timeout`).
+    /// `keepalive_timeout`); 0 turns keep-alive off.
     #[arg(long, value_name = "DUR", default_value = "75s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 

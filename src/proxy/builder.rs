@@ -119,7 +119,10 @@ impl ProxyBuilder {
         self
     }
 
-    /// nginx `keepalive_timeout` (default 75 s).
+    /// nginx `keepalive_timeout` (default 75 s). Zero turns keep-alive
+    /// off, as `keepalive_timeout 0` does: each HTTP/1.1 answer carries
+    /// `Connection: close`, and an HTTP/2 connection closes as soon as its
+    /// last stream ends.
     #[must_use = "builder methods return the updated builder"]
     pub fn keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.timeouts.keepalive = timeout;
@@ -240,7 +243,8 @@ impl ProxyBuilder {
     /// # Errors
     ///
     /// [`ProxyConfigError`] for a route table that does not build (no route
-    /// at all included), zero tries or a zero timeout.
+    /// at all included), zero tries or a zero timeout (but keep-alive's,
+    /// which turns keep-alive off).
     pub fn build(self) -> Result<Proxy, ProxyConfigError> {
         if self.max_tries == 0 {
             return Err(ProxyConfigError::ZeroTries);
@@ -251,7 +255,6 @@ impl ProxyBuilder {
             ("connect", t.connect),
             ("read", t.read),
             ("send", t.send),
-            ("keepalive", t.keepalive),
         ] {
             if d.is_zero() {
                 return Err(ProxyConfigError::ZeroTimeout(name));

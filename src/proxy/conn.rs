@@ -655,6 +655,7 @@ where
     /// Whether the connection may carry another request after this one.
     fn may_keep_alive(&self, client_keeps_alive: bool) -> bool {
         client_keeps_alive
+            && !self.inner.timeouts.keepalive.is_zero()
             && self.report.requests < self.inner.keepalive_requests
             && self.drain.phase() == DrainPhase::Running
     }

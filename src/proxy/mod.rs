@@ -372,7 +372,7 @@ pub struct Timeouts {
     /// (nginx `proxy_send_timeout` and `send_timeout`, 60 s).
     pub send: Duration,
     /// An idle keep-alive client connection between requests
-    /// (nginx `keepalive_timeout`, 75 s).
+    /// (nginx `keepalive_timeout`, 75 s); zero turns keep-alive off.
     pub keepalive: Duration,
 }
 

@@ -346,7 +346,7 @@ pub(crate) async fn serve<S, K>(
         biased;
         ended = connection.as_mut() => Some(ended),
         () = drain.clone().reached(DrainPhase::Draining) => None,
-        () = streams.idle_for(idle_timeout) => {
+        () = streams.idle_after_use(idle_timeout, head_deadline) => {
             tracing::debug!(client = %peer, "idle http/2 connection closed");
             None
         }
@@ -444,6 +444,19 @@ impl Streams {
                 }
                 () = changed => {}
             }
+        }
+    }
+
+    /// Resolves once the connection has been idle for `timeout`; with
+    /// keep-alive off (zero), once it has no stream open after its first,
+    /// which must open by `head_deadline` (nginx: `client_header_timeout`
+    /// before the first stream, `keepalive_timeout` between streams).
+    async fn idle_after_use(&self, timeout: Duration, head_deadline: Instant) {
+        if !timeout.is_zero() {
+            return self.idle_for(timeout).await;
+        }
+        if timeout_at(head_deadline, self.opened()).await.is_ok() {
+            self.idle_for(Duration::ZERO).await;
         }
     }
 
