@@ -38,6 +38,13 @@
 //! `install_recorder`) before [`ProxyBuilder::build`](crate::ProxyBuilder::build).
 //! A proxy built before that records nothing.
 //!
+//! For the same reason, do not let the exporter forget idle series
+//! (`metrics_exporter_prometheus`'s `idle_timeout`) for these metrics: a
+//! series it forgot while the proxy holds its handle stops being exported,
+//! and the proxy's later counts go nowhere. An `wsproxy_open_tunnels`
+//! series of an upstream that left stays at zero; the proxy drops its own
+//! handle and slot for it once no tunnel of the pair is open.
+//!
 //! ```
 //! use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};
 //! use wsproxy::{Proxy, Route, UpstreamGroup};
@@ -140,10 +147,111 @@ pub(crate) struct Handles {
 /// when a tunnel opens, an address formatted once, for its first tunnel on
 /// a route. A tunnel keeps its gauge's slot, four bytes, rather than the
 /// gauge: an idle tunnel's task has a memory budget (see `server.rs`).
+///
+/// Upstreams come and go (DNS discovery, reloads), so slots without an
+/// open tunnel are swept for reuse whenever the table has doubled since
+/// the last sweep: it stays within twice the pairs with tunnels open (and
+/// [`SWEEP_FLOOR`]), where it would otherwise grow with every address an
+/// upstream ever had.
 #[derive(Default)]
 struct OpenGauges {
     slots: HashMap<UpstreamAddr, HashMap<Arc<str>, u32>>,
-    gauges: Vec<Gauge>,
+    gauges: Vec<Slot>,
+    free: Vec<u32>,
+    /// Table size that triggers the next sweep.
+    sweep_at: usize,
+}
+
+/// Below this many slots nothing is swept.
+const SWEEP_FLOOR: usize = 64;
+
+/// One (upstream, route) pair's gauge and its open tunnels; `None` once
+/// swept, until the slot is reused.
+#[derive(Default)]
+struct Slot {
+    gauge: Option<Gauge>,
+    open: u32,
+}
+
+impl OpenGauges {
+    /// Counts a tunnel in on its pair's gauge; `None` if the table is full.
+    fn enter(&mut self, route: &Arc<str>, upstream: &UpstreamAddr) -> Option<u32> {
+        let found = self
+            .slots
+            .get(upstream)
+            .and_then(|routes| routes.get(&**route).copied());
+        let slot = match found {
+            Some(slot) => slot,
+            None => self.add(route, upstream)?,
+        };
+        let entry = self.gauges.get_mut(slot as usize)?;
+        entry.open += 1;
+        if let Some(gauge) = &entry.gauge {
+            gauge.increment(1.0);
+        }
+        Some(slot)
+    }
+
+    /// Counts a tunnel out of the slot `enter` gave it.
+    fn leave(&mut self, slot: u32) {
+        if let Some(entry) = self.gauges.get_mut(slot as usize) {
+            entry.open = entry.open.saturating_sub(1);
+            if let Some(gauge) = &entry.gauge {
+                gauge.decrement(1.0);
+            }
+        }
+    }
+
+    fn add(&mut self, route: &Arc<str>, upstream: &UpstreamAddr) -> Option<u32> {
+        if self.free.is_empty() && self.gauges.len() >= self.sweep_at.max(SWEEP_FLOOR) {
+            self.sweep();
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.gauges.len())
+                    .ok()
+                    .filter(|s| *s != NO_SLOT)?;
+                self.gauges.push(Slot::default());
+                slot
+            }
+        };
+        self.gauges[slot as usize].gauge = Some(gauge!(
+            OPEN_TUNNELS,
+            "route" => SharedString::from(Arc::clone(route)),
+            "upstream" => upstream.to_string(),
+        ));
+        self.slots
+            .entry(upstream.clone())
+            .or_default()
+            .insert(Arc::clone(route), slot);
+        Some(slot)
+    }
+
+    /// Frees every slot without an open tunnel. Its series stays with the
+    /// recorder at zero; a later tunnel on the pair registers it again.
+    fn sweep(&mut self) {
+        let Self {
+            slots,
+            gauges,
+            free,
+            ..
+        } = self;
+        slots.retain(|_, routes| {
+            routes.retain(|_, slot| {
+                let entry = &mut gauges[*slot as usize];
+                if entry.open > 0 {
+                    return true;
+                }
+                entry.gauge = None;
+                free.push(*slot);
+                false
+            });
+            !routes.is_empty()
+        });
+        let live = self.gauges.len() - self.free.len();
+        self.sweep_at = live.saturating_mul(2);
+    }
 }
 
 impl std::fmt::Debug for Handles {
@@ -258,43 +366,16 @@ impl Handles {
         let Ok(mut open) = self.open.lock() else {
             return OpenGauge::default();
         };
-        let OpenGauges { slots, gauges } = &mut *open;
-        let routes = match slots.get_mut(upstream) {
-            Some(routes) => routes,
-            None => slots.entry(upstream.clone()).or_default(),
-        };
-        let slot = match routes.get(&**route) {
-            Some(slot) => *slot,
-            None => {
-                let slot = match u32::try_from(gauges.len()) {
-                    Ok(slot) if slot != NO_SLOT => slot,
-                    _ => return OpenGauge::default(),
-                };
-                gauges.push(gauge!(
-                    OPEN_TUNNELS,
-                    "route" => SharedString::from(Arc::clone(route)),
-                    "upstream" => upstream.to_string(),
-                ));
-                routes.insert(Arc::clone(route), slot);
-                slot
-            }
-        };
-        let Some(gauge) = gauges.get(slot as usize) else {
-            return OpenGauge::default();
-        };
-        gauge.increment(1.0);
-        OpenGauge(slot)
+        open.enter(route, upstream)
+            .map_or_else(OpenGauge::default, OpenGauge)
     }
 
     pub(crate) fn tunnel_ended(&self, open: &OpenGauge) {
         if open.0 == NO_SLOT {
             return;
         }
-        let Ok(gauges) = self.open.lock() else {
-            return;
-        };
-        if let Some(gauge) = gauges.gauges.get(open.0 as usize) {
-            gauge.decrement(1.0);
+        if let Ok(mut gauges) = self.open.lock() {
+            gauges.leave(open.0);
         }
     }
 
@@ -398,6 +479,34 @@ mod tests {
         assert_eq!(CLOSE_CODE_NAMES[close_code_slot(Some(4000))], "other");
         assert_eq!(CLOSE_CODE_NAMES[close_code_slot(Some(1006))], "other");
         assert_eq!(CLOSE_CODE_NAMES[close_code_slot(Some(1015))], "other");
+    }
+
+    #[test]
+    fn open_tunnel_slots_of_departed_upstreams_are_reused() {
+        let mut open = OpenGauges::default();
+        let route: Arc<str> = Arc::from("chat");
+        let steady = UpstreamAddr::from(std::net::SocketAddr::from(([127, 0, 0, 1], 9000)));
+        let held = open.enter(&route, &steady).unwrap();
+        // Ten thousand upstreams, as a DNS name whose addresses churn
+        // gives over time, each with one tunnel that ends.
+        for port in 1..=10_000_u16 {
+            let addr = UpstreamAddr::from(std::net::SocketAddr::from(([127, 0, 0, 2], port)));
+            let slot = open.enter(&route, &addr).unwrap();
+            open.leave(slot);
+        }
+        assert!(
+            open.gauges.len() <= SWEEP_FLOOR,
+            "{} slots",
+            open.gauges.len()
+        );
+        assert!(
+            open.slots.len() <= SWEEP_FLOOR,
+            "{} upstreams",
+            open.slots.len()
+        );
+        // The pair with a tunnel open kept its slot throughout.
+        assert_eq!(open.enter(&route, &steady), Some(held));
+        assert_eq!(open.gauges[held as usize].open, 2);
     }
 
     #[test]
