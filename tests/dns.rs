@@ -461,7 +461,9 @@ async fn servfail_and_empty_answers_keep_the_last_set() {
         z.hosts.clear();
     });
     let seen = handle.stats().failures;
-    bounded(
+    // Backed off by now: up to 30 s between lookups.
+    within(
+        Duration::from_secs(120),
         "an empty answer",
         handle.wait_for(|s| s.failures >= seen + 2),
     )
@@ -473,9 +475,49 @@ async fn servfail_and_empty_answers_keep_the_last_set() {
     dns.change(|z| {
         z.hosts.insert("chat.test".into(), vec![LOCAL6]);
     });
-    let stats = bounded("recovery", handle.wait_for(|s| s.left >= 1)).await;
+    let stats = within(
+        Duration::from_secs(60),
+        "recovery",
+        handle.wait_for(|s| s.left >= 1),
+    )
+    .await;
     assert!(stats.failures >= 5);
     assert_eq!(reached(&gw, 2).await, ["v6", "v6"]);
+}
+
+/// An outage is not polled every second: the retries back off to 30 s,
+/// and a recovered server is heard from within that.
+#[tokio::test(start_paused = true)]
+async fn lookups_that_keep_failing_back_off() {
+    let port = backend_pair().await;
+    let dns = DnsServer::start(Zone::with_hosts(&["chat.test"], &[LOCAL4], 1)).await;
+    let set = UpstreamSet::new();
+    let handle = discovery(&dns, DnsName::host("chat.test", port), &set)
+        .spawn()
+        .unwrap();
+    lookups(&handle, 1).await;
+    dns.change(|z| z.servfail = true);
+    let before = handle.stats().lookups;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    // 1, 2, 4, 8, 16, then 30 s apart: about 14 lookups in 300 s, where a
+    // fixed 1 s retry makes 300.
+    let failed = handle.stats().lookups - before;
+    assert!((10..=16).contains(&failed), "{failed} lookups");
+    assert_eq!(handle.stats().members, 1);
+    dns.change(|z| z.servfail = false);
+    let seen = handle.stats().lookups;
+    let back = Instant::now();
+    within(
+        Duration::from_secs(60),
+        "the recovered answer",
+        handle.wait_for(|s| s.lookups > seen && s.failures == failed),
+    )
+    .await;
+    assert!(
+        back.elapsed() <= Duration::from_secs(30),
+        "{:?}",
+        back.elapsed()
+    );
 }
 
 #[tokio::test(start_paused = true)]

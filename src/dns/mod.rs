@@ -22,7 +22,10 @@
 //! SRV target whose own address lookup fails (SERVFAIL, a timeout) while
 //! the rest of the answer resolves keeps the addresses it had in the last
 //! good answer, and the next lookup comes as soon as after a failure; a
-//! target whose name has no address (NXDOMAIN, NODATA) leaves. Of more than
+//! target whose name has no address (NXDOMAIN, NODATA) leaves. Lookups
+//! that keep failing back off: the lower bound after the first, doubling
+//! up to 30 s ([`TtlBounds::retry_after`]), so that an outage does not
+//! have every gateway ask every second. Of more than
 //! 64 SRV records, 64 are resolved: the lowest priorities, then the highest
 //! weights, then by target name and port, whatever order they came in.
 //! Upstreams added to the set by other means are never touched.
@@ -65,7 +68,7 @@ use hickory_resolver::{Resolver, TokioResolver};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use reconcile::{reconcile, Answer, Member, Plan, Target, TtlBounds, MIN_TTL_FLOOR};
+pub use reconcile::{reconcile, Answer, Member, Plan, Target, TtlBounds, MAX_RETRY, MIN_TTL_FLOOR};
 
 use crate::balance::{Upstream, UpstreamAddr, UpstreamSet};
 use crate::proxy::{Rebalancer, UpstreamGroup};

@@ -240,6 +240,10 @@ pub struct TtlBounds {
 /// service registries) must not become a busy loop.
 pub const MIN_TTL_FLOOR: Duration = Duration::from_millis(100);
 
+/// The longest wait between lookups while they keep failing
+/// ([`TtlBounds::retry_after`]).
+pub const MAX_RETRY: Duration = Duration::from_secs(30);
+
 impl TtlBounds {
     /// Re-resolve no sooner than `min` and no later than `max` after an
     /// answer. `min` is raised to [`MIN_TTL_FLOOR`], and `max` to `min`.
@@ -271,6 +275,19 @@ impl TtlBounds {
     /// `timeout retry`), without hammering a failing one.
     pub fn retry(&self) -> Duration {
         self.min
+    }
+
+    /// How long to wait after the `failures`-th empty or failed answer in
+    /// a row (counting from 1): [`retry`](Self::retry), doubled for each
+    /// failure after the first, up to [`MAX_RETRY`] (or the lower bound, if
+    /// that is longer). A name server that fails for hours is asked about
+    /// twice a minute, not every second by every gateway, and a recovered
+    /// one is heard from within half a minute; the last good set serves
+    /// meanwhile.
+    pub fn retry_after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        let cap = MAX_RETRY.min(self.max).max(self.min);
+        self.min.saturating_mul(1 << doublings).min(cap)
     }
 
     /// How long to wait before the next lookup after `answer`.
@@ -364,5 +381,20 @@ mod tests {
         // Never a busy loop, and max never below min.
         let zero = TtlBounds::new(Duration::ZERO, Duration::ZERO);
         assert_eq!((zero.min(), zero.max()), (MIN_TTL_FLOOR, MIN_TTL_FLOOR));
+    }
+
+    #[test]
+    fn failures_in_a_row_back_off_to_half_a_minute() {
+        let secs = Duration::from_secs;
+        let b = TtlBounds::default();
+        let waits: Vec<_> = (1..=7).map(|n| b.retry_after(n)).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30].map(secs));
+        assert_eq!(b.retry_after(u32::MAX), MAX_RETRY);
+        // Never past the upper bound, never below the lower one.
+        let tight = TtlBounds::new(secs(1), secs(5));
+        assert_eq!(tight.retry_after(9), secs(5));
+        let slow = TtlBounds::new(secs(60), secs(300));
+        assert_eq!(slow.retry_after(1), secs(60));
+        assert_eq!(slow.retry_after(5), secs(60));
     }
 }

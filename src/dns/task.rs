@@ -48,6 +48,9 @@ pub(super) struct Task {
     /// them.
     srv_addrs: HashMap<Name, Vec<IpAddr>>,
     rebalancing: Option<JoinHandle<()>>,
+    /// Lookups in a row that failed, came back empty, or (SRV) left a
+    /// target unresolved: the retry backs off with it.
+    failing: u32,
 }
 
 impl Task {
@@ -63,6 +66,7 @@ impl Task {
             members: HashMap::new(),
             srv_addrs: HashMap::new(),
             rebalancing: None,
+            failing: 0,
         }
     }
 
@@ -90,8 +94,21 @@ impl Task {
 
     /// One lookup, then the wait for the next one, sweeping meanwhile.
     async fn resolve_and_wait(&mut self) {
-        let answer = self.lookup().await;
-        let wait = self.config.bounds.next_lookup(&answer);
+        let (answer, whole) = self.lookup().await;
+        let bounds = &self.config.bounds;
+        let wait = if whole {
+            self.failing = 0;
+            bounds.next_lookup(&answer)
+        } else {
+            self.failing = self.failing.saturating_add(1);
+            // An SRV answer with a target unresolved is asked again
+            // sooner than its TTL, but backs off as a failure does.
+            let retry = bounds.retry_after(self.failing);
+            match answer {
+                Answer::Records { .. } => retry.min(bounds.next_lookup(&answer)),
+                _ => retry,
+            }
+        };
         self.apply(&answer, wait);
         let next = Instant::now() + wait;
         // Between lookups, drained upstreams leave and deadlines close.
@@ -299,11 +316,14 @@ impl Task {
             .set(members as f64);
     }
 
-    async fn lookup(&mut self) -> Answer {
+    /// The answer, and whether it was whole: records, every one of them
+    /// resolved.
+    async fn lookup(&mut self) -> (Answer, bool) {
         // The resolver keeps no cache (cache_size 0); cleared anyway so
         // that the TTL read is the server's, never a cached remainder.
         self.resolver.clear_cache();
         let weight = self.config.template.weight;
+        let mut whole = true;
         let answer = match &self.config.name {
             DnsName::Host { name, port } => match self.resolver.lookup_ip(&**name).await {
                 Ok(found) => {
@@ -317,23 +337,27 @@ impl Task {
                 Err(e) => failed(&self.config.name, &e),
             },
             DnsName::Srv { name } => {
-                let (answer, addrs) = self.lookup_srv(name).await;
+                let (answer, addrs, any_failed) = self.lookup_srv(name).await;
                 if let Some(addrs) = addrs {
                     self.srv_addrs = addrs;
                 }
+                whole = !any_failed;
                 answer
             }
         };
         tracing::debug!(name = %self.config.name, ?answer, "dns: answer");
-        answer
+        let whole =
+            whole && matches!(&answer, Answer::Records { targets, .. } if !targets.is_empty());
+        (answer, whole)
     }
 
-    /// The SRV answer, and each target's addresses to remember (`None`
-    /// when the SRV lookup itself failed).
-    async fn lookup_srv(&self, name: &str) -> (Answer, Option<HashMap<Name, Vec<IpAddr>>>) {
+    /// The SRV answer, each target's addresses to remember (`None` when
+    /// the SRV lookup itself failed), and whether a target's own lookup
+    /// failed.
+    async fn lookup_srv(&self, name: &str) -> (Answer, Option<HashMap<Name, Vec<IpAddr>>>, bool) {
         let srv = match self.resolver.srv_lookup(name).await {
             Ok(srv) => srv,
-            Err(e) => return (failed(&self.config.name, &e), None),
+            Err(e) => return (failed(&self.config.name, &e), None, true),
         };
         let mut ttl = min_ttl(srv.as_lookup().records());
         let lowest = srv.iter().map(|r| r.priority()).min().unwrap_or(0);
@@ -378,17 +402,14 @@ impl Task {
                 addrs.insert(host.clone(), ips);
             }
         }
-        if any_failed {
-            // Kept addresses may be stale: ask again as soon as after a
-            // failed answer.
-            ttl = Duration::ZERO;
-        }
+        // With `any_failed` the kept addresses may be stale: the caller
+        // asks again sooner than `ttl`.
         let answer = match (targets.is_empty(), any_failed) {
             (false, _) => Answer::Records { targets, ttl },
             (true, true) => Answer::Failed,
             (true, false) => Answer::Empty,
         };
-        (answer, Some(addrs))
+        (answer, Some(addrs), any_failed)
     }
 }
 
