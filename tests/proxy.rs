@@ -1300,6 +1300,98 @@ async fn an_upstream_answering_before_the_body_is_relayed() {
     gw.shutdown().await;
 }
 
+/// An upstream that answers 200 at once and then echoes the body (a
+/// streaming handler) gets the whole body, and the client the whole echo.
+#[tokio::test]
+async fn an_early_200_does_not_stop_the_request_body() {
+    const SIZE: usize = 256 * 1024;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (answered_tx, answered) = oneshot::channel();
+    let upstream = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let got = read_until(&mut s, b"\r\n\r\n").await;
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut body = got[head_end..].to_vec();
+        s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        answered_tx.send(()).unwrap();
+        let mut echoed = 0;
+        let mut buf = vec![0; 16 * 1024];
+        bounded("the body upstream", async {
+            while echoed < SIZE {
+                if echoed == body.len() {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let chunk = &body[echoed..];
+                s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                    .await
+                    .unwrap();
+                s.write_all(chunk).await.unwrap();
+                s.write_all(b"\r\n").await.unwrap();
+                echoed = body.len();
+            }
+        })
+        .await;
+        s.write_all(b"0\r\n\r\n").await.unwrap();
+        body
+    });
+    let gw = Gateway::start(round_robin(&[addr]).client_max_body_size(0)).await;
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let sent: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    wr.write_all(
+        format!("POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: {SIZE}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The answer's head is out before any of the body.
+    bounded("the upstream's head", answered).await.unwrap();
+    let body = sent.clone();
+    let upload = tokio::spawn(async move {
+        wr.write_all(&body[..SIZE / 2]).await.unwrap();
+        wr.write_all(&body[SIZE / 2..]).await.unwrap();
+        wr
+    });
+    let mut reply = Vec::new();
+    bounded("the echo", async {
+        while !reply.ends_with(b"\r\n0\r\n\r\n") {
+            let mut buf = [0; 16 * 1024];
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let _wr = bounded("the upload", upload).await.unwrap();
+    assert_eq!(bounded("upstream", upstream).await.unwrap(), sent);
+    let head_end = reply.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(reply.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(dechunk(&reply[head_end..]), sent);
+    gw.shutdown().await;
+}
+
+/// The data of a chunked body (no extensions or trailers).
+fn dechunk(mut framed: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    // Bounded: each turn consumes one chunk.
+    loop {
+        let line = framed.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&framed[..line]).unwrap(), 16).unwrap();
+        if size == 0 {
+            return data;
+        }
+        data.extend_from_slice(&framed[line + 2..line + 2 + size]);
+        framed = &framed[line + 4 + size..];
+    }
+}
+
 #[tokio::test]
 async fn expect_continue_is_answered_by_the_proxy() {
     let (addr, seen) = raw_upstream_after(

@@ -527,6 +527,11 @@ where
                 inner.counters.bytes(n, 0);
                 self.report.body_from_client += n;
             }
+            BodySent::WholeAfterAnswer(n, response) => {
+                inner.counters.bytes(n, 0);
+                self.report.body_from_client += n;
+                sent.early = Some(response);
+            }
             BodySent::EarlyAnswer(response) => {
                 sent.early = Some(response);
                 sent.body_cut = true;

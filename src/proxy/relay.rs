@@ -2,6 +2,7 @@
 //! with its framing checked as it passes, and a request body sent upstream
 //! while listening for an early answer.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -29,7 +30,11 @@ pub(super) enum BodyCopyError {
 /// How sending a request body ended.
 pub(super) enum BodySent {
     Whole(u64),
-    /// The upstream answered before the body was through.
+    /// The whole body went up after the upstream had answered, without an
+    /// error, before it was through.
+    WholeAfterAnswer(u64, Response<()>),
+    /// The upstream refused the body (an error status) before it was
+    /// through, or answered and then stopped reading it.
     EarlyAnswer(Response<()>),
     Framing(BodyError),
     Refused(RequestBodyError),
@@ -130,6 +135,14 @@ where
 /// past its head in `client_buf`) upstream while listening for an answer:
 /// an upstream may answer before it has read the body (413, 401), and that
 /// answer must reach the client rather than a reset.
+///
+/// An early answer without an error status (an upload's 200 sent at once,
+/// a streaming echo) does not stop the body: RFC 9112 §9.5 stops a body
+/// only for a server that refuses it. It is held until the body is through,
+/// as nginx holds answers until it has the whole request body
+/// (`proxy_request_buffering on`), and up to [`ANSWER_READ_AHEAD`] of what
+/// follows its head is read meanwhile, so that an upstream writing its
+/// answer as it reads is not stalled by a full socket.
 pub(super) async fn send_body<S>(
     inner: &Inner,
     client: &mut S,
@@ -151,10 +164,13 @@ where
         inner.timeouts.handshake,
         inner.timeouts.send,
     );
+    // A non-error answer waits here for the body to be through (a mutex
+    // only because the connection's future must be `Send`; never contended).
+    let held: Mutex<Option<Response<()>>> = Mutex::new(None);
     // Interim answers are dropped here: the proxy answered any
     // `Expect: 100-continue` itself.
     let listen = async {
-        loop {
+        let response = loop {
             // No deadline of its own: the body's timeouts bound this.
             match read_head_unbounded(&mut up_read, up_buf, HeadScanner::response(*limits), |b| {
                 handshake::parse_response(b, limits)
@@ -162,10 +178,24 @@ where
             .await
             {
                 Ok(r) if r.status().is_informational() => continue,
-                Ok(r) => return Some(r),
+                Ok(r) => break r,
                 Err(_) => return None,
             }
+        };
+        if refuses_body(&response) {
+            return Some(response);
         }
+        if let Ok(mut held) = held.lock() {
+            *held = Some(response);
+        }
+        // Bounded by the read-ahead; then the upstream waits on its socket.
+        while up_buf.len() < ANSWER_READ_AHEAD {
+            up_buf.reserve(READ_CHUNK);
+            if !matches!(up_read.read_buf(up_buf).await, Ok(n) if n > 0) {
+                break;
+            }
+        }
+        std::future::pending().await
     };
     tokio::pin!(send, listen);
     let mut listening = true;
@@ -177,13 +207,26 @@ where
                 // A read error or close: the send side will see it too.
                 None => listening = false,
             },
-            sent = &mut send => return match sent {
-                Ok(n) => BodySent::Whole(n),
-                Err(BodyCopyError::Framing(e)) => BodySent::Framing(e),
-                Err(BodyCopyError::Refused(e)) => BodySent::Refused(e),
-                Err(BodyCopyError::Read) => BodySent::ClientGone,
-                Err(BodyCopyError::Write) => BodySent::UpstreamGone,
+            sent = &mut send => return match (sent, held.lock().ok().and_then(|mut h| h.take())) {
+                (Ok(n), None) => BodySent::Whole(n),
+                (Ok(n), Some(answer)) => BodySent::WholeAfterAnswer(n, answer),
+                // It answered and stopped reading: the answer still goes out.
+                (Err(BodyCopyError::Write), Some(answer)) => BodySent::EarlyAnswer(answer),
+                (Err(BodyCopyError::Framing(e)), _) => BodySent::Framing(e),
+                (Err(BodyCopyError::Refused(e)), _) => BodySent::Refused(e),
+                (Err(BodyCopyError::Read), _) => BodySent::ClientGone,
+                (Err(BodyCopyError::Write), None) => BodySent::UpstreamGone,
             },
         }
     }
+}
+
+/// How much of a held early answer is read ahead of the request body's
+/// end (nginx `proxy_buffers` default, 8 × 8 KiB, in memory).
+pub(super) const ANSWER_READ_AHEAD: usize = 64 * 1024;
+
+/// True for an early answer that stops the request body: an error status,
+/// by which the upstream declines what the body would be for.
+fn refuses_body(response: &Response<()>) -> bool {
+    response.status().is_client_error() || response.status().is_server_error()
 }
