@@ -80,6 +80,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod balance;
+mod clock;
 #[cfg(feature = "dns")]
 pub mod dns;
 pub mod forward;

@@ -415,7 +415,7 @@ impl Server {
             // The handshake timeout runs from here for the TLS handshake and
             // the first request head together, as the one deadline nginx's
             // `client_header_timeout` is.
-            let head_deadline = Instant::now() + handshake_timeout;
+            let head_deadline = Instant::now() + crate::clock::capped(handshake_timeout);
             inherited.apply(&stream);
             if let Some(keepalive) = self.proxy.tcp_keepalive() {
                 if let Err(e) = keepalive.apply(&stream) {
@@ -527,7 +527,7 @@ impl Server {
 
         report.open_at_shutdown = tracker.live();
         let _ = phase.send(DrainPhase::Draining);
-        let deadline = Instant::now() + self.drain_timeout;
+        let deadline = Instant::now() + crate::clock::capped(self.drain_timeout);
         let closing = async {
             match self.drain_window {
                 Some(window) => {

@@ -1470,6 +1470,46 @@ async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
     gw.shutdown().await;
 }
 
+/// A timeout as long as a caller likes means "never": nothing adds it to
+/// the clock and panics (it did, on the first connection).
+#[tokio::test]
+async fn durations_as_long_as_duration_max_are_never_and_do_not_panic() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let (plain, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let builder = round_robin(&[up.addr])
+        .handshake_timeout(Duration::MAX)
+        .connect_timeout(Duration::MAX)
+        .read_timeout(Duration::MAX)
+        .send_timeout(Duration::MAX)
+        .keepalive_timeout(Duration::MAX);
+    let gw = Gateway::start_with(builder, |s| s.drain_timeout(Duration::MAX)).await;
+    let mut ws = client(gw.addr).await;
+    echo(&mut ws, "through".into()).await;
+    drop(ws);
+    let report = bounded("a drain", gw.proxy.drain(Duration::MAX, Duration::MAX)).await;
+    assert_eq!(report.cut, 0);
+    gw.shutdown().await;
+
+    let fails = Upstream::new(closed_port().await).fail_timeout(Duration::MAX);
+    let set: UpstreamSet = [fails, Upstream::new(plain)].into_iter().collect();
+    let gw = Gateway::start(
+        Proxy::builder()
+            .upstream(RoundRobin::new(set))
+            .handshake_timeout(Duration::MAX)
+            .read_timeout(Duration::MAX),
+    )
+    .await;
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    }
+    gw.shutdown().await;
+}
+
 /// nginx `keepalive_timeout 0`: keep-alive off, one answer per connection.
 #[tokio::test]
 async fn a_zero_keepalive_timeout_closes_after_each_answer() {

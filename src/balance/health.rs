@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::UpstreamId;
+use crate::clock::capped;
 
 /// HAProxy's default `inter`: 2 s between checks.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
@@ -147,7 +148,7 @@ impl HealthState {
     pub fn handle_result(&mut self, id: UpstreamId, ok: bool, now: Instant) -> Option<Transition> {
         let entry = self.entries.get_mut(&id)?;
         entry.in_flight = false;
-        entry.due = now.checked_add(self.interval).unwrap_or(now);
+        entry.due = now + capped(self.interval);
         if ok == entry.up {
             entry.streak = 0;
             return None;
@@ -169,7 +170,7 @@ impl HealthState {
     pub fn handle_inconclusive(&mut self, id: UpstreamId, now: Instant) {
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.in_flight = false;
-            entry.due = now.checked_add(self.interval).unwrap_or(now);
+            entry.due = now + capped(self.interval);
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 
+use crate::clock::capped;
 /// Where an upstream listens: a socket address, a host name and port that
 /// the caller resolves when it connects, or a Unix socket path (nginx
 /// `server unix:/run/app.sock`).
@@ -395,7 +396,7 @@ impl Shared {
         }
         health.fails = health.fails.saturating_add(1);
         if health.fails >= self.max_fails {
-            health.down_until = now.checked_add(self.fail_timeout);
+            health.down_until = Some(now + capped(self.fail_timeout));
         }
         self.fails.store(health.fails, Ordering::Relaxed);
     }

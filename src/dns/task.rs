@@ -110,7 +110,7 @@ impl Task {
             }
         };
         self.apply(&answer, wait);
-        let next = Instant::now() + wait;
+        let next = Instant::now() + crate::clock::capped(wait);
         // Between lookups, drained upstreams leave and deadlines close.
         loop {
             let sweep = self

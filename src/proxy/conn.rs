@@ -170,7 +170,9 @@ where
             let deadline = (self.report.requests == 0)
                 .then(|| self.drain.head_deadline())
                 .flatten()
-                .unwrap_or_else(|| Instant::now() + self.inner.timeouts.handshake);
+                .unwrap_or_else(|| {
+                    Instant::now() + crate::clock::capped(self.inner.timeouts.handshake)
+                });
             let head = read_head(
                 &mut self.io,
                 &mut self.buf,

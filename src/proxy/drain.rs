@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::{sleep, sleep_until, timeout, timeout_at, Instant};
 
 use super::Proxy;
+use crate::clock::capped;
 use crate::frame::CloseFrame;
 use crate::server::DrainReport;
 
@@ -53,6 +54,7 @@ impl Proxy {
     /// # }
     /// ```
     pub async fn drain(&self, window: Duration, deadline: Duration) -> DrainReport {
+        let (window, deadline) = (capped(window), capped(deadline));
         let deadline = Instant::now() + deadline;
         let inner = self.inner();
         inner.draining.store(true, Ordering::Relaxed);

@@ -34,6 +34,7 @@ use crate::balance::health::{
     HealthState, Transition, DEFAULT_FALL, DEFAULT_INTERVAL, DEFAULT_RISE,
 };
 use crate::balance::{UpstreamId, UpstreamSet};
+use crate::clock::capped;
 use crate::frame::CloseFrame;
 
 /// Checks running at once, by default: enough for a large group, few
@@ -400,8 +401,8 @@ impl HealthChecker {
             let wake = state
                 .poll_timeout()
                 .filter(|_| running.len() < config.concurrency)
-                .map_or(now + config.interval, |due| {
-                    Instant::from_std(due).min(now + config.interval)
+                .map_or(now + capped(config.interval), |due| {
+                    Instant::from_std(due).min(now + capped(config.interval))
                 });
             tokio::select! {
                 () = &mut shutdown => break,

@@ -192,7 +192,7 @@ impl Proxy {
         // proxy's own loop.
         let mut response = None;
         for _ in 0..8 {
-            let deadline = Instant::now() + inner.timeouts.read;
+            let deadline = Instant::now() + crate::clock::capped(inner.timeouts.read);
             let head = read_head(
                 &mut upstream,
                 &mut buf,

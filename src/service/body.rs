@@ -175,7 +175,7 @@ impl Download {
                 if self.body.is_end_stream() {
                     self.end(Outcome::Proxied);
                 } else {
-                    let next = Instant::now() + self.read_timeout;
+                    let next = Instant::now() + crate::clock::capped(self.read_timeout);
                     self.idle.as_mut().reset(next);
                 }
                 Poll::Ready(Some(Ok(frame)))

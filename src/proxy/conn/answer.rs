@@ -48,7 +48,7 @@ where
         // Bounded: a 1xx flood is still limited by the read timeout per head
         // and by this count.
         for _ in 0..8 {
-            let deadline = Instant::now() + self.inner.timeouts.read;
+            let deadline = Instant::now() + crate::clock::capped(self.inner.timeouts.read);
             let head = read_head(
                 upstream,
                 up_buf,
