@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, EXPECT};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -156,6 +156,14 @@ where
 {
     async fn run(mut self) -> (ConnectionReport, Option<Upgraded<S>>) {
         let switched = loop {
+            if self.report.requests > 0 {
+                // Empty lines between requests are ignored (RFC 9112
+                // §2.2); left in the buffer they would pass for the next
+                // request's start and skip the keep-alive wait.
+                let blank = self.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+                let blank = blank.count();
+                self.buf.advance(blank);
+            }
             if self.report.requests > 0 && self.buf.is_empty() && !self.await_next_request().await {
                 break None;
             }
@@ -190,6 +198,13 @@ where
                 }
                 Err(HeadRead::Io(e)) => {
                     tracing::debug!(error = %e, "client read failed");
+                    self.finish(Outcome::Abandoned);
+                    break None;
+                }
+                // Not a byte of a request (a browser's preconnect): closed
+                // without an answer nobody asked for (HAProxy
+                // `option http-ignore-probes`).
+                Err(HeadRead::Timeout) if self.buf.is_empty() => {
                     self.finish(Outcome::Abandoned);
                     break None;
                 }
@@ -392,7 +407,8 @@ where
             return Err(self.reject(StatusCode::BAD_REQUEST, message, None).await);
         }
         let http10 = request.version() == Version::HTTP_10;
-        let expects_continue = body != BodyKind::Empty && expects_continue(&request);
+        // HTTP/1.0 has no 1xx: its `Expect` is ignored (RFC 9110 §10.1.1).
+        let expects_continue = !http10 && body != BodyKind::Empty && expects_continue(&request);
         let method = request.method().clone();
         if routed_origin_form(&mut request, path).is_err() {
             return Err(self
@@ -652,7 +668,10 @@ where
         } else {
             Outcome::Proxied
         };
-        let keep_alive = !body_cut && self.may_keep_alive(client_keeps_alive);
+        // Bytes behind a refused upgrade were meant for its tunnel (frames
+        // sent early): they are no next request.
+        let early_frames = websocket && !self.buf.is_empty();
+        let keep_alive = !body_cut && !early_frames && self.may_keep_alive(client_keeps_alive);
         let mut response = response;
         inner.policy.rewrite_response(&mut response, &client, &ctx);
         self.relay(response, &method, stream, up_buf, keep_alive, outcome)
