@@ -239,6 +239,9 @@ pub fn parse(buf: &[u8]) -> Result<Status<ProxyHeader>, ProxyHeaderError> {
             }));
         }
     }
+    if buf.starts_with(b"PROXY") {
+        v1_line(buf)?;
+    }
     // TLVs are skipped, not copied: nothing here reads them.
     let config = ParseConfig {
         include_tlvs: false,
@@ -269,6 +272,46 @@ pub fn parse(buf: &[u8]) -> Result<Status<ProxyHeader>, ProxyHeaderError> {
         return Err(ProxyHeaderError::TooLarge);
     }
     Ok(Status::Complete(header))
+}
+
+/// The longest v1 line, `\r\n` included (the spec's 107 bytes).
+const V1_MAX_LEN: usize = 107;
+
+/// Checks a v1 line as strictly as the spec words it, which the parser
+/// below does not: one space after `PROXY`, at most [`V1_MAX_LEN`] bytes,
+/// ports in plain decimal (no sign, no leading zero). An incomplete line
+/// is left to the parser.
+fn v1_line(buf: &[u8]) -> Result<(), ProxyHeaderError> {
+    let malformed = |what: &str| {
+        Err(ProxyHeaderError::Malformed(format!(
+            "PROXY v1 line: {what}"
+        )))
+    };
+    if buf.len() > 5 && buf[5] != b' ' {
+        return malformed("no space after PROXY");
+    }
+    let window = &buf[..buf.len().min(V1_MAX_LEN)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
+        if buf.len() >= V1_MAX_LEN {
+            return Err(ProxyHeaderError::TooLarge);
+        }
+        return Ok(());
+    };
+    let fields: Vec<&[u8]> = buf[..end].split(|b| *b == b' ').collect();
+    if matches!(fields.get(1), Some(&b"TCP4" | &b"TCP6")) {
+        if fields.len() != 6 {
+            return malformed("not PROXY TCPx SRC DST SPORT DPORT");
+        }
+        let plain = |port: &[u8]| {
+            port.iter().all(u8::is_ascii_digit)
+                && !port.is_empty()
+                && (port.len() == 1 || port[0] != b'0')
+        };
+        if !plain(fields[4]) || !plain(fields[5]) {
+            return malformed("a port is not plain decimal");
+        }
+    }
+    Ok(())
 }
 
 /// A v2 `PROXY` header (TCP) carrying `source` to an upstream that connects
@@ -416,6 +459,36 @@ mod tests {
         assert_eq!(h.destination(), Some("10.0.0.1:443".parse().unwrap()));
         let h = complete(V1_TCP6);
         assert_eq!(h.source(), Some("[2001:db8::7]:50123".parse().unwrap()));
+    }
+
+    #[test]
+    fn v1_lines_are_held_to_the_spec() {
+        for bad in [
+            &b"PROXY!TCP4 1.2.3.4 5.6.7.8 80 443\r\n"[..],
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 +80 443\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 080 443\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 80\r\n",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(ProxyHeaderError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Zero-padded to 121 bytes: longer than the spec's 107.
+        let long = format!("PROXY TCP4 1.2.3.4 5.6.7.8 {:0>40} {:0>40}\r\n", 80, 443);
+        assert!(matches!(
+            parse(long.as_bytes()),
+            Err(ProxyHeaderError::TooLarge)
+        ));
+        // A port of 0 is plain decimal; an incomplete line waits.
+        assert_eq!(
+            complete(b"PROXY TCP4 1.2.3.4 5.6.7.8 0 443\r\n")
+                .source()
+                .map(|a| a.port()),
+            Some(0)
+        );
+        assert!(matches!(parse(b"PROXY TCP4 1.2."), Ok(Status::Partial)));
     }
 
     #[test]

@@ -367,7 +367,11 @@ pub(crate) fn is_host_and_port(authority: &Authority) -> bool {
     let host = authority.host();
     let port = authority.as_str().get(host.len()..).unwrap_or("");
     let port_ok = match port.strip_prefix(':') {
-        Some(digits) => digits.len() <= 5 && digits.bytes().all(|b| b.is_ascii_digit()),
+        // An empty port is allowed (RFC 3986 §3.2.3); a number must fit.
+        Some(digits) => {
+            digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits.is_empty() || digits.parse::<u16>().is_ok())
+        }
         None => port.is_empty(),
     };
     !host.is_empty() && port_ok && !authority.as_str().contains('@')
@@ -721,14 +725,23 @@ mod tests {
             400,
             "duplicate host header",
         );
-        for host in ["", "a/b", "user@a", "a b", "a:port", ":80", "a:123456"] {
+        for host in [
+            "", "a/b", "user@a", "a b", "a:port", ":80", "a:123456", "a:99999", "a:65536",
+        ] {
             refused(
                 &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),
                 400,
                 "invalid host header",
             );
         }
-        for host in ["a", "a.example:8080", "[::1]:80", "127.0.0.1"] {
+        for host in [
+            "a",
+            "a.example:8080",
+            "[::1]:80",
+            "127.0.0.1",
+            "a:65535",
+            "a:",
+        ] {
             complete(&format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"));
         }
     }
