@@ -350,7 +350,6 @@ impl Server {
         F: Future<Output = ()>,
     {
         let accept = Arc::new(accept);
-        let handshake_timeout = self.proxy.timeouts().handshake;
         let port = listener.local_addr()?.port();
         let inherited = inherit::prepare(&listener);
         let listener_info = Listener::new(self.scheme, port);
@@ -415,6 +414,8 @@ impl Server {
             // The handshake timeout runs from here for the TLS handshake and
             // the first request head together, as the one deadline nginx's
             // `client_header_timeout` is.
+            // Read per connection: a reconfigure changes it for the next.
+            let handshake_timeout = self.proxy.timeouts().handshake;
             let head_deadline = Instant::now() + crate::clock::capped(handshake_timeout);
             inherited.apply(&stream);
             if let Some(keepalive) = self.proxy.tcp_keepalive() {

@@ -111,6 +111,30 @@ upstreams = ["127.0.0.1:10,weight=0"]
     );
 }
 
+/// What the gateway refuses at start, `--check-config` refuses too: DNS
+/// TTL bounds the wrong way round, an access log it cannot open.
+#[test]
+fn check_config_refuses_what_start_would() {
+    let dir = TempDir::new();
+    let path = dir.0.join("start.toml");
+    let log = dir.0.join("missing-dir/access.log");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:0\"\nupstream = [\"dns:backend.test:80\"]\nresolve-min-ttl = \"10m\"\nresolve-max-ttl = \"1m\"\naccess-log = {log:?}\n"
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run(&["--check-config".as_ref(), path.as_os_str()]);
+    assert_eq!(status.code(), Some(2), "{out}{err}");
+    assert!(err.contains("cannot open"), "{err}");
+    if cfg!(feature = "dns") {
+        assert!(err.contains("resolve-min-ttl"), "{err}");
+    } else {
+        assert!(err.contains("--features dns"), "{err}");
+    }
+}
+
 #[test]
 fn config_refuses_other_flags_beside_it() {
     let path = example_config();
@@ -556,4 +580,84 @@ async fn turning_health_checks_off_brings_back_what_they_took_out() {
     // Healthy only now, with no checker left to see it.
     a.failing.store(false, Ordering::Relaxed);
     back(gateway.addr, "a").await;
+}
+
+/// The certificate the gateway presents to a new TLS client.
+async fn served_certificate(
+    addr: SocketAddr,
+    trusted: &[rcgen::CertifiedKey<rcgen::KeyPair>],
+) -> Vec<u8> {
+    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.cert.der().clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = bounded("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = bounded("tls handshake", connector.connect(name, tcp))
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// nginx's reload reads the certificate again: a renewed one (certbot
+/// overwrote the files) is served after SIGHUP without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_a_renewed_certificate() {
+    let a = named_upstream("a").await;
+    let dir = TempDir::new();
+    let (cert_path, key_path) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+    let issue = || {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+        cert
+    };
+    let old = issue();
+    let text = format!(
+        "{}[tls]\ncert = {:?}\nkey = {:?}\n",
+        config("127.0.0.1:0", &[a.to_string()], &[]),
+        cert_path,
+        key_path
+    );
+    let gateway = Gateway::start(&text, &[]).await;
+    let both = [old, issue()];
+    assert_eq!(
+        served_certificate(gateway.addr, &both).await,
+        both[0].cert.der().to_vec()
+    );
+    gateway.reload(&text).await;
+    assert!(
+        gateway.stderr().contains("gateway: reloaded"),
+        "{}",
+        gateway.stderr()
+    );
+    assert_eq!(
+        served_certificate(gateway.addr, &both).await,
+        both[1].cert.der().to_vec()
+    );
+    // A key that does not match refuses the reload and keeps serving.
+    let stray = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(&key_path, stray.signing_key.serialize_pem()).unwrap();
+    gateway.reload(&text).await;
+    assert!(
+        gateway
+            .stderr()
+            .contains("refused, configuration unchanged"),
+        "{}",
+        gateway.stderr()
+    );
+    assert_eq!(
+        served_certificate(gateway.addr, &both).await,
+        both[1].cert.der().to_vec()
+    );
 }

@@ -570,6 +570,55 @@ async fn route_flag_replaces_the_prefix_as_proxy_pass_with_a_uri_does() {
     assert_eq!(seen, "/feed?x=1");
 }
 
+/// nginx `proxy_set_header NAME ""` removes the field; `add_header …
+/// always` decorates the gateway's own error answers too.
+#[tokio::test]
+async fn an_empty_set_header_removes_and_add_header_reaches_errors() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (upstream, seen) = support::raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let (arg, dead) = (
+        upstream.to_string(),
+        support::closed_port().await.to_string(),
+    );
+    let route = format!("/dead/={dead}");
+    let gateway = Gateway::start(&[
+        "--upstream",
+        &arg,
+        "--route",
+        &route,
+        "--set-header",
+        "Accept-Encoding:",
+        "--add-header",
+        "Access-Control-Allow-Origin:*",
+    ])
+    .await;
+    let exchange = |request: &'static [u8]| async move {
+        let mut s = TcpStream::connect(gateway.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        let _ = bounded("the answer", s.read_to_end(&mut got)).await;
+        String::from_utf8_lossy(&got).to_ascii_lowercase()
+    };
+    let ok = exchange(
+        b"GET / HTTP/1.1\r\nHost: a\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(ok.starts_with("http/1.1 200 "), "{ok}");
+    assert!(ok.contains("access-control-allow-origin: *\r\n"), "{ok}");
+    support::await_records(&seen, 1).await;
+    let sent = String::from_utf8_lossy(&seen.lock().unwrap()[0]).to_ascii_lowercase();
+    assert!(!sent.contains("accept-encoding"), "{sent}");
+    let failed = exchange(b"GET /dead/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert!(failed.starts_with("http/1.1 502 "), "{failed}");
+    assert!(
+        failed.contains("access-control-allow-origin: *\r\n"),
+        "{failed}"
+    );
+}
+
 #[tokio::test]
 async fn client_max_body_size_refuses_larger_bodies_with_413() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -741,6 +790,44 @@ async fn sigterm_drains_cuts_the_open_tunnel_at_the_deadline_and_exits_0() {
         stderr.contains("1 open at shutdown") && stderr.contains("1 cut"),
         "{stderr}"
     );
+}
+
+/// nginx's HUP and USR1 do not end the process: without `--config` HUP is
+/// ignored with a note, and USR1 reopens the access log after logrotate
+/// moved it away. Both used to kill the gateway and cut every tunnel.
+#[tokio::test]
+async fn sighup_and_sigusr1_keep_the_gateway_and_usr1_reopens_the_access_log() {
+    let dir = std::env::temp_dir().join(format!("wsproxy-gateway-usr1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let upstream = ws_upstream(WsUpstreamOptions::default()).await;
+    let up = upstream.addr.to_string();
+    let gw = Gateway::start(&["--upstream", &up, "--access-log", log.to_str().unwrap()]).await;
+    let mut ws = connect(&gw.url("/")).await;
+    gw.signal("HUP");
+    gw.signal("USR1");
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_data(&mut ws).await, Message::text("still here"));
+    // Rotated: the file moves, USR1, and the next line goes to a new one.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    bounded("the reopen", async {
+        while !log.exists() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    drop(ws);
+    bounded("a line in the new file", async {
+        while std::fs::read_to_string(&log).unwrap_or_default().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let stderr = gw.stderr.lock().unwrap().clone();
+    assert!(stderr.contains("SIGHUP ignored"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -1502,6 +1502,44 @@ async fn a_blank_line_between_requests_is_ignored() {
     );
 }
 
+/// A reconfigure's handshake timeout applies to the next connection of a
+/// `Server` already serving (it was read once, when serving began).
+#[tokio::test(start_paused = true)]
+async fn a_reconfigured_handshake_timeout_applies_to_the_next_connection() {
+    let (addr, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[addr]).handshake_timeout(Duration::from_secs(60))).await;
+    // Served once, so the server's accept loop runs before the change.
+    let mut first = TcpStream::connect(gw.addr).await.unwrap();
+    first
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_to_end(&mut first).await.starts_with(b"HTTP/1.1 200"));
+    let next = round_robin(&[addr])
+        .handshake_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    gw.proxy.reconfigure(next);
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = Vec::new();
+    within(
+        Duration::from_secs(120),
+        "the 408",
+        s.read_to_end(&mut reply),
+    )
+    .await
+    .unwrap();
+    assert!(
+        reply.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+}
+
 /// A connection that never sends a byte (a browser's preconnect) is closed
 /// at the head timeout without a 408.
 #[tokio::test(start_paused = true)]

@@ -40,7 +40,13 @@ pub struct AccessLog {
 impl AccessLog {
     /// `-` is stdout; anything else a file opened for appending, as nginx does.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = if path == Path::new("-") {
+        Ok(Self {
+            out: Mutex::new(LineWriter::new(Self::target(path)?)),
+        })
+    }
+
+    fn target(path: &Path) -> io::Result<Box<dyn Write + Send>> {
+        Ok(if path == Path::new("-") {
             Box::new(io::stdout())
         } else {
             Box::new(
@@ -49,10 +55,20 @@ impl AccessLog {
                     .append(true)
                     .open(path)?,
             )
-        };
-        Ok(Self {
-            out: Mutex::new(LineWriter::new(out)),
         })
+    }
+
+    /// Opens `path` again and writes there from now on (nginx's SIGUSR1,
+    /// after logrotate moved the file away); on failure the old file stays.
+    pub fn reopen(&self, path: &Path) -> io::Result<()> {
+        let fresh = LineWriter::new(Self::target(path)?);
+        let mut out = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = out.flush();
+        *out = fresh;
+        Ok(())
     }
 
     /// Writes one connection's line; a failed write is dropped (nginx

@@ -221,6 +221,8 @@ fn settings(args: &Args, group: &UpstreamGroup) -> String {
                 &args.upstream_ca,
                 &args.upstream_sni,
                 args.upstream_insecure,
+                // The probes send a PROXY header when requests do.
+                args.send_proxy_v2,
             ),
         )
     )

@@ -33,7 +33,10 @@ pub struct Args {
     /// tls://host:port (nginx `proxy_pass https://`; every upstream of a
     /// group or none; needs `--features rustls`), or kept current from DNS
     /// (needs `--features dns`): dns:NAME:PORT (A/AAAA; nginx `server NAME
-    /// resolve`) or srv:NAME (SRV ports and weights).
+    /// resolve`) or srv:NAME (SRV ports and weights). Unlike nginx, a
+    /// host:port is one upstream, resolved at each connect (the first
+    /// address that answers), not one server per address resolved at start:
+    /// use dns:NAME:PORT for that.
     #[arg(long, value_name = "ADDR[,weight=N]", value_parser = parse_upstream)]
     pub upstream: Vec<(Upstream, Transport)>,
 
@@ -59,6 +62,10 @@ pub struct Args {
     /// `*.example.com`; the longest prefix wins. `/PREFIX>/NEW=...` replaces
     /// the prefix before the request goes upstream (nginx
     /// `location /PREFIX { proxy_pass http://group/NEW; }`; `>/` strips it).
+    /// Routes with a HOST are that host's `server` block: a request for the
+    /// host is routed among them only (404 for other paths), as nginx picks
+    /// the server first; routes without one, and the --upstream group at
+    /// `/`, serve every other host.
     #[arg(long, value_name = "HOST/PREFIX=UPSTREAMS", value_parser = parse_route)]
     pub route: Vec<RouteSpec>,
 
@@ -132,7 +139,7 @@ pub struct Args {
     #[arg(long, value_name = "ORIGIN")]
     pub allow_origin: Vec<String>,
 
-    /// Set a request header toward the upstream, repeatable (nginx `proxy_set_header NAME VALUE`).
+    /// Set a request header toward the upstream, repeatable (nginx `proxy_set_header NAME VALUE`); an empty value (`NAME:`) removes it.
     #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
     pub set_header: Vec<(String, String)>,
 

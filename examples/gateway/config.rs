@@ -451,6 +451,26 @@ impl<'a> Check<'a> {
             let span = self.span_of(&["proxy-protocol", "send-proxy-v2"]);
             self.error(span, msg);
         }
+        if let Err(msg) = crate::dns::check(args) {
+            let span = self.span_of(&["resolve-min-ttl", "resolve-max-ttl", "upstream"]);
+            self.error(span, msg);
+        }
+        // As `nginx -t` opens its log files: a path the gateway could not
+        // open at start fails the check too.
+        if let Some(path) = args
+            .access_log
+            .as_deref()
+            .filter(|p| *p != std::path::Path::new("-"))
+        {
+            let opened = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path);
+            if let Err(e) = opened {
+                let span = self.span_of(&["access-log"]);
+                self.error(span, format!("cannot open {}: {e}", path.display()));
+            }
+        }
         #[cfg(not(feature = "metrics"))]
         if args.metrics.is_some() {
             let span = self.span_of(&["metrics"]);

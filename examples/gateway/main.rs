@@ -266,7 +266,7 @@ async fn serve(
         #[cfg(not(feature = "proxy-protocol"))]
         match pp {}
     }
-    if let Some(log) = access_log {
+    if let Some(log) = access_log.clone() {
         server = server.on_connection_end(move |client, report| log.write(client, report));
     }
     // Thread-per-core (nginx `worker_processes`): each worker accepts on its
@@ -283,6 +283,7 @@ async fn serve(
     // Signal handlers go in before the line is printed: a script that sends
     // SIGTERM as soon as it reads the line must get a graceful stop.
     let signal = shutdown_signal()?;
+    other_signals(args, access_log.clone())?;
     let draining = admin.draining;
     // Every listener's server drains on the same signal (a reload may have
     // started more than one).
@@ -372,6 +373,44 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         let _ = tokio::signal::ctrl_c().await;
         eprintln!("gateway: shutting down");
     })
+}
+
+/// nginx's other signals, which would otherwise end the process and cut
+/// every tunnel: SIGUSR1 reopens the access log (logrotate's `postrotate`),
+/// SIGHUP reloads with `--config` (the reloader takes it) and is logged and
+/// ignored without.
+fn other_signals(
+    args: &Args,
+    access_log: Option<Arc<access_log::AccessLog>>,
+) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        let path = args.access_log.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                let (Some(log), Some(path)) = (&access_log, &path) else {
+                    continue;
+                };
+                match log.reopen(path) {
+                    Ok(()) => eprintln!("gateway: SIGUSR1: reopened {}", path.display()),
+                    Err(e) => eprintln!("gateway: SIGUSR1: cannot reopen {}: {e}", path.display()),
+                }
+            }
+        });
+        if args.config.is_none() {
+            let mut hup = signal(SignalKind::hangup())?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    eprintln!("gateway: SIGHUP ignored: started with flags, not --config, so there is nothing to reload");
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (args, access_log);
+    Ok(())
 }
 
 /// The default drain timeout (nginx `worker_shutdown_timeout` has none; 30 s
@@ -563,7 +602,13 @@ fn build_policy(args: &Args) -> Result<ForwardPolicy, String> {
         policy = policy.allow_origin(origin.clone());
     }
     for (name, value) in &args.set_header {
-        policy = policy.set_request_header(name.clone(), value);
+        // nginx: "if the value of a header field is an empty string then
+        // this field will not be passed to a proxied server".
+        policy = if value.is_empty() {
+            policy.remove_request_header(name.clone())
+        } else {
+            policy.set_request_header(name.clone(), value)
+        };
     }
     for (name, value) in &args.add_header {
         policy = policy.add_response_header(name.clone(), value);

@@ -194,6 +194,15 @@ impl Reloader {
                 return;
             }
         };
+        // The certificate is read again, as nginx's reload does (a renewed
+        // one is served from the next handshake on); one that does not load
+        // refuses the reload.
+        if let (Some(tls), Some(cert), Some(key)) = (&self.tls, &args.tls_cert, &args.tls_key) {
+            if let Err(msg) = tls.reload_cert(cert, key) {
+                eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
+                return;
+            }
+        }
         // A group the swap adds is put in force as built: its discoveries
         // answer first, so that it serves from its first request.
         let known: Vec<UpstreamGroup> = self.proxy.groups();
@@ -316,8 +325,11 @@ fn needs_restart(old: &Args, new: &Args) -> Vec<&'static str> {
         ),
         ("drain-timeout", &old.drain_timeout, &new.drain_timeout),
         ("drain-window", &old.drain_window, &new.drain_window),
-        ("tls-cert", &old.tls_cert, &new.tls_cert),
-        ("tls-key", &old.tls_key, &new.tls_key),
+        ("no-h2", &old.no_h2, &new.no_h2),
+        // Another certificate is loaded in place; turning TLS on or off
+        // changes the listener.
+        ("tls-cert", &old.tls_cert.is_some(), &new.tls_cert.is_some()),
+        ("tls-key", &old.tls_key.is_some(), &new.tls_key.is_some()),
         ("access-log", &old.access_log, &new.access_log),
         ("metrics", &old.metrics, &new.metrics),
         ("proxy-protocol", &old.proxy_protocol, &new.proxy_protocol),

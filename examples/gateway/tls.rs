@@ -5,10 +5,13 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 use wsproxy::server::DrainReport;
@@ -19,12 +22,29 @@ use wsproxy::workers::BoundWorkers;
 pub struct Tls {
     pub acceptor: TlsAcceptor,
     pub h2: bool,
+    cert: Arc<Cert>,
 }
 
-/// Reads the PEM files and builds the acceptor, with the ring provider.
-/// `h2`: offer HTTP/2 in ALPN before http/1.1 (only with feature `h2`,
-/// which serves it).
-pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
+/// The certificate every handshake is answered with; a reload swaps it, so
+/// that a renewed certificate (certbot) is served without a restart, as
+/// nginx's reload loads it again.
+#[derive(Debug)]
+struct Cert {
+    current: RwLock<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ResolvesServerCert for Cert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+/// Reads the PEM files into a certificate chain with its key, checked to
+/// match.
+fn certified(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("cannot read certificates from {}: {e}", cert.display()))?;
@@ -33,11 +53,24 @@ pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("cannot read a private key from {}: {e}", key.display()))?;
+    CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| format!("invalid certificate or key: {e}"))
+}
+
+/// Reads the PEM files and builds the acceptor, with the ring provider.
+/// `h2`: offer HTTP/2 in ALPN before http/1.1 (only with feature `h2`,
+/// which serves it).
+pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cert = Arc::new(Cert {
+        current: RwLock::new(Arc::new(certified(cert, key, &provider)?)),
+        provider: Arc::clone(&provider),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key))
-        .map_err(|e| format!("invalid certificate or key: {e}"))?;
+        .map_err(|e| format!("invalid certificate or key: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(cert.clone());
     // WebSockets over HTTP/2 are RFC 8441 extended CONNECTs, which only the
     // `h2` feature's front door serves: without it, never offer h2, or a
     // browser would pick it and find no WebSocket there.
@@ -50,7 +83,22 @@ pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
     Ok(Tls {
         acceptor: TlsAcceptor::from(Arc::new(config)),
         h2,
+        cert,
     })
+}
+
+impl Tls {
+    /// Reads the PEM files again and answers new handshakes with them; on
+    /// an error the certificate served stays as it was.
+    pub fn reload_cert(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let fresh = Arc::new(certified(cert, key, &self.cert.provider)?);
+        *self
+            .cert
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = fresh;
+        Ok(())
+    }
 }
 
 /// Serves `workers` over TLS until retired: HTTP/2 on connections whose

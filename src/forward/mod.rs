@@ -465,6 +465,14 @@ impl ForwardPolicy {
         self.response_edits.apply(h);
     }
 
+    /// Applies the configured response headers to an answer the proxy
+    /// makes itself (a 404, 413, 502): nginx `add_header … always` adds
+    /// them "regardless of the response code", so that, say, a CORS
+    /// header reaches the browser on an error too.
+    pub fn edit_own_answer(&self, headers: &mut HeaderMap) {
+        self.response_edits.apply(headers);
+    }
+
     /// `X-Forwarded-For` for this hop, computed before the strip so a
     /// client cannot hide the incoming list by naming it in `Connection`.
     /// `real_ip` is the believed client's value, reused when it is the
@@ -694,7 +702,8 @@ impl ForwardPolicyBuilder {
     }
 
     /// Sets a header on plain (non-101) answers, replacing the upstream's
-    /// (nginx `add_header … always`; replacing avoids duplicate fields).
+    /// (nginx `add_header … always`; replacing avoids duplicate fields),
+    /// and on the proxy's own error answers.
     pub fn add_response_header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
         self.response_edits
             .push(RawEdit::Set(name.into(), value.as_ref().to_vec()));

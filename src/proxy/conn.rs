@@ -302,6 +302,7 @@ where
     ) -> Next {
         tracing::debug!(%status, message, "rejected");
         let mut answer = handshake::error_response(status, message);
+        self.inner.policy.edit_own_answer(answer.headers_mut());
         if let Some((name, value)) = extra {
             answer.headers_mut().insert(name, value);
         }

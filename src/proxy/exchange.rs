@@ -110,6 +110,12 @@ impl Exchange {
     }
 
     /// The connection's `conn` span.
+    /// The forwarding policy of the proxy the request came in on.
+    #[cfg(feature = "tower")]
+    pub(crate) fn policy(&self) -> &crate::forward::ForwardPolicy {
+        &self.inner.policy
+    }
+
     pub(crate) fn span(&self) -> &tracing::Span {
         &self.span
     }

@@ -179,5 +179,7 @@ pub(crate) fn refuse(
     message: &str,
 ) -> Response<Bytes> {
     exchange.finish(Outcome::Rejected(status), Some(status));
-    handshake::error_response(status, message)
+    let mut answer = handshake::error_response(status, message);
+    exchange.policy().edit_own_answer(answer.headers_mut());
+    answer
 }
