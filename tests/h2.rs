@@ -604,6 +604,24 @@ async fn malformed_extended_connects_get_the_rfc_answers_over_h2() {
     assert!(ends.try_recv().is_err());
 }
 
+/// An upstream that answers the bridged upgrade with a 200 page does not
+/// open a WebSocket: any 2xx to an extended CONNECT would (RFC 8441 §5).
+#[tokio::test]
+async fn an_upstream_200_to_an_extended_connect_is_502_not_an_open_stream() {
+    let (upstream, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+    let front = Front::start(proxy_to(upstream), |s| s).await;
+    let (send, _driver) = front.h2().await;
+    let (status, ws) = connect_ws(&send, &front.authority(), "/page").await;
+    assert_eq!(status, 502);
+    assert!(ws.is_none());
+    // A refusal that is no 2xx is relayed as it came.
+    let (refusing, _) =
+        raw_upstream(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno").await;
+    let front = Front::start(proxy_to(refusing), |s| s).await;
+    let (send, _driver) = front.h2().await;
+    assert_eq!(connect_ws(&send, &front.authority(), "/").await.0, 403);
+}
+
 // ---------------------------------------------------------------------------
 // Plain requests, HTTP/1.1 clients, timeouts
 // ---------------------------------------------------------------------------

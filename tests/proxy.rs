@@ -2097,6 +2097,10 @@ async fn an_upgrade_with_a_body_is_400_through_server_and_an_embedding_host() {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{addr}: {answer}");
     }
+    // Counted alike: a handshake, refused.
+    for counters in [gw.proxy.counters(), proxy.counters()] {
+        assert_eq!(counters.handshakes, 1);
+    }
     gw.shutdown().await;
 }
 

@@ -292,6 +292,23 @@ async fn errors_are_responses_with_their_status() {
     assert_eq!(counters.rejected_with(http::StatusCode::BAD_GATEWAY), 2);
 }
 
+/// A plain CONNECT over HTTP/1.1 asks for a forward proxy's TCP tunnel: it
+/// never reaches an upstream (it went up as `CONNECT / HTTP/1.1`).
+#[tokio::test]
+async fn a_plain_http11_connect_is_refused_and_never_forwarded() {
+    let (upstream, seen) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let proxy = proxy_to("/", upstream).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let answer = raw_exchange(
+        addr,
+        "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+        b"\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
 /// The upstream's refusal of an upgrade reaches the client through the
 /// tower service whole, as through `Server`: status, WWW-Authenticate, body.
 #[tokio::test]

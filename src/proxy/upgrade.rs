@@ -136,16 +136,18 @@ impl Proxy {
             return Err(UpgradeError::NotUpgrade);
         };
         exchange.request();
-        // Bytes after an upgrade request are the tunnel's: a body would be
-        // read by the upstream as its start (as `Server` refuses it).
-        if head.body_length() != handshake::BodyLength::Fixed(0) {
-            return Err(UpgradeError::HasBody);
-        }
+        let has_body = head.body_length() != handshake::BodyLength::Fixed(0);
         let (mut request, kind) = head.into_parts();
         if !matches!(kind, RequestKind::WebSocket(_)) {
             return Err(UpgradeError::NotUpgrade);
         }
+        // Counted before the body check, as `Server` counts it.
         exchange.handshake();
+        // Bytes after an upgrade request are the tunnel's: a body would be
+        // read by the upstream as its start (as `Server` refuses it).
+        if has_body {
+            return Err(UpgradeError::HasBody);
+        }
         let client = inner
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);

@@ -34,10 +34,12 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Receive window of one stream (hyper's default is 1 MiB, its whole
 /// connection's): what a tunnel whose upstream stopped reading may leave
-/// unread. A sixteenth of the connection's window, so that one stalled
-/// WebSocket cannot freeze the others sharing its connection until the
-/// send timeout, as nginx and HAProxy keep a connection's window well above
-/// a stream's.
+/// unread. A sixteenth of the connection's window, so that a stalled
+/// WebSocket (up to fifteen of them) cannot freeze the others sharing its
+/// connection until the send timeout, as nginx and HAProxy keep a
+/// connection's window well above a stream's. Sixteen stalled at once do
+/// fill it: the connection's window bounds what one client may leave
+/// buffered here, and is not raised to cover every stream.
 const STREAM_WINDOW: u32 = 128 * 1024;
 
 /// Receive window of a connection: the most one client's streams may leave

@@ -340,9 +340,10 @@ impl ProxyService {
         } else {
             (parts, false)
         };
-        if parts.method == Method::CONNECT && parts.version == Version::HTTP_2 {
+        if parts.method == Method::CONNECT {
             // A plain CONNECT asks for a TCP tunnel to its authority: this
-            // is a reverse proxy, not a forward one.
+            // is a reverse proxy, not a forward one. (`Server` refuses an
+            // HTTP/1.1 one as it parses the head.)
             let message = "connect without :protocol is not proxied";
             return self.refuse(peer, StatusCode::NOT_IMPLEMENTED, message);
         }
@@ -433,6 +434,18 @@ impl ProxyService {
                     }
                 });
                 switch
+            }
+            // Any 2xx to an extended CONNECT opens the stream as a tunnel
+            // (RFC 8441 §5, RFC 9113 §8.5): the client would take the
+            // upstream's page for an open WebSocket that carries nothing.
+            Err(UpgradeError::NotSwitched(response))
+                if bridged && response.status().is_success() =>
+            {
+                tracing::debug!(status = %response.status(), "upstream answered an extended connect with 2xx, not 101");
+                answer(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream answered the websocket upgrade without switching",
+                ))
             }
             // The upstream's own answer, relayed as `Server` relays it.
             Err(UpgradeError::NotSwitched(response)) => answer(*response),
