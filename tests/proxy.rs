@@ -2078,6 +2078,48 @@ async fn bytes_reach(proxy: &Proxy, n: u64) {
     .await;
 }
 
+/// An upgrade under way when an embedding host drains completes after the
+/// drain returned (no tunnel was open): its tunnel gets Close 1001 as it
+/// opens instead of running on unasked.
+#[tokio::test]
+async fn an_upgrade_in_flight_at_a_drain_gets_1001_as_its_tunnel_opens() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (reached_tx, reached) = oneshot::channel();
+    let (release_tx, release) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        reached_tx.send(()).unwrap();
+        let _ = release.await;
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // Echo until the proxy's close reaches here.
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+        }
+    });
+    let proxy = round_robin(&[upstream]).build().unwrap();
+    let host = hyper_host(proxy.clone()).await;
+    let client = tokio::spawn(async move {
+        let tcp = TcpStream::connect(host).await.unwrap();
+        tokio_tungstenite::client_async(format!("ws://{host}/"), tcp).await
+    });
+    bounded("the upgrade reaches the upstream", reached)
+        .await
+        .unwrap();
+    let report = bounded(
+        "the drain",
+        proxy.drain(Duration::from_millis(100), Duration::from_secs(2)),
+    )
+    .await;
+    assert_eq!(report.open_at_shutdown, 0);
+    release_tx.send(()).unwrap();
+    let (mut ws, _) = bounded("the 101", client).await.unwrap().unwrap();
+    let (code, _) = await_close(&mut ws).await;
+    assert_eq!(code, Some(1001));
+}
+
 /// An upgrade request with a body is 400 on both paths, never forwarded: the
 /// upstream would read the client's first frames as that body.
 #[tokio::test]

@@ -33,8 +33,9 @@ impl Proxy {
     /// Every tunnel of this proxy is drained, whichever way it came in:
     /// [`Proxy::serve`], a [`Server`](crate::server::Server) (whose own
     /// drain may run too: a tunnel is asked to close once),
-    /// [`Proxy::connect_upgrade`]. Tunnels that open during the drain are
-    /// closed as they appear once the window has passed.
+    /// [`Proxy::connect_upgrade`]. A tunnel that opens once the drain has
+    /// begun (its upgrade was under way) is sent its Close 1001 as it
+    /// opens, even after the drain has returned.
     /// [`is_draining`](Self::is_draining) is true from the call on; the
     /// proxy keeps serving what it is given (the host stops accepting).
     ///

@@ -18,6 +18,7 @@ use super::registry::{Listed, Registered, TunnelRegistry};
 use super::stream::UpstreamStream;
 use super::{Inner, UpstreamGroup};
 use crate::balance::{Affinity, Lease, PickContext};
+use crate::frame::CloseFrame;
 use crate::tunnel::{tunnel, LastWrite, Prefixed, Tunnel, TunnelHandle, TunnelStats};
 
 /// One open tunnel, its registry entry and its lease: counted as open and
@@ -43,8 +44,20 @@ impl OpenTunnel {
         origin: u32,
     ) -> Self {
         let mark = inner.counters.tunnel_started(&listing.route, lease.addr());
+        // An upgrade that was under way when a drain began: its tunnel is
+        // asked to close as it opens, whether or not the drain still runs
+        // (one whose open tunnels all ended has returned).
+        let late = inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| handle.clone());
         let mut registered = listing.register(&lease, handle, origin);
         registered.mark = mark;
+        if let Some(handle) = late {
+            let going_away =
+                CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
+            handle.close(going_away);
+        }
         Self {
             inner,
             registered,
