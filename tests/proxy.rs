@@ -1953,6 +1953,47 @@ async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
     drop(full);
 }
 
+/// A reconfigure that takes a group out of the routes while an upgrade to
+/// it is under way keeps the group reachable: the tunnel that opens after
+/// it is listed and can be cut (it could be neither).
+#[tokio::test]
+async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
+    let a = ws_upstream(WsUpstreamOptions::default()).await;
+    let b = ws_upstream(WsUpstreamOptions::default()).await;
+    let group = |name: &str, addr| UpstreamGroup::new(name, RoundRobin::new(set(&[addr])));
+    let proxy = Proxy::builder()
+        .route(Route::new("/", group("a", a.addr)))
+        .build()
+        .unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let pending = bounded(
+        "the upgrade",
+        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap();
+    proxy.reconfigure(
+        Proxy::builder()
+            .route(Route::new("/", group("b", b.addr)))
+            .build()
+            .unwrap(),
+    );
+    let (client, _far) = tokio::io::duplex(64 * 1024);
+    let tunnel = tokio::spawn(pending.tunnel(client));
+    bounded("the tunnel listed", async {
+        while proxy.counters().tunnels_active == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(proxy.tunnels().len(), 1);
+    assert_eq!(proxy.cut_tunnels(), 1);
+    bounded("the cut tunnel", tunnel).await.unwrap();
+    // Once it ended, the retired group goes.
+    proxy.remove_drained();
+    assert_eq!(proxy.groups().len(), 1);
+}
+
 /// What a proxy's `on_connection_end` hook saw: (status, outcome, tunnel
 /// bytes up) per connection.
 type Ended =

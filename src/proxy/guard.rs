@@ -101,6 +101,7 @@ impl Listing {
     /// The listing of `request`, placed by `group`'s balancer for `client`.
     pub(crate) fn new(group: &UpstreamGroup, client: IpAddr, request: &Request<()>) -> Self {
         let ctx = PickContext::new(client, request, Instant::now().into_std());
+        group.tunnels.upgrade_began();
         Self {
             registry: group.tunnels.clone(),
             route: group.name.clone(),
@@ -111,8 +112,10 @@ impl Listing {
 
     /// Lists the tunnel `handle` controls, running to the lease's upstream.
     pub(crate) fn register(self, lease: &Lease, handle: TunnelHandle, origin: u32) -> Registered {
+        // Listed before `self` drops and counts the upgrade out: the
+        // registry is never seen unused in between.
         Registered::new(
-            self.registry,
+            Arc::clone(&self.registry),
             Listed {
                 upstream: lease.id(),
                 client: self.client,
@@ -121,6 +124,12 @@ impl Listing {
             },
             handle,
         )
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        self.registry.upgrade_ended();
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -78,6 +78,10 @@ pub struct TunnelRegistry {
     /// A run was asked for while one went, and skipped: the one under way
     /// plans once more before it ends.
     rebalance_wanted: AtomicBool,
+    /// Upgrades routed here whose tunnels are not listed yet: a group a
+    /// reconfigure removes is kept reachable until they have opened, or
+    /// their tunnels could be neither listed, closed nor cut.
+    pending: AtomicUsize,
 }
 
 /// A rebalance run under way on a registry's tunnels; dropped when the run
@@ -261,6 +265,21 @@ impl TunnelRegistry {
     /// Whether no tunnel is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Whether a tunnel is listed or an upgrade is on its way to one.
+    pub(crate) fn in_use(&self) -> bool {
+        !self.is_empty() || self.pending.load(Ordering::Acquire) > 0
+    }
+
+    /// An upgrade was routed here ([`Listing`](super::guard::Listing)).
+    pub(crate) fn upgrade_began(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// That upgrade's tunnel is listed, or it never will be.
+    pub(crate) fn upgrade_ended(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// A copy of every open tunnel, oldest first.

@@ -238,7 +238,7 @@ impl Proxy {
             if !old.retired.iter().any(|r| r.name == group.name) {
                 report.removed.push(group.name.clone());
             }
-            if !group.tunnels.is_empty() {
+            if group.tunnels.in_use() {
                 retired.push(group);
             }
         }
@@ -273,7 +273,7 @@ impl Proxy {
             .map(|set| set.remove_drained().len())
             .sum();
         let current = self.inner();
-        if current.retired.iter().any(|g| g.tunnels.is_empty()) {
+        if current.retired.iter().any(|g| !g.tunnels.in_use()) {
             let _serial = self
                 .live
                 .reconfiguring
@@ -283,7 +283,7 @@ impl Proxy {
             let retired = current
                 .retired
                 .iter()
-                .filter(|g| !g.tunnels.is_empty())
+                .filter(|g| g.tunnels.in_use())
                 .cloned()
                 .collect();
             let routes = Arc::clone(&current.routes);
