@@ -62,7 +62,7 @@ fn request_head() -> impl Strategy<Value = String> {
             "http://[a-z]{1,8}(:[0-9]{1,4})?/[a-z0-9/]{0,10}",
         ],
         prop_oneof![Just("1.0"), Just("1.1")],
-        "[a-z]{1,10}(\\.[a-z]{2,5})?(:[0-9]{1,5})?",
+        "[a-z]{1,10}(\\.[a-z]{2,5})?(:[0-9]{1,4}|:[1-5][0-9]{4})?",
         proptest::collection::vec(field(), 0..12),
         any::<bool>(),
         prop_oneof![Just(None), (0u64..100_000).prop_map(Some)],
