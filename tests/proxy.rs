@@ -1470,6 +1470,35 @@ async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
     gw.shutdown().await;
 }
 
+/// A body that stops coming gets 408 at the read timeout (nginx
+/// `client_body_timeout`), not a bare close.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_request_body_is_408() {
+    let (addr, _) =
+        raw_upstream_after(b"never", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+    let gw = Gateway::start(round_robin(&[addr]).handshake_timeout(Duration::from_secs(10))).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\nxx")
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = Vec::new();
+    within(
+        Duration::from_secs(60),
+        "the 408",
+        s.read_to_end(&mut reply),
+    )
+    .await
+    .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 /// A CRLF after a request (RFC 9112 §2.2) is no next request: the idle
 /// connection waits out its keep-alive, not the head timeout, and gets no
 /// 408 it never asked for.

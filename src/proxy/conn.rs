@@ -565,6 +565,14 @@ where
                 self.finish(Outcome::Abandoned);
                 return Err(Next::Close);
             }
+            // nginx answers 408 at `client_body_timeout`; the upstream's
+            // connection, with half a body, is dropped.
+            BodySent::ClientTimedOut => {
+                let status = StatusCode::REQUEST_TIMEOUT;
+                let next = self.reject(status, "request body timed out", None).await;
+                self.linger = false;
+                return Err(next);
+            }
             // The upstream may have answered before it stopped reading
             // (413): what it sent is still read below.
             BodySent::UpstreamGone => sent.body_cut = true,

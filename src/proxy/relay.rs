@@ -21,8 +21,10 @@ pub(super) enum BodyCopyError {
     Framing(BodyError),
     /// A chunked request body the re-framer refused (400, 413).
     Refused(RequestBodyError),
-    /// Reading the source failed, timed out or ended early.
+    /// Reading the source failed or ended early.
     Read,
+    /// The source sent nothing for the read timeout.
+    ReadTimeout,
     /// Writing the destination failed or timed out.
     Write,
 }
@@ -39,6 +41,9 @@ pub(super) enum BodySent {
     Framing(BodyError),
     Refused(RequestBodyError),
     ClientGone,
+    /// The client sent no body byte for the read timeout (nginx
+    /// `client_body_timeout`: 408).
+    ClientTimedOut,
     UpstreamGone,
 }
 
@@ -126,7 +131,8 @@ where
         pending.reserve(READ_CHUNK);
         match timeout(read_timeout, src.read_buf(pending)).await {
             Ok(Ok(0)) if walk.ends_at_close() => return Ok(total),
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Err(BodyCopyError::Read),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(BodyCopyError::Read),
+            Err(_) => return Err(BodyCopyError::ReadTimeout),
             Ok(Ok(_)) => {}
         }
     }
@@ -215,6 +221,7 @@ where
                 (Err(BodyCopyError::Framing(e)), _) => BodySent::Framing(e),
                 (Err(BodyCopyError::Refused(e)), _) => BodySent::Refused(e),
                 (Err(BodyCopyError::Read), _) => BodySent::ClientGone,
+                (Err(BodyCopyError::ReadTimeout), _) => BodySent::ClientTimedOut,
                 (Err(BodyCopyError::Write), None) => BodySent::UpstreamGone,
             },
         }
