@@ -427,7 +427,8 @@ impl Server {
             let proxy = self.proxy.clone();
             let drain = Drain::new(rx.clone())
                 .with_reclaim(reclaim.clone())
-                .with_head_deadline(head_deadline);
+                .with_head_deadline(head_deadline)
+                .with_end_hook(self.on_end.clone());
             let token = tracker.token();
             let accept = accept.clone();
             // The proxy's hook first, then the server's own.

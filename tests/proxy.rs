@@ -2023,6 +2023,37 @@ async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
     assert_eq!(proxy.groups().len(), 1);
 }
 
+/// A host that drops `Proxy::serve`'s future mid-request (its own timeout)
+/// still gets the request counted as abandoned and its hook called, as
+/// every other embedded path does.
+#[tokio::test]
+async fn a_dropped_serve_future_counts_its_request_abandoned_and_reports_it() {
+    let (silent, _) = raw_upstream_after(b"never sent", b"").await;
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = calls.clone();
+    let proxy = round_robin(&[silent])
+        .on_connection_end(move |_, report| record.lock().unwrap().push(report.outcome))
+        .build()
+        .unwrap();
+    let (mut client, io) = tokio::io::duplex(4096);
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let served = tokio::time::timeout(
+        Duration::from_millis(300),
+        proxy.serve(io, peer, wsproxy::Scheme::Http),
+    )
+    .await;
+    assert!(served.is_err(), "the upstream never answers");
+    assert_eq!(proxy.counters().abandoned, 1);
+    assert_eq!(
+        *calls.lock().unwrap(),
+        [Some(wsproxy::proxy::Outcome::Abandoned)]
+    );
+}
+
 /// What a proxy's `on_connection_end` hook saw: (status, outcome, tunnel
 /// bytes up) per connection.
 type Ended =

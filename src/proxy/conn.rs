@@ -30,8 +30,10 @@ use crate::handshake::{
 };
 use crate::tunnel::Prefixed;
 
+mod accounted;
 mod answer;
 
+use accounted::Accounted;
 use answer::NoAnswer;
 
 /// How long, and how much, a refused client's input is drained before the
@@ -110,6 +112,7 @@ where
     inner.counters.connection();
     let span = conn_span(peer);
     let conn = Conn {
+        report: Accounted::new(Arc::clone(&inner), peer, drain.end_hook()),
         inner,
         live,
         io,
@@ -118,10 +121,7 @@ where
         peer,
         listener,
         drain,
-        report: ConnectionReport::default(),
         linger: false,
-        began: Instant::now(),
-        websocket: false,
     };
     conn.run().instrument(span)
 }
@@ -139,15 +139,13 @@ struct Conn<'a, S> {
     peer: SocketAddr,
     listener: Listener,
     drain: Drain,
-    report: ConnectionReport,
+    /// The report, with the current request's state (whether one is under
+    /// way, a WebSocket's, when it began), which accounts for the request
+    /// if the connection's future is dropped.
+    report: Accounted,
     /// The client may still be sending what the proxy will not read (a
     /// refused request's body): close without resetting the answer away.
     linger: bool,
-    /// When the current request began: the connection's start for its
-    /// first, the first byte of a keep-alive request's head for the next.
-    began: Instant,
-    /// The current request is a WebSocket upgrade, not yet ended.
-    websocket: bool,
 }
 
 impl<S> Conn<'_, S>
@@ -168,10 +166,10 @@ where
                 break None;
             }
             if self.report.requests > 0 {
-                self.began = Instant::now();
+                self.report.began = Instant::now();
                 self.inner = self.live.load();
             }
-            self.websocket = false;
+            self.report.websocket = false;
             let limits = &self.inner.limits;
             // A server sets the first head's deadline at accept: the TLS
             // handshake and the head share one handshake timeout.
@@ -228,6 +226,7 @@ where
                 }
             };
             self.report.requests += 1;
+            self.report.in_request = true;
             // The report describes the last request: nothing of an earlier
             // one may leak into it.
             self.report.route = None;
@@ -242,7 +241,7 @@ where
         };
         let Some(switched) = switched else {
             self.close().await;
-            return (self.report, None);
+            return (self.report.into_report(), None);
         };
         self.finish(Outcome::Tunneled);
         // Whatever the client sent after its head waited in `buf` until the
@@ -255,7 +254,7 @@ where
             listing: switched.listing,
             span: self.span,
         };
-        (self.report, Some(upgraded))
+        (self.report.into_report(), Some(upgraded))
     }
 
     /// Waits for the first byte of a keep-alive connection's next request.
@@ -282,13 +281,14 @@ where
     }
 
     fn finish(&mut self, outcome: Outcome) {
+        self.report.in_request = false;
         self.report.outcome = Some(outcome);
         self.inner.counters.outcome(outcome);
-        if std::mem::take(&mut self.websocket) {
+        if std::mem::take(&mut self.report.websocket) {
             // After the 101 went out, for a tunnel: the handshake's time.
             self.inner
                 .counters
-                .handshake_ended(outcome, self.began.elapsed());
+                .handshake_ended(outcome, self.report.began.elapsed());
         }
         tracing::Span::current().record("outcome", field::debug(outcome));
     }
@@ -369,7 +369,7 @@ where
         let websocket = matches!(kind, RequestKind::WebSocket(_));
         if websocket {
             inner.counters.handshake();
-            self.websocket = true;
+            self.report.websocket = true;
         }
         let client =
             inner
@@ -632,7 +632,7 @@ where
         };
         // The request began before its pick: a success lifts a mark only
         // for a request begun after the sit-out.
-        lease.report_success(self.began.into_std());
+        lease.report_success(self.report.began.into_std());
 
         if let (UpgradeAnswer::Switched(head), Some(_)) = (&answer, &listing) {
             let (out, prefix) = switching(std::mem::take(&mut up_buf), |out| {

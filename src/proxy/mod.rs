@@ -738,6 +738,9 @@ pub(crate) struct Drain {
     rx: watch::Receiver<DrainPhase>,
     reclaim: Option<Arc<Reclaim>>,
     head_deadline: Option<tokio::time::Instant>,
+    /// A server's own end-of-connection hook, for a connection whose future
+    /// is dropped before it reports (the proxy's is called too).
+    also_report_to: Option<ConnectionHook>,
 }
 
 impl Drain {
@@ -746,7 +749,19 @@ impl Drain {
             rx,
             reclaim: None,
             head_deadline: None,
+            also_report_to: None,
         }
+    }
+
+    /// A connection dropped before it ends reports to `hook` too.
+    pub(crate) fn with_end_hook(mut self, hook: Option<ConnectionHook>) -> Self {
+        self.also_report_to = hook;
+        self
+    }
+
+    /// The hook of [`with_end_hook`](Self::with_end_hook).
+    pub(crate) fn end_hook(&self) -> Option<ConnectionHook> {
+        self.also_report_to.clone()
     }
 
     /// Idle keep-alive waits answer `reclaim`'s requests to close.
