@@ -2054,6 +2054,42 @@ async fn a_dropped_serve_future_counts_its_request_abandoned_and_reports_it() {
     );
 }
 
+/// A tunnel whose future the host drops (its own timeout) still adds the
+/// bytes it moved since the last progress report to the counters.
+#[tokio::test]
+async fn a_cancelled_tunnel_counts_its_last_bytes() {
+    let up = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[up.addr]).build().unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let pending = bounded(
+        "the upgrade",
+        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+    )
+    .await
+    .unwrap();
+    let (mut client, io) = tokio::io::duplex(64 * 1024);
+    let frame = masked_frame(0x1, b"counted");
+    client.write_all(&frame).await.unwrap();
+    let mut echo = [0u8; 9];
+    let ran = tokio::time::timeout(Duration::from_millis(300), async {
+        let tunnel = pending.tunnel(io);
+        tokio::pin!(tunnel);
+        tokio::select! {
+            _ = &mut tunnel => panic!("the tunnel ended"),
+            read = client.read_exact(&mut echo) => read.unwrap(),
+        };
+        // Held open until the host's timeout drops it.
+        tunnel.await
+    })
+    .await;
+    assert!(ran.is_err());
+    assert_eq!(&echo[2..], b"counted");
+    let counters = proxy.counters();
+    assert_eq!(counters.tunnels_active, 0);
+    assert_eq!(counters.bytes_from_client, frame.len() as u64);
+    assert_eq!(counters.bytes_from_upstream, echo.len() as u64);
+}
+
 /// What a proxy's `on_connection_end` hook saw: (status, outcome, tunnel
 /// bytes up) per connection.
 type Ended =

@@ -213,6 +213,23 @@ pin_project! {
         keep: Option<K>,
         last: PhantomData<fn() -> L>,
     }
+
+    // Cancelled before it ended (a host's timeout, an aborted task): its
+    // last bytes and its end are accounted for as a finished tunnel's are,
+    // as one cut now.
+    impl<S, K, L> PinnedDrop for Running<S, K, L> {
+        fn drop(this: Pin<&mut Self>) {
+            let mut this = this.project();
+            let Some(open) = this.open.take() else {
+                return;
+            };
+            if let Some(stats) = this.relay.as_mut().stats_at_drop() {
+                let (from_client, from_upstream) = this.relay.untaken();
+                open.bytes(from_client, from_upstream);
+                open.closed(&stats);
+            }
+        }
+    }
 }
 
 impl<S, K, L> Running<S, K, L> {

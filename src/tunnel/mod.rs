@@ -436,6 +436,14 @@ impl<C, U, F> Tunnel<C, U, F> {
         Some((c2u, u2c))
     }
 
+    /// What a tunnel dropped before it ended (its future cancelled) reports,
+    /// as one cut at that moment ([`TunnelEnd::Shutdown`]); `None` if it had
+    /// already ended.
+    pub(crate) fn stats_at_drop(self: Pin<&mut Self>) -> Option<TunnelStats> {
+        let mut this = self.project();
+        (*this.lifecycle != Lifecycle::Finished).then(|| this.finish(TunnelEnd::Shutdown))
+    }
+
     /// The bytes each way not yet returned by
     /// [`take_progress`](Self::take_progress): with what it returned, the
     /// totals of [`TunnelStats`].
@@ -792,7 +800,9 @@ where
         (!*self.client_open && !*self.upstream_open)
             || close_deadline_passed(cx, self.timers.as_mut())
     }
+}
 
+impl<C, U, F> TunnelProj<'_, C, U, F> {
     /// Marks the tunnel finished, telling its handles that their requests
     /// now do nothing, and reports.
     fn finish(&mut self, end: TunnelEnd) -> TunnelStats {
