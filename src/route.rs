@@ -373,6 +373,15 @@ impl<'a, T> RouteMatch<'a, T> {
         &self.route.target
     }
 
+    /// The route's prefix and what it is replaced with upstream, when the
+    /// route rewrites it.
+    pub fn prefix_rewrite(&self) -> Option<(&'a str, &'a str)> {
+        match &self.route.rewrite {
+            PrefixRewrite::Keep => None,
+            PrefixRewrite::Replace(with) => Some((&self.route.prefix, with)),
+        }
+    }
+
     /// The path and query to send upstream, after the route's prefix rewrite.
     pub fn path_and_query(&self) -> Cow<'a, str> {
         match &self.route.rewrite {

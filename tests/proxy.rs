@@ -1470,6 +1470,38 @@ async fn content_length_bodies_and_pipelined_requests_arrive_intact() {
     gw.shutdown().await;
 }
 
+/// nginx `proxy_redirect default` with `location /chat/ { proxy_pass
+/// http://up/; }`: a redirect to the upstream's `/login` comes back as
+/// `/chat/login`, on the client's host.
+#[tokio::test]
+async fn a_redirect_through_a_stripped_prefix_keeps_the_prefix() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answer =
+        format!("HTTP/1.1 302 Found\r\nLocation: http://{addr}/login\r\nContent-Length: 0\r\n\r\n");
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(answer.as_bytes()).await.unwrap();
+    });
+    let route = Route::new(
+        "/chat/",
+        UpstreamGroup::new("chat", RoundRobin::new(set(&[addr]))),
+    )
+    .strip_prefix();
+    let gw = Gateway::start(Proxy::builder().route(route)).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /chat/x HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let reply = String::from_utf8_lossy(&read_to_end(&mut s).await).to_ascii_lowercase();
+    assert!(
+        reply.contains("location: http://app.example/chat/login\r\n"),
+        "{reply}"
+    );
+    gw.shutdown().await;
+}
+
 /// A body that stops coming gets 408 at the read timeout (nginx
 /// `client_body_timeout`), not a bare close.
 #[tokio::test(start_paused = true)]

@@ -148,6 +148,9 @@ pub struct ForwardContext {
     http10: bool,
     /// `Expect` is not sent on: the proxy answers `100-continue` itself.
     drop_expect: bool,
+    /// The route's prefix rewrite, upstream's then client's, for `proxy_redirect
+    /// default` to map back; boxed, as only rewriting routes have one.
+    redirect_prefix: Option<Box<(String, String)>>,
 }
 
 impl ForwardContext {
@@ -169,7 +172,41 @@ impl ForwardContext {
             host_checked: false,
             http10: false,
             drop_expect: false,
+            redirect_prefix: None,
         }
+    }
+
+    /// The request went upstream with its path's prefix `client` replaced
+    /// by `upstream` (a route's rewrite, nginx `location /client/ {
+    /// proxy_pass http://group/upstream/; }`): a redirect to the upstream
+    /// under `upstream` is mapped back under `client`, as nginx's
+    /// `proxy_redirect default` is `proxy_redirect
+    /// http://group/upstream/ /client/`.
+    #[must_use]
+    pub fn with_redirect_prefix(
+        mut self,
+        upstream: impl Into<String>,
+        client: impl Into<String>,
+    ) -> Self {
+        self.redirect_prefix = Some(Box::new((upstream.into(), client.into())));
+        self
+    }
+
+    /// [`with_redirect_prefix`](Self::with_redirect_prefix), boxed already.
+    #[must_use]
+    pub(crate) fn with_boxed_redirect_prefix(
+        mut self,
+        prefixes: Option<Box<(String, String)>>,
+    ) -> Self {
+        self.redirect_prefix = prefixes;
+        self
+    }
+
+    /// The prefixes of [`with_redirect_prefix`](Self::with_redirect_prefix).
+    pub fn redirect_prefix(&self) -> Option<(&str, &str)> {
+        self.redirect_prefix
+            .as_deref()
+            .map(|(u, c)| (u.as_str(), c.as_str()))
     }
 
     /// Marks the exchange as a validated WebSocket upgrade (or not).

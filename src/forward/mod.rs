@@ -453,7 +453,7 @@ impl ForwardPolicy {
                 Some(host) => format!("{}://{}", client.proto(), host),
                 None => String::new(),
             };
-            redirect::rewrite(h, ctx.upstream(), &to);
+            redirect::rewrite(h, ctx.upstream(), ctx.redirect_prefix(), &to);
         }
         if switching {
             return;

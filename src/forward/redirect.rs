@@ -16,15 +16,22 @@ pub(crate) fn has_target(headers: &HeaderMap) -> bool {
 }
 
 /// Rewrites `Location` and `Refresh` in `headers` from `upstream` to `to`
-/// (`scheme://host[:port]` the client used, or empty for a relative URL).
-pub(crate) fn rewrite(headers: &mut HeaderMap, upstream: &Authority, to: &str) {
+/// (`scheme://host[:port]` the client used, or empty for a relative URL);
+/// with a route's `prefix` rewrite (upstream's, client's), only URLs under
+/// the upstream's prefix, which becomes the client's.
+pub(crate) fn rewrite(
+    headers: &mut HeaderMap,
+    upstream: &Authority,
+    prefix: Option<(&str, &str)>,
+    to: &str,
+) {
     if let Some(url) = header_str(headers, &header::LOCATION) {
-        if let Some(new) = rewrite_url(url, upstream, to) {
+        if let Some(new) = rewrite_url(url, upstream, prefix, to) {
             set(headers, header::LOCATION, &new);
         }
     }
     if let Some(value) = header_str(headers, &REFRESH) {
-        if let Some(new) = rewrite_refresh(value, upstream, to) {
+        if let Some(new) = rewrite_refresh(value, upstream, prefix, to) {
             set(headers, REFRESH, &new);
         }
     }
@@ -45,7 +52,12 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 /// `http(s)://<upstream>[path]` → `<to>[path]`; `None` when `url` points
 /// elsewhere. The port compares with the scheme's default filled in, so
 /// `http://backend/` matches the upstream `backend:80`.
-pub(crate) fn rewrite_url(url: &str, upstream: &Authority, to: &str) -> Option<String> {
+pub(crate) fn rewrite_url(
+    url: &str,
+    upstream: &Authority,
+    prefix: Option<(&str, &str)>,
+    to: &str,
+) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let scheme = Scheme::parse(scheme)?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -60,8 +72,15 @@ pub(crate) fn rewrite_url(url: &str, upstream: &Authority, to: &str) -> Option<S
     if !same_host || port != upstream_port {
         return None;
     }
-    let mut out = String::with_capacity(to.len() + tail.len() + 1);
+    // nginx: the default rule is the location's own, and leaves a URL
+    // outside the upstream's prefix alone.
+    let (client_prefix, tail) = match prefix {
+        Some((up, client)) => (client, tail.strip_prefix(up)?),
+        None => ("", tail),
+    };
+    let mut out = String::with_capacity(to.len() + client_prefix.len() + tail.len() + 1);
     out.push_str(to);
+    out.push_str(client_prefix);
     if to.is_empty() && !tail.starts_with('/') {
         out.push('/');
     }
@@ -70,7 +89,12 @@ pub(crate) fn rewrite_url(url: &str, upstream: &Authority, to: &str) -> Option<S
 }
 
 /// `Refresh: 5; url=<url>` (unquoted or quoted), rewriting only the URL.
-fn rewrite_refresh(value: &str, upstream: &Authority, to: &str) -> Option<String> {
+fn rewrite_refresh(
+    value: &str,
+    upstream: &Authority,
+    prefix: Option<(&str, &str)>,
+    to: &str,
+) -> Option<String> {
     let lower = value.to_ascii_lowercase();
     let at = lower.find("url=")? + "url=".len();
     let (head, url) = value.split_at(at);
@@ -82,7 +106,7 @@ fn rewrite_refresh(value: &str, upstream: &Authority, to: &str) -> Option<String
         Some(q) => url.split_at(url.find(q).unwrap_or(url.len())),
         None => (url.trim_end(), ""),
     };
-    let new = rewrite_url(url, upstream, to)?;
+    let new = rewrite_url(url, upstream, prefix, to)?;
     let mut out = String::with_capacity(value.len() + to.len());
     out.push_str(head);
     if let Some(q) = quote {
@@ -108,7 +132,7 @@ mod tests {
             "location",
             HeaderValue::from_static("http://10.0.0.5:8080/login?next=%2F#top"),
         );
-        rewrite(&mut h, &up("10.0.0.5:8080"), "https://app.example");
+        rewrite(&mut h, &up("10.0.0.5:8080"), None, "https://app.example");
         assert_eq!(h["location"], "https://app.example/login?next=%2F#top");
     }
 
@@ -118,13 +142,20 @@ mod tests {
             rewrite_url(
                 "HTTP://Backend/x",
                 &up("backend:80"),
+                None,
                 "http://a.example:8080"
             )
             .as_deref(),
             Some("http://a.example:8080/x")
         );
         assert_eq!(
-            rewrite_url("https://backend/x", &up("backend:443"), "https://a.example").as_deref(),
+            rewrite_url(
+                "https://backend/x",
+                &up("backend:443"),
+                None,
+                "https://a.example"
+            )
+            .as_deref(),
             Some("https://a.example/x")
         );
     }
@@ -132,12 +163,21 @@ mod tests {
     #[test]
     fn other_hosts_ports_and_relative_urls_are_left_alone() {
         let u = up("backend:8080");
-        assert_eq!(rewrite_url("http://backend:8081/x", &u, "https://a"), None);
-        assert_eq!(rewrite_url("http://other:8080/x", &u, "https://a"), None);
-        assert_eq!(rewrite_url("/x", &u, "https://a"), None);
-        assert_eq!(rewrite_url("ftp://backend:8080/x", &u, "https://a"), None);
         assert_eq!(
-            rewrite_url("http://user@backend:8080/x", &u, "https://a"),
+            rewrite_url("http://backend:8081/x", &u, None, "https://a"),
+            None
+        );
+        assert_eq!(
+            rewrite_url("http://other:8080/x", &u, None, "https://a"),
+            None
+        );
+        assert_eq!(rewrite_url("/x", &u, None, "https://a"), None);
+        assert_eq!(
+            rewrite_url("ftp://backend:8080/x", &u, None, "https://a"),
+            None
+        );
+        assert_eq!(
+            rewrite_url("http://user@backend:8080/x", &u, None, "https://a"),
             None
         );
         let mut h = HeaderMap::new();
@@ -145,18 +185,39 @@ mod tests {
             "location",
             HeaderValue::from_static("https://elsewhere.example/"),
         );
-        rewrite(&mut h, &u, "https://a");
+        rewrite(&mut h, &u, None, "https://a");
         assert_eq!(h["location"], "https://elsewhere.example/");
+    }
+
+    #[test]
+    fn a_route_rewrite_is_mapped_back_and_urls_outside_it_left_alone() {
+        let u = up("backend:8080");
+        // location /chat/ { proxy_pass http://backend:8080/; }
+        let strip = Some(("/", "/chat/"));
+        assert_eq!(
+            rewrite_url("http://backend:8080/login", &u, strip, "https://a").as_deref(),
+            Some("https://a/chat/login")
+        );
+        // location /one/ { proxy_pass http://backend:8080/two/; }
+        let moved = Some(("/two/", "/one/"));
+        assert_eq!(
+            rewrite_url("http://backend:8080/two/x?y", &u, moved, "https://a").as_deref(),
+            Some("https://a/one/x?y")
+        );
+        assert_eq!(
+            rewrite_url("http://backend:8080/three/", &u, moved, "https://a"),
+            None
+        );
     }
 
     #[test]
     fn without_client_host_the_url_becomes_relative() {
         assert_eq!(
-            rewrite_url("http://backend:8080", &up("backend:8080"), "").as_deref(),
+            rewrite_url("http://backend:8080", &up("backend:8080"), None, "").as_deref(),
             Some("/")
         );
         assert_eq!(
-            rewrite_url("http://backend:8080?q", &up("backend:8080"), "").as_deref(),
+            rewrite_url("http://backend:8080?q", &up("backend:8080"), None, "").as_deref(),
             Some("/?q")
         );
     }
@@ -169,16 +230,16 @@ mod tests {
             "refresh",
             HeaderValue::from_static("5; URL=http://backend:8080/done"),
         );
-        rewrite(&mut h, &u, "https://a.example");
+        rewrite(&mut h, &u, None, "https://a.example");
         assert_eq!(h["refresh"], "5; URL=https://a.example/done");
         h.insert(
             "refresh",
             HeaderValue::from_static("0;url='http://backend:8080/x' "),
         );
-        rewrite(&mut h, &u, "https://a.example");
+        rewrite(&mut h, &u, None, "https://a.example");
         assert_eq!(h["refresh"], "0;url='https://a.example/x' ");
         h.insert("refresh", HeaderValue::from_static("5"));
-        rewrite(&mut h, &u, "https://a.example");
+        rewrite(&mut h, &u, None, "https://a.example");
         assert_eq!(h["refresh"], "5");
     }
 }

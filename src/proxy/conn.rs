@@ -70,6 +70,8 @@ struct Admitted {
     client_keeps_alive: bool,
     http10: bool,
     expects_continue: bool,
+    /// The route's prefix rewrite (upstream's, client's), for redirects.
+    redirect: Option<Box<(String, String)>>,
 }
 
 /// An admitted request with its upstream connection, rewritten for it.
@@ -376,8 +378,15 @@ where
                 .policy
                 .resolve_client(self.peer, request.headers(), self.listener.scheme);
 
-        let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
+        let (group, path, redirect) = match inner.routes.find_for(&request) {
+            Ok(hit) => (
+                hit.target().clone(),
+                rewritten_path(hit.path_and_query()),
+                // A 101 has no redirect to map back.
+                hit.prefix_rewrite()
+                    .filter(|_| !websocket)
+                    .map(|(client, upstream)| Box::new((upstream.to_owned(), client.to_owned()))),
+            ),
             Err(e) => return Err(self.reject(e.status(), &e.to_string(), None).await),
         };
         tracing::Span::current().record("route", group.name());
@@ -427,13 +436,15 @@ where
             client_keeps_alive,
             http10,
             expects_continue,
+            redirect,
         })
     }
 
     /// Connects an upstream for an admitted request and rewrites the request
     /// for it (forwarding headers, Host, version, `Expect`).
-    async fn connect_upstream(&mut self, admitted: Admitted) -> Result<Connected, Next> {
+    async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
         let inner = Arc::clone(&self.inner);
+        let redirect = admitted.redirect.take();
         let request = &admitted.request;
         let (lease, stream) = match connect(&inner, &admitted.group, &admitted.client, request)
             .await
@@ -466,7 +477,8 @@ where
         // §6.1), and chunked is the one framing a 1.0 client cannot read.
         .with_http10(admitted.http10)
         // The proxy answers the expectation itself, as nginx does.
-        .without_expect(admitted.expects_continue);
+        .without_expect(admitted.expects_continue)
+        .with_boxed_redirect_prefix(redirect);
         Ok(Connected {
             stream,
             lease,

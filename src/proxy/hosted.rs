@@ -101,8 +101,13 @@ impl Proxy {
         let client = inner
             .policy
             .resolve_client(peer, request.headers(), listener.scheme);
-        let (group, path) = match inner.routes.find_for(&request) {
-            Ok(hit) => (hit.target().clone(), rewritten_path(hit.path_and_query())),
+        let (group, path, redirect) = match inner.routes.find_for(&request) {
+            Ok(hit) => (
+                hit.target().clone(),
+                rewritten_path(hit.path_and_query()),
+                hit.prefix_rewrite()
+                    .map(|(client, upstream)| Box::new((upstream.to_owned(), client.to_owned()))),
+            ),
             Err(e) => return Err(refuse(exchange, e.status(), &e.to_string())),
         };
         exchange.route(&group);
@@ -160,7 +165,8 @@ impl Proxy {
             lease.authority().clone(),
         )
         // Its head went through `parse_request` above.
-        .with_checked_host();
+        .with_checked_host()
+        .with_boxed_redirect_prefix(redirect);
         inner.policy.rewrite_request(&mut request, &client, &ctx);
         Ok(Hosted {
             request,
