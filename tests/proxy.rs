@@ -1502,6 +1502,46 @@ async fn a_redirect_through_a_stripped_prefix_keeps_the_prefix() {
     gw.shutdown().await;
 }
 
+/// An upstream's equal Content-Length repeats reach the client as one
+/// value (RFC 9110 §8.6); an HTTP/1.0 answer with Transfer-Encoding is
+/// faulty framing (RFC 9112 §6.1) and ends the connection after it.
+#[tokio::test]
+async fn upstream_framing_is_normalised_or_closes() {
+    for (answer, check) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok"[..],
+            "content-length",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+            "content-length",
+        ),
+        (
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "close",
+        ),
+    ] {
+        let (addr, _) = raw_upstream(answer).await;
+        let gw = Gateway::start(round_robin(&[addr])).await;
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = String::from_utf8_lossy(&read_until(&mut s, b"ok").await).to_ascii_lowercase();
+        assert!(reply.starts_with("http/1.1 200"), "{reply}");
+        if check == "content-length" {
+            assert_eq!(reply.matches("content-length").count(), 1, "{reply}");
+            assert!(reply.contains("content-length: 2\r\n"), "{reply}");
+        } else {
+            assert!(reply.contains("connection: close"), "{reply}");
+            // Read to EOF: the gateway closed after the answer.
+            let rest = String::from_utf8_lossy(&read_to_end(&mut s).await).into_owned();
+            assert!((reply + &rest).ends_with("ok\r\n0\r\n\r\n"));
+        }
+        gw.shutdown().await;
+    }
+}
+
 /// A body that stops coming gets 408 at the read timeout (nginx
 /// `client_body_timeout`), not a bare close.
 #[tokio::test(start_paused = true)]

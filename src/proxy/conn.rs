@@ -692,7 +692,14 @@ where
         // Bytes behind a refused upgrade were meant for its tunnel (frames
         // sent early): they are no next request.
         let early_frames = websocket && !self.buf.is_empty();
-        let keep_alive = !body_cut && !early_frames && self.may_keep_alive(client_keeps_alive);
+        // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+        // framing; the connection closes after it.
+        let faulty = response.version() == Version::HTTP_10
+            && response
+                .headers()
+                .contains_key(http::header::TRANSFER_ENCODING);
+        let keep_alive =
+            !body_cut && !early_frames && !faulty && self.may_keep_alive(client_keeps_alive);
         let mut response = response;
         inner.policy.rewrite_response(&mut response, &client, &ctx);
         self.relay(response, &method, stream, up_buf, keep_alive, outcome)
@@ -798,6 +805,18 @@ where
             }
         };
         let keep_alive = keep_alive && body != BodyKind::UntilClose;
+        if let BodyKind::Length(n) = body {
+            // Equal repeats (`2, 2`, or two fields) passed the check; the
+            // client gets the one value (RFC 9110 §8.6), as some clients
+            // refuse repeats.
+            let headers = response.headers();
+            let lengths = headers.get_all(http::header::CONTENT_LENGTH);
+            if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
         // The policy marks plain answers `Connection: close`, which is
         // right toward the one-request upstream connection; toward the
         // client, keep-alive is decided here.
