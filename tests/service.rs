@@ -292,6 +292,32 @@ async fn errors_are_responses_with_their_status() {
     assert_eq!(counters.rejected_with(http::StatusCode::BAD_GATEWAY), 2);
 }
 
+/// `add_header … always` through the tower service: the proxy's own
+/// answers carry the configured headers, plain and upgrade alike.
+#[tokio::test]
+async fn the_policys_response_headers_reach_the_services_own_answers() {
+    let dead = closed_port().await;
+    let policy = wsproxy::ForwardPolicy::builder()
+        .add_response_header("X-Edge", "1")
+        .build()
+        .unwrap();
+    let proxy = Proxy::builder()
+        .route(Route::new("/dead/", group("dead", dead)))
+        .policy(policy)
+        .build()
+        .unwrap();
+    let addr = host(&proxy, with_health).await;
+    let plain = raw_exchange(addr, "GET /dead/x HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(plain.starts_with("HTTP/1.1 502"), "{plain}");
+    assert!(plain.to_ascii_lowercase().contains("x-edge: 1"), "{plain}");
+    let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/dead/ws")).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal: {refused:?}");
+    };
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-edge"], "1");
+}
+
 /// A plain CONNECT over HTTP/1.1 asks for a forward proxy's TCP tunnel: it
 /// never reaches an upstream (it went up as `CONNECT / HTTP/1.1`).
 #[tokio::test]

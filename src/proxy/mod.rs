@@ -573,6 +573,13 @@ impl Proxy {
         self.inner().report_end(peer, report);
     }
 
+    /// Applies the policy's response headers to an answer the proxy makes
+    /// itself ([`ForwardPolicy::edit_own_answer`](crate::forward::ForwardPolicy::edit_own_answer)).
+    #[cfg(feature = "tower")]
+    pub(crate) fn edit_own_answer(&self, headers: &mut http::HeaderMap) {
+        self.inner().policy.edit_own_answer(headers);
+    }
+
     /// Whether [`ProxyBuilder::on_connection_end`] set a hook.
     pub(crate) fn wants_reports(&self) -> bool {
         self.inner().wants_reports()

@@ -360,6 +360,13 @@ impl ProxyService {
         }
     }
 
+    /// An answer the proxy makes itself, with the policy's response
+    /// headers (nginx `add_header … always`), as `Server` sends it.
+    fn own_answer(&self, mut response: Response<Bytes>) -> Response<ProxyBody> {
+        self.proxy.edit_own_answer(response.headers_mut());
+        answer(response)
+    }
+
     /// Refuses a request before the proxy's own steps, counted as one
     /// connection with one refused request.
     fn refuse(&self, peer: SocketAddr, status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -442,7 +449,7 @@ impl ProxyService {
                 if bridged && response.status().is_success() =>
             {
                 tracing::debug!(status = %response.status(), "upstream answered an extended connect with 2xx, not 101");
-                answer(error_response(
+                self.own_answer(error_response(
                     StatusCode::BAD_GATEWAY,
                     "upstream answered the websocket upgrade without switching",
                 ))
@@ -451,7 +458,7 @@ impl ProxyService {
             Err(UpgradeError::NotSwitched(response)) => answer(*response),
             Err(e) => {
                 let status = e.status();
-                let mut refused = answer(error_response(status, &e.to_string()));
+                let mut refused = self.own_answer(error_response(status, &e.to_string()));
                 if status == StatusCode::UPGRADE_REQUIRED {
                     refused
                         .headers_mut()
