@@ -38,12 +38,15 @@
 //! `install_recorder`) before [`ProxyBuilder::build`](crate::ProxyBuilder::build).
 //! A proxy built before that records nothing.
 //!
-//! For the same reason, do not let the exporter forget idle series
-//! (`metrics_exporter_prometheus`'s `idle_timeout`) for these metrics: a
-//! series it forgot while the proxy holds its handle stops being exported,
-//! and the proxy's later counts go nowhere. An `wsproxy_open_tunnels`
-//! series of an upstream that left stays at zero; the proxy drops its own
-//! handle and slot for it once no tunnel of the pair is open.
+//! For the same reason, an exporter that forgets idle series
+//! (`metrics_exporter_prometheus`'s `idle_timeout`) must not forget these
+//! while the proxy holds their handles: a series forgotten then stops being
+//! exported, and the proxy's later counts go nowhere. The proxy holds the
+//! counters' and histograms' handles for its lifetime. Of
+//! `wsproxy_open_tunnels` it holds only the series of (upstream, route)
+//! pairs with a tunnel open, or swept since they had one (a sweep runs when
+//! its table doubles, from 64 entries); a series of an upstream that left
+//! stays at zero in the exporter, which may forget it once swept.
 //!
 //! ```
 //! use wsproxy::balance::{RoundRobin, Upstream, UpstreamSet};

@@ -1719,13 +1719,25 @@ async fn durations_as_long_as_duration_max_are_never_and_do_not_panic() {
         .read_timeout(Duration::MAX)
         .send_timeout(Duration::MAX)
         .keepalive_timeout(Duration::MAX);
-    let gw = Gateway::start_with(builder, |s| s.drain_timeout(Duration::MAX)).await;
+    let gw = Gateway::start_with(builder, |s| {
+        s.drain_timeout(Duration::MAX).drain_window(Duration::MAX)
+    })
+    .await;
     let mut ws = client(gw.addr).await;
     echo(&mut ws, "through".into()).await;
     drop(ws);
     let report = bounded("a drain", gw.proxy.drain(Duration::MAX, Duration::MAX)).await;
     assert_eq!(report.cut, 0);
     gw.shutdown().await;
+    // The server's own drain, with a tunnel open: the first of one close
+    // goes out at once, however long the window.
+    let gw = Gateway::start_with(round_robin(&[up.addr]), |s| s.drain_window(Duration::MAX)).await;
+    let mut ws = client(gw.addr).await;
+    echo(&mut ws, "still".into()).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    let (code, _) = await_close(&mut ws).await;
+    assert_eq!(code, Some(1001));
+    bounded("the server's drain", stopping).await.unwrap();
 
     let fails = Upstream::new(closed_port().await).fail_timeout(Duration::MAX);
     let set: UpstreamSet = [fails, Upstream::new(plain)].into_iter().collect();

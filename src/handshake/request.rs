@@ -369,7 +369,8 @@ pub(crate) fn is_host_and_port(authority: &Authority) -> bool {
     let port_ok = match port.strip_prefix(':') {
         // An empty port is allowed (RFC 3986 §3.2.3); a number must fit.
         Some(digits) => {
-            digits.bytes().all(|b| b.is_ascii_digit())
+            digits.len() <= 5
+                && digits.bytes().all(|b| b.is_ascii_digit())
                 && (digits.is_empty() || digits.parse::<u16>().is_ok())
         }
         None => port.is_empty(),
@@ -727,6 +728,7 @@ mod tests {
         );
         for host in [
             "", "a/b", "user@a", "a b", "a:port", ":80", "a:123456", "a:99999", "a:65536",
+            "a:000080",
         ] {
             refused(
                 &format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n"),

@@ -110,6 +110,8 @@ pub(crate) async fn close_spread(
     window: Duration,
     closed: &mut usize,
 ) {
+    // A server's window comes here uncapped (`Proxy::drain` caps its own).
+    let window = capped(window);
     let going_away = CloseFrame::new(1001, "going away").unwrap_or_else(|_| CloseFrame::empty());
     let tunnels = match origin {
         Some(origin) => proxy.tunnels_of(origin),
