@@ -72,19 +72,29 @@ pub(crate) fn rewrite_url(
     if !same_host || port != upstream_port {
         return None;
     }
-    // nginx: the default rule is the location's own, and leaves a URL
-    // outside the upstream's prefix alone.
-    let (client_prefix, tail) = match prefix {
-        Some((up, client)) => (client, tail.strip_prefix(up)?),
-        None => ("", tail),
-    };
-    let mut out = String::with_capacity(to.len() + client_prefix.len() + tail.len() + 1);
+    let mut out = String::with_capacity(to.len() + tail.len() + 1);
     out.push_str(to);
-    out.push_str(client_prefix);
-    if to.is_empty() && !tail.starts_with('/') {
-        out.push('/');
+    match prefix {
+        // nginx: the default rule is the location's own, and leaves a URL
+        // outside the upstream's prefix alone.
+        Some((up, client)) => {
+            let rest = tail.strip_prefix(up)?;
+            out.push_str(client);
+            // The request's rewrite folded the `/` at the seam (`/chat` +
+            // `/x` became `/` + `x`): put it back.
+            let seam = up.ends_with('/') && !client.ends_with('/');
+            if seam && !rest.is_empty() && !rest.starts_with(['?', '#']) {
+                out.push('/');
+            }
+            out.push_str(rest);
+        }
+        None => {
+            if to.is_empty() && !tail.starts_with('/') {
+                out.push('/');
+            }
+            out.push_str(tail);
+        }
     }
-    out.push_str(tail);
     Some(out)
 }
 
@@ -207,6 +217,22 @@ mod tests {
         assert_eq!(
             rewrite_url("http://backend:8080/three/", &u, moved, "https://a"),
             None
+        );
+        // location /chat { proxy_pass http://backend:8080/; }: `/chat/x` went
+        // up as `/x`, so `/login` comes back as `/chat/login`.
+        let bare = Some(("/", "/chat"));
+        assert_eq!(
+            rewrite_url("http://backend:8080/login", &u, bare, "https://a").as_deref(),
+            Some("https://a/chat/login")
+        );
+        assert_eq!(
+            rewrite_url("http://backend:8080/?q", &u, bare, "https://a").as_deref(),
+            Some("https://a/chat?q")
+        );
+        // Relative (no client host): no doubled `/`.
+        assert_eq!(
+            rewrite_url("http://backend:8080/login", &u, strip, "").as_deref(),
+            Some("/chat/login")
         );
     }
 
