@@ -197,12 +197,17 @@ impl Reloader {
         // The certificate is read again, as nginx's reload does (a renewed
         // one is served from the next handshake on); one that does not load
         // refuses the reload.
-        if let (Some(tls), Some(cert), Some(key)) = (&self.tls, &args.tls_cert, &args.tls_key) {
-            if let Err(msg) = tls.reload_cert(cert, key) {
-                eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
-                return;
-            }
-        }
+        // Swapped in only once nothing else can refuse the reload.
+        let cert = match (&self.tls, &args.tls_cert, &args.tls_key) {
+            (Some(tls), Some(cert), Some(key)) => match tls.load_cert(cert, key) {
+                Ok(loaded) => Some(loaded),
+                Err(msg) => {
+                    eprintln!("gateway: reload ({why}) refused, configuration unchanged: {msg}");
+                    return;
+                }
+            },
+            _ => None,
+        };
         // A group the swap adds is put in force as built: its discoveries
         // answer first, so that it serves from its first request.
         let known: Vec<UpstreamGroup> = self.proxy.groups();
@@ -218,6 +223,9 @@ impl Reloader {
         // No await from here to the swap, and the discoveries run on this
         // same single-threaded control runtime: what they hold now is what
         // is carried.
+        if let (Some(tls), Some(cert)) = (&self.tls, cert) {
+            tls.serve_cert(cert);
+        }
         crate::dns::carry(&self.proxy, &self.args, &args, &groups);
         let done = self.proxy.reconfigure(next);
         // Routed groups only: a group a reload removed keeps its tunnels

@@ -87,17 +87,22 @@ pub fn acceptor(cert: &Path, key: &Path, h2: bool) -> Result<Tls, String> {
     })
 }
 
+/// A certificate read for [`Tls::serve_cert`], not yet served.
+pub struct LoadedCert(Arc<CertifiedKey>);
+
 impl Tls {
-    /// Reads the PEM files again and answers new handshakes with them; on
-    /// an error the certificate served stays as it was.
-    pub fn reload_cert(&self, cert: &Path, key: &Path) -> Result<(), String> {
-        let fresh = Arc::new(certified(cert, key, &self.cert.provider)?);
+    /// Reads the PEM files again, checked as at start; nothing changes yet.
+    pub fn load_cert(&self, cert: &Path, key: &Path) -> Result<LoadedCert, String> {
+        Ok(LoadedCert(Arc::new(certified(cert, key, &self.cert.provider)?)))
+    }
+
+    /// Answers new handshakes with `loaded` from now on.
+    pub fn serve_cert(&self, loaded: LoadedCert) {
         *self
             .cert
             .current
             .write()
-            .unwrap_or_else(PoisonError::into_inner) = fresh;
-        Ok(())
+            .unwrap_or_else(PoisonError::into_inner) = loaded.0;
     }
 }
 
