@@ -1601,6 +1601,30 @@ async fn a_blank_line_between_requests_is_ignored() {
         "{:?}",
         started.elapsed()
     );
+
+    // The same with the blank line in a read of its own, after the answer.
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+        .await
+        .unwrap();
+    let answer = read_until(&mut s, b"\r\n\r\nok").await;
+    s.write_all(b"\r\n").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut reply = Vec::new();
+    within(
+        Duration::from_secs(600),
+        "the close",
+        s.read_to_end(&mut reply),
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        started.elapsed() >= Duration::from_secs(74),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// A reconfigure's handshake timeout applies to the next connection of a

@@ -93,7 +93,11 @@ pub struct LoadedCert(Arc<CertifiedKey>);
 impl Tls {
     /// Reads the PEM files again, checked as at start; nothing changes yet.
     pub fn load_cert(&self, cert: &Path, key: &Path) -> Result<LoadedCert, String> {
-        Ok(LoadedCert(Arc::new(certified(cert, key, &self.cert.provider)?)))
+        Ok(LoadedCert(Arc::new(certified(
+            cert,
+            key,
+            &self.cert.provider,
+        )?)))
     }
 
     /// Answers new handshakes with `loaded` from now on.

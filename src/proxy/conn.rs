@@ -265,16 +265,30 @@ where
         if self.drain.phase() != DrainPhase::Running {
             return false;
         }
-        self.buf.reserve(READ_CHUNK);
-        let read = timeout(
-            self.inner.timeouts.keepalive,
-            self.io.read_buf(&mut self.buf),
-        );
+        let (io, buf) = (&mut self.io, &mut self.buf);
+        // Empty lines are no request (RFC 9112 §2.2): the wait goes on past
+        // them, within the one keep-alive timeout.
+        let next = async move {
+            // Bounded: each turn reads bytes, and the timeout bounds them all.
+            loop {
+                buf.reserve(READ_CHUNK);
+                if !matches!(io.read_buf(buf).await, Ok(n) if n > 0) {
+                    return false;
+                }
+                let blank = buf.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
+                let blank = blank.count();
+                buf.advance(blank);
+                if !buf.is_empty() {
+                    return true;
+                }
+            }
+        };
+        let read = timeout(self.inner.timeouts.keepalive, next);
         let reclaimed = self.drain.reclaimed();
         tokio::select! {
             // A request that arrived wins over a reclaim.
             biased;
-            got = read => matches!(got, Ok(Ok(n)) if n > 0),
+            got = read => got.unwrap_or(false),
             () = self.drain.clone().reached(DrainPhase::Draining) => false,
             // The server ran out of slots: an idle connection is the one
             // to give up (nginx `ngx_drain_connections`).
