@@ -2131,6 +2131,79 @@ async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
     assert_eq!(proxy.groups().len(), 1);
 }
 
+/// The same with the reconfigure while the upstream connect is still
+/// under way (held by a full accept queue): the group stays reachable.
+#[tokio::test]
+async fn a_reconfigure_during_the_upstream_connect_keeps_the_tunnel_listed() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(100), socket.connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let b = ws_upstream(WsUpstreamOptions::default()).await;
+    let group = |name: &str, addr| UpstreamGroup::new(name, RoundRobin::new(set(&[addr])));
+    let proxy = Proxy::builder()
+        .route(Route::new("/", group("a", addr)))
+        .connect_timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let upgrading = tokio::spawn({
+        let proxy = proxy.clone();
+        async move {
+            proxy
+                .connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http)
+                .await
+        }
+    });
+    // The proxy's SYN is dropped while the queue is full.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!upgrading.is_finished());
+    proxy.reconfigure(
+        Proxy::builder()
+            .route(Route::new("/", group("b", b.addr)))
+            .build()
+            .unwrap(),
+    );
+    // Room in the queue: the retransmitted SYN gets through.
+    drop(fillers);
+    let upstream = tokio::spawn(async move {
+        for _ in 0..8 {
+            let (tcp, _) = full.accept().await.unwrap();
+            let mut first = [0u8; 3];
+            if tcp.peek(&mut first).await.unwrap_or(0) == 3 && &first == b"GET" {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+                return;
+            }
+        }
+    });
+    let pending = within(Duration::from_secs(30), "the held upgrade", upgrading)
+        .await
+        .unwrap()
+        .unwrap();
+    let (client, _far) = tokio::io::duplex(64 * 1024);
+    let tunnel = tokio::spawn(pending.tunnel(client));
+    bounded("the tunnel listed", async {
+        while proxy.counters().tunnels_active == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(proxy.tunnels().len(), 1);
+    assert_eq!(proxy.cut_tunnels(), 1);
+    bounded("the cut tunnel", tunnel).await.unwrap();
+    upstream.abort();
+}
+
 /// A host that drops `Proxy::serve`'s future mid-request (its own timeout)
 /// still gets the request counted as abandoned and its hook called, as
 /// every other embedded path does.

@@ -460,6 +460,13 @@ where
         let inner = Arc::clone(&self.inner);
         let redirect = admitted.redirect.take();
         let request = &admitted.request;
+        // Taken from the request the balancer places, before the rewrite;
+        // only an upgrade can become a tunnel to list. Taken before the
+        // connect: from here the group counts the upgrade as on its way, so
+        // a reconfigure that removes the group keeps it reachable.
+        let listing = admitted
+            .websocket
+            .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
         let (lease, stream) = match connect(&inner, &admitted.group, &admitted.client, request)
             .await
         {
@@ -471,11 +478,6 @@ where
                     .await);
             }
         };
-        // Taken from the request the balancer placed, before the rewrite;
-        // only an upgrade can become a tunnel to list.
-        let listing = admitted
-            .websocket
-            .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
         let authority = lease.authority().clone();
         tracing::Span::current().record("upstream", field::display(&authority));
         self.report.upstream = Some(lease.addr().clone());

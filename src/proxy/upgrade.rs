@@ -158,6 +158,9 @@ impl Proxy {
         exchange.route(&group);
         inner.policy.check(&request, true)?;
         routed_origin_form(&mut request, path).map_err(|()| UpgradeError::NotUpgrade)?;
+        // Before the connect, as `Server` takes it: the group counts the
+        // upgrade as on its way from here (see `Proxy::reconfigure`).
+        let listing = Listing::new(&group, client.ip(), &request);
         let picked = Instant::now().into_std();
         let (lease, mut upstream) = connect(inner, &group, &client, &request)
             .await
@@ -165,7 +168,6 @@ impl Proxy {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(e), "no upstream");
             })?;
         exchange.upstream(lease.addr());
-        let listing = Listing::new(&group, client.ip(), &request);
         let authority = lease.authority().clone();
         // Its head went through `parse_request` above.
         let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
