@@ -114,7 +114,7 @@ where
     inner.counters.connection();
     let span = conn_span(peer);
     let conn = Conn {
-        report: Accounted::new(Arc::clone(&inner), peer, drain.end_hook()),
+        report: Accounted::new(live, peer, drain.end_hook()),
         inner,
         live,
         io,
@@ -144,7 +144,7 @@ struct Conn<'a, S> {
     /// The report, with the current request's state (whether one is under
     /// way, a WebSocket's, when it began), which accounts for the request
     /// if the connection's future is dropped.
-    report: Accounted,
+    report: Accounted<'a>,
     /// The client may still be sending what the proxy will not read (a
     /// refused request's body): close without resetting the answer away.
     linger: bool,

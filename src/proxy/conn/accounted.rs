@@ -7,17 +7,17 @@
 
 use std::net::SocketAddr;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::proxy::{ConnectionHook, ConnectionReport, Inner, Outcome};
+use crate::proxy::{ConnectionHook, ConnectionReport, Live, Outcome};
 
-pub(super) struct Accounted {
+pub(super) struct Accounted<'a> {
     report: ConnectionReport,
-    /// The proxy's counters and hook (those stay the proxy's across
-    /// reconfigures, so the connection's first snapshot serves).
-    inner: Arc<Inner>,
+    /// The proxy's configuration, loaded only if the connection is dropped
+    /// (its counters and hook stay the proxy's across reconfigures): no
+    /// snapshot is held meanwhile.
+    live: &'a Live,
     peer: SocketAddr,
     /// A server's own hook, called after the proxy's.
     also: Option<ConnectionHook>,
@@ -32,12 +32,12 @@ pub(super) struct Accounted {
     armed: bool,
 }
 
-impl Accounted {
-    pub(super) fn new(inner: Arc<Inner>, peer: SocketAddr, also: Option<ConnectionHook>) -> Self {
+impl<'a> Accounted<'a> {
+    pub(super) fn new(live: &'a Live, peer: SocketAddr, also: Option<ConnectionHook>) -> Self {
         let now = Instant::now();
         Self {
             report: ConnectionReport::default(),
-            inner,
+            live,
             peer,
             also,
             opened: now,
@@ -56,7 +56,7 @@ impl Accounted {
     }
 }
 
-impl Deref for Accounted {
+impl Deref for Accounted<'_> {
     type Target = ConnectionReport;
 
     fn deref(&self) -> &ConnectionReport {
@@ -64,29 +64,30 @@ impl Deref for Accounted {
     }
 }
 
-impl DerefMut for Accounted {
+impl DerefMut for Accounted<'_> {
     fn deref_mut(&mut self) -> &mut ConnectionReport {
         &mut self.report
     }
 }
 
-impl Drop for Accounted {
+impl Drop for Accounted<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
+        let inner = self.live.load();
         if self.in_request {
             let outcome = Outcome::Abandoned;
             self.report.outcome = Some(outcome);
-            self.inner.counters.outcome(outcome);
+            inner.counters.outcome(outcome);
             if self.websocket {
-                self.inner
+                inner
                     .counters
                     .handshake_ended(outcome, self.began.elapsed());
             }
         }
         self.report.duration = self.opened.elapsed();
-        self.inner.report_end(self.peer, &self.report);
+        inner.report_end(self.peer, &self.report);
         if let Some(hook) = &self.also {
             (hook.0)(self.peer, &self.report);
         }
