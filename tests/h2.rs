@@ -614,6 +614,10 @@ async fn an_upstream_200_to_an_extended_connect_is_502_not_an_open_stream() {
     let (status, ws) = connect_ws(&send, &front.authority(), "/page").await;
     assert_eq!(status, 502);
     assert!(ws.is_none());
+    // Counted as the proxy's own 502, not as a relayed 200.
+    let counters = front.proxy.counters();
+    assert_eq!(counters.rejected_with(http::StatusCode::BAD_GATEWAY), 1);
+    assert_eq!(counters.upgrade_refused, 0);
     // A refusal that is no 2xx is relayed as it came.
     let (refusing, _) =
         raw_upstream(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno").await;

@@ -75,19 +75,22 @@ impl Proxy {
         // Counted, traced and reported as a connection that a Server
         // accepted and that carried this one request.
         let exchange = Exchange::begin(self, peer);
-        self.connect_upgrade_with(exchange, request, peer, listener.into())
+        self.connect_upgrade_with(exchange, request, peer, listener.into(), false)
             .await
     }
 
     /// [`connect_upgrade`](Self::connect_upgrade) for a request whose
     /// [`Exchange`] the caller began (the tower service, which looks at a
     /// request before it knows it is an upgrade): counted there once.
+    /// `bridged`: an HTTP/2 extended CONNECT, whose client would take any
+    /// 2xx for an open stream, so a 2xx refusal is the proxy's 502.
     pub(crate) async fn connect_upgrade_with(
         &self,
         mut exchange: Exchange,
         request: Request<()>,
         peer: SocketAddr,
         listener: Listener,
+        bridged: bool,
     ) -> Result<PendingUpgrade, UpgradeError> {
         let span = exchange.span().clone();
         let opened = self
@@ -105,12 +108,16 @@ impl Proxy {
                 exchange,
             }),
             Err(e) => {
-                let outcome = match e {
+                let (outcome, status) = match &e {
+                    UpgradeError::NotSwitched(r) if bridged && r.status().is_success() => {
+                        let status = http::StatusCode::BAD_GATEWAY;
+                        (Outcome::Rejected(status), status)
+                    }
                     // The upstream's own answer, which the host relays.
-                    UpgradeError::NotSwitched(_) => Outcome::UpgradeRefused,
-                    _ => Outcome::Rejected(e.status()),
+                    UpgradeError::NotSwitched(_) => (Outcome::UpgradeRefused, e.status()),
+                    _ => (Outcome::Rejected(e.status()), e.status()),
                 };
-                exchange.finish(outcome, Some(e.status()));
+                exchange.finish(outcome, Some(status));
                 exchange.end();
                 Err(e)
             }

@@ -393,7 +393,7 @@ impl ProxyService {
         let exchange = self.begin(peer);
         let opened = self
             .proxy
-            .connect_upgrade_with(exchange, head, peer, self.listener)
+            .connect_upgrade_with(exchange, head, peer, self.listener, bridged)
             .await;
         match opened {
             Ok(mut pending) => {
