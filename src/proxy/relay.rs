@@ -148,7 +148,10 @@ where
 /// as nginx holds answers until it has the whole request body
 /// (`proxy_request_buffering on`), and up to [`ANSWER_READ_AHEAD`] of what
 /// follows its head is read meanwhile, so that an upstream writing its
-/// answer as it reads is not stalled by a full socket.
+/// answer as it reads is not stalled by a full socket. Past that (and the
+/// socket buffers) such an upstream stops reading and the body's write
+/// times out: relaying the answer while the body is still sent is what
+/// would lift the limit.
 pub(super) async fn send_body<S>(
     inner: &Inner,
     client: &mut S,
