@@ -1836,10 +1836,9 @@ async fn keepalive_timeout_closes_an_idle_client_connection() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn connect_timeouts_on_every_upstream_give_504() {
-    // A listener that never accepts, with its backlog full: further SYNs
-    // are dropped and connects hang.
+/// A listener that never accepts, with its backlog full: further SYNs are
+/// dropped and connects hang until the fillers go.
+async fn full_backlog() -> (TcpListener, SocketAddr, Vec<TcpStream>) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let full = socket.listen(1).unwrap();
@@ -1853,6 +1852,14 @@ async fn connect_timeouts_on_every_upstream_give_504() {
             fillers.push(s);
         }
     }
+    (full, addr, fillers)
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_timeouts_on_every_upstream_give_504() {
+    // A listener that never accepts, with its backlog full: further SYNs
+    // are dropped and connects hang.
+    let (full, addr, _fillers) = full_backlog().await;
     let gw = Gateway::start(round_robin(&[addr]).connect_timeout(Duration::from_secs(4))).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(upgrade_head("/", "").as_bytes()).await.unwrap();
@@ -2054,19 +2061,7 @@ async fn a_refused_connect_is_502_with_the_socket_error_as_its_source() {
 async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
     // A listener that never accepts, with its backlog full, as in
     // `connect_timeouts_on_every_upstream_give_504`.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let full = socket.listen(1).unwrap();
-    let addr = full.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(100), socket.connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    let (full, addr, _fillers) = full_backlog().await;
     let proxy = round_robin(&[addr])
         .connect_timeout(Duration::from_secs(4))
         .build()
@@ -2088,6 +2083,22 @@ async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
         "{connect:?}"
     );
     drop(full);
+}
+
+/// Runs `pending`'s tunnel and checks that the proxy lists it and can cut
+/// it.
+async fn tunnel_is_listed_and_cut(proxy: &Proxy, pending: wsproxy::PendingUpgrade) {
+    let (client, _far) = tokio::io::duplex(64 * 1024);
+    let tunnel = tokio::spawn(pending.tunnel(client));
+    bounded("the tunnel listed", async {
+        while proxy.counters().tunnels_active == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(proxy.tunnels().len(), 1);
+    assert_eq!(proxy.cut_tunnels(), 1);
+    bounded("the cut tunnel", tunnel).await.unwrap();
 }
 
 /// A reconfigure that takes a group out of the routes while an upgrade to
@@ -2115,17 +2126,7 @@ async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
             .build()
             .unwrap(),
     );
-    let (client, _far) = tokio::io::duplex(64 * 1024);
-    let tunnel = tokio::spawn(pending.tunnel(client));
-    bounded("the tunnel listed", async {
-        while proxy.counters().tunnels_active == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert_eq!(proxy.tunnels().len(), 1);
-    assert_eq!(proxy.cut_tunnels(), 1);
-    bounded("the cut tunnel", tunnel).await.unwrap();
+    tunnel_is_listed_and_cut(&proxy, pending).await;
     // Once it ended, the retired group goes.
     proxy.remove_drained();
     assert_eq!(proxy.groups().len(), 1);
@@ -2135,19 +2136,7 @@ async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
 /// under way (held by a full accept queue): the group stays reachable.
 #[tokio::test]
 async fn a_reconfigure_during_the_upstream_connect_keeps_the_tunnel_listed() {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let full = socket.listen(1).unwrap();
-    let addr = full.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(100), socket.connect(addr)).await
-        {
-            fillers.push(s);
-        }
-    }
+    let (full, addr, fillers) = full_backlog().await;
     let b = ws_upstream(WsUpstreamOptions::default()).await;
     let group = |name: &str, addr| UpstreamGroup::new(name, RoundRobin::new(set(&[addr])));
     let proxy = Proxy::builder()
@@ -2190,17 +2179,7 @@ async fn a_reconfigure_during_the_upstream_connect_keeps_the_tunnel_listed() {
         .await
         .unwrap()
         .unwrap();
-    let (client, _far) = tokio::io::duplex(64 * 1024);
-    let tunnel = tokio::spawn(pending.tunnel(client));
-    bounded("the tunnel listed", async {
-        while proxy.counters().tunnels_active == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    assert_eq!(proxy.tunnels().len(), 1);
-    assert_eq!(proxy.cut_tunnels(), 1);
-    bounded("the cut tunnel", tunnel).await.unwrap();
+    tunnel_is_listed_and_cut(&proxy, pending).await;
     upstream.abort();
 }
 
