@@ -1301,10 +1301,12 @@ async fn an_upstream_answering_before_the_body_is_relayed() {
 }
 
 /// An upstream that answers 200 at once and then echoes the body (a
-/// streaming handler) gets the whole body, and the client the whole echo.
+/// streaming handler) gets the whole body, and the client the whole echo,
+/// both at once: 32 MiB, far past any socket buffer, so an answer held
+/// until the body is through would stall both.
 #[tokio::test]
 async fn an_early_200_does_not_stop_the_request_body() {
-    const SIZE: usize = 256 * 1024;
+    const SIZE: usize = 32 * 1024 * 1024;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (answered_tx, answered) = oneshot::channel();
@@ -1374,6 +1376,62 @@ async fn an_early_200_does_not_stop_the_request_body() {
     assert!(reply.starts_with(b"HTTP/1.1 200"));
     assert_eq!(dechunk(&reply[head_end..]), sent);
     gw.shutdown().await;
+}
+
+/// An upstream that answers at once and never reads the body: its answer
+/// reaches the client at once, not when the body's write times out, and
+/// the rest of the body is given up.
+#[tokio::test(start_paused = true)]
+async fn an_early_redirect_from_an_upstream_that_never_reads_comes_at_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, b"\r\n\r\n").await;
+        s.write_all(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        // Holds the connection and reads nothing more.
+        std::future::pending::<()>().await;
+    });
+    let gw = Gateway::start(round_robin(&[addr]).client_max_body_size(0)).await;
+    let s = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let size = 64 * 1024 * 1024;
+    wr.write_all(
+        format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let answer = within(Duration::from_secs(600), "the redirect", async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        got
+    })
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 302"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    upload.abort();
 }
 
 /// The data of a chunked body (no extensions or trailers).

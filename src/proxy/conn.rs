@@ -18,7 +18,7 @@ use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
-use super::relay::{send_body, BodySent};
+use super::relay::{send_body, BodyCopyError, BodySent};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
@@ -562,6 +562,24 @@ where
         // Boxed: a body's copy state (the re-framer's batch, two futures
         // raced) would otherwise sit in every connection's future, a
         // WebSocket's too, which never has a body, and be copied on spawn.
+        // An answer that comes before the body is through goes out with
+        // the same rewrite as one after it, and closes the connection.
+        let (policy, client, ctx, method) = (
+            &inner.policy,
+            &up.admitted.client,
+            &up.ctx,
+            &up.admitted.method,
+        );
+        let head_of = |response: &mut Response<()>| {
+            // Checked before the rewrite: an answer refused for its framing
+            // goes on to the usual path, which refuses it with 502.
+            BodyKind::of_response(method, response.status(), response.headers()).ok()?;
+            policy.rewrite_response(response, client, ctx);
+            let (kind, _) = plain::prepare_answer(response, method, false)?;
+            let mut head = BytesMut::new();
+            handshake::write_response_head(response, &mut head);
+            Some((head, kind))
+        };
         let sending = Box::pin(send_body(
             &inner,
             &mut self.io,
@@ -569,16 +587,40 @@ where
             &mut up.stream,
             &mut sent.up_buf,
             body,
+            head_of,
         ));
         match sending.await {
             BodySent::Whole(n) => {
                 inner.counters.bytes(n, 0);
                 self.report.body_from_client += n;
             }
-            BodySent::WholeAfterAnswer(n, response) => {
-                inner.counters.bytes(n, 0);
-                self.report.body_from_client += n;
-                sent.early = Some(response);
+            BodySent::Relayed {
+                status,
+                answered,
+                sent: body_sent,
+            } => {
+                // Answered: the upstream is well, whatever became of the
+                // bodies after.
+                up.lease.report_success(self.report.began.into_std());
+                let from_client = match body_sent {
+                    Some(Ok(n)) => n,
+                    _ => 0,
+                };
+                let from_upstream = *answered.as_ref().unwrap_or(&0);
+                inner.counters.bytes(from_client, from_upstream);
+                self.report.body_from_client += from_client;
+                self.report.body_from_upstream += from_upstream;
+                self.report.status = Some(status);
+                self.finish(match answered {
+                    Ok(_) => Outcome::Proxied,
+                    // The head is out: the only honest signal left is
+                    // closing.
+                    Err(BodyCopyError::Write) => Outcome::Abandoned,
+                    Err(_) => Outcome::UpstreamFailed,
+                });
+                // A body cut short: closing must not reset the answer away.
+                self.linger = !matches!(body_sent, Some(Ok(_)));
+                return Err(Next::Close);
             }
             BodySent::EarlyAnswer(response) => {
                 sent.early = Some(response);

@@ -2,11 +2,11 @@
 //! with its framing checked as it passes, and a request body sent upstream
 //! while listening for an early answer.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use http::Response;
+use http::{Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 
@@ -32,12 +32,19 @@ pub(super) enum BodyCopyError {
 /// How sending a request body ended.
 pub(super) enum BodySent {
     Whole(u64),
-    /// The whole body went up after the upstream had answered, without an
-    /// error, before it was through.
-    WholeAfterAnswer(u64, Response<()>),
     /// The upstream refused the body (an error status) before it was
-    /// through, or answered and then stopped reading it.
+    /// through, or gave an answer whose framing is invalid.
     EarlyAnswer(Response<()>),
+    /// The upstream answered without refusing before the body was through,
+    /// and its answer went to the client while the body went on.
+    Relayed {
+        status: StatusCode,
+        /// The answer's body: its bytes, or why it stopped.
+        answered: Result<u64, BodyCopyError>,
+        /// The request's body: its bytes, why it stopped, or `None` when
+        /// the answer ended first and it was given up.
+        sent: Option<Result<u64, BodyCopyError>>,
+    },
     Framing(BodyError),
     Refused(RequestBodyError),
     ClientGone,
@@ -144,42 +151,42 @@ where
 ///
 /// An early answer without an error status (an upload's 200 sent at once,
 /// a streaming echo) does not stop the body: RFC 9112 §9.5 stops a body
-/// only for a server that refuses it. It is held until the body is through,
-/// as nginx holds answers until it has the whole request body
-/// (`proxy_request_buffering on`), and up to [`ANSWER_READ_AHEAD`] of what
-/// follows its head is read meanwhile, so that an upstream writing its
-/// answer as it reads is not stalled by a full socket. Past that (and the
-/// socket buffers) such an upstream stops reading and the body's write
-/// times out: relaying the answer while the body is still sent is what
-/// would lift the limit.
-pub(super) async fn send_body<S>(
+/// only for a server that refuses it. It goes to the client at once, its
+/// head made by `head_of` (the rewrite, `None` for invalid framing), while
+/// the body goes on: full duplex, as HAProxy relays, so an upstream that
+/// answers as it reads is never stalled by a proxy holding its answer. Once
+/// the answer has ended, what is left of the body is given up.
+pub(super) async fn send_body<S, H>(
     inner: &Inner,
     client: &mut S,
     client_buf: &mut BytesMut,
     upstream: &mut UpstreamStream,
     up_buf: &mut BytesMut,
     body: BodyKind,
+    head_of: H,
 ) -> BodySent
 where
-    S: AsyncRead + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    H: FnOnce(&mut Response<()>) -> Option<(BytesMut, BodyKind)> + Send,
 {
     let limits = &inner.limits;
+    let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut up_read, mut up_write) = upstream.split();
     let send = copy_body(
-        client,
+        &mut client_read,
         &mut up_write,
         client_buf,
         BodyWalk::request(body, inner.client_max_body_size),
         inner.timeouts.handshake,
         inner.timeouts.send,
     );
-    // A non-error answer waits here for the body to be through (a mutex
-    // only because the connection's future must be `Send`; never contended).
-    let held: Mutex<Option<Response<()>>> = Mutex::new(None);
+    // Set once the answer is on its way to the client: from then on the
+    // exchange ends with the answer, not with the body.
+    let relaying = AtomicBool::new(false);
     // Interim answers are dropped here: the proxy answered any
     // `Expect: 100-continue` itself.
     let listen = async {
-        let response = loop {
+        let mut response = loop {
             // No deadline of its own: the body's timeouts bound this.
             match read_head_unbounded(&mut up_read, up_buf, HeadScanner::response(*limits), |b| {
                 handshake::parse_response(b, limits)
@@ -188,52 +195,80 @@ where
             {
                 Ok(r) if r.status().is_informational() => continue,
                 Ok(r) => break r,
-                Err(_) => return None,
+                Err(_) => return Heard::Nothing,
             }
         };
         if refuses_body(&response) {
-            return Some(response);
+            return Heard::Refusal(response);
         }
-        if let Ok(mut held) = held.lock() {
-            *held = Some(response);
-        }
-        // Bounded by the read-ahead; then the upstream waits on its socket.
-        while up_buf.len() < ANSWER_READ_AHEAD {
-            up_buf.reserve(READ_CHUNK);
-            if !matches!(up_read.read_buf(up_buf).await, Ok(n) if n > 0) {
-                break;
+        let Some((head, kind)) = head_of(&mut response) else {
+            return Heard::Refusal(response);
+        };
+        relaying.store(true, Ordering::Relaxed);
+        let status = response.status();
+        drop(response);
+        let answered = match write_all_timeout(&mut client_write, &head, inner.timeouts.send).await
+        {
+            Ok(()) => {
+                copy_body(
+                    &mut up_read,
+                    &mut client_write,
+                    up_buf,
+                    BodyWalk::Scan(BodyScanner::new(kind)),
+                    inner.timeouts.read,
+                    inner.timeouts.send,
+                )
+                .await
             }
-        }
-        std::future::pending().await
+            Err(_) => Err(BodyCopyError::Write),
+        };
+        Heard::Relayed { status, answered }
     };
     tokio::pin!(send, listen);
     let mut listening = true;
+    let mut sent = None;
     loop {
         tokio::select! {
             biased;
-            answer = &mut listen, if listening => match answer {
-                Some(response) => return BodySent::EarlyAnswer(response),
+            heard = &mut listen, if listening => match heard {
+                Heard::Refusal(response) => return BodySent::EarlyAnswer(response),
                 // A read error or close: the send side will see it too.
-                None => listening = false,
+                Heard::Nothing => listening = false,
+                Heard::Relayed { status, answered } => {
+                    return BodySent::Relayed { status, answered, sent };
+                }
             },
-            sent = &mut send => return match (sent, held.lock().ok().and_then(|mut h| h.take())) {
-                (Ok(n), None) => BodySent::Whole(n),
-                (Ok(n), Some(answer)) => BodySent::WholeAfterAnswer(n, answer),
-                // It answered and stopped reading: the answer still goes out.
-                (Err(BodyCopyError::Write), Some(answer)) => BodySent::EarlyAnswer(answer),
-                (Err(BodyCopyError::Framing(e)), _) => BodySent::Framing(e),
-                (Err(BodyCopyError::Refused(e)), _) => BodySent::Refused(e),
-                (Err(BodyCopyError::Read), _) => BodySent::ClientGone,
-                (Err(BodyCopyError::ReadTimeout), _) => BodySent::ClientTimedOut,
-                (Err(BodyCopyError::Write), None) => BodySent::UpstreamGone,
+            done = &mut send, if sent.is_none() => {
+                if relaying.load(Ordering::Relaxed) {
+                    // The answer is under way: it ends the exchange.
+                    sent = Some(done);
+                    continue;
+                }
+                return match done {
+                    Ok(n) => BodySent::Whole(n),
+                    Err(BodyCopyError::Framing(e)) => BodySent::Framing(e),
+                    Err(BodyCopyError::Refused(e)) => BodySent::Refused(e),
+                    Err(BodyCopyError::Read) => BodySent::ClientGone,
+                    Err(BodyCopyError::ReadTimeout) => BodySent::ClientTimedOut,
+                    Err(BodyCopyError::Write) => BodySent::UpstreamGone,
+                };
             },
         }
     }
 }
 
-/// How much of a held early answer is read ahead of the request body's
-/// end (nginx `proxy_buffers` default, 8 × 8 KiB, in memory).
-pub(super) const ANSWER_READ_AHEAD: usize = 64 * 1024;
+/// What listening for an early answer came to.
+enum Heard {
+    /// The upstream's stream ended or failed before an answer.
+    Nothing,
+    /// An answer that stops the body, or one the caller must refuse.
+    Refusal(Response<()>),
+    /// An answer relayed to the client while the body went on.
+    Relayed {
+        status: StatusCode,
+        answered: Result<u64, BodyCopyError>,
+    },
+}
 
 /// True for an early answer that stops the request body: an error status,
 /// by which the upstream declines what the body would be for.

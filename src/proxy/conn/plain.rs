@@ -74,40 +74,15 @@ where
         outcome: Outcome,
     ) -> Next {
         let inner = Arc::clone(&self.inner);
-        let body = match BodyKind::of_response(method, response.status(), response.headers()) {
-            Ok(kind) => kind,
-            Err(_) => {
-                return self
-                    .reject(
-                        StatusCode::BAD_GATEWAY,
-                        "upstream answer has invalid framing",
-                        None,
-                    )
-                    .await
-            }
+        let Some((body, keep_alive)) = prepare_answer(&mut response, method, keep_alive) else {
+            return self
+                .reject(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream answer has invalid framing",
+                    None,
+                )
+                .await;
         };
-        let keep_alive = keep_alive && body != BodyKind::UntilClose;
-        if let BodyKind::Length(n) = body {
-            // Equal repeats (`2, 2`, or two fields) passed the check; the
-            // client gets the one value (RFC 9110 §8.6), as some clients
-            // refuse repeats.
-            let headers = response.headers();
-            let lengths = headers.get_all(http::header::CONTENT_LENGTH);
-            if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
-                response
-                    .headers_mut()
-                    .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-        }
-        // The policy marks plain answers `Connection: close`, which is
-        // right toward the one-request upstream connection; toward the
-        // client, keep-alive is decided here.
-        let headers = response.headers_mut();
-        if keep_alive {
-            headers.remove(CONNECTION);
-        } else {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
-        }
         let mut out = BytesMut::new();
         handshake::write_response_head(&response, &mut out);
         if write_all_timeout(&mut self.io, &out, inner.timeouts.send)
@@ -160,4 +135,38 @@ where
             }
         }
     }
+}
+
+/// Readies a plain answer's head for the client: how its body is framed
+/// (`None` when the framing is invalid, a 502) and whether the connection
+/// stays open, which the head then says.
+pub(super) fn prepare_answer(
+    response: &mut Response<()>,
+    method: &Method,
+    keep_alive: bool,
+) -> Option<(BodyKind, bool)> {
+    let body = BodyKind::of_response(method, response.status(), response.headers()).ok()?;
+    let keep_alive = keep_alive && body != BodyKind::UntilClose;
+    if let BodyKind::Length(n) = body {
+        // Equal repeats (`2, 2`, or two fields) passed the check; the
+        // client gets the one value (RFC 9110 §8.6), as some clients refuse
+        // repeats.
+        let headers = response.headers();
+        let lengths = headers.get_all(http::header::CONTENT_LENGTH);
+        if lengths.iter().count() > 1 || lengths.iter().any(|v| v.as_bytes().contains(&b',')) {
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
+    // The policy marks plain answers `Connection: close`, which is right
+    // toward the one-request upstream connection; toward the client,
+    // keep-alive is decided here.
+    let headers = response.headers_mut();
+    if keep_alive {
+        headers.remove(CONNECTION);
+    } else {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    Some((body, keep_alive))
 }
