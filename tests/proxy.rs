@@ -1600,6 +1600,16 @@ async fn upstream_framing_is_normalised_or_closes() {
     }
 }
 
+/// Everything the gateway sends until it closes, waited for at most
+/// `limit` (virtual time on a paused clock).
+async fn until_closed(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
+    let mut reply = Vec::new();
+    within(limit, "the gateway's close", s.read_to_end(&mut reply))
+        .await
+        .unwrap();
+    reply
+}
+
 /// A body that stops coming gets 408 at the read timeout (nginx
 /// `client_body_timeout`), not a bare close.
 #[tokio::test(start_paused = true)]
@@ -1612,14 +1622,7 @@ async fn a_stalled_request_body_is_408() {
         .await
         .unwrap();
     let started = tokio::time::Instant::now();
-    let mut reply = Vec::new();
-    within(
-        Duration::from_secs(60),
-        "the 408",
-        s.read_to_end(&mut reply),
-    )
-    .await
-    .unwrap();
+    let reply = until_closed(&mut s, Duration::from_secs(60)).await;
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
     assert!(
@@ -1644,14 +1647,7 @@ async fn a_blank_line_between_requests_is_ignored() {
         .await
         .unwrap();
     let started = tokio::time::Instant::now();
-    let mut reply = Vec::new();
-    within(
-        Duration::from_secs(600),
-        "the close",
-        s.read_to_end(&mut reply),
-    )
-    .await
-    .unwrap();
+    let reply = until_closed(&mut s, Duration::from_secs(600)).await;
     let reply = String::from_utf8_lossy(&reply);
     assert_eq!(reply.matches("HTTP/1.1").count(), 1, "{reply}");
     assert!(
@@ -1668,14 +1664,7 @@ async fn a_blank_line_between_requests_is_ignored() {
     let answer = read_until(&mut s, b"\r\n\r\nok").await;
     s.write_all(b"\r\n").await.unwrap();
     let started = tokio::time::Instant::now();
-    let mut reply = Vec::new();
-    within(
-        Duration::from_secs(600),
-        "the close",
-        s.read_to_end(&mut reply),
-    )
-    .await
-    .unwrap();
+    let reply = until_closed(&mut s, Duration::from_secs(600)).await;
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
     assert!(
@@ -1706,14 +1695,7 @@ async fn a_reconfigured_handshake_timeout_applies_to_the_next_connection() {
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let started = tokio::time::Instant::now();
-    let mut reply = Vec::new();
-    within(
-        Duration::from_secs(120),
-        "the 408",
-        s.read_to_end(&mut reply),
-    )
-    .await
-    .unwrap();
+    let reply = until_closed(&mut s, Duration::from_secs(120)).await;
     assert!(
         reply.starts_with(b"HTTP/1.1 408"),
         "{}",
@@ -1731,14 +1713,7 @@ async fn a_silent_connection_is_closed_without_an_answer() {
     let gw = Gateway::start(round_robin(&[addr]).handshake_timeout(Duration::from_secs(10))).await;
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     let started = tokio::time::Instant::now();
-    let mut reply = Vec::new();
-    within(
-        Duration::from_secs(60),
-        "the close",
-        s.read_to_end(&mut reply),
-    )
-    .await
-    .unwrap();
+    let reply = until_closed(&mut s, Duration::from_secs(60)).await;
     assert!(reply.is_empty(), "{}", String::from_utf8_lossy(&reply));
     let waited = started.elapsed();
     assert!(
