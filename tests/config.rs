@@ -587,25 +587,8 @@ async fn served_certificate(
     addr: SocketAddr,
     trusted: &[rcgen::CertifiedKey<rcgen::KeyPair>],
 ) -> Vec<u8> {
-    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
-    let mut roots = RootCertStore::empty();
-    for cert in trusted {
-        roots.add(cert.cert.der().clone()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = bounded("tcp connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    let tls = bounded("tls handshake", connector.connect(name, tcp))
-        .await
-        .unwrap();
+    let roots: Vec<_> = trusted.iter().map(|c| c.cert.der().clone()).collect();
+    let tls = support::tls_to(addr, &roots, &[]).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 

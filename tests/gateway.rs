@@ -925,8 +925,6 @@ fn field<'a>(line: &'a str, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn wss_round_trip_with_a_generated_certificate() {
-    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
-
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = std::env::temp_dir().join(format!("wsproxy-gateway-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -944,24 +942,7 @@ async fn wss_round_trip_with_a_generated_certificate() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(gw.banner.contains("listening on wss://"), "{}", gw.banner);
 
-    let mut roots = RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = bounded("tcp connect", TcpStream::connect(gw.addr))
-        .await
-        .unwrap();
-    let tls = bounded(
-        "tls handshake",
-        connector.connect(ServerName::try_from("localhost").unwrap(), tcp),
-    )
-    .await
-    .expect("tls handshake with the gateway's certificate");
+    let tls = support::tls_to(gw.addr, &[cert.cert.der().clone()], &[]).await;
     let url = format!("wss://localhost:{}/", gw.addr.port());
     let (mut ws, response) = bounded("wss upgrade", tokio_tungstenite::client_async(url, tls))
         .await

@@ -3,8 +3,7 @@
 //! h2 (RFC 8441) and HTTP/1.1 alike, and `--no-h2` offers only http/1.1
 //! (nginx `http2 off`).
 
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::support::H2Stream;
@@ -33,31 +32,6 @@ fn certificate(tag: &str) -> (String, String, PathBuf, CertificateDer<'static>) 
     )
 }
 
-/// TLS to the gateway, offering `alpn`, trusting `der`.
-async fn tls(
-    addr: SocketAddr,
-    der: &CertificateDer<'static>,
-    alpn: &[&[u8]],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = RootCertStore::empty();
-    roots.add(der.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = bounded("tcp connect", TcpStream::connect(addr))
-        .await
-        .unwrap();
-    let name = ServerName::try_from("localhost").unwrap();
-    bounded("tls handshake", connector.connect(name, tcp))
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn with_tls_the_gateway_serves_websockets_over_h2() {
     let upstream = ws_upstream(WsUpstreamOptions::default()).await;
@@ -68,7 +42,7 @@ async fn with_tls_the_gateway_serves_websockets_over_h2() {
     assert!(gw.banner.contains("(h2, http/1.1)"), "{}", gw.banner);
 
     // A client offering both gets h2, as browsers do.
-    let stream = tls(gw.addr, &der, &[b"h2", b"http/1.1"]).await;
+    let stream = support::tls_to(gw.addr, std::slice::from_ref(&der), &[b"h2", b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (send, conn) = bounded("h2 handshake", ::h2::client::handshake(stream))
         .await
@@ -111,7 +85,7 @@ async fn no_h2_offers_only_http11() {
     let gw = Gateway::start(&["--tls-cert", &cert, "--tls-key", &key, "--no-h2"]).await;
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!gw.banner.contains("h2"), "{}", gw.banner);
-    let stream = tls(gw.addr, &der, &[b"h2", b"http/1.1"]).await;
+    let stream = support::tls_to(gw.addr, std::slice::from_ref(&der), &[b"h2", b"http/1.1"]).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     let url = format!("wss://localhost:{}/", gw.addr.port());
     let (mut ws, response) = bounded("wss upgrade", tokio_tungstenite::client_async(url, stream))

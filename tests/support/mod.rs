@@ -519,3 +519,31 @@ pub async fn refused_upgrade(addr: SocketAddr, path: &str) -> u16 {
     };
     answer.status().as_u16()
 }
+
+/// TLS to `addr` as `localhost`, trusting only `roots`, offering `alpn`.
+pub async fn tls_to(
+    addr: SocketAddr,
+    roots: &[tokio_rustls::rustls::pki_types::CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    use tokio_rustls::rustls::{self, pki_types::ServerName, ClientConfig, RootCertStore};
+    let mut store = RootCertStore::empty();
+    for der in roots {
+        store.add(der.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = bounded("tcp connect", TcpStream::connect(addr))
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    bounded("tls handshake", connector.connect(name, tcp))
+        .await
+        .unwrap()
+}
