@@ -18,7 +18,7 @@ use super::connect::{connect, proxy_header, write_head};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
-use super::relay::{send_body, BodyCopyError, BodySent};
+use super::relay::{send_body, BodySent};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
@@ -611,12 +611,9 @@ where
                 self.report.body_from_client += from_client;
                 self.report.body_from_upstream += from_upstream;
                 self.report.status = Some(status);
-                self.finish(match answered {
+                self.finish(match &answered {
                     Ok(_) => Outcome::Proxied,
-                    // The head is out: the only honest signal left is
-                    // closing.
-                    Err(BodyCopyError::Write) => Outcome::Abandoned,
-                    Err(_) => Outcome::UpstreamFailed,
+                    Err(e) => plain::broken_answer(e),
                 });
                 // A body cut short: closing must not reset the answer away.
                 self.linger = !matches!(body_sent, Some(Ok(_)));

@@ -125,15 +125,20 @@ where
                 }
             }
             // The head is out: the only honest signal left is closing.
-            Err(BodyCopyError::Write) => {
-                self.finish(Outcome::Abandoned);
-                Next::Close
-            }
-            Err(_) => {
-                self.finish(Outcome::UpstreamFailed);
+            Err(e) => {
+                self.finish(broken_answer(&e));
                 Next::Close
             }
         }
+    }
+}
+
+/// How an exchange ended whose answer's body broke off after its head went
+/// out: the client's fault if writing to it failed, else the upstream's.
+pub(super) fn broken_answer(e: &BodyCopyError) -> Outcome {
+    match e {
+        BodyCopyError::Write => Outcome::Abandoned,
+        _ => Outcome::UpstreamFailed,
     }
 }
 
