@@ -15,54 +15,87 @@ fn less_loaded(a: &Peer, b: &Peer) -> bool {
 }
 
 /// The least loaded of `peers` (indexed from `base`) and `best` so far, as
-/// (index, active, weight), preferring the earlier on a tie. Loads compare
-/// as `a / wa < b / wb` cross-multiplied, as nginx does. Returns true once
-/// an idle peer is found: nothing later can beat it, so the scan stops.
+/// (index, active), preferring the earlier on a tie: equal weights, so
+/// plain counts compare. Returns true once an idle peer is found: nothing
+/// later can beat it, so the scan stops.
 #[inline]
 fn least_in(
     peers: &[Peer],
     base: usize,
     all_available: bool,
-    uniform: bool,
     ctx: &PickContext<'_>,
-    best: &mut Option<(usize, u128, u128)>,
+    best: &mut Option<(usize, usize)>,
 ) -> bool {
-    if all_available && uniform {
-        // Equal weights, all available: plain counts, no multiplication.
-        for (i, peer) in peers.iter().enumerate() {
-            let active = peer.active() as u128;
-            if best.map_or(true, |(_, b_active, _)| active < b_active) {
-                *best = Some((base + i, active, u128::from(peer.weight)));
-                if active == 0 {
-                    return true;
-                }
-            }
-        }
-        return false;
-    }
     for (i, peer) in peers.iter().enumerate() {
         if !all_available && !peer.is_available(ctx) {
             continue;
         }
-        let (active, weight) = (peer.active() as u128, u128::from(peer.weight));
-        match *best {
-            Some((_, b_active, b_weight)) if active * b_weight >= b_active * weight => {}
-            _ => {
-                *best = Some((base + i, active, weight));
-                if active == 0 {
-                    return true;
-                }
+        let active = peer.active();
+        if best.map_or(true, |(_, b_active)| active < b_active) {
+            *best = Some((base + i, active));
+            if active == 0 {
+                return true;
             }
         }
     }
     false
 }
 
+/// The least loaded available peer of `peers` by open leases per unit of
+/// weight (cross-multiplied, as nginx does, to stay in integers). Peers
+/// tied for least share the picks in proportion to their weights, as
+/// nginx breaks such ties by weighted round-robin: `turn` counts picks,
+/// and each walks one step further through the tied peers' weights. With
+/// short requests every peer is idle at each pick, so without this a
+/// `weight=3` upstream would get no more than a `weight=1` one.
+fn weighted_least(
+    peers: &[Peer],
+    all_available: bool,
+    ctx: &PickContext<'_>,
+    turn: usize,
+) -> Option<usize> {
+    let available = |peer: &Peer| all_available || peer.is_available(ctx);
+    let load = |peer: &Peer| (peer.active() as u128, u128::from(peer.weight));
+    // The least load as (index, active, weight), and the tied peers' weight.
+    let mut best: Option<(usize, u128, u128)> = None;
+    let mut tied: u128 = 0;
+    for (i, peer) in peers.iter().enumerate().filter(|(_, p)| available(p)) {
+        let (active, weight) = load(peer);
+        match best {
+            Some((_, b_active, b_weight)) if active * b_weight > b_active * weight => {}
+            Some((_, b_active, b_weight)) if active * b_weight == b_active * weight => {
+                tied += weight;
+            }
+            _ => {
+                best = Some((i, active, weight));
+                tied = weight;
+            }
+        }
+    }
+    let (first, b_active, b_weight) = best?;
+    // Other picks may have moved a count since: the first least one then.
+    let mut step = turn as u128 % tied.max(1);
+    let on_turn = peers.iter().enumerate().find(|&(_, peer)| {
+        let (active, weight) = load(peer);
+        if !available(peer) || active * b_weight != b_active * weight {
+            return false;
+        }
+        if step < weight {
+            return true;
+        }
+        step -= weight;
+        false
+    });
+    Some(on_turn.map_or(first, |(i, _)| i))
+}
+
 /// Weighted least connections (nginx `least_conn`).
 ///
 /// Picks the available peer with the fewest open leases per unit of weight.
-/// Ties are broken round-robin: each pick starts its scan one peer further,
-/// and the first least-loaded peer from there wins.
+/// Ties are broken by weighted round-robin, as nginx does: with equal
+/// weights each pick starts its scan one peer further and the first
+/// least-loaded peer from there wins; otherwise the tied peers take turns
+/// in proportion to their weights.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -109,14 +142,16 @@ impl Balancer for LeastConn {
             if n == 0 {
                 return None;
             }
+            if !state.uniform_weight(tier) {
+                return weighted_least(peers, all, ctx, start);
+            }
             let offset = start % n;
             let (front, back) = peers.split_at(offset);
             let mut best = None;
-            let uniform = state.uniform_weight(tier);
-            if !least_in(back, offset, all, uniform, ctx, &mut best) {
-                least_in(front, 0, all, uniform, ctx, &mut best);
+            if !least_in(back, offset, all, ctx, &mut best) {
+                least_in(front, 0, all, ctx, &mut best);
             }
-            best.map(|(i, _, _)| i)
+            best.map(|(i, _)| i)
         })
     }
 }
@@ -246,6 +281,43 @@ mod tests {
             .collect();
         let heavy = leases.iter().filter(|l| port(l) == 0).count();
         assert_eq!(heavy, 30);
+    }
+
+    #[test]
+    fn least_conn_ties_follow_the_weights() {
+        // Short requests: every lease ends before the next pick, so every
+        // pick finds all idle (nginx breaks the tie by weight).
+        let (set, _) = set_of(&[3, 1, 2]);
+        let b = LeastConn::new(set);
+        let request = request();
+        let now = epoch();
+        let mut by_port = [0; 3];
+        for _ in 0..600 {
+            by_port[port(&b.pick(&ctx(&request, now)).unwrap()) as usize] += 1;
+        }
+        assert_eq!(by_port, [300, 100, 200]);
+    }
+
+    #[test]
+    fn least_conn_ties_among_the_least_loaded_only() {
+        let (set, ids) = set_of(&[3, 1, 2]);
+        let b = LeastConn::new(set.clone());
+        let request = request();
+        let now = epoch();
+        // Upstream 0 holds 3 leases (1 per weight), 1 holds 1 (1 per
+        // weight), 2 holds 4 (2 per weight): 0 and 1 tie, 3 to 1.
+        let snapshot = set.snapshot();
+        let held: Vec<Lease> = [(0, 3), (1, 1), (2, 4)]
+            .iter()
+            .flat_map(|&(i, n)| (0..n).map(move |_| i))
+            .map(|i: usize| snapshot.get(ids[i]).unwrap().lease())
+            .collect();
+        let mut by_port = [0; 3];
+        for _ in 0..400 {
+            by_port[port(&b.pick(&ctx(&request, now)).unwrap()) as usize] += 1;
+        }
+        assert_eq!(by_port, [300, 100, 0]);
+        drop(held);
     }
 
     #[test]
