@@ -563,3 +563,56 @@ async fn tunnel_future_holds_no_copy_buffer() {
     let size = std::mem::size_of_val(&fut);
     assert!(size < 1024, "tunnel future is {size} bytes");
 }
+
+/// The upstream writes 64 KiB at once into a tunnel whose client reads
+/// 512 bytes every 2 s for 30 s (after half-closing first, if
+/// `half_close`), then stops reading. How the tunnel ended, and when
+/// (from the upstream's write), or `None` if it still ran at 30 s.
+async fn slow_reader(config: TunnelConfig, half_close: bool) -> (Option<Duration>, TunnelStats) {
+    let (mut browser, mut backend, task) = duplex_tunnel_with(1024, 128 * 1024, config, pending());
+    if half_close {
+        browser.shutdown().await.unwrap();
+    }
+    backend.write_all(&vec![7u8; 64 * 1024]).await.unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    let mut ended = None;
+    for _ in 0..15 {
+        sleep(Duration::from_secs(2)).await;
+        if task.is_finished() {
+            ended = Some(start.elapsed());
+            break;
+        }
+        let n = bounded(browser.read(&mut buf)).await.unwrap();
+        assert!(n > 0, "the tunnel ended the client's stream early");
+    }
+    // Now nothing moves: the timeout must still end the tunnel.
+    let stats = bounded(task).await.unwrap();
+    (ended, stats)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_counts_writes_to_a_slow_reader_as_activity() {
+    // No send or read timeout: only the idle one (HAProxy `timeout tunnel`
+    // counts both directions' activity, writes included).
+    let config = TunnelConfig::new().idle_timeout(Duration::from_secs(10));
+    let (ended, stats) = slow_reader(config, false).await;
+    assert_eq!(ended, None, "bytes moved every 2 s, yet the tunnel ended");
+    assert!(
+        matches!(stats.end, TunnelEnd::Timeout(Timeout::Idle)),
+        "{:?}",
+        stats.end
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn linger_timeout_counts_writes_to_a_slow_reader_as_activity() {
+    let config = TunnelConfig::new().linger_timeout(Duration::from_secs(5));
+    let (ended, stats) = slow_reader(config, true).await;
+    assert_eq!(ended, None, "bytes moved every 2 s, yet the tunnel ended");
+    assert!(
+        matches!(stats.end, TunnelEnd::Timeout(Timeout::Linger)),
+        "{:?}",
+        stats.end
+    );
+}

@@ -106,9 +106,15 @@ impl Deadlines {
         let upstream_read = timeouts.upstream_read != NEVER;
         Self {
             // Stalls matter to the send timeout, and suspend a read timeout
-            // or a ping's.
-            c2u: Stamps::new(idle || client_read, send || client_read || pings),
-            u2c: Stamps::new(idle || upstream_read, send || upstream_read || pings),
+            // or a ping's. And a side is not read while its bytes wait for
+            // a slow writer: the writer's progress after a stall counts as
+            // activity, or the idle timeout would cut a tunnel whose bytes
+            // still move (HAProxy's `timeout tunnel` counts writes too).
+            c2u: Stamps::new(idle || client_read, idle || send || client_read || pings),
+            u2c: Stamps::new(
+                idle || upstream_read,
+                idle || send || upstream_read || pings,
+            ),
             timeouts,
             first_eof_at: NEVER,
             parted_by: NEVER,
@@ -128,9 +134,13 @@ impl Deadlines {
             self.first_eof_at = now;
             // The linger measures the silence of the direction left, from
             // now on only: no clock read per chunk before an EOF.
+            // Its stalls too, as for the idle timeout: writes to a slow
+            // reader are the direction moving.
             if self.timeouts.linger != NEVER {
-                self.c2u.track_reads = true;
-                self.u2c.track_reads = true;
+                for stamps in [&mut self.c2u, &mut self.u2c] {
+                    stamps.track_reads = true;
+                    stamps.track_stalls = true;
+                }
             }
         }
     }
