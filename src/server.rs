@@ -156,10 +156,11 @@ impl Server {
     /// idle while no stream is open on it, and closes with a GOAWAY. A
     /// connection with a tunnel is never taken. Without an idle one it
     /// waits for a connection to end, and the next ones wait in the listen
-    /// backlog.
+    /// backlog. At most [`Semaphore::MAX_PERMITS`] (`usize::MAX` is taken
+    /// as that).
     #[must_use = "builder methods return the updated builder"]
     pub fn max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max.max(1);
+        self.max_connections = max.clamp(1, Semaphore::MAX_PERMITS);
         self
     }
 
@@ -646,5 +647,36 @@ mod tests {
         let size = std::mem::size_of::<Task>();
         println!("connection task {size} bytes");
         assert!(size <= 416, "connection task grew to {size} bytes");
+    }
+
+    #[tokio::test]
+    async fn unlimited_connections_serve() {
+        use crate::balance::{RoundRobin, Upstream, UpstreamSet};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Nothing listens there: the request gets the proxy's own 502.
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap();
+        let set: UpstreamSet = [Upstream::new(dead)].into_iter().collect();
+        let proxy = Proxy::builder()
+            .upstream(RoundRobin::new(set))
+            .build()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Semaphore::new panics above MAX_PERMITS; each worker's share
+        // of usize::MAX is above it too.
+        let server = Server::new(proxy).max_connections(usize::MAX);
+        let serving = tokio::spawn(server.serve(listener, std::future::pending()));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), client.read_to_end(&mut answer));
+        read.await.unwrap().unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 502"), "{answer:?}");
+        serving.abort();
     }
 }

@@ -434,3 +434,45 @@ async fn a_custom_probe_marks_a_live_upstream_down_and_up_on_demand() {
     timeout(BOUND, task).await.unwrap().unwrap();
     server.abort();
 }
+
+/// A host's probe that panics on its first `panics` runs, then passes.
+#[derive(Debug)]
+struct PanicsFirst {
+    panics: usize,
+    runs: AtomicUsize,
+}
+
+impl Probe for PanicsFirst {
+    fn probe<'a>(&'a self, _upstream: &'a UpstreamAddr) -> ProbeFuture<'a> {
+        Box::pin(async move {
+            let run = self.runs.fetch_add(1, Ordering::SeqCst);
+            assert!(run >= self.panics, "a host's probe panicked");
+            true
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_fails_its_check_and_checks_go_on() {
+    let set = UpstreamSet::new();
+    let id = set.add(Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9))));
+    let probe = Arc::new(PanicsFirst {
+        panics: 2,
+        runs: AtomicUsize::new(0),
+    });
+    let running = start(
+        &set,
+        HealthCheck::builder()
+            .probe(Arc::clone(&probe))
+            .interval(INTER)
+            .rise(1)
+            .fall(2),
+    );
+    // Two panics are two failed checks: down. Before, the first left the
+    // upstream "being checked" and it was never checked again.
+    until_check_down(&set, id, true).await;
+    // The next check passes and brings it back.
+    until_check_down(&set, id, false).await;
+    assert!(probe.runs.load(Ordering::SeqCst) >= 3);
+    running.stop().await;
+}

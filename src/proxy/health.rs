@@ -20,6 +20,7 @@
 //! given the group's TLS configuration (`HealthChecker::tls`, feature
 //! `rustls`), TLS upstreams through a TLS handshake first.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -350,6 +351,9 @@ impl HealthChecker {
         // A check that failed while the process could not open sockets
         // (`local_failures` moved) says nothing of the upstream.
         let mut running: JoinSet<(UpstreamId, bool, bool)> = JoinSet::new();
+        // Whose check each task runs: a host's probe may panic, and its
+        // upstream must not then stay "being checked" for good.
+        let mut checking: HashMap<tokio::task::Id, UpstreamId> = HashMap::new();
         // Every change of the set bumps its generation: an unchanged one
         // holds the same upstreams, and the sync's sort can be skipped.
         let mut synced = None;
@@ -382,7 +386,7 @@ impl HealthChecker {
                 let limit = config.timeout();
                 #[cfg(feature = "rustls")]
                 let tls = self.tls.clone();
-                running.spawn(async move {
+                let task = running.spawn(async move {
                     let before = super::connect::local_failures();
                     #[cfg(feature = "rustls")]
                     let probing = match &tls {
@@ -394,6 +398,7 @@ impl HealthChecker {
                     let ok = tokio::time::timeout(limit, probing).await.unwrap_or(false);
                     (id, ok, super::connect::local_failures() != before)
                 });
+                checking.insert(task.id(), id);
             }
             drop(snapshot);
             // Wake for the next due check, but at least once an interval so
@@ -406,12 +411,21 @@ impl HealthChecker {
                 });
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(joined) = running.join_next(), if !running.is_empty() => {
-                    // Check tasks neither panic nor get aborted while running;
-                    // a JoinError would leave that upstream unchecked.
+                Some(joined) = running.join_next_with_id(), if !running.is_empty() => {
+                    // A probe that panicked failed its check (nothing aborts
+                    // a check task while the checker runs).
                     let (id, ok, local_failure) = match joined {
-                        Ok(result) => result,
-                        Err(_) => continue,
+                        Ok((task, result)) => {
+                            checking.remove(&task);
+                            result
+                        }
+                        Err(e) => {
+                            let Some(id) = checking.remove(&e.id()) else {
+                                continue;
+                            };
+                            tracing::warn!(upstream = %id, error = %e, "health check panicked");
+                            (id, false, false)
+                        }
                     };
                     if !ok && local_failure {
                         tracing::warn!(upstream = %id, "health check inconclusive: the proxy is out of sockets");

@@ -264,7 +264,10 @@ impl Rebalancer {
     /// Closes `tunnels[i]` for each `i` of `close`, `rate` a second; returns
     /// the handles of those it closed.
     async fn close_paced(&self, tunnels: &[LiveTunnel], close: &[usize]) -> Vec<TunnelHandle> {
-        let mut ticker = tokio::time::interval(Duration::from_secs(1) / self.rate);
+        // Above 10⁹ a second the period would round to zero, which tokio
+        // refuses: as fast as the clock counts instead.
+        let period = (Duration::from_secs(1) / self.rate).max(Duration::from_nanos(1));
+        let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut closed = Vec::with_capacity(close.len());
         for tunnel in close.iter().filter_map(|&i| tunnels.get(i)) {
@@ -348,6 +351,23 @@ mod tests {
             .map(|t| t.upstream)
             .collect();
         assert_eq!(closed, [a, a, a, a]);
+        drop(guards);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_highest_rate_closes_without_a_panic() {
+        let set = UpstreamSet::new();
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let a = set.add(Upstream::new(addr(9001)));
+        set.add(Upstream::new(addr(9002)));
+        let group = UpstreamGroup::new("g", LeastConn::new(set.clone()));
+        let guards: Vec<Registered> = (0..4).map(|_| enter(&group, a)).collect();
+        // "As fast as possible": a period of under a nanosecond.
+        let report = Rebalancer::new(group.clone(), set)
+            .rate(u32::MAX)
+            .run()
+            .await;
+        assert_eq!((report.needed, report.moved), (2, 2));
         drop(guards);
     }
 }
