@@ -2607,3 +2607,34 @@ async fn a_pending_upgrade_dropped_before_its_tunnel_is_abandoned_and_reported()
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].1, Some(wsproxy::proxy::Outcome::Abandoned));
 }
+
+/// A group kept by name across a reconfigure keeps its tunnel registry but
+/// may take a new set: closing the new set's upstream must not close the
+/// tunnels of the old set's. Upstream ids were numbered per set from 0, so
+/// both upstreams were the same id to the registry.
+#[tokio::test]
+async fn closing_an_upstream_after_a_reconfigure_spares_the_old_sets_tunnels() {
+    let a = ws_upstream(WsUpstreamOptions::default()).await;
+    let b = ws_upstream(WsUpstreamOptions::default()).await;
+    let chat = |set| UpstreamGroup::new("chat", RoundRobin::new(set));
+    let gw = Gateway::start(Proxy::builder().route(Route::new("/", chat(set(&[a.addr]))))).await;
+    let mut to_a = client(gw.addr).await;
+    echo(&mut to_a, "a".into()).await;
+
+    let set_b = UpstreamSet::new();
+    let id_b = set_b.add(Upstream::new(b.addr));
+    let next = Proxy::builder().route(Route::new("/", chat(set_b))).build();
+    gw.proxy.reconfigure(next.unwrap());
+    let mut to_b = client(gw.addr).await;
+    echo(&mut to_b, "b".into()).await;
+
+    let group = gw.proxy.groups()[0].clone();
+    let by_upstream = group.tunnels().count_by_upstream();
+    assert_eq!(by_upstream.get(&id_b), Some(&1), "{by_upstream:?}");
+    let frame = wsproxy::frame::CloseFrame::new(1012, "restart").unwrap();
+    assert_eq!(group.tunnels().close_upstream(id_b, &frame), 1);
+    assert_eq!(await_close(&mut to_b).await.0, Some(1012));
+    // A's tunnel still carries messages.
+    echo(&mut to_a, "still here".into()).await;
+    gw.shutdown().await;
+}

@@ -648,7 +648,7 @@ mod tests {
     fn tunnels_off_eligible_upstreams_are_left_out() {
         let (set, ids) = set_of(&[1, 1, 1, 1]);
         set.set_down(ids[3], true);
-        let gone = UpstreamId(999);
+        let gone = UpstreamId(u64::MAX);
         let mut t = tunnels(&ids, &[500, 500, 0, 700], |_, _| None);
         t.extend((0..300).map(|_| Placed::new(gone, None)));
         let plan = Rebalance::default().plan(&set.snapshot(), &t, usize::MAX);
@@ -669,7 +669,7 @@ mod tests {
         let plan = Rebalance::default().plan(&empty.snapshot(), &[], usize::MAX);
         assert_eq!((plan.close.len(), plan.needed), (0, 0));
         assert_eq!(plan.spread.ratio(), 1.0);
-        let t = vec![Placed::new(UpstreamId(5), None); 10];
+        let t = vec![Placed::new(UpstreamId(u64::MAX), None); 10];
         let plan = Rebalance::default().plan(&empty.snapshot(), &t, usize::MAX);
         assert_eq!((plan.close.len(), plan.spread.total), (0, 0));
         // A huge factor never moves anything; huge weights do not overflow.
@@ -724,7 +724,7 @@ mod tests {
                 set.set_down(*id, d && *id != ids[0]);
             }
             // Index `n` (and above) is an id the set does not know.
-            let id = |i: usize| ids.get(i).copied().unwrap_or(UpstreamId(500 + i as u64));
+            let id = |i: usize| ids.get(i).copied().unwrap_or(UpstreamId(u64::MAX - i as u64));
             let t: Vec<Placed> = raw.iter().map(|&(u, h)| Placed::new(id(u), h.map(id))).collect();
             let snapshot = set.snapshot();
             let r = Rebalance::new(factor).unwrap();

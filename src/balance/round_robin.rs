@@ -221,7 +221,7 @@ mod tests {
         let (set, _) = set_of(&[5, 1, 1]);
         let rr = RoundRobin::new(set);
         // A failed id outside the set forces the per-peer scan.
-        let other = super::super::UpstreamId(99);
+        let other = super::super::UpstreamId(u64::MAX);
         assert_eq!(order(&rr, 14, &[other]), "aabacaaaabacaa");
     }
 

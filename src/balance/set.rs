@@ -47,8 +47,8 @@ pub struct UpstreamSet {
 
 struct Inner {
     state: ArcSwap<State>,
-    /// Serialises writers; holds the next id.
-    write: Mutex<u64>,
+    /// Serialises writers.
+    write: Mutex<()>,
     counters: Arc<Counters>,
 }
 
@@ -59,7 +59,7 @@ impl UpstreamSet {
         Self {
             inner: Arc::new(Inner {
                 state: ArcSwap::from_pointee(State::new(0, 0, Vec::new(), Arc::clone(&counters))),
-                write: Mutex::new(0),
+                write: Mutex::new(()),
                 counters,
             }),
         }
@@ -67,13 +67,12 @@ impl UpstreamSet {
 
     /// Adds an upstream and returns its id.
     pub fn add(&self, upstream: Upstream) -> UpstreamId {
-        let mut next = self
+        let _write = self
             .inner
             .write
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let id = UpstreamId(*next);
-        *next += 1;
+        let id = UpstreamId::fresh();
         let shared = Arc::new(Shared::new(id, &upstream, Arc::clone(&self.inner.counters)));
         let peer = Peer {
             shared,
@@ -710,7 +709,7 @@ mod tests {
         set.set_weight(ids[0], 3);
         assert!(set.load().layout > l);
         assert_eq!(set.snapshot().get(ids[0]).unwrap().weight(), 3);
-        assert!(!set.set_weight(UpstreamId(99), 3));
+        assert!(!set.set_weight(UpstreamId(u64::MAX), 3));
     }
 
     #[test]
@@ -733,7 +732,7 @@ mod tests {
         assert!(b.pick(&ctx(&request, now)).is_err());
         set.set_check_down(ids[0], false);
         assert_eq!(b.pick(&ctx(&request, now)).unwrap().id(), ids[0]);
-        assert!(!set.set_check_down(UpstreamId(99), true));
+        assert!(!set.set_check_down(UpstreamId(u64::MAX), true));
     }
 
     #[test]

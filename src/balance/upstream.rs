@@ -183,10 +183,20 @@ impl fmt::Display for UpstreamAddr {
     }
 }
 
-/// Identifies an upstream within its [`UpstreamSet`](super::UpstreamSet) for
-/// its whole life; never reused.
+/// Identifies an upstream for its whole life; never reused, and unique
+/// across every [`UpstreamSet`](super::UpstreamSet) of the process, so that
+/// a tunnel registry kept across a reconfigure that brought a new set
+/// never mistakes one set's upstream for another's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpstreamId(pub(crate) u64);
+
+impl UpstreamId {
+    /// An id no upstream had before.
+    pub(crate) fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
 
 impl fmt::Display for UpstreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

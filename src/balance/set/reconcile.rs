@@ -66,7 +66,7 @@ impl UpstreamSet {
     /// # }
     /// ```
     pub fn reconcile(&self, desired: &[Upstream]) -> Reconciled {
-        let mut next = self
+        let _write = self
             .inner
             .write
             .lock()
@@ -93,8 +93,7 @@ impl UpstreamSet {
                         done.kept.push(peer.id());
                     }
                     None => {
-                        let id = UpstreamId(*next);
-                        *next += 1;
+                        let id = UpstreamId::fresh();
                         added.push(Peer {
                             shared: std::sync::Arc::new(Shared::new(
                                 id,
