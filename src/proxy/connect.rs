@@ -96,13 +96,14 @@ fn pick_or_last_resort(group: &UpstreamGroup, ctx: &PickContext<'_>) -> Result<L
 }
 
 /// Picks and connects, trying the next upstream after a refused or timed out
-/// connect (nginx `proxy_next_upstream error timeout`).
+/// connect (nginx `proxy_next_upstream error timeout`), or one the proxy
+/// had no local address or port for.
 ///
 /// # Errors
 ///
 /// The last I/O error when any try failed that way (502), a timeout when
-/// every try timed out (504), or the balancer's refusal when it had nothing
-/// to try.
+/// every try timed out (504), the proxy's own lack of sockets (500), or the
+/// balancer's refusal when it had nothing to try.
 pub(super) async fn connect(
     inner: &Inner,
     group: &UpstreamGroup,
@@ -113,6 +114,7 @@ pub(super) async fn connect(
     // Only the failure path pays for these.
     let mut last_io: Option<(UpstreamAddr, io::Error)> = None;
     let mut last_timeout: Option<UpstreamAddr> = None;
+    let mut last_local: Option<ConnectError> = None;
     let mut refused = SelectError::NoneAvailable;
     for _ in 0..inner.max_tries {
         let now = Instant::now().into_std();
@@ -137,10 +139,19 @@ pub(super) async fn connect(
             Ok(Ok(stream)) => return Ok((lease, stream)),
             Ok(Err(e)) if is_local(&e) => {
                 tracing::error!(upstream = ?lease.addr(), error = %e, "no socket for an upstream connect");
-                return Err(ConnectError::Local {
+                let per_upstream = local_to_upstream(&e);
+                let local = ConnectError::Local {
                     upstream: lease.addr().clone(),
                     source: e,
-                });
+                };
+                if !per_upstream {
+                    return Err(local);
+                }
+                // Not the upstream's failure: no mark against it, but
+                // another upstream may well be reachable.
+                last_local = Some(local);
+                failed.push(lease.id());
+                continue;
             }
             Ok(Err(e)) => {
                 tracing::warn!(upstream = ?lease.addr(), error = %e, "connect failed");
@@ -162,8 +173,20 @@ pub(super) async fn connect(
             upstream,
             timeout: inner.timeouts.connect,
         },
-        (None, None) => ConnectError::Select(refused),
+        (None, None) => last_local.unwrap_or(ConnectError::Select(refused)),
     })
+}
+
+/// Whether a local connect failure ([`is_local`]) concerns only the
+/// upstream tried, so that the next one is worth trying: no local port left
+/// toward that address, or no source address for its family (an IPv6
+/// upstream on a host without IPv6), both `EADDRNOTAVAIL`. Out of file
+/// descriptors or memory, every try would fail alike.
+fn local_to_upstream(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    return e.raw_os_error() == Some(libc::EADDRNOTAVAIL);
+    #[cfg(not(unix))]
+    return e.kind() == io::ErrorKind::AddrNotAvailable;
 }
 
 /// Connects that failed for want of local resources, since start: a health
@@ -375,6 +398,18 @@ mod tests {
     use crate::balance::{RoundRobin, Upstream, UpstreamSet};
     use crate::forward::Scheme;
     use crate::Proxy;
+
+    #[cfg(unix)]
+    #[test]
+    fn only_an_address_not_available_is_worth_another_upstream() {
+        let os = io::Error::from_raw_os_error;
+        assert!(is_local(&os(libc::EADDRNOTAVAIL)));
+        assert!(local_to_upstream(&os(libc::EADDRNOTAVAIL)));
+        for no_resources in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(is_local(&os(no_resources)));
+            assert!(!local_to_upstream(&os(no_resources)));
+        }
+    }
 
     #[test]
     fn authority_is_the_upstream_address_as_printed() {
