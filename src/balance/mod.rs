@@ -19,7 +19,7 @@
 //! | [`IpHash`] | nginx `ip_hash`: an IPv4 client's /24 or a whole IPv6 address, nginx's constants |
 //! | [`ConsistentHash`] | nginx `hash $key consistent` (ketama), keyed by [`HashKey`]: address, header, cookie, path or query parameter |
 //! | [`BoundedLoad`] | HAProxy `hash-balance-factor`: consistent hashing that skips an upstream above 1.25 × the average load |
-//! | [`LeastConn`] | nginx `least_conn`: fewest open leases per unit of weight, ties broken round-robin |
+//! | [`LeastConn`] | nginx `least_conn`: fewest open leases per unit of weight, ties broken by weighted round-robin |
 //! | [`RandomTwo`] | nginx `random two least_conn` |
 //!
 //! All of them skip upstreams that are down, draining, removed, sitting out

@@ -274,6 +274,12 @@ impl Rings {
         fits: impl Fn(usize) -> F,
     ) -> Option<&'s Peer> {
         choose_tiers(state, |tier, peers| {
+            // With nothing available (every primary down, say) the walk
+            // would visit each of the ring's points, 512 per unit of
+            // weight, on every pick: one pass over the peers says so first.
+            if !peers.iter().any(&available) {
+                return None;
+            }
             let fits = fits(tier);
             let mut first = None;
             for i in self.tier(tier).walk(hash) {
@@ -434,6 +440,22 @@ mod tests {
             }
         }
         moved
+    }
+
+    #[test]
+    fn a_tier_with_nothing_available_is_not_walked() {
+        let (set, _) = set_of(&[100, 100, 100]);
+        let state = set.load();
+        let rings = Rings::new(&state);
+        let asked = std::cell::Cell::new(0);
+        let down = |_: &Peer| {
+            asked.set(asked.get() + 1);
+            false
+        };
+        assert!(rings.place(&state, 42, down, any_load).is_none());
+        // One look at each of the three peers, not one per ring point
+        // (153,600 of them).
+        assert_eq!(asked.get(), 3);
     }
 
     #[test]
