@@ -3,7 +3,8 @@
 # too small for the anchors harness to see through the machine's swings.
 # Both gateways run side by side against the same two echo backends; each
 # round runs the same wsbench load (LOAD=hs: handshakes, concurrency 50;
-# LOAD=tp1k: 1 KiB echoes, 50 connections x 8 in flight) for DUR s against
+# LOAD=tp1k: 1 KiB echoes, 50 connections x 8 in flight; LOAD=tp64k: 64 KiB
+# echoes, 10 connections x 8 in flight, as anchors.sh) for DUR s against
 # A then B, or B then A on odd rounds, reading each gateway's CPU
 # (utime+stime from /proc) around its load. Prints every round's CPU per
 # operation and B/A, then the median, mean and spread of B/A: a shared
@@ -32,6 +33,7 @@ per_op() {         # per_op PID URL: ns of the gateway's CPU per operation
     case $LOAD in
         hs) "$WSB" handshakes --concurrency 50 --duration "$DUR" --url "$2" ;;
         tp1k) "$WSB" throughput --conns 50 --size 1024 --window 8 --duration "$DUR" --url "$2" ;;
+        tp64k) "$WSB" throughput --conns 10 --size 65536 --window 8 --duration "$DUR" --url "$2" ;;
     esac >"$OUT/load.json" 2>"$OUT/load.log"
     t1=$(ticks "$1")
     ops=$(grep '^{' "$OUT/load.json" | tail -n 1 | jq '(.ok // .messages) - .errors')
