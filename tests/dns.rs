@@ -231,32 +231,6 @@ async fn srv_records_bring_their_ports_weights_and_priorities() {
     assert_eq!((count(a), count(b), count(c)), (6, 2, 0));
 }
 
-/// The first-choice target has no address (NXDOMAIN): the next priority
-/// serves as primary, not as a backup beside nothing.
-#[tokio::test(start_paused = true)]
-async fn srv_priorities_count_only_targets_with_an_address() {
-    let a = backend().await;
-    let mut zone = Zone::with_hosts(&["backend.test"], &[LOCAL4], 30);
-    let gone = SrvRecord {
-        priority: 0,
-        target: "gone.test".into(),
-        ..srv(9, 1)
-    };
-    zone.srv
-        .insert("_ws._tcp.chat.test".into(), vec![gone, srv(a.port(), 1)]);
-    let dns = DnsServer::start(zone).await;
-    let set = UpstreamSet::new();
-    let handle = discovery(&dns, DnsName::srv("_ws._tcp.chat.test"), &set)
-        .spawn()
-        .unwrap();
-    lookups(&handle, 1).await;
-    let members: Vec<(SocketAddr, bool)> = peers(&set)
-        .iter()
-        .filter_map(|p| Some((p.addr().as_socket_addr()?, p.is_backup())))
-        .collect();
-    assert_eq!(members, [(a, false)]);
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_vanished_srv_target_drains_its_tunnels_untouched_until_they_end() {
     let (a, b) = (backend().await, backend().await);

@@ -556,14 +556,20 @@ async fn a_down_upstream_is_skipped_and_all_down_is_502() {
 
 /// nginx `max_fails=2`: an upstream that accepts connections and drops them
 /// unanswered is out after its second failure. A connect that succeeds is no
-/// success for passive health; only an answer is.
+/// success for passive health; only an answer is. Each of its failures is
+/// retried on the other upstream (`proxy_next_upstream error`), so no
+/// client sees one.
 #[tokio::test]
 async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
     let good = ws_upstream(WsUpstreamOptions::default()).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bad = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
     let dropper = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
             drop(stream);
         }
     });
@@ -576,17 +582,18 @@ async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
         })
         .collect();
     let gw = Gateway::start(Proxy::builder().upstream(RoundRobin::new(set))).await;
-    let mut refused = 0;
     for _ in 0..10 {
-        match bounded("an upgrade", tokio_tungstenite::connect_async(gw.url("/"))).await {
-            Ok((mut ws, _)) => {
-                ws.send(Message::text("ok")).await.unwrap();
-                assert_eq!(next_data(&mut ws).await, Message::text("ok"));
-            }
-            Err(_) => refused += 1,
-        }
+        let (mut ws, _) = bounded("an upgrade", tokio_tungstenite::connect_async(gw.url("/")))
+            .await
+            .unwrap();
+        ws.send(Message::text("ok")).await.unwrap();
+        assert_eq!(next_data(&mut ws).await, Message::text("ok"));
     }
-    assert_eq!(refused, 2, "the bad upstream kept its turn");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the bad upstream kept its turn"
+    );
     dropper.abort();
     gw.shutdown().await;
 }
@@ -2637,4 +2644,85 @@ async fn closing_an_upstream_after_a_reconfigure_spares_the_old_sets_tunnels() {
     // A's tunnel still carries messages.
     echo(&mut to_a, "still here".into()).await;
     gw.shutdown().await;
+}
+
+/// An upstream that takes each connection, reads its request head and
+/// closes without an answer, as a backend going down does; counts the
+/// heads it read.
+async fn closes_unanswered() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, heads)
+}
+
+/// nginx `proxy_next_upstream error timeout`: an upstream that closes
+/// before answering a WebSocket upgrade (or a GET) gets the request
+/// retried on the next one; a request with a body, which is not kept to
+/// send again, gets the 502.
+#[tokio::test]
+async fn an_upstream_that_closes_unanswered_is_retried_on_the_next() {
+    use std::sync::atomic::Ordering;
+    let (dead, heads) = closes_unanswered().await;
+    let live = ws_upstream(WsUpstreamOptions::default()).await;
+    let gw = Gateway::start(round_robin(&[dead, live.addr])).await;
+    for i in 0..4 {
+        let mut ws = client(gw.addr).await;
+        echo(&mut ws, format!("try {i}")).await;
+    }
+    assert!(
+        heads.load(Ordering::SeqCst) >= 1,
+        "the closing upstream was never tried"
+    );
+    gw.shutdown().await;
+
+    let (dead, heads) = closes_unanswered().await;
+    let (ok, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = Gateway::start(round_robin(&[dead, ok])).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let before = heads.load(Ordering::SeqCst);
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        let post = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+        c.write_all(post.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&read_to_end(&mut c).await).into_owned();
+        let hit_dead = heads.load(Ordering::SeqCst) > before;
+        statuses.push((hit_dead, answer.lines().next().unwrap_or("").to_owned()));
+    }
+    for (hit_dead, status) in &statuses {
+        let expected = if *hit_dead { " 502 " } else { " 200 " };
+        assert!(status.contains(expected), "{statuses:?}");
+    }
+    gw.shutdown().await;
+}
+
+/// The same on the embedded path: `Proxy::connect_upgrade` opens the
+/// upgrade on the next upstream.
+#[tokio::test]
+async fn an_embedded_upgrade_is_retried_past_an_upstream_that_closes_unanswered() {
+    use std::sync::atomic::Ordering;
+    let (dead, heads) = closes_unanswered().await;
+    let live = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[dead, live.addr]).build().unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    for _ in 0..2 {
+        let upgrade = proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http);
+        bounded("the upgrade", upgrade).await.unwrap();
+    }
+    assert_eq!(heads.load(Ordering::SeqCst), 1);
 }

@@ -73,20 +73,23 @@ fn weighted_least(
         }
     }
     let (first, b_active, b_weight) = best?;
-    // Other picks may have moved a count since: the first least one then.
     let mut step = turn as u128 % tied.max(1);
-    let on_turn = peers.iter().enumerate().find(|&(_, peer)| {
+    // Other picks may have moved a count since the first pass, so that no
+    // peer takes this turn: then the last one still tied, not `first`,
+    // which may be the one whose count moved.
+    let mut still_tied = None;
+    for (i, peer) in peers.iter().enumerate() {
         let (active, weight) = load(peer);
         if !available(peer) || active * b_weight != b_active * weight {
-            return false;
+            continue;
         }
         if step < weight {
-            return true;
+            return Some(i);
         }
         step -= weight;
-        false
-    });
-    Some(on_turn.map_or(first, |(i, _)| i))
+        still_tied = Some(i);
+    }
+    Some(still_tied.unwrap_or(first))
 }
 
 /// Weighted least connections (nginx `least_conn`).

@@ -360,8 +360,8 @@ impl Task {
             Err(e) => return (failed(&self.config.name, &e), None, true),
         };
         let mut ttl = min_ttl(srv.as_lookup().records());
-        // (address, weight, priority) of every target that has one.
-        let mut found = Vec::new();
+        let lowest = srv.iter().map(|r| r.priority()).min().unwrap_or(0);
+        let mut targets = Vec::new();
         let mut addrs = HashMap::new();
         let mut any_failed = false;
         for record in first_targets(srv.iter()) {
@@ -390,24 +390,18 @@ impl Task {
                 }
             };
             for &ip in &ips {
-                let addr = SocketAddr::new(ip, record.port());
-                found.push((addr, record.weight(), record.priority()));
+                targets.push(
+                    Target::new(
+                        SocketAddr::new(ip, record.port()),
+                        u32::from(record.weight()),
+                    )
+                    .backup(record.priority() > lowest),
+                );
             }
             if !ips.is_empty() {
                 addrs.insert(host.clone(), ips);
             }
         }
-        // The lowest priority among targets with an address: were it taken
-        // over all records, a first-choice target without one would make
-        // every other target a backup (RFC 2782: clients try the lowest
-        // priority they can reach).
-        let lowest = found.iter().map(|&(_, _, p)| p).min().unwrap_or(0);
-        let targets: Vec<Target> = found
-            .into_iter()
-            .map(|(addr, weight, priority)| {
-                Target::new(addr, u32::from(weight)).backup(priority > lowest)
-            })
-            .collect();
         // With `any_failed` the kept addresses may be stale: the caller
         // asks again sooner than `ttl`.
         let answer = match (targets.is_empty(), any_failed) {

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{connect, proxy_header, write_head};
+use super::connect::{connect, proxy_header, write_head, ConnectError};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -22,7 +22,7 @@ use super::relay::{send_body, BodySent};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
-use crate::balance::Lease;
+use crate::balance::{Lease, UpstreamId};
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::body::BodyKind;
 use crate::handshake::{
@@ -93,6 +93,15 @@ struct Sent {
     early: Option<Response<()>>,
     /// The client's body was not sent whole.
     body_cut: bool,
+}
+
+/// Why a request was not sent whole.
+enum SendFailed {
+    /// The upstream did not take the head: another upstream may.
+    HeadRefused,
+    /// The request has ended (answered, or the client gone): what the
+    /// connection does next.
+    Answered(Next),
 }
 
 /// Serves requests until the connection closes or upgrades; an upgraded
@@ -361,19 +370,72 @@ where
     /// A step that ends the request itself (a refusal, a preflight, a gone
     /// peer) returns `Err` with what the connection does next.
     async fn handle(&mut self, head: handshake::RequestHead) -> Next {
-        let admitted = match self.admit(head).await {
+        let mut admitted = match self.admit(head).await {
             Ok(admitted) => admitted,
             Err(answered) => return answered,
         };
-        let mut connected = match self.connect_upstream(admitted).await {
-            Ok(connected) => connected,
-            Err(answered) => return answered,
-        };
-        let sent = match self.send_request(&mut connected).await {
-            Ok(sent) => sent,
-            Err(answered) => return answered,
-        };
-        self.answer(connected, sent).await
+        // The upstreams that failed this request: the next try picks
+        // another (nginx `proxy_next_upstream error timeout`).
+        let mut tried = Vec::new();
+        let mut last = None;
+        loop {
+            let mut connected = match self.connect_upstream(admitted, &mut tried, last).await {
+                Ok(connected) => connected,
+                Err(answered) => return answered,
+            };
+            let mut sent = match self.send_request(&mut connected).await {
+                Ok(sent) => sent,
+                Err(SendFailed::Answered(next)) => return next,
+                Err(SendFailed::HeadRefused) => {
+                    let status = StatusCode::BAD_GATEWAY;
+                    match self.try_next(connected, &mut tried, status).await {
+                        Ok(back) => {
+                            (admitted, last) = (back, Some(status));
+                            continue;
+                        }
+                        Err(answered) => return answered,
+                    }
+                }
+            };
+            let answer = match sent.early.take() {
+                Some(response) => UpgradeAnswer::Other(response),
+                None => {
+                    let (kind, http10) = (&connected.admitted.kind, connected.admitted.http10);
+                    let read =
+                        self.read_answer(&mut connected.stream, &mut sent.up_buf, http10, kind);
+                    match read.await {
+                        Ok(answer) => answer,
+                        // The client's failure is not held against the
+                        // upstream.
+                        Err(NoAnswer::ClientGone) => {
+                            self.finish(Outcome::Abandoned);
+                            return Next::Close;
+                        }
+                        // An interim answer reached the client: no other
+                        // upstream may answer it.
+                        Err(NoAnswer::Upstream {
+                            status,
+                            relayed: true,
+                        }) => {
+                            connected.lease.report_failure(Instant::now().into_std());
+                            return self
+                                .reject(status, "upstream sent no valid answer", None)
+                                .await;
+                        }
+                        Err(NoAnswer::Upstream { status, .. }) => {
+                            match self.try_next(connected, &mut tried, status).await {
+                                Ok(back) => {
+                                    (admitted, last) = (back, Some(status));
+                                    continue;
+                                }
+                                Err(answered) => return answered,
+                            }
+                        }
+                    }
+                }
+            };
+            return self.answer(connected, sent, answer).await;
+        }
     }
 
     /// Routes the request and checks it against the policy; answers what
@@ -457,9 +519,19 @@ where
 
     /// Connects an upstream for an admitted request and rewrites the request
     /// for it (forwarding headers, Host, version, `Expect`).
-    async fn connect_upstream(&mut self, mut admitted: Admitted) -> Result<Connected, Next> {
+    /// `tried` holds the upstreams this request failed on so far, and
+    /// `last` why the last of them failed after its connect: with no other
+    /// upstream left, that is the answer.
+    async fn connect_upstream(
+        &mut self,
+        admitted: Admitted,
+        tried: &mut Vec<UpstreamId>,
+        last: Option<StatusCode>,
+    ) -> Result<Connected, Next> {
         let inner = Arc::clone(&self.inner);
-        let redirect = admitted.redirect.take();
+        // Cloned, not taken: a retry needs it again (a plain request
+        // through a prefix rewrite only).
+        let redirect = admitted.redirect.clone();
         let request = &admitted.request;
         // Taken from the request the balancer places, before the rewrite;
         // only an upgrade can become a tunnel to list. Taken before the
@@ -468,11 +540,16 @@ where
         let listing = admitted
             .websocket
             .then(|| Listing::new(&admitted.group, admitted.client.ip(), request));
-        let (lease, stream) = match connect(&inner, &admitted.group, &admitted.client, request)
-            .await
-        {
-            Ok(pair) => pair,
-            Err(e) => {
+        let connecting = connect(&inner, &admitted.group, &admitted.client, request, tried);
+        let (lease, stream) = match (connecting.await, last) {
+            (Ok(pair), _) => pair,
+            // Nothing left to pick after a retry: the failure that made it
+            // stands, as nginx answers with the last error.
+            (Err(ConnectError::Select(_)), Some(status)) => {
+                let message = "upstream sent no valid answer";
+                return Err(self.reject(status, message, None).await);
+            }
+            (Err(e), _) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
                 return Err(self
                     .reject(e.status(), "no upstream could be reached", None)
@@ -507,7 +584,7 @@ where
 
     /// Sends the rewritten head, then the body if there is one, answering
     /// `Expect: 100-continue` first.
-    async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, Next> {
+    async fn send_request(&mut self, up: &mut Connected) -> Result<Sent, SendFailed> {
         let inner = Arc::clone(&self.inner);
         let body = up.admitted.body;
         // One buffer serves the whole exchange: the request head goes out
@@ -537,10 +614,7 @@ where
         let written = write_head(&mut up.stream, &up_buf, inner.timeouts.send).await;
         up_buf.clear();
         if written.is_err() {
-            up.lease.report_failure(Instant::now().into_std());
-            return Err(self
-                .reject(StatusCode::BAD_GATEWAY, "upstream closed", None)
-                .await);
+            return Err(SendFailed::HeadRefused);
         }
 
         let mut sent = Sent {
@@ -557,7 +631,7 @@ where
                 .is_err()
         {
             self.finish(Outcome::Abandoned);
-            return Err(Next::Close);
+            return Err(SendFailed::Answered(Next::Close));
         }
         // Boxed: a body's copy state (the re-framer's batch, two futures
         // raced) would otherwise sit in every connection's future, a
@@ -617,21 +691,25 @@ where
                 });
                 // A body cut short: closing must not reset the answer away.
                 self.linger = !matches!(body_sent, Some(Ok(_)));
-                return Err(Next::Close);
+                return Err(SendFailed::Answered(Next::Close));
             }
             BodySent::EarlyAnswer(response) => {
                 sent.early = Some(response);
                 sent.body_cut = true;
             }
             BodySent::Framing(e) => {
-                return Err(self.reject(e.status(), &e.to_string(), None).await)
+                return Err(SendFailed::Answered(
+                    self.reject(e.status(), &e.to_string(), None).await,
+                ))
             }
             BodySent::Refused(e) => {
-                return Err(self.reject(e.status(), &e.to_string(), None).await)
+                return Err(SendFailed::Answered(
+                    self.reject(e.status(), &e.to_string(), None).await,
+                ))
             }
             BodySent::ClientGone => {
                 self.finish(Outcome::Abandoned);
-                return Err(Next::Close);
+                return Err(SendFailed::Answered(Next::Close));
             }
             // nginx answers 408 at `client_body_timeout`; the upstream's
             // connection, with half a body, is dropped.
@@ -639,7 +717,7 @@ where
                 let status = StatusCode::REQUEST_TIMEOUT;
                 let next = self.reject(status, "request body timed out", None).await;
                 self.linger = false;
-                return Err(next);
+                return Err(SendFailed::Answered(next));
             }
             // The upstream may have answered before it stopped reading
             // (413): what it sent is still read below.
@@ -653,12 +731,12 @@ where
         Ok(sent)
     }
 
-    /// Reads the upstream's answer (unless it came early) and either
+    /// With the upstream's answer head read (or come early), either
     /// switches to a tunnel or relays it as a plain answer.
-    async fn answer(&mut self, connected: Connected, sent: Sent) -> Next {
+    async fn answer(&mut self, connected: Connected, sent: Sent, answer: UpgradeAnswer) -> Next {
         let inner = Arc::clone(&self.inner);
         let Connected {
-            mut stream,
+            stream,
             lease,
             listing,
             ctx,
@@ -670,34 +748,13 @@ where
             method,
             websocket,
             client_keeps_alive,
-            http10,
             ..
         } = admitted;
         let Sent {
             mut up_buf,
-            early,
             body_cut,
+            ..
         } = sent;
-        let answer = match early {
-            Some(response) => UpgradeAnswer::Other(response),
-            None => match self
-                .read_answer(&mut stream, &mut up_buf, http10, &kind)
-                .await
-            {
-                Ok(answer) => answer,
-                Err(NoAnswer::Upstream(status)) => {
-                    lease.report_failure(Instant::now().into_std());
-                    return self
-                        .reject(status, "upstream sent no valid answer", None)
-                        .await;
-                }
-                // The client's failure is not held against the upstream.
-                Err(NoAnswer::ClientGone) => {
-                    self.finish(Outcome::Abandoned);
-                    return Next::Close;
-                }
-            },
-        };
         // The request began before its pick: a success lifts a mark only
         // for a request begun after the sit-out.
         lease.report_success(self.report.began.into_std());

@@ -104,21 +104,25 @@ fn pick_or_last_resort(group: &UpstreamGroup, ctx: &PickContext<'_>) -> Result<L
 /// The last I/O error when any try failed that way (502), a timeout when
 /// every try timed out (504), the proxy's own lack of sockets (500), or the
 /// balancer's refusal when it had nothing to try.
+///
+/// `failed` holds the upstreams this request already failed on, which are
+/// not picked again and count against its tries; the ones this call fails
+/// on are added.
 pub(super) async fn connect(
     inner: &Inner,
     group: &UpstreamGroup,
     client: &Client,
     request: &Request<()>,
+    failed: &mut Vec<UpstreamId>,
 ) -> Result<(Lease, UpstreamStream), ConnectError> {
-    let mut failed: Vec<UpstreamId> = Vec::new();
     // Only the failure path pays for these.
     let mut last_io: Option<(UpstreamAddr, io::Error)> = None;
     let mut last_timeout: Option<UpstreamAddr> = None;
     let mut last_local: Option<ConnectError> = None;
     let mut refused = SelectError::NoneAvailable;
-    for _ in 0..inner.max_tries {
+    for _ in failed.len()..inner.max_tries {
         let now = Instant::now().into_std();
-        let ctx = PickContext::new(client.ip(), request, now).with_failed(&failed);
+        let ctx = PickContext::new(client.ip(), request, now).with_failed(failed);
         let lease = match pick_or_last_resort(group, &ctx) {
             Ok(lease) => lease,
             Err(e) => {
@@ -177,10 +181,26 @@ pub(super) async fn connect(
     })
 }
 
+/// Whether a request whose upstream failed after the connect (its head
+/// not taken, or no valid answer head in time) may go to the next
+/// upstream, as nginx's `proxy_next_upstream error timeout` retries: only
+/// without a body (none is kept to send again), for a method that may be
+/// repeated (nginx's non-idempotent ones are POST, LOCK and PATCH), and
+/// while tries are left.
+pub(super) fn may_retry(
+    inner: &Inner,
+    method: &http::Method,
+    has_body: bool,
+    failed: &[UpstreamId],
+) -> bool {
+    let repeatable = !matches!(method.as_str(), "POST" | "LOCK" | "PATCH");
+    !has_body && repeatable && failed.len() < inner.max_tries
+}
+
 /// Whether a local connect failure ([`is_local`]) concerns only the
 /// upstream tried, so that the next one is worth trying: no local port left
 /// toward that address, or no source address for its family (an IPv6
-/// upstream on a host without IPv6), both `EADDRNOTAVAIL`. Out of file
+/// upstream on a host with IPv6 disabled), both `EADDRNOTAVAIL`. Out of file
 /// descriptors or memory, every try would fail alike.
 fn local_to_upstream(e: &io::Error) -> bool {
     #[cfg(unix)]
@@ -439,7 +459,7 @@ mod tests {
             .inner()
             .policy
             .resolve_client(peer, request.headers(), Scheme::Http);
-        connect(&proxy.inner(), &group, &client, &request).await
+        connect(&proxy.inner(), &group, &client, &request, &mut Vec::new()).await
     }
 
     #[tokio::test]

@@ -134,7 +134,9 @@ impl Proxy {
                 "invalid request path",
             ));
         }
-        let (lease, mut upstream) = match connect(inner, &group, &client, &request).await {
+        let (lease, mut upstream) = match connect(inner, &group, &client, &request, &mut Vec::new())
+            .await
+        {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");

@@ -19,7 +19,11 @@
 //!    out connect (`proxy_next_upstream error timeout`, 3 tries by default):
 //!    502 or 504 when none is left;
 //! 4. send the rewritten head; read the answer within the read timeout
-//!    (`proxy_read_timeout`, 504);
+//!    (`proxy_read_timeout`, 504). An upstream that does not take the head
+//!    or gives no valid answer head in time also passes a request with no
+//!    body to the next upstream, within the same tries, unless its method
+//!    is POST, LOCK or PATCH or an interim answer already reached the
+//!    client (nginx's `proxy_next_upstream error timeout` does the same);
 //! 5. a WebSocket upgrade that the upstream completes (101 with a valid
 //!    `Sec-WebSocket-Accept`) becomes a [`tunnel`](crate::tunnel::tunnel);
 //!    anything else is relayed as an ordinary HTTP answer and the client's

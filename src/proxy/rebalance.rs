@@ -265,7 +265,8 @@ impl Rebalancer {
     /// the handles of those it closed.
     async fn close_paced(&self, tunnels: &[LiveTunnel], close: &[usize]) -> Vec<TunnelHandle> {
         // Above 10⁹ a second the period would round to zero, which tokio
-        // refuses: as fast as the clock counts instead.
+        // refuses. (Its timer counts milliseconds, so past about 1,000 a
+        // second closes come one per tick anyway.)
         let period = (Duration::from_secs(1) / self.rate).max(Duration::from_nanos(1));
         let mut ticker = tokio::time::interval(period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::connect::{connect, proxy_header, ConnectError};
+use super::connect::{connect, may_retry, proxy_header, ConnectError};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -168,81 +168,105 @@ impl Proxy {
         // Before the connect, as `Server` takes it: the group counts the
         // upgrade as on its way from here (see `Proxy::reconfigure`).
         let listing = Listing::new(&group, client.ip(), &request);
-        let picked = Instant::now().into_std();
-        let (lease, mut upstream) = connect(inner, &group, &client, &request)
-            .await
-            .inspect_err(|e| {
-                tracing::debug!(error = %e, source = ?std::error::Error::source(e), "no upstream");
-            })?;
-        exchange.upstream(lease.addr());
-        let authority = lease.authority().clone();
-        // Its head went through `parse_request` above.
-        let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
-            .with_websocket(true)
-            .with_checked_host();
-
-        let failed = |status| {
-            lease.report_failure(Instant::now().into_std());
-            UpgradeError::Unreachable(status)
-        };
-        // One buffer: the request head goes out of it, the answer comes
-        // into it.
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
-        proxy_header(&group, &client, peer, listener.port, &mut buf);
-        // The rewritten head straight from the parsed one, as `Server`
-        // writes it. The 101 below still becomes a `Response`: the host
-        // sends it with its own server, through `PendingUpgrade::response`.
-        inner
-            .policy
-            .write_request_head(&request, &client, &ctx, &mut buf);
-        let written = write_all_timeout(&mut upstream, &buf, inner.timeouts.send).await;
-        buf.clear();
-        written.map_err(|_| failed(StatusCode::BAD_GATEWAY))?;
+        // The upstreams that failed this request: the next try picks
+        // another (nginx `proxy_next_upstream error timeout`).
+        let mut tried = Vec::new();
+        // Why the last try failed after its connect, if one did.
+        let mut last = None;
         let limits = &inner.limits;
-        // Interim answers (103 Early Hints) are skipped; bounded like the
-        // proxy's own loop.
-        let mut response = None;
-        for _ in 0..8 {
-            let deadline = Instant::now() + crate::clock::capped(inner.timeouts.read);
-            let head = read_head(
-                &mut upstream,
-                &mut buf,
-                deadline,
-                handshake::HeadScanner::response(*limits),
-                |b| handshake::parse_response(b, limits),
-            )
-            .await
-            .map_err(|e| match e {
-                HeadRead::Timeout => failed(StatusCode::GATEWAY_TIMEOUT),
-                _ => failed(StatusCode::BAD_GATEWAY),
-            })?;
-            lease.report_success(picked);
-            match handshake::classify_response(&kind, &head) {
-                Ok(ResponseKind::Informational) => continue,
-                Ok(ResponseKind::Switched) => {
-                    response = Some(head);
-                    break;
+        let (lease, upstream, mut buf, ctx, mut response) = loop {
+            let picked = Instant::now().into_std();
+            let connected = connect(inner, &group, &client, &request, &mut tried).await;
+            let (lease, mut upstream) = match (connected, last) {
+                (Ok(pair), _) => pair,
+                // Nothing left to pick after a retry: the failure that
+                // made it stands, as nginx answers with the last error.
+                (Err(ConnectError::Select(_)), Some(status)) => {
+                    return Err(UpgradeError::Unreachable(status));
                 }
-                Ok(_) => {
-                    // Relayed as `Server` relays it: a 401's
-                    // WWW-Authenticate, a 302's Location, a Retry-After
-                    // reach the client.
-                    let mut head = head;
-                    inner.policy.rewrite_response(&mut head, &client, &ctx);
-                    let body = refusal_body(&mut upstream, &mut buf, &head, deadline).await;
-                    return Err(UpgradeError::NotSwitched(Box::new(refusal(head, body))));
+                (Err(e), _) => {
+                    tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
+                    return Err(e.into());
                 }
-                // An invalid 101 is not held against the upstream: the
-                // client's own request decides whether it fits (see
-                // "Passive health" in the module docs).
-                Err(e) => {
-                    tracing::warn!(error = %e, "upstream sent an invalid 101");
-                    return Err(UpgradeError::Unreachable(StatusCode::BAD_GATEWAY));
+            };
+            exchange.upstream(lease.addr());
+            let authority = lease.authority().clone();
+            // Its head went through `parse_request` above.
+            let ctx = ForwardContext::new(peer, listener.scheme, listener.port, authority)
+                .with_websocket(true)
+                .with_checked_host();
+            // One buffer: the request head goes out of it, the answer comes
+            // into it.
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            proxy_header(&group, &client, peer, listener.port, &mut buf);
+            // The rewritten head straight from the parsed one, as `Server`
+            // writes it. The 101 below still becomes a `Response`: the host
+            // sends it with its own server, through `PendingUpgrade::response`.
+            inner
+                .policy
+                .write_request_head(&request, &client, &ctx, &mut buf);
+            let written = write_all_timeout(&mut upstream, &buf, inner.timeouts.send).await;
+            buf.clear();
+            // Interim answers (103 Early Hints) are skipped; bounded like
+            // the proxy's own loop.
+            let mut answered = Err(StatusCode::BAD_GATEWAY);
+            if written.is_ok() {
+                for _ in 0..8 {
+                    let deadline = Instant::now() + crate::clock::capped(inner.timeouts.read);
+                    let head = read_head(
+                        &mut upstream,
+                        &mut buf,
+                        deadline,
+                        handshake::HeadScanner::response(*limits),
+                        |b| handshake::parse_response(b, limits),
+                    )
+                    .await;
+                    let head = match head {
+                        Ok(head) => head,
+                        Err(HeadRead::Timeout) => {
+                            answered = Err(StatusCode::GATEWAY_TIMEOUT);
+                            break;
+                        }
+                        Err(_) => break,
+                    };
+                    lease.report_success(picked);
+                    match handshake::classify_response(&kind, &head) {
+                        Ok(ResponseKind::Informational) => continue,
+                        Ok(ResponseKind::Switched) => {
+                            answered = Ok(head);
+                            break;
+                        }
+                        Ok(_) => {
+                            // Relayed as `Server` relays it: a 401's
+                            // WWW-Authenticate, a 302's Location, a
+                            // Retry-After reach the client.
+                            let mut head = head;
+                            inner.policy.rewrite_response(&mut head, &client, &ctx);
+                            let body = refusal_body(&mut upstream, &mut buf, &head, deadline).await;
+                            return Err(UpgradeError::NotSwitched(Box::new(refusal(head, body))));
+                        }
+                        // An invalid 101 is not held against the upstream:
+                        // the client's own request decides whether it fits
+                        // (see "Passive health" in the module docs).
+                        Err(e) => {
+                            tracing::warn!(error = %e, "upstream sent an invalid 101");
+                            return Err(UpgradeError::Unreachable(StatusCode::BAD_GATEWAY));
+                        }
+                    }
                 }
             }
-        }
-        let Some(mut response) = response else {
-            return Err(failed(StatusCode::BAD_GATEWAY));
+            match answered {
+                Ok(response) => break (lease, upstream, buf, ctx, response),
+                Err(status) => {
+                    // Its head not taken, or no answer head in time.
+                    lease.report_failure(Instant::now().into_std());
+                    tried.push(lease.id());
+                    if !may_retry(inner, request.method(), false, &tried) {
+                        return Err(UpgradeError::Unreachable(status));
+                    }
+                    last = Some(status);
+                }
+            }
         };
         inner.policy.rewrite_response(&mut response, &client, &ctx);
         Ok(Opened {

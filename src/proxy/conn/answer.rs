@@ -1,21 +1,27 @@
 //! Reading the upstream's answer head for the request loop: interim 1xx
 //! answers relayed as they come, and the client watched meanwhile, so that
-//! one that leaves frees the upstream (nginx's 499).
+//! one that leaves frees the upstream (nginx's 499); and, when no answer
+//! comes, whether the next upstream gets the request.
 
 use bytes::BytesMut;
 use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::super::connect::may_retry;
 use super::super::head_io::{client_gone, read_head, write_all_timeout, HeadRead};
 use super::super::stream::UpstreamStream;
-use super::Conn;
+use super::{Admitted, Conn, Connected, Next};
+use crate::balance::UpstreamId;
+use crate::handshake::body::BodyKind;
 use crate::handshake::{self, HeadScanner, RequestKind, UpgradeAnswer};
 
 /// Why no final answer head came.
 pub(super) enum NoAnswer {
-    /// The upstream's fault (a passive-health failure): answer with this.
-    Upstream(StatusCode),
+    /// The upstream's fault (a passive-health failure): answer with
+    /// `status`, unless another upstream may take the request, which it
+    /// may not once an interim answer was `relayed` to the client.
+    Upstream { status: StatusCode, relayed: bool },
     /// The client closed before the answer came, or relaying an interim
     /// answer to it failed.
     ClientGone,
@@ -45,6 +51,7 @@ where
                 handshake::Status::Partial => handshake::Status::Partial,
             }),
         };
+        let mut relayed = false;
         // Bounded: a 1xx flood is still limited by the read timeout per head
         // and by this count.
         for _ in 0..8 {
@@ -72,9 +79,13 @@ where
                 Ok(UpgradeAnswer::Other(response)) => response,
                 Ok(switched) => return Ok(switched),
                 Err(HeadRead::Timeout) => {
-                    return Err(NoAnswer::Upstream(StatusCode::GATEWAY_TIMEOUT))
+                    let status = StatusCode::GATEWAY_TIMEOUT;
+                    return Err(NoAnswer::Upstream { status, relayed });
                 }
-                Err(_) => return Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY)),
+                Err(_) => {
+                    let status = StatusCode::BAD_GATEWAY;
+                    return Err(NoAnswer::Upstream { status, relayed });
+                }
             };
             let status = response.status();
             if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
@@ -90,10 +101,37 @@ where
                 write_all_timeout(&mut self.io, &out, self.inner.timeouts.send)
                     .await
                     .map_err(|_| NoAnswer::ClientGone)?;
+                relayed = true;
                 continue;
             }
             return Ok(UpgradeAnswer::Other(response));
         }
-        Err(NoAnswer::Upstream(StatusCode::BAD_GATEWAY))
+        let status = StatusCode::BAD_GATEWAY;
+        Err(NoAnswer::Upstream { status, relayed })
+    }
+
+    /// After `connected`'s upstream failed the request with `status` (its
+    /// head not taken, or no valid answer head in time): marks it, and
+    /// hands the request back for the next upstream when it may be
+    /// repeated ([`may_retry`]), or answers `status`.
+    pub(super) async fn try_next(
+        &mut self,
+        connected: Connected,
+        tried: &mut Vec<UpstreamId>,
+        status: StatusCode,
+    ) -> Result<Admitted, Next> {
+        connected.lease.report_failure(Instant::now().into_std());
+        tried.push(connected.lease.id());
+        let admitted = connected.admitted;
+        let body = admitted.body != BodyKind::Empty;
+        if may_retry(&self.inner, &admitted.method, body, tried) {
+            return Ok(admitted);
+        }
+        let message = if status == StatusCode::GATEWAY_TIMEOUT {
+            "upstream sent no valid answer"
+        } else {
+            "upstream closed"
+        };
+        Err(self.reject(status, message, None).await)
     }
 }
