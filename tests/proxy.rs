@@ -561,18 +561,9 @@ async fn a_down_upstream_is_skipped_and_all_down_is_502() {
 /// client sees one.
 #[tokio::test]
 async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let good = ws_upstream(WsUpstreamOptions::default()).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let bad = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&accepted);
-    let dropper = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            drop(stream);
-        }
-    });
+    let (bad, accepted) = closes_unanswered().await;
     let set: UpstreamSet = [bad, good.addr]
         .into_iter()
         .map(|a| {
@@ -594,7 +585,6 @@ async fn an_upstream_that_accepts_but_never_answers_trips_max_fails() {
         2,
         "the bad upstream kept its turn"
     );
-    dropper.abort();
     gw.shutdown().await;
 }
 
@@ -2657,14 +2647,7 @@ async fn closes_unanswered() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>
     let counted = Arc::clone(&heads);
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                match tcp.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_until(&mut tcp, b"\r\n\r\n").await;
             counted.fetch_add(1, Ordering::SeqCst);
         }
     });

@@ -383,28 +383,22 @@ where
                 Ok(connected) => connected,
                 Err(answered) => return answered,
             };
-            let mut sent = match self.send_request(&mut connected).await {
-                Ok(sent) => sent,
+            // Why this upstream failed the request, if another may take it.
+            let failed = match self.send_request(&mut connected).await {
                 Err(SendFailed::Answered(next)) => return next,
-                Err(SendFailed::HeadRefused) => {
-                    let status = StatusCode::BAD_GATEWAY;
-                    match self.try_next(connected, &mut tried, status).await {
-                        Ok(back) => {
-                            (admitted, last) = (back, Some(status));
-                            continue;
+                Err(SendFailed::HeadRefused) => StatusCode::BAD_GATEWAY,
+                Ok(mut sent) => {
+                    let answered = match sent.early.take() {
+                        Some(response) => Ok(UpgradeAnswer::Other(response)),
+                        None => {
+                            let (kind, http10) =
+                                (&connected.admitted.kind, connected.admitted.http10);
+                            let up = (&mut connected.stream, &mut sent.up_buf);
+                            self.read_answer(up.0, up.1, http10, kind).await
                         }
-                        Err(answered) => return answered,
-                    }
-                }
-            };
-            let answer = match sent.early.take() {
-                Some(response) => UpgradeAnswer::Other(response),
-                None => {
-                    let (kind, http10) = (&connected.admitted.kind, connected.admitted.http10);
-                    let read =
-                        self.read_answer(&mut connected.stream, &mut sent.up_buf, http10, kind);
-                    match read.await {
-                        Ok(answer) => answer,
+                    };
+                    match answered {
+                        Ok(answer) => return self.answer(connected, sent, answer).await,
                         // The client's failure is not held against the
                         // upstream.
                         Err(NoAnswer::ClientGone) => {
@@ -422,19 +416,15 @@ where
                                 .reject(status, "upstream sent no valid answer", None)
                                 .await;
                         }
-                        Err(NoAnswer::Upstream { status, .. }) => {
-                            match self.try_next(connected, &mut tried, status).await {
-                                Ok(back) => {
-                                    (admitted, last) = (back, Some(status));
-                                    continue;
-                                }
-                                Err(answered) => return answered,
-                            }
-                        }
+                        Err(NoAnswer::Upstream { status, .. }) => status,
                     }
                 }
             };
-            return self.answer(connected, sent, answer).await;
+            admitted = match self.try_next(connected, &mut tried, failed).await {
+                Ok(back) => back,
+                Err(answered) => return answered,
+            };
+            last = Some(failed);
         }
     }
 
