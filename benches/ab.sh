@@ -13,6 +13,12 @@
 #   benches/ab.sh /tmp/gw-before target/release/examples/gateway 14
 #   LOAD=tp1k GW_ARGS="--workers 1" benches/ab.sh /tmp/gw-before /tmp/gw-after
 #
+# A may also be `haproxy` or `naive` (targets.sh starts them; BENCH names
+# the shared bench for HAProxy's configuration), for the gateway beside
+# them in the same rounds: BENCH=../shared/bench benches/ab.sh haproxy
+# target/release/examples/gateway 16. Keep them as A: as B their port would
+# be one up, on a gateway A's.
+#
 # Needs the shared bench's wsbench (anchors.sh builds it) and jq; ports
 # BASE+1, BASE+2 (backends), BASE+13 (A), BASE+14 (B) on 127.0.0.1.
 set -uo pipefail

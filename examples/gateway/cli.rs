@@ -102,6 +102,17 @@ pub struct Args {
     #[arg(long, value_name = "DUR", default_value = "75s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Upstreams one request may try, the first included, after failed
+    /// connects or no answer (nginx `proxy_next_upstream_tries`); 0 tries
+    /// each upstream once, as nginx's 0 sets no limit.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub next_upstream_tries: usize,
+
+    /// How long after its first try a request may still go to the next
+    /// upstream (nginx `proxy_next_upstream_timeout`); 0 sets no limit.
+    #[arg(long, value_name = "DUR", default_value = "0s", value_parser = parse_duration)]
+    pub next_upstream_timeout: Duration,
+
     /// The largest request body forwarded (nginx `client_max_body_size`):
     /// bytes, or with k, m or g (`512k`, `1m`, `1g`); 0 for no limit. A
     /// larger Content-Length, or chunk sizes adding up to more, get 413.

@@ -502,6 +502,11 @@ fn build_proxy(args: &Args, demo: Option<SocketAddr>) -> Result<(Proxy, Groups),
         .send_timeout(args.send_timeout)
         .handshake_timeout(args.handshake_timeout)
         .keepalive_timeout(args.keepalive_timeout)
+        .max_tries(match args.next_upstream_tries {
+            0 => usize::MAX,
+            tries => tries,
+        })
+        .next_upstream_timeout(args.next_upstream_timeout)
         .client_max_body_size(args.client_max_body_size)
         .tunnel(tunnel_config(args));
     if let Some(keepalive) = args.so_keepalive {

@@ -138,10 +138,22 @@ impl ProxyBuilder {
     }
 
     /// Upstreams tried per request, the first included (nginx
-    /// `proxy_next_upstream_tries`; default 3).
+    /// `proxy_next_upstream_tries`; default 3). Each upstream is tried at
+    /// most once per request, so `usize::MAX` tries every one (nginx's 0).
     #[must_use = "builder methods return the updated builder"]
     pub fn max_tries(mut self, tries: usize) -> Self {
         self.max_tries = tries;
+        self
+    }
+
+    /// nginx `proxy_next_upstream_timeout` (default zero: no limit): a
+    /// request whose try fails this long after its first began goes to no
+    /// other upstream, and gets the failure's answer. A try under way is not
+    /// cut short. Without it a request on upstreams that take it and never
+    /// answer may wait [`max_tries`](Self::max_tries) read timeouts.
+    #[must_use = "builder methods return the updated builder"]
+    pub fn next_upstream_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.next_upstream = timeout;
         self
     }
 
@@ -244,7 +256,8 @@ impl ProxyBuilder {
     ///
     /// [`ProxyConfigError`] for a route table that does not build (no route
     /// at all included), zero tries or a zero timeout (but keep-alive's,
-    /// which turns keep-alive off).
+    /// which turns keep-alive off, and the next-upstream one, which sets no
+    /// limit).
     pub fn build(self) -> Result<Proxy, ProxyConfigError> {
         if self.max_tries == 0 {
             return Err(ProxyConfigError::ZeroTries);

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{timeout, Instant};
 use tracing::{field, Instrument};
 
-use super::connect::{connect, proxy_header, write_head, ConnectError};
+use super::connect::{connect, proxy_header, write_head, ConnectError, Tries};
 use super::exchange::conn_span;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -22,7 +22,7 @@ use super::relay::{send_body, BodySent};
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
 use super::{ConnectionReport, Drain, DrainPhase, Inner, Listener, Live, Outcome, UpstreamGroup};
-use crate::balance::{Lease, UpstreamId};
+use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::body::BodyKind;
 use crate::handshake::{
@@ -376,7 +376,7 @@ where
         };
         // The upstreams that failed this request: the next try picks
         // another (nginx `proxy_next_upstream error timeout`).
-        let mut tried = Vec::new();
+        let mut tried = Tries::new(&self.inner);
         let mut last = None;
         loop {
             let mut connected = match self.connect_upstream(admitted, &mut tried, last).await {
@@ -515,7 +515,7 @@ where
     async fn connect_upstream(
         &mut self,
         admitted: Admitted,
-        tried: &mut Vec<UpstreamId>,
+        tried: &mut Tries,
         last: Option<StatusCode>,
     ) -> Result<Connected, Next> {
         let inner = Arc::clone(&self.inner);

@@ -105,22 +105,23 @@ fn pick_or_last_resort(group: &UpstreamGroup, ctx: &PickContext<'_>) -> Result<L
 /// every try timed out (504), the proxy's own lack of sockets (500), or the
 /// balancer's refusal when it had nothing to try.
 ///
-/// `failed` holds the upstreams this request already failed on, which are
+/// `tries` holds the upstreams this request already failed on, which are
 /// not picked again and count against its tries; the ones this call fails
-/// on are added.
+/// on are added. It stops when [`Tries::left`] says so.
 pub(super) async fn connect(
     inner: &Inner,
     group: &UpstreamGroup,
     client: &Client,
     request: &Request<()>,
-    failed: &mut Vec<UpstreamId>,
+    tries: &mut Tries,
 ) -> Result<(Lease, UpstreamStream), ConnectError> {
     // Only the failure path pays for these.
     let mut last_io: Option<(UpstreamAddr, io::Error)> = None;
     let mut last_timeout: Option<UpstreamAddr> = None;
     let mut last_local: Option<ConnectError> = None;
     let mut refused = SelectError::NoneAvailable;
-    for _ in failed.len()..inner.max_tries {
+    while tries.left(inner) {
+        let failed = &tries.failed;
         let now = Instant::now().into_std();
         let ctx = PickContext::new(client.ip(), request, now).with_failed(failed);
         let lease = match pick_or_last_resort(group, &ctx) {
@@ -154,7 +155,7 @@ pub(super) async fn connect(
                 // Not the upstream's failure: no mark against it, but
                 // another upstream may well be reachable.
                 last_local = Some(local);
-                failed.push(lease.id());
+                tries.failed.push(lease.id());
                 continue;
             }
             Ok(Err(e)) => {
@@ -167,7 +168,7 @@ pub(super) async fn connect(
             }
         }
         lease.report_failure(Instant::now().into_std());
-        failed.push(lease.id());
+        tries.failed.push(lease.id());
     }
     // One refused connect among timeouts makes it a 502, as before: the
     // upstreams are not merely slow.
@@ -186,15 +187,53 @@ pub(super) async fn connect(
 /// upstream, as nginx's `proxy_next_upstream error timeout` retries: only
 /// without a body (none is kept to send again), for a method that may be
 /// repeated (nginx's non-idempotent ones are POST, LOCK and PATCH), and
-/// while tries are left.
+/// while tries are left ([`Tries::left`]).
 pub(super) fn may_retry(
     inner: &Inner,
     method: &http::Method,
     has_body: bool,
-    failed: &[UpstreamId],
+    tries: &Tries,
 ) -> bool {
     let repeatable = !matches!(method.as_str(), "POST" | "LOCK" | "PATCH");
-    !has_body && repeatable && failed.len() < inner.max_tries
+    !has_body && repeatable && tries.left(inner)
+}
+
+/// One request's tries: the upstreams it failed on, and when the first
+/// began, which bound passing it on to the next (nginx
+/// `proxy_next_upstream_tries` and `proxy_next_upstream_timeout`).
+#[derive(Debug)]
+pub(super) struct Tries {
+    failed: Vec<UpstreamId>,
+    /// Read only under a next-upstream timeout: no clock read otherwise.
+    started: Option<Instant>,
+}
+
+impl Tries {
+    /// A request's tries, before its first.
+    pub(super) fn new(inner: &Inner) -> Self {
+        let bounded = !inner.timeouts.next_upstream.is_zero();
+        Self {
+            failed: Vec::new(),
+            started: bounded.then(Instant::now),
+        }
+    }
+
+    /// Counts a try that failed on `id`, which is not picked again.
+    pub(super) fn failed(&mut self, id: UpstreamId) {
+        self.failed.push(id);
+    }
+
+    /// Whether another try may begin: the first always, a next one while
+    /// tries and the next-upstream timeout are left.
+    pub(super) fn left(&self, inner: &Inner) -> bool {
+        if self.failed.is_empty() {
+            return true;
+        }
+        let in_time = self.started.map_or(true, |started| {
+            started.elapsed() < inner.timeouts.next_upstream
+        });
+        self.failed.len() < inner.max_tries && in_time
+    }
 }
 
 /// Whether a local connect failure ([`is_local`]) concerns only the
@@ -459,7 +498,49 @@ mod tests {
             .inner()
             .policy
             .resolve_client(peer, request.headers(), Scheme::Http);
-        connect(&proxy.inner(), &group, &client, &request, &mut Vec::new()).await
+        let inner = proxy.inner();
+        connect(&inner, &group, &client, &request, &mut Tries::new(&inner)).await
+    }
+
+    /// `proxy_next_upstream_tries` and `proxy_next_upstream_timeout`: the
+    /// first try always, a next one while both allow.
+    #[tokio::test(start_paused = true)]
+    async fn tries_end_at_the_count_or_the_next_upstream_timeout() {
+        let proxy = |tries, bound| {
+            let set: UpstreamSet = [Upstream::new(SocketAddr::from(([127, 0, 0, 1], 9)))]
+                .into_iter()
+                .collect();
+            Proxy::builder()
+                .upstream(RoundRobin::new(set))
+                .max_tries(tries)
+                .next_upstream_timeout(bound)
+                .build()
+                .unwrap()
+        };
+        let unbounded = proxy(2, Duration::ZERO);
+        let inner = unbounded.inner();
+        let mut tries = Tries::new(&inner);
+        assert!(tries.started.is_none(), "no clock read without a bound");
+        assert!(tries.left(&inner));
+        tries.failed(UpstreamId::fresh());
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(tries.left(&inner));
+        tries.failed(UpstreamId::fresh());
+        assert!(!tries.left(&inner), "two tries of two");
+
+        let bounded = proxy(usize::MAX, Duration::from_secs(3));
+        let inner = bounded.inner();
+        let mut tries = Tries::new(&inner);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(tries.left(&inner), "the first try begins whatever the time");
+        tries.failed(UpstreamId::fresh());
+        assert!(!tries.left(&inner));
+        let mut tries = Tries::new(&inner);
+        tries.failed(UpstreamId::fresh());
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        assert!(tries.left(&inner));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!tries.left(&inner));
     }
 
     #[tokio::test]

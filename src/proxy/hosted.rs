@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 
-use super::connect::{connect, proxy_header};
+use super::connect::{connect, proxy_header, Tries};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
 use super::stream::UpstreamStream;
@@ -134,8 +134,14 @@ impl Proxy {
                 "invalid request path",
             ));
         }
-        let (lease, mut upstream) = match connect(inner, &group, &client, &request, &mut Vec::new())
-            .await
+        let (lease, mut upstream) = match connect(
+            inner,
+            &group,
+            &client,
+            &request,
+            &mut Tries::new(inner),
+        )
+        .await
         {
             Ok(pair) => pair,
             Err(e) => {

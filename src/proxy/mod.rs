@@ -24,6 +24,8 @@
 //!    body to the next upstream, within the same tries, unless its method
 //!    is POST, LOCK or PATCH or an interim answer already reached the
 //!    client (nginx's `proxy_next_upstream error timeout` does the same);
+//!    [`ProxyBuilder::next_upstream_timeout`] bounds how long after the
+//!    first try a next one may begin (`proxy_next_upstream_timeout`);
 //! 5. a WebSocket upgrade that the upstream completes (101 with a valid
 //!    `Sec-WebSocket-Accept`) becomes a [`tunnel`](crate::tunnel::tunnel);
 //!    anything else is relayed as an ordinary HTTP answer and the client's
@@ -378,6 +380,10 @@ pub struct Timeouts {
     /// An idle keep-alive client connection between requests
     /// (nginx `keepalive_timeout`, 75 s); zero turns keep-alive off.
     pub keepalive: Duration,
+    /// How long after its first try a request may still be passed to the
+    /// next upstream (nginx `proxy_next_upstream_timeout`); zero, the
+    /// default as in nginx, sets no limit beyond the tries.
+    pub next_upstream: Duration,
 }
 
 impl Default for Timeouts {
@@ -388,6 +394,7 @@ impl Default for Timeouts {
             read: Duration::from_secs(60),
             send: Duration::from_secs(60),
             keepalive: Duration::from_secs(75),
+            next_upstream: Duration::ZERO,
         }
     }
 }

@@ -10,7 +10,7 @@ use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::connect::{connect, may_retry, proxy_header, ConnectError};
+use super::connect::{connect, may_retry, proxy_header, ConnectError, Tries};
 use super::exchange::Exchange;
 use super::guard::{Listing, Upgraded};
 use super::head_io::{detach, read_head, write_all_timeout, HeadRead, READ_CHUNK};
@@ -170,7 +170,7 @@ impl Proxy {
         let listing = Listing::new(&group, client.ip(), &request);
         // The upstreams that failed this request: the next try picks
         // another (nginx `proxy_next_upstream error timeout`).
-        let mut tried = Vec::new();
+        let mut tried = Tries::new(inner);
         // Why the last try failed after its connect, if one did.
         let mut last = None;
         let limits = &inner.limits;
@@ -260,7 +260,7 @@ impl Proxy {
                 Err(status) => {
                     // Its head not taken, or no answer head in time.
                     lease.report_failure(Instant::now().into_std());
-                    tried.push(lease.id());
+                    tried.failed(lease.id());
                     if !may_retry(inner, request.method(), false, &tried) {
                         return Err(UpgradeError::Unreachable(status));
                     }

@@ -8,11 +8,10 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::super::connect::may_retry;
+use super::super::connect::{may_retry, Tries};
 use super::super::head_io::{client_gone, read_head, write_all_timeout, HeadRead};
 use super::super::stream::UpstreamStream;
 use super::{Admitted, Conn, Connected, Next};
-use crate::balance::UpstreamId;
 use crate::handshake::body::BodyKind;
 use crate::handshake::{self, HeadScanner, RequestKind, UpgradeAnswer};
 
@@ -117,11 +116,11 @@ where
     pub(super) async fn try_next(
         &mut self,
         connected: Connected,
-        tried: &mut Vec<UpstreamId>,
+        tried: &mut Tries,
         status: StatusCode,
     ) -> Result<Admitted, Next> {
         connected.lease.report_failure(Instant::now().into_std());
-        tried.push(connected.lease.id());
+        tried.failed(connected.lease.id());
         let admitted = connected.admitted;
         let body = admitted.body != BodyKind::Empty;
         if may_retry(&self.inner, &admitted.method, body, tried) {
