@@ -2636,24 +2636,6 @@ async fn closing_an_upstream_after_a_reconfigure_spares_the_old_sets_tunnels() {
     gw.shutdown().await;
 }
 
-/// An upstream that takes each connection, reads its request head and
-/// closes without an answer, as a backend going down does; counts the
-/// heads it read.
-async fn closes_unanswered() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&heads);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            read_until(&mut tcp, b"\r\n\r\n").await;
-            counted.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    (addr, heads)
-}
-
 /// nginx `proxy_next_upstream error timeout`: an upstream that closes
 /// before answering a WebSocket upgrade (or a GET) gets the request
 /// retried on the next one; a request with a body, which is not kept to

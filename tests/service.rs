@@ -561,6 +561,53 @@ async fn plain_connect_over_http2_is_501_and_clientaddr_is_read() {
     assert_eq!(proxy.counters().rejected_other, 1);
 }
 
+/// nginx `proxy_next_upstream error timeout`, as on `Server`: a GET that
+/// an upstream closes unanswered goes to the next one; a POST with a body,
+/// which is not kept to send again, gets the 502.
+#[tokio::test]
+async fn a_plain_request_is_retried_past_an_upstream_that_closes_unanswered() {
+    use std::sync::atomic::Ordering;
+    let two = |a, b| {
+        let set = [Upstream::new(a), Upstream::new(b)].into_iter().collect();
+        Proxy::builder().route(Route::new(
+            "/api/",
+            UpstreamGroup::new("up", RoundRobin::new(set)),
+        ))
+    };
+    let (dead, heads) = closes_unanswered().await;
+    let proxy = two(dead, http_upstream().await).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    for i in 0..4 {
+        let head = "GET /api/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = raw_exchange(addr, head, b"hello from upstream\n").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+    }
+    assert!(
+        heads.load(Ordering::SeqCst) >= 1,
+        "the closing upstream was never tried"
+    );
+
+    let (dead, heads) = closes_unanswered().await;
+    let proxy = two(dead, http_upstream().await).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let before = heads.load(Ordering::SeqCst);
+        let post = "POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+        let answer = raw_exchange(addr, post, b"\r\n\r\n").await;
+        let hit_dead = heads.load(Ordering::SeqCst) > before;
+        statuses.push((hit_dead, answer.lines().next().unwrap_or("").to_owned()));
+    }
+    for (hit_dead, status) in &statuses {
+        let expected = if *hit_dead { " 502 " } else { " 200 " };
+        assert!(status.contains(expected), "{statuses:?}");
+    }
+    assert!(
+        statuses.iter().any(|(hit_dead, _)| *hit_dead),
+        "{statuses:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_silent_upstream_is_504_on_the_read_timeout() {
     // Reads the head, then never answers.

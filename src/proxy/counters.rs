@@ -99,7 +99,7 @@ impl Counters {
         let _ = (outcome, took);
     }
 
-    /// A connect failed and another upstream is tried.
+    /// A try failed (no connect, no answer) and another upstream is tried.
     pub(crate) fn retry(&self) {
         #[cfg(feature = "metrics")]
         self.metrics.retry();

@@ -2,7 +2,9 @@
 //! admitted as a request read from a socket is (the parser's checks, route,
 //! policy, CORS preflight, `client_max_body_size`), connected with the same
 //! retries and rewritten by the same policy. The HTTP exchange itself is
-//! left to the caller, which speaks it through the host's HTTP stack.
+//! left to the caller, which speaks it through the host's HTTP stack and
+//! reports a try the upstream failed to [`HostedTries`], which says whether
+//! the next upstream may take the request.
 
 use std::net::SocketAddr;
 
@@ -10,26 +12,92 @@ use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 
-use super::connect::{connect, proxy_header, Tries};
+use super::connect::{connect, may_retry, proxy_header, ConnectError, Tries};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
 use super::stream::UpstreamStream;
 use super::target::{rewritten_path, routed_origin_form};
-use super::{Listener, Outcome, Proxy};
+use super::{Listener, Outcome, Proxy, UpstreamGroup};
 use crate::balance::Lease;
 use crate::forward::{Client, ForwardContext};
 use crate::handshake::body::BodyKind;
 use crate::handshake::{self, RequestBodyError, RequestKind};
 
-/// A plain request admitted, connected and rewritten for its upstream.
+/// A plain request admitted: routed, checked and in origin-form, not yet
+/// rewritten; each try rewrites its own copy for its upstream.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    request: Request<()>,
+    group: UpstreamGroup,
+    client: Client,
+    /// The route's prefix rewrite, for `proxy_redirect default`.
+    redirect: Option<Box<(String, String)>>,
+    peer: SocketAddr,
+    listener: Listener,
+}
+
+/// A plain request connected and rewritten for one upstream.
 #[derive(Debug)]
 pub(crate) struct Hosted {
     /// In origin-form, rewritten by the policy.
     pub(crate) request: Request<()>,
     pub(crate) upstream: UpstreamStream,
+    /// The PROXY v2 header a `send-proxy-v2` group expects, to write
+    /// before the request; empty otherwise.
+    pub(crate) preface: BytesMut,
     /// Held until the answer's body ends: `least_conn` counts it in flight.
     pub(crate) lease: Lease,
     pub(crate) answer: HostedAnswer,
+}
+
+impl Hosted {
+    /// Writes the PROXY v2 preface, if the group sends one, within `send`;
+    /// `false` when the upstream did not take it.
+    pub(crate) async fn write_preface(&mut self, send: std::time::Duration) -> bool {
+        self.preface.is_empty()
+            || write_all_timeout(&mut self.upstream, &self.preface, send)
+                .await
+                .is_ok()
+    }
+}
+
+/// One hosted request's tries, across which the caller keeps it: the
+/// upstreams that failed it, and whether another may take it (nginx
+/// `proxy_next_upstream error timeout`, as for `Server`).
+#[derive(Debug)]
+pub(crate) struct HostedTries {
+    tries: Tries,
+    /// Why the last try failed, once one did: the answer when no
+    /// upstream is left to pick.
+    last: Option<StatusCode>,
+    /// Whether the request may go out again: no body (none is kept to send
+    /// again) and a method other than POST, LOCK and PATCH.
+    repeatable: bool,
+}
+
+impl HostedTries {
+    /// The tries of `admitted`, whose body `has_body` says whether it has.
+    pub(crate) fn new(proxy: &Proxy, admitted: &Admitted, has_body: bool) -> Self {
+        let inner = proxy.inner();
+        let tries = Tries::new(&inner);
+        let repeatable = may_retry(&inner, admitted.request.method(), has_body, &tries);
+        Self {
+            tries,
+            last: None,
+            repeatable,
+        }
+    }
+
+    /// Counts a try `lease`'s upstream failed with `status` (its head or
+    /// preface not taken, no answer head, or none in time) against the
+    /// upstream and the request; whether the next upstream may take it.
+    pub(crate) fn failed(&mut self, proxy: &Proxy, lease: &Lease, status: StatusCode) -> bool {
+        lease.report_failure(tokio::time::Instant::now().into_std());
+        self.tries.failed(lease.id());
+        self.last = Some(status);
+        let inner = proxy.inner();
+        self.repeatable && self.tries.left(&inner)
+    }
 }
 
 /// What rewriting the upstream's answer needs to know of the request.
@@ -50,17 +118,19 @@ impl HostedAnswer {
 }
 
 impl Proxy {
-    /// Admits and connects a plain request another server parsed, counted
-    /// in `exchange` as the request loop counts one. `Err` is the answer
-    /// the proxy gives itself (a refusal, a CORS preflight), its outcome
-    /// already in `exchange`.
-    pub(crate) async fn admit_hosted(
+    /// Admits a plain request another server parsed, counted in `exchange`
+    /// as the request loop counts one. `Err` is the answer the proxy gives
+    /// itself (a refusal, a CORS preflight), its outcome already in
+    /// `exchange`.
+    // The error is the answer itself, made once per refused request.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn admit_hosted(
         &self,
         mut request: Request<()>,
         peer: SocketAddr,
         listener: Listener,
         exchange: &mut Exchange,
-    ) -> Result<Hosted, Response<Bytes>> {
+    ) -> Result<Admitted, Response<Bytes>> {
         let inner = &self.inner();
         // An HTTP/2 request has no Host header and an absolute target; the
         // upstream connection is HTTP/1.1 either way.
@@ -134,17 +204,44 @@ impl Proxy {
                 "invalid request path",
             ));
         }
-        let (lease, mut upstream) = match connect(
-            inner,
-            &group,
-            &client,
-            &request,
-            &mut Tries::new(inner),
-        )
-        .await
-        {
-            Ok(pair) => pair,
-            Err(e) => {
+        Ok(Admitted {
+            request,
+            group,
+            client,
+            redirect,
+            peer,
+            listener,
+        })
+    }
+
+    /// Connects `admitted` to an upstream `tries` has not seen fail, with
+    /// the same retries of failed connects as `Server`, and rewrites a copy
+    /// of the request for it. `Err` is the answer when none could be
+    /// reached, its outcome already in `exchange`.
+    pub(crate) async fn connect_hosted(
+        &self,
+        admitted: &Admitted,
+        tries: &mut HostedTries,
+        exchange: &mut Exchange,
+    ) -> Result<Hosted, Response<Bytes>> {
+        let inner = &self.inner();
+        let Admitted {
+            request,
+            group,
+            client,
+            redirect,
+            peer,
+            listener,
+        } = admitted;
+        let connected = connect(inner, group, client, request, &mut tries.tries).await;
+        let (lease, upstream) = match (connected, tries.last) {
+            (Ok(pair), _) => pair,
+            // Nothing left to pick after a retry: the failure that made it
+            // stands, as nginx answers with the last error.
+            (Err(ConnectError::Select(_)), Some(status)) => {
+                return Err(refuse(exchange, status, "upstream sent no valid answer"));
+            }
+            (Err(e), _) => {
                 tracing::debug!(error = %e, source = ?std::error::Error::source(&e), "no upstream");
                 return Err(refuse(exchange, e.status(), "no upstream could be reached"));
             }
@@ -152,37 +249,41 @@ impl Proxy {
         // A group that expects a PROXY v2 header (HAProxy `send-proxy-v2`)
         // gets it before hyper's client writes the request head.
         let mut preface = BytesMut::new();
-        proxy_header(&group, &client, peer, listener.port, &mut preface);
-        if !preface.is_empty()
-            && write_all_timeout(&mut upstream, &preface, inner.timeouts.send)
-                .await
-                .is_err()
-        {
-            lease.report_failure(tokio::time::Instant::now().into_std());
-            return Err(refuse(
-                exchange,
-                StatusCode::BAD_GATEWAY,
-                "upstream refused the request",
-            ));
-        }
+        proxy_header(group, client, *peer, listener.port, &mut preface);
         exchange.upstream(lease.addr());
         let ctx = ForwardContext::new(
-            peer,
+            *peer,
             listener.scheme,
             listener.port,
             lease.authority().clone(),
         )
         // Its head went through `parse_request` above.
         .with_checked_host()
-        .with_boxed_redirect_prefix(redirect);
-        inner.policy.rewrite_request(&mut request, &client, &ctx);
+        .with_boxed_redirect_prefix(redirect.clone());
+        let mut request = copy_head(request);
+        inner.policy.rewrite_request(&mut request, client, &ctx);
         Ok(Hosted {
             request,
             upstream,
+            preface,
             lease,
-            answer: HostedAnswer { client, ctx },
+            answer: HostedAnswer {
+                client: client.clone(),
+                ctx,
+            },
         })
     }
+}
+
+/// A copy of a request head (method, target, version, headers) for one
+/// try's rewrite; extensions stay behind, as the upstream never sees them.
+fn copy_head(request: &Request<()>) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
 }
 
 /// An answer the proxy makes itself, counted in `exchange` as `Server`

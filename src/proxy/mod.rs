@@ -215,7 +215,7 @@ pub use health::{
     TcpProbe, WebSocketProbe,
 };
 #[cfg(feature = "tower")]
-pub(crate) use hosted::refuse;
+pub(crate) use hosted::{refuse, Hosted, HostedTries};
 pub use keepalive::TcpKeepalive;
 pub use rebalance::{RebalanceReport, Rebalancer};
 pub(crate) use reclaim::Reclaim;

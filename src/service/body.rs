@@ -250,22 +250,37 @@ pub(crate) struct Upload {
 }
 
 impl Upload {
-    pub(crate) fn new<B>(body: B, limit: u64, state: Arc<UploadState>) -> Self
+    /// `body`, counted against `limit` (0: none) into `state`.
+    pub(crate) fn new(
+        body: UnsyncBoxBody<Bytes, BoxError>,
+        limit: u64,
+        state: Arc<UploadState>,
+    ) -> Self {
+        Self {
+            body,
+            limit,
+            seen: 0,
+            state,
+        }
+    }
+
+    /// A host's request body, in the one type every try sends.
+    pub(crate) fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
     where
         B: Body + Send + 'static,
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
         use http_body_util::BodyExt as _;
-        Self {
-            body: body
-                .map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
-                .map_err(Into::into)
-                .boxed_unsync(),
-            limit,
-            seen: 0,
-            state,
-        }
+        body.map_frame(|frame| frame.map_data(|mut data| data.copy_to_bytes(data.remaining())))
+            .map_err(Into::into)
+            .boxed_unsync()
+    }
+
+    /// No body: what a request sends again on the next upstream (only a
+    /// request without one goes out again).
+    pub(crate) fn empty() -> UnsyncBoxBody<Bytes, BoxError> {
+        Self::boxed(http_body_util::Empty::<Bytes>::new())
     }
 }
 

@@ -129,10 +129,12 @@ use tracing::Instrument;
 
 pub use body::{BoxError, ProxyBody};
 use body::{Download, Upload, UploadState};
+use http_body_util::combinators::UnsyncBoxBody;
 
+use crate::balance::Lease;
 use crate::forward::Scheme;
 use crate::handshake::{error_response, RequestBodyError};
-use crate::proxy::{refuse, Exchange, Listener, Outcome, UpgradeError};
+use crate::proxy::{refuse, Exchange, Hosted, HostedTries, Listener, Outcome, UpgradeError};
 use crate::Proxy;
 
 /// The client's address, as a request extension a host inserts when it
@@ -507,19 +509,46 @@ impl ProxyService {
         let proxy = &self.proxy;
         let (parts, body) = request.into_parts();
         let head = Request::from_parts(parts, ());
+        let admitted = proxy.admit_hosted(head, peer, self.listener, exchange)?;
+        let mut tries = HostedTries::new(proxy, &admitted, !body.is_end_stream());
+        // Taken by the first try; a request that may go out again has none.
+        let mut body = Some(Upload::boxed(body));
+        // Each turn is one upstream, and the tries are bounded.
+        loop {
+            let hosted = proxy
+                .connect_hosted(&admitted, &mut tries, exchange)
+                .await?;
+            let body = body.take().unwrap_or_else(Upload::empty);
+            match self.try_hosted(hosted, body, exchange).await {
+                Tried::Answered(answer) => return answer,
+                Tried::Failed(lease, status, message) => {
+                    if !tries.failed(proxy, &lease, status) {
+                        return Err(refuse(exchange, status, message));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try of a plain request on the upstream `hosted` connected:
+    /// its answer, or the upstream's failure to give one.
+    async fn try_hosted(
+        &self,
+        mut hosted: Hosted,
+        body: UnsyncBoxBody<Bytes, BoxError>,
+        exchange: &mut Exchange,
+    ) -> Tried {
+        let proxy = &self.proxy;
         let picked = std::time::Instant::now();
-        let hosted = proxy
-            .admit_hosted(head, peer, self.listener, exchange)
-            .await?;
+        if !hosted.write_preface(proxy.timeouts().send).await {
+            let message = "upstream refused the request";
+            return Tried::Failed(hosted.lease, StatusCode::BAD_GATEWAY, message);
+        }
         let lease = hosted.lease;
-        let mut failed = |status, message| {
-            lease.report_failure(std::time::Instant::now());
-            refuse(exchange, status, message)
-        };
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake(TokioIo::new(hosted.upstream)).await {
                 Ok(pair) => pair,
-                Err(_) => return Err(failed(StatusCode::BAD_GATEWAY, "upstream closed")),
+                Err(_) => return Tried::Failed(lease, StatusCode::BAD_GATEWAY, "upstream closed"),
             };
         // Ends with the exchange: the request says `Connection: close`, and
         // dropping the answer's body closes it early.
@@ -541,7 +570,7 @@ impl ProxyService {
                 () = state.progress.notified() => continue,
                 () = tokio::time::sleep(read) => {
                     let message = "upstream sent no answer in time";
-                    return Err(failed(StatusCode::GATEWAY_TIMEOUT, message));
+                    return Tried::Failed(lease, StatusCode::GATEWAY_TIMEOUT, message);
                 }
             }
         };
@@ -553,20 +582,18 @@ impl ProxyService {
             Err(_) if state.too_large() => {
                 let limit = proxy.client_max_body_size();
                 let e = RequestBodyError::TooLarge { limit };
-                return Err(refuse(exchange, e.status(), &e.to_string()));
+                return Tried::Answered(Err(refuse(exchange, e.status(), &e.to_string())));
             }
             Err(_) if state.client_failed() => {
                 exchange.finish(Outcome::Abandoned, None);
-                return Err(error_response(
+                return Tried::Answered(Err(error_response(
                     StatusCode::BAD_REQUEST,
                     "request body broke off",
-                ));
+                )));
             }
             Err(_) => {
-                return Err(failed(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream sent no valid answer",
-                ))
+                let message = "upstream sent no valid answer";
+                return Tried::Failed(lease, StatusCode::BAD_GATEWAY, message);
             }
         };
         let (parts, incoming) = response.into_parts();
@@ -576,8 +603,21 @@ impl ProxyService {
         // upstream connection; toward the client the host's server decides.
         head.headers_mut().remove(CONNECTION);
         let download = Download::new(incoming, read, lease, state, head.status());
-        Ok(head.map(|()| download))
+        Tried::Answered(Ok(head.map(|()| download)))
     }
+}
+
+/// How one try of a plain request ended.
+// Returned once per try and matched at once: boxing the answer would
+// cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Tried {
+    /// With the answer to give the client: the upstream's, or the proxy's
+    /// own for the client's fault.
+    Answered(Result<Response<Download>, Response<Bytes>>),
+    /// The upstream took no request or gave no answer head (in time): the
+    /// status and message to answer with if no other upstream may try.
+    Failed(Lease, StatusCode, &'static str),
 }
 
 /// Routes on the path the client sent, not the one a nesting router left
