@@ -300,14 +300,7 @@ async fn the_next_upstream_timeout_bounds_how_long_a_request_is_passed_on() {
     gw.shutdown().await;
 
     let proxy = bounded_3s().build().unwrap();
-    let request = http::Request::get("/")
-        .header("host", "example.com")
-        .header("upgrade", "websocket")
-        .header("connection", "Upgrade")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
+    let request = parsed_upgrade("/");
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let before = heads.load(Ordering::SeqCst);
     let upgrade = proxy.connect_upgrade(request, peer, wsproxy::Scheme::Http);

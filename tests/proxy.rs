@@ -2048,25 +2048,13 @@ async fn least_conn_sends_new_connections_where_leases_were_released() {
     gw.shutdown().await;
 }
 
-/// A WebSocket upgrade request as a host's own server (hyper) parsed it.
-fn parsed_upgrade() -> http::Request<()> {
-    http::Request::get("/ws")
-        .header("host", "app.test")
-        .header("upgrade", "websocket")
-        .header("connection", "Upgrade")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_refused_connect_is_502_with_the_socket_error_as_its_source() {
     let proxy = round_robin(&[closed_port().await]).build().unwrap();
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let err = bounded(
         "the refused connect",
-        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+        proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http),
     )
     .await
     .unwrap_err();
@@ -2100,7 +2088,7 @@ async fn connect_timeouts_on_every_upstream_are_504_and_name_the_timeout() {
     let err = within(
         Duration::from_secs(60),
         "the connect timeouts",
-        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+        proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http),
     )
     .await
     .unwrap_err();
@@ -2146,7 +2134,7 @@ async fn a_tunnel_opening_after_its_group_was_reconfigured_away_stays_listed() {
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let pending = bounded(
         "the upgrade",
-        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+        proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http),
     )
     .await
     .unwrap();
@@ -2179,7 +2167,7 @@ async fn a_reconfigure_during_the_upstream_connect_keeps_the_tunnel_listed() {
         let proxy = proxy.clone();
         async move {
             proxy
-                .connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http)
+                .connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http)
                 .await
         }
     });
@@ -2253,7 +2241,7 @@ async fn a_cancelled_tunnel_counts_its_last_bytes() {
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let pending = bounded(
         "the upgrade",
-        proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http),
+        proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http),
     )
     .await
     .unwrap();
@@ -2581,14 +2569,7 @@ async fn a_pending_upgrade_dropped_before_its_tunnel_is_abandoned_and_reported()
     let up = ws_upstream(WsUpstreamOptions::default()).await;
     let (proxy, ended) = parity_proxy(up.addr).await;
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
-    let request = http::Request::get("/echo")
-        .header("host", "app.test")
-        .header("upgrade", "websocket")
-        .header("connection", "Upgrade")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .header("sec-websocket-version", "13")
-        .body(())
-        .unwrap();
+    let request = parsed_upgrade("/echo");
     let pending = bounded(
         "the upstream's 101",
         proxy.connect_upgrade(request, peer, wsproxy::Scheme::Http),
@@ -2686,7 +2667,7 @@ async fn an_embedded_upgrade_is_retried_past_an_upstream_that_closes_unanswered(
     let proxy = round_robin(&[dead, live.addr]).build().unwrap();
     let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     for _ in 0..2 {
-        let upgrade = proxy.connect_upgrade(parsed_upgrade(), peer, wsproxy::Scheme::Http);
+        let upgrade = proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http);
         bounded("the upgrade", upgrade).await.unwrap();
     }
     assert_eq!(heads.load(Ordering::SeqCst), 1);

@@ -565,3 +565,16 @@ pub async fn closes_unanswered() -> (SocketAddr, Arc<std::sync::atomic::AtomicUs
     });
     (addr, heads)
 }
+
+/// A WebSocket upgrade request for `path` as a host's own server (hyper)
+/// parsed it.
+pub fn parsed_upgrade(path: &str) -> http::Request<()> {
+    http::Request::get(path)
+        .header("host", "app.test")
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap()
+}
