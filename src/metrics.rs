@@ -21,7 +21,7 @@
 //! | `wsproxy_handshakes_total` | counter | `outcome` | WebSocket upgrade requests by how they ended: `upgraded` (101 sent), `refused` (the upstream answered without 101, relayed), `rejected` (the proxy answered an error itself), `abandoned` (the client went away), `upstream_failed` |
 //! | `wsproxy_handshake_seconds` | histogram | | from the start of the upgrade request (a connection's accept, for its first request) to the 101 sent to the client |
 //! | `wsproxy_rejects_total` | counter | `status` | answers the proxy made itself: `400`, `403`, `404`, `408`, `413`, `426`, `431`, `500`, `502`, `504`, or `other` |
-//! | `wsproxy_retries_total` | counter | | connects tried on another upstream after one failed (nginx `proxy_next_upstream`) |
+//! | `wsproxy_retries_total` | counter | | tries on another upstream after one failed a request: no connect, no answer head or none in time (nginx `proxy_next_upstream`) |
 //! | `wsproxy_bytes_total` | counter | `direction` = `client_to_upstream` \| `upstream_to_client` | bytes through tunnels and bodies |
 //! | `wsproxy_open_tunnels` | gauge | `route`, `upstream` | tunnels open now; `sum by (route)` or `sum by (upstream)` for either view |
 //! | `wsproxy_tunnel_seconds` | histogram | | lifetime of each tunnel that ended (from its 101 to its end) |

@@ -2657,6 +2657,78 @@ async fn an_upstream_that_closes_unanswered_is_retried_on_the_next() {
     gw.shutdown().await;
 }
 
+/// An invalid answer head counts against its upstream but goes to no
+/// other one (nginx passes it on only with `invalid_header` listed): each
+/// request reaches exactly one upstream, and 502 is the answer when that
+/// was the broken one; on `Server` and on `connect_upgrade`.
+#[tokio::test]
+async fn an_invalid_answer_head_goes_to_no_other_upstream() {
+    use std::sync::atomic::Ordering;
+    let (bad, bad_heads) = counting_upstream(INVALID_HEAD).await;
+    let (good, good_heads) =
+        counting_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let heads = || {
+        (
+            bad_heads.load(Ordering::SeqCst),
+            good_heads.load(Ordering::SeqCst),
+        )
+    };
+    let gw = Gateway::start(round_robin(&[bad, good])).await;
+    let mut broken = 0;
+    for i in 0..4 {
+        let before = heads();
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        let get = "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+        c.write_all(get.as_bytes()).await.unwrap();
+        let answer = String::from_utf8_lossy(&read_to_end(&mut c).await).into_owned();
+        let (b, g) = heads();
+        let (to_bad, to_good) = (b - before.0, g - before.1);
+        assert_eq!(
+            to_bad + to_good,
+            1,
+            "request {i}: {to_bad} bad, {to_good} good"
+        );
+        let expected = if to_bad == 1 { " 502 " } else { " 200 " };
+        assert!(
+            answer.starts_with("HTTP/1.1") && answer.contains(expected),
+            "request {i}: {answer}"
+        );
+        broken += to_bad;
+    }
+    assert!(broken >= 1, "the broken upstream was never picked");
+    gw.shutdown().await;
+
+    let (bad, bad_heads) = counting_upstream(INVALID_HEAD).await;
+    let good = ws_upstream(WsUpstreamOptions::default()).await;
+    let proxy = round_robin(&[bad, good.addr]).build().unwrap();
+    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+    let heads = || {
+        (
+            bad_heads.load(Ordering::SeqCst),
+            good.seen.lock().unwrap().len(),
+        )
+    };
+    let mut broken = 0;
+    for i in 0..2 {
+        let before = heads();
+        let upgrade = proxy.connect_upgrade(parsed_upgrade("/ws"), peer, wsproxy::Scheme::Http);
+        let opened = bounded("the upgrade", upgrade).await;
+        let (b, g) = heads();
+        let (to_bad, to_good) = (b - before.0, g - before.1);
+        assert_eq!(
+            to_bad + to_good,
+            1,
+            "upgrade {i}: {to_bad} bad, {to_good} good"
+        );
+        match opened {
+            Ok(_) => assert_eq!(to_good, 1),
+            Err(e) => assert_eq!((e.status(), to_bad), (http::StatusCode::BAD_GATEWAY, 1)),
+        }
+        broken += to_bad;
+    }
+    assert_eq!(broken, 1, "the broken upstream is picked once, then marked");
+}
+
 /// The same on the embedded path: `Proxy::connect_upgrade` opens the
 /// upgrade on the next upstream.
 #[tokio::test]

@@ -63,12 +63,10 @@ fn with_health(service: wsproxy::service::ProxyService) -> Router {
 /// A plain HTTP upstream (axum): `GET /api/hello` and `POST /api/echo`,
 /// which streams the request body back as it arrives.
 async fn http_upstream() -> SocketAddr {
+    let echo = |body: Body| async move { Body::new(body) };
     let app = Router::new()
         .route("/api/hello", get(|| async { "hello from upstream\n" }))
-        .route(
-            "/api/echo",
-            post(|body: Body| async move { Body::new(body) }),
-        );
+        .route("/api/echo", post(echo).put(echo));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -562,20 +560,14 @@ async fn plain_connect_over_http2_is_501_and_clientaddr_is_read() {
 }
 
 /// nginx `proxy_next_upstream error timeout`, as on `Server`: a GET that
-/// an upstream closes unanswered goes to the next one; a POST with a body,
-/// which is not kept to send again, gets the 502.
+/// an upstream closes unanswered goes to the next one; a PUT with a body,
+/// which is not kept to send again, reaches the closing upstream alone and
+/// gets the 502.
 #[tokio::test]
 async fn a_plain_request_is_retried_past_an_upstream_that_closes_unanswered() {
     use std::sync::atomic::Ordering;
-    let two = |a, b| {
-        let set = [Upstream::new(a), Upstream::new(b)].into_iter().collect();
-        Proxy::builder().route(Route::new(
-            "/api/",
-            UpstreamGroup::new("up", RoundRobin::new(set)),
-        ))
-    };
     let (dead, heads) = closes_unanswered().await;
-    let proxy = two(dead, http_upstream().await).build().unwrap();
+    let proxy = two_upstreams(dead, http_upstream().await).build().unwrap();
     let addr = host(&proxy, with_health).await;
     for i in 0..4 {
         let head = "GET /api/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
@@ -588,24 +580,106 @@ async fn a_plain_request_is_retried_past_an_upstream_that_closes_unanswered() {
     );
 
     let (dead, heads) = closes_unanswered().await;
-    let proxy = two(dead, http_upstream().await).build().unwrap();
+    let proxy = two_upstreams(dead, http_upstream().await).build().unwrap();
     let addr = host(&proxy, with_health).await;
     let mut statuses = Vec::new();
     for _ in 0..4 {
         let before = heads.load(Ordering::SeqCst);
-        let post = "POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
-        let answer = raw_exchange(addr, post, b"\r\n\r\n").await;
-        let hit_dead = heads.load(Ordering::SeqCst) > before;
-        statuses.push((hit_dead, answer.lines().next().unwrap_or("").to_owned()));
+        let put =
+            "PUT /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+        let answer = raw_exchange(addr, put, b"\r\n\r\n").await;
+        let to_dead = heads.load(Ordering::SeqCst) - before;
+        statuses.push((to_dead, answer.lines().next().unwrap_or("").to_owned()));
     }
-    for (hit_dead, status) in &statuses {
-        let expected = if *hit_dead { " 502 " } else { " 200 " };
-        assert!(status.contains(expected), "{statuses:?}");
+    for (to_dead, status) in &statuses {
+        let expected = if *to_dead == 1 { " 502 " } else { " 200 " };
+        assert!(*to_dead <= 1 && status.contains(expected), "{statuses:?}");
     }
     assert!(
-        statuses.iter().any(|(hit_dead, _)| *hit_dead),
+        statuses.iter().any(|(to_dead, _)| *to_dead == 1),
         "{statuses:?}"
     );
+}
+
+/// Two upstreams in one round-robin group under `/api/`.
+fn two_upstreams(a: SocketAddr, b: SocketAddr) -> ProxyBuilder {
+    let set = [Upstream::new(a), Upstream::new(b)].into_iter().collect();
+    Proxy::builder().route(Route::new(
+        "/api/",
+        UpstreamGroup::new("up", RoundRobin::new(set)),
+    ))
+}
+
+/// An invalid answer head is answered 502 and goes to no other upstream,
+/// as on `Server` (nginx passes it on only with `invalid_header`).
+#[tokio::test]
+async fn an_invalid_answer_head_goes_to_no_other_upstream() {
+    use std::sync::atomic::Ordering;
+    let (bad, bad_heads) = counting_upstream(INVALID_HEAD).await;
+    let (good, good_heads) =
+        counting_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+            .await;
+    let heads = || {
+        (
+            bad_heads.load(Ordering::SeqCst),
+            good_heads.load(Ordering::SeqCst),
+        )
+    };
+    let proxy = two_upstreams(bad, good).build().unwrap();
+    let addr = host(&proxy, with_health).await;
+    let mut broken = 0;
+    for i in 0..4 {
+        let before = heads();
+        let head = "GET /api/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let answer = raw_exchange(addr, head, b"\n\r\n").await;
+        let (b, g) = heads();
+        let (to_bad, to_good) = (b - before.0, g - before.1);
+        assert_eq!(
+            to_bad + to_good,
+            1,
+            "request {i}: {to_bad} bad, {to_good} good"
+        );
+        let expected = if to_bad == 1 {
+            "HTTP/1.1 502"
+        } else {
+            "HTTP/1.1 200"
+        };
+        assert!(answer.starts_with(expected), "request {i}: {answer}");
+        broken += to_bad;
+    }
+    assert!(broken >= 1, "the broken upstream was never picked");
+}
+
+/// nginx `proxy_next_upstream_timeout` on the service: three upstreams
+/// that never answer, a 2 s read timeout and a 3 s bound: the second try
+/// begins at 2 s, a third would at 4 s.
+#[tokio::test(start_paused = true)]
+async fn the_next_upstream_timeout_bounds_the_services_tries() {
+    use std::sync::atomic::Ordering;
+    let (silent, heads) = counting_upstream(b"").await;
+    let (second, heads2) = counting_upstream(b"").await;
+    let (third, heads3) = counting_upstream(b"").await;
+    let set = [silent, second, third]
+        .into_iter()
+        .map(Upstream::new)
+        .collect();
+    let proxy = Proxy::builder()
+        .route(Route::new(
+            "/api/",
+            UpstreamGroup::new("up", RoundRobin::new(set)),
+        ))
+        .read_timeout(Duration::from_secs(2))
+        .next_upstream_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let addr = host(&proxy, with_health).await;
+    let answer = raw_exchange(addr, "GET /api/x HTTP/1.1\r\nHost: x\r\n\r\n", b"\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    let tried: usize = [heads, heads2, heads3]
+        .iter()
+        .map(|h| h.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(tried, 2);
 }
 
 #[tokio::test(start_paused = true)]

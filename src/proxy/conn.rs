@@ -405,11 +405,12 @@ where
                             self.finish(Outcome::Abandoned);
                             return Next::Close;
                         }
-                        // An interim answer reached the client: no other
-                        // upstream may answer it.
+                        // No other upstream may answer it (an interim
+                        // answer reached the client, or the head was
+                        // invalid).
                         Err(NoAnswer::Upstream {
                             status,
-                            relayed: true,
+                            retry: false,
                         }) => {
                             connected.lease.report_failure(Instant::now().into_std());
                             return self

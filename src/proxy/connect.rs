@@ -132,7 +132,12 @@ pub(super) async fn connect(
             }
         };
         if !failed.is_empty() {
-            // nginx `proxy_next_upstream`: this pick follows a failed connect.
+            // A balancer that picks what failed (a host's own, ignoring
+            // `PickContext::failed`) would loop as long as tries are left.
+            if failed.contains(&lease.id()) {
+                break;
+            }
+            // nginx `proxy_next_upstream`: this pick follows a failed try.
             inner.counters.retry();
         }
         // The TCP (or Unix) connect, then a TLS group's handshake, under

@@ -34,6 +34,8 @@ pub(crate) struct Admitted {
     redirect: Option<Box<(String, String)>>,
     peer: SocketAddr,
     listener: Listener,
+    /// Its head announces a body (`Content-Length` above zero, chunked).
+    has_body: bool,
 }
 
 /// A plain request connected and rewritten for one upstream.
@@ -76,10 +78,12 @@ pub(crate) struct HostedTries {
 }
 
 impl HostedTries {
-    /// The tries of `admitted`, whose body `has_body` says whether it has.
+    /// The tries of `admitted`, whose body `has_body` says whether it has
+    /// (as does its head, if it announces one).
     pub(crate) fn new(proxy: &Proxy, admitted: &Admitted, has_body: bool) -> Self {
         let inner = proxy.inner();
         let tries = Tries::new(&inner);
+        let has_body = has_body || admitted.has_body;
         let repeatable = may_retry(&inner, admitted.request.method(), has_body, &tries);
         Self {
             tries,
@@ -211,6 +215,7 @@ impl Proxy {
             redirect,
             peer,
             listener,
+            has_body: body != BodyKind::Empty,
         })
     }
 
@@ -232,6 +237,7 @@ impl Proxy {
             redirect,
             peer,
             listener,
+            ..
         } = admitted;
         let connected = connect(inner, group, client, request, &mut tries.tries).await;
         let (lease, upstream) = match (connected, tries.last) {

@@ -20,10 +20,12 @@
 //!    502 or 504 when none is left;
 //! 4. send the rewritten head; read the answer within the read timeout
 //!    (`proxy_read_timeout`, 504). An upstream that does not take the head
-//!    or gives no valid answer head in time also passes a request with no
-//!    body to the next upstream, within the same tries, unless its method
-//!    is POST, LOCK or PATCH or an interim answer already reached the
-//!    client (nginx's `proxy_next_upstream error timeout` does the same);
+//!    or gives no answer head in time also passes a request with no body
+//!    to the next upstream, within the same tries, unless its method is
+//!    POST, LOCK or PATCH or an interim answer already reached the client
+//!    (nginx's `proxy_next_upstream error timeout` does the same; an
+//!    invalid answer head is answered 502 at once, as nginx passes on
+//!    only with `invalid_header` listed);
 //!    [`ProxyBuilder::next_upstream_timeout`] bounds how long after the
 //!    first try a next one may begin (`proxy_next_upstream_timeout`);
 //! 5. a WebSocket upgrade that the upstream completes (101 with a valid

@@ -210,8 +210,11 @@ impl Proxy {
             // Interim answers (103 Early Hints) are skipped; bounded like
             // the proxy's own loop.
             let mut answered = Err(StatusCode::BAD_GATEWAY);
+            // An invalid answer head goes to no other upstream (nginx's
+            // default passes on `error timeout`, not `invalid_header`).
+            let mut retry = true;
             if written.is_ok() {
-                for _ in 0..8 {
+                for interim in 1..=8 {
                     let deadline = Instant::now() + crate::clock::capped(inner.timeouts.read);
                     let head = read_head(
                         &mut upstream,
@@ -227,11 +230,18 @@ impl Proxy {
                             answered = Err(StatusCode::GATEWAY_TIMEOUT);
                             break;
                         }
-                        Err(_) => break,
+                        Err(e) => {
+                            retry = !matches!(e, HeadRead::Parse(_));
+                            break;
+                        }
                     };
                     lease.report_success(picked);
                     match handshake::classify_response(&kind, &head) {
-                        Ok(ResponseKind::Informational) => continue,
+                        Ok(ResponseKind::Informational) => {
+                            // Interim answers without end: invalid too.
+                            retry = interim < 8;
+                            continue;
+                        }
                         Ok(ResponseKind::Switched) => {
                             answered = Ok(head);
                             break;
@@ -261,7 +271,7 @@ impl Proxy {
                     // Its head not taken, or no answer head in time.
                     lease.report_failure(Instant::now().into_std());
                     tried.failed(lease.id());
-                    if !may_retry(inner, request.method(), false, &tried) {
+                    if !retry || !may_retry(inner, request.method(), false, &tried) {
                         return Err(UpgradeError::Unreachable(status));
                     }
                     last = Some(status);

@@ -515,14 +515,23 @@ impl ProxyService {
         let mut body = Some(Upload::boxed(body));
         // Each turn is one upstream, and the tries are bounded.
         loop {
+            // Before the pick: an answer lifts a failure mark only for a
+            // pick made after the mark's sit-out ended.
+            let picked = tokio::time::Instant::now().into_std();
             let hosted = proxy
                 .connect_hosted(&admitted, &mut tries, exchange)
                 .await?;
             let body = body.take().unwrap_or_else(Upload::empty);
-            match self.try_hosted(hosted, body, exchange).await {
+            match self.try_hosted(hosted, body, picked, exchange).await {
                 Tried::Answered(answer) => return answer,
-                Tried::Failed(lease, status, message) => {
-                    if !tries.failed(proxy, &lease, status) {
+                Tried::Failed {
+                    lease,
+                    status,
+                    message,
+                    retry,
+                } => {
+                    let next = tries.failed(proxy, &lease, status);
+                    if !(retry && next) {
                         return Err(refuse(exchange, status, message));
                     }
                 }
@@ -536,19 +545,19 @@ impl ProxyService {
         &self,
         mut hosted: Hosted,
         body: UnsyncBoxBody<Bytes, BoxError>,
+        picked: std::time::Instant,
         exchange: &mut Exchange,
     ) -> Tried {
         let proxy = &self.proxy;
-        let picked = std::time::Instant::now();
         if !hosted.write_preface(proxy.timeouts().send).await {
             let message = "upstream refused the request";
-            return Tried::Failed(hosted.lease, StatusCode::BAD_GATEWAY, message);
+            return Tried::failed(hosted.lease, StatusCode::BAD_GATEWAY, message);
         }
         let lease = hosted.lease;
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake(TokioIo::new(hosted.upstream)).await {
                 Ok(pair) => pair,
-                Err(_) => return Tried::Failed(lease, StatusCode::BAD_GATEWAY, "upstream closed"),
+                Err(_) => return Tried::failed(lease, StatusCode::BAD_GATEWAY, "upstream closed"),
             };
         // Ends with the exchange: the request says `Connection: close`, and
         // dropping the answer's body closes it early.
@@ -570,7 +579,7 @@ impl ProxyService {
                 () = state.progress.notified() => continue,
                 () = tokio::time::sleep(read) => {
                     let message = "upstream sent no answer in time";
-                    return Tried::Failed(lease, StatusCode::GATEWAY_TIMEOUT, message);
+                    return Tried::failed(lease, StatusCode::GATEWAY_TIMEOUT, message);
                 }
             }
         };
@@ -591,9 +600,15 @@ impl ProxyService {
                     "request body broke off",
                 )));
             }
-            Err(_) => {
-                let message = "upstream sent no valid answer";
-                return Tried::Failed(lease, StatusCode::BAD_GATEWAY, message);
+            // An invalid head goes to no other upstream: nginx's default
+            // passes on `error timeout`, not `invalid_header`.
+            Err(e) => {
+                return Tried::Failed {
+                    lease,
+                    status: StatusCode::BAD_GATEWAY,
+                    message: "upstream sent no valid answer",
+                    retry: !e.is_parse(),
+                }
             }
         };
         let (parts, incoming) = response.into_parts();
@@ -615,9 +630,27 @@ enum Tried {
     /// With the answer to give the client: the upstream's, or the proxy's
     /// own for the client's fault.
     Answered(Result<Response<Download>, Response<Bytes>>),
-    /// The upstream took no request or gave no answer head (in time): the
-    /// status and message to answer with if no other upstream may try.
-    Failed(Lease, StatusCode, &'static str),
+    /// The upstream took no request or gave no valid answer head (in
+    /// time): the status and message to answer with if no other upstream
+    /// may try, and whether this failure lets one (`retry`).
+    Failed {
+        lease: Lease,
+        status: StatusCode,
+        message: &'static str,
+        retry: bool,
+    },
+}
+
+impl Tried {
+    /// A failure another upstream may make good.
+    fn failed(lease: Lease, status: StatusCode, message: &'static str) -> Self {
+        Self::Failed {
+            lease,
+            status,
+            message,
+            retry: true,
+        }
+    }
 }
 
 /// Routes on the path the client sent, not the one a nesting router left

@@ -578,3 +578,35 @@ pub fn parsed_upgrade(path: &str) -> http::Request<()> {
         .body(())
         .unwrap()
 }
+
+/// An upstream that answers every request head with `answer`, counting the
+/// heads before it answers, and holds each connection until the proxy
+/// closes it.
+pub async fn counting_upstream(
+    answer: &'static [u8],
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&heads);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                read_until(&mut tcp, b"\r\n\r\n").await;
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = tcp.write_all(answer).await;
+                let mut buf = [0u8; 256];
+                let _ = tokio::time::timeout(WAIT, async {
+                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A malformed answer head (a field line without a colon).
+pub const INVALID_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n";

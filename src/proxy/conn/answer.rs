@@ -18,9 +18,12 @@ use crate::handshake::{self, HeadScanner, RequestKind, UpgradeAnswer};
 /// Why no final answer head came.
 pub(super) enum NoAnswer {
     /// The upstream's fault (a passive-health failure): answer with
-    /// `status`, unless another upstream may take the request, which it
-    /// may not once an interim answer was `relayed` to the client.
-    Upstream { status: StatusCode, relayed: bool },
+    /// `status`, unless another upstream may take the request (`retry`).
+    /// None may once an interim answer reached the client, nor after an
+    /// invalid answer head: nginx's default `proxy_next_upstream error
+    /// timeout` passes on a closed or silent upstream, not an
+    /// `invalid_header`.
+    Upstream { status: StatusCode, retry: bool },
     /// The client closed before the answer came, or relaying an interim
     /// answer to it failed.
     ClientGone,
@@ -77,13 +80,13 @@ where
             let response = match answered {
                 Ok(UpgradeAnswer::Other(response)) => response,
                 Ok(switched) => return Ok(switched),
-                Err(HeadRead::Timeout) => {
-                    let status = StatusCode::GATEWAY_TIMEOUT;
-                    return Err(NoAnswer::Upstream { status, relayed });
-                }
-                Err(_) => {
-                    let status = StatusCode::BAD_GATEWAY;
-                    return Err(NoAnswer::Upstream { status, relayed });
+                Err(e) => {
+                    let status = match e {
+                        HeadRead::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                        _ => StatusCode::BAD_GATEWAY,
+                    };
+                    let retry = !relayed && !matches!(e, HeadRead::Parse(_));
+                    return Err(NoAnswer::Upstream { status, retry });
                 }
             };
             let status = response.status();
@@ -105,8 +108,12 @@ where
             }
             return Ok(UpgradeAnswer::Other(response));
         }
+        // Interim answers without end: as invalid as a bad head.
         let status = StatusCode::BAD_GATEWAY;
-        Err(NoAnswer::Upstream { status, relayed })
+        Err(NoAnswer::Upstream {
+            status,
+            retry: false,
+        })
     }
 
     /// After `connected`'s upstream failed the request with `status` (its
