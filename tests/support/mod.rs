@@ -552,18 +552,7 @@ pub async fn tls_to(
 /// closes without an answer, as a backend going down does; counts the
 /// heads it read.
 pub async fn closes_unanswered() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(AtomicUsize::new(0));
-    let counted = Arc::clone(&heads);
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            read_until(&mut tcp, b"\r\n\r\n").await;
-            counted.fetch_add(1, Ordering::SeqCst);
-        }
-    });
-    (addr, heads)
+    heads_counted(b"", false).await
 }
 
 /// A WebSocket upgrade request for `path` as a host's own server (hyper)
@@ -585,6 +574,15 @@ pub fn parsed_upgrade(path: &str) -> http::Request<()> {
 pub async fn counting_upstream(
     answer: &'static [u8],
 ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    heads_counted(answer, true).await
+}
+
+/// Reads each connection's request head, counts it, sends `answer`, then
+/// holds the connection until the proxy closes it (`hold`) or closes it.
+async fn heads_counted(
+    answer: &'static [u8],
+    hold: bool,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -599,7 +597,7 @@ pub async fn counting_upstream(
                 let _ = tcp.write_all(answer).await;
                 let mut buf = [0u8; 256];
                 let _ = tokio::time::timeout(WAIT, async {
-                    while matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
+                    while hold && matches!(tcp.read(&mut buf).await, Ok(n) if n > 0) {}
                 })
                 .await;
             });
