@@ -160,7 +160,7 @@ pub(super) async fn connect(
                 // Not the upstream's failure: no mark against it, but
                 // another upstream may well be reachable.
                 last_local = Some(local);
-                tries.failed.push(lease.id());
+                tries.failed(lease.id());
                 continue;
             }
             Ok(Err(e)) => {
@@ -173,7 +173,7 @@ pub(super) async fn connect(
             }
         }
         lease.report_failure(Instant::now().into_std());
-        tries.failed.push(lease.id());
+        tries.failed(lease.id());
     }
     // One refused connect among timeouts makes it a 502, as before: the
     // upstreams are not merely slow.
@@ -189,18 +189,22 @@ pub(super) async fn connect(
 
 /// Whether a request whose upstream failed after the connect (its head
 /// not taken, or no valid answer head in time) may go to the next
-/// upstream, as nginx's `proxy_next_upstream error timeout` retries: only
-/// without a body (none is kept to send again), for a method that may be
-/// repeated (nginx's non-idempotent ones are POST, LOCK and PATCH), and
-/// while tries are left ([`Tries::left`]).
+/// upstream, as nginx's `proxy_next_upstream error timeout` retries: when
+/// it is [`repeatable`] and tries are left ([`Tries::left`]).
 pub(super) fn may_retry(
     inner: &Inner,
     method: &http::Method,
     has_body: bool,
     tries: &Tries,
 ) -> bool {
-    let repeatable = !matches!(method.as_str(), "POST" | "LOCK" | "PATCH");
-    !has_body && repeatable && tries.left(inner)
+    repeatable(method, has_body) && tries.left(inner)
+}
+
+/// Whether a request could go out again: it has no body (none is kept to
+/// send again) and its method is not one nginx holds non-idempotent
+/// (POST, LOCK, PATCH).
+pub(super) fn repeatable(method: &http::Method, has_body: bool) -> bool {
+    !has_body && !matches!(method.as_str(), "POST" | "LOCK" | "PATCH")
 }
 
 /// One request's tries: the upstreams it failed on, and when the first

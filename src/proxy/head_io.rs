@@ -30,6 +30,16 @@ pub(super) enum HeadRead<E> {
     Parse(E),
 }
 
+impl<E> HeadRead<E> {
+    /// Whether an answer head that failed so lets the next upstream take
+    /// the request: a closed, broken or silent upstream does (nginx's
+    /// default `proxy_next_upstream error timeout`), an invalid head does
+    /// not (that takes `invalid_header`).
+    pub(super) fn passes_on(&self) -> bool {
+        !matches!(self, Self::Parse(_))
+    }
+}
+
 /// The bytes read past a head, copied out of the read buffer for the
 /// tunnel. `split().freeze()` would share the buffer instead, and an idle
 /// tunnel would keep the whole handshake buffer (8 KiB reserved, a page or

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::HOST;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 
-use super::connect::{connect, may_retry, proxy_header, ConnectError, Tries};
+use super::connect::{connect, proxy_header, repeatable, ConnectError, Tries};
 use super::exchange::Exchange;
 use super::head_io::write_all_timeout;
 use super::stream::UpstreamStream;
@@ -81,14 +81,11 @@ impl HostedTries {
     /// The tries of `admitted`, whose body `has_body` says whether it has
     /// (as does its head, if it announces one).
     pub(crate) fn new(proxy: &Proxy, admitted: &Admitted, has_body: bool) -> Self {
-        let inner = proxy.inner();
-        let tries = Tries::new(&inner);
         let has_body = has_body || admitted.has_body;
-        let repeatable = may_retry(&inner, admitted.request.method(), has_body, &tries);
         Self {
-            tries,
+            tries: Tries::new(&proxy.inner()),
             last: None,
-            repeatable,
+            repeatable: repeatable(admitted.request.method(), has_body),
         }
     }
 

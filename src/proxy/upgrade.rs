@@ -210,8 +210,8 @@ impl Proxy {
             // Interim answers (103 Early Hints) are skipped; bounded like
             // the proxy's own loop.
             let mut answered = Err(StatusCode::BAD_GATEWAY);
-            // An invalid answer head goes to no other upstream (nginx's
-            // default passes on `error timeout`, not `invalid_header`).
+            // Whether the next upstream may take the request
+            // (`HeadRead::passes_on`).
             let mut retry = true;
             if written.is_ok() {
                 for interim in 1..=8 {
@@ -231,7 +231,7 @@ impl Proxy {
                             break;
                         }
                         Err(e) => {
-                            retry = !matches!(e, HeadRead::Parse(_));
+                            retry = e.passes_on();
                             break;
                         }
                     };

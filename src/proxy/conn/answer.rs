@@ -20,9 +20,7 @@ pub(super) enum NoAnswer {
     /// The upstream's fault (a passive-health failure): answer with
     /// `status`, unless another upstream may take the request (`retry`).
     /// None may once an interim answer reached the client, nor after an
-    /// invalid answer head: nginx's default `proxy_next_upstream error
-    /// timeout` passes on a closed or silent upstream, not an
-    /// `invalid_header`.
+    /// invalid answer head ([`HeadRead::passes_on`]).
     Upstream { status: StatusCode, retry: bool },
     /// The client closed before the answer came, or relaying an interim
     /// answer to it failed.
@@ -85,7 +83,7 @@ where
                         HeadRead::Timeout => StatusCode::GATEWAY_TIMEOUT,
                         _ => StatusCode::BAD_GATEWAY,
                     };
-                    let retry = !relayed && !matches!(e, HeadRead::Parse(_));
+                    let retry = !relayed && e.passes_on();
                     return Err(NoAnswer::Upstream { status, retry });
                 }
             };
